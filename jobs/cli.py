@@ -1,0 +1,49 @@
+"""`longvid`: one console command, one subcommand per job.
+
+Each subcommand lives in its own module under jobs/ and exposes `register(subparsers)`, which adds a parser
+whose `func(args) -> int` runs the job. Adding a job means adding a module and one name below.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module name under jobs/ -> registered in this order in --help
+COMMANDS = ["ingest", "demo", "encode", "plan", "train", "audit", "niah"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longvid",
+        description="Build and audit training corpora for long-context video LLMs (VideoChat-Flash family) on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"jobs.{name}")
+        except ModuleNotFoundError as e:  # a job not built yet in this checkout
+            if e.name == f"jobs.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from jobs.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"longvid {args.command}: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
