@@ -1,0 +1,853 @@
+"""Storage layer for every LongVid job: read videos, metadata and shards; write outputs; local paths or S3.
+
+Plain functions over URIs: a URI is either a local path (optionally `file://...`) or `s3://bucket/key`.
+
+- Reads: `exists`, `size`, `list_files`, `open_read` (seekable; on S3 a ranged-GET reader with a bounded readahead
+  buffer, usable by PyAV `av.open(fileobj)` and by `io.TextIOWrapper`), `read_bytes`, `read_text`.
+- Writes are atomic: `write_bytes`, `put_file`. Local: temp name in the same folder + fsync + `os.replace`.
+  S3: one PUT for small objects; a multipart upload completed only at the end for large ones (aborted on failure),
+  so an object never shows under its final key half-written.
+- Transient S3 errors (throttling, 5xx, resets, timeouts, short reads in the middle of a ranged GET) are retried
+  with exponential backoff + jitter, up to `S3Options.max_attempts`; permanent ones raise `StorageError` at once
+  (`ObjectNotFound` for a missing object/bucket). Every StorageError message goes through `redact`.
+- S3 clients are created lazily, one per process (keyed by pid, reset after fork), so the module is safe to use
+  from Ray workers and forked processes. Configure with `configure_s3(S3Options(...))` or the usual AWS_*
+  environment variables; `s3_options_from_env()` gives a secret-free dict to hand to Ray workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import posixpath
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+from operators.errors import RecordError
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+TMP_PREFIX = ".longvid-tmp-"  # local temp files of in-flight atomic writes; list_files hides them
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors and redaction
+# --------------------------------------------------------------------------------------------------------------
+
+_ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b")
+# an http(s) URL whose query string carries SigV2/SigV4 presigning material: drop the whole query string
+_PRESIGNED_RE = re.compile(
+    r"(?P<url>https?://[^\s?#\"'<>]+)\?(?P<q>[^\s\"'<>]*)", re.IGNORECASE
+)
+_PRESIGN_MARK_RE = re.compile(r"(?:^|[&;])(?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId)=", re.IGNORECASE)
+# user:password@ (or key:secret@) in any scheme://authority
+_USERINFO_RE = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@", re.IGNORECASE)
+_SECRET_NAMES = (
+    "aws_secret_access_key|aws_session_token|aws_security_token|secret_access_key|SecretAccessKey|SessionToken|"
+    "X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Credential|Signature|Expires|AWSAccessKeyId|"
+    "secret_key|secretkey|access_key_secret|password"
+)
+_SECRET_KV_RE = re.compile(
+    r"(?P<name>(?<![A-Za-z0-9])(?:" + _SECRET_NAMES + r"))(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<val>[^\s&\"',;}<>]+)",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def redact(text: Any) -> str:
+    """Remove credentials from text that might be logged or written.
+
+    Strips presigned query strings from http(s) URLs, userinfo from `scheme://user:secret@host`, the values of
+    secret-looking keys (aws_secret_access_key=, "SecretAccessKey": ..., X-Amz-Signature=, Signature=, ...) and
+    AWS access key ids (AKIA.../ASIA...).
+    """
+    s = str(text)
+
+    def _strip_query(m: re.Match) -> str:
+        return m.group("url") if _PRESIGN_MARK_RE.search(m.group("q")) else m.group(0)
+
+    s = _PRESIGNED_RE.sub(_strip_query, s)
+    s = _USERINFO_RE.sub(lambda m: m.group("scheme") + REDACTED + "@", s)
+    s = _SECRET_KV_RE.sub(lambda m: m.group("name") + m.group("sep") + REDACTED, s)
+    s = _ACCESS_KEY_RE.sub(REDACTED, s)
+    return s
+
+
+class StorageError(OSError):
+    """A storage operation failed for good (permanent error, or transient errors that outlasted the retries).
+
+    `uri` and `reason` are redacted. `transient` is True when the last error was of a retryable kind.
+    """
+
+    def __init__(self, uri: str, reason: str, transient: bool = False):
+        self.uri = redact(uri)
+        self.reason = redact(reason)
+        self.transient = transient
+        super().__init__(f"{self.uri}: {self.reason}")
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason}"
+
+    def __reduce__(self):  # picklable across Ray / multiprocessing
+        return (type(self), (self.uri, self.reason, self.transient))
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """The object, file or bucket does not exist."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options and the per-process client cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Non-secret S3 settings. Credentials always come from the usual AWS chain (env, profile, instance role).
+
+    `None` fields fall back to the environment: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_PROFILE,
+    AWS_REGION / AWS_DEFAULT_REGION. `max_attempts` counts the first try; backoff before retry n (1-based) is
+    uniform in [d/2, d] with d = min(max_delay, base_delay * 2**(n-1)).
+    """
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    max_attempts: int = 6
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    multipart_threshold: int = 64 * MiB  # objects at least this big are uploaded in parts
+    part_size: int = 16 * MiB  # S3 requires >= 5 MiB for every part but the last
+    max_pool_connections: int = 16
+    addressing_style: str | None = None  # None: "path" when endpoint_url is set, else "auto"
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ValueError(f"S3Options.{field}: {why}")
+
+        if int(self.max_attempts) < 1:
+            bad("max_attempts", f"must be >= 1, got {self.max_attempts!r}")
+        if self.base_delay < 0 or self.max_delay < 0:
+            bad("base_delay", "delays must be >= 0")
+        if int(self.part_size) < 1:
+            bad("part_size", f"must be >= 1, got {self.part_size!r}")
+        if int(self.multipart_threshold) < 1:
+            bad("multipart_threshold", f"must be >= 1, got {self.multipart_threshold!r}")
+        if self.addressing_style not in (None, "auto", "path", "virtual"):
+            bad("addressing_style", f"must be auto|path|virtual, got {self.addressing_style!r}")
+        if self.endpoint_url is not None and not re.match(r"^https?://", str(self.endpoint_url)):
+            bad("endpoint_url", f"must start with http:// or https://, got {redact(self.endpoint_url)!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "S3Options":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"S3Options: unknown field(s) {unknown}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> "S3Options":
+        """These options with `None` endpoint/profile/region filled from the environment."""
+        env = os.environ
+        return dataclasses.replace(
+            self,
+            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            profile=self.profile or env.get("AWS_PROFILE") or None,
+            region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        )
+
+
+_OPTIONS = S3Options()
+_CLIENTS: dict[int, Any] = {}  # pid -> boto3 S3 client
+_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def configure_s3(opts: S3Options | dict | None = None, **overrides: Any) -> S3Options:
+    """Set the S3 options of this process (drops cached clients). Accepts S3Options, a dict (e.g. the one from
+    `s3_options_from_env()` shipped to a Ray worker) or keyword overrides. `configure_s3()` resets to defaults."""
+    global _OPTIONS
+    if opts is None:
+        o = S3Options()
+    elif isinstance(opts, S3Options):
+        o = opts
+    elif isinstance(opts, dict):
+        o = S3Options.from_dict(opts)
+    else:
+        raise TypeError(f"configure_s3: expected S3Options or dict, got {type(opts).__name__}")
+    if overrides:
+        o = dataclasses.replace(o, **overrides)
+    with _LOCK:
+        _OPTIONS = o
+        _CLIENTS.clear()
+    return o
+
+
+def s3_options() -> S3Options:
+    """The effective options of this process (configured values, environment fallbacks filled in)."""
+    return _OPTIONS.resolved()
+
+
+def s3_options_from_env() -> dict:
+    """A plain, secret-free dict of the effective S3 options (configured + environment) to pass to Ray workers,
+    which call `configure_s3(d)`. Credentials are never included: workers get them from their own environment."""
+    d = s3_options().to_dict()
+    if d.get("endpoint_url"):
+        d["endpoint_url"] = redact(d["endpoint_url"])  # never carry userinfo along
+    return d
+
+
+def _client():
+    pid = os.getpid()
+    c = _CLIENTS.get(pid)
+    if c is not None:
+        return c
+    with _LOCK:
+        c = _CLIENTS.get(pid)
+        if c is None:
+            c = _make_client(_OPTIONS.resolved())
+            _CLIENTS.clear()  # entries of other pids are stale copies from a parent process
+            _CLIENTS[pid] = c
+    return c
+
+
+def _make_client(o: S3Options):
+    import boto3
+    from botocore.config import Config
+
+    style = o.addressing_style or ("path" if o.endpoint_url else "auto")
+    cfg = Config(
+        region_name=o.region,
+        connect_timeout=o.connect_timeout,
+        read_timeout=o.read_timeout,
+        max_pool_connections=o.max_pool_connections,
+        retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours (see _retry)
+        s3={"addressing_style": style},
+    )
+    session = boto3.session.Session(profile_name=o.profile) if o.profile else boto3.session.Session()
+    return session.client("s3", endpoint_url=o.endpoint_url, region_name=o.region, config=cfg)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Error classification and retries
+# --------------------------------------------------------------------------------------------------------------
+
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "RequestLimitExceeded", "TooManyRequestsException", "BandwidthLimitExceeded",
+    "ProvisionedThroughputExceededException", "RequestTimeout", "RequestTimeoutException", "InternalError",
+    "ServiceUnavailable", "PriorRequestNotComplete", "EC2ThrottledException", "IDPCommunicationError",
+    "500", "502", "503", "504", "429",
+}
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """-> (kind, reason) with kind in {"transient", "not_found", "permanent"}."""
+    import botocore.exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {}) or {}
+        code = str(err.get("Code", "") or "")
+        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+        msg = err.get("Message") or ""
+        reason = f"{code or 'error'} (HTTP {status})" + (f": {msg}" if msg else "")
+        if code in _NOT_FOUND_CODES or (status == 404 and code not in _TRANSIENT_CODES):
+            return "not_found", reason
+        if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
+            return "transient", reason
+        return "permanent", reason
+    transient_types: tuple = (
+        bce.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeout...
+        bce.IncompleteReadError,
+        bce.HTTPClientError,
+        ConnectionError,  # ConnectionResetError, BrokenPipeError, ...
+        TimeoutError,
+        _IncompleteBody,
+    )
+    for name in ("ResponseStreamingError",):
+        t = getattr(bce, name, None)
+        if t is not None:
+            transient_types += (t,)
+    try:
+        import urllib3.exceptions as ue
+
+        transient_types += (ue.ProtocolError, ue.ReadTimeoutError, ue.IncompleteRead, ue.SSLError)
+    except Exception:  # pragma: no cover
+        pass
+    import http.client
+
+    transient_types += (http.client.IncompleteRead, http.client.RemoteDisconnected)
+    if isinstance(exc, transient_types):
+        return "transient", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+        return "permanent", f"no usable AWS credentials ({type(exc).__name__})"
+    if isinstance(exc, bce.BotoCoreError):
+        return "permanent", f"{type(exc).__name__}: {exc}"
+    return "permanent", f"{type(exc).__name__}: {exc}"
+
+
+class _IncompleteBody(Exception):
+    """A ranged GET returned fewer bytes than asked for (connection cut mid-body)."""
+
+
+def _backoff(attempt: int, o: S3Options) -> float:
+    d = min(o.max_delay, o.base_delay * (2 ** (attempt - 1)))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+def _retry(uri: str, op: str, fn: Callable[[], T], attempts: int | None = None) -> T:
+    """Run fn, retrying transient errors with exponential backoff + jitter; map failures to StorageError."""
+    o = _OPTIONS
+    n = attempts or o.max_attempts
+    for attempt in range(1, n + 1):
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            kind, reason = _classify(exc)
+            if kind == "not_found":
+                raise ObjectNotFound(uri, f"{op}: not found: {reason}") from None
+            if kind == "permanent":
+                raise StorageError(uri, f"{op} failed: {reason}") from None
+            if attempt >= n:
+                raise StorageError(uri, f"{op} failed after {n} attempts: {reason}", transient=True) from None
+            time.sleep(_backoff(attempt, o))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def _local(uri: str) -> str:
+    u = os.fspath(uri)
+    return u[len("file://"):] if u.startswith("file://") else u
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """s3://bucket/key -> (bucket, key). Credentials in the URI are refused (never echoed)."""
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if "@" in bucket:
+        raise StorageError(uri, "credentials in S3 URIs are not supported; use the AWS credential chain")
+    if not bucket:
+        raise StorageError(uri, "S3 URI has no bucket")
+    return bucket, key
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts onto a local root or an S3 prefix (no normalisation; see safe_join for untrusted parts)."""
+    root = os.fspath(root)
+    if is_s3(root):
+        out = root.rstrip("/")
+        for p in parts:
+            p = str(p).strip("/")
+            if p:
+                out = f"{out}/{p}"
+        return out
+    return os.path.join(root, *[str(p) for p in parts])
+
+
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def safe_join(root: str, rel: str) -> str:
+    """Join an untrusted relative path (from metadata) onto root; refuse anything that could leave root.
+
+    Raises RecordError(stage="locate", field="video_paths") for absolute paths, URIs/drive letters, NUL bytes,
+    backslashes, empty paths and `..` that climbs out of root after normalisation.
+    """
+
+    def bad(why: str) -> RecordError:
+        return RecordError("locate", f"unsafe relative path {redact(repr(rel))}: {why}", field="video_paths",
+                           file=redact(str(root)))
+
+    if not isinstance(rel, str):
+        raise bad(f"expected a string, got {type(rel).__name__}")
+    if "\x00" in rel:
+        raise bad("contains a NUL byte")
+    if "\\" in rel:
+        raise bad("contains a backslash")
+    if any(ord(c) < 32 for c in rel):
+        raise bad("contains a control character")
+    if rel.startswith("/") or rel.startswith("~"):
+        raise bad("is absolute")
+    if _SCHEME_RE.match(rel):
+        raise bad("looks like a URI or drive letter")
+    norm = posixpath.normpath(rel)
+    if norm in (".", "") or norm == ".." or norm.startswith("../") or norm.startswith("/"):
+        raise bad("escapes the root" if norm.startswith("..") else "does not name a file under the root")
+    return join(root, norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reads
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _head(uri: str) -> dict:
+    bucket, key = _split(uri)
+    if not key:
+        raise StorageError(uri, "S3 URI names a bucket, not an object")
+    return _retry(uri, "head", lambda: _client().head_object(Bucket=bucket, Key=key))
+
+
+def exists(uri: str) -> bool:
+    """True when a file/object exists at uri (a directory or a bare prefix is not a file)."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        if not key:
+            return False
+        try:
+            _head(uri)
+            return True
+        except ObjectNotFound:
+            return False
+    return os.path.isfile(_local(uri))
+
+
+def size(uri: str) -> int:
+    if is_s3(uri):
+        return int(_head(uri)["ContentLength"])
+    try:
+        st = os.stat(_local(uri))
+    except FileNotFoundError:
+        raise ObjectNotFound(uri, "size: no such file") from None
+    except OSError as e:
+        raise StorageError(uri, f"size: {e.strerror or e}") from None
+    return st.st_size
+
+
+def list_files(prefix: str, suffix: str | Iterable[str] | None = None, recursive: bool = True) -> list[str]:
+    """Sorted URIs of the files under a folder/prefix (a missing folder gives []). `suffix` filters by name
+    ending (a string or several). Local temp files of in-flight atomic writes are never listed."""
+    sfx = (suffix,) if isinstance(suffix, str) else (tuple(suffix) if suffix is not None else None)
+
+    def keep(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        if not base or base.startswith(TMP_PREFIX):
+            return False
+        return sfx is None or base.endswith(sfx)
+
+    if is_s3(prefix):
+        bucket, key = _split(prefix)
+        if key and not key.endswith("/"):
+            key += "/"
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+            if not recursive:
+                kw["Delimiter"] = "/"
+            if token:
+                kw["ContinuationToken"] = token
+            page = _retry(prefix, "list", lambda kw=kw: _client().list_objects_v2(**kw))
+            for obj in page.get("Contents", []) or []:
+                if keep(obj["Key"]):
+                    out.append(f"s3://{bucket}/{obj['Key']}")
+            if page.get("IsTruncated") and page.get("NextContinuationToken"):
+                token = page["NextContinuationToken"]
+            else:
+                break
+        return sorted(out)
+    root = _local(prefix)
+    if os.path.isfile(root):
+        raise StorageError(prefix, "list: is a file, not a folder")
+    if not os.path.isdir(root):
+        return []
+    out = []
+    if recursive:
+        for d, dirs, files in os.walk(root):
+            dirs.sort()
+            out.extend(os.path.join(d, f) for f in files if keep(f))
+    else:
+        with os.scandir(root) as it:
+            out.extend(os.path.join(root, e.name) for e in it if e.is_file() and keep(e.name))
+    return sorted(out)
+
+
+class S3RangeReader(io.RawIOBase):
+    """A seekable raw reader over one S3 object, by ranged GETs, with a readahead buffer of `block_size` bytes.
+
+    Never holds more than max(block_size, 0) bytes of its own (reads at least block_size long go straight into
+    the caller's buffer). The object's ETag is pinned at open: if the object is replaced while being read, the
+    next range fails with a StorageError instead of mixing two versions. Stats: `requests`, `bytes_fetched`,
+    `peak_buffered`.
+    """
+
+    def __init__(self, uri: str, block_size: int = 4 * MiB):
+        super().__init__()
+        if block_size < 1:
+            raise ValueError(f"open_read: block_size must be >= 1, got {block_size}")
+        self.uri = uri
+        self.name = redact(uri)
+        self._bucket, self._key = _split(uri)
+        head = _head(uri)
+        self._size = int(head["ContentLength"])
+        self._etag = head.get("ETag")
+        self._block = int(block_size)
+        self._pos = 0
+        self._buf = b""
+        self._buf_start = 0
+        self.requests = 0
+        self.bytes_fetched = 0
+        self.peak_buffered = 0
+
+    # io.RawIOBase protocol
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence!r}")
+        if pos < 0:
+            raise ValueError(f"{self.name}: negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def readinto(self, b) -> int:
+        self._check_open()
+        mv = memoryview(b).cast("B")
+        want = len(mv)
+        if want == 0 or self._pos >= self._size:
+            return 0
+        want = min(want, self._size - self._pos)
+        off = self._pos - self._buf_start
+        if not (0 <= off < len(self._buf)):
+            if want >= self._block:  # big read: straight into the caller's buffer, no copy kept
+                self._fetch_into(self._pos, mv[:want])
+                self._pos += want
+                return want
+            end = min(self._size, self._pos + self._block)
+            self._buf = b""  # drop the old block before fetching the next one (bounded memory)
+            buf = bytearray(end - self._pos)
+            self._fetch_into(self._pos, memoryview(buf))
+            self._buf, self._buf_start = bytes(buf), self._pos
+            self.peak_buffered = max(self.peak_buffered, len(self._buf))
+            off = 0
+        n = min(want, len(self._buf) - off)
+        mv[:n] = self._buf[off : off + n]
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._check_open()
+        n = max(0, self._size - self._pos)
+        out = bytearray(n)
+        got = 0
+        mv = memoryview(out)
+        while got < n:
+            k = self.readinto(mv[got:])
+            if not k:
+                break
+            got += k
+        return bytes(out[:got])
+
+    def close(self) -> None:
+        self._buf = b""
+        super().close()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed reader {self.name}")
+
+    def _fetch_into(self, start: int, dst: memoryview) -> None:
+        """Fill dst with object bytes [start, start+len(dst)); resume after a cut from the last byte received."""
+        got = 0
+        total = len(dst)
+
+        def attempt() -> None:
+            nonlocal got
+            lo, hi = start + got, start + total - 1
+            kw: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={lo}-{hi}"}
+            if self._etag:
+                kw["IfMatch"] = self._etag
+            self.requests += 1
+            try:
+                resp = _client().get_object(**kw)
+            except Exception as exc:  # an object replaced under us is not a transient error
+                import botocore.exceptions as bce
+
+                if isinstance(exc, bce.ClientError) and exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "412"):
+                    raise StorageError(self.uri, "object changed while being read (ETag mismatch)") from None
+                raise
+            body = resp["Body"]
+            try:
+                while got < total:
+                    chunk = body.read(min(total - got, 256 * 1024))
+                    if not chunk:
+                        raise _IncompleteBody(f"ranged GET ended after {got} of {total} bytes")
+                    dst[got : got + len(chunk)] = chunk
+                    got += len(chunk)
+                    self.bytes_fetched += len(chunk)
+            finally:
+                body.close()
+
+        _retry(self.uri, f"read bytes {start}-{start + total - 1}", attempt)
+
+
+def open_read(uri: str, block_size: int = 4 * MiB) -> io.BufferedReader:
+    """Open a file/object for binary, seekable reading. For S3 the reader fetches ranges of `block_size` bytes on
+    demand and never the whole object. Wrap in io.TextIOWrapper for text. Missing -> ObjectNotFound."""
+    if is_s3(uri):
+        raw = S3RangeReader(uri, block_size=block_size)
+        return io.BufferedReader(raw, buffer_size=64 * 1024)
+    path = _local(uri)
+    try:
+        return open(path, "rb", buffering=max(8192, min(block_size, 4 * MiB)))
+    except FileNotFoundError:
+        raise ObjectNotFound(uri, "open: no such file") from None
+    except IsADirectoryError:
+        raise StorageError(uri, "open: is a directory") from None
+    except OSError as e:
+        raise StorageError(uri, f"open: {e.strerror or e}") from None
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = _split(uri)
+
+        def get() -> bytes:
+            resp = _client().get_object(Bucket=bucket, Key=key)
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            n = resp.get("ContentLength")
+            if n is not None and len(data) != int(n):
+                raise _IncompleteBody(f"GET returned {len(data)} of {n} bytes")
+            return data
+
+        return _retry(uri, "read", get)
+    try:
+        with open(_local(uri), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ObjectNotFound(uri, "read: no such file") from None
+    except OSError as e:
+        raise StorageError(uri, f"read: {e.strerror or e}") from None
+
+
+def read_text(uri: str, encoding: str = "utf-8") -> str:
+    data = read_bytes(uri)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise StorageError(uri, f"read_text: not valid {encoding} at byte {e.start}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writes (atomic)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_local(uri: str, fill: Callable[[io.BufferedWriter], None]) -> None:
+    path = _local(uri)
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + ".", dir=d)
+    except OSError as e:
+        raise StorageError(uri, f"write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            raise StorageError(uri, f"write: {e.strerror or e}") from None
+        raise
+    _fsync_dir(d)
+
+
+def write_bytes(uri: str, data: bytes | bytearray | memoryview) -> None:
+    """Write data to uri atomically (readers see the old content or the whole new one, never a part)."""
+    data = bytes(data)
+    if is_s3(uri):
+        _put_s3(uri, io.BytesIO(data), len(data))
+        return
+    _atomic_local(uri, lambda f: f.write(data))
+
+
+def write_text(uri: str, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(uri, text.encode(encoding))
+
+
+def put_file(src: str | os.PathLike | io.BufferedIOBase, uri: str) -> None:
+    """Upload/copy a local file (a path, or an open binary file object) to uri atomically.
+
+    S3: one PUT below `multipart_threshold`, else a multipart upload completed at the end; on any failure the
+    upload is aborted and nothing appears under the final key.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        src_path = os.fspath(src)
+        try:
+            f = open(src_path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(src_path, "put_file: source does not exist") from None
+        except OSError as e:
+            raise StorageError(src_path, f"put_file: cannot open source: {e.strerror or e}") from None
+        with f:
+            _put_stream(f, uri)
+    else:
+        _put_stream(src, uri)
+
+
+def _put_stream(f, uri: str) -> None:
+    if is_s3(uri):
+        try:
+            n = os.fstat(f.fileno()).st_size - f.tell()
+        except (OSError, AttributeError, io.UnsupportedOperation):
+            n = None
+        _put_s3(uri, f, n)
+        return
+    _atomic_local(uri, lambda out: shutil.copyfileobj(f, out, 1 * MiB))
+
+
+def _read_exact(f, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _put_s3(uri: str, f, n: int | None) -> None:
+    o = _OPTIONS
+    bucket, key = _split(uri)
+    if not key or key.endswith("/"):
+        raise StorageError(uri, "write: S3 URI must name an object key")
+    first = _read_exact(f, o.multipart_threshold)
+    if len(first) < o.multipart_threshold:  # small: a single PUT is atomic by itself
+        _retry(uri, "put", lambda: _client().put_object(Bucket=bucket, Key=key, Body=first))
+        return
+    _multipart(uri, bucket, key, first, f)
+
+
+def _multipart(uri: str, bucket: str, key: str, first: bytes, f) -> None:
+    o = _OPTIONS
+    upload_id = _retry(uri, "create multipart upload",
+                       lambda: _client().create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+    parts: list[dict] = []
+    try:
+        pending, number, eof = first, 1, False
+        while True:
+            while len(pending) < o.part_size and not eof:
+                more = _read_exact(f, o.part_size - len(pending))
+                if more:
+                    pending += more
+                else:
+                    eof = True
+            if not pending:
+                break
+            body, pending = pending[: o.part_size], pending[o.part_size :]
+            resp = _retry(uri, f"upload part {number}", lambda b=body, k=number: _client().upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=k, Body=b))
+            parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            number += 1
+            if eof and not pending:
+                break
+        _retry(uri, "complete multipart upload", lambda: _client().complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+    except BaseException:
+        try:
+            _retry(uri, "abort multipart upload", lambda: _client().abort_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id))
+        except Exception:  # the original error matters more; a leftover upload is reclaimed by lifecycle rules
+            pass
+        raise
+
+
+def delete(uri: str) -> None:
+    """Remove a file/object; a missing one is not an error."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        _retry(uri, "delete", lambda: _client().delete_object(Bucket=bucket, Key=key))
+        return
+    try:
+        os.remove(_local(uri))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(uri, f"delete: {e.strerror or e}") from None
+
+
+def makedirs(uri: str) -> None:
+    """Create a local folder (and parents); no-op on S3, where folders do not exist."""
+    if is_s3(uri):
+        return
+    try:
+        os.makedirs(_local(uri), exist_ok=True)
+    except OSError as e:
+        raise StorageError(uri, f"makedirs: {e.strerror or e}") from None
