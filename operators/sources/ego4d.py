@@ -1,0 +1,221 @@
+"""Ego4D: `ego4d.json` (at the root or under v2/) + `narration.json` (v1) / `narrations.json`.
+
+One record per video, or per window of `window_sec` (default 480 s) for longer videos; the last window is
+shorter but at least `min_window_sec` (default 8 s), else it is merged into the previous one. Texts:
+narrations of both passes (points in time, "#C"/"#O" tags and "#unsure"/"#summary" markers removed) and
+summaries (spans) whose middle lies in the window, clipped to it. Videos in a val/test split of an Ego4D
+benchmark are still ingested: meta["splits"] and meta["eval_split"] let the audit flag them.
+Videos: `v2/full_scale/<video_uid>.mp4`, then `v1/full_scale/<video_uid>.mp4`. Files are told apart by
+name: `*narration*` -> narrations, anything else -> the video list.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Iterator
+
+from operators.errors import MetadataError
+from operators.records import TextSpan
+from operators.sources.base import (
+    Adapter,
+    BadValue,
+    Item,
+    load_json,
+    make_failure,
+    make_record,
+    parse_number,
+)
+
+SOURCE = "ego4d"
+SPLIT_FIELDS = ("split_em", "split_av", "split_fho")
+PASSES = ("narration_pass_1", "narration_pass_2")
+_TAG = re.compile(r"#\s*(?:unsure|summary)\b[:.]?", re.IGNORECASE)
+_WHO = re.compile(r"(^|\s)#\s*([CO])\b", re.IGNORECASE)
+
+
+def clean_narration(text: Any) -> str:
+    """'#C C picks a bag' -> 'C picks a bag'; '#O man X ...' -> 'man X ...'; #unsure/#summary dropped."""
+    if not isinstance(text, str):
+        return ""
+    t = _TAG.sub(" ", text)
+    t = _WHO.sub(r"\1", t)
+    return " ".join(t.split())
+
+
+def windows(duration: float, window_sec: float | None, min_window_sec: float) -> list[tuple[float, float] | None]:
+    """[None] (whole video) if it fits one window, else consecutive windows covering [0, duration]."""
+    if not window_sec or duration <= window_sec:
+        return [None]
+    out: list[list[float]] = []
+    t = 0.0
+    while t < duration - 1e-9:
+        out.append([t, min(t + window_sec, duration)])
+        t += window_sec
+    if len(out) > 1 and out[-1][1] - out[-1][0] < min_window_sec:
+        last = out.pop()
+        out[-1][1] = last[1]
+    return [(round(float(a), 3), round(float(b), 3)) for a, b in out]
+
+
+class Ego4DAdapter(Adapter):
+    name = SOURCE
+    patterns = (
+        "ego4d.json",
+        "v2/ego4d.json",
+        "narrations.json",
+        "narration.json",
+        "v2/annotations/narration.json",
+        "v2/annotations/narrations.json",
+        "v1/annotations/narration.json",
+    )
+    options_spec = {"window_sec": (float, 480.0), "min_window_sec": (float, 8.0)}
+
+    def _read(self, paths: list[str], options: dict) -> Iterator[Item]:
+        narr = [p for p in paths if "narration" in os.path.basename(p).lower()]
+        vids = [p for p in paths if p not in narr]
+        if not vids:
+            raise MetadataError(f"ego4d: no video list (ego4d.json) among {', '.join(paths)}")
+        # a root holding both <root>/ego4d.json and <root>/v2/ego4d.json: the first one is used
+        firsts: dict[str, str] = {}
+        for p in vids:
+            firsts.setdefault(os.path.basename(p), p)
+        vids = [p for p in vids if firsts[os.path.basename(p)] == p]
+        return self._items(vids, narr, options)
+
+    def _items(self, vid_files, narr_files, options) -> Iterator[Item]:
+        narrations: dict[str, Any] = {}
+        for p in narr_files:
+            data = load_json(p)
+            if not isinstance(data, dict):
+                raise MetadataError(f"{p}: expected a JSON object {{video_uid: {{narration_pass_1: ...}}}}")
+            for k, v in data.items():
+                if k in narrations and isinstance(narrations[k], dict) and isinstance(v, dict):
+                    narrations[k] = {**v, **narrations[k]}  # passes missing from the first file come from later
+                else:
+                    narrations.setdefault(k, v)
+        for p in vid_files:
+            data = load_json(p)
+            if isinstance(data, dict) and isinstance(data.get("videos"), list):
+                videos = data["videos"]
+            elif isinstance(data, list):
+                videos = data
+            else:
+                raise MetadataError(f"{p}: expected ego4d.json with a top-level 'videos' list")
+            for i, v in enumerate(videos):
+                yield from _video(v, f"{p}:videos[{i}]", narrations, options)
+
+
+def _video(v: Any, origin: str, narrations: dict, options: dict) -> Iterator[Item]:
+    if not isinstance(v, dict):
+        yield make_failure(SOURCE, origin, "videos[]", f"expected an object, got {type(v).__name__}")
+        return
+    uid = v.get("video_uid")
+    if not isinstance(uid, str) or not uid.strip():
+        what = "missing video_uid" if uid is None else f"video_uid must be a non-empty string, got {uid!r}"
+        yield make_failure(SOURCE, origin, "video_uid", what)
+        return
+    uid = uid.strip()
+    if "/" in uid or "\\" in uid or uid.startswith("."):
+        yield make_failure(SOURCE, origin, "video_uid", f"video_uid is not a plain id: {uid!r}", video_id=uid)
+        return
+    vm = v.get("video_metadata") if isinstance(v.get("video_metadata"), dict) else {}
+    try:
+        dur = v.get("duration_sec")
+        if dur is None:
+            dur = vm.get("mp4_duration_sec")
+        if dur is None:
+            raise BadValue("duration_sec", "missing duration_sec (and video_metadata.mp4_duration_sec)")
+        duration = parse_number(dur, "duration_sec", positive=True)
+        fps_raw = vm.get("fps")
+        fps = parse_number(fps_raw, "video_metadata.fps", positive=True) if fps_raw is not None else None
+    except BadValue as e:
+        yield make_failure(SOURCE, origin, e.field, e.reason, video_id=uid)
+        return
+    texts, dropped = _texts(narrations.get(uid))
+    splits = {f[len("split_"):]: v.get(f) for f in SPLIT_FIELDS if v.get(f)}
+    meta = {
+        "duration_sec": duration,
+        "fps": fps,
+        "num_frames": vm.get("num_frames"),
+        "width": vm.get("display_resolution_width"),
+        "height": vm.get("display_resolution_height"),
+        "scenarios": [s for s in v.get("scenarios") or [] if isinstance(s, str)] or None,
+        "splits": splits or None,
+        "eval_split": any(s in ("val", "test") for s in splits.values()),
+        "storage": next((v[k] for k in ("s3_location", "s3_path", "canonical_s3_location") if v.get(k)), None),
+        "narration_status": (narrations.get(uid) or {}).get("status") if isinstance(narrations.get(uid), dict) else None,
+        "texts_dropped": dropped or None,
+    }
+    paths = (f"v2/full_scale/{uid}.mp4", f"v1/full_scale/{uid}.mp4")
+    wins = windows(duration, options["window_sec"], options["min_window_sec"])
+    for w in wins:
+        if w is None:
+            yield make_record(SOURCE, uid, paths, origin, None, None, texts, meta)
+            continue
+        s, e = w
+        last = w is wins[-1]
+        inside = [t for t in (_clip(t, s, e, last) for t in texts) if t is not None]
+        yield make_record(SOURCE, uid, paths, origin, s, e, inside, {**meta, "window": [s, e], "windows": len(wins)})
+
+
+def _clip(t: TextSpan, s: float, e: float, last: bool) -> TextSpan | None:
+    """A text of window [s, e): a point inside it, or a span whose middle is inside (clipped to it)."""
+    if t.start is None:
+        return t
+    point = t.start if t.end is None or t.end == t.start else (t.start + t.end) / 2
+    if not (s <= point < e or (last and point == e)):
+        return None
+    if t.end is None or t.end == t.start:
+        return t
+    if t.start >= s and t.end <= e:
+        return t
+    return TextSpan(t.text, max(t.start, s), min(t.end, e), t.kind)
+
+
+def _texts(entry: Any) -> tuple[list[TextSpan], int]:
+    """Narrations of both passes and summaries, sorted by time; malformed items are counted, not fatal."""
+    if not isinstance(entry, dict):
+        return [], 0
+    out: list[tuple[float, int, TextSpan]] = []
+    dropped = 0
+    seen: set[tuple[float, str]] = set()
+    for pi, pname in enumerate(PASSES):
+        ps = entry.get(pname)
+        if not isinstance(ps, dict):
+            continue
+        for n in ps.get("narrations") or []:
+            try:
+                ts = float(n["timestamp_sec"])
+                if not math.isfinite(ts) or ts < 0:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                dropped += 1
+                continue
+            text = clean_narration(n.get("narration_text"))
+            if not text:
+                dropped += 1
+                continue
+            k = (round(ts, 3), text)
+            if k in seen:  # identical narration in both passes
+                continue
+            seen.add(k)
+            out.append((ts, pi, TextSpan(text, round(ts, 3), round(ts, 3), "narration")))
+        for sm in ps.get("summaries") or []:
+            try:
+                s, e = float(sm["start_sec"]), float(sm["end_sec"])
+                if not (math.isfinite(s) and math.isfinite(e)) or s < 0 or e <= s:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                dropped += 1
+                continue
+            text = clean_narration(sm.get("summary_text"))
+            if not text:
+                dropped += 1
+                continue
+            out.append((s, pi, TextSpan(text, round(s, 3), round(e, 3), "summary")))
+    out.sort(key=lambda x: (x[0], x[1], x[2].kind, x[2].text))
+    return [t for _, _, t in out], dropped
+
+
+ADAPTER = Ego4DAdapter()
