@@ -639,7 +639,7 @@ def open_read(uri: str, block_size: int = 4 * MiB) -> io.BufferedReader:
     demand and never the whole object. Wrap in io.TextIOWrapper for text. Missing -> ObjectNotFound."""
     if is_s3(uri):
         raw = S3RangeReader(uri, block_size=block_size)
-        return io.BufferedReader(raw, buffer_size=64 * 1024)
+        return io.BufferedReader(raw, buffer_size=min(block_size, 64 * 1024))
     path = _local(uri)
     try:
         return open(path, "rb", buffering=max(8192, min(block_size, 4 * MiB)))
