@@ -1,0 +1,73 @@
+"""In-memory H.264 MP4 of the sampled frames (the `<key>.mp4` of a sample), and reading it back.
+
+`encode_mp4` writes exactly one video frame per input frame, in order: every frame gets an explicit
+timestamp (pts = i in a 1/fps time base), so the encoder and muxer can neither drop nor duplicate frames.
+"""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from operators.errors import RecordError
+
+
+def _rate(fps: float) -> Fraction:
+    if not (isinstance(fps, (int, float)) and fps > 0 and np.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return Fraction(fps).limit_denominator(1001)
+
+
+def encode_mp4(frames: np.ndarray, fps: float = 1.0, crf: int = 23, preset: str = "veryfast") -> bytes:
+    """H.264 (libx264, yuv420p) MP4 bytes holding `frames` [N, H, W, 3] uint8 RGB, one video frame each.
+
+    H and W must be even (a yuv420p requirement). Raises ValueError for a bad array.
+    """
+    a = np.asarray(frames)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != 3:
+        raise ValueError(f"frames must be uint8 [N, H, W, 3], got {a.dtype} {a.shape}")
+    n, h, w = a.shape[:3]
+    if n == 0:
+        raise ValueError("cannot encode an empty frame list")
+    if h % 2 or w % 2:
+        raise ValueError(f"frame size must be even for yuv420p H.264, got {w}x{h}")
+    if not 0 <= int(crf) <= 51:
+        raise ValueError(f"crf must be in [0, 51], got {crf}")
+    rate = _rate(fps)
+    tb = 1 / rate
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.time_base = tb
+        vs.codec_context.time_base = tb
+        vs.options = {"crf": str(int(crf)), "preset": preset}
+        for i in range(n):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(a[i]), format="rgb24")
+            vf.pts = i
+            vf.time_base = tb
+            for pkt in vs.encode(vf):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+    return buf.getvalue()
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    """Every video frame of an MP4 held in memory, in presentation order, as uint8 [N, H, W, 3] RGB."""
+    if not data:
+        raise RecordError("decode", "zero-byte mp4", "mp4")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as c:
+            if not c.streams.video:
+                raise RecordError("decode", "no video stream in the mp4", "stream")
+            st = c.streams.video[0]
+            st.thread_type = "AUTO"
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+    except av.error.FFmpegError as e:
+        raise RecordError("decode", f"cannot decode the mp4: {e}", "mp4") from e
+    if not frames:
+        raise RecordError("decode", "the mp4 holds no frame", "mp4")
+    return np.stack(frames)

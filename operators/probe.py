@@ -1,0 +1,218 @@
+"""Cheap facts about a video file, from the container headers only (no frame is decoded).
+
+`probe(src)` accepts a local path or a seekable binary file-like object (e.g. the S3 ranged reader of
+operators/storage.py); the file is never read whole. Every bad input raises `RecordError` with stage "locate"
+(missing file) or "probe" and a reason that says what is wrong: zero-byte file, truncated file, not a video,
+audio-only, no decoder for the codec.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import IO, Union
+
+import av
+
+from operators.errors import RecordError
+
+Source = Union[str, "os.PathLike[str]", IO[bytes]]
+
+# Leading bytes of the containers we expect; a file that starts like one of these but cannot be opened is
+# reported as "truncated or corrupt" rather than "not a video".
+_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (4, b"ftyp"),  # MP4 / MOV / 3GP
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (4, b"wide"),
+    (4, b"skip"),
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),  # MPEG-PS
+    (0, b"\x00\x00\x01\xb3"),
+    (0, b"\x47"),  # MPEG-TS sync byte
+    (0, b"OggS"),
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the (best) video stream.
+
+    fps: average frame rate (frames/s). num_frames: the container's frame count when it has one
+    (`num_frames_exact=True`), else round(duration * fps). duration: seconds of the video stream.
+    start_time: seconds of the stream's first presentation timestamp (frame i is shown at start_time + i/fps).
+    keyframe_interval_s: median spacing of keyframes from the container index (None when there is no index).
+    """
+
+    fps: float
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+    codec: str
+    has_audio: bool
+    start_time: float = 0.0
+    num_frames_exact: bool = True
+    keyframe_interval_s: float | None = None
+    format_name: str = ""
+    stream_index: int = 0
+
+
+def source_name(src: Source) -> str:
+    """A printable name for error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return str(getattr(src, "name", None) or getattr(src, "uri", None) or type(src).__name__)
+
+
+def is_path(src: Source) -> bool:
+    return isinstance(src, (str, os.PathLike))
+
+
+def _size_and_head(src: Source, stage: str) -> tuple[int, bytes]:
+    """File size and its first 16 bytes, without reading the rest. A file-like is rewound to 0."""
+    name = source_name(src)
+    if is_path(src):
+        path = os.fspath(src)
+        if not os.path.exists(path):
+            raise RecordError("locate", "video file not found", "path", name)
+        if os.path.isdir(path):
+            raise RecordError("locate", "path is a directory, not a video file", "path", name)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+        return size, head
+    try:
+        src.seek(0, io.SEEK_END)
+        size = src.tell()
+        src.seek(0)
+        head = src.read(16)
+        src.seek(0)
+    except (OSError, ValueError, AttributeError) as e:
+        raise RecordError(stage, f"source is not a seekable binary file: {e}", "path", name) from e
+    return size, head
+
+
+def _looks_like_container(head: bytes) -> bool:
+    return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+
+
+def open_container(src: Source, stage: str = "probe"):
+    """av.open with the bad-file cases turned into RecordError. The caller closes the container."""
+    name = source_name(src)
+    size, head = _size_and_head(src, stage)
+    if size == 0:
+        raise RecordError(stage, "zero-byte file", "size", name)
+    try:
+        return av.open(os.fspath(src) if is_path(src) else src, mode="r")
+    except av.error.FileNotFoundError as e:
+        raise RecordError("locate", "video file not found", "path", name) from e
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+        if _looks_like_container(head):
+            reason = f"truncated or corrupt video file ({size} bytes; the container cannot be opened: {e})"
+        else:
+            reason = f"not a video: unrecognised container format ({size} bytes; {e})"
+        raise RecordError(stage, reason, "container", name) from e
+
+
+def video_stream(container, name: str, stage: str = "probe"):
+    """The best video stream of an open container, or RecordError for audio-only / no-video files."""
+    streams = [s for s in container.streams.video]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams})
+        what = "audio-only file" if "audio" in kinds else "no stream of any kind" if not kinds else f"only {kinds} streams"
+        raise RecordError(stage, f"no video stream ({what})", "stream", name)
+    # prefer a stream that is not a cover picture
+    for s in streams:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    raise RecordError(stage, "no video stream (only an attached cover picture)", "stream", name)
+
+
+def _rate(stream) -> float | None:
+    for r in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if r is not None and r.numerator > 0 and r.denominator > 0:
+            v = float(r)
+            if math.isfinite(v) and 0 < v < 1000:
+                return v
+    return None
+
+
+def keyframe_times(stream) -> list[float]:
+    """Seconds of the keyframe entries of the container index (as stored: DTS in MP4, PTS in Matroska)."""
+    tb = stream.time_base
+    if tb is None:
+        return []
+    try:
+        entries = stream.index_entries
+        out = [float(e.timestamp * tb) for e in entries if e.is_keyframe]
+    except (AttributeError, av.error.FFmpegError):
+        return []
+    return out
+
+
+def _keyframe_interval(stream) -> float | None:
+    kts = keyframe_times(stream)
+    if len(kts) < 2:
+        return None
+    gaps = sorted(b - a for a, b in zip(kts, kts[1:]) if b > a)
+    return gaps[len(gaps) // 2] if gaps else None
+
+
+def probe(src: Source) -> VideoInfo:
+    """Container-level facts about the video stream of `src` (a path or a seekable binary file-like)."""
+    name = source_name(src)
+    container = open_container(src, "probe")
+    try:
+        stream = video_stream(container, name, "probe")
+        cc = stream.codec_context
+        codec = cc.name if cc is not None else ""
+        try:
+            av.codec.Codec(codec, "r")
+        except Exception as e:  # noqa: BLE001 - any failure means no usable decoder
+            raise RecordError("probe", f"undecodable stream: no decoder for codec {codec!r}", "codec", name) from e
+        width, height = int(cc.width or 0), int(cc.height or 0)
+        if width <= 0 or height <= 0:
+            raise RecordError("probe", f"undecodable stream: frame size unknown ({width}x{height})", "stream", name)
+        fps = _rate(stream)
+        if fps is None:
+            raise RecordError("probe", "the video stream has no frame rate", "fps", name)
+        tb = stream.time_base or Fraction(1, 1)
+        start_time = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        if stream.duration is not None and stream.duration > 0:
+            duration = float(stream.duration * tb)
+        elif container.duration is not None and container.duration > 0:
+            cstart = (container.start_time or 0) / av.time_base
+            duration = max(0.0, container.duration / av.time_base - max(0.0, start_time - cstart))
+        else:
+            duration = 0.0
+        if stream.frames and stream.frames > 0:
+            num_frames, exact = int(stream.frames), True
+        else:
+            num_frames, exact = int(round(duration * fps)), False
+        if num_frames <= 0:
+            raise RecordError("probe", "the video stream has no frames (zero duration)", "num_frames", name)
+        if duration <= 0:
+            duration = num_frames / fps
+        has_audio = len(container.streams.audio) > 0
+        return VideoInfo(
+            fps=fps,
+            num_frames=num_frames,
+            duration=duration,
+            width=width,
+            height=height,
+            codec=codec,
+            has_audio=has_audio,
+            start_time=start_time,
+            num_frames_exact=exact,
+            keyframe_interval_s=_keyframe_interval(stream),
+            format_name=str(container.format.name or ""),
+            stream_index=int(stream.index),
+        )
+    finally:
+        container.close()
