@@ -7,6 +7,7 @@ every input row/item becomes exactly one of them. A metadata *file* that cannot 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import math
@@ -36,13 +37,11 @@ def is_remote(path: str) -> bool:
 def open_metadata(path: str | os.PathLike) -> TextIO:
     """Open a metadata file (local path or s3://) as a UTF-8 text stream (BOM stripped, newline='' for csv)."""
     p = str(path)
+    if p.startswith("file://"):
+        p = p[len("file://") :]
     if is_remote(p):
         try:
-            from operators import storage  # written by another engineer; imported only when needed
-        except ImportError as e:
-            raise MetadataError(f"{p}: cannot open s3:// metadata, operators.storage is not available ({e})") from e
-        try:
-            stream = storage.open_read(p)
+            stream = _storage().open_read(p)
         except Exception as e:  # noqa: BLE001 - any storage error is "cannot read this file"
             raise MetadataError(f"{p}: cannot open metadata file: {e}") from e
         if isinstance(stream, io.TextIOBase):
@@ -69,6 +68,28 @@ def load_json(path: str) -> Any:
             raise MetadataError(f"{path}: cannot read metadata file: {e}") from e
 
 
+def _storage():
+    try:
+        from operators import storage  # written by another engineer; imported only when needed
+    except ImportError as e:
+        raise MetadataError(f"s3:// metadata needs operators.storage, which is not available ({e})") from e
+    return storage
+
+
+def _expand_s3(prefix: str, patterns: tuple[str, ...]) -> list[str]:
+    try:
+        keys = _storage().list_files(prefix)
+    except Exception as e:  # noqa: BLE001
+        raise MetadataError(f"{prefix}: cannot list metadata prefix: {e}") from e
+    found: list[str] = []
+    for pat in patterns:
+        hits = [k for k in keys if fnmatch.fnmatchcase(k[len(prefix) :], pat) and k not in found]
+        found.extend(sorted(hits, key=_natural))
+    if not found:
+        raise MetadataError(f"{prefix}: prefix holds no metadata file matching {', '.join(patterns)}")
+    return found
+
+
 def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
@@ -79,6 +100,11 @@ def expand_paths(paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for p in paths:
         p = str(p)
+        if p.startswith("file://"):
+            p = p[len("file://") :]
+        if is_remote(p) and p.endswith("/"):  # an S3 prefix: its objects matching the patterns
+            out.extend(_expand_s3(p, patterns))
+            continue
         if not is_remote(p) and os.path.isdir(p):
             found: list[str] = []
             for pat in patterns:
@@ -300,8 +326,10 @@ def make_failure(
     start: float | None = None,
     end: float | None = None,
 ) -> Failure:
-    """A metadata-stage Failure. Its key is unique per input item (the origin is hashed into it)."""
-    key = sample_key(source, f"{video_id or 'unknown'}@{origin}#{field}", None, None)
+    """A metadata-stage Failure. Its key is unique per input item and independent of where the metadata
+    directory lives (file name, line and field are hashed into it)."""
+    where = origin.rsplit("/", 1)[-1]
+    key = sample_key(source, f"{video_id or 'unknown'}@{where}#{field}", None, None)
     return Failure(
         source=source,
         video_id=video_id or "",

@@ -1,0 +1,450 @@
+"""Source adapters: every format variant, every bad-row kind, deterministic order, VTT, rolling ASR."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from operators.errors import MetadataError
+from operators.records import Failure, SourceRecord, TextSpan
+from operators.sources import available, get_adapter
+from operators.sources.base import (
+    BadValue,
+    merge_rolling,
+    parse_hms,
+    parse_iso_duration,
+    texts_in_span,
+    youtube_id,
+)
+from operators.sources.ego4d import clean_narration, windows
+from operators.sources.hdvila import parse_vtt
+from operators.sources.miradata import parse_timestamp_list, raw_video_path
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "sources"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MIRA_V0_REAL = SHARED / "data" / "sources" / "miradata_v0_100_samples.csv"
+
+
+def read(source, paths, **opts):
+    return list(get_adapter(source).read([str(p) for p in paths], opts))
+
+
+def split(items):
+    recs = [i for i in items if isinstance(i, SourceRecord)]
+    fails = [i for i in items if isinstance(i, Failure)]
+    assert len(recs) + len(fails) == len(items)
+    return recs, fails
+
+
+def fails_by_line(fails):
+    return {f.file.rsplit("/", 1)[-1]: (f.field, f.reason) for f in fails}
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+def test_registry_finds_every_source_module():
+    assert set(available()) >= {"ego4d", "howto100m", "hdvila", "miradata", "webvid"}
+    for name in ("ego4d", "howto100m", "hdvila", "miradata", "webvid"):
+        assert get_adapter(name).name == name
+    for bad in ("nope", "base", "../x", "", "Ego4D"):
+        with pytest.raises(ValueError, match="unknown source"):
+            get_adapter(bad)
+
+
+# ------------------------------------------------------------------------------------------------ value parsers
+
+
+@pytest.mark.parametrize(
+    "s,sec",
+    [("00:00:17.759", 17.759), ("1:30:42", 5442.0), ("01:02:03,5", 3723.5), ("02:03.25", 123.25), ("7", 7.0)],
+)
+def test_parse_hms(s, sec):
+    assert parse_hms(s, "f") == pytest.approx(sec)
+
+
+@pytest.mark.parametrize("s", ["", "aa:bb", "00:61:00", "-00:00:01", "1:2:3:4", None, "00:00:3x.000"])
+def test_parse_hms_rejects(s):
+    with pytest.raises(BadValue) as e:
+        parse_hms(s, "span")
+    assert e.value.field == "span"
+
+
+@pytest.mark.parametrize(
+    "s,sec", [("PT00H00M17S", 17), ("PT17S", 17), ("PT1M2.5S", 62.5), ("PT1H", 3600), ("P1DT1S", 86401)]
+)
+def test_iso_duration(s, sec):
+    assert parse_iso_duration(s) == pytest.approx(sec)
+
+
+@pytest.mark.parametrize("s", ["", "PT", "P", "17S", "PT17", "P17 seconds", "PT1S2M", "PT-1S"])
+def test_iso_duration_rejects(s):
+    with pytest.raises(BadValue, match="ISO-8601"):
+        parse_iso_duration(s)
+
+
+def test_youtube_id_normalisation():
+    assert youtube_id("v_QMi8x8o55Ns") == "QMi8x8o55Ns"
+    assert youtube_id("https://www.youtube.com/watch?v=QMi8x8o55Ns&t=3") == "QMi8x8o55Ns"
+    assert youtube_id("https://youtu.be/Zyx987_-abc") == "Zyx987_-abc"
+    assert youtube_id("QMi8x8o55Ns") == "QMi8x8o55Ns"
+    assert youtube_id("not an id") is None
+
+
+# ------------------------------------------------------------------------------------------------ WebVid
+
+
+def test_webvid_both_column_orders_and_bad_rows():
+    recs, fails = split(read("webvid", [FIX / "webvid"]))
+    # directory expansion: results_2M_val before results_10M_train (natural order)
+    assert [r.video_id for r in recs] == ["31353427", "14781349", "2965702", "1021", "1022"]
+    r = recs[0]
+    assert r.video_paths[0] == "016401_016450/31353427.mp4"
+    assert r.texts == (TextSpan("Merida, mexico - march 28, 2019: tourists walk in the main square", kind="caption"),)
+    assert r.start is None and r.end is None
+    assert r.meta_dict()["duration_sec"] == 31
+    assert r.meta_dict()["url"].startswith("https://ak.picdn.net/")
+    assert recs[2].meta_dict()["duration_sec"] == 17  # PT17S
+    assert recs[3].meta_dict()["duration_sec"] == 62.5  # PT1M2.5S, other column order
+    assert recs[3].meta_dict()["page_idx"] == "1"
+    assert recs[3].origin.endswith("results_10M_train.csv:2")
+    got = fails_by_line(fails)
+    assert got["results_2M_val.csv:5"][0] == "videoid"
+    assert got["results_2M_val.csv:6"][0] == "duration"
+    assert got["results_10M_train.csv:4"][0] == "page_dir"
+    assert all(f.stage == "metadata" for f in fails)
+
+
+def test_webvid_missing_header_column_is_a_metadata_error():
+    with pytest.raises(MetadataError, match=r"results_noid\.csv.*videoid"):
+        get_adapter("webvid").read([str(FIX / "bad" / "results_noid.csv")], {})
+
+
+def test_missing_metadata_file_is_a_metadata_error(tmp_path):
+    with pytest.raises(MetadataError, match="results_x.csv"):
+        get_adapter("webvid").read([str(tmp_path / "results_x.csv")], {})
+
+
+# ------------------------------------------------------------------------------------------------ MiraData
+
+
+def test_miradata_v0_fixture():
+    recs, fails = split(read("miradata", [FIX / "miradata" / "miradata_v0_sample.csv"]))
+    assert [r.video_id for r in recs] == ["AJp_ANXoGoM", "ol7OupLmFBU", "nofps000000"]
+    r = recs[0]
+    assert (r.start, r.end) == (pytest.approx(163272 / 30), pytest.approx(166872 / 30))
+    assert r.video_paths == ("AJp_ANXoGoM.mp4", "000000008/000000008783.mp4")
+    kinds = {t.kind: t.text for t in r.texts}
+    assert kinds["main_object_caption"] == "some are closely inspecting the vehicles."  # leading space gone
+    assert kinds["dense_caption"] == "The vibrant atmosphere of an indoor car show, where vehicles are on display."
+    assert set(kinds) == {
+        "short_caption", "dense_caption", "main_object_caption", "background_caption", "style_caption",
+        "camera_caption",
+    }
+    assert recs[1].start == pytest.approx(30596 / 23.97602398, abs=1e-5)
+    assert recs[1].origin.endswith(":4")  # the multi-line caption above took two lines
+    assert (recs[2].start, recs[2].end) == (4.0, 16.0)  # no fps: H:MM:SS timesteps
+    got = fails_by_line(fails)
+    assert got == {
+        "miradata_v0_sample.csv:5": ("fps", "not a number: 'thirty'"),
+        "miradata_v0_sample.csv:6": ("end_frame", "empty or negative span [20.0, 16.0]"),
+    }  # and the trailing row of empty cells is no input at all
+
+
+def test_miradata_v1_fixture_and_safe_timestamp():
+    recs, fails = split(read("miradata", [FIX / "miradata" / "miradata_v1.csv"]))
+    assert len(recs) == 2 and len(fails) == 4
+    r = recs[0]
+    assert r.video_id == "AJp_ANXoGoM"
+    assert r.video_paths == ("000000008/000000008783.mp4",)
+    assert (r.start, r.end) == (5442.0, 5462.5)
+    m = r.meta_dict()
+    assert m["clip_id"] == "8783.114" and m["download_id"] == 8783 and m["clip_index"] == 114
+    assert m["clip_path"] == "000000008/000000008783.114.mp4"
+    assert recs[1].video_paths == ("000000000/000000000012.mp4",)
+    fields = [f.field for f in fails]
+    assert fields == ["timestamp", "timestamp", "timestamp", "clip_id"]
+    assert "not a list literal" in fails[0].reason  # the code string was never run
+
+
+def test_parse_timestamp_list():
+    assert parse_timestamp_list("['00:00:10.000', '00:00:20.500']") == (10.0, 20.5)
+    assert parse_timestamp_list('["0:01:00", "0:01:30"]') == (60.0, 90.0)
+    for bad in ["[1]", "'x'", "__import__('os')", "['00:00:20', '00:00:10']", "", "[(1, 2)]"]:
+        with pytest.raises(BadValue):
+            parse_timestamp_list(bad)
+    assert raw_video_path(8783) == "000000008/000000008783.mp4"
+    assert raw_video_path(1234567) == "000001234/000001234567.mp4"
+
+
+@pytest.mark.skipif(not MIRA_V0_REAL.exists(), reason="shared data not available")
+def test_miradata_v0_real_file_conformance():
+    recs, fails = split(read("miradata", [MIRA_V0_REAL]))
+    assert fails == []
+    assert len(recs) == 100
+    assert len({r.key for r in recs}) == 100
+    for r in recs:
+        m = r.meta_dict()
+        assert r.end > r.start >= 0
+        assert r.video_paths[0] == f"{r.video_id}.mp4"
+        assert m["fps"] > 0
+        # frames / fps agree with the H:MM:SS timesteps to within a second and a half
+        assert abs(r.start - parse_hms(m["start_timestep"], "t")) < 1.5
+        assert any(t.kind == "dense_caption" for t in r.texts)
+        assert all(t.text == t.text.strip() and t.text for t in r.texts)
+    first = recs[0]
+    assert first.meta_dict()["clip_id"] == "000000008783_AJp_ANXoGoM-000114"
+    assert (first.start, first.end) == (pytest.approx(5442.4), pytest.approx(5562.4))
+
+
+# ------------------------------------------------------------------------------------------------ HD-VILA
+
+
+def test_hdvila_clips_and_failures():
+    recs, fails = split(read("hdvila", [FIX / "hdvila"]))
+    assert [(r.video_id, r.start, r.end) for r in recs] == [
+        ("QMi8x8o55Ns", 17.759, 23.279),
+        ("QMi8x8o55Ns", 23.279, 31.0),
+        ("Abc_def-123", 65.5, 72.25),
+        ("Zyx987_-abc", 600.0, 609.0),
+    ]
+    m = recs[0].meta_dict()
+    assert recs[0].video_paths == ("QMi8x8o55Ns.mp4",)
+    assert m["subtitle_paths"] == ("QMi8x8o55Ns.en.vtt",)
+    assert m["clip_id"] == "QMi8x8o55Ns.1.mp4" and m["url"].endswith("QMi8x8o55Ns")
+    assert recs[0].key != recs[1].key
+    got = [(f.file.rsplit("/", 1)[-1], f.field) for f in fails]
+    assert got == [
+        ("hdvila_part0.jsonl:1", "clip[2].span"),  # bad time string: that clip only
+        ("hdvila_part0.jsonl:2", "clip[0].span"),  # empty span
+        ("hdvila_part0.jsonl:3", "line"),  # malformed line
+        ("hdvila_part1.jsonl:2", "video_id"),  # not a string
+        ("hdvila_part1.jsonl:4", "clip"),  # no clip list
+    ]
+    assert len({f.key for f in fails}) == len(fails)
+
+
+YOUTUBE_VTT = (FIX / "hdvila" / "QMi8x8o55Ns.en.vtt").read_text()
+
+
+def test_parse_vtt_rolling_youtube_captions():
+    spans = parse_vtt(YOUTUBE_VTT)
+    assert [(s.text, s.start, s.end) for s in spans] == [
+        ("so today we're", 17.8, 20.32),  # the 10 ms repeat cue only extends the line
+        ("going to fix a & bike", 20.32, 23.01),  # the repeated first line of the cue is gone
+        ("first remove the wheel", 23.01, 26.5),
+        ("Thanks for watching", 40.0, 42.0),
+    ]
+    assert all(s.kind == "subtitle" for s in spans)
+    words = " ".join(s.text for s in spans).split()
+    assert words.count("today") == 1 and words.count("bike") == 1
+
+
+def test_parse_vtt_plain_cues_with_ids_and_crlf():
+    vtt = "\ufeffWEBVTT\r\n\r\n1\r\n00:01.000 --> 00:03.500\r\nHello <b>there</b>\r\n\r\n2\r\n00:00:04.000 --> 00:00:06.000 line:0\r\nGeneral Kenobi\r\nsecond line\r\n\r\nbad --> cue\r\nskipped\r\n"
+    spans = parse_vtt(vtt)
+    assert [(s.text, s.start, s.end) for s in spans] == [
+        ("Hello there", 1.0, 3.5),
+        ("General Kenobi second line", 4.0, 6.0),
+    ]
+    assert parse_vtt("") == [] and parse_vtt("WEBVTT\n") == []
+
+
+# ------------------------------------------------------------------------------------------------ HowTo100M
+
+
+def test_merge_rolling_asr():
+    segs = [
+        (0.0, 4.5, "hello everyone welcome to"),
+        (2.1, 6.0, "welcome to my channel today we"),
+        (4.0, 9.0, "today we are going to make"),
+        (8.0, 12.5, "going to make pancakes"),
+        (12.5, 13.0, "pancakes"),
+        (20.0, 22.0, "first the flour"),
+    ]
+    out = merge_rolling(segs, max_span=10.0)
+    assert [(t.text, t.start, t.end) for t in out] == [
+        ("hello everyone welcome to my channel today we are going to make", 0.0, 9.0),
+        ("pancakes", 9.0, 13.0),
+        ("first the flour", 20.0, 22.0),
+    ]
+    # spans never overlap, no word is repeated at a seam
+    assert all(a.end <= b.start for a, b in zip(out, out[1:]))
+    # unsorted input gives the same result
+    assert merge_rolling(list(reversed(segs)), max_span=10.0) == out
+    # with a long max span everything overlapping merges into one
+    assert merge_rolling(segs[:4], max_span=60)[0].text == "hello everyone welcome to my channel today we are going to make pancakes"
+
+
+def test_howto100m_rows_tasks_and_captions():
+    recs, fails = split(read("howto100m", [FIX / "howto100m"]))
+    assert [r.video_id for r in recs] == ["nVbIUDjzWY4", "CTPAZ2euJ2Q", "noCaption01"]
+    r = recs[0]
+    assert r.video_paths == ("nVbIUDjzWY4.mp4",) and r.start is None
+    assert r.texts[0] == TextSpan("Replace a Motorcycle Chain", kind="task")
+    asr = [t for t in r.texts if t.kind == "asr"]
+    assert asr[0].text == "hello everyone welcome to my channel today we are going to replace"
+    assert asr[1].text == "the chain"  # "going to replace" repeated at the seam was dropped
+    assert asr[-1] == TextSpan("first loosen the rear axle", 30.5, 33.0, "asr")
+    assert recs[1].texts[1].text == "so we mix the flour and the eggs"
+    assert recs[2].texts == (TextSpan("Make Pancakes", kind="task"),)  # no captions: still a record
+    assert recs[2].meta_dict()["has_captions"] is False
+    got = fails_by_line(fails)
+    assert got["HowTo100M_v1.csv:5"][0] == "caption[badCaption1]" and "lengths differ" in got["HowTo100M_v1.csv:5"][1]
+    assert got["HowTo100M_v1.csv:6"][0] == "video_id"
+
+
+def test_howto100m_raw_caption_and_header_task_ids(tmp_path):
+    (tmp_path / "HowTo100M_v1.csv").write_text("rank,task_id,video_id\n1,7,aaaaaaaaaaa\n")
+    (tmp_path / "task_ids.csv").write_text("task_id,task_name\n7,Tie a Tie\n")
+    (tmp_path / "raw_caption.json").write_text(json.dumps({"aaaaaaaaaaa": {"start": [0, 1], "end": [2, 3], "text": ["a b", "b c"]}}))
+    recs, fails = split(read("howto100m", [tmp_path]))
+    assert fails == []
+    assert recs[0].texts == (TextSpan("Tie a Tie", kind="task"), TextSpan("a b c", 0.0, 3.0, "asr"))
+
+
+def test_howto100m_caption_file_not_json(tmp_path):
+    (tmp_path / "HowTo100M_v1.csv").write_text("video_id\naaaaaaaaaaa\n")
+    (tmp_path / "caption.json").write_text("{not json")
+    with pytest.raises(MetadataError, match=r"caption\.json: not valid JSON"):
+        list(get_adapter("howto100m").read([str(tmp_path)], {}))
+
+
+# ------------------------------------------------------------------------------------------------ Ego4D
+
+
+def test_clean_narration():
+    assert clean_narration("#C C picks a bag") == "C picks a bag"
+    assert clean_narration("#O man X opens the door #unsure") == "man X opens the door"
+    assert clean_narration("#Summary C was cooking.") == "C was cooking."
+    assert clean_narration("#unsure") == ""
+    assert clean_narration(None) == ""
+
+
+def test_windows():
+    assert windows(300, 480, 8) == [None]
+    assert windows(1000, 480, 8) == [(0.0, 480.0), (480.0, 960.0), (960.0, 1000.0)]
+    assert windows(965, 480, 8) == [(0.0, 480.0), (480.0, 965.0)]  # 5 s tail merged
+    assert windows(1000, 0, 8) == [None]
+
+
+def test_ego4d_records_windows_texts_and_failures():
+    recs, fails = split(read("ego4d", [FIX / "ego4d"]))
+    assert [(r.video_id[-1], r.start, r.end) for r in recs] == [
+        ("1", None, None),
+        ("2", 0.0, 480.0),
+        ("2", 480.0, 960.0),
+        ("2", 960.0, 1000.0),
+        ("5", 0.0, 480.0),
+        ("5", 480.0, 965.0),
+    ]
+    r = recs[0]
+    assert r.video_paths == (
+        "v2/full_scale/1a2b3c4d-0000-4000-8000-000000000001.mp4",
+        "v1/full_scale/1a2b3c4d-0000-4000-8000-000000000001.mp4",
+    )
+    assert [(t.kind, t.text, t.start) for t in r.texts] == [
+        ("summary", "C was cooking in the kitchen.", 0.0),
+        ("narration", "C picks a bag of clothes from the floor", 12.3),
+        ("narration", "man X hands C a knife", 13.1),  # pass 2
+        ("narration", "C opens the fridge", 15.0),
+    ]
+    m = r.meta_dict()
+    assert m["fps"] == 30.0 and m["duration_sec"] == 300.0 and m["eval_split"] is False
+    assert m["texts_dropped"] == 1  # the narration with a bad timestamp
+    # windows hold only their own texts; a summary goes where its middle is, clipped
+    assert [t.text for t in recs[1].texts] == ["C measures a plank"]
+    assert [(t.kind, t.start, t.end) for t in recs[2].texts] == [("summary", 480.0, 700.0), ("narration", 600.0, 600.0)]
+    assert [t.text for t in recs[3].texts] == ["C sweeps the floor"]
+    assert recs[1].meta_dict()["eval_split"] is True and recs[1].meta_dict()["splits"] == (("em", "val"),)
+    assert recs[4].meta_dict()["duration_sec"] == 965.0  # from video_metadata.mp4_duration_sec
+    assert recs[4].meta_dict()["splits"] == (("av", "test"),)
+    assert [(f.field, f.file.rsplit("/", 1)[-1]) for f in fails] == [
+        ("video_uid", "ego4d.json:videos[2]"),
+        ("duration_sec", "ego4d.json:videos[3]"),
+    ]
+
+
+def test_ego4d_window_option_and_v1_narration_name(tmp_path):
+    shutil.copy(FIX / "ego4d" / "v2" / "ego4d.json", tmp_path / "ego4d.json")
+    shutil.copy(FIX / "ego4d" / "v2" / "annotations" / "narration.json", tmp_path / "narration.json")
+    recs, _ = split(read("ego4d", [tmp_path / "ego4d.json", tmp_path / "narration.json"], window_sec=0))
+    assert all(r.start is None for r in recs) and len(recs) == 3
+    recs, _ = split(read("ego4d", [tmp_path], window_sec=200, min_window_sec=50))
+    assert [(r.start, r.end) for r in recs if r.video_id.endswith("1")] == [(0.0, 200.0), (200.0, 300.0)]
+    with pytest.raises(ValueError, match="window_sec"):
+        get_adapter("ego4d").read([str(tmp_path)], {"window_sec": "big"})
+
+
+def test_ego4d_not_json_is_a_metadata_error():
+    with pytest.raises(MetadataError, match=r"ego4d\.json: not valid JSON"):
+        list(get_adapter("ego4d").read([str(FIX / "bad" / "ego4d.json")], {}))
+
+
+# ------------------------------------------------------------------------------------------------ common
+
+
+@pytest.mark.parametrize("source", ["ego4d", "howto100m", "hdvila", "miradata", "webvid"])
+def test_deterministic_order_and_unique_keys(source):
+    a = read(source, [FIX / source])
+    b = read(source, [FIX / source])
+    assert a == b and a
+    keys = [i.key for i in a]
+    assert len(set(keys)) == len(keys)
+    for i in a:
+        origin = i.origin if isinstance(i, SourceRecord) else i.file
+        assert origin.startswith(str(FIX / source))
+
+
+def test_duplicate_rows_become_failures(tmp_path):
+    p = tmp_path / "results_2M_val.csv"
+    p.write_text("videoid,page_dir,name,duration\n5,d,a,PT5S\n5,d,b,PT5S\n")
+    recs, fails = split(read("webvid", [p]))
+    assert len(recs) == 1 and len(fails) == 1
+    assert "duplicate" in fails[0].reason and fails[0].file.endswith(":3")
+    recs, fails = split(read("webvid", [p], dedupe=False))
+    assert len(recs) == 2
+
+
+def test_texts_in_span():
+    texts = [
+        TextSpan("untimed"),
+        TextSpan("point in", 5.0, 5.0, "narration"),
+        TextSpan("point out", 50.0, 50.0, "narration"),
+        TextSpan("straddles", 8.0, 12.0, "asr"),
+    ]
+    got = texts_in_span(texts, 4.0, 10.0)
+    assert [(t.text, t.start, t.end) for t in got] == [
+        ("untimed", None, None),
+        ("point in", 5.0, 5.0),
+        ("straddles", 8.0, 10.0),
+    ]
+    assert texts_in_span(texts, None, None) == texts
+
+
+def test_s3_metadata_through_storage(monkeypatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from operators import storage
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with moto.mock_aws():
+        storage.configure_s3()
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="meta")
+        for f in ("results_2M_val.csv", "results_10M_train.csv"):
+            s3.put_object(Bucket="meta", Key=f"webvid/{f}", Body=(FIX / "webvid" / f).read_bytes())
+        remote = read("webvid", ["s3://meta/webvid/"])
+        local = read("webvid", [FIX / "webvid"])
+        assert [i.key for i in remote] == [i.key for i in local]
+        assert remote[0].origin == "s3://meta/webvid/results_2M_val.csv:2"
+        with pytest.raises(MetadataError, match="s3://meta/webvid/nope.csv"):
+            read("webvid", ["s3://meta/webvid/nope.csv"])
+    storage.configure_s3()
