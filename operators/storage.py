@@ -818,8 +818,14 @@ def _multipart(uri: str, bucket: str, key: str, first: bytes, f) -> None:
             number += 1
             if eof and not pending:
                 break
-        _retry(uri, "complete multipart upload", lambda: _client().complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        try:
+            _retry(uri, "complete multipart upload", lambda: _client().complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except ObjectNotFound:
+            # NoSuchUpload on a retried complete: the first attempt succeeded but its answer was lost. Accept it
+            # when the object now under the key is exactly this upload (the ETag of the parts' MD5s).
+            if not _is_our_multipart(uri, bucket, key, parts):
+                raise
     except BaseException:
         try:
             _retry(uri, "abort multipart upload", lambda: _client().abort_multipart_upload(
@@ -827,6 +833,21 @@ def _multipart(uri: str, bucket: str, key: str, first: bytes, f) -> None:
         except Exception:  # the original error matters more; a leftover upload is reclaimed by lifecycle rules
             pass
         raise
+
+
+def _is_our_multipart(uri: str, bucket: str, key: str, parts: list[dict]) -> bool:
+    import hashlib
+
+    try:
+        digests = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
+    except ValueError:  # part ETags that are not MD5s (e.g. SSE-KMS): cannot tell
+        return False
+    expected = f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+    try:
+        head = _retry(uri, "head", lambda: _client().head_object(Bucket=bucket, Key=key))
+    except ObjectNotFound:
+        return False
+    return str(head.get("ETag", "")).strip('"') == expected
 
 
 def delete(uri: str) -> None:

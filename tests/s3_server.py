@@ -202,10 +202,11 @@ def fault_proxy(s3_server):
 # FaultProxy
 # --------------------------------------------------------------------------------------------------------------
 
-FAULT_KINDS = ("503", "500", "reset", "reset_early")
+FAULT_KINDS = ("503", "500", "reset", "reset_early", "stall", "403")
 _ERR_BODY = {
     "503": (503, "Service Unavailable", "SlowDown", "Please reduce your request rate."),
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade",
                 "expect"}
@@ -256,7 +257,7 @@ class _Handler(socketserver.BaseRequestHandler):
                     return
                 method, target, headers, body = req
                 fault = proxy._decide(method, target, headers)
-                if fault in ("503", "500"):
+                if fault in _ERR_BODY:
                     status, reason, code, msg = _ERR_BODY[fault]
                     xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{msg}'
                            f"</Message><RequestId>fault</RequestId></Error>").encode()
@@ -265,11 +266,14 @@ class _Handler(socketserver.BaseRequestHandler):
                     continue
                 if fault == "reset_early":
                     raise _ResetConnection
+                if fault == "stall":  # no answer for a while (client read timeout), then a reset
+                    time.sleep(proxy.stall_seconds)
+                    raise _ResetConnection
                 status, reason, rhdrs, data, close = self._forward(method, target, headers, body)
                 head = self._head(status, reason, rhdrs)
                 if fault == "reset":
-                    # headers and half the body, then a TCP reset: a cut in the middle of the response
-                    sock.sendall(head + data[: len(data) // 2])
+                    # headers and half the body (half the headers if there is no body), then a TCP reset
+                    sock.sendall(head + data[: len(data) // 2] if data else head[: len(head) // 2])
                     raise _ResetConnection
                 sock.sendall(head + data)
                 if close or any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
@@ -363,23 +367,26 @@ class FaultProxy:
 
     Fault kinds: "503" (SlowDown), "500" (InternalError) -- answered by the proxy, the request never reaches the
     server; "reset" -- forwarded, then the response is cut after its headers and half its body with a TCP reset
-    (mid-body of a ranged GET, a PUT whose answer is lost, ...); "reset_early" -- reset before any response.
+    (mid-body of a ranged GET, a PUT whose answer is lost, ...); "reset_early" -- reset before any response;
+    "stall" -- no answer for `stall_seconds`, then a reset (client read timeouts). "403" (AccessDenied) is a
+    permanent error, for checking that such errors are not retried.
 
     Which requests get a fault: `schedule` (a list consumed one entry per matching request; None = no fault), then
     `probability` (each matching request gets a fault drawn from `kinds`, from a seeded RNG). `match(method,
     target, headers) -> bool` restricts both to some requests (e.g. ranged GETs). Change at run time with `set()`.
-    Counters: `requests`, `faults` (by kind), `log` [(method, target, fault)].
+    Counters: `requests`, `faults` (by kind), `log` [(method, target, range header or None, fault)].
     """
 
     def __init__(self, upstream: str, schedule: Iterable[str | None] | None = None, probability: float = 0.0,
                  kinds: Iterable[str] = ("503", "500", "reset"), seed: int = 0,
                  match: Callable[[str, str, list], bool] | None = None, max_connections: int = 32,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, stall_seconds: float = 1.5):
         hostport = upstream.split("://", 1)[-1].rstrip("/")
         host, _, port = hostport.partition(":")
         self.up_host, self.up_port = host, int(port or 80)
         self.max_connections = max_connections
         self.timeout = timeout
+        self.stall_seconds = stall_seconds
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.requests = 0
@@ -387,6 +394,7 @@ class FaultProxy:
         self.log: collections.deque = collections.deque(maxlen=10_000)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.match: Callable | None = None
         self.set(schedule=schedule or [], probability=probability, kinds=kinds, match=match)
 
     def set(self, schedule: Iterable[str | None] | None = None, probability: float | None = None,
@@ -422,7 +430,8 @@ class FaultProxy:
                     fault = self._rng.choice(self.kinds)
             if fault:
                 self.faults[fault] += 1
-            self.log.append((method, target, fault))
+            rng = next((v for k, v in headers if k.lower() == "range"), None)
+            self.log.append((method, target, rng, fault))
             return fault
 
     @property
