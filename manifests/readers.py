@@ -1,0 +1,167 @@
+"""Read job outputs (manifests and failures), local or on S3, as pyarrow datasets streamed in batches.
+
+A path may be a job directory (holding `manifests/` and `failures/`, see manifests/schema.py), a `manifests/`
+directory, a single manifest part, or a folder holding several job directories. `s3://bucket/prefix` paths are
+read through a pyarrow filesystem: pass one (e.g. pyarrow.fs.S3FileSystem with an endpoint) or let pyarrow build
+one from the uri and the usual AWS environment variables.
+
+Memory stays bounded: nothing here materialises a table; callers iterate `iter_batches`.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .schema import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
+
+class ManifestError(ValueError):
+    """A manifest or failure file that does not follow its schema; names the file and the column."""
+
+
+@dataclass
+class JobDir:
+    """One job's output directory and the parquet parts found in it."""
+
+    uri: str  # as given by the user (for messages and reports)
+    root: str  # job directory, in `filesystem`'s path form
+    filesystem: pafs.FileSystem
+    manifest_files: list[str] = field(default_factory=list)
+    failure_files: list[str] = field(default_factory=list)
+
+    def path(self, rel: str) -> str:
+        """A path relative to the job directory (e.g. a manifest's `shard`), refusing escapes."""
+        p = posixpath.normpath(posixpath.join(self.root, rel))
+        if not (p == self.root or p.startswith(self.root.rstrip("/") + "/")):
+            raise ManifestError(f"{self.uri}: path {rel!r} escapes the job directory")
+        return p
+
+
+def _fs_and_path(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is not None:
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        return filesystem, path.rstrip("/") or "/"
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), posixpath.abspath(uri)
+
+
+def _parquet_files(fs: pafs.FileSystem, d: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(d, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                  and not posixpath.basename(i.path).startswith((".", "_")))
+
+
+def find_jobs(uri: str, filesystem: pafs.FileSystem | None = None) -> list[JobDir]:
+    """The job directories under `uri` (see module docstring for what a path may be)."""
+    fs, path = _fs_and_path(uri, filesystem)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"--manifests {uri}: not found")
+    if info.type == pafs.FileType.File:
+        parent = posixpath.dirname(path)
+        root = posixpath.dirname(parent) if posixpath.basename(parent) == "manifests" else parent
+        fails = _parquet_files(fs, posixpath.join(root, "failures"))
+        return [JobDir(uri, root, fs, [path], fails)]
+    sub = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(path))}
+    if "manifests" in sub and sub["manifests"].type == pafs.FileType.Directory:
+        return [JobDir(uri, path, fs, _parquet_files(fs, posixpath.join(path, "manifests")),
+                       _parquet_files(fs, posixpath.join(path, "failures")))]
+    if posixpath.basename(path) == "manifests":
+        root = posixpath.dirname(path)
+        return [JobDir(uri, root, fs, _parquet_files(fs, path), _parquet_files(fs, posixpath.join(root, "failures")))]
+    # a folder of job directories: every `.../manifests/*.parquet` below it
+    found: dict[str, JobDir] = {}
+    for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and posixpath.basename(posixpath.dirname(i.path)) == "manifests":
+            root = posixpath.dirname(posixpath.dirname(i.path))
+            if root not in found:
+                rel = posixpath.relpath(root, path)
+                found[root] = JobDir(uri.rstrip("/") + "/" + rel, root, fs, [], _parquet_files(fs, posixpath.join(root, "failures")))
+            found[root].manifest_files.append(i.path)
+    if not found:
+        raise FileNotFoundError(f"--manifests {uri}: no manifests/*.parquet found (expected a job directory, see manifests/schema.py)")
+    for j in found.values():
+        j.manifest_files.sort()
+    return [found[k] for k in sorted(found)]
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if actual.equals(expected):
+        return True
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(actual)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+    if pa.types.is_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _compatible(actual.value_type, expected.value_type)
+    return False
+
+
+def check_schema(fs: pafs.FileSystem, path: str, columns: list[str], schema: pa.Schema, label: str) -> None:
+    """Each requested column exists in the file with a type castable to the schema's; else ManifestError."""
+    try:
+        actual = pq.read_schema(path, filesystem=fs)
+    except Exception as e:
+        raise ManifestError(f"{label}: not a readable parquet file: {e}") from e
+    for c in columns:
+        want = schema.field(c).type
+        if c not in actual.names:
+            raise ManifestError(f"{label}: column {c!r} missing (expected {want}, see manifests/schema.py)")
+        got = actual.field(c).type
+        if not _compatible(got, want):
+            raise ManifestError(f"{label}: column {c!r} has type {got}, expected {want}")
+
+
+def _dataset(job: JobDir, files: list[str], schema: pa.Schema, columns: list[str]) -> ds.Dataset:
+    for f in files:
+        check_schema(job.filesystem, f, columns, schema, f"{job.uri}: {posixpath.relpath(f, job.root)}")
+    sub = pa.schema([schema.field(c) for c in columns])
+    return ds.dataset(files, schema=sub, format="parquet", filesystem=job.filesystem)
+
+
+def read_manifests(paths: list[str], columns: list[str] | None = None,
+                   filesystem: pafs.FileSystem | None = None) -> ds.Dataset:
+    """All manifest parts under `paths` as one dataset with MANIFEST_SCHEMA types (columns checked per file)."""
+    columns = list(columns or MANIFEST_SCHEMA.names)
+    jobs = [j for p in paths for j in find_jobs(p, filesystem)]
+    parts = [_dataset(j, j.manifest_files, MANIFEST_SCHEMA, columns) for j in jobs if j.manifest_files]
+    if not parts:
+        return ds.dataset(MANIFEST_SCHEMA.empty_table().select(columns))
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def read_failures(paths: list[str], columns: list[str] | None = None,
+                  filesystem: pafs.FileSystem | None = None) -> ds.Dataset:
+    """All failure parts under `paths` as one dataset with FAILURE_SCHEMA types."""
+    columns = list(columns or FAILURE_SCHEMA.names)
+    jobs = [j for p in paths for j in find_jobs(p, filesystem)]
+    parts = [_dataset(j, j.failure_files, FAILURE_SCHEMA, columns) for j in jobs if j.failure_files]
+    if not parts:
+        return ds.dataset(FAILURE_SCHEMA.empty_table().select(columns))
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def iter_batches(jobs: list[JobDir], columns: list[str], batch_size: int = 65536,
+                 failures: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(job index, batch) over every job's manifest (or failure) parts, one row group at a time."""
+    schema = FAILURE_SCHEMA if failures else MANIFEST_SCHEMA
+    for n, job in enumerate(jobs):
+        files = job.failure_files if failures else job.manifest_files
+        if not files:
+            continue
+        d = _dataset(job, files, schema, columns)
+        for b in d.to_batches(columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1):
+            if b.num_rows:
+                yield n, b
