@@ -185,7 +185,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def configure_s3(opts: S3Options | dict | None = None, **overrides: Any) -> S3Options:
-    """Set the S3 options of this process (drops cached clients). Accepts S3Options, a dict (e.g. the one from
+    """Set the S3 options of this process (drops cached clients if they changed). Accepts S3Options, a dict (e.g. the one from
     `s3_options_from_env()` shipped to a Ray worker) or keyword overrides. `configure_s3()` resets to defaults."""
     global _OPTIONS
     if opts is None:
@@ -199,8 +199,9 @@ def configure_s3(opts: S3Options | dict | None = None, **overrides: Any) -> S3Op
     if overrides:
         o = dataclasses.replace(o, **overrides)
     with _LOCK:
-        _OPTIONS = o
-        _CLIENTS.clear()
+        if o != _OPTIONS:  # same options again (e.g. once per Ray task): keep the cached client
+            _OPTIONS = o
+            _CLIENTS.clear()
     return o
 
 

@@ -349,3 +349,11 @@ def test_redact_presigned_urls_and_credentials():
     # ordinary URLs and text are untouched
     plain = "see https://example.com/page?q=1&page=2 and s3://bkt/videos/a.mp4 (size 12)"
     assert st.redact(plain) == plain
+
+
+def test_configure_same_options_keeps_client_and_new_options_replace_it(s3):
+    c = st._client()
+    st.configure_s3(st.S3Options.from_dict(st._OPTIONS.to_dict()))
+    assert st._client() is c
+    st.configure_s3(st._OPTIONS, max_attempts=2)
+    assert st._client() is not c
