@@ -39,7 +39,7 @@ import av
 
 from operators.errors import RecordError
 from operators.frames import resize_one
-from operators.probe import Source, VideoInfo, is_path, open_container, source_name, video_stream
+from operators.probe import Source, VideoInfo, is_path, keyframe_entries, open_container, source_name, video_stream
 
 BACKENDS = ("pyav", "decord")
 MODES = ("auto", "sequential", "seek", "keyframe")
@@ -178,13 +178,9 @@ class _PyAVDecoder:
         # keyframes from the container index (MP4: DTS; Matroska: PTS) -> estimated grid positions later
         self.kf_ts: list[int] = []
         self.kf_pos: list[int] = []
-        try:
-            for e in st.index_entries:
-                if e.is_keyframe:
-                    self.kf_ts.append(int(e.timestamp))
-                    self.kf_pos.append(int(e.pos))
-        except (AttributeError, av.error.FFmpegError):
-            pass
+        for ts, pos in keyframe_entries(c, st):
+            self.kf_ts.append(ts)
+            self.kf_pos.append(pos)
         self.kf_g: list[float] | None = None  # set once the index-timestamp -> pts offset is known
         self.kf_off = 0
 
@@ -245,7 +241,7 @@ class _PyAVDecoder:
             return self.cc.decode(pkt)
         except av.error.EOFError:
             return []
-        except (av.error.InvalidDataError, av.error.ValueError) as e:
+        except av.error.FFmpegError as e:
             self.stats.packet_errors += 1
             if self._first_error is None:
                 self._first_error = str(e)
@@ -390,16 +386,18 @@ class _PyAVDecoder:
             slack = max(slack, self.fps)  # estimated frame counts may be off by up to a second
         bad = [t for t in targets[j:] if t > g + slack]
         if bad:
-            parts = [f"target frame {bad[0]} ({bad[0] / self.fps:.2f}s) is past the end of the decoded stream"]
-            parts.append(f"(last frame {int(round(g))} at {g / self.fps:.2f}s")
-            if info.num_frames_exact and g + slack < info.num_frames - 1:
-                parts.append(f"of {info.num_frames} declared: the file looks truncated")
+            t = bad[0]
+            truncated = info.num_frames_exact and t < info.num_frames
+            msg = f"target frame {t} ({t / self.fps:.2f}s) could not be decoded: the stream ends before it"
+            if truncated:
+                msg += f" although the container declares {info.num_frames} frames (the file looks truncated)"
+            else:
+                msg += f" (target index past the end; last decoded frame {int(round(g))} at {g / self.fps:.2f}s)"
             if self.stats.packet_errors:
-                parts.append(f"; {self.stats.packet_errors} packets failed to decode: {self._first_error}")
+                msg += f"; {self.stats.packet_errors} packets failed to decode: {self._first_error}"
             if read_error:
-                parts.append(f"; read error: {read_error}")
-            field_ = "indices" if not (info.num_frames_exact and g + slack < info.num_frames - 1) else "stream"
-            raise RecordError("decode", " ".join(parts) + ")", field_, self.name)
+                msg += f"; read error: {read_error}"
+            raise RecordError("decode", msg, "stream" if truncated else "indices", self.name)
         arr = self._convert(fr)
         for jj in range(j, n):
             out[jj] = arr

@@ -143,25 +143,58 @@ def _rate(stream) -> float | None:
     return None
 
 
-def keyframe_times(stream) -> list[float]:
-    """Seconds of the keyframe entries of the container index (as stored: DTS in MP4, PTS in Matroska)."""
-    tb = stream.time_base
-    if tb is None:
-        return []
-    try:
-        entries = stream.index_entries
-        out = [float(e.timestamp * tb) for e in entries if e.is_keyframe]
-    except (AttributeError, av.error.FFmpegError):
-        return []
+def keyframe_entries(container, stream) -> list[tuple[int, int]]:
+    """(timestamp, byte position) of the keyframe entries of the container index, in stream time_base units.
+
+    Timestamps are as the demuxer stores them: DTS in MP4, PTS in Matroska. Matroska reads its cues only on
+    the first seek, so when the index looks empty we seek to the start once (one small read) and look again.
+    """
+    def read() -> list[tuple[int, int]]:
+        try:
+            return [(int(e.timestamp), int(e.pos)) for e in stream.index_entries if e.is_keyframe]
+        except (AttributeError, av.error.FFmpegError):
+            return []
+
+    out = read()
+    if len(out) <= 1:
+        try:
+            container.seek(stream.start_time or 0, backward=True, stream=stream)
+        except (av.error.FFmpegError, ValueError, OSError):
+            return out
+        out = read()
     return out
 
 
-def _keyframe_interval(stream) -> float | None:
-    kts = keyframe_times(stream)
+def _keyframe_interval(container, stream) -> float | None:
+    tb = float(stream.time_base or 0)
+    kts = [t * tb for t, _ in keyframe_entries(container, stream)]
     if len(kts) < 2:
         return None
     gaps = sorted(b - a for a, b in zip(kts, kts[1:]) if b > a)
     return gaps[len(gaps) // 2] if gaps else None
+
+
+def _scan_end(container, stream, end_guess: float, max_packets: int = 2000) -> float | None:
+    """End time (s) of the last packets, read after one seek near the end; None when that fails.
+
+    Used only when the container has no frame count: its duration may include other streams or a start
+    offset. Reads about one keyframe interval of packets, never the whole file.
+    """
+    tb = stream.time_base
+    if tb is None or end_guess <= 0:
+        return None
+    try:
+        container.seek(int(end_guess / tb), backward=True, stream=stream)
+        end = None
+        for k, pkt in enumerate(container.demux(stream)):
+            if pkt.pts is not None:
+                e = float((pkt.pts + (pkt.duration or 0)) * tb)
+                end = e if end is None else max(end, e)
+            if k >= max_packets:
+                break
+        return end
+    except (av.error.FFmpegError, ValueError, OSError):
+        return None
 
 
 def probe(src: Source) -> VideoInfo:
@@ -194,6 +227,9 @@ def probe(src: Source) -> VideoInfo:
         if stream.frames and stream.frames > 0:
             num_frames, exact = int(stream.frames), True
         else:
+            end = _scan_end(container, stream, start_time + duration)
+            if end is not None and end > start_time:
+                duration = end - start_time
             num_frames, exact = int(round(duration * fps)), False
         if num_frames <= 0:
             raise RecordError("probe", "the video stream has no frames (zero duration)", "num_frames", name)
@@ -210,7 +246,7 @@ def probe(src: Source) -> VideoInfo:
             has_audio=has_audio,
             start_time=start_time,
             num_frames_exact=exact,
-            keyframe_interval_s=_keyframe_interval(stream),
+            keyframe_interval_s=_keyframe_interval(container, stream),
             format_name=str(container.format.name or ""),
             stream_index=int(stream.index),
         )

@@ -1,0 +1,284 @@
+"""decode_frames(): the right frames (read back from each frame's stamp), decord equality, cost-model
+properties (no frame decoded twice, stop after the last target, non-reference frames skipped), bad files."""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from operators.decode import decode, decode_frames
+from operators.errors import RecordError
+from operators.frames import resize_square
+from operators.probe import probe
+from pipelines.synth_video import _frame, make_video, read_frame_number
+
+W, H = 192, 144
+
+
+def stamps(frames: np.ndarray) -> list[int]:
+    return [read_frame_number(f) for f in frames]
+
+
+def _remux(src, dst, options=None):
+    with av.open(str(src)) as i, av.open(str(dst), "w", options=options or {}) as o:
+        ist = i.streams.video[0]
+        ost = o.add_stream_from_template(ist)
+        for p in i.demux(ist):
+            if p.dts is not None:
+                p.stream = ost
+                o.mux(p)
+    return dst
+
+
+def _write_timed(path, times_ms: list[int], stamp: list[int], container_opts=None, bframes=2, gop=12, rate=30):
+    """An H.264 file whose frame k is shown at times_ms[k] (ms) and carries the stamp stamp[k]."""
+    with av.open(str(path), "w", options=container_opts or {}) as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.time_base = Fraction(1, 1000)
+        vs.codec_context.time_base = Fraction(1, 1000)
+        vs.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(bframes), "preset": "veryfast"}
+        for t, s in zip(times_ms, stamp):
+            vf = av.VideoFrame.from_ndarray(_frame(s, W, H, 1), format="rgb24")
+            vf.pts = t
+            vf.time_base = Fraction(1, 1000)
+            for pkt in vs.encode(vf):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    d = tmp_path_factory.mktemp("decode")
+    v = {
+        # B-frame videos with 1 s and 5 s keyframe intervals
+        "gop1": make_video(d / "gop1.mp4", seconds=10, fps=30, width=W, height=H, gop=30, bframes=2),
+        "gop5": make_video(d / "gop5.mp4", seconds=12, fps=30, width=W, height=H, gop=150, bframes=3),
+        "ntsc": make_video(d / "ntsc.mp4", seconds=6, fps=30000 / 1001, width=W, height=H, gop=60, bframes=2, audio=True),
+    }
+    v["mkv"] = _remux(v["gop1"], d / "gop1.mkv")
+    v["faststart"] = _remux(v["gop1"], d / "faststart.mp4", {"movflags": "faststart"})
+    data = v["faststart"].read_bytes()
+    (d / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])  # header intact, media data cut
+    v["cut"] = d / "cut.mp4"
+    i = data.find(b"mdat")
+    (d / "zeros.mp4").write_bytes(data[: i + 4] + bytes(len(data) - i - 4))  # container fine, no decodable packet
+    v["zeros"] = d / "zeros.mp4"
+    # variable frame rate: 10 fps nominal with gaps (frames dropped) and a burst
+    times = [k * 100 for k in range(40)] + [4300, 4700, 4750, 4800, 5000] + [5100 + k * 100 for k in range(30)]
+    v["vfr"] = _write_timed(d / "vfr.mp4", times, list(range(len(times))))
+    v["vfr_times"] = times
+    # a stream that does not start at 0 (Matroska keeps the offset): frame k at 2.5 s + k/25
+    v["offset"] = _write_timed(d / "offset.mkv", [2500 + 40 * k for k in range(100)], list(range(100)), rate=25)
+    return v
+
+
+SPARSE = [3, 0, 45, 46, 200, 299, 151, 151, 2]
+
+
+@pytest.mark.parametrize("mode", ["auto", "sequential", "seek"])
+@pytest.mark.parametrize("name", ["gop1", "gop5", "mkv", "faststart"])
+def test_sparse_unsorted_repeated(vids, name, mode):
+    info = probe(vids[name])
+    idx = [i for i in SPARSE if i < info.num_frames - 1] + [info.num_frames - 1 if info.num_frames_exact else 290]
+    frames = decode_frames(vids[name], idx, info, mode=mode)
+    assert frames.shape == (len(idx), H, W, 3) and frames.dtype == np.uint8
+    assert stamps(frames) == idx
+
+
+@pytest.mark.parametrize("name", ["gop1", "gop5"])
+def test_dense_every_frame(vids, name):
+    info = probe(vids[name])
+    idx = list(range(info.num_frames))
+    assert stamps(decode_frames(vids[name], idx, info)) == idx
+
+
+def test_dense_window_and_strided(vids):
+    info = probe(vids["gop5"])
+    idx = list(range(100, 180)) + list(range(181, 360, 3))
+    assert stamps(decode_frames(vids["gop5"], idx, info)) == idx
+
+
+def test_fractional_fps_with_audio(vids):
+    info = probe(vids["ntsc"])
+    idx = [0, 1, 59, 60, 61, 100, info.num_frames - 1]
+    assert stamps(decode_frames(vids["ntsc"], idx, info)) == idx
+
+
+def test_no_frame_decoded_twice_and_stop_after_last(vids):
+    info = probe(vids["gop5"])
+    idx = [10, 20, 170, 171, 330]
+    r = decode(vids["gop5"], idx, info, track=True)
+    assert stamps(r.frames) == idx
+    assert len(r.stats.sent_pts) == len(set(r.stats.sent_pts))  # no packet sent twice
+    assert r.stats.seeks >= 1  # 20 -> 170 and 171 -> 330 cross keyframes
+    assert r.stats.frames_converted == 5
+    # stops soon after the last target: packets of the last GOP only up to ~frame 330 + pipeline delay
+    last_pts = max(r.stats.sent_pts)
+    tb = av.open(str(vids["gop5"])).streams.video[0].time_base
+    assert float(last_pts * tb) * 30 < 330 + 24
+
+
+def test_nonref_frames_are_skipped_but_targets_are_not(vids):
+    info = probe(vids["gop5"])
+    idx = list(range(0, 360, 10)) + [7, 8, 9]  # targets on every kind of frame, incl. B-frames
+    r = decode(vids["gop5"], idx, info, mode="sequential")
+    assert stamps(r.frames) == idx
+    assert r.stats.packets_nonref > 100
+    assert r.stats.frames_out < 360  # some non-reference B-frames were never decoded
+
+
+def test_sequential_and_seek_agree_bytewise(vids):
+    info = probe(vids["gop1"])
+    idx = [5, 31, 64, 65, 250]
+    a = decode_frames(vids["gop1"], idx, info, mode="sequential")
+    b = decode_frames(vids["gop1"], idx, info, mode="seek")
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["gop1", "gop5", "ntsc"])
+def test_equal_to_decord(vids, name):
+    decord = pytest.importorskip("decord")
+    info = probe(vids[name])
+    vr = decord.VideoReader(str(vids[name]), ctx=decord.cpu(0))
+    assert len(vr) == info.num_frames
+    assert vr.get_avg_fps() == pytest.approx(info.fps)
+    idx = sorted({0, 1, 29, 30, 31, 75, 149, 150, 151, info.num_frames // 2, info.num_frames - 1})
+    ref = vr.get_batch(idx).asnumpy()
+    ours = decode_frames(vids[name], idx, info)
+    assert ours.shape == ref.shape
+    diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
+    assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 3, (diff.mean(), diff.max())
+
+
+def test_decord_backend_same_interface(vids):
+    pytest.importorskip("decord")
+    info = probe(vids["gop1"])
+    idx = [40, 3, 3, 299]
+    a = decode_frames(vids["gop1"], idx, info, backend="decord", size=64)
+    b = decode_frames(vids["gop1"], idx, info, backend="pyav", size=64)
+    assert a.shape == (4, 64, 64, 3)
+    assert stamps(a) == stamps(b) == idx
+    with pytest.raises(RecordError) as ei:
+        decode_frames(vids["gop1"], [300], info, backend="decord")
+    assert ei.value.stage == "decode"
+
+
+def test_resize_after_decode(vids):
+    info = probe(vids["gop1"])
+    idx = [10, 200]
+    small = decode_frames(vids["gop1"], idx, info, size=64)
+    full = decode_frames(vids["gop1"], idx, info)
+    assert small.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(small, resize_square(full, 64))
+    assert stamps(small) == idx
+
+
+def test_keyframe_mode_snaps_and_reports(vids):
+    info = probe(vids["gop5"])
+    frames, used = decode_frames(vids["gop5"], [10, 80, 200, 340, 10], info, mode="keyframe")
+    assert used == [0, 150, 150, 300, 0]
+    assert stamps(frames) == used
+    r = decode(vids["gop5"], [10, 80, 200, 340], info, mode="keyframe")
+    assert r.stats.packets_sent == 3  # only the three keyframes were decoded
+    assert r.times == pytest.approx((0.0, 5.0, 5.0, 10.0))
+
+
+def test_file_object_source(vids):
+    info = probe(vids["gop1"])
+
+    class NoWholeRead(io.FileIO):
+        def read(self, n=-1):
+            if n is None or n < 0:
+                raise AssertionError("read the whole file")
+            return super().read(n)
+
+        def readall(self):
+            raise AssertionError("read the whole file")
+
+    with NoWholeRead(str(vids["gop1"]), "r") as f:
+        info2 = probe(f)
+        got = decode_frames(f, [250, 7], info2, size=64)
+    assert info2 == info
+    assert stamps(got) == [250, 7]
+
+
+def test_variable_frame_rate(vids):
+    """Target i gets the frame nearest to i/fps within half a frame, else the one on screen at that time."""
+    info = probe(vids["vfr"])
+    times = vids["vfr_times"]
+    g = [(t / 1000 - info.start_time) * info.fps for t in times]
+
+    def expected(i):
+        inside = [k for k in range(len(g)) if abs(g[k] - i) <= 0.5]
+        if inside:
+            return inside[0]
+        before = [k for k in range(len(g)) if g[k] < i]
+        return before[-1] if before else 0
+
+    idx = list(range(0, info.num_frames, 3)) + [info.num_frames - 1]
+    for mode in ("auto", "sequential"):
+        r = decode(vids["vfr"], idx, info, mode=mode)
+        assert stamps(r.frames) == [expected(i) for i in idx], mode
+
+
+def test_stream_with_start_offset(vids):
+    info = probe(vids["offset"])
+    assert info.start_time == pytest.approx(2.5)
+    assert info.fps == pytest.approx(25.0)
+    assert info.num_frames == 100 and not info.num_frames_exact
+    idx = [0, 1, 50, 99, 12]
+    for mode in ("auto", "sequential"):
+        assert stamps(decode_frames(vids["offset"], idx, info, mode=mode)) == idx
+
+
+def test_empty_indices(vids):
+    info = probe(vids["gop1"])
+    assert decode_frames(vids["gop1"], [], info, size=16).shape == (0, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "kind, idx, field, words",
+    [
+        ("cut", [5, 280], "stream", "truncated"),
+        ("zeros", [5], "stream", "undecodable"),
+        ("gop1", [300], "indices", "past the end"),
+        ("gop1", [-1], "indices", "negative"),
+    ],
+)
+def test_decode_errors(vids, kind, idx, field, words):
+    info = probe(vids[kind])
+    with pytest.raises(RecordError) as ei:
+        decode_frames(vids[kind], idx, info)
+    e = ei.value
+    assert (e.stage, e.field) == ("decode", field)
+    assert words in e.reason
+    assert str(vids[kind]) in str(e)
+
+
+def test_bad_files_fail_at_decode_open_too(tmp_path, vids):
+    """decode_frames on a file that changed since probe (e.g. replaced by junk) still raises RecordError."""
+    info = probe(vids["gop1"])
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video at all\n" * 20)
+    with pytest.raises(RecordError) as ei:
+        decode_frames(junk, [1], info)
+    assert ei.value.stage == "decode" and "not a video" in ei.value.reason
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(RecordError) as ei:
+        decode_frames(empty, [1], info)
+    assert ei.value.reason == "zero-byte file"
+
+
+def test_bad_arguments(vids):
+    info = probe(vids["gop1"])
+    with pytest.raises(ValueError):
+        decode_frames(vids["gop1"], [1], info, backend="opencv")
+    with pytest.raises(ValueError):
+        decode_frames(vids["gop1"], [1], info, mode="fast")
