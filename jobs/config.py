@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from operators.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad job configuration: the message names the field (and the file when it came from one)."""
+__all__ = ["ConfigError", "load_config", "read_yaml"]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -24,3 +24,7 @@ class RecordError(Exception):
 
 class MetadataError(Exception):
     """A metadata file that cannot be read at all: a clear error before any work starts."""
+
+
+class ConfigError(ValueError):
+    """A bad job configuration: the message names the field (and the file when it came from one)."""

@@ -1,0 +1,173 @@
+"""One SourceRecord -> one Sample: locate, probe, plan the frames, decode, resize, encode, prompt.
+
+This is the per-record body of the ingest job. It raises `RecordError` (stage, reason, field, file) for any bad
+input; the caller (operators.isolate, pipelines.ingest) turns that into a Failure row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from operators import storage
+from operators.errors import RecordError
+from operators.frames import dhash64
+from operators.mp4 import encode_mp4
+from operators.probe import probe
+from operators.decode import decode
+from operators.prompt import build_conversations, sample_text, time_msg
+from operators.records import Sample, SourceRecord, TextSpan
+from operators.sample import PROFILES, Profile, plan_span
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """Per-record settings of the ingest job (plain values: they travel to Ray workers)."""
+
+    videos_root: str
+    profile: str = "long"
+    backend: str = "pyav"
+    decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
+    crf: int = 23
+    decoder_threads: int | None = 1  # one CPU per Ray task
+    long_time_msg: bool = False  # use the per-frame-times variant of the timestamp message
+
+    @property
+    def profile_obj(self) -> Profile:
+        return PROFILES[self.profile]
+
+
+def locate(record: SourceRecord, videos_root: str) -> str:
+    """The URI of the first candidate path that exists under the video root.
+
+    Paths that escape the root are refused (RecordError, stage locate); no candidate found is a locate failure.
+    """
+    if not record.video_paths:
+        raise RecordError("locate", "the record names no video path", "video_paths", record.origin)
+    tried = []
+    for rel in record.video_paths:
+        uri = storage.safe_join(videos_root, rel)
+        tried.append(uri)
+        if storage.exists(uri):
+            return uri
+    raise RecordError("locate", f"video not found (tried {', '.join(tried)})", "video_paths", tried[0])
+
+
+def _open(uri: str):
+    return uri if not storage.is_s3(uri) else storage.open_read(uri)
+
+
+def _sidecar_texts(record: SourceRecord, videos_root: str) -> list[TextSpan]:
+    """Subtitles next to the video (HD-VILA `<video_id>.en.vtt`), when present. A bad sidecar is ignored."""
+    paths = record.meta_dict().get("subtitle_paths") or ()
+    for rel in paths:
+        try:
+            uri = storage.safe_join(videos_root, rel)
+            if not storage.exists(uri):
+                continue
+            from operators.sources.hdvila import parse_vtt
+
+            return list(parse_vtt(storage.read_text(uri)))
+        except (RecordError, OSError, ValueError, UnicodeDecodeError):
+            continue
+    return []
+
+
+def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
+    """Turn one record into a Sample (json info + mp4 bytes). Raises RecordError for bad input."""
+    profile = opts.profile_obj
+    uri = locate(record, opts.videos_root)
+    src = _open(uri)
+    try:
+        info = probe(src)
+        try:
+            plan = plan_span(info.num_frames, info.fps, profile, record.start, record.end)
+        except ValueError as e:
+            raise RecordError("sample", str(e), "span" if record.start is not None else "duration", uri) from None
+        mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
+        res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
+                     threads=opts.decoder_threads)
+    finally:
+        if hasattr(src, "close"):
+            src.close()
+    indices = [int(i) for i in res.indices]
+    times = [round(i / info.fps, 1) for i in indices]
+    n = len(indices)
+    frames = res.frames
+    try:
+        mp4 = encode_mp4(frames, fps=max(n / plan.duration, 0.01) if plan.duration > 0 else 1.0, crf=opts.crf)
+    except ValueError as e:
+        raise RecordError("encode", str(e), "frames", uri) from None
+    texts = list(record.texts) + _sidecar_texts(record, opts.videos_root)
+    msg = time_msg(plan.duration, n, frame_times=times, long=opts.long_time_msg)
+    key = record.key
+    conversations = build_conversations(texts, plan.start, plan.end, plan.duration, msg, key)
+    meta = {k: v for k, v in record.meta_dict().items() if _jsonable(v)}
+    sample_info: dict[str, Any] = {
+        "key": key,
+        "source": record.source,
+        "video_id": record.video_id,
+        "uri": storage.redact(uri),
+        "start": plan.start,
+        "end": plan.end,
+        "duration": plan.duration,
+        "fps": info.fps,
+        "num_frames": n,
+        "frame_indices": indices,
+        "frame_times": times,
+        "time_msg": msg,
+        "conversations": conversations,
+        "profile": profile.name,
+        "resolution": profile.resolution,
+        "sample_type": profile.sample_type,
+        "video_width": info.width,
+        "video_height": info.height,
+        "video_duration": info.duration,
+        "texts": [{"text": t.text, "start": t.start, "end": t.end, "kind": t.kind} for t in texts],
+        "meta": meta,
+    }
+    return Sample(
+        info=sample_info,
+        mp4=mp4,
+        text=sample_text(texts),
+        frame_hashes=[dhash64(f) for f in frames],
+    )
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def manifest_row(sample: Sample, shard: str, unit: int) -> dict[str, Any]:
+    """The manifest row of a written sample (manifests.schema.MANIFEST_SCHEMA)."""
+    i = sample.info
+    return {
+        "key": i["key"],
+        "shard": shard,
+        "unit": unit,
+        "source": i["source"],
+        "video_id": i["video_id"],
+        "uri": i["uri"],
+        "start": i["start"],
+        "end": i["end"],
+        "duration": i["duration"],
+        "fps": i["fps"],
+        "num_frames": i["num_frames"],
+        "frame_indices": i["frame_indices"],
+        "frame_times": i["frame_times"],
+        "width": i["video_width"],
+        "height": i["video_height"],
+        "resolution": i["resolution"],
+        "profile": i["profile"],
+        "text": sample.text,
+        "num_turns": len(i["conversations"]),
+        "bytes": len(sample.mp4),
+        "sha256": hashlib.sha256(sample.mp4).hexdigest(),
+        "frame_hashes": sample.frame_hashes,
+    }
+

@@ -1,0 +1,278 @@
+"""Ingest: metadata -> SourceRecords -> work units -> Ray tasks -> committed shards + manifests + failures.
+
+    adapter.read()  ──▶ item stream (SourceRecord | Failure), deterministic order
+    cut into units of k items (unit N = items [N*k, (N+1)*k))          ◀── resume: committed units are skipped
+    Ray task per unit: each record through process_record in an isolated child (crash/timeout = one failure),
+                       UnitWriter commits shards, failures, manifest (last)
+    driver: bounded number of units in flight, progress line, then index.json + summary.json
+
+Every input item ends as one manifest row or one failure row: written + failed = inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from operators import storage
+from operators.errors import ConfigError, MetadataError, RecordError
+from operators.isolate import IsolatedRunner
+from operators.process import ProcessOptions, manifest_row, process_record
+from operators.records import Failure, SourceRecord
+from operators.sample import PROFILES
+from operators.sources import available, get_adapter
+from operators.write import UnitWriter, manifest_name, sample_members
+from pipelines import outputs
+
+# Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
+# fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.
+BYTES_PER_FRAME = {224: 6_000, 448: 20_000}
+
+
+@dataclass
+class IngestConfig:
+    source: str
+    metadata: list[str]
+    videos: str
+    out: str
+    profile: str = "long"
+    shard_size_mb: float = 1024.0
+    records_per_unit: int = 0  # 0: chosen from the shard size and the profile
+    limit: int = 0  # 0: all input rows
+    backend: str = "pyav"
+    decode_mode: str = "auto"
+    crf: int = 23
+    long_time_msg: bool = False
+    decode_timeout_s: float = 600.0
+    decoder_memory_mb: int = 4096
+    max_in_flight: int = 0  # 0: twice the cluster's CPUs
+    num_cpus: int = 0  # embedded Ray only; 0: all cores
+    ray_address: str = ""
+    s3_endpoint_url: str = ""
+    s3_profile: str = ""
+    s3_region: str = ""
+    source_options: dict = field(default_factory=dict)
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if self.source not in available():
+            raise ConfigError(f"source: unknown source {self.source!r}; choose one of {', '.join(available())}")
+        if not self.metadata:
+            raise ConfigError("metadata: at least one metadata file is required")
+        if not self.videos:
+            raise ConfigError("videos: the video root (folder or s3://bucket/prefix) is required")
+        if not self.out:
+            raise ConfigError("out: the output folder (or s3://bucket/prefix) is required")
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile: must be one of {', '.join(PROFILES)}; got {self.profile!r}")
+        if not self.shard_size_mb > 0:
+            raise ConfigError(f"shard_size_mb: must be positive, got {self.shard_size_mb}")
+        for name in ("records_per_unit", "limit", "max_in_flight", "num_cpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.backend not in ("pyav", "decord"):
+            raise ConfigError(f"backend: must be pyav or decord, got {self.backend!r}")
+        if self.decode_mode not in ("auto", "keyframe"):
+            raise ConfigError(f"decode_mode: must be auto or keyframe, got {self.decode_mode!r}")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"crf: must be in [0, 51], got {self.crf}")
+        if not self.decode_timeout_s > 0:
+            raise ConfigError(f"decode_timeout_s: must be positive, got {self.decode_timeout_s}")
+
+    def unit_size(self) -> int:
+        if self.records_per_unit:
+            return self.records_per_unit
+        p = PROFILES[self.profile]
+        per_sample = p.hi * BYTES_PER_FRAME.get(p.resolution, 6_000)
+        return int(min(4096, max(8, self.shard_size_mb * 2**20 // per_sample)))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change what is written: a re-run into the same --out must match them."""
+        keys = ("source", "metadata", "profile", "shard_size_mb", "limit", "backend", "decode_mode", "crf",
+                "long_time_msg", "source_options")
+        d = {k: getattr(self, k) for k in keys}
+        d["videos"] = storage.redact(self.videos)
+        d["records_per_unit"] = self.unit_size()
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------- units
+
+
+def cut_units(items: Iterator[SourceRecord | Failure], k: int, limit: int = 0) -> Iterator[tuple[int, list]]:
+    """Unit N = items [N*k, (N+1)*k) of the stream. Duplicate keys become metadata failures of the later row."""
+    seen: set[int] = set()
+    unit: list = []
+    n_unit = 0
+    for n, item in enumerate(items):
+        if limit and n >= limit:
+            break
+        if isinstance(item, SourceRecord):
+            h = int.from_bytes(hashlib.blake2b(item.key.encode(), digest_size=8).digest(), "little")
+            if h in seen:
+                item = Failure(item.source, item.video_id, "", "metadata",
+                               "duplicate row: same video and span as an earlier row (same key)",
+                               item.origin, "video_id", item.key, item.start, item.end)
+            else:
+                seen.add(h)
+        unit.append(item)
+        if len(unit) == k:
+            yield n_unit, unit
+            n_unit += 1
+            unit = []
+    if unit:
+        yield n_unit, unit
+
+
+def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size: int, timeout_s: float,
+             memory_mb: int, s3: dict) -> dict[str, Any]:
+    """Process and commit one unit (idempotent: a retry rewrites the same files)."""
+    storage.configure_s3(s3 or None)
+    writer = UnitWriter(out, unit, shard_size)
+    t0 = time.time()
+    try:
+        with IsolatedRunner(timeout_s, memory_limit_mb=memory_mb) as runner:
+            for item in items:
+                if isinstance(item, Failure):
+                    writer.fail(item)
+                    continue
+                try:
+                    sample = runner.run(process_record, item, opts, what=item.origin)
+                except RecordError as e:
+                    writer.fail(Failure(item.source, item.video_id, storage.redact(e.file or ""), e.stage,
+                                        storage.redact(e.reason), e.file and storage.redact(e.file) or item.origin,
+                                        e.field, item.key, item.start, item.end))
+                    continue
+                members = sample_members(sample.info, {"mp4": sample.mp4})
+                if not writer.add(sample.key, members, manifest_row(sample, "", unit)):
+                    writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
+                                        "duplicate key inside the unit", item.origin, "video_id", item.key))
+        stats = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    stats["elapsed"] = time.time() - t0
+    stats["inputs"] = len(items)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def _check_inputs(cfg: IngestConfig) -> Iterator[SourceRecord | Failure]:
+    """Fail before any work when a metadata file is missing or unreadable; returns the primed item stream."""
+    for m in cfg.metadata:
+        if not storage.exists(m):
+            raise ConfigError(f"metadata: file not found: {storage.redact(m)}")
+    adapter = get_adapter(cfg.source)
+    it = iter(adapter.read(list(cfg.metadata), dict(cfg.source_options)))
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    except MetadataError as e:
+        raise ConfigError(f"metadata: {e}") from None
+
+    def chain():
+        yield first
+        try:
+            yield from it
+        except MetadataError as e:
+            raise ConfigError(f"metadata: {e}") from None
+
+    return chain()
+
+
+def _check_out(cfg: IngestConfig) -> None:
+    job_uri = storage.join(cfg.out, "job.json")
+    fp = cfg.fingerprint()
+    if storage.exists(job_uri):
+        old = json.loads(storage.read_text(job_uri)).get("fingerprint")
+        if old != json.loads(json.dumps(fp)):
+            diff = sorted(k for k in set(old or {}) | set(fp) if (old or {}).get(k) != json.loads(json.dumps(fp)).get(k))
+            raise ConfigError(f"out: {storage.redact(cfg.out)} holds a job with other settings ({', '.join(diff)}); "
+                              "use a new --out to ingest with these settings")
+    else:
+        storage.makedirs(cfg.out)
+        storage.write_text(job_uri, json.dumps({"job": "ingest", "fingerprint": fp}, indent=2, sort_keys=True))
+
+
+def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
+    """Run the whole job on Ray (embedded when no cluster address is given). Returns the summary dict."""
+    import ray
+
+    s3 = storage.configure_s3(storage.S3Options(endpoint_url=cfg.s3_endpoint_url or None,
+                                                profile=cfg.s3_profile or None,
+                                                region=cfg.s3_region or None)).to_dict()
+    items = _check_inputs(cfg)
+    _check_out(cfg)
+    t0 = time.time()
+    started_here = False
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": True}
+        if address is None and cfg.num_cpus:
+            kw["num_cpus"] = cfg.num_cpus
+        if address is None:
+            kw.pop("address")
+        ray.init(**kw)
+        started_here = True
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        max_in_flight = cfg.max_in_flight or 2 * cpus
+        committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
+        opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
+                              decode_mode=cfg.decode_mode, crf=cfg.crf, long_time_msg=cfg.long_time_msg)
+        task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
+        shard_bytes = int(cfg.shard_size_mb * 2**20)
+        pending: dict[Any, int] = {}
+        done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0}
+
+        def drain(block_until: int) -> None:
+            while len(pending) > block_until:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    pending.pop(ref)
+                    st = ray.get(ref)
+                    done["units"] += 1
+                    for k in ("inputs", "samples", "failures", "seconds"):
+                        done[k] += st[k]
+                    if not cfg.quiet:
+                        el = time.time() - t0
+                        log(f"[ingest {cfg.source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures"
+                            f" | total {done['samples']} samples, {done['failures']} failures, {done['units']} units"
+                            f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / 3600 / max(el, 1e-9) * 3600:.2f}"
+                            " video-h/h")
+
+        for unit, unit_items in cut_units(items, cfg.unit_size(), cfg.limit):
+            if manifest_name(unit).rsplit("/", 1)[-1] in committed:
+                done["skipped"] += 1
+                continue
+            ref = task.remote(cfg.out, unit, unit_items, opts, shard_bytes, cfg.decode_timeout_s,
+                              cfg.decoder_memory_mb, s3)
+            pending[ref] = unit
+            drain(max_in_flight - 1)
+        drain(0)
+        elapsed = time.time() - t0
+        summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
+                                   extra={"units_run": done["units"], "units_skipped": done["skipped"]})
+    finally:
+        if started_here:
+            ray.shutdown()
+    if not cfg.quiet:
+        log(outputs.format_summary(summary))
+    return summary
+
+
+def _public_config(cfg: IngestConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    for k in ("metadata",):
+        d[k] = [storage.redact(m) for m in d[k]]
+    for k in ("videos", "out", "ray_address", "s3_endpoint_url"):
+        d[k] = storage.redact(d[k])
+    return d
+
