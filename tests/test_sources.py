@@ -448,3 +448,89 @@ def test_s3_metadata_through_storage(monkeypatch):
         with pytest.raises(MetadataError, match="s3://meta/webvid/nope.csv"):
             read("webvid", ["s3://meta/webvid/nope.csv"])
     storage.configure_s3()
+
+
+# ------------------------------------------------------------------------------------------------ demo corpus
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from pipelines.demo_corpus import make_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    return root, make_demo_corpus(root, per_source=3, seed=0)
+
+
+def test_demo_corpus_read_back_by_every_adapter(demo):
+    import os
+
+    root, corpus = demo
+    assert set(corpus) == {"ego4d", "howto100m", "hdvila", "miradata", "webvid"}
+    counts = {}
+    for source, entry in corpus.items():
+        assert Path(entry["videos"]).is_dir()
+        assert all(Path(p).is_file() for p in entry["metadata"])
+        items = list(get_adapter(source).read(entry["metadata"], entry["options"]))
+        recs, fails = split(items)
+        counts[source] = (len(recs), len(fails))
+        exp = entry["expect"]
+        assert (len(recs), len(fails)) == (exp["records"], exp["metadata_failures"])
+        assert [f.file for f in fails] == exp["malformed_rows"]
+        bad = set(exp["missing_videos"]) | set(exp["empty_videos"])
+        for r in recs:
+            found = [p for p in r.video_paths if (Path(entry["videos"]) / p).is_file()]
+            if r.video_paths[0] in exp["missing_videos"]:
+                assert found == []
+            elif found and found[0] in exp["empty_videos"]:
+                assert (Path(entry["videos"]) / found[0]).stat().st_size == 0
+            else:
+                assert found and (Path(entry["videos"]) / found[0]).stat().st_size > 1000, r.key
+                assert found[0] not in bad
+    # seed 0, three videos a source: Ego4D windows (20 s) of 3 videos, HD-VILA 2 clips a video + 1 malformed line,
+    # MiraData 2 clips of the first video, WebVid one row without its video
+    assert counts == {"ego4d": (5, 0), "howto100m": (3, 0), "hdvila": (6, 1), "miradata": (4, 0), "webvid": (4, 0)}
+    assert sum(len(e["expect"]["missing_videos"]) + len(e["expect"]["empty_videos"]) for e in corpus.values()) == 2
+
+
+def test_demo_corpus_formats_are_the_real_ones(demo):
+    import av
+
+    root, corpus = demo
+    # WebVid: shuffled column order, durations that match the files
+    entry = corpus["webvid"]
+    header = Path(entry["metadata"][0]).read_text().splitlines()[0].split(",")
+    assert set(header) == {"videoid", "contentUrl", "duration", "page_dir", "name", "page_idx"}
+    assert header[0] != "videoid"
+    rec = next(i for i in get_adapter("webvid").read(entry["metadata"], {}) if isinstance(i, SourceRecord))
+    with av.open(str(Path(entry["videos"]) / rec.video_paths[0])) as c:
+        s = c.streams.video[0]
+        assert float(s.frames / s.average_rate) == pytest.approx(rec.meta_dict()["duration_sec"], abs=0.2)
+    # MiraData v1: the real header
+    header = Path(corpus["miradata"]["metadata"][0]).read_text().splitlines()[0]
+    assert header == ("clip_id,source,video_url,video_id,width,height,fps,seconds,timestamp,frame_number,framestamp,"
+                      "file_path,short_caption,dense_caption,background_caption,main_object_caption,style_caption,"
+                      "camera_caption")
+    # Ego4D: both narration passes with tags, a summary, a val split
+    recs = [i for i in get_adapter("ego4d").read(corpus["ego4d"]["metadata"], corpus["ego4d"]["options"])]
+    kinds = {t.kind for r in recs for t in r.texts}
+    assert kinds == {"narration", "summary"}
+    assert not any("#" in t.text for r in recs for t in r.texts)
+    assert any(r.meta_dict()["eval_split"] for r in recs)
+    assert any(r.video_paths[1].startswith("v1/") and (Path(corpus["ego4d"]["videos"]) / r.video_paths[1]).exists() for r in recs)
+    # HowTo100M: rolling ASR merged (no repeated words at seams), a video without captions
+    recs = [i for i in get_adapter("howto100m").read(corpus["howto100m"]["metadata"], {})]
+    asr = [t for t in recs[0].texts if t.kind == "asr"]
+    words = " ".join(t.text for t in asr).split()
+    assert words[:6] == "hello everyone and welcome back to".split()
+    assert all(a != b or a in ("the",) for a, b in zip(words, words[1:]))
+    assert [t.kind for t in recs[1].texts] == ["task"]
+    # HD-VILA: one subtitle sidecar next to its video, parsed into non-repeating spans
+    entry = corpus["hdvila"]
+    vtts = sorted(Path(entry["videos"]).glob("*.en.vtt"))
+    assert len(vtts) == 1
+    rec = next(i for i in get_adapter("hdvila").read(entry["metadata"], {}) if isinstance(i, SourceRecord))
+    assert rec.meta_dict()["subtitle_paths"] == (vtts[0].name,)
+    subs = parse_vtt(vtts[0].read_text())
+    text = " ".join(t.text for t in subs).split()
+    assert text[:8] == "hello everyone and welcome back to my channel".split()
+    assert len(texts_in_span(subs, rec.start, rec.end)) >= 2
