@@ -462,8 +462,6 @@ def demo(tmp_path_factory):
 
 
 def test_demo_corpus_read_back_by_every_adapter(demo):
-    import os
-
     root, corpus = demo
     assert set(corpus) == {"ego4d", "howto100m", "hdvila", "miradata", "webvid"}
     counts = {}
