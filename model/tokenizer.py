@@ -1,0 +1,148 @@
+"""Tokenizers and the Qwen2 chat format with training labels.
+
+- `build_test_tokenizer()`: a small real byte-level BPE (tokenizers library), trained here on a fixed built-in
+  text, wrapped as a transformers fast tokenizer with the Qwen2 special tokens `<|endoftext|>`, `<|im_start|>`,
+  `<|im_end|>` and the image placeholder `<image>`. Deterministic: the same ids on every machine. No downloads.
+- `load_tokenizer(path)`: a real tokenizer from a local directory (Qwen2-7B-Instruct, Qwen2.5-1.5B-Instruct),
+  with `<image>` added as a special token when missing.
+- `format_chat(conversations, tokenizer)`: LLaVA-format turns -> (input_ids, labels) in the Qwen2 chat template
+      <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n
+  Labels: `"assistant"` mode (default) trains the answer text and its `<|im_end|>` only. `"llava"` mode
+  reproduces the released LLaVA/VideoChat-Flash `preprocess_qwen`: whole assistant turns (header and trailing
+  newline included) plus every `<|im_start|>`, `<|im_end|>` and lone-newline token anywhere in the sample.
+  `<image>` becomes the single image-token id that `VideoLLM` replaces with the visual tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMAGE_TOKEN)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+ROLES = {"human": "user", "gpt": "assistant"}
+
+LabelMode = Literal["assistant", "llava"]
+
+_TRAIN_TEXT = """\
+You are a helpful assistant. The video lasts for 37.50 seconds, and 36 frames are uniformly sampled from it.
+Describe the video in detail. What happens in the video? Where is the red car? When does the man open the door?
+A person is cooking in a kitchen, cutting vegetables and stirring a pot on the stove.
+The event happens in the 12.0 - 18.5 seconds. Answer with the option's letter from the given choices directly.
+(A) a dog (B) a cat (C) a bird (D) a horse. Best option: (A). The answer is yes. The answer is no.
+A woman walks along the beach at sunset while waves roll in. Two children play football in a park.
+First, the chef slices onions; then she adds them to the pan; finally she serves the dish on a white plate.
+Question: what color is the umbrella? Answer: blue. How many people appear? Three people appear in the video.
+0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50 60 100 512 1000 seconds frames minutes hours
+"""
+
+
+def build_test_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE with the Qwen2 specials at ids 0..3 (`<|endoftext|>`, `<|im_start|>`,
+    `<|im_end|>`, `<image>`), trained on a fixed text; eos = `<|im_end|>`, pad = `<|endoftext|>` as in Qwen2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TRAIN_TEXT.splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=None, clean_up_tokenization_spaces=False
+    )
+    fast.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
+    return fast
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory (no hub access) and make sure `<image>` is one special token."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"load_tokenizer: {p} is not a directory holding a tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    if tok.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tok.unk_token_id):
+        tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    for t in (IM_START, IM_END):
+        if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id):
+            raise ValueError(f"load_tokenizer: {p}: tokenizer has no {t} token (not a Qwen2 chat tokenizer?)")
+    return tok
+
+
+def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Id of the `<image>` placeholder."""
+    tid = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if tid is None or tid == tokenizer.unk_token_id:
+        raise ValueError("tokenizer has no <image> token: use build_test_tokenizer() or load_tokenizer()")
+    return int(tid)
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def format_chat(
+    conversations: Sequence[Mapping[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    system: str | None = DEFAULT_SYSTEM,
+    label_mode: LabelMode = "assistant",
+    add_generation_prompt: bool = False,
+) -> tuple[list[int], list[int]]:
+    """LLaVA turns [{"from": "human"|"gpt", "value": str}, ...] -> (input_ids, labels), equal lengths.
+
+    Each turn is `<|im_start|>{role}\\n{value}<|im_end|>\\n`, preceded by the system turn (omitted when
+    `system` is None). Labels are IGNORE_INDEX (-100) except on trained tokens (see the module docstring).
+    `add_generation_prompt` appends `<|im_start|>assistant\\n` (unlabelled) for inference prompts.
+    The pieces are tokenized separately and concatenated, so the answer's tokens do not depend on the header.
+    """
+    if label_mode not in ("assistant", "llava"):
+        raise ValueError(f"format_chat: label_mode must be 'assistant' or 'llava', got {label_mode!r}")
+    ids: list[int] = []
+    labels: list[int] = []
+
+    def add(text: str, train: bool) -> None:
+        piece = _ids(tokenizer, text)
+        ids.extend(piece)
+        labels.extend(piece if train else [IGNORE_INDEX] * len(piece))
+
+    if system is not None:
+        add(f"{IM_START}system\n{system}{IM_END}\n", False)
+    for i, turn in enumerate(conversations):
+        who = turn.get("from")
+        if who not in ROLES:
+            raise ValueError(f"format_chat: conversations[{i}].from must be 'human' or 'gpt', got {who!r}")
+        value = turn.get("value")
+        if not isinstance(value, str):
+            raise ValueError(f"format_chat: conversations[{i}].value must be a string, got {type(value).__name__}")
+        role = ROLES[who]
+        if role == "user":
+            add(f"{IM_START}user\n{value}{IM_END}\n", False)
+        else:
+            llava = label_mode == "llava"
+            add(f"{IM_START}assistant\n", llava)
+            add(f"{value}{IM_END}", True)
+            add("\n", llava)
+    if add_generation_prompt:
+        add(f"{IM_START}assistant\n", False)
+
+    if label_mode == "llava":
+        unmask = {tokenizer.convert_tokens_to_ids(IM_START), tokenizer.convert_tokens_to_ids(IM_END)}
+        nl = _ids(tokenizer, "\n")
+        if len(nl) == 1:
+            unmask.add(nl[0])
+        labels = [t if t in unmask else lab for t, lab in zip(ids, labels)]
+    img = image_token_id(tokenizer)
+    labels = [IGNORE_INDEX if t == img else lab for t, lab in zip(ids, labels)]
+    return ids, labels
