@@ -20,6 +20,7 @@ import socketserver
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -82,21 +83,29 @@ class MotoServer:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._env = env
         self.proc: subprocess.Popen | None = None
+        self._log = None
 
     def start(self, timeout: float = 60.0) -> "MotoServer":
         env = dict(os.environ)
         env.update(FAKE_ENV)
         env.update(self._env or {})
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER_BOOT, str(self.port)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, env=env,
         )
         try:
             _wait_http(self.endpoint + "/moto-api/", timeout, self.proc)
-        except BaseException:
+        except BaseException as e:
             self.stop()
-            raise
+            raise RuntimeError(f"{e}\n(is moto[server] installed?) server stderr:\n{self.stderr_tail()}") from e
         return self
+
+    def stderr_tail(self, n: int = 3000) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")[-n:]
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
@@ -202,7 +211,7 @@ def fault_proxy(s3_server):
 # FaultProxy
 # --------------------------------------------------------------------------------------------------------------
 
-FAULT_KINDS = ("503", "500", "reset", "reset_early", "stall", "403")
+FAULT_KINDS = ("503", "500", "reset", "cut", "reset_early", "stall", "403")
 _ERR_BODY = {
     "503": (503, "Service Unavailable", "SlowDown", "Please reduce your request rate."),
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
@@ -271,9 +280,12 @@ class _Handler(socketserver.BaseRequestHandler):
                     raise _ResetConnection
                 status, reason, rhdrs, data, close = self._forward(method, target, headers, body)
                 head = self._head(status, reason, rhdrs)
-                if fault == "reset":
+                if fault in ("reset", "cut"):
                     # headers and half the body (half the headers if there is no body), then a TCP reset
+                    # ("reset": bytes still in flight may be lost) or an orderly close ("cut": they all arrive)
                     sock.sendall(head + data[: len(data) // 2] if data else head[: len(head) // 2])
+                    if fault == "cut":
+                        return
                     raise _ResetConnection
                 sock.sendall(head + data)
                 if close or any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
@@ -367,7 +379,8 @@ class FaultProxy:
 
     Fault kinds: "503" (SlowDown), "500" (InternalError) -- answered by the proxy, the request never reaches the
     server; "reset" -- forwarded, then the response is cut after its headers and half its body with a TCP reset
-    (mid-body of a ranged GET, a PUT whose answer is lost, ...); "reset_early" -- reset before any response;
+    (mid-body of a ranged GET, a PUT whose answer is lost, ...); "cut" -- the same with an orderly close instead
+    of a reset, so the bytes sent before the cut surely reach the client; "reset_early" -- reset before any response;
     "stall" -- no answer for `stall_seconds`, then a reset (client read timeouts). "403" (AccessDenied) is a
     permanent error, for checking that such errors are not retried.
 

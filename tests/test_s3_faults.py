@@ -52,7 +52,7 @@ def test_everything_written_and_read_back_intact_under_random_faults(proxied, tm
     objects = {s3.uri(f"f/{i:02d}.bin"): rng.randbytes(rng.randrange(0, 200_000)) for i in range(24)}
     big = rng.randbytes(10 * st.MiB + 77)
     (tmp_path / "big.bin").write_bytes(big)
-    proxy.set(probability=0.25, kinds=("503", "500", "reset", "reset_early"))
+    proxy.set(probability=0.25, kinds=("503", "500", "reset", "cut", "reset_early"))
 
     for uri, data in objects.items():
         st.write_bytes(uri, data)
@@ -71,7 +71,7 @@ def test_everything_written_and_read_back_intact_under_random_faults(proxied, tm
         assert f.read() == big
 
     assert proxy.total_faults >= 30, proxy.faults  # the faults really happened, of every kind
-    assert all(proxy.faults[k] > 0 for k in ("503", "500", "reset", "reset_early")), proxy.faults
+    assert all(proxy.faults[k] > 0 for k in ("503", "500", "reset", "cut", "reset_early")), proxy.faults
     proxy.set(probability=0.0)
     assert boto_client(s3.endpoint).get_object(Bucket=s3.bucket, Key=_key(s3.uri("f/zz-big.bin")))["Body"].read() == big
 
@@ -81,12 +81,12 @@ def test_reset_mid_body_of_ranged_get_resumes_where_it_stopped(proxied):
     data = random.Random(3).randbytes(3 * st.MiB)
     uri = s3.uri("r.bin")
     st.write_bytes(uri, data)
-    proxy.set(schedule=["reset", "reset"], match=is_ranged_get)
+    proxy.set(schedule=["cut", "reset", "cut"], match=is_ranged_get)
     with st.open_read(uri, block_size=2 * st.MiB) as f:
         assert f.read(1000) == data[:1000]
         assert f.read() == data[1000:]
         raw = f.raw
-    assert proxy.faults["reset"] == 2
+    assert proxy.faults["cut"] == 2 and proxy.faults["reset"] == 1
     ranges = [r for m, _, r, fault in proxy.log if m == "GET" and r]
     assert ranges[0] == f"bytes=0-{2 * st.MiB - 1}"
     start_of_retry = int(ranges[1].split("=")[1].split("-")[0])
@@ -123,6 +123,11 @@ def test_permanent_errors_are_not_retried_and_clearly_reported(proxied):
     with pytest.raises(st.ObjectNotFound, match="NoSuchBucket"):
         st.list_files("s3://no-such-bucket-here/x")
     assert proxy.requests == 3
+
+    proxy.set(schedule=["403"])
+    with pytest.raises(st.StorageError, match="403"):
+        st.exists(s3.uri("hidden.bin"))  # "cannot tell" is an error, never a silent False
+    assert proxy.requests == 4
 
 
 def test_transient_errors_outlasting_retries_give_up_after_max_attempts(proxied):
