@@ -177,6 +177,11 @@ def _dict_rows(kind: str, content: Any) -> list[dict] | None:
     return None
 
 
+def _single_record(d: dict) -> bool:
+    """A dict that is one benchmark record (has a question or a qa list), not a mapping of records."""
+    return ("question" in d or "qa" in d) and not all(isinstance(v, dict) for v in d.values())
+
+
 def _has(rows: list[dict], *keys: str) -> bool:
     first = rows[0]
     return all(k in first for k in keys)
@@ -201,7 +206,7 @@ def _options(path: str, i: int, rec: dict, key: str) -> list[str]:
         try:
             v = json.loads(v)
         except json.JSONDecodeError:
-            v = [v]
+            raise BenchmarkFormatError(path, f"record {i}", key, f"expected a list of options, got the string {v[:40]!r}") from None
     if not isinstance(v, list):
         raise BenchmarkFormatError(path, f"record {i}", key, f"expected a list of options, got {type(v).__name__}")
     return [_OPTION_LABEL.sub("", str(o)) for o in v if o is not None]
@@ -469,6 +474,14 @@ def _recognise(path: str, kind: str, content: Any) -> Callable[[], BenchmarkFile
     low = path.lower()
     if kind == "lines":
         return lambda: _read_charades_txt(path, content)
+    if kind == "csv" and all(len(r) == 1 for r in content):  # a bare id list, no header
+        cells = [r[0].strip() for r in content if r[0].strip()]
+        if cells and all(_PT_ID.match(c) for c in cells[1:]):
+            if "perception" in low or "mc_question" in low:
+                return lambda: _read_perception_ids(path, content)
+            return "csv of video_NNNN ids, but the path does not say which dataset (Perception Test? CLEVRER?)"
+    if kind == "json" and isinstance(content, dict) and _single_record(content):
+        kind, content = "jsonl", [content]  # a one-line JSONL file
     rows = _dict_rows(kind, content)
     if rows:
         if _has(rows, "video", "question", "candidates", "answer"):
@@ -509,12 +522,6 @@ def _recognise(path: str, kind: str, content: Any) -> Callable[[], BenchmarkFile
             return lambda: _read_nextqa_map(path, content)
         return f"json object with keys like {list(content)[:5]} matches no known benchmark format"
     if kind == "csv":
-        cells = [c.strip() for r in content for c in r if c.strip()]
-        pt = [c for c in cells if _PT_ID.match(c)]
-        if pt and ("perception" in low or "mc_question" in low):
-            return lambda: _read_perception_ids(path, content)
-        if pt:
-            return "csv of video_NNNN ids, but the path does not say which dataset (Perception Test? CLEVRER?)"
         return "csv matches no known benchmark format"
     return f"unrecognised content ({kind})"
 

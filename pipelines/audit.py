@@ -1,0 +1,49 @@
+"""Audit glue: S3 access for manifests and shards, then the audit itself (manifests/audit/core.py).
+
+The audit is one streaming pass in this process (pyarrow reads row groups; numpy does the matching): it needs no
+Ray cluster. This module only decides which filesystem serves each --manifests path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from manifests.audit.benchmarks import scan_benchmarks
+from manifests.audit.core import AuditConfig, AuditResult, run_audit
+from manifests.readers import find_jobs
+
+
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem; endpoint and region default to AWS_ENDPOINT_URL(_S3) and AWS_REGION."""
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kw: dict = {"region": region}
+    if profile:
+        import boto3  # resolve the profile's keys once; pyarrow does not read AWS profiles itself
+
+        creds = boto3.Session(profile_name=profile).get_credentials()
+        if creds is not None:
+            f = creds.get_frozen_credentials()
+            kw.update(access_key=f.access_key, secret_key=f.secret_key, session_token=f.token)
+    if endpoint_url:
+        u = urlparse(endpoint_url)
+        kw.update(endpoint_override=u.netloc or u.path, scheme=u.scheme or "https")
+    return pafs.S3FileSystem(**kw)
+
+
+def audit(manifests: list[str], benchmarks: list[str], out: str | Path, cfg: AuditConfig | None = None,
+          benchmark_videos: str | None = None, s3: pafs.FileSystem | None = None,
+          strict_benchmarks: bool = False) -> AuditResult:
+    """Run `longvid audit`: find the jobs, read the benchmarks, audit, write the outputs into `out`."""
+    if any(m.startswith("s3://") for m in manifests) and s3 is None:
+        s3 = s3_filesystem()
+    jobs = [j for m in manifests for j in find_jobs(m, s3 if m.startswith("s3://") else None)]
+    bench = scan_benchmarks(benchmarks)
+    if strict_benchmarks and bench.unknown:
+        raise ValueError("benchmark files not recognised: " + "; ".join(f"{p}: {w}" for p, w in bench.unknown))
+    if not bench.files:
+        raise ValueError(f"--benchmarks {' '.join(map(str, benchmarks))}: no benchmark file recognised")
+    return run_audit(jobs, bench, out, cfg, benchmark_videos)
