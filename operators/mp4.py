@@ -43,7 +43,8 @@ def encode_mp4(frames: np.ndarray, fps: float = 1.0, crf: int = 23, preset: str 
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.time_base = tb
         vs.codec_context.time_base = tb
-        vs.options = {"crf": str(int(crf)), "preset": preset}
+        # one encoder thread: x264 output then depends only on the frames (byte-identical re-runs of a unit)
+        vs.options = {"crf": str(int(crf)), "preset": preset, "threads": "1"}
         for i in range(n):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(a[i]), format="rgb24")
             vf.pts = i

@@ -19,6 +19,7 @@ from operators.decode import decode
 from operators.prompt import build_conversations, sample_text, time_msg
 from operators.records import Sample, SourceRecord, TextSpan
 from operators.sample import PROFILES, Profile, plan_span
+from operators.sources.base import texts_in_span
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
         mp4 = encode_mp4(frames, fps=max(n / plan.duration, 0.01) if plan.duration > 0 else 1.0, crf=opts.crf)
     except ValueError as e:
         raise RecordError("encode", str(e), "frames", uri) from None
-    texts = list(record.texts) + _sidecar_texts(record, opts.videos_root)
+    # only text that belongs to the sampled span (subtitles and narrations cover the whole video)
+    texts = texts_in_span(list(record.texts) + _sidecar_texts(record, opts.videos_root), plan.start, plan.end)
     msg = time_msg(plan.duration, n, frame_times=times, long=opts.long_time_msg)
     key = record.key
     conversations = build_conversations(texts, plan.start, plan.end, plan.duration, msg, key)
