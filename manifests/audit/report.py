@@ -44,7 +44,7 @@ def _bars(values: list[float], labels: list[str], title: str, width: int = 360, 
     """A small vertical bar chart as inline SVG."""
     n = max(len(values), 1)
     top = max(values) if values and max(values) > 0 else 1
-    left, bottom, th = 8, 30, 16
+    left, bottom, th = 8, 22, 30
     bw = (width - 2 * left) / n
     out = [f'<svg width="{width}" height="{height}" role="img" aria-label="{E(title)}">',
            f'<text x="{left}" y="12" style="font-weight:600">{E(title)}</text>']
@@ -77,13 +77,15 @@ def _hbars(items: list[tuple[str, float]], title: str, width: int = 560) -> str:
     return "".join(out)
 
 
-def _bin_labels(edges: list) -> list[str]:
+def _bin_labels(edges: list, minutes: bool = True) -> list[str]:
+    """Each bin by its lower edge ("10" is 10 up to the next label); the last one is "≥ edge"."""
     def f(x):
-        if x == "inf":
-            return "∞"
         x = float(x)
-        return f"{x / 60:g}m" if x >= 60 else f"{x:g}"
-    return [f"{f(a)}–{f(b)}" for a, b in zip(edges[:-1], edges[1:])]
+        return f"{x / 60:g}m" if minutes and x >= 60 else f"{x:g}"
+    labs = [f(a) for a in edges[:-1]]
+    if edges[-1] == "inf" and labs:
+        labs[-1] = "≥" + labs[-1]
+    return labs
 
 
 def _data_uri(img: Image.Image, quality: int = 72) -> str:
@@ -103,7 +105,8 @@ def contact_sheet(frames: list[np.ndarray], marked: set[int] = frozenset(), cols
     d = ImageDraw.Draw(sheet)
     for k, i in enumerate(pick):
         im = Image.fromarray(frames[i])
-        im.thumbnail((thumb, thumb))
+        scale = thumb / max(im.width, im.height)  # small stored frames are enlarged, large ones reduced
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
         x, y = 4 + (k % cols) * (thumb + 4), 4 + (k // cols) * (thumb + 18)
         sheet.paste(im, (x, y))
         if i in marked:
@@ -239,11 +242,11 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
         parts.append(f"<tr><td>{E(src)}</td><td class='n'>{c['samples']:,}</td><td class='n'>{c['hours']:,.2f}</td>"
                      f"<td class='n'>{c['bytes'] / 1e9:,.3f}</td><td class='n'>{c['failures']:,}</td></tr>")
     parts.append("</table><div class='cards'>")
-    dl, fl = _bin_labels(st["duration_bins"]), _bin_labels(st["frame_bins"])
+    dl, fl = _bin_labels(st["duration_bins"]), _bin_labels(st["frame_bins"], minutes=False)
     for src, c in st["sources"].items():
         if c["samples"]:
-            parts.append("<div>" + _bars(c["duration_hist"], dl, f"{src}: sample duration (s)", 420) +
-                         _bars(c["frames_hist"], fl, f"{src}: frames per sample", 420, color="#59a14f") + "</div>")
+            parts.append("<div>" + _bars(c["duration_hist"], dl, f"{src}: samples by duration (s, bin start)", 420) +
+                         _bars(c["frames_hist"], fl, f"{src}: samples by frames per sample (bin start)", 420, color="#59a14f") + "</div>")
     parts.append("</div>")
     if st["failures"]:
         parts.append("<h3>Failures by reason</h3><table><tr><th>source</th><th>stage</th><th>reason</th><th>count</th></tr>")
