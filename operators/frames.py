@@ -21,26 +21,44 @@ def _check_frame(a: np.ndarray) -> None:
         raise ValueError(f"a frame must be [H, W, 3] RGB, got shape {a.shape}")
 
 
-def resize_one(frame: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic resize of one [H, W, 3] uint8 RGB frame to [size, size, 3] (PIL, as the UMT preprocessor)."""
+RESIZE_METHODS = ("pil", "torch")
+
+
+def resize_one(frame: np.ndarray, size: int, method: str = "pil") -> np.ndarray:
+    """Bicubic resize of one [H, W, 3] uint8 RGB frame to [size, size, 3].
+
+    method "pil" (default): PIL bicubic, byte-identical to the UMT preprocessor.
+    method "torch": torch's uint8 antialiased bicubic kernel, 4-10x faster on 720p/1080p frames; it differs
+    from PIL by at most 1 (of 255) on about 0.2% of the values (measured; see tests/test_frames.py).
+    """
     _check_frame(frame)
     if frame.shape[0] == size and frame.shape[1] == size:
         return np.array(frame, copy=True)
-    img = Image.fromarray(np.ascontiguousarray(frame))
-    return np.asarray(img.resize((size, size), _BICUBIC))
+    if method == "pil":
+        img = Image.fromarray(np.ascontiguousarray(frame))
+        return np.asarray(img.resize((size, size), _BICUBIC))
+    if method == "torch":
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        return np.ascontiguousarray(y[0].permute(1, 2, 0).numpy())
+    raise ValueError(f"unknown resize method {method!r}; expected one of {RESIZE_METHODS}")
 
 
-def resize_square(frame_or_frames: np.ndarray, size: int) -> np.ndarray:
+def resize_square(frame_or_frames: np.ndarray, size: int, method: str = "pil") -> np.ndarray:
     """[H, W, 3] -> [size, size, 3] or [N, H, W, 3] -> [N, size, size, 3], uint8, bicubic, no crop."""
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"size must be a positive int, got {size!r}")
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {method!r}; expected one of {RESIZE_METHODS}")
     a = np.asarray(frame_or_frames)
     if a.ndim == 3:
-        return resize_one(a, int(size))
+        return resize_one(a, int(size), method)
     if a.ndim == 4:
         out = np.empty((a.shape[0], size, size, 3), np.uint8)
         for k in range(a.shape[0]):
-            out[k] = resize_one(a[k], int(size))
+            out[k] = resize_one(a[k], int(size), method)
         return out
     raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] uint8, got shape {a.shape}")
 

@@ -85,3 +85,17 @@ def test_hamming():
     assert hamming(0, 0) == 0
     assert hamming(0b1011, 0b0001) == 2
     assert hamming((1 << 64) - 1, 0) == 64
+
+
+def test_torch_resize_is_within_one_level_of_pil():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    for h, w in [(240, 320), (360, 640)]:
+        a = np.clip(_img(h, w).astype(int) + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        ref = resize_square(a, 224)
+        fast = resize_square(a, 224, method="torch")
+        assert fast.shape == ref.shape and fast.dtype == np.uint8
+        d = np.abs(fast.astype(int) - ref.astype(int))
+        assert d.max() <= 1 and (d > 0).mean() < 0.01
+    with pytest.raises(ValueError):
+        resize_square(_img(), 64, method="cv2")

@@ -1,0 +1,249 @@
+"""Decode benchmark: our frame decoder vs decord vs a full decode, on long synthetic H.264 videos with B-frames.
+
+    python bench/ingest.py            # default run (generates videos once into bench/out/videos, then cached)
+    python bench/ingest.py --quick    # about a minute
+    python bench/ingest.py --write-md # also rewrite the "## Decode" section of BENCHMARKS.md
+
+For each video and profile (short: up to 8 frames; long: about 1 fps, 64..512 frames; the frame sets come from
+operators.sample.plan_span) it reports the seconds of:
+  ours   probe + operators.decode.decode(..., size=224): the frames resized to 224, as the ingest path uses them
+  decord decord.VideoReader(path) + get_batch(indices).asnumpy(): full-resolution frames, no resize
+  full   a full sequential PyAV decode of the video (every frame, no RGB conversion)
+Wall time (median of --repeats) and CPU time (the process's user+system, all threads) are both shown: the box is
+shared, CPU time is the steadier of the two. Then the peak RSS of a fresh process decoding 512 frames of the
+1080p video, and video-hours per core-hour of the whole per-record path (operators.process.process_record),
+when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
+from operators.decode import decode  # noqa: E402
+from operators.probe import probe  # noqa: E402
+from operators.sample import PROFILES, plan_span  # noqa: E402
+from pipelines.synth_video import make_video  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+
+
+def videos(args) -> list[tuple[str, Path]]:
+    specs = []
+    for (w, h, secs) in ((1280, 720, args.seconds_720), (1920, 1080, args.seconds_1080)):
+        if secs <= 0:
+            continue
+        for gop_s in (2, 10):
+            name = f"{h}p_{secs:g}s_gop{gop_s}s_bf{args.bframes}_{args.preset}"
+            specs.append((name, w, h, secs, gop_s))
+    out = []
+    vdir = OUT / "videos"
+    for name, w, h, secs, gop_s in specs:
+        p = vdir / f"{name}.mp4"
+        if not p.exists():
+            t = time.time()
+            tmp = p.with_suffix(".tmp.mp4")
+            make_video(tmp, seconds=secs, fps=30, width=w, height=h, gop=30 * gop_s, bframes=args.bframes,
+                       preset=args.preset, seed=h + gop_s)
+            tmp.rename(p)
+            print(f"  generated {p.name} in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+        out.append((name, p))
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def full_decode(path: Path, threads: int | None) -> int:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        _threading(s, threads)
+        return sum(1 for _ in c.decode(s))
+
+
+def _threading(stream, threads: int | None) -> None:
+    if threads is None:
+        stream.thread_type = "AUTO"
+    elif threads > 1:
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+    else:
+        stream.thread_count = 1
+
+
+def ours(path: Path, indices, threads: int | None, size: int | None = 224):
+    info = probe(str(path))
+    return decode(str(path), indices, info, size=size, threads=threads)
+
+
+def decord_batch(path: Path, indices, threads: int | None):
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0 if threads is None else threads)
+    return vr.get_batch(list(indices)).asnumpy()
+
+
+RSS_CHILD = r"""
+import resource, sys, numpy as np
+sys.path.insert(0, {root!r})
+from operators.probe import probe
+from operators.decode import decode
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+info = probe({path!r})
+idx = np.linspace(0, info.num_frames - 1, 512).astype(int).tolist()
+if {backend!r} == "decord":
+    import decord
+    fr = decord.VideoReader({path!r}).get_batch(idx).asnumpy()
+else:
+    fr = decode({path!r}, idx, info, size=224, threads={threads!r}).frames
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, fr.shape)
+"""
+
+
+def peak_rss(path: Path, backend: str, threads) -> tuple[float, float, str]:
+    code = RSS_CHILD.format(root=str(ROOT), path=str(path), backend=backend, threads=threads)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        return float("nan"), float("nan"), r.stderr.strip().splitlines()[-1] if r.stderr else "failed"
+    base, peak, shape = r.stdout.strip().split(" ", 2)
+    return int(base) / 1024, int(peak) / 1024, shape
+
+
+def process_rate(paths: list[tuple[str, Path]]) -> str:
+    try:
+        from operators.process import ProcessOptions, process_record
+        from operators.records import SourceRecord
+    except ImportError as e:
+        return f"skipped: operators.process.process_record not available ({e})"
+    rows = []
+    total_video_s = total_cpu = total_wall = 0.0
+    for name, p in paths:
+        rec = SourceRecord(source="webvid", video_id=name, video_paths=(p.name,))
+        opts = ProcessOptions(videos_root=str(p.parent), profile="long", decoder_threads=1)
+        c0, w0 = time.process_time(), time.perf_counter()
+        sample = process_record(rec, opts)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        dur = float(sample.info["video_duration"])
+        total_video_s += dur
+        total_cpu += cpu
+        total_wall += wall
+        rows.append(f"| {name} | {sample.info['num_frames']} | {len(sample.mp4) / 1e6:.2f} | {cpu:.1f} | {dur / cpu:.0f} |")
+    head = "| video | frames | mp4 MB | CPU s | video-h per core-h |\n|---|---|---|---|---|"
+    tail = (f"\nWhole per-record path (probe, plan, decode 1 thread, resize 224, H.264 encode, dHash, prompt), long "
+            f"profile: **{total_video_s / total_cpu:.0f} video-hours per core-hour** "
+            f"({total_video_s:.0f} s of video in {total_cpu:.1f} CPU s, {total_wall:.1f} s wall).")
+    return head + "\n" + "\n".join(rows) + tail
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="30 s 720p videos only, one repeat (about a minute)")
+    ap.add_argument("--seconds-720", type=float, default=150.0, help="length of the 720p videos (0: none)")
+    ap.add_argument("--seconds-1080", type=float, default=30.0, help="length of the 1080p videos (0: none)")
+    ap.add_argument("--bframes", type=int, default=3, help="B-frames per mini-GOP (x264's default is 3)")
+    ap.add_argument("--preset", default="veryfast", help="x264 preset used to make the test videos")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", default="auto", help="decoder threads for all three: auto or a number")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--write-md", action="store_true", help="rewrite the '## Decode' section of BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds_720, args.seconds_1080, args.repeats, args.no_rss = 30.0, 0.0, 1, True
+    threads = None if args.threads == "auto" else int(args.threads)
+    cmd = "python bench/ingest.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    t_start = time.time()
+    vids = videos(args)
+    lines = [
+        "| video | profile | frames | ours wall s | decord wall s | full wall s | decord/ours | ours/full | "
+        "ours CPU s | decord CPU s | full CPU s | decord/ours CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print(lines[0])
+    print(lines[1])
+    for name, p in vids:
+        info = probe(str(p))
+        fw, fc = timed(lambda: full_decode(p, threads), 1)
+        for prof in ("short", "long"):
+            idx = list(plan_span(info.num_frames, info.fps, PROFILES[prof]).indices)
+            ow, oc = timed(lambda: ours(p, idx, threads), args.repeats)
+            dw, dc = timed(lambda: decord_batch(p, idx, threads), args.repeats)
+            row = (f"| {name} | {prof} | {len(idx)} | {ow:.2f} | {dw:.2f} | {fw:.2f} | {dw / ow:.1f}x | "
+                   f"{ow / fw:.2f} | {oc:.2f} | {dc:.2f} | {fc:.2f} | {dc / oc:.1f}x |")
+            print(row, flush=True)
+            lines.append(row)
+    # correctness spot check: our frames equal decord's for the long profile of the first video
+    name0, p0 = vids[0]
+    info0 = probe(str(p0))
+    idx0 = list(plan_span(info0.num_frames, info0.fps, PROFILES["long"]).indices)[:48]
+    a = ours(p0, idx0, threads, size=None).frames.astype(np.int16)
+    b = decord_batch(p0, idx0, threads).astype(np.int16)
+    check = f"Frames equal decord's ({name0}, 48 long-profile frames): mean |diff| {np.abs(a - b).mean():.3f}, max {np.abs(a - b).max()}"
+    print(check)
+    extra = [check]
+    if not args.no_rss:
+        big = [p for n, p in vids if n.startswith("1080p")] or [vids[-1][1]]
+        for backend in ("pyav", "decord"):
+            base, peak, shape = peak_rss(big[0], backend, threads)
+            s = (f"Peak RSS, 512 frames of {big[0].stem} ({backend}{', resized to 224' if backend == 'pyav' else ', full resolution'}): "
+                 f"{peak:.0f} MiB (after imports {base:.0f} MiB; output {shape})")
+            print(s)
+            extra.append(s)
+    proc = process_rate(vids)
+    print(proc)
+    elapsed = time.time() - t_start
+    print(f"total {elapsed:.0f} s")
+    if args.write_md:
+        write_md(cmd, lines, extra, proc, args, elapsed)
+    return 0
+
+
+def write_md(cmd, lines, extra, proc, args, elapsed) -> None:
+    md = ROOT / "BENCHMARKS.md"
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    body = [
+        "## Decode",
+        "",
+        f"Command: `{cmd.strip()}` ({elapsed:.0f} s including video generation on first run; 2 shared cores, "
+        f"{os.cpu_count()} visible). Videos: `pipelines.synth_video.make_video`, 30 fps H.264, {args.bframes} B-frames, "
+        f"x264 preset {args.preset}, keyframe every 2 s or 10 s. Decoder threads: {args.threads} for all three.",
+        "Frames: `operators.sample.plan_span` short (up to 8) and long (about 1 fps, 64..512). `ours` = probe + "
+        "`decode(..., size=224)` (resized); `decord` = `VideoReader` + `get_batch` at full resolution, no resize; "
+        "`full` = every frame decoded by PyAV, no RGB conversion.",
+        "",
+        *lines,
+        "",
+        *[f"- {e}" for e in extra],
+        "",
+        proc,
+        "",
+    ]
+    section = "\n".join(body)
+    pat = re.compile(r"^## Decode\n.*?(?=^## |\Z)", re.S | re.M)
+    if pat.search(text):
+        text = pat.sub(lambda m: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
