@@ -30,7 +30,7 @@ class ProcessOptions:
     profile: str = "long"
     backend: str = "pyav"
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
-    crf: int = 23
+    crf: int = 27
     decoder_threads: int | None = 1  # one CPU per Ray task
     long_time_msg: bool = False  # use the per-frame-times variant of the timestamp message
 

@@ -45,7 +45,7 @@ class IngestConfig:
     limit: int = 0  # 0: all input rows
     backend: str = "pyav"
     decode_mode: str = "auto"
-    crf: int = 23
+    crf: int = 27
     long_time_msg: bool = False
     decode_timeout_s: float = 600.0
     decoder_memory_mb: int = 4096
