@@ -336,3 +336,14 @@ def test_cli(tmp_path, bench_videos, capsys):
     assert main(["audit", "--manifests", str(job), "--benchmarks", str(FIXTURES), "--out", str(out), "--strict-benchmarks"]) == 2
     assert "notes.json" in capsys.readouterr().err
     assert main(["audit", "--manifests", str(tmp_path / "missing"), "--benchmarks", str(FIXTURES), "--out", str(out)]) == 2
+
+
+def test_hash_self_join_equals_brute_force():
+    rng = np.random.default_rng(5)
+    base = random_hashes(rng, 300)
+    hs = base + [flip(h, rng.choice(64, int(rng.integers(0, 4)), replace=False).tolist()) for h in base[:100]]
+    ix = HashIndex(np.array(hs, np.uint64), np.arange(len(hs)), threshold=2)
+    i, j, d = ix.self_pairs()
+    hh = ix.hashes.tolist()
+    brute = {(a, b) for a in range(len(hh)) for b in range(a + 1, len(hh)) if bin(hh[a] ^ hh[b]).count("1") <= 2}
+    assert set(zip(i.tolist(), j.tolist())) == brute and len(brute) >= 60

@@ -26,7 +26,7 @@ from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
 from .duplicates import DuplicateFinder
 from .ngrams import NgramIndex
-from .phash import HashIndex, dhash64
+from .phash import HashIndex, dhash64, list_parts
 
 log = logging.getLogger("longvid.audit")
 
@@ -195,6 +195,7 @@ class Stats:
 
 # ---------------------------------------------------------------- the pass
 
+
 def _span(s, e) -> tuple[float, float]:
     return (0.0 if s is None else float(s), float("inf") if e is None else float(e))
 
@@ -204,7 +205,9 @@ def _r(x: float | None) -> float | None:
 
 
 def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg: AuditConfig | None = None,
-              benchmark_videos: str | Path | None = None, write_report: bool = True) -> AuditResult:
+              benchmark_videos: str | Path | None = None, write_report: bool = True,
+              benchmark_frames: BenchFrames | None = None) -> AuditResult:
+    """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed)."""
     cfg = cfg or AuditConfig()
     cfg.check()
     out = Path(out_dir)
@@ -213,7 +216,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
 
     id_index = _id_index(bench.videos)
     texts = NgramIndex(bench.texts, cfg.ngram, cfg.min_question_tokens, cfg.max_template_videos)
-    frames = hash_benchmark_videos(benchmark_videos, bench, cfg) if benchmark_videos else None
+    frames = benchmark_frames or (hash_benchmark_videos(benchmark_videos, bench, cfg) if benchmark_videos else None)
     log.info("benchmarks: %d files, %d video refs, %s; benchmark frames: %s", len(bench.files), len(id_index),
              texts.describe(), len(frames.index) if frames else "not given")
 
@@ -230,8 +233,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
         keys = b.column("key").to_pylist()
         srcs = b.column("source").to_pylist()
         vids = b.column("video_id").to_pylist()
-        uris = b.column("uri").to_pylist()
-        idkeys = [ids.manifest_id_key(s or "", v, u, cfg.namespaces) for s, v, u in zip(srcs, vids, uris)]
+        idkeys = ids.manifest_id_keys(b.column("source"), b.column("video_id"), b.column("uri"), cfg.namespaces)
         for s, k in zip(srcs, idkeys):
             if k is None:
                 unnormalised[s] += 1
@@ -286,10 +288,8 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
                 flagged[r] = []
 
         # (3) frame hashes against benchmark frames
-        fh = b.column("frame_hashes")
-        if frames is not None and len(frames.index) and len(fh.values):
-            offs = fh.offsets.to_numpy()
-            vals = fh.values.to_numpy(zero_copy_only=False).astype(np.uint64)
+        if frames is not None and len(frames.index):
+            offs, vals = list_parts(b.column("frame_hashes"))
             qi, ii, d = frames.index.query(vals)
             if len(qi):
                 row_of = np.searchsorted(offs, qi, "right") - 1

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .phash import HashIndex
+from .phash import HashIndex, list_parts
 
 DUP_SCHEMA = pa.schema([
     ("key", pa.string()), ("source", pa.string()), ("dup_of", pa.string()), ("dup_source", pa.string()),
@@ -49,13 +49,8 @@ class DuplicateFinder:
             "start": batch.column("start"), "end": batch.column("end"), "sha256": batch.column("sha256"),
         }))
         if "frame_hashes" in batch.schema.names and self.frames_per_sample > 0:
-            fh = batch.column("frame_hashes")
-            offs = fh.offsets.to_numpy()
-            if fh.null_count:
-                offs = offs.copy()
-            vals = fh.values.to_numpy(zero_copy_only=False).astype(np.uint64) if len(fh.values) else np.array([], np.uint64)
+            offs, vals = list_parts(batch.column("frame_hashes"))
             lens = np.diff(offs)
-            lens = np.where(np.asarray(fh.is_null()), 0, lens)
             # evenly spaced frame positions per row, vectorised over rows grouped by length
             for L in np.unique(lens):
                 if L == 0:
@@ -136,9 +131,12 @@ class DuplicateFinder:
             self._hashes, self._rows, self._frames = [h], [rows], [frames]
             ix = HashIndex(h, np.arange(len(h)), self.threshold, self.min_bits)
             rows_ix, frames_ix = rows[ix.payload], frames[ix.payload]
-            qi, ii, d = ix.query(ix.hashes)
+            qi, ii, d = ix.self_pairs()
             ra, rb = rows_ix[qi], rows_ix[ii]
-            keep = ra < rb
+            swap = ra > rb
+            qi, ii = np.where(swap, ii, qi), np.where(swap, qi, ii)
+            ra, rb = rows_ix[qi], rows_ix[ii]
+            keep = ra < rb  # frames of the same sample are not duplicates of each other
             ra, rb, fa, fb, d = ra[keep], rb[keep], frames_ix[qi][keep], frames_ix[ii][keep], d[keep]
             idk = ident.column("idkey").to_pylist()
             pairs: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)

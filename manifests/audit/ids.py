@@ -151,3 +151,29 @@ def manifest_id_key(source: str, video_id: str | None, uri: str | None = None,
     ns = source_namespace(source, overrides)
     v = youtube_id(video_id) or youtube_id(uri) or normalise(ns, video_id) if ns == YOUTUBE else normalise(ns, video_id)
     return f"{ns}:{v}" if v else None
+
+
+def manifest_id_keys(sources, video_ids, uris, overrides: dict[str, str] | None = None) -> list[str | None]:
+    """`manifest_id_key` over pyarrow string arrays: plain YouTube ids and lower-case Ego4D uids are keyed
+    in bulk; only the other rows go through the per-row normalisers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(sources)
+    src = pc.fill_null(sources, "")
+    vid = pc.fill_null(video_ids, "")
+    uniq = pc.unique(src).to_pylist()
+    ns = pc.take(pa.array([source_namespace(u, overrides) for u in uniq]), pc.index_in(src, value_set=pa.array(uniq)))
+    fast = pa.array([None] * n, pa.string())
+    for name, pattern in ((YOUTUBE, r"^[A-Za-z0-9_-]{11}$"),
+                          (EGO4D, r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")):
+        m = pc.and_(pc.equal(ns, name), pc.match_substring_regex(vid, pattern))
+        fast = pc.if_else(m, pc.binary_join_element_wise(name, vid, ":"), fast)
+    out = fast.to_pylist()
+    todo = [i for i, k in enumerate(out) if k is None]
+    if todo:
+        s_l, v_l, u_l = (sources.take(todo).to_pylist(), video_ids.take(todo).to_pylist(),
+                         uris.take(todo).to_pylist() if uris is not None else [None] * len(todo))
+        for i, s, v, u in zip(todo, s_l, v_l, u_l):
+            out[i] = manifest_id_key(s or "", v, u, overrides)
+    return out

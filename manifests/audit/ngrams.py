@@ -32,9 +32,13 @@ def normalise_array(texts: pa.Array) -> pa.ListArray:
     if pa.types.is_large_string(texts.type):
         texts = texts.cast(pa.string())
     a = pc.fill_null(texts, "")
-    a = pc.utf8_normalize(a, "NFKC")
-    a = pc.utf8_lower(a)
-    a = pc.replace_substring_regex(a, r"[^\p{L}\p{N}]+", " ")
+    if pc.all(pc.string_is_ascii(a)).as_py() is not False:  # same result, much cheaper character classes
+        a = pc.ascii_lower(a)
+        a = pc.replace_substring_regex(a, r"[^a-z0-9]+", " ")
+    else:
+        a = pc.utf8_normalize(a, "NFKC")
+        a = pc.utf8_lower(a)
+        a = pc.replace_substring_regex(a, r"[^\p{L}\p{N}]+", " ")
     a = pc.utf8_trim_whitespace(a)
     return pc.utf8_split_whitespace(a)
 

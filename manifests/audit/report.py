@@ -222,7 +222,7 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
     if bf:
         parts.append(f"<li><b>frame hash</b>: 64-bit dHash of {bf['frames']:,} frames of {bf['videos']} benchmark videos at {bf['fps']} fps "
                      f"against every stored frame's hash; match within {cfg.phash_threshold} bits on at least {cfg.phash_min_frames} frames "
-                     f"(multi-index hashing, {cfg.phash_threshold + 1} bands); {bf['flat_frames_ignored']} flat benchmark frames ignored"
+                     f"(multi-index hashing over bands of the 64 bits); {bf['flat_frames_ignored']} flat benchmark frames ignored"
                      + (f"; <span class='bad'>{len(bf['failed'])} videos could not be decoded</span>" if bf["failed"] else "") + ".</li>")
     else:
         parts.append("<li><b>frame hash</b>: not run (no <code>--benchmark-videos</code>).</li>")
