@@ -188,6 +188,7 @@ def planted_rows(bench_hashes) -> list[dict]:
         row("charades_RPY8D_full", "charades", "rpy8d", rng=rng),
         row("ego4d_in_window", "ego4d", EGO_UID, start=150.0, end=200.0, rng=rng),
         row("ego4d_outside_window", "ego4d", EGO_UID, start=0.0, end=100.0, rng=rng),
+        row("ego4d_val_video", "ego4d", "9F3C1A2B-4D5E-4F60-8A7B-1C2D3E4F5A6B", start=0.0, end=60.0, rng=rng),
         row("webvid_caption_copy", "webvid", "1066", text="Stock footage, slow motion. " + VMME_Q, rng=rng),
         row("miradata_near_frames", "miradata", "AJp_ANXoGoM", hashes=random_hashes(rng, 2) + near + random_hashes(rng, 3), rng=rng),
         row("clevrer_video_12", "clevrer", "video_12", rng=rng),  # a CLEVRER video_12 is not Perception Test's
@@ -269,6 +270,12 @@ def test_near_duplicate_frames_of_benchmark_video(planted_audit):
     assert sorted(p["benchmark_time"] for p in ev["pairs"]) == pytest.approx([1.0, 2.0, 3.0], abs=0.11)
 
 
+def test_ego4d_val_test_split_videos(planted_audit):
+    f = findings(planted_audit, "ego4d_val_video")
+    assert [(x["benchmark"], x["task"], x["method"]) for x in f] == [("Ego4D-val/test", "split_em=val", "video_id")]
+    assert f[0]["evidence"]["normalised"] == "ego4d:9f3c1a2b-4d5e-4f60-8a7b-1c2d3e4f5a6b"
+
+
 def test_namespaces_keep_datasets_apart(planted_audit):
     assert findings(planted_audit, "clevrer_video_12") == []
     f = findings(planted_audit, "perception_test_video_12")
@@ -278,7 +285,7 @@ def test_namespaces_keep_datasets_apart(planted_audit):
 def test_nothing_else_flagged_and_drop_list(planted_audit):
     flagged = set(planted_audit.leakage.column("key").to_pylist())
     assert flagged == {"howto100m_youtu-be-A_full", "charades_RPY8D_full", "ego4d_in_window", "webvid_caption_copy",
-                       "miradata_near_frames", "perception_test_video_12"}
+                       "miradata_near_frames", "perception_test_video_12", "ego4d_val_video"}
     drop = read_drop_list(planted_audit.out_dir / "drop_list.txt")
     assert drop == flagged | {"webvid_same_bytes_b"}  # exact duplicates are dropped by default, the smaller key kept
     text = (planted_audit.out_dir / "drop_list.txt").read_text()
@@ -300,7 +307,7 @@ def test_corpus_duplicates(planted_audit):
 
 def test_summary_stats_and_failures(planted_audit):
     s = planted_audit.summary
-    assert s["rows"] == 24
+    assert s["rows"] == 25
     assert s["stats"]["sources"]["webvid"]["failures"] == 2 and s["stats"]["sources"]["ego4d"]["failures"] == 1
     assert {"source": "webvid", "stage": "probe", "reason": "no video stream", "count": 2} in s["stats"]["failures"]
     assert s["leakage"]["Video-MME"] == {"video_id": 1, "text_ngram": 1, "frame_hash": 1, "keys": 3}

@@ -50,7 +50,7 @@ def test_report_renders_offline(report, tmp_path):
     assert len(re.findall(r"<svg", html)) >= 10  # per-source histograms and the per-benchmark chart
     sheets = re.findall(r"<img alt=\"frames of ([^\"]+)\" src=\"data:image/jpeg;base64,", html)
     assert set(sheets) == {"howto100m_youtu-be-A_full", "charades_RPY8D_full", "ego4d_in_window", "webvid_caption_copy",
-                           "miradata_near_frames", "perception_test_video_12"}
+                           "miradata_near_frames", "perception_test_video_12", "ego4d_val_video"}
     assert "benchmark frame" in html  # the matched benchmark frame beside the sample's frames
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
 
