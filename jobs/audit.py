@@ -1,7 +1,7 @@
 """`longvid audit`: benchmark leakage and duplicates in built corpora, with a report people can look at.
 
-    longvid audit --manifests /data/corpus/howto100m s3://corpus/miradata --benchmarks ../shared/data/benchmarks \
-        --out audit/ [--benchmark-videos /data/bench_videos] [--ngram 13] [--config audit.yaml]
+    longvid audit --manifests /data/corpus/howto100m s3://corpus/miradata --benchmarks ../shared/data/benchmarks
+                  --out audit/ [--benchmark-videos /data/bench_videos] [--ngram 13] [--config audit.yaml]
 
 Writes leakage.parquet, duplicates.parquet, drop_list.txt (read by training), summary.json and report.html
 (self-contained: open it offline). Exit status: 0, or 1 with --fail-on-leak when anything leaked.
