@@ -1,0 +1,83 @@
+"""`longvid encode`: an ingest job's shards -> HiCo tokens (16 per frame) in token shards + Parquet manifests, on Ray.
+
+    longvid encode --shards /data/corpus/webvid --out /data/tokens/webvid --checkpoint UMT-L_f4_vision.pt
+    longvid encode --shards s3://b/corpus/webvid --out s3://b/tokens/webvid --checkpoint s3://b/ckpt/videochat-flash-7b/
+    longvid encode --config jobs/configs/encode.yaml --actors 8 --gpus-per-actor 0.5     # flags override the file
+    python -m jobs.encode ...                                                           # the same
+
+Output unit N holds the samples of ingest unit N; a re-run skips the committed units. Without --checkpoint the
+encoder has random weights (a loud warning; for tests and benchmarks only).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.config import ConfigError, load_config, read_yaml
+from pipelines.encode import DTYPES, EncodeConfig, run_encode
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from model.config import PRESETS
+
+    p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
+    p.add_argument("--shards", help="ingest output folder or s3://bucket/prefix (its manifests/ and shards/)")
+    p.add_argument("--out", help="output folder or s3://bucket/prefix")
+    p.add_argument("--checkpoint", help="UMT-L .pt file or LLaVA-style safetensors folder (local or s3://); "
+                                        "default: random weights (tests only)")
+    p.add_argument("--model", choices=list(PRESETS), help="encoder sizes (default videochat-flash-7b: UMT-L)")
+    p.add_argument("--resolution", type=int, choices=[224, 448], help="frame side (default: the ingest frames')")
+    p.add_argument("--actors", type=int, help="encoder actors (default: one per --gpus-per-actor GPUs; on CPU, "
+                                              "the CPUs minus one)")
+    p.add_argument("--gpus-per-actor", type=float, help="GPUs per encoder actor when the cluster has GPUs (1)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs per encoder actor (1)")
+    p.add_argument("--batch-clips", type=int, help="4-frame clips per forward pass, across samples (16)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="bf16 (default) | fp16 | fp32; autocast on CUDA only, "
+                                                         "tokens stored float16 (fp32 for fp32)")
+    p.add_argument("--shard-size-mb", type=float, help="target token tar size in MB (1024)")
+    p.add_argument("--limit-units", type=int, help="only the first N ingest units")
+    p.add_argument("--seed", type=int, help="seed of the random weights when there is no checkpoint (0)")
+    p.add_argument("--cache-dir", help="where S3 checkpoints are downloaded on each node")
+    p.add_argument("--scratch-dir", help="local folder for samples of units not yet committed")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--s3-profile", help="AWS profile for S3")
+    p.add_argument("--s3-region", help="AWS region for S3")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+
+
+def config_from_args(args: argparse.Namespace) -> EncodeConfig:
+    file_values = read_yaml(args.config) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    return load_config(EncodeConfig, file_values, overrides, source=args.config or "")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    summary = run_encode(cfg)
+    # every ingest manifest row of the encoded units is a token sample or a failure row
+    return 0 if summary["inputs"] == summary["ingest_rows"] == summary["samples"] + summary["failures"] else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("encode", help="ingest shards -> HiCo token shards and Parquet manifests (Ray Data job)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as e:
+        print(f"encode: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

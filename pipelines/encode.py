@@ -1,0 +1,725 @@
+"""Encode: ingest shards -> HiCo tokens (16 per frame) -> token shards + manifests, on Ray Data.
+
+    ingest manifests/part-N.parquet ──▶ work items (unit N, shard-N-P.tar)          ◀── resume: committed units skipped
+    Ray Data  from_items ─flat_map(read_shard)─▶ samples ─flat_map(decode_sample)─▶ clip rows (4 frames)   CPU tasks
+              ─map_batches(HiCoActor, concurrency=actors, num_gpus=gpus_per_actor, batch_size=batch_clips)─▶
+              clip rows with tokens [64, D]                                                 GPU (or CPU) actor pool
+    driver    clips -> samples (spilled to a local scratch folder) -> when unit N is complete, UnitWriter commits
+              shards/shard-N-P.tar (<key>.json + <key>.tokens.npy), failures/part-N, manifests/part-N (last)
+    then      index.json + summary.json (pipelines.outputs.finalize)
+
+Why this shape:
+- Output unit N is input unit N: the inputs of a unit are the rows of the ingest manifest part N (the manifest is
+  the truth; a tar member it does not list is ignored). Resume = skip the units whose output manifest part
+  exists; an ingest still running can be encoded again later to pick up its new units.
+- Rows are clips, not samples, so the actor always gets `batch_clips` clips whatever the samples' lengths (clips
+  of different samples share a forward pass; a 512-frame sample spreads over several actors).
+- The tar of a unit lists its samples in the ingest manifest's order, whatever order the clips come back in.
+  The token values of a re-run match to float rounding, not bit for bit: a batched matmul may round differently
+  with another batch composition (keys, order, json and shapes are identical).
+- Failures are data: a sample whose tar members are missing or unreadable (`read`), whose mp4 does not decode or
+  holds another number of frames than the manifest says (`decode`), or whose tokens are not finite (`encode`)
+  becomes one failure row. Inputs of the encode job = rows of the ingest manifests = samples + failures.
+- A sample whose frame count is not a multiple of 4 (ingest never writes one: the sampling rule gives multiples of
+  4) is padded by repeating its last frame, as the reference sampler repeats its last index; its json says
+  `padded_frames`.
+- Precision: bf16/fp16 autocast only on CUDA; on CPU the encoder runs in fp32. Tokens are stored as float16 for
+  bf16 and fp16 runs, float32 for fp32 runs. `encode_clips` is called under our own autocast so that fp16 and fp32
+  runs on CUDA are possible (HiCoEncoder.forward always autocasts to bf16 on CUDA).
+- Decoding happens in-process: the mp4s are the ingest job's own H.264 output (untrusted sources were decoded
+  in isolated children there); a corrupt file raises and becomes a failure row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from manifests.schema import TOKEN_MANIFEST_SCHEMA
+from operators import storage
+from operators.errors import ConfigError, RecordError
+from operators.mp4 import decode_mp4
+from operators.records import Failure
+from operators.write import MANIFESTS, UnitWriter, manifest_name, sample_members
+from pipelines import outputs
+
+LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
+TOKENS_PER_FRAME = 16
+DTYPES = {"bf16": "float16", "fp16": "float16", "fp32": "float32"}  # --dtype -> stored numpy dtype
+INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames",
+                  "resolution", "text"]
+LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.encoder."
+
+
+@dataclass
+class EncodeConfig:
+    shards: str  # an ingest job's output folder (or s3://bucket/prefix): manifests/ + shards/
+    out: str
+    checkpoint: str = ""  # UMT .pt or LLaVA-style safetensors dir (local or s3://); "" = random weights (tests)
+    model: str = "videochat-flash-7b"  # model.config preset: encoder sizes (tiny for tests)
+    resolution: int = 0  # 224 | 448; 0 = the resolution of the ingest frames
+    actors: int = 0  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor on CPU
+    gpus_per_actor: float = 1.0  # used only when the cluster has GPUs
+    cpus_per_actor: float = 1.0
+    batch_clips: int = 16  # 4-frame clips per encoder forward pass (across samples)
+    dtype: str = "bf16"  # bf16 | fp16 | fp32 (autocast on CUDA only; CPU computes in fp32)
+    shard_size_mb: float = 1024.0  # target size of a token tar part
+    limit_units: int = 0  # 0: every committed ingest unit; N: only the first N units (smoke runs)
+    seed: int = 0  # random weights when there is no checkpoint: the same in every actor
+    cache_dir: str = ""  # S3 checkpoints are downloaded here on each node (default ~/.cache/longvid/checkpoints)
+    scratch_dir: str = ""  # local folder for samples of units not yet committed (default: system temp)
+    ray_address: str = ""
+    num_cpus: int = 0  # embedded Ray only; 0: all cores
+    s3_endpoint_url: str = ""
+    s3_profile: str = ""
+    s3_region: str = ""
+    quiet: bool = False
+
+    def validate(self) -> None:
+        from model.config import PRESETS
+
+        if not self.shards:
+            raise ConfigError("shards: the ingest output folder (or s3://bucket/prefix) is required")
+        if not self.out:
+            raise ConfigError("out: the output folder (or s3://bucket/prefix) is required")
+        if storage.join(self.shards, "") == storage.join(self.out, ""):
+            raise ConfigError("out: must differ from shards (the ingest output is read, never written)")
+        if self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if self.resolution not in (0, 224, 448):
+            raise ConfigError(f"resolution: must be 224 or 448 (0: from the ingest frames), got {self.resolution}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.actors < 0:
+            raise ConfigError(f"actors: must be >= 0, got {self.actors}")
+        if not self.gpus_per_actor >= 0:
+            raise ConfigError(f"gpus_per_actor: must be >= 0, got {self.gpus_per_actor}")
+        if not self.cpus_per_actor > 0:
+            raise ConfigError(f"cpus_per_actor: must be positive, got {self.cpus_per_actor}")
+        if self.batch_clips < 1:
+            raise ConfigError(f"batch_clips: must be >= 1, got {self.batch_clips}")
+        if not self.shard_size_mb > 0:
+            raise ConfigError(f"shard_size_mb: must be positive, got {self.shard_size_mb}")
+        for name in ("limit_units", "num_cpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def store_dtype(self) -> str:
+        return DTYPES[self.dtype]
+
+    def fingerprint(self, resolution: int) -> dict[str, Any]:
+        """Settings that change what is written: a re-run into the same --out must match them."""
+        return {"shards": storage.redact(self.shards), "checkpoint": storage.redact(self.checkpoint),
+                "model": self.model, "resolution": resolution, "dtype": self.dtype,
+                "shard_size_mb": self.shard_size_mb, "seed": self.seed if not self.checkpoint else None}
+
+
+# ------------------------------------------------------------------------------------------------- CPU stages
+
+
+def _fail_row(unit: int, key: str, stage: str, reason: str, fld: str, size: int) -> dict[str, Any]:
+    """A failure travelling through the pipeline (zero frames of the right shape keep the columns uniform)."""
+    return {"unit": unit, "key": key, "clip": 0, "num_clips": 0, "status": stage, "reason": storage.redact(reason)[:2000],
+            "field": fld, "info": "", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    base = name.rsplit("/", 1)[-1]
+    key, _, ext = base.partition(".")
+    return key, ext
+
+
+def read_shard(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One work item (unit, shard) -> one row per manifest sample of that shard: json + mp4 bytes, or a failure.
+
+    item: unit, shard (relative), shards_root, manifest (uri of the ingest manifest part), resolution, s3.
+    """
+    storage.configure_s3(item.get("s3") or None)
+    unit, rel, size = int(item["unit"]), str(item["shard"]), int(item["resolution"])
+    table = pq.read_table(io.BytesIO(storage.read_bytes(item["manifest"])), columns=["key", "shard", "num_frames"])
+    expected: dict[str, int] = {}
+    for k, s, n in zip(*(table.column(c).to_pylist() for c in ("key", "shard", "num_frames"))):
+        if s == rel:
+            expected[k] = int(n)
+    uri = storage.join(item["shards_root"], rel)
+    seen: set[str] = set()
+    error = ""
+    members: dict[str, bytes] = {}
+    current = None
+
+    def flush():
+        if current is None or current not in expected or current in seen:
+            return None
+        seen.add(current)
+        if "json" not in members or "mp4" not in members:
+            missing = ", ".join(e for e in ("json", "mp4") if e not in members)
+            return _fail_row(unit, current, "read", f"{rel}: sample has no {missing} member", missing.split(",")[0], size)
+        return {"unit": unit, "key": current, "json": members["json"], "mp4": members["mp4"],
+                "num_frames": expected[current], "shard": rel}
+
+    try:
+        with storage.open_read(uri) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for ti in tar:
+                if not ti.isfile():
+                    continue
+                key, ext = _member_key(ti.name)
+                if key != current:
+                    row = flush()
+                    if row is not None:
+                        yield row
+                    current, members = key, {}
+                if key in expected:
+                    data = tar.extractfile(ti)
+                    members[ext] = data.read() if data is not None else b""
+            row = flush()
+            if row is not None:
+                yield row
+    except (tarfile.TarError, OSError, EOFError) as e:  # StorageError is an OSError
+        error = f"{rel}: shard unreadable after {len(seen)} samples: {type(e).__name__}: {e}"
+    for key in expected:
+        if key not in seen:
+            yield _fail_row(unit, key, "read", error or f"{rel}: sample listed in the ingest manifest is not in its shard",
+                            "shard", size)
+
+
+def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3], bicubic antialiased and rounded exactly as
+    model.umt.preprocess resizes (so preprocess on the result equals preprocess on the original)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return x.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, Any]]:
+    """One sample row -> its clip rows (4 decoded frames each, uint8 [4, S, S, 3]) or one failure row.
+
+    Checks: the json parses, the mp4 decodes, it holds exactly the manifest's num_frames frames, the frames are
+    square and at least `resolution` wide (larger ones are resized down: a 448 ingest can be encoded at 224).
+    """
+    unit, key = int(row["unit"]), str(row["key"])
+    if "status" in row:  # a failure from read_shard passes through
+        yield row
+        return
+    where = f"{row['shard']}: {key}"
+    try:
+        info = json.loads(bytes(row["json"]).decode("utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("top level is not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        yield _fail_row(unit, key, "read", f"{where}.json: not a JSON object: {e}", "json", resolution)
+        return
+    try:
+        frames = decode_mp4(bytes(row["mp4"]))
+    except RecordError as e:
+        yield _fail_row(unit, key, "decode", f"{where}.mp4: {e.reason}", e.field or "mp4", resolution)
+        return
+    expected = int(row["num_frames"])
+    t, h, w = frames.shape[:3]
+    if t != expected:
+        yield _fail_row(unit, key, "decode", f"{where}.mp4: decoded {t} frames, the manifest says num_frames={expected}",
+                        "num_frames", resolution)
+        return
+    if h != w or h < resolution:
+        yield _fail_row(unit, key, "decode", f"{where}.mp4: frames are {w}x{h}, need square frames of at least "
+                        f"{resolution} px (resolution)", "resolution", resolution)
+        return
+    if h != resolution:
+        frames = _resize_square(frames, resolution)
+    pad = (-t) % LOCAL_NUM_FRAMES
+    if pad:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    n_clips = frames.shape[0] // LOCAL_NUM_FRAMES
+    info["padded_frames"] = pad
+    if h != resolution:
+        info["source_resolution"] = h
+    info_s = json.dumps(info, sort_keys=True, ensure_ascii=False)
+    for c in range(n_clips):
+        yield {"unit": unit, "key": key, "clip": c, "num_clips": n_clips, "status": "ok", "reason": "", "field": "",
+               "info": info_s if c == 0 else "",
+               "frames": np.ascontiguousarray(frames[c * LOCAL_NUM_FRAMES:(c + 1) * LOCAL_NUM_FRAMES])}
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def _download(uri: str, dest: Path) -> None:
+    tmp = dest.with_name(f"{storage.TMP_PREFIX}{dest.name}")
+    with storage.open_read(uri, block_size=16 * storage.MiB) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, length=8 * storage.MiB)
+    os.replace(tmp, dest)
+
+
+def fetch_checkpoint(uri: str, cache_dir: str = "") -> str:
+    """A local path for a checkpoint: local paths are returned as they are; an S3 object or prefix is downloaded
+    once per node into `cache_dir` (under a lock; `.complete` marks a finished download).
+
+    For a sharded LLaVA checkpoint only the shards holding vision-tower keys are fetched, with an index trimmed to
+    them (a 7B checkpoint's LLM shards are not needed to encode).
+    """
+    if not storage.is_s3(uri):
+        return uri
+    root = Path(cache_dir or Path.home() / ".cache" / "longvid" / "checkpoints")
+    dest = root / hashlib.sha1(uri.rstrip("/").encode()).hexdigest()[:16]
+    dest.mkdir(parents=True, exist_ok=True)
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    with open(dest / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if storage.exists(uri):  # one object: a .pt / .safetensors file
+                if not (dest / ".complete").exists():
+                    _download(uri, dest / name)
+                    (dest / ".complete").write_text(uri)
+                return str(dest / name)
+            if not (dest / ".complete").exists():
+                files = storage.list_files(uri, (".safetensors", ".json", ".pt", ".bin"), recursive=False)
+                if not files:
+                    raise ConfigError(f"checkpoint: no .safetensors/.pt/.bin files under {storage.redact(uri)}")
+                by_name = {f.rsplit("/", 1)[-1]: f for f in files}
+                index_name = "model.safetensors.index.json"
+                if index_name in by_name:
+                    index = json.loads(storage.read_text(by_name[index_name]))
+                    wm = {k: v for k, v in index.get("weight_map", {}).items() if k.startswith(LLAVA_VISION_PREFIX)}
+                    if not wm:
+                        raise ConfigError(f"checkpoint: {storage.redact(by_name[index_name])} maps no "
+                                          f"{LLAVA_VISION_PREFIX}* key (no vision tower in this checkpoint)")
+                    wanted = sorted(set(wm.values()))
+                    for s in wanted:
+                        if s not in by_name:
+                            raise ConfigError(f"checkpoint: shard {s} named in the index is not under {storage.redact(uri)}")
+                        _download(by_name[s], dest / s)
+                    (dest / index_name).write_text(json.dumps({"metadata": index.get("metadata", {}), "weight_map": wm}))
+                else:
+                    for n, f in by_name.items():
+                        if not n.endswith(".json"):
+                            _download(f, dest / n)
+                (dest / ".complete").write_text(uri)
+            return str(dest)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------- the actor
+
+
+class HiCoActor:
+    """Holds one HiCoEncoder; each call encodes a batch of clip rows (up to batch_clips) in one forward pass."""
+
+    def __init__(self, model: str, resolution: int, checkpoint: str, dtype: str, seed: int, cache_dir: str,
+                 s3: dict | None, cpu_threads: int = 1) -> None:
+        import torch
+
+        from model.checkpoint import load_encoder
+        from model.config import get_config
+        from model.hico import HiCoEncoder
+
+        storage.configure_s3(s3 or None)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(cpu_threads)))
+        cfg = get_config(model, img_size=resolution)
+        torch.manual_seed(seed)  # random weights (no checkpoint) are identical in every actor
+        enc = HiCoEncoder(cfg.umt, tokens_per_frame=TOKENS_PER_FRAME).eval()
+        self.report = ""
+        if checkpoint:
+            rep = load_encoder(enc, fetch_checkpoint(checkpoint, cache_dir), strict=True)
+            self.report = rep.summary()
+        self.enc = enc.to(self.device)
+        self.resolution = resolution
+        self.store = np.dtype(DTYPES[dtype])
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype) if self.device.type == "cuda" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from model.umt import preprocess
+
+        status = np.asarray(batch["status"]).astype(object)
+        reason = np.asarray(batch["reason"]).astype(object)
+        fld = np.asarray(batch["field"]).astype(object)
+        n = len(status)
+        out = np.zeros((n, self.enc.tokens_per_clip, self.enc.out_dim), dtype=self.store)
+        ok = np.flatnonzero(status == "ok")
+        if ok.size:
+            frames = np.asarray(batch["frames"])[ok]  # [n, 4, S, S, 3] uint8
+            k, f, s = frames.shape[0], frames.shape[1], frames.shape[2]
+            x = preprocess(frames.reshape(k * f, s, s, 3), self.resolution)  # [3, k*4, S, S]
+            clips = x.reshape(3, k, f, self.resolution, self.resolution).permute(1, 0, 2, 3, 4).contiguous()
+            with torch.inference_mode():
+                clips = clips.to(self.device, non_blocking=True)
+                if self.autocast is not None:
+                    with torch.autocast("cuda", dtype=self.autocast):
+                        tokens, _ = self.enc.encode_clips(clips)
+                else:
+                    tokens, _ = self.enc.encode_clips(clips)
+            tok = tokens.float().cpu().numpy().astype(self.store)
+            finite = np.isfinite(tok).reshape(k, -1).all(axis=1)
+            out[ok] = tok
+            for j in np.flatnonzero(~finite):
+                i = ok[j]
+                status[i], fld[i] = "encode", "tokens"
+                reason[i] = f"non-finite tokens (NaN/Inf) in clip {int(batch['clip'][i])} as {self.store.name}"
+        return {"unit": batch["unit"], "key": batch["key"], "clip": batch["clip"], "num_clips": batch["num_clips"],
+                "status": status, "reason": reason, "field": fld, "info": batch["info"], "tokens": out}
+
+
+# ------------------------------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class _Sample:
+    num_clips: int
+    clips: dict[int, np.ndarray] = field(default_factory=dict)
+    info: str = ""
+    failure: tuple[str, str, str] | None = None  # (stage, reason, field)
+    received: int = 0
+
+
+@dataclass
+class _Unit:
+    unit: int
+    manifest: str  # ingest manifest part uri
+    expected: int
+    samples: dict[str, _Sample] = field(default_factory=dict)
+    done: dict[str, tuple[str, str, str] | None] = field(default_factory=dict)  # key -> failure or None (ok)
+
+
+class Assembler:
+    """Driver side: clip rows -> complete samples (spilled to scratch) -> committed units, in manifest order."""
+
+    def __init__(self, cfg: EncodeConfig, resolution: int, dim: int, scratch: str, log, t0: float) -> None:
+        self.cfg, self.resolution, self.dim, self.scratch, self.log, self.t0 = cfg, resolution, dim, scratch, log, t0
+        self.units: dict[int, _Unit] = {}
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
+        self.futures: list[Future] = []
+        self.lock = threading.Lock()
+        self.totals = {"units": 0, "samples": 0, "failures": 0, "frames": 0, "clips": 0}
+        self.encoder = f"{cfg.model}/{_weights_name(cfg)}"
+
+    def add_unit(self, unit: int, manifest: str, expected: int) -> None:
+        self.units[unit] = _Unit(unit, manifest, expected)
+        if expected == 0:
+            self._commit(unit)
+
+    def feed(self, batch: dict[str, np.ndarray]) -> None:
+        tokens = batch["tokens"]
+        for i in range(len(batch["key"])):
+            unit, key = int(batch["unit"][i]), str(batch["key"][i])
+            u = self.units[unit]
+            if key in u.done:
+                continue
+            status = str(batch["status"][i])
+            n = int(batch["num_clips"][i])
+            if n == 0:  # failed before decoding into clips
+                self._finish(u, key, None, (status, str(batch["reason"][i]), str(batch["field"][i])))
+                continue
+            s = u.samples.setdefault(key, _Sample(n))
+            s.received += 1
+            if status != "ok" and s.failure is None:
+                s.failure = (status, str(batch["reason"][i]), str(batch["field"][i]))
+            if s.failure is None:
+                s.clips[int(batch["clip"][i])] = np.array(tokens[i])
+            if batch["info"][i]:
+                s.info = str(batch["info"][i])
+            if s.received == s.num_clips:
+                del u.samples[key]
+                self._finish(u, key, s, s.failure)
+
+    def _finish(self, u: _Unit, key: str, s: _Sample | None, failure: tuple[str, str, str] | None) -> None:
+        if failure is None and s is not None:
+            if len(s.clips) != s.num_clips or not s.info:
+                failure = ("encode", f"clips missing from the encoder output ({len(s.clips)} of {s.num_clips})", "tokens")
+            else:
+                tokens = np.stack([s.clips[c] for c in range(s.num_clips)])
+                d = Path(self.scratch, f"unit-{u.unit:06d}")
+                d.mkdir(exist_ok=True)
+                np.save(d / f"{key}.tokens.npy", tokens)
+                info = json.loads(s.info)
+                info.update({"encoder": self.encoder, "model": self.cfg.model, "resolution": self.resolution,
+                             "dtype": self.cfg.store_dtype, "compute_dtype": self.cfg.dtype,
+                             "tokens_per_frame": TOKENS_PER_FRAME, "num_clips": s.num_clips, "dim": self.dim,
+                             "tokens_shape": list(tokens.shape)})
+                (d / f"{key}.json").write_text(json.dumps(info, sort_keys=True, ensure_ascii=False))
+        u.done[key] = failure
+        if len(u.done) == u.expected:
+            self._commit(u.unit)
+
+    def _commit(self, unit: int) -> None:
+        u = self.units[unit]
+        self.futures.append(self.pool.submit(self._commit_now, u))
+
+    def _commit_now(self, u: _Unit) -> dict[str, Any]:
+        man = pq.read_table(io.BytesIO(storage.read_bytes(u.manifest)), columns=INGEST_COLUMNS).to_pylist()
+        d = Path(self.scratch, f"unit-{u.unit:06d}")
+        writer = UnitWriter(self.cfg.out, u.unit, int(self.cfg.shard_size_mb * 2**20), TOKEN_MANIFEST_SCHEMA)
+        clips = 0
+        try:
+            for r in man:
+                key = r["key"]
+                failure = u.done.get(key, ("encode", "no output for this sample (lost in the pipeline)", "tokens"))
+                if failure is None:
+                    npy = (d / f"{key}.tokens.npy").read_bytes()
+                    info = json.loads((d / f"{key}.json").read_text())
+                    members = sample_members(info, {"tokens.npy": npy})
+                    row = {"key": key, "source": r["source"], "video_id": r["video_id"], "start": r["start"],
+                           "end": r["end"], "duration": r["duration"], "num_frames": r["num_frames"],
+                           "num_clips": info["num_clips"], "tokens_per_frame": TOKENS_PER_FRAME, "dim": self.dim,
+                           "encoder": self.encoder, "resolution": self.resolution, "dtype": self.cfg.store_dtype,
+                           "bytes": len(npy), "text": r["text"]}
+                    if writer.add(key, members, row):
+                        clips += info["num_clips"]
+                        continue
+                    failure = ("write", "duplicate key inside the unit", "key")
+                stage, reason, fld = failure
+                shard = storage.redact(storage.join(self.cfg.shards, r["shard"] or ""))
+                writer.fail(Failure(r["source"], r["video_id"], r["uri"], stage, reason, f"{shard}#{key}", fld, key,
+                                    r["start"], r["end"]))
+            stats = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        shutil.rmtree(d, ignore_errors=True)
+        with self.lock:
+            t = self.totals
+            t["units"] += 1
+            t["samples"] += stats["samples"]
+            t["failures"] += stats["failures"]
+            t["frames"] += stats["frames"]
+            t["clips"] += clips
+            if not self.cfg.quiet:
+                el = max(time.time() - self.t0, 1e-9)
+                self.log(f"[encode] unit {u.unit}: {stats['samples']} samples, {stats['failures']} failures | total "
+                         f"{t['samples']} samples, {t['failures']} failures, {t['units']} units | "
+                         f"{t['frames'] / el:.1f} frames/s, {t['clips'] / el:.2f} clips/s")
+        return stats
+
+    def close(self) -> None:
+        """Commit what is left (samples the pipeline never returned become failures) and wait for every commit."""
+        for unit, u in sorted(self.units.items()):
+            if u.expected and len(u.done) < u.expected:
+                for key, s in list(u.samples.items()):
+                    u.done[key] = ("encode", f"only {s.received} of {s.num_clips} clips came back", "tokens")
+                u.samples.clear()
+                self._commit(unit)  # keys never seen get the "lost in the pipeline" failure
+        self.pool.shutdown(wait=True)
+        for f in self.futures:
+            f.result()
+
+
+def _weights_name(cfg: EncodeConfig) -> str:
+    if not cfg.checkpoint:
+        return f"random-init-seed{cfg.seed}"
+    return storage.redact(cfg.checkpoint).rstrip("/").rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Pending:
+    unit: int
+    manifest: str
+    rows: int
+    shards: list[str]
+    resolution: set[int]
+
+
+def _unit_of(uri: str) -> int | None:
+    base = uri.rsplit("/", 1)[-1]
+    if not (base.startswith("part-") and base.endswith(".parquet")):
+        return None
+    try:
+        return int(base[len("part-"):-len(".parquet")])
+    except ValueError:
+        return None
+
+
+def ingest_units(shards: str) -> dict[int, str]:
+    """unit -> ingest manifest part uri, for every committed unit of the ingest job at `shards`."""
+    parts = storage.list_files(storage.join(shards, MANIFESTS), ".parquet", recursive=False)
+    out = {}
+    for p in parts:
+        u = _unit_of(p)
+        if u is not None:
+            out[u] = p
+    return dict(sorted(out.items()))
+
+
+def _read_pending(uri: str, unit: int) -> _Pending:
+    try:
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "resolution", "num_frames", "key"])
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ConfigError(f"shards: {storage.redact(uri)}: not an ingest manifest (need columns key, shard, "
+                          f"resolution, num_frames; see manifests/schema.py): {e}") from None
+    shards = sorted({s for s in t.column("shard").to_pylist() if s})
+    res = {int(r) for r in t.column("resolution").to_pylist() if r is not None}
+    return _Pending(unit, uri, t.num_rows, shards, res)
+
+
+def _check_out(cfg: EncodeConfig, resolution: int) -> None:
+    job_uri = storage.join(cfg.out, "job.json")
+    fp = json.loads(json.dumps(cfg.fingerprint(resolution)))
+    if storage.exists(job_uri):
+        old = json.loads(storage.read_text(job_uri)).get("fingerprint") or {}
+        if old != fp:
+            diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            raise ConfigError(f"out: {storage.redact(cfg.out)} holds an encode job with other settings "
+                              f"({', '.join(diff)}); use a new --out to encode with these settings")
+    else:
+        storage.makedirs(cfg.out)
+        storage.write_text(job_uri, json.dumps({"job": "encode", "fingerprint": fp}, indent=2, sort_keys=True))
+
+
+def _check_checkpoint(cfg: EncodeConfig) -> None:
+    if not cfg.checkpoint or storage.is_s3(cfg.checkpoint):
+        return
+    from model.checkpoint import CheckpointError, checkpoint_files
+
+    try:
+        checkpoint_files(cfg.checkpoint)
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint: {e}") from None
+
+
+def _actors(cfg: EncodeConfig, cpus: int, gpus: float) -> tuple[int, float, float]:
+    """(actors, num_gpus per actor, num_cpus per actor) for this cluster."""
+    if gpus > 0 and cfg.gpus_per_actor > 0:
+        n = cfg.actors or max(1, int(gpus // cfg.gpus_per_actor))
+        return n, cfg.gpus_per_actor, min(cfg.cpus_per_actor, max(1.0, cpus / (n + 1)))
+    n = cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor))
+    if n * cfg.cpus_per_actor > cpus - 1 and cpus > 1:
+        raise ConfigError(f"actors: {n} CPU actors x {cfg.cpus_per_actor} CPUs leave no CPU for decoding on a "
+                          f"cluster with {cpus} CPUs (and no GPU); use --actors {max(1, int((cpus - 1) // cfg.cpus_per_actor))}")
+    return n, 0.0, cfg.cpus_per_actor
+
+
+def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
+    """Run the whole job on Ray Data (an embedded Ray unless Ray is already initialised or an address is given;
+    a Ray started elsewhere is neither initialised nor shut down here). Returns the summary dict."""
+    import ray
+
+    cfg.validate()
+    s3 = storage.configure_s3(storage.S3Options(endpoint_url=cfg.s3_endpoint_url or None,
+                                                profile=cfg.s3_profile or None,
+                                                region=cfg.s3_region or None)).to_dict()
+    units = ingest_units(cfg.shards)
+    if not units:
+        raise ConfigError(f"shards: no committed ingest unit under {storage.redact(cfg.shards)} "
+                          f"(expected {MANIFESTS}/part-N.parquet, see manifests/schema.py)")
+    if cfg.limit_units:
+        units = dict(list(units.items())[: cfg.limit_units])
+    committed = {_unit_of(u) for u in storage.list_files(storage.join(cfg.out, MANIFESTS), ".parquet", recursive=False)}
+    todo = [_read_pending(uri, u) for u, uri in units.items() if u not in committed]
+    skipped = len(units) - len(todo)
+    ingest_rows = sum(p.rows for p in todo) + sum(
+        pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_rows
+        for u, uri in units.items() if u in committed)
+    resolution = cfg.resolution
+    if todo:
+        have = set().union(*(p.resolution for p in todo))
+        if not resolution:
+            if len(have) > 1:
+                raise ConfigError(f"resolution: the ingest frames have several resolutions {sorted(have)}; choose one")
+            resolution = have.pop() if have else 224
+        elif have and min(have) < resolution:
+            raise ConfigError(f"resolution: {resolution} but the ingest frames are {min(have)} px (manifest column "
+                              f"resolution of {storage.redact(cfg.shards)}); frames are never upsampled")
+    elif not resolution:  # nothing to do: keep the resolution of the earlier run so the fingerprint matches
+        job_uri = storage.join(cfg.out, "job.json")
+        old = json.loads(storage.read_text(job_uri)).get("fingerprint", {}) if storage.exists(job_uri) else {}
+        resolution = int(old.get("resolution") or 224)
+    _check_checkpoint(cfg)
+    _check_out(cfg, resolution)
+    from model.config import get_config
+
+    dim = get_config(cfg.model, img_size=resolution).encoder_dim
+    if not cfg.checkpoint:
+        log(f"[encode] WARNING: no --checkpoint: the {cfg.model} encoder has RANDOM weights (seed {cfg.seed}); "
+            "the tokens are only good for tests and benchmarks")
+    t0 = time.time()
+    started_here = False
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        if address:
+            kw["address"] = address
+        elif cfg.num_cpus:
+            kw["num_cpus"] = cfg.num_cpus
+        ray.init(**kw)
+        started_here = True
+    scratch = tempfile.mkdtemp(prefix="longvid-encode-", dir=cfg.scratch_dir or None)
+    try:
+        res = ray.cluster_resources()
+        cpus, gpus = max(1, int(res.get("CPU", 1))), float(res.get("GPU", 0))
+        n_actors, actor_gpus, actor_cpus = _actors(cfg, cpus, gpus)
+        asm = Assembler(cfg, resolution, dim, scratch, log, t0)
+        items = []
+        for p in todo:
+            asm.add_unit(p.unit, p.manifest, p.rows)
+            for rel in p.shards:
+                items.append({"unit": p.unit, "shard": rel, "shards_root": cfg.shards, "manifest": p.manifest,
+                              "resolution": resolution, "s3": s3})
+        if not cfg.quiet:
+            log(f"[encode] {len(todo)} units to encode ({skipped} already committed), {len(items)} input shards, "
+                f"{sum(p.rows for p in todo)} samples | {n_actors} encoder actors on "
+                f"{'GPU x %g' % actor_gpus if actor_gpus else 'CPU'}, {cfg.batch_clips} clips per batch, "
+                f"{cfg.model} at {resolution} px, {cfg.dtype}")
+        if items:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = not cfg.quiet
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.flat_map(read_shard, num_cpus=1)
+            ds = ds.flat_map(decode_sample, fn_kwargs={"resolution": resolution}, num_cpus=1)
+            ds = ds.map_batches(
+                HiCoActor,
+                fn_constructor_kwargs=dict(model=cfg.model, resolution=resolution, checkpoint=cfg.checkpoint,
+                                           dtype=cfg.dtype, seed=cfg.seed, cache_dir=cfg.cache_dir, s3=s3,
+                                           cpu_threads=max(1, int(actor_cpus))),
+                batch_size=cfg.batch_clips, batch_format="numpy", concurrency=n_actors, num_gpus=actor_gpus,
+                num_cpus=actor_cpus)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                asm.feed(batch)
+        asm.close()
+        elapsed = time.time() - t0
+        summary = outputs.finalize(
+            cfg.out, job="encode", config=_public_config(cfg, resolution), elapsed=elapsed, cpus=cpus,
+            extra={"units_run": asm.totals["units"], "units_skipped": skipped, "input_units": len(units),
+                   "ingest_rows": ingest_rows,
+                   "encoder": asm.encoder, "random_weights": not cfg.checkpoint, "resolution": resolution,
+                   "dim": dim, "dtype": cfg.store_dtype, "tokens_per_frame": TOKENS_PER_FRAME,
+                   "actors": n_actors, "gpus_per_actor": actor_gpus, "gpus": gpus,
+                   "clips_encoded": asm.totals["clips"],
+                   "frames_per_s": round(asm.totals["frames"] / elapsed, 3) if elapsed > 0 else None})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if started_here:
+            ray.shutdown()
+    if not cfg.quiet:
+        log(outputs.format_summary(summary))
+    return summary
+
+
+def _public_config(cfg: EncodeConfig, resolution: int) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["resolution"] = resolution
+    for k in ("shards", "out", "checkpoint", "ray_address", "s3_endpoint_url"):
+        d[k] = storage.redact(d[k])
+    return d
