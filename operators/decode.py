@@ -30,12 +30,15 @@ from __future__ import annotations
 import bisect
 import math
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 import av
+from PIL import Image
 
 from operators.errors import RecordError
 from operators.frames import RESIZE_METHODS, resize_one
@@ -49,6 +52,7 @@ SEEK_MIN_FRAMES = 8  # a seek (demuxer reposition + decoder flush) costs about t
 NONREF_WINDOW = 4.0  # frames before a target (in grid units) that are always fully decoded (VFR safety)
 MAX_FALLBACKS = 3
 MAX_PACKET_ERRORS = 64
+MAX_PENDING = 3  # full-resolution frames waiting for conversion (bounds memory when the converter lags)
 
 
 @dataclass
@@ -222,6 +226,9 @@ class _PyAVDecoder:
         except av.error.FFmpegError as e:
             raise RecordError("decode", f"undecodable stream: {e}", "stream", self.name) from e
         finally:
+            pool = getattr(self, "pool", None)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             self.container.close()
 
     def _convert(self, frame) -> np.ndarray:
@@ -233,6 +240,51 @@ class _PyAVDecoder:
         if self.size:
             rgb = resize_one(rgb, self.size, self.resize_method)
         return rgb
+
+    # -- output: each served target is written straight into its rows of the result array
+    def _begin_output(self, indices: list[int], targets: list[int]) -> None:
+        pos = {t: k for k, t in enumerate(targets)}
+        self.rows: list[list[int]] = [[] for _ in targets]
+        for r, i in enumerate(indices):
+            self.rows[pos[i]].append(r)
+        self.dest: np.ndarray | None = None
+        self.n_out = len(indices)
+        self.used_g = [math.nan] * len(targets)
+        self.pending: deque = deque()
+        # RGB conversion + resize (both release the GIL) overlap with decoding when more than one thread is allowed
+        self.pool = ThreadPoolExecutor(max_workers=1) if self.threads != 1 else None
+
+    def _store(self, j: int, arr: np.ndarray) -> None:
+        if self.dest is None:
+            self.dest = np.empty((self.n_out,) + arr.shape, np.uint8)
+        if arr.shape != self.dest.shape[1:]:  # the picture size changed mid-stream: keep the first size
+            arr = np.asarray(Image.fromarray(arr).resize((self.dest.shape[2], self.dest.shape[1]), Image.Resampling.BICUBIC))
+        rows = self.rows[j]
+        self.dest[rows[0]] = arr
+        for r in rows[1:]:
+            self.dest[r] = self.dest[rows[0]]
+
+    def _deliver(self, j: int, frame, g: float) -> None:
+        self.used_g[j] = g
+        if self.pool is None:
+            self._store(j, self._convert(frame))
+            return
+        self.pending.append(self.pool.submit(lambda: self._store(j, self._convert(frame))))
+        while len(self.pending) > MAX_PENDING or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def _end_output(self, indices: list[int], targets: list[int]) -> DecodeResult:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+        pos = {t: k for k, t in enumerate(targets)}
+        used = tuple(int(round(self.used_g[pos[i]])) for i in indices)
+        times = tuple(round(self.used_g[pos[i]] / self.fps, 6) for i in indices)
+        return DecodeResult(self.dest, used, times, self.stats)
 
     def _send(self, pkt, skip: bool):
         want = "NONREF" if skip else "DEFAULT"
@@ -273,8 +325,7 @@ class _PyAVDecoder:
         targets = sorted(set(indices))
         n = len(targets)
         self.targets = targets
-        out: list[np.ndarray | None] = [None] * n
-        used_g: list[float] = [math.nan] * n
+        self._begin_output(indices, targets)
         self._skip_state = "DEFAULT"
         self._first_error = None
         can_seek = mode != "sequential" and bool(self.kf_ts)
@@ -334,9 +385,9 @@ class _PyAVDecoder:
                             if g < t - 0.5:
                                 break
                             if g <= t + 0.5 or prev is None:
-                                out[j], used_g[j] = self._convert(fr), g
+                                self._deliver(j, fr, g)
                             else:  # no frame in the target's window: the one on screen at that time
-                                out[j], used_g[j] = self._convert(prev[0]), prev[1]
+                                self._deliver(j, prev[0], prev[1])
                             j += 1
                             advanced = True
                         prev = last = (fr, g)
@@ -366,8 +417,8 @@ class _PyAVDecoder:
                     pass
                 break
         if j < n:
-            self._finish_at_eof(targets, j, out, used_g, last, read_error)
-        return self._assemble(indices, targets, out, used_g)
+            self._finish_at_eof(targets, j, last, read_error)
+        return self._end_output(indices, targets)
 
     def _near_target(self, gp: float, j: int) -> bool:
         """Is a frame at grid position gp possibly needed for a target at or after targets[j]?"""
@@ -375,7 +426,7 @@ class _PyAVDecoder:
         m = bisect.bisect_left(t, gp - 0.5, lo=j)
         return m < len(t) and t[m] <= gp + NONREF_WINDOW
 
-    def _finish_at_eof(self, targets, j, out, used_g, last, read_error) -> None:
+    def _finish_at_eof(self, targets, j, last, read_error) -> None:
         """Targets left when the stream ended: served by the last frame if they fall within its display time."""
         n = len(targets)
         info = self.info
@@ -405,19 +456,8 @@ class _PyAVDecoder:
             if read_error:
                 msg += f"; read error: {read_error}"
             raise RecordError("decode", msg, "stream" if truncated else "indices", self.name)
-        arr = self._convert(fr)
         for jj in range(j, n):
-            out[jj] = arr
-            used_g[jj] = g
-
-    def _assemble(self, indices, targets, out, used_g) -> DecodeResult:
-        pos = {t: k for k, t in enumerate(targets)}
-        stack = np.stack(out)  # type: ignore[arg-type]
-        order = np.fromiter((pos[i] for i in indices), dtype=np.intp, count=len(indices))
-        frames = stack[order]
-        used = tuple(int(round(used_g[k])) for k in order)
-        times = tuple(round(used_g[k] / self.fps, 6) for k in order)
-        return DecodeResult(frames, used, times, self.stats)
+            self._deliver(jj, fr, g)
 
     # -- seeking
     def _seek(self, k: int) -> None:
@@ -451,7 +491,11 @@ class _PyAVDecoder:
             k = bisect.bisect_left(kf_g, t)
             cands = [c for c in (k - 1, k) if 0 <= c < len(kf_g)]
             choice[t] = min(cands, key=lambda c: (abs(kf_g[c] - t), c))
-        decoded: dict[int, tuple[np.ndarray, float]] = {}
+        self._begin_output(indices, targets)
+        self.pool = None  # a handful of frames: convert inline
+        by_kf: dict[int, list[int]] = {}
+        for jj, t in enumerate(targets):
+            by_kf.setdefault(choice[t], []).append(jj)
         self.cc.skip_frame = "NONKEY"
         self._skip_state = "NONKEY"
         for k in sorted(set(choice.values())):
@@ -471,10 +515,11 @@ class _PyAVDecoder:
                 raise RecordError("decode", f"undecodable stream: keyframe {k} gave no picture", "stream", self.name)
             self.stats.frames_out += 1
             g = self.g_of(got.pts) if got.pts is not None else kf_g[k]
-            decoded[k] = (self._convert(got), g)
-        out = [decoded[choice[t]][0] for t in targets]
-        used_g = [decoded[choice[t]][1] for t in targets]
-        return self._assemble(indices, targets, out, used_g)
+            arr = self._convert(got)
+            for jj in by_kf[k]:
+                self.used_g[jj] = g
+                self._store(jj, arr)
+        return self._end_output(indices, targets)
 
 
 def _find(sorted_list: list[int], value: int) -> int | None:
