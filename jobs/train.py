@@ -1,0 +1,126 @@
+"""`longvid train`: a short-to-long training recipe on Ray Train, streaming precomputed token shards.
+
+    longvid train --config jobs/configs/train-tiny.yaml --data-root longvid-demo --out longvid-demo/train
+    longvid train --config jobs/configs/train-7b.yaml --resume --num-workers 8 --use-gpu
+    longvid train --config ... --exclude audit/drop_list.txt        # keys never reach a batch
+    ray job submit --working-dir . -- longvid train --config ...     # the same, as a Ray job (RAY_ADDRESS)
+
+The recipe lists stages in order; each names its data (shard globs with weights and LLaVA sampling
+strategies), frame bounds, max_len, learning rates, trainable parts and steps or epochs. Flags override the
+recipe's top-level fields. A recipe file's relative paths are taken from --data-root (default: the cwd).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobs.config import ConfigError, load_config, read_yaml
+from pipelines.train import DataEntry, StageConfig, TrainConfig, run_train
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe path, or a shipped recipe by name (`tiny` -> jobs/configs/train-tiny.yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"train-{name_or_path}.yaml", CONFIG_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"{name_or_path}: recipe not found (a path, or one of "
+                      f"{', '.join(sorted(q.stem[6:] for q in CONFIG_DIR.glob('train-*.yaml')))})")
+
+
+def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "") -> TrainConfig:
+    """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
+    raw = dict(raw)
+    where = f"{source}: " if source else ""
+    stages_raw = raw.pop("stages", None)
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{where}stages: a list of stages is required")
+    stages = []
+    for i, s in enumerate(stages_raw):
+        at = f"{source}: stages[{i}]" if source else f"stages[{i}]"
+        if not isinstance(s, dict):
+            raise ConfigError(f"{at}: a stage must be a mapping, got {type(s).__name__}")
+        s = dict(s)
+        data_raw = s.pop("data", None)
+        if not isinstance(data_raw, list) or not data_raw:
+            raise ConfigError(f"{at}: data: a list of data entries is required")
+        data = []
+        for j, e in enumerate(data_raw):
+            if isinstance(e, str):
+                e = {"shards": [e]}
+            if not isinstance(e, dict):
+                raise ConfigError(f"{at}.data[{j}]: must be a mapping or a glob, got {e!r}")
+            if isinstance(e.get("shards"), str):
+                e = {**e, "shards": [e["shards"]]}
+            data.append(load_config(DataEntry, e, source=f"{at}.data[{j}]"))
+        stages.append(load_config(StageConfig, {**s, "data": data}, source=f"{at} ({s.get('name', '?')})"))
+    cfg = load_config(TrainConfig, {**raw, "stages": stages, "out": raw.get("out", "")}, overrides or {},
+                      source=source)
+    cfg.stages = stages
+    return cfg
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a recipe file (or a shipped recipe name) with top-level overrides (None = not given)."""
+    p = find_recipe(str(path))
+    return parse_recipe(read_yaml(p), overrides, source=str(p))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="recipe YAML (or a shipped name: tiny, 7b, 2b)")
+    p.add_argument("--out", help="output folder (stages/, ray/, summary.json)")
+    p.add_argument("--data-root", help="folder that relative shard globs and drop lists are taken from")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint in --out")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (0: in this process, no Ray)")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (NCCL)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], help="data parallel strategy (default ddp)")
+    p.add_argument("--exclude", action="append", help="drop list (one key per line, '#' comments); repeatable")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--llm-path", help="local Qwen2 directory to start from")
+    p.add_argument("--tokenizer", help="'test' or a local tokenizer directory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-failures", type=int, help="worker failures Ray Train recovers from (default 3)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--quiet", action="store_true", default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "exclude")}
+    cfg = load_recipe(args.config, **overrides)
+    if args.exclude:
+        cfg.exclude = list(cfg.exclude) + list(args.exclude)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    summary = run_train(cfg)
+    return 0 if len(summary["stages"]) == len(cfg.stages) else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="short-to-long training on Ray Train from token shards",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train")
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except ConfigError as e:
+        print(f"train: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

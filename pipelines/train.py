@@ -1,0 +1,939 @@
+"""Train: the short-to-long curriculum on Ray Train, streaming token shards (read top to bottom).
+
+    recipe (TrainConfig: model, tokenizer, out, stages in order)
+    driver  run_train(cfg): plan every stage's data (globs -> per-shard sample ranges, durations), check `out`,
+            then one TorchTrainer run (DDP over gloo on CPU / NCCL on GPU, or FSDP) with FailureConfig
+    worker  train_worker(): for each stage from the last checkpoint on:
+              build the model (preset or local LLM) and load the previous stage's final weights
+              freeze what the stage does not train; AdamW with a learning rate per part; warmup + cosine
+              StageLoader streams this worker's own shards (pipelines/train_data.py)
+              steps: forward (projected tokens spliced at <image>; the encoder runs first on frame stages),
+                     loss on assistant tokens, backward, clip, step; metrics.jsonl (rank 0)
+              every `checkpoint_every` steps: trainable weights, optimizer, scheduler, step, and every rank's
+                     loader position, reported to Ray Train (restored after a worker failure or with --resume)
+              end of stage: the full model to out/stages/<stage>/model.safetensors and a loss plot (PNG)
+
+Output layout (`out`, a local or shared path every worker can reach):
+    run.json                           the recipe fingerprint (a --resume must match it)
+    stages/<stage>/metrics.jsonl       one line per step: loss, lr, tokens/s, samples/s, visual tokens/sample, ...
+    stages/<stage>/loss.png            loss per step
+    stages/<stage>/model.safetensors   weights at the end of the stage (the next stage starts from them)
+    stages/<stage>/done.json           stage summary
+    ray/<name>/ckpt-<stage>-<step>/    Ray Train checkpoints (trainable.safetensors, optim.pt, state.json, loader-rank*.json)
+    summary.json                       per stage: steps, first/last loss, samples, tokens, skipped samples
+
+With token shards the encoder is frozen by construction (its output is what the shards hold): a stage that
+trains the encoder must read frame shards (`input: frames`), and then runs the encoder in the loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from operators import storage
+from operators.errors import ConfigError
+from pipelines.train_data import (
+    DataError,
+    LoaderConfig,
+    Sampling,
+    StageLoader,
+    plan_source,
+    read_exclude,
+)
+
+log = logging.getLogger("longvid.train")
+
+PARTS = ("projector", "llm", "encoder")
+CKPT_PREFIX = "ckpt-"
+
+
+# ======================================================================================================== config
+
+
+@dataclass
+class DataEntry:
+    """One source of a stage's mixture: shard globs (local or s3://), its weight, LLaVA sampling strategy."""
+
+    shards: list[str]
+    weight: float = 1.0
+    sampling: str = "all"
+    name: str = ""
+
+    def validate(self) -> None:
+        if not self.shards:
+            raise ConfigError("shards: at least one shard glob is required")
+        if not self.weight >= 0:
+            raise ConfigError(f"weight: must be >= 0, got {self.weight}")
+        try:
+            Sampling.parse(self.sampling)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class StageConfig:
+    """One stage of the curriculum (see jobs/configs/train-*.yaml)."""
+
+    name: str
+    data: list[DataEntry]
+    input: str = "tokens"  # tokens: precomputed HiCo tokens | frames: ingest mp4s, encoder in the loop
+    encoder: str = ""  # "frozen" | "trained": must agree with input/train (the recipe states it)
+    train: list[str] = field(default_factory=lambda: ["projector"])
+    min_frames: int = 1
+    max_frames: int = 512
+    max_len: int = 32768
+    lr: float = 1e-5
+    lr_projector: float = 0.0  # 0: lr
+    lr_llm: float = 0.0
+    lr_encoder: float = 0.0
+    steps: int = 0  # exactly one of steps / epochs
+    epochs: float = 0.0
+    batch_size: int = 1  # per worker
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mix: str = "duration"  # duration: weights are shares of video seconds | samples: shares of samples
+    shuffle_buffer: int = 256
+    resolution: int = 0  # frames stages: encoder input side (0: the model preset's)
+    label_mode: str = "assistant"
+    checkpoint_every: int = 0  # 0: the run's checkpoint_every
+    exclude: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name: a plain folder name is required, got {self.name!r}")
+        if self.input not in ("tokens", "frames"):
+            raise ConfigError(f"input: must be tokens or frames, got {self.input!r}")
+        bad = [p for p in self.train if p not in PARTS]
+        if bad or not self.train:
+            raise ConfigError(f"train: parts must be among {', '.join(PARTS)} (at least one), got {self.train}")
+        if "encoder" in self.train and self.input == "tokens":
+            raise ConfigError("train: the encoder cannot be trained from token shards (they hold a frozen "
+                              "encoder's output); use input: frames for an encoder stage")
+        want = "trained" if "encoder" in self.train else "frozen"
+        if self.encoder and self.encoder != want:
+            raise ConfigError(f"encoder: says {self.encoder!r} but this stage's input/train make it {want!r}")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ConfigError(f"min_frames/max_frames: need 1 <= min <= max, got {self.min_frames}, {self.max_frames}")
+        if self.max_frames < 4:
+            raise ConfigError(f"max_frames: at least one 4-frame clip, got {self.max_frames}")
+        if (self.steps > 0) == (self.epochs > 0):
+            raise ConfigError("steps/epochs: give exactly one of them (positive)")
+        for n in ("max_len", "batch_size", "shuffle_buffer"):
+            if getattr(self, n) < 1:
+                raise ConfigError(f"{n}: must be >= 1, got {getattr(self, n)}")
+        for n in ("lr", "lr_projector", "lr_llm", "lr_encoder", "weight_decay", "grad_clip", "checkpoint_every"):
+            if getattr(self, n) < 0:
+                raise ConfigError(f"{n}: must be >= 0, got {getattr(self, n)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule: must be cosine or constant, got {self.schedule!r}")
+        if self.mix not in ("duration", "samples"):
+            raise ConfigError(f"mix: must be duration or samples, got {self.mix!r}")
+        if self.label_mode not in ("assistant", "llava"):
+            raise ConfigError(f"label_mode: must be assistant or llava, got {self.label_mode!r}")
+        if not self.data:
+            raise ConfigError("data: at least one data entry is required")
+
+    def part_lr(self, part: str) -> float:
+        return float(getattr(self, f"lr_{part}") or self.lr)
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe plus how to run it."""
+
+    out: str
+    stages: list[StageConfig]
+    name: str = "train"
+    data_root: str = ""  # relative shard globs and drop lists are taken from here (default: the recipe's cwd)
+    model: str = "tiny"  # model.config preset
+    llm_path: str = ""  # local Qwen2 directory (weights); empty: randomly initialised LLM (tests, demo)
+    tokenizer: str = "test"  # "test" (built-in) or a local tokenizer directory
+    init_checkpoint: str = ""  # LLaVA-style VideoChat-Flash checkpoint to start from (projector + LLM [+ encoder])
+    encoder_checkpoint: str = ""  # stand-alone UMT .pt for frame stages
+    num_workers: int = 2  # 0: in this process, without Ray (debugging)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: str = "ddp"  # ddp | fsdp
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_failures: int = 3
+    seed: int = 0
+    exclude: list[str] = field(default_factory=list)  # audit drop lists for every stage
+    torch_threads: int = 1  # per CPU worker
+    prefetch: int = 2
+    resume: bool = False
+    ray_address: str = ""
+    num_cpus: int = 0  # embedded Ray only
+    fault_injection: str = ""  # testing: "stage:step:rank" kills that worker once at that step
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("out: the output folder is required")
+        if storage.is_s3(self.out):
+            raise ConfigError("out: must be a local or shared path that every worker can write (not s3://); "
+                              "shards may be on S3")
+        if not self.stages:
+            raise ConfigError("stages: at least one stage is required")
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"stages: duplicate stage names {dup}")
+        from model.config import PRESETS
+
+        if self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy: must be ddp or fsdp, got {self.strategy!r}")
+        for n in ("num_workers", "keep_checkpoints", "max_failures", "torch_threads", "prefetch", "num_cpus"):
+            if getattr(self, n) < 0:
+                raise ConfigError(f"{n}: must be >= 0, got {getattr(self, n)}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every: must be >= 1, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+        if self.fault_injection and len(self.fault_injection.split(":")) != 3:
+            raise ConfigError(f"fault_injection: expected stage:step:rank, got {self.fault_injection!r}")
+
+    # ------------------------------------------------------------------ (de)serialisation for workers
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        stages = [StageConfig(**{**s, "data": [DataEntry(**e) for e in s["data"]]}) for s in d["stages"]]
+        return cls(**{**d, "stages": stages})
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues."""
+        d = self.to_dict()
+        keep = ("model", "llm_path", "tokenizer", "init_checkpoint", "encoder_checkpoint", "seed", "stages",
+                "strategy", "exclude")
+        return json.loads(json.dumps({k: d[k] for k in keep}))
+
+    def resolve(self, p: str) -> str:
+        if not p or storage.is_s3(p) or os.path.isabs(p) or not self.data_root:
+            return p
+        return os.path.join(self.data_root, p)
+
+
+# ======================================================================================================== planning
+
+
+def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
+    """Per stage: its sources planned (counts, ranges, durations) and the step count. DataError names the stage."""
+    out = []
+    for i, st in enumerate(cfg.stages):
+        sources = []
+        for j, e in enumerate(st.data):
+            name = e.name or f"{st.name}.data[{j}]"
+            try:
+                sp = plan_source(name, list(e.shards), kind=st.input, weight=e.weight, sampling=e.sampling,
+                                 root=cfg.data_root)
+            except DataError as err:
+                raise ConfigError(f"stages[{i}] ({st.name}): data[{j}]: {err}") from None
+            sources.append(sp)
+        total = sum(s.nsamples for s in sources)
+        steps = st.steps or max(1, math.ceil(st.epochs * total / (max(1, world) * st.batch_size)))
+        out.append({"stage": st.name, "sources": [s.to_dict() for s in sources], "samples": total, "steps": steps})
+    return out
+
+
+# ======================================================================================================== model
+
+
+def build_tokenizer(cfg: TrainConfig):
+    from model.tokenizer import build_test_tokenizer, load_tokenizer
+
+    if cfg.tokenizer == "test":
+        return build_test_tokenizer()
+    return load_tokenizer(cfg.resolve(cfg.tokenizer))
+
+
+def needs_encoder(cfg: TrainConfig) -> bool:
+    return any(s.input == "frames" for s in cfg.stages)
+
+
+def _init_module(cfg: TrainConfig, tokenizer) -> Any:
+    """The stage-0 model: preset (random, seeded) or local LLM, optional released checkpoint and encoder."""
+    import torch
+
+    from model.config import get_config
+    from model.tokenizer import image_token_id
+
+    mcfg = get_config(cfg.model)
+    tid = image_token_id(tokenizer)
+    torch.manual_seed(cfg.seed)
+    from model.llm import VideoLLM
+
+    if cfg.llm_path:
+        vlm = VideoLLM.from_pretrained(mcfg, cfg.resolve(cfg.llm_path), tid, dtype=torch.float32)
+    else:
+        if tid >= mcfg.llm["vocab_size"]:
+            raise ConfigError(f"tokenizer: image token id {tid} is outside the {cfg.model} vocabulary")
+        vlm = VideoLLM(mcfg, image_token_id=tid)
+    encoder = None
+    if needs_encoder(cfg):
+        from model.hico import HiCoEncoder
+
+        side = max([s.resolution for s in cfg.stages if s.input == "frames"] + [0]) or mcfg.umt.img_size
+        encoder = HiCoEncoder(mcfg.umt.with_img_size(side) if side != mcfg.umt.img_size else mcfg.umt,
+                              mcfg.tokens_per_frame)
+        if cfg.encoder_checkpoint:
+            from model.checkpoint import load_encoder
+
+            load_encoder(encoder, cfg.resolve(cfg.encoder_checkpoint))
+    if cfg.init_checkpoint:
+        from model.checkpoint import load_videochat_flash
+
+        rep = load_videochat_flash(vlm, cfg.resolve(cfg.init_checkpoint), encoder=encoder)
+        log.info("init checkpoint: %s", rep.summary())
+    return TrainModel(vlm, encoder)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_classes():
+    import torch.nn as nn
+
+    class _TrainModel(nn.Module):
+        """`vlm` (VideoLLM: projector + Qwen2) and, on recipes with frame stages, `encoder` (HiCoEncoder)."""
+
+        def __init__(self, vlm, encoder=None):
+            super().__init__()
+            self.vlm = vlm
+            self.encoder = encoder
+
+        def visual_tokens(self, visual, kind: str, side: int):
+            """Token stages: the stored tokens. Frame stages: frames -> UMT -> merged tokens [clips * 64, D]."""
+            if kind == "tokens":
+                return visual
+            from model.umt import preprocess
+
+            out = []
+            for v in visual:
+                x = preprocess(v, side).to(next(self.encoder.parameters()).device)  # [3, T, S, S]
+                tok = self.encoder(x[None])  # [1, C, 64, D]
+                out.append(tok.reshape(-1, tok.shape[-1]))
+            return out
+
+        def forward(self, input_ids, attention_mask, labels, visual, kind: str = "tokens", side: int = 224):
+            vis = self.visual_tokens(visual, kind, side)
+            return self.vlm(input_ids, vis, attention_mask=attention_mask, labels=labels).loss
+
+    return _TrainModel
+
+
+def TrainModel(vlm, encoder=None):  # noqa: N802 - a class built lazily (torch imported inside workers)
+    return _module_classes()(vlm, encoder)
+
+
+def part_of(name: str) -> str:
+    if name.startswith("vlm.projector."):
+        return "projector"
+    if name.startswith("vlm.llm."):
+        return "llm"
+    if name.startswith("encoder."):
+        return "encoder"
+    raise ValueError(f"parameter {name} belongs to no part")
+
+
+def set_trainable(model, parts: list[str]) -> dict[str, int]:
+    counts = {p: 0 for p in PARTS}
+    for n, p in model.named_parameters():
+        part = part_of(n)
+        p.requires_grad_(part in parts)
+        if part in parts:
+            counts[part] += p.numel()
+    return counts
+
+
+# ======================================================================================================== sessions
+
+
+class _Session:
+    """What the training loop needs from its runner: rank/world/device, wrapping, checkpoints, reports."""
+
+    rank = 0
+    world = 1
+    device = None
+
+    def checkpoint_dir(self) -> str | None:
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str, name: str) -> None:
+        raise NotImplementedError
+
+
+class _RaySession(_Session):
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._ckpt = ray.train.get_checkpoint()
+
+    def checkpoint_dir(self) -> str | None:
+        return self._ckpt.path if self._ckpt is not None else None
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str, name: str) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir), checkpoint_dir_name=name)
+
+
+class _LocalSession(_Session):
+    """num_workers = 0: the loop runs in this process; checkpoints go to the same folder layout Ray uses."""
+
+    def __init__(self, storage_dir: str, keep: int, resume_dir: str | None) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.dir = storage_dir
+        self.keep = keep
+        self._ckpt = resume_dir
+
+    def checkpoint_dir(self) -> str | None:
+        return self._ckpt
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str, name: str) -> None:
+        dest = os.path.join(self.dir, name)
+        tmp = dest + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ckpt_dir, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+        self._ckpt = dest
+        for old in list_checkpoints(self.dir)[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints of a run folder, oldest first (names sort by stage, then step)."""
+    if not os.path.isdir(run_dir):
+        return []
+    out = []
+    for n in sorted(os.listdir(run_dir)):
+        p = os.path.join(run_dir, n)
+        if n.startswith(CKPT_PREFIX) and not n.endswith(".tmp") and os.path.isfile(os.path.join(p, "state.json")):
+            out.append(p)
+    return out
+
+
+# ======================================================================================================== worker
+
+
+def _wrap(model, cfg: TrainConfig, sess: _Session):
+    import torch
+    import torch.distributed as dist
+
+    model.to(sess.device)
+    if sess.world <= 1 or not dist.is_initialized():
+        return model
+    if cfg.strategy == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+
+        from model.umt import Block
+
+        dev = sess.device if sess.device.type == "cuda" else torch.device("cpu")
+        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy({Qwen2DecoderLayer, Block}), use_orig_params=True,
+                    device_id=dev)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    kw = {"device_ids": [sess.device]} if sess.device.type == "cuda" else {}
+    return DDP(model, **kw)
+
+
+def _clean_name(n: str) -> str:
+    """A parameter name without DDP / FSDP wrapper prefixes."""
+    n = n.replace("_fsdp_wrapped_module.", "")
+    return n[len("module."):] if n.startswith("module.") else n
+
+
+def _state_dicts(wrapped, optim):
+    """Full (unsharded) model and optimizer state dicts keyed by parameter names, on CPU (rank 0 gets them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(wrapped, optim, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_optim(wrapped, optim, optim_sd) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(wrapped, optim, optim_sd, options=StateDictOptions(full_state_dict=True))
+
+
+def _lr_lambda(total: int, warmup_ratio: float, schedule: str):
+    warm = math.ceil(total * warmup_ratio)
+
+    def f(step: int) -> float:  # step = optimizer steps taken so far
+        if warm and step < warm:
+            return (step + 1) / warm
+        if schedule == "constant":
+            return 1.0
+        prog = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, prog)))
+
+    return f
+
+
+def _stage_dir(cfg: TrainConfig, st: StageConfig) -> str:
+    return os.path.join(cfg.out, "stages", st.name)
+
+
+def _read_state(ckpt: str | None) -> dict[str, Any] | None:
+    if not ckpt:
+        return None
+    with open(os.path.join(ckpt, "state.json")) as f:
+        return json.load(f)
+
+
+def train_worker(payload: dict[str, Any], sess: _Session | None = None) -> dict[str, Any]:
+    """The per-worker loop over all stages (Ray Train calls it with the payload as train_loop_config)."""
+    import torch
+
+    cfg = TrainConfig.from_dict(payload["cfg"])
+    plans = payload["plans"]
+    sess = sess or _RaySession()
+    if sess.device.type == "cpu" and cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    logging.basicConfig(level=logging.INFO if not cfg.quiet else logging.WARNING)
+    tokenizer = build_tokenizer(cfg)
+    ckpt = sess.checkpoint_dir() or payload.get("resume_dir")
+    state = _read_state(ckpt)
+    first, restore = 0, None
+    if state is not None:
+        first = state["stage_index"] + (1 if state["done"] else 0)
+        restore = None if state["done"] else ckpt
+        if sess.rank == 0:
+            log.info("resuming from %s: stage %s, step %d%s", ckpt, state["stage"], state["step"],
+                     " (done)" if state["done"] else "")
+    results = {}
+    for si in range(first, len(cfg.stages)):
+        results[cfg.stages[si].name] = _run_stage(cfg, si, plans[si], sess, tokenizer,
+                                                  restore if si == first else None)
+    return results
+
+
+def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, tokenizer,
+               restore: str | None) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import load_file, load_model, save_file, save_model
+
+    st = cfg.stages[si]
+    rank, world = sess.rank, sess.world
+    total = int(plan["steps"])
+    every = st.checkpoint_every or cfg.checkpoint_every
+    sdir = _stage_dir(cfg, st)
+    os.makedirs(sdir, exist_ok=True)
+
+    # ---- model: stage 0 from the init, later stages from the previous stage's final weights
+    model = _init_module(cfg, tokenizer)
+    if si > 0:
+        prev = os.path.join(_stage_dir(cfg, cfg.stages[si - 1]), "model.safetensors")
+        missing, unexpected = load_model(model, prev, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"{prev}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    counts = set_trainable(model, st.train)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    start_step = 0
+    rstate = None
+    if restore:
+        rstate = _read_state(restore)
+        sd = load_file(os.path.join(restore, "trainable.safetensors"))
+        if sorted(sd) != sorted(trainable):
+            raise RuntimeError(f"{restore}: trainable weights do not match stage {st.name}'s trainable parts")
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        start_step = int(rstate["step"])
+    wrapped = _wrap(model, cfg, sess)
+    groups: dict[str, list] = {}
+    for n, p in wrapped.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(part_of(_clean_name(n)), []).append(p)
+    optim = torch.optim.AdamW([{"params": ps, "lr": st.part_lr(part), "name": part} for part, ps in groups.items()],
+                              weight_decay=st.weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(total, st.warmup_ratio, st.schedule))
+    loader_state = None
+    if restore:
+        osd = torch.load(os.path.join(restore, "optim.pt"), map_location="cpu", weights_only=True)
+        _load_optim(wrapped, optim, osd)
+        sched.load_state_dict(torch.load(os.path.join(restore, "sched.pt"), weights_only=True))
+        lpath = os.path.join(restore, f"loader-rank{rank}.json")
+        if rstate.get("world") == world and os.path.isfile(lpath):
+            with open(lpath) as f:
+                loader_state = json.load(f)
+        elif rank == 0:
+            log.warning("stage %s: checkpoint was written by %s workers, now %d: the data stream restarts",
+                        st.name, rstate.get("world"), world)
+
+    # ---- data
+    from model.config import get_config
+
+    mcfg = get_config(cfg.model)
+    side = st.resolution or (model.encoder.cfg.img_size if model.encoder is not None else mcfg.umt.img_size)
+    exclude = read_exclude([cfg.resolve(p) for p in list(cfg.exclude) + list(st.exclude)])
+    lcfg = LoaderConfig(sources=plan["sources"], batch_size=st.batch_size, buffer=st.shuffle_buffer, mix=st.mix,
+                        seed=cfg.seed + (1000003 * start_step if restore and loader_state is None else 0),
+                        stage_index=si, kind=st.input, dim=mcfg.encoder_dim, min_frames=st.min_frames,
+                        max_frames=st.max_frames, max_len=st.max_len, label_mode=st.label_mode,
+                        prefetch=cfg.prefetch)
+    loader = StageLoader(lcfg, rank, world, tokenizer, exclude, state=loader_state)
+    if loader.shared_sources and rank == 0:
+        log.warning("stage %s: fewer samples than workers in %s: workers share samples", st.name,
+                    loader.shared_sources)
+
+    # ---- metrics (rank 0)
+    mpath = os.path.join(sdir, "metrics.jsonl")
+    if rank == 0:
+        _truncate_metrics(mpath, start_step)
+    fault = cfg.fault_injection.split(":") if cfg.fault_injection else None
+    dev = sess.device
+    it = iter(loader)
+    wrapped.train()
+    t_stage = time.time()
+    t_last = time.time()
+    last_loss = float("nan")
+    if rank == 0:
+        log.info("stage %s: %d steps (from %d), trains %s (%s params), %d samples in %d sources, %d workers",
+                 st.name, total, start_step, st.train, {k: v for k, v in counts.items() if v}, plan["samples"],
+                 len(plan["sources"]), world)
+    for step in range(start_step + 1, total + 1):
+        batch = next(it)
+        visual = [v.to(dev) for v in batch.visual]
+        loss = wrapped(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.labels.to(dev), visual,
+                       st.input, side)
+        loss.backward()
+        params = [p for g in optim.param_groups for p in g["params"]]
+        if st.grad_clip > 0:
+            if hasattr(wrapped, "clip_grad_norm_"):
+                gnorm = float(wrapped.clip_grad_norm_(st.grad_clip))
+            else:
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, st.grad_clip))
+        else:
+            gnorm = float("nan")
+        optim.step()
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        # ---- metrics: summed over workers
+        stats = torch.tensor([float(loss.detach()), len(batch), batch.n_tokens, batch.n_visual], dtype=torch.float64)
+        if world > 1 and dist.is_initialized():
+            stats = stats.to(dev)
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        now = time.time()
+        dt = max(now - t_last, 1e-9)
+        t_last = now
+        last_loss = float(stats[0]) / world
+        if rank == 0:
+            counters = batch.state.get("counters_now", {})
+            rec = {"stage": st.name, "step": step, "steps": total, "loss": round(last_loss, 6),
+                   "lr": {g["name"]: g["lr"] for g in optim.param_groups}, "grad_norm": round(gnorm, 6),
+                   "samples": int(stats[1]), "tokens": int(stats[2]),
+                   "samples_per_s": round(float(stats[1]) / dt, 3), "tokens_per_s": round(float(stats[2]) / dt, 1),
+                   "visual_tokens_per_sample": round(float(stats[3]) / max(1.0, float(stats[1])), 1),
+                   "step_s": round(dt, 4), "rank0_skipped": {k: v for k, v in counters.items() if v},
+                   "time": round(now, 3)}
+            with open(mpath, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if not cfg.quiet and (step == total or step % max(1, total // 10) == 0 or step == start_step + 1):
+                log.info("[%s] step %d/%d loss %.4f | %.1f samples/s %.0f tokens/s", st.name, step, total,
+                         last_loss, rec["samples_per_s"], rec["tokens_per_s"])
+        if fault and fault[0] == st.name and int(fault[1]) == step and int(fault[2]) == rank:
+            marker = os.path.join(cfg.out, f".fault-{st.name}-{step}-{rank}")
+            if not os.path.exists(marker):
+                Path(marker).write_text("killed once by fault_injection\n")
+                log.warning("fault injection: worker %d exits at stage %s step %d", rank, st.name, step)
+                os._exit(1)
+        if step == total:
+            break
+        if step % every == 0:
+            _checkpoint(cfg, si, st, step, total, sess, wrapped, optim, sched, trainable, batch.state, done=False)
+    if hasattr(it, "close"):
+        it.close()
+    loader.close()
+
+    # ---- end of stage: full weights, plot, summary; then a "done" checkpoint
+    msd = _state_dicts(wrapped, optim)[0] if cfg.strategy == "fsdp" and world > 1 else None
+    if rank == 0:
+        final = os.path.join(sdir, "model.safetensors")
+        tmp = final + ".tmp"
+        if cfg.strategy == "fsdp" and world > 1:
+            save_file({k: v.contiguous() for k, v in _dedupe(msd).items()}, tmp)
+        else:
+            save_model(model, tmp)
+        os.replace(tmp, final)
+        summary = stage_summary(mpath)
+        summary.update({"stage": st.name, "train": st.train, "input": st.input,
+                        "encoder": "trained" if "encoder" in st.train else "frozen",
+                        "model": final, "elapsed_s": round(time.time() - t_stage, 2), "workers": world})
+        try:
+            plot_loss(mpath, os.path.join(sdir, "loss.png"), title=f"{cfg.name} / {st.name}")
+            summary["plot"] = os.path.join(sdir, "loss.png")
+        except Exception as e:  # a plot never fails a stage
+            log.warning("stage %s: loss plot failed: %s", st.name, e)
+        Path(os.path.join(sdir, "done.json")).write_text(json.dumps(summary, indent=2))
+    _checkpoint(cfg, si, st, total, total, sess, wrapped, optim, sched, trainable, None, done=True)
+    return {"stage": st.name, "loss": last_loss}
+
+
+def _dedupe(sd: dict) -> dict:
+    seen, out = set(), {}
+    for k, v in sd.items():
+        ptr = (v.data_ptr(), tuple(v.shape))
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        out[k] = v
+    return out
+
+
+def _checkpoint(cfg: TrainConfig, si: int, st: StageConfig, step: int, total: int, sess: _Session, wrapped, optim,
+                sched, trainable: list[str], loader_state: dict | None, done: bool) -> None:
+    """Every rank writes its loader position; rank 0 adds the trainable weights, optimizer, scheduler, step."""
+    import torch
+    from safetensors.torch import save_file
+
+    name = f"{CKPT_PREFIX}{si:02d}-{step:08d}" + ("-done" if done else "")
+    state = {"stage_index": si, "stage": st.name, "step": step, "steps": total, "done": done, "world": sess.world,
+             "seed": cfg.seed}
+    weights = osd = None
+    if not done:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        osd = get_optimizer_state_dict(wrapped, optim, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        keep = set(trainable)
+        if cfg.strategy == "fsdp" and sess.world > 1:
+            weights = {k: v for k, v in _state_dicts(wrapped, optim)[0].items() if k in keep}
+        else:
+            weights = {_clean_name(n): p.detach().cpu() for n, p in wrapped.named_parameters()
+                       if _clean_name(n) in keep}
+    with tempfile.TemporaryDirectory(prefix="longvid-ckpt-") as d:
+        if loader_state is not None:
+            with open(os.path.join(d, f"loader-rank{sess.rank}.json"), "w") as f:
+                json.dump({k: v for k, v in loader_state.items() if k != "counters_now"}, f)
+        if sess.rank == 0:
+            if not done:
+                save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(d, "trainable.safetensors"))
+                torch.save(osd, os.path.join(d, "optim.pt"))
+                torch.save(sched.state_dict(), os.path.join(d, "sched.pt"))
+            with open(os.path.join(d, "state.json"), "w") as f:
+                json.dump(state, f)
+        sess.report({"stage": st.name, "step": step, "done": done}, d, name)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """On resume, drop metric lines past the checkpoint (they are recomputed)."""
+    if not os.path.isfile(path):
+        return
+    keep = []
+    with open(path) as f:
+        for ln in f:
+            try:
+                if json.loads(ln)["step"] <= step:
+                    keep.append(ln)
+            except (ValueError, KeyError):
+                continue
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+# ======================================================================================================== reporting
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    out = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for ln in f:
+                ln = ln.strip()
+                if ln:
+                    out.append(json.loads(ln))
+    return out
+
+
+def stage_summary(path: str) -> dict[str, Any]:
+    rows = read_metrics(path)
+    if not rows:
+        return {"steps": 0}
+    k = max(1, min(5, len(rows) // 4))
+    first = sum(r["loss"] for r in rows[:k]) / k
+    last = sum(r["loss"] for r in rows[-k:]) / k
+    return {"steps": rows[-1]["step"], "loss_first": round(first, 4), "loss_last": round(last, 4),
+            "samples": sum(r["samples"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
+            "samples_per_s": round(sum(r["samples_per_s"] for r in rows) / len(rows), 2),
+            "tokens_per_s": round(sum(r["tokens_per_s"] for r in rows) / len(rows), 1),
+            "visual_tokens_per_sample": round(sum(r["visual_tokens_per_sample"] for r in rows) / len(rows), 1),
+            "rank0_skipped": rows[-1].get("rank0_skipped", {})}
+
+
+def plot_loss(metrics_path: str, png: str, title: str = "", width: int = 640, height: int = 360) -> None:
+    """Loss per step as a PNG line chart (PIL only: axes, ticks, a smoothed line over the raw one)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = read_metrics(metrics_path)
+    xs = [r["step"] for r in rows]
+    ys = [r["loss"] for r in rows]
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 60, 20, 30, 40
+    d.text((left, 8), title or "loss", fill="black", font=font)
+    d.rectangle([left, top, width - right, height - bottom], outline="black")
+    if not xs:
+        d.text((left + 10, top + 10), "no steps", fill="black", font=font)
+        img.save(png)
+        return
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+
+    for i in range(5):
+        yv = y0 + (y1 - y0) * i / 4
+        _, yy = px(x0, yv)
+        d.line([left - 4, yy, left, yy], fill="black")
+        d.text((4, yy - 6), f"{yv:.3g}", fill="black", font=font)
+        xv = x0 + (x1 - x0) * i / 4
+        xx, _ = px(xv, y0)
+        d.line([xx, height - bottom, xx, height - bottom + 4], fill="black")
+        d.text((xx - 10, height - bottom + 6), f"{xv:.0f}", fill="black", font=font)
+    d.text((width // 2 - 10, height - 14), "step", fill="black", font=font)
+    pts = [px(x, y) for x, y in zip(xs, ys)]
+    if len(pts) > 1:
+        d.line(pts, fill=(170, 190, 230), width=1)
+        k = max(1, len(ys) // 20)
+        sm = [sum(ys[max(0, i - k):i + 1]) / len(ys[max(0, i - k):i + 1]) for i in range(len(ys))]
+        d.line([px(x, y) for x, y in zip(xs, sm)], fill=(20, 60, 200), width=2)
+    else:
+        x, y = pts[0]
+        d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(20, 60, 200))
+    img.save(png)
+
+
+# ======================================================================================================== driver
+
+
+def _check_out(cfg: TrainConfig) -> None:
+    run_json = os.path.join(cfg.out, "run.json")
+    fp = cfg.fingerprint()
+    if os.path.isfile(run_json):
+        old = json.loads(Path(run_json).read_text()).get("fingerprint")
+        if not cfg.resume:
+            raise ConfigError(f"out: {cfg.out} already holds a training run; pass --resume to continue it or "
+                              "use a new out folder")
+        if old != fp:
+            diff = sorted(k for k in set(old or {}) | set(fp) if (old or {}).get(k) != fp.get(k))
+            raise ConfigError(f"out: {cfg.out} holds a run with other settings ({', '.join(diff)}); it cannot be "
+                              "resumed with this recipe")
+        return
+    if os.path.isdir(os.path.join(cfg.out, "ray")) and not cfg.resume:
+        raise ConfigError(f"out: {cfg.out} holds Ray Train checkpoints; pass --resume or use a new out folder")
+    os.makedirs(cfg.out, exist_ok=True)
+    Path(run_json).write_text(json.dumps({"job": "train", "fingerprint": fp}, indent=2, sort_keys=True))
+
+
+def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
+    """Run a recipe end to end (Ray Train, or in-process with num_workers=0). Returns the summary dict.
+
+    If Ray is already initialised (e.g. by `longvid demo`) it is used as is and left running.
+    """
+    cfg = dataclasses.replace(cfg, out=os.path.abspath(cfg.out),
+                              data_root=os.path.abspath(cfg.data_root) if cfg.data_root else os.getcwd())
+    cfg.validate()
+    for st in cfg.stages:
+        st.validate()
+    for p in list(cfg.exclude) + [p for s in cfg.stages for p in s.exclude]:
+        if not storage.exists(cfg.resolve(p)):
+            raise ConfigError(f"exclude: drop list not found: {cfg.resolve(p)}")
+    world = max(1, cfg.num_workers)
+    plans = plan_stages(cfg, world)
+    _check_out(cfg)
+    run_dir = os.path.join(cfg.out, "ray", cfg.name)
+    done = list_checkpoints(run_dir)
+    payload = {"cfg": cfg.to_dict(), "plans": plans, "resume_dir": done[-1] if (cfg.resume and done) else None}
+    t0 = time.time()
+    if not cfg.quiet:
+        for p in plans:
+            log_fn(f"[train] stage {p['stage']}: {p['samples']} samples in {len(p['sources'])} sources, "
+                   f"{p['steps']} steps")
+    if cfg.num_workers == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        sess = _LocalSession(run_dir, cfg.keep_checkpoints, payload["resume_dir"])
+        train_worker(payload, sess)
+    else:
+        _fit_ray(cfg, payload)
+    summary = {"job": "train", "name": cfg.name, "out": cfg.out, "workers": world, "elapsed_s": round(time.time() - t0, 2),
+               "stages": {}}
+    for st in cfg.stages:
+        dj = os.path.join(_stage_dir(cfg, st), "done.json")
+        if os.path.isfile(dj):
+            summary["stages"][st.name] = json.loads(Path(dj).read_text())
+    Path(os.path.join(cfg.out, "summary.json")).write_text(json.dumps(summary, indent=2))
+    if not cfg.quiet:
+        for name, s in summary["stages"].items():
+            log_fn(f"[train] {name}: {s.get('steps')} steps, loss {s.get('loss_first')} -> {s.get('loss_last')}, "
+                   f"{s.get('samples_per_s')} samples/s, {s.get('tokens_per_s')} tokens/s, "
+                   f"{s.get('visual_tokens_per_sample')} visual tokens/sample; model {s.get('model')}")
+        log_fn(f"[train] done in {summary['elapsed_s']:.1f} s; summary {os.path.join(cfg.out, 'summary.json')}")
+    return summary
+
+
+def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = False
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {"include_dashboard": False}
+        if address:
+            kw["address"] = address
+        elif cfg.num_cpus:
+            kw["num_cpus"] = cfg.num_cpus
+        ray.init(**kw)
+        started = True
+    try:
+        resources = {"CPU": cfg.cpus_per_worker}
+        if cfg.use_gpu:
+            resources["GPU"] = 1
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=payload,
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(name=cfg.name, storage_path=os.path.join(cfg.out, "ray"),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    finally:
+        if started:
+            ray.shutdown()

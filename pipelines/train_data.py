@@ -1,0 +1,1071 @@
+"""Streaming training data: token (or frame) shards -> per-worker, exactly resumable batches (read top to bottom).
+
+    recipe data entry {shards: globs, weight, sampling}            (one "source" of a stage's mixture)
+      plan_source(): expand the globs (local or s3://), count samples per shard (index.json, else manifests/,
+                     else the tar headers), cut the sampling strategy (all | first:N | first:N% | end:N | end:N%)
+                     into per-shard sample ranges, mean duration (manifests, else the first samples' json)
+      rank_pieces(): this worker's disjoint part: whole shards when there are at least as many as workers, else
+                     shards cut into sample ranges (more workers than shards); balanced by sample count
+    per worker:
+      SourceStream   reads its pieces in a per-epoch shuffled order, tar member groups one at a time
+                     (never a whole shard), skips drop-listed keys without reading them, cycles epochs forever
+      decode_sample  json + tokens.npy (or mp4) -> checked sample (malformed: counted warning, skipped),
+                     frame bounds (whole 4-frame clips dropped evenly, timestamp message rewritten),
+                     Qwen2 chat tokens with assistant-only labels, cut to max_len
+      StageLoader    blocks of `buffer` samples drawn across sources by the mixture (by sample count or by
+                     video duration), each block sorted by length and cut into batches (length bucketing),
+                     batches in shuffled order; a background thread prefetches
+    Every batch carries the loader state after it: (block number, every source's cursor at the block start,
+    batches already taken from the block, counters). Restoring re-reads one block at most, so a resumed run
+    sees exactly the batches an uninterrupted one would.
+
+Token shard members (written by the encode job): `<key>.json` (the ingest json + encoder, resolution,
+tokens_per_frame, num_clips) and `<key>.tokens.npy` [num_frames / 4, 64, D] float16/float32.
+Frame shard members (the ingest job): `<key>.json` and `<key>.mp4` (the sampled frames).
+"""
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import logging
+import math
+import os
+import queue
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from operators import storage
+
+log = logging.getLogger("longvid.train.data")
+
+CLIP_FRAMES = 4  # frames per HiCo clip (mm_local_num_frames)
+TOKENS_PER_CLIP = 64  # 16 tokens per frame after merging
+IGNORE_INDEX = -100
+TOKEN_EXT, FRAME_EXT, JSON_EXT = "tokens.npy", "mp4", "json"
+
+
+class DataError(ValueError):
+    """A data entry of a recipe that cannot be planned: the message names the stage, the entry and the file."""
+
+
+class SampleError(Exception):
+    """One sample that cannot be trained on; `reason` is the counter name."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# ======================================================================================================== planning
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """LLaVA data-mixture sampling strategy over a source's samples in shard order: all | first | end."""
+
+    how: str = "all"
+    n: float = 0.0
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Sampling":
+        t = str(text).strip()
+        if t == "all":
+            return cls()
+        m = re.fullmatch(r"(first|end):(\d+(?:\.\d+)?)(%?)", t)
+        if not m:
+            raise ValueError(f"sampling: {text!r} is not all | first:N | first:N% | end:N | end:N%")
+        n, pct = float(m.group(2)), bool(m.group(3))
+        if pct and not 0 < n <= 100:
+            raise ValueError(f"sampling: {text!r}: a percentage must be in (0, 100]")
+        if not pct and (n < 1 or n != int(n)):
+            raise ValueError(f"sampling: {text!r}: a count must be a positive integer")
+        return cls(m.group(1), n, pct)
+
+    def window(self, total: int) -> tuple[int, int]:
+        """[lo, hi) of the kept samples among `total` (the released code rounds percentages up)."""
+        if self.how == "all":
+            return 0, total
+        k = math.ceil(self.n * total / 100) if self.percent else int(self.n)
+        k = min(k, total)
+        return (0, k) if self.how == "first" else (total - k, total)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples [lo, hi) (group order in the tar) of one shard."""
+
+    url: str
+    lo: int
+    hi: int
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+
+@dataclass
+class SourcePlan:
+    """One data entry of a stage, planned: the selected samples as per-shard ranges, plus mixture facts."""
+
+    name: str
+    kind: str  # tokens | frames
+    weight: float
+    pieces: list[Piece]
+    mean_duration: float
+    count_from: str  # index.json | manifests | tar
+
+    @property
+    def nsamples(self) -> int:
+        return sum(p.n for p in self.pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "weight": self.weight, "mean_duration": self.mean_duration,
+                "count_from": self.count_from, "pieces": [[p.url, p.lo, p.hi] for p in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourcePlan":
+        return cls(d["name"], d["kind"], float(d["weight"]), [Piece(u, int(a), int(b)) for u, a, b in d["pieces"]],
+                   float(d["mean_duration"]), d.get("count_from", ""))
+
+
+def expand_shards(patterns: list[str], root: str = "") -> list[str]:
+    """Sorted, de-duplicated shard URIs matching glob patterns (local paths or s3://bucket/prefix/*.tar).
+    Relative local patterns are taken relative to `root`."""
+    out: set[str] = set()
+    for pat in patterns:
+        if not storage.is_s3(pat) and root and not os.path.isabs(pat):
+            pat = os.path.join(root, pat)
+        if not any(c in pat for c in "*?["):
+            if not storage.exists(pat):
+                raise DataError(f"{storage.redact(pat)}: shard not found")
+            out.add(pat)
+            continue
+        if storage.is_s3(pat):
+            head = re.split(r"[*?\[]", pat, maxsplit=1)[0]
+            prefix = head.rsplit("/", 1)[0]
+            out.update(u for u in storage.list_files(prefix, ".tar") if fnmatch.fnmatchcase(u, pat))
+        else:
+            import glob
+
+            out.update(os.path.abspath(p) for p in glob.glob(pat, recursive=True) if os.path.isfile(p))
+    return sorted(out)
+
+
+def _job_dir(shard: str) -> str | None:
+    """The job folder of a shard written by ingest/encode (…/<job>/shards/shard-*.tar), or None."""
+    parent = shard.rsplit("/", 1)[0] if "/" in shard else ""
+    if parent.rsplit("/", 1)[-1] != "shards":
+        return None
+    return parent.rsplit("/", 1)[0]
+
+
+def _rel(job: str, shard: str) -> str:
+    return shard[len(job) + 1:]
+
+
+def _read_index(job: str) -> dict[str, int] | None:
+    uri = storage.join(job, "index.json")
+    try:
+        if not storage.exists(uri):
+            return None
+        d = json.loads(storage.read_text(uri))
+        return {str(s["url"]): int(s["nsamples"]) for s in d["shardlist"]}
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable wids index (%s); counting another way", storage.redact(uri), e)
+        return None
+
+
+def _read_manifests(job: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = storage.list_files(storage.join(job, "manifests"), ".parquet")
+    tables = []
+    for uri in parts:
+        try:
+            t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        except Exception as e:  # a broken part only costs its counts
+            log.warning("%s: unreadable manifest part (%s)", storage.redact(uri), e)
+            continue
+        cols = [c for c in ("shard", "duration") if c in t.column_names]
+        if "shard" in cols:
+            tables.append(t.select(cols))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def count_tar_samples(uri: str) -> int:
+    """Samples (member groups) in a tar, reading headers only."""
+    with storage.open_read(uri) as f:
+        return sum(1 for _ in iter_groups(f, 0, want=lambda k: False))
+
+
+def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
+                sampling: str = "all", root: str = "") -> SourcePlan:
+    """Expand, count and cut one data entry (raises DataError naming what is wrong)."""
+    shards = expand_shards(patterns, root)
+    if not shards:
+        raise DataError(f"{name}: no shard matches {', '.join(storage.redact(p) for p in patterns)}")
+    counts: dict[str, int] = {}
+    durations: dict[str, tuple[float, int]] = {}
+    how = set()
+    by_job: dict[str | None, list[str]] = {}
+    for s in shards:
+        by_job.setdefault(_job_dir(s), []).append(s)
+    for job, members in by_job.items():
+        index = _read_index(job) if job else None
+        man = _read_manifests(job) if job else None
+        if man is not None and "duration" in man.column_names:
+            sh = man.column("shard").to_pylist()
+            du = man.column("duration").to_pylist()
+            acc: dict[str, list[float]] = {}
+            for a, b in zip(sh, du):
+                if b is not None:
+                    acc.setdefault(a, []).append(float(b))
+            for s in members:
+                v = acc.get(_rel(job, s))
+                if v:
+                    durations[s] = (sum(v), len(v))
+        man_counts = Counter(man.column("shard").to_pylist()) if man is not None else None
+        for s in members:
+            rel = _rel(job, s) if job else None
+            if index is not None and rel in index:
+                counts[s] = index[rel]
+                how.add("index.json")
+            elif man_counts is not None and rel in man_counts:
+                counts[s] = man_counts[rel]
+                how.add("manifests")
+            else:
+                counts[s] = count_tar_samples(s)
+                how.add("tar")
+    try:
+        samp = Sampling.parse(sampling)
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from None
+    total = sum(counts[s] for s in shards)
+    lo, hi = samp.window(total)
+    pieces, pos = [], 0
+    for s in shards:
+        n = counts[s]
+        a, b = max(lo, pos), min(hi, pos + n)
+        if b > a:
+            pieces.append(Piece(s, a - pos, b - pos))
+        pos += n
+    if not pieces:
+        raise DataError(f"{name}: {sampling!r} selects no sample of the {total} in {len(shards)} shards")
+    if durations:
+        secs = sum(v[0] for v in durations.values())
+        mean = secs / max(1, sum(v[1] for v in durations.values()))
+    else:
+        mean = _json_mean_duration(pieces[0].url)
+    return SourcePlan(name, kind, float(weight), pieces, float(mean), "+".join(sorted(how)))
+
+
+def _json_mean_duration(uri: str, limit: int = 8) -> float:
+    vals = []
+    with storage.open_read(uri) as f:
+        for g in iter_groups(f, 0, want=lambda k: True, exts=(JSON_EXT,)):
+            try:
+                vals.append(float(json.loads(bytes(g.members[JSON_EXT]))["duration"]))
+            except (KeyError, ValueError, TypeError):
+                pass
+            if len(vals) >= limit:
+                break
+    return float(np.mean(vals)) if vals else 1.0
+
+
+def rank_pieces(pieces: list[Piece], rank: int, world: int) -> tuple[list[Piece], bool]:
+    """This rank's disjoint share of `pieces` -> (pieces, shared). With fewer shards than workers the shards are
+    cut into sample ranges; only when there are fewer samples than workers do ranks share (shared=True)."""
+    if world <= 1:
+        return list(pieces), False
+    units = list(pieces)
+    if len(units) < world:
+        m = math.ceil(world / len(units))
+        units = []
+        for p in pieces:
+            k = min(m, p.n)
+            edges = [p.lo + (p.n * i) // k for i in range(k + 1)]
+            units += [Piece(p.url, a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    if len(units) < world:
+        return [units[rank % len(units)]], True
+    load = [0] * world
+    mine: list[list[Piece]] = [[] for _ in range(world)]
+    for i in sorted(range(len(units)), key=lambda i: (-units[i].n, i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        load[r] += units[i].n
+        mine[r].append(units[i])
+    return sorted(mine[rank], key=lambda p: (p.url, p.lo)), False
+
+
+# ======================================================================================================== tar reading
+
+
+class TarError(Exception):
+    """A corrupt or truncated tar: the rest of the shard cannot be read."""
+
+
+@dataclass
+class Group:
+    """One sample's tar members: ext -> bytes (None when skipped), header offsets [start, end)."""
+
+    key: str
+    members: dict[str, Any]
+    start: int
+    end: int
+
+
+def _octal(field_: bytes) -> int:
+    if field_[0] & 0x80:  # base-256 (GNU) for sizes past 8 GiB
+        return int.from_bytes(bytes([field_[0] & 0x7F]) + field_[1:], "big")
+    s = field_.split(b"\0", 1)[0].strip()
+    return int(s, 8) if s else 0
+
+
+def _read_into(f, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise TarError(f"truncated member: {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def _pax_path(data: bytes) -> str | None:
+    path = None
+    i = 0
+    while i < len(data):
+        sp = data.index(b" ", i)
+        n = int(data[i:sp])
+        rec = data[sp + 1: i + n - 1]
+        k, _, v = rec.partition(b"=")
+        if k == b"path":
+            path = v.decode("utf-8")
+        i += n
+    return path
+
+
+def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ...] | None = None) -> Iterator[Group]:
+    """Member groups (WebDataset: members sharing the key before the first dot of their base name) of a tar,
+    starting at the header at byte `offset`. Members of keys for which `want(key)` is false, and members whose
+    extension is not in `exts` (None: all), are skipped by seeking, never read."""
+    f.seek(offset)
+    pos = offset
+    cur: Group | None = None
+    long_name: str | None = None
+    while True:
+        hdr = f.read(512)
+        if len(hdr) == 0 or hdr == b"\0" * 512:
+            break
+        if len(hdr) < 512:
+            raise TarError(f"truncated header at byte {pos}")
+        chk = _octal(hdr[148:156])
+        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+            raise TarError(f"bad header checksum at byte {pos}")
+        size = _octal(hdr[124:136])
+        kind = hdr[156:157]
+        padded = (size + 511) // 512 * 512
+        data_at = pos + 512
+        if kind in (b"x", b"L"):
+            data = bytes(_read_into(f, size))
+            f.seek(padded - size, 1)
+            long_name = _pax_path(data) if kind == b"x" else data.split(b"\0", 1)[0].decode("utf-8")
+            pos = data_at + padded
+            continue
+        name = hdr[:100].split(b"\0", 1)[0].decode("utf-8")
+        if hdr[257:263] == b"ustar\x00" and hdr[345] != 0:
+            name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
+        if long_name is not None:
+            name, long_name = long_name, None
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: not sample members
+            f.seek(padded, 1)
+            pos = data_at + padded
+            continue
+        base = name.rsplit("/", 1)[-1]
+        key, _, ext = base.partition(".")
+        if cur is None or key != cur.key:
+            if cur is not None:
+                cur.end = pos
+                yield cur
+                if f.tell() != data_at:  # the consumer may have seeked: stay where this header left us
+                    f.seek(data_at)
+            cur = Group(key, {}, pos, pos)
+            take = want(key)
+            cur.members = {} if take else {"__skipped__": None}
+        if "__skipped__" not in cur.members and (exts is None or ext in exts):
+            cur.members[ext] = _read_into(f, size)
+            f.seek(padded - size, 1)
+        else:
+            f.seek(padded, 1)
+        pos = data_at + padded
+    if cur is not None:
+        cur.end = pos
+        yield cur
+
+
+# ======================================================================================================== decoding
+
+
+def _npy(data: bytearray) -> np.ndarray:
+    """Zero-copy view of a .npy held in a (writable) buffer."""
+    bio = io.BytesIO(data[:min(len(data), 4096)])
+    try:
+        major, _ = np.lib.format.read_magic(bio)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(bio)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(bio)
+    except (ValueError, EOFError) as e:
+        raise SampleError("bad npy", str(e)) from None
+    if fortran or dtype.hasobject:
+        raise SampleError("bad npy", "fortran order or object dtype")
+    count = int(np.prod(shape)) if shape else 1
+    start = bio.tell()
+    if len(data) - start < count * dtype.itemsize:
+        raise SampleError("bad npy", f"{len(data) - start} data bytes for shape {shape} {dtype}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+
+
+def non_finite(a: np.ndarray) -> bool:
+    """True when any element is NaN or +-inf. Integer-view max reductions: ~10x faster than np.isfinite."""
+    if a.dtype == np.float16:
+        i, u, top = a.view(np.int16), a.view(np.uint16), (0x7C00, 0xFC00)
+    elif a.dtype == np.float32:
+        i, u, top = a.view(np.int32), a.view(np.uint32), (0x7F800000, 0xFF800000)
+    else:
+        return not bool(np.isfinite(a).all())
+    # positive inf/nan are the largest signed patterns, negative ones the largest unsigned patterns
+    return bool(int(i.max()) >= top[0] or int(u.max()) >= top[1])
+
+
+def keep_clips(n_clips: int, max_clips: int) -> list[int]:
+    """Which clips stay when a sample has more than `max_clips`: evenly spread, in order (whole clips dropped)."""
+    if n_clips <= max_clips:
+        return list(range(n_clips))
+    return [int((i + 0.5) * n_clips / max_clips) for i in range(max_clips)]
+
+
+def _time_msg(duration: float, n: int, frame_times: list[float] | None, long: bool) -> str:
+    from operators.prompt import time_msg
+
+    return time_msg(duration, n, frame_times=frame_times, long=long)
+
+
+@dataclass
+class TrainSample:
+    """A decoded sample ready for batching. `visual`: tokens [n, D] (tokens kind) or frames uint8 [T, H, W, 3]."""
+
+    key: str
+    source: str
+    input_ids: np.ndarray  # int64 [L]
+    labels: np.ndarray  # int64 [L]
+    visual: np.ndarray
+    n_visual: int  # visual tokens this sample puts into the LLM
+    num_frames: int
+    duration: float
+
+    @property
+    def length(self) -> int:
+        """Sequence length in the LLM: text tokens with the placeholder replaced by the visual tokens."""
+        return int(self.input_ids.shape[0]) - 1 + self.n_visual
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    kind: str = "tokens"  # tokens | frames
+    dim: int = 1024  # token width D expected (tokens kind)
+    min_frames: int = 1
+    max_frames: int = 512
+    max_len: int = 32768
+    label_mode: str = "assistant"
+    image_token_id: int = -1
+
+
+def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
+    """Check and prepare one sample's members; raises SampleError(reason) for anything that cannot train."""
+    m = g.members
+    if JSON_EXT not in m:
+        raise SampleError("missing json")
+    payload_ext = TOKEN_EXT if opts.kind == "tokens" else FRAME_EXT
+    if payload_ext not in m:
+        raise SampleError(f"missing {payload_ext}")
+    try:
+        info = json.loads(bytes(m[JSON_EXT]))
+        if not isinstance(info, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
+        raise SampleError("bad json", str(e)) from None
+    conv = info.get("conversations")
+    if not isinstance(conv, list) or not conv or not all(isinstance(t, dict) for t in conv):
+        raise SampleError("no conversations")
+    if sum(str(t.get("value", "")).count("<image>") for t in conv) != 1:
+        raise SampleError("image placeholder", "need exactly one <image> in the conversations")
+    try:
+        duration = float(info.get("duration") or 0.0)
+    except (TypeError, ValueError):
+        raise SampleError("bad json", "duration is not a number") from None
+
+    if opts.kind == "tokens":
+        arr = _npy(m[TOKEN_EXT])
+        if arr.ndim != 3 or arr.shape[1] != TOKENS_PER_CLIP or arr.shape[2] != opts.dim or arr.shape[0] < 1:
+            raise SampleError("wrong shape", f"tokens {tuple(arr.shape)}, need [clips, {TOKENS_PER_CLIP}, {opts.dim}]")
+        if arr.dtype not in (np.float16, np.float32):
+            raise SampleError("wrong dtype", f"tokens are {arr.dtype}, need float16 or float32")
+        n_clips = arr.shape[0]
+        nc = info.get("num_clips")
+        nf = info.get("num_frames")
+        if (isinstance(nc, int) and nc != n_clips) or (isinstance(nf, int) and nf != n_clips * CLIP_FRAMES):
+            raise SampleError("clip count mismatch", f"tokens hold {n_clips} clips, json says num_clips={nc}, "
+                                                     f"num_frames={nf}")
+        if non_finite(arr):
+            raise SampleError("non-finite tokens")
+    else:
+        from operators.errors import RecordError
+        from operators.mp4 import decode_mp4
+
+        try:
+            arr = decode_mp4(bytes(m[FRAME_EXT]))
+        except RecordError as e:
+            raise SampleError("bad mp4", e.reason) from None
+        if arr.shape[0] % CLIP_FRAMES:
+            raise SampleError("frames not in clips", f"{arr.shape[0]} frames is not a multiple of {CLIP_FRAMES}")
+        n_clips = arr.shape[0] // CLIP_FRAMES
+
+    frames = n_clips * CLIP_FRAMES
+    max_clips = max(1, opts.max_frames // CLIP_FRAMES)
+    kept = keep_clips(n_clips, max_clips)
+    if len(kept) < n_clips:
+        if opts.kind == "tokens":
+            arr = arr[kept]
+        else:
+            idx = [c * CLIP_FRAMES + j for c in kept for j in range(CLIP_FRAMES)]
+            arr = arr[idx]
+        frames = len(kept) * CLIP_FRAMES
+        old = info.get("time_msg")
+        times = info.get("frame_times")
+        if isinstance(old, str) and old and old in str(conv[0].get("value", "")):
+            kept_times = None
+            if isinstance(times, list) and len(times) == n_clips * CLIP_FRAMES:
+                kept_times = [times[c * CLIP_FRAMES + j] for c in kept for j in range(CLIP_FRAMES)]
+            long = "uniformly sampled at" in old and kept_times is not None
+            new = _time_msg(duration, frames, kept_times, long)
+            conv = [dict(t) for t in conv]
+            conv[0]["value"] = str(conv[0]["value"]).replace(old, new, 1)
+    visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" else arr
+    n_visual = len(kept) * TOKENS_PER_CLIP
+
+    from model.tokenizer import format_chat
+
+    try:
+        ids, labels = format_chat(conv, tokenizer, label_mode=opts.label_mode)
+    except ValueError as e:
+        raise SampleError("bad conversations", str(e)) from None
+    ids_a = np.asarray(ids, dtype=np.int64)
+    lab_a = np.asarray(labels, dtype=np.int64)
+    where = np.nonzero(ids_a == opts.image_token_id)[0]
+    if where.size != 1:
+        raise SampleError("image placeholder", f"{where.size} image tokens after tokenization")
+    length = ids_a.shape[0] - 1 + n_visual
+    if length > opts.max_len:
+        cut = opts.max_len - (n_visual - 1)
+        if cut <= int(where[0]) + 1:
+            raise SampleError("too long", f"{n_visual} visual tokens alone exceed max_len {opts.max_len}")
+        ids_a, lab_a = ids_a[:cut], lab_a[:cut]
+        if not (lab_a != IGNORE_INDEX).any():
+            raise SampleError("too long", f"no answer token left within max_len {opts.max_len}")
+    if not (lab_a != IGNORE_INDEX).any():
+        raise SampleError("no answer", "no assistant turn to train on")
+    return TrainSample(g.key, str(info.get("source", "")), ids_a, lab_a, visual, n_visual, frames, duration)
+
+
+# ======================================================================================================== streams
+
+
+@dataclass
+class Cursor:
+    """Where a source stream stands: epoch, position in the epoch's piece order, sample index in the shard
+    (group number) and the byte offset of its header (0 = not known: walk from the start of the shard)."""
+
+    epoch: int = 0
+    piece: int = 0
+    sample: int = -1  # -1: at the start of the piece
+    offset: int = 0
+
+    def to_list(self) -> list[int]:
+        return [self.epoch, self.piece, self.sample, self.offset]
+
+
+class SourceStream:
+    """Samples of one source for one rank, endlessly (epochs in shuffled piece order), skipping bad ones."""
+
+    def __init__(self, plan: SourcePlan, pieces: list[Piece], seed_key: list[int], exclude: frozenset[str],
+                 counters: Counter, cursor: Cursor | None = None, want_exts: tuple[str, ...] | None = None):
+        self.plan = plan
+        self.pieces = pieces
+        self.seed_key = seed_key
+        self.exclude = exclude
+        self.counters = counters
+        self.cursor = cursor or Cursor()
+        self.exts = want_exts
+        self._f = None
+        self._it: Iterator[Group] | None = None
+        self._open_piece: tuple[int, int] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([*self.seed_key, epoch])
+        return [int(i) for i in rng.permutation(len(self.pieces))]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        self._f, self._it, self._open_piece = None, None, None
+
+    def _want(self, key: str) -> bool:
+        return key not in self.exclude
+
+    def _open(self) -> Piece:
+        c = self.cursor
+        piece = self.pieces[self.order(c.epoch)[c.piece]]
+        if self._open_piece != (c.epoch, c.piece):
+            self.close()
+            self._f = storage.open_read(piece.url)
+            if c.sample < 0 or c.offset <= 0 and c.sample > 0:
+                # walk the headers up to the piece's first sample (no data read)
+                it = iter_groups(self._f, 0, want=lambda k: False)
+                n = 0
+                start = 0
+                target = piece.lo if c.sample < 0 else c.sample
+                for g in it:
+                    if n == target:
+                        start = g.start
+                        break
+                    n += 1
+                    start = g.end
+                c.sample, c.offset = target, start
+            self._it = iter_groups(self._f, c.offset, want=self._want, exts=self.exts)
+            self._open_piece = (c.epoch, c.piece)
+        return piece
+
+    def _advance_piece(self) -> None:
+        self.close()
+        c = self.cursor
+        c.piece += 1
+        if c.piece >= len(self.pieces):
+            c.epoch += 1
+            c.piece = 0
+        c.sample, c.offset = -1, 0
+
+    def next_group(self) -> Group:
+        """The next member group of this source (excluded keys counted and skipped, never read)."""
+        empty_pieces = 0
+        while True:
+            piece = self._open()
+            c = self.cursor
+            if c.sample >= piece.hi:
+                self._advance_piece()
+                continue
+            try:
+                g = next(self._it)  # type: ignore[arg-type]
+            except StopIteration:
+                if c.sample < piece.hi:
+                    self.counters["short shard"] += 1
+                    log.warning("%s: shard ended after %d samples (expected %d)", storage.redact(piece.url),
+                                c.sample, piece.hi)
+                empty_pieces += 1
+                if empty_pieces > 2 * len(self.pieces):
+                    raise DataError(f"{self.plan.name}: no readable sample in this worker's shards")
+                self._advance_piece()
+                continue
+            except (TarError, storage.StorageError, UnicodeDecodeError, ValueError) as e:
+                self.counters["corrupt tar"] += 1
+                log.warning("%s: unreadable from sample %d on (%s); skipping the rest of this piece",
+                            storage.redact(piece.url), c.sample, e)
+                empty_pieces += 1
+                if empty_pieces > 2 * len(self.pieces):
+                    raise DataError(f"{self.plan.name}: no readable sample in this worker's shards") from None
+                self._advance_piece()
+                continue
+            c.sample += 1
+            c.offset = g.end
+            if "__skipped__" in g.members:
+                self.counters["excluded"] += 1
+                continue
+            empty_pieces = 0
+            return g
+
+
+def _warn(counters: Counter, reason: str, key: str, detail: str, url: str) -> None:
+    counters[reason] += 1
+    counters["skipped"] += 1
+    if counters[reason] <= 5:
+        log.warning("skipping sample %s in %s: %s%s", key, storage.redact(url), reason,
+                    f" ({detail})" if detail else "")
+
+
+@dataclass
+class Batch:
+    """A collated batch plus what the metrics need, and the loader state after it."""
+
+    input_ids: Any  # torch.LongTensor [B, L]
+    attention_mask: Any
+    labels: Any
+    visual: list[Any]  # tokens: float tensors [n_i, D]; frames: uint8 tensors [T_i, H, W, 3]
+    keys: list[str]
+    n_tokens: int  # LLM positions carrying data (text + visual)
+    n_visual: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def collate(samples: list[TrainSample], pad_id: int) -> Batch:
+    import torch
+
+    width = max(int(s.input_ids.shape[0]) for s in samples)
+    b = len(samples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = int(s.input_ids.shape[0])
+        ids[i, :n] = torch.from_numpy(s.input_ids)
+        labels[i, :n] = torch.from_numpy(s.labels)
+        mask[i, :n] = 1
+    visual = [torch.from_numpy(s.visual) for s in samples]
+    return Batch(ids, mask, labels, visual, [s.key for s in samples], sum(s.length for s in samples),
+                 sum(s.n_visual for s in samples))
+
+
+@dataclass
+class LoaderConfig:
+    """What one worker's loader for one stage needs (JSON-friendly)."""
+
+    sources: list[dict[str, Any]]  # SourcePlan.to_dict()
+    batch_size: int
+    buffer: int = 256
+    mix: str = "duration"  # duration | samples
+    seed: int = 0
+    stage_index: int = 0
+    kind: str = "tokens"
+    dim: int = 1024
+    min_frames: int = 1
+    max_frames: int = 512
+    max_len: int = 32768
+    label_mode: str = "assistant"
+    prefetch: int = 2
+
+
+class StageLoader:
+    """Endless, exactly resumable batches for one rank in one stage.
+
+    `iter(loader)` yields Batch objects; `batch.state` restores the stream to right after that batch
+    (`StageLoader(..., state=batch.state)`). With `prefetch > 0` a background thread reads ahead.
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int, world: int, tokenizer: Any, exclude: frozenset[str] = frozenset(),
+                 state: dict[str, Any] | None = None, image_token_id: int | None = None):
+        from model.tokenizer import image_token_id as _img
+
+        self.cfg = cfg
+        self.rank, self.world = rank, world
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.opts = DecodeOptions(cfg.kind, cfg.dim, cfg.min_frames, cfg.max_frames, cfg.max_len, cfg.label_mode,
+                                  image_token_id if image_token_id is not None else _img(tokenizer))
+        self.plans = [SourcePlan.from_dict(d) for d in cfg.sources]
+        self.block_size = max(1, math.ceil(cfg.buffer / cfg.batch_size)) * cfg.batch_size
+        self.counters: Counter = Counter()
+        self.shared_sources: list[str] = []
+        self.streams: list[SourceStream] = []
+        exts = (JSON_EXT, TOKEN_EXT if cfg.kind == "tokens" else FRAME_EXT)
+        for si, plan in enumerate(self.plans):
+            pieces, shared = rank_pieces(plan.pieces, rank, world)
+            if shared:
+                self.shared_sources.append(plan.name)
+            self.streams.append(SourceStream(plan, pieces, [cfg.seed, cfg.stage_index, si, rank], exclude,
+                                             self.counters, want_exts=exts))
+        self.probs = self._probs()
+        self.block = 0
+        self.skip_batches = 0
+        if state:
+            self._restore(state)
+
+    def _probs(self) -> np.ndarray:
+        w = np.array([max(p.weight, 0.0) for p in self.plans], dtype=np.float64)
+        if self.cfg.mix == "duration":  # weights are shares of video seconds: fewer draws of long sources
+            w = w / np.array([max(p.mean_duration, 1e-3) for p in self.plans])
+        if not w.sum() > 0:
+            raise DataError("mixture weights must not all be zero")
+        return w / w.sum()
+
+    # ------------------------------------------------------------------ state
+    def _cursors(self) -> list[list[int]]:
+        return [s.cursor.to_list() for s in self.streams]
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        if st.get("world") != self.world or st.get("rank") != self.rank or len(st.get("cursors", [])) != len(self.streams):
+            raise DataError(f"loader state is for rank {st.get('rank')} of {st.get('world')} with "
+                            f"{len(st.get('cursors', []))} sources; this is rank {self.rank} of {self.world} with "
+                            f"{len(self.streams)}")
+        for s, c in zip(self.streams, st["cursors"]):
+            s.cursor = Cursor(*[int(x) for x in c])
+        self.block = int(st["block"])
+        self.skip_batches = int(st["batch"])
+        self.counters.update({k: int(v) for k, v in st.get("counters", {}).items()})
+
+    def _state(self, block: int, cursors: list[list[int]], batch: int, counters: dict[str, int]) -> dict[str, Any]:
+        return {"rank": self.rank, "world": self.world, "block": block, "cursors": cursors, "batch": batch,
+                "counters": counters}
+
+    # ------------------------------------------------------------------ reading
+    def _next_sample(self, si: int) -> TrainSample:
+        stream = self.streams[si]
+        while True:
+            g = stream.next_group()
+            try:
+                return decode_sample(g, self.tokenizer, self.opts)
+            except SampleError as e:
+                url = stream.pieces[stream.order(stream.cursor.epoch)[stream.cursor.piece]].url
+                _warn(self.counters, e.reason, g.key, e.detail, url)
+
+    def _read_block(self, block: int) -> list[TrainSample]:
+        rng = np.random.default_rng([self.cfg.seed, self.cfg.stage_index, self.rank, block, 1])
+        choice = rng.choice(len(self.streams), size=self.block_size, p=self.probs)
+        out = []
+        for si in choice:
+            s = self._next_sample(int(si))
+            out.append(s)
+            if s.num_frames < self.cfg.min_frames:
+                self.counters["below min frames"] += 1
+        return out
+
+    def _batches(self, block: int, samples: list[TrainSample]) -> list[list[TrainSample]]:
+        rng = np.random.default_rng([self.cfg.seed, self.cfg.stage_index, self.rank, block, 2])
+        tie = rng.random(len(samples))
+        order = sorted(range(len(samples)), key=lambda i: (samples[i].length, tie[i]))
+        bs = self.cfg.batch_size
+        batches = [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def batches(self) -> Iterator[Batch]:
+        """The batch stream (synchronous)."""
+        block, skip = self.block, self.skip_batches
+        while True:
+            start = self._cursors()
+            counters0 = dict(self.counters)
+            samples = self._read_block(block)
+            end = self._cursors()
+            counters1 = dict(self.counters)
+            bl = self._batches(block, samples)
+            for j, group in enumerate(bl):
+                if j < skip:
+                    continue
+                b = collate(group, self.pad_id)
+                if j + 1 < len(bl):
+                    b.state = self._state(block, start, j + 1, counters0)
+                else:
+                    b.state = self._state(block + 1, end, 0, counters1)
+                b.state["counters_now"] = counters1
+                yield b
+            skip = 0
+            block += 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.cfg.prefetch <= 0:
+            return self.batches()
+        return _prefetch(self.batches(), self.cfg.prefetch)
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+
+
+def _prefetch(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in it:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, name="longvid-loader", daemon=True)
+    t.start()
+
+    def gen() -> Iterator[Batch]:
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    return gen()
+
+
+# ======================================================================================================== drop lists
+
+
+def read_exclude(uris: list[str]) -> frozenset[str]:
+    """Keys of drop lists (audit's drop_list.txt: one key per line, '#' comments, blank lines ignored)."""
+    keys: set[str] = set()
+    for u in uris:
+        try:
+            text = storage.read_text(u)
+        except (FileNotFoundError, storage.StorageError) as e:
+            raise DataError(f"exclude: {storage.redact(u)}: cannot read the drop list ({e})") from None
+        for ln in text.splitlines():
+            ln = ln.split("#", 1)[0].strip()
+            if ln:
+                keys.add(ln)
+    return frozenset(keys)
+
+
+# ======================================================================================================== fixtures
+
+
+_WORDS = ["red car", "blue kite", "green door", "yellow bird", "white cat", "black dog", "orange ball", "grey boat"]
+
+
+def synthetic_sample_info(key: str, source: str, n_frames: int, duration: float, label: int,
+                          long_msg: bool = False) -> dict[str, Any]:
+    """An ingest-style json for a synthetic sample whose answer depends on `label` (learnable from tokens)."""
+    from operators.prompt import time_msg
+
+    times = [round(duration * (i + 0.5) / n_frames, 1) for i in range(n_frames)]
+    msg = time_msg(duration, n_frames, frame_times=times, long=long_msg)
+    what = _WORDS[label % len(_WORDS)]
+    return {
+        "key": key, "source": source, "video_id": key, "start": 0.0, "end": duration, "duration": duration,
+        "num_frames": n_frames, "frame_times": times, "time_msg": msg,
+        "conversations": [
+            {"from": "human", "value": "<image>" + msg + "\nWhat happens in this video?"},
+            {"from": "gpt", "value": f"A {what} moves across the scene."},
+        ],
+    }
+
+
+def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "webvid", dim: int = 64,
+                                 frames: tuple[int, int] = (4, 16), duration: tuple[float, float] = (4.0, 20.0),
+                                 per_shard: int = 8, dtype: str = "float16", seed: int = 0,
+                                 key_prefix: str | None = None, write_index: bool = True,
+                                 corrupt: dict[str, str] | None = None, long_msg: bool = False) -> list[str]:
+    """Write a small encode-style token job (shards/, manifests/, index.json) for tests and benchmarks.
+
+    Each sample's tokens are a label-specific pattern plus noise, and its answer names the label, so a model
+    can learn it. `corrupt` maps a sample key to a defect: "shape" (wrong token width), "nan", "missing_json",
+    "missing_tokens", "bad_json", "clips" (num_clips disagrees). Returns the keys in write order.
+    """
+    from manifests.schema import TOKEN_MANIFEST_SCHEMA
+    from operators.write import UnitWriter, sample_members
+
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(1234).standard_normal((len(_WORDS), TOKENS_PER_CLIP, dim)).astype(np.float32)
+    corrupt = corrupt or {}
+    keys: list[str] = []
+    prefix = key_prefix or source
+    unit = 0
+    n = 0
+    while n < n_samples:
+        w = UnitWriter(out, unit, shard_size_bytes=1 << 40, manifest_schema=TOKEN_MANIFEST_SCHEMA)
+        for _ in range(min(per_shard, n_samples - n)):
+            key = f"{prefix}_v{n:06d}_full"
+            label = int(rng.integers(len(_WORDS)))
+            nf = int(rng.integers(frames[0] // 4, frames[1] // 4 + 1)) * 4
+            dur = float(np.round(rng.uniform(*duration), 2))
+            info = synthetic_sample_info(key, source, nf, dur, label, long_msg=long_msg)
+            c = nf // 4
+            tok = protos[label][None] + 0.3 * rng.standard_normal((c, TOKENS_PER_CLIP, dim)).astype(np.float32)
+            tok = tok.astype(dtype)
+            info.update({"encoder": "synthetic", "resolution": 224, "tokens_per_frame": 16, "num_clips": c})
+            defect = corrupt.get(key)
+            if defect == "shape":
+                tok = tok[:, :, : dim // 2].copy()
+            elif defect == "nan":
+                tok = tok.copy()
+                tok[0, 1, 2] = np.nan
+            elif defect == "clips":
+                info["num_clips"] = c + 1
+            buf = io.BytesIO()
+            np.save(buf, tok, allow_pickle=False)
+            members = sample_members(info, {TOKEN_EXT: buf.getvalue()})
+            if defect == "missing_json":
+                members.pop(JSON_EXT)
+            elif defect == "missing_tokens":
+                members.pop(TOKEN_EXT)
+            elif defect == "bad_json":
+                members[JSON_EXT] = b"{not json"
+            row = {"key": key, "source": source, "video_id": key, "start": 0.0, "end": dur, "duration": dur,
+                   "num_frames": nf, "num_clips": c, "tokens_per_frame": 16, "dim": dim, "encoder": "synthetic",
+                   "resolution": 224, "dtype": dtype, "bytes": len(members.get(TOKEN_EXT, b"")), "text": ""}
+            w.add(key, members, row)
+            keys.append(key)
+            n += 1
+        w.commit()
+        unit += 1
+    if write_index:
+        from pipelines.outputs import finalize
+
+        finalize(out, job="encode", config={"synthetic": True}, elapsed=1.0, cpus=1)
+    return keys
+
+
+def write_synthetic_frame_shards(out: str, n_samples: int, *, source: str = "webvid", size: int = 32,
+                                 frames: tuple[int, int] = (4, 8), per_shard: int = 8, seed: int = 0) -> list[str]:
+    """An ingest-style frame job (<key>.json + <key>.mp4) with label-coloured frames, for encoder-in-the-loop
+    stages in tests. Returns the keys."""
+    from operators.mp4 import encode_mp4
+    from operators.write import UnitWriter, sample_members
+
+    rng = np.random.default_rng(seed)
+    colors = np.random.default_rng(99).integers(0, 256, (len(_WORDS), 3))
+    keys: list[str] = []
+    unit = n = 0
+    while n < n_samples:
+        w = UnitWriter(out, unit, shard_size_bytes=1 << 40)
+        for _ in range(min(per_shard, n_samples - n)):
+            key = f"{source}_f{n:06d}_full"
+            label = int(rng.integers(len(_WORDS)))
+            nf = int(rng.integers(frames[0] // 4, frames[1] // 4 + 1)) * 4
+            dur = float(np.round(rng.uniform(4, 20), 2))
+            info = synthetic_sample_info(key, source, nf, dur, label)
+            img = np.broadcast_to(colors[label].astype(np.uint8), (nf, size, size, 3)).copy()
+            img = np.clip(img.astype(np.int16) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+            mp4 = encode_mp4(img, fps=max(nf / dur, 0.5), crf=23)
+            w.add(key, sample_members(info, {FRAME_EXT: mp4}),
+                  {"key": key, "source": source, "video_id": key, "start": 0.0, "end": dur, "duration": dur,
+                   "num_frames": nf, "bytes": len(mp4)})
+            keys.append(key)
+            n += 1
+        w.commit()
+        unit += 1
+    from pipelines.outputs import finalize
+
+    finalize(out, job="ingest", config={"synthetic": True}, elapsed=1.0, cpus=1)
+    return keys
