@@ -49,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     summary = run_ingest(cfg)
-    return 0 if summary["inputs"] == summary["samples"] + summary["failures"] else 1
+    return 0 if summary["complete"] else 1
 
 
 def register(sub) -> None:

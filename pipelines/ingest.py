@@ -128,6 +128,13 @@ def cut_units(items: Iterator[SourceRecord | Failure], k: int, limit: int = 0) -
         yield n_unit, unit
 
 
+def _process_in_child(item: SourceRecord, opts: ProcessOptions, s3: dict) -> Any:
+    """process_record in the isolated child: a spawned process starts with default S3 options, so set them first
+    (the same options again keep the cached client)."""
+    storage.configure_s3(s3 or None)
+    return process_record(item, opts)
+
+
 def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size: int, timeout_s: float,
              memory_mb: int, s3: dict) -> dict[str, Any]:
     """Process and commit one unit (idempotent: a retry rewrites the same files)."""
@@ -141,7 +148,7 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
                     writer.fail(item)
                     continue
                 try:
-                    sample = runner.run(process_record, item, opts, what=item.origin)
+                    sample = runner.run(_process_in_child, item, opts, s3, what=item.origin)
                 except RecordError as e:
                     writer.fail(Failure(item.source, item.video_id, storage.redact(e.file or ""), e.stage,
                                         storage.redact(e.reason), e.file and storage.redact(e.file) or item.origin,
@@ -169,8 +176,8 @@ def _check_inputs(cfg: IngestConfig) -> Iterator[SourceRecord | Failure]:
         if not storage.exists(m):
             raise ConfigError(f"metadata: file not found: {storage.redact(m)}")
     adapter = get_adapter(cfg.source)
-    it = iter(adapter.read(list(cfg.metadata), dict(cfg.source_options)))
     try:
+        it = iter(adapter.read(list(cfg.metadata), dict(cfg.source_options)))
         first = next(it)
     except StopIteration:
         return iter(())
@@ -248,7 +255,14 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                             f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / 3600 / max(el, 1e-9) * 3600:.2f}"
                             " video-h/h")
 
-        for unit, unit_items in cut_units(items, cfg.unit_size(), cfg.limit):
+        read = [0]
+
+        def counted(it):
+            for x in it:
+                read[0] += 1
+                yield x
+
+        for unit, unit_items in cut_units(counted(items), cfg.unit_size(), cfg.limit):
             if manifest_name(unit).rsplit("/", 1)[-1] in committed:
                 done["skipped"] += 1
                 continue
@@ -259,7 +273,11 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         drain(0)
         elapsed = time.time() - t0
         summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
-                                   extra={"units_run": done["units"], "units_skipped": done["skipped"]})
+                                   extra={"units_run": done["units"], "units_skipped": done["skipped"],
+                                          "inputs_read": min(read[0], cfg.limit) if cfg.limit else read[0]})
+        if not summary["complete"]:
+            log(f"[ingest] ERROR: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
+                f"{summary['failures']} failures committed")
     finally:
         if started_here:
             ray.shutdown()
