@@ -88,8 +88,9 @@ class DuplicateFinder:
         valid = pc.and_(pc.is_valid(sha), pc.not_equal(pc.fill_null(sha, ""), ""))
         idx = pa.array(np.arange(len(ident)))
         t = pa.table({"sha": sha, "i": idx}).filter(valid)
-        g = t.group_by("sha").aggregate([("i", "list"), ("i", "count")])
-        g = g.filter(pc.greater(g.column("i_count"), 1))
+        c = t.group_by("sha").aggregate([("i", "count")])  # counts first: lists only for repeated hashes
+        c = c.filter(pc.greater(c.column("i_count"), 1))
+        g = t.filter(pc.is_in(t.column("sha"), value_set=c.column("sha"))).group_by("sha").aggregate([("i", "list")])
         for s, members in zip(g.column("sha").to_pylist(), g.column("i_list").to_pylist()):
             emit(members, "sha256", {"sha256": s, "members": len(members)}, 1.0)
 
@@ -129,7 +130,7 @@ class DuplicateFinder:
             rows = np.concatenate(self._rows)
             frames = np.concatenate(self._frames)
             self._hashes, self._rows, self._frames = [h], [rows], [frames]
-            ix = HashIndex(h, np.arange(len(h)), self.threshold, self.min_bits)
+            ix = HashIndex(h, np.arange(len(h)), self.threshold, self.min_bits, lookup=False)
             rows_ix, frames_ix = rows[ix.payload], frames[ix.payload]
             qi, ii, d = ix.self_pairs()
             ra, rb = rows_ix[qi], rows_ix[ii]

@@ -100,7 +100,8 @@ class HashIndex:
     """Hashes (uint64) with an integer payload each, searchable within a Hamming radius."""
 
     def __init__(self, hashes: np.ndarray, payload: np.ndarray, threshold: int = 4, min_bits: int = 8,
-                 max_bucket: int = 4096):
+                 max_bucket: int = 4096, lookup: bool = True):
+        """lookup=False builds nothing for `query` (for `self_pairs` only, which sorts one key at a time)."""
         h = np.asarray(hashes, np.uint64)
         p = np.asarray(payload, np.int64)
         keep = informative(h, min_bits)
@@ -110,7 +111,7 @@ class HashIndex:
         self.keys = _keys_layout(threshold, len(self.hashes))
         self.sorted: list[tuple[np.ndarray, np.ndarray]] = []
         self.filters: list[np.ndarray] = []
-        for bands in self.keys:
+        for bands in self.keys if lookup else []:
             v = _key(self.hashes, bands)
             order = np.argsort(v, kind="stable")
             self.sorted.append((v[order], order))
@@ -127,7 +128,11 @@ class HashIndex:
         only looks inside runs of equal keys)."""
         empty = np.array([], np.int64)
         pa_, pb_ = [], []
-        for vals, order in self.sorted:
+        for bands in self.keys:
+            v = _key(self.hashes, bands)
+            order = np.argsort(v, kind="stable")
+            vals = v[order]
+            del v
             if len(vals) < 2:
                 continue
             brk = np.flatnonzero(np.diff(vals)) + 1
