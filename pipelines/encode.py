@@ -327,7 +327,6 @@ class HiCoActor:
                  s3: dict | None, cpu_threads: int = 1) -> None:
         import torch
 
-        from model.checkpoint import load_encoder
         from model.config import get_config
         from model.hico import HiCoEncoder
 
@@ -340,6 +339,8 @@ class HiCoActor:
         enc = HiCoEncoder(cfg.umt, tokens_per_frame=TOKENS_PER_FRAME).eval()
         self.report = ""
         if checkpoint:
+            from model.checkpoint import load_encoder  # imports transformers: only when needed
+
             rep = load_encoder(enc, fetch_checkpoint(checkpoint, cache_dir), strict=True)
             self.report = rep.summary()
         self.enc = enc.to(self.device)
