@@ -1,0 +1,65 @@
+"""`longvid plan`: the cost of a corpus and of long-video inference, from the manifests alone.
+
+    longvid plan --manifests /data/corpus                       # every job dir below, streamed with pyarrow
+    longvid plan --manifests /data/corpus/webvid --resolution 448 --gpu A100 --frames 10000
+    longvid plan --frames 2048 --model videochat-flash-2b        # inference table only
+    python -m jobs.plan ...                                       # the same
+
+Prints tokens per frame dense vs HiCo, token storage (fp16), encoder FLOPs and GPU-hours, then LLM prefill FLOPs
+and KV-cache memory at N frames with and without HiCo and with the released visual dropout. The formulas are in
+pipelines/plan.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.config import ConfigError, load_config, read_yaml
+from pipelines.plan import GPUS, PlanConfig, run_plan
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from model.config import PRESETS
+
+    p.add_argument("--config", help="YAML file (fields as the long flags, with underscores); flags override it")
+    p.add_argument("--manifests", help="an ingest or encode job dir (or a folder of them, or s3://...)")
+    p.add_argument("--frames", type=int, help="frames per video for the inference table (10000)")
+    p.add_argument("--resolution", type=int, choices=[224, 448], help="frame side (default: the manifests')")
+    p.add_argument("--gpu", choices=list(GPUS), help="GPU for the hours (H100)")
+    p.add_argument("--model", choices=list(PRESETS), help="one model preset (default: both released models)")
+    p.add_argument("--mfu", type=float, help=f"assumed model FLOPs utilisation (default {PlanConfig.mfu})")
+    p.add_argument("--text-tokens", type=int, help="text tokens added to the prompt (0)")
+    p.add_argument("--json", help="also write every number to this JSON file")
+
+
+def config_from_args(args: argparse.Namespace) -> PlanConfig:
+    file_values = read_yaml(args.config) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    return load_config(PlanConfig, file_values, overrides, source=args.config or "")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_plan(config_from_args(args))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="corpus and inference cost from the manifests (tokens, bytes, FLOPs, GPU-hours)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except ConfigError as e:
+        print(f"plan: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

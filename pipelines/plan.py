@@ -1,0 +1,299 @@
+"""Plan: what a corpus and its inference cost, from the manifests alone (no video is opened).
+
+    manifests (ingest or encode job dirs) ──pyarrow, streamed──▶ samples, frames, clips, hours
+    + encoder sizes (model.config) ──▶ tokens per frame dense vs HiCo, token storage, encoder FLOPs, GPU-hours
+    + LLM sizes (Qwen2-7B, Qwen2.5-1.5B) ──▶ prefill FLOPs and KV cache at N frames: dense, HiCo, HiCo + dropout
+
+FLOP convention: 2 FLOPs per multiply-add of every matrix product (weights and attention), elementwise work
+counted only where it is the point (the merging's averages); LayerNorm/RMSNorm, softmax, GELU/SiLU, RoPE and
+biases are left out (each well under 1% here).
+
+Encoder (UMT ViT, per clip of F = 4 frames, N = F x L tokens, L = (S / 16)^2, width D, MLP width M = 4D):
+    patch embed   2 N (3 * 16 * 16) D
+    per block     qkv 2 N D 3D + out proj 2 N D^2 + scores 2 N^2 D + weighted values 2 N^2 D + MLP 2 * 2 N D M
+    blocks        x used_depth (23 of 24 for UMT-L: select layer -2)
+    merging       per round on n tokens: similarity 2 ceil(n/2) floor(n/2) (D / heads) + 3 n D (chunk mean,
+                  size-weighted sum, division); rounds 784 -> 392 -> 196 -> 98 -> 64 at 224
+The dense alternative runs the same ViT without merging: the FLOPs differ only by the merging term.
+
+LLM prefill (per decoder layer on T tokens; h hidden, q heads x head_dim, kv heads x head_dim, I MLP width):
+    q, o          2 * 2 T h (heads * head_dim)
+    k, v          2 * 2 T h (kv_heads * head_dim)
+    MLP (SwiGLU)  3 * 2 T h I
+    attention     causal: half of the T x T scores and of the weighted sum: 2 * 2 T^2 (heads * head_dim) / 2
+    + the LM head for the last position only: 2 h V
+KV cache: per layer 2 (K, V) x kv_heads x head_dim x 2 bytes (bf16) per token the layer holds.
+Visual dropout (inference only, model.dropout.DropoutConfig; released: layers (4, 18), ratios (1, 0.75, 0.25)):
+layers 1-4 see all N visual tokens, layers 5-18 int(0.75 N), layers 19-28 int(0.25 N); later layers hold fewer
+tokens in the KV cache too. The attention-scoring pass that picks the tokens is not counted (< 0.1%).
+
+GPU-hours = FLOPs / (peak dense bf16 TFLOPs x MFU) with an assumed MFU (printed; --mfu to change it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from model.config import PRESETS, QWEN2_7B, QWEN25_1_5B, get_config
+from model.dropout import DropoutConfig
+from model.tome import merge_schedule
+from model.umt import UMTConfig
+from operators.errors import ConfigError
+
+# Peak dense (no sparsity) bf16 tensor-core TFLOPs from the vendors' data sheets (SXM parts where both exist).
+GPUS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "L4": 121.0,
+                          "A10": 125.0}
+DEFAULT_MFU = 0.4
+LLMS: dict[str, tuple[str, dict[str, Any]]] = {  # model preset -> (LLM name, Qwen2 config numbers)
+    "videochat-flash-7b": ("Qwen2-7B", QWEN2_7B),
+    "videochat-flash-2b": ("Qwen2.5-1.5B", QWEN25_1_5B),
+}
+TOKENS_PER_FRAME = 16  # HiCo
+STORE_BYTES = 2  # fp16 tokens
+KV_BYTES = 2  # bf16 cache
+
+
+# ------------------------------------------------------------------------------------------------- encoder
+
+
+def encoder_flops_per_clip(umt: UMTConfig, tokens_per_frame: int = TOKENS_PER_FRAME) -> dict[str, int]:
+    """FLOPs of one 4-frame clip through the UMT ViT and the HiCo merging, by part (see module docstring)."""
+    n, d = umt.tokens_per_clip, umt.width
+    m = int(d * umt.mlp_ratio)
+    patch = 2 * n * (3 * umt.patch_size * umt.patch_size * umt.tubelet) * d
+    proj = umt.used_depth * (2 * n * d * 3 * d + 2 * n * d * d)
+    attn = umt.used_depth * (2 * n * n * d * 2)
+    mlp = umt.used_depth * (2 * 2 * n * d * m)
+    chunk = d // umt.heads
+    merge = 0
+    cur = n
+    for r in merge_schedule(n, tokens_per_frame * umt.num_frames):
+        a, b = (cur + 1) // 2, cur // 2
+        merge += 2 * a * b * chunk + 3 * cur * d
+        cur -= r
+    vit = patch + proj + attn + mlp
+    return {"patch_embed": patch, "qkv_proj": proj, "attention": attn, "mlp": mlp, "vit": vit, "merge": merge,
+            "total": vit + merge}
+
+
+# ------------------------------------------------------------------------------------------------- LLM
+
+
+def visual_per_layer(n_visual: int, layers: int, dropout: DropoutConfig | None) -> list[int]:
+    """Visual tokens each decoder layer (0-based) processes: all of them, or fewer after each dropout point."""
+    if dropout is None:
+        return [n_visual] * layers
+    kept = dropout.kept_counts(n_visual)
+    out = []
+    for i in range(layers):
+        stage = sum(1 for p in dropout.layers if i >= p)  # after layer p (1-based) ran, i.e. from index p on
+        out.append(kept[stage])
+    return out
+
+
+def llm_prefill(llm: dict[str, Any], n_visual: int, text_tokens: int = 0,
+                dropout: DropoutConfig | None = None) -> dict[str, float]:
+    """Prefill FLOPs and KV-cache bytes of a Qwen2-style LLM on `n_visual` visual + `text_tokens` text tokens."""
+    h, inter, layers = llm["hidden_size"], llm["intermediate_size"], llm["num_hidden_layers"]
+    nh, nkv = llm["num_attention_heads"], llm["num_key_value_heads"]
+    hd = llm.get("head_dim") or h // nh
+    q_dim, kv_dim = nh * hd, nkv * hd
+    per_token = 2 * 2 * h * q_dim + 2 * 2 * h * kv_dim + 3 * 2 * h * inter
+    linear = attn = kv_tokens = 0
+    for v in visual_per_layer(n_visual, layers, dropout):
+        t = v + text_tokens
+        linear += per_token * t
+        attn += 2 * t * t * q_dim  # causal: (2 products x 2 T^2 q_dim) / 2
+        kv_tokens += t
+    head = 2 * h * llm["vocab_size"]
+    return {"linear": float(linear), "attention": float(attn), "lm_head": float(head),
+            "total": float(linear + attn + head), "kv_bytes": float(kv_tokens * 2 * kv_dim * KV_BYTES),
+            "tokens_in": n_visual + text_tokens}
+
+
+# ------------------------------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    samples: int = 0
+    frames: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+    resolutions: dict[int, int] = dataclasses.field(default_factory=dict)  # resolution -> samples
+    jobs: int = 0
+
+
+def scan_manifests(uri: str) -> Corpus:
+    """Stream the manifests under `uri` (a job dir, its manifests/ folder, one part, or a folder of jobs)."""
+    import pyarrow.compute as pc
+
+    from manifests.readers import ManifestError, find_jobs, iter_batches
+
+    try:
+        jobs = find_jobs(uri)
+    except FileNotFoundError as e:
+        raise ConfigError(f"manifests: {e}") from None
+    c = Corpus(jobs=len(jobs))
+    try:
+        for _, b in iter_batches(jobs, ["num_frames", "duration", "resolution"]):
+            nf = b.column("num_frames").fill_null(0).cast("int64")
+            c.samples += b.num_rows
+            c.frames += int(pc.sum(nf).as_py() or 0)
+            c.clips += int(pc.sum(pc.divide(pc.add(nf, 3), 4)).as_py() or 0)  # ceil(num_frames / 4)
+            c.seconds += float(pc.sum(b.column("duration")).as_py() or 0.0)
+            vc = pc.value_counts(b.column("resolution"))
+            for item in vc.to_pylist():
+                if item["values"] is not None:
+                    c.resolutions[int(item["values"])] = c.resolutions.get(int(item["values"]), 0) + item["counts"]
+    except ManifestError as e:
+        raise ConfigError(f"manifests: {e}") from None
+    return c
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class PlanConfig:
+    manifests: str = ""  # "" = inference table only
+    frames: int = 10000
+    resolution: int = 0  # 224 | 448; 0 = the manifests' resolution (224 when none or several)
+    gpu: str = "H100"
+    model: str = ""  # a model preset; "" = the two released models (Qwen2-7B and Qwen2.5-1.5B LLMs)
+    mfu: float = DEFAULT_MFU
+    text_tokens: int = 0
+    json: str = ""  # also write the numbers here
+
+    def validate(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"frames: must be >= 1, got {self.frames}")
+        if self.resolution not in (0, 224, 448):
+            raise ConfigError(f"resolution: must be 224 or 448, got {self.resolution}")
+        if self.gpu not in GPUS:
+            raise ConfigError(f"gpu: unknown GPU {self.gpu!r}; choose one of {', '.join(GPUS)}")
+        if self.model and self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if not 0 < self.mfu <= 1:
+            raise ConfigError(f"mfu: must be in (0, 1], got {self.mfu}")
+        if self.text_tokens < 0:
+            raise ConfigError(f"text_tokens: must be >= 0, got {self.text_tokens}")
+
+
+def gpu_hours(flops: float, gpu: str, mfu: float) -> float:
+    return flops / (GPUS[gpu] * 1e12 * mfu) / 3600
+
+
+def compute_plan(cfg: PlanConfig, corpus: Corpus | None = None) -> dict[str, Any]:
+    """Every number of the plan as a dict (the printed tables are made from it)."""
+    res = cfg.resolution
+    if not res:
+        res = next(iter(corpus.resolutions)) if corpus and len(corpus.resolutions) == 1 else 224
+    enc_model = cfg.model if cfg.model else "videochat-flash-7b"
+    umt = get_config(enc_model, img_size=res).umt
+    dense_tpf = umt.tokens_per_frame
+    enc = encoder_flops_per_clip(umt)
+    dense_clip = enc["vit"]
+    out: dict[str, Any] = {
+        "resolution": res, "gpu": cfg.gpu, "peak_tflops": GPUS[cfg.gpu], "mfu": cfg.mfu, "dim": umt.width,
+        "encoder": {"model": enc_model, "flops_per_clip": enc, "flops_per_frame": enc["total"] / umt.num_frames},
+        "tokens_per_frame": {"dense": dense_tpf, "hico": TOKENS_PER_FRAME},
+    }
+    if corpus is not None:
+        bpt = umt.width * STORE_BYTES
+        out["corpus"] = {
+            "samples": corpus.samples, "frames": corpus.frames, "clips": corpus.clips,
+            "video_hours": corpus.seconds / 3600, "resolutions": corpus.resolutions, "jobs": corpus.jobs,
+            "tokens": {"dense": corpus.frames * dense_tpf, "hico": corpus.frames * TOKENS_PER_FRAME},
+            "storage_bytes": {"dense": corpus.frames * dense_tpf * bpt, "hico": corpus.frames * TOKENS_PER_FRAME * bpt},
+            "encoder_flops": {"dense": corpus.clips * dense_clip, "hico": corpus.clips * enc["total"]},
+            "gpu_hours": {g: gpu_hours(corpus.clips * enc["total"], g, cfg.mfu) for g in GPUS},
+        }
+    n = cfg.frames
+    clips = math.ceil(n / umt.num_frames)
+    infer: dict[str, Any] = {"frames": n, "text_tokens": cfg.text_tokens,
+                             "encoder_flops": clips * enc["total"],
+                             "encoder_seconds": clips * enc["total"] / (GPUS[cfg.gpu] * 1e12 * cfg.mfu), "llms": {}}
+    presets = [cfg.model] if cfg.model else list(LLMS)
+    for p in presets:
+        name, llm = LLMS.get(p, (p, PRESETS[p].llm))
+        rows = {}
+        for mode, tpf, drop in (("dense", dense_tpf, None), ("hico", TOKENS_PER_FRAME, None),
+                                ("hico+dropout", TOKENS_PER_FRAME, DropoutConfig())):
+            r = llm_prefill(llm, n * tpf, cfg.text_tokens, drop)
+            r["seconds"] = r["total"] / (GPUS[cfg.gpu] * 1e12 * cfg.mfu)
+            rows[mode] = r
+        infer["llms"][name] = rows
+    out["inference"] = infer
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- printing
+
+
+def _si(x: float, unit: str = "") -> str:
+    for p, s in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= p:
+            return f"{x / p:.3g} {s}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _bytes(x: float) -> str:
+    for p, s in ((2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if x >= p:
+            return f"{x / p:.3g} {s}"
+    return f"{x:.0f} B"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    w = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r))  # noqa: E731
+    return "\n".join([line(header), line(["-" * x for x in w]), *map(line, rows)])
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    res, gpu, mfu = p["resolution"], p["gpu"], p["mfu"]
+    e = p["encoder"]["flops_per_clip"]
+    parts = [f"Encoder {p['encoder']['model']} at {res} px: {_si(e['total'], 'FLOP')} per 4-frame clip "
+             f"(patch embed {_si(e['patch_embed'])}, qkv+proj {_si(e['qkv_proj'])}, attention {_si(e['attention'])}, "
+             f"MLP {_si(e['mlp'])}, merging {_si(e['merge'])}); tokens per frame: dense "
+             f"{p['tokens_per_frame']['dense']}, HiCo {p['tokens_per_frame']['hico']}",
+             f"GPU {gpu}: {p['peak_tflops']:g} TFLOPs peak dense bf16 at an assumed MFU of {mfu:g}"]
+    c = p.get("corpus")
+    if c:
+        parts.append(f"\nCorpus: {c['samples']} samples in {c['jobs']} job(s), {c['video_hours']:.2f} video-hours, "
+                     f"{c['frames']} frames, {c['clips']} clips; frame resolutions {c['resolutions'] or '-'}")
+        rows = [[k, f"{p['tokens_per_frame'][k]}", _si(c["tokens"][k]), _bytes(c["storage_bytes"][k]),
+                 _si(c["encoder_flops"][k], "FLOP"), f"{gpu_hours(c['encoder_flops'][k], gpu, mfu):.3g}"]
+                for k in ("dense", "hico")]
+        parts.append(_table(["tokens", "per frame", "total tokens", f"storage (fp16, D={p['dim']})",
+                             "encoder FLOPs", f"{gpu} GPU-hours"], rows))
+        parts.append("GPU-hours to encode (HiCo) by GPU at MFU %g: " % mfu
+                     + ", ".join(f"{g} {h:.3g}" for g, h in c["gpu_hours"].items()))
+    inf = p["inference"]
+    parts.append(f"\nInference at {inf['frames']} frames (+{inf['text_tokens']} text tokens): encoder "
+                 f"{_si(inf['encoder_flops'], 'FLOP')} = {inf['encoder_seconds']:.3g} s on one {gpu}; LLM prefill:")
+    rows = []
+    for name, modes in inf["llms"].items():
+        for mode, r in modes.items():
+            rows.append([name, mode, _si(r["tokens_in"]), _si(r["total"], "FLOP"), f"{r['seconds']:.3g}",
+                         _bytes(r["kv_bytes"])])
+    parts.append(_table(["LLM", "tokens", "tokens in", "prefill FLOPs", f"{gpu} s", "KV cache (bf16)"], rows))
+    parts.append("dropout: released setting, layers (4, 18), ratios (1, 0.75, 0.25); FLOPs: 2 per multiply-add, "
+                 "causal attention counted as half the T x T products, norms/activations not counted")
+    return "\n".join(parts)
+
+
+def run_plan(cfg: PlanConfig, log=print) -> dict[str, Any]:
+    cfg.validate()
+    corpus = scan_manifests(cfg.manifests) if cfg.manifests else None
+    plan = compute_plan(cfg, corpus)
+    log(format_plan(plan))
+    if cfg.json:
+        from operators import storage
+
+        storage.write_text(cfg.json, json.dumps(plan, indent=2, default=str))
+    return plan
