@@ -181,6 +181,7 @@ class TrainConfig:
     ray_address: str = ""
     num_cpus: int = 0  # embedded Ray only
     fault_injection: str = ""  # testing: "stage:step:rank" kills that worker once at that step
+    record_keys: bool = False  # every rank writes the sample keys of each step to stages/<stage>/keys-rank<r>.jsonl
     quiet: bool = False
 
     def validate(self) -> None:
@@ -366,12 +367,17 @@ def set_trainable(model, parts: list[str]) -> dict[str, int]:
 # ======================================================================================================== sessions
 
 
+class FaultInjected(RuntimeError):
+    """Raised in place of a worker crash by `fault_injection` when training runs in-process."""
+
+
 class _Session:
     """What the training loop needs from its runner: rank/world/device, wrapping, checkpoints, reports."""
 
     rank = 0
     world = 1
     device = None
+    in_process = False
 
     def checkpoint_dir(self) -> str | None:
         raise NotImplementedError
@@ -406,6 +412,7 @@ class _LocalSession(_Session):
         import torch
 
         self.device = torch.device("cpu")
+        self.in_process = True
         self.dir = storage_dir
         self.keep = keep
         self._ckpt = resume_dir
@@ -606,6 +613,8 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
     mpath = os.path.join(sdir, "metrics.jsonl")
     if rank == 0:
         _truncate_metrics(mpath, start_step)
+    if cfg.record_keys:
+        _truncate_metrics(os.path.join(sdir, f"keys-rank{rank}.jsonl"), start_step)
     fault = cfg.fault_injection.split(":") if cfg.fault_injection else None
     dev = sess.device
     it = iter(loader)
@@ -644,6 +653,9 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         dt = max(now - t_last, 1e-9)
         t_last = now
         last_loss = float(stats[0]) / world
+        if cfg.record_keys:
+            with open(os.path.join(sdir, f"keys-rank{rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, "keys": batch.keys}) + "\n")
         if rank == 0:
             counters = batch.state.get("counters_now", {})
             rec = {"stage": st.name, "step": step, "steps": total, "loss": round(last_loss, 6),
@@ -663,6 +675,8 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
             if not os.path.exists(marker):
                 Path(marker).write_text("killed once by fault_injection\n")
                 log.warning("fault injection: worker %d exits at stage %s step %d", rank, st.name, step)
+                if sess.in_process:
+                    raise FaultInjected(f"fault injection at stage {st.name} step {step}")
                 os._exit(1)
         if step == total:
             break

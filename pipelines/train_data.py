@@ -287,11 +287,11 @@ def rank_pieces(pieces: list[Piece], rank: int, world: int) -> tuple[list[Piece]
     if world <= 1:
         return list(pieces), False
     units = list(pieces)
-    if len(units) < world:
-        m = math.ceil(world / len(units))
+    if len(units) < world:  # fewer shards than workers: cut shards into ranges of about total / world samples
+        chunk = max(1, sum(p.n for p in pieces) // world)
         units = []
         for p in pieces:
-            k = min(m, p.n)
+            k = math.ceil(p.n / chunk)
             edges = [p.lo + (p.n * i) // k for i in range(k + 1)]
             units += [Piece(p.url, a, b) for a, b in zip(edges, edges[1:]) if b > a]
     if len(units) < world:

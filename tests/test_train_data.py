@@ -1,0 +1,363 @@
+"""The streaming training loader: planning, worker partitioning, tar reading, sample checks, frame bounds,
+labels, exclusion, malformed shards, exact resume. No Ray."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from model.tokenizer import IGNORE_INDEX, build_test_tokenizer
+from pipelines.train_data import (
+    DataError,
+    DecodeOptions,
+    Group,
+    LoaderConfig,
+    Piece,
+    Sampling,
+    SampleError,
+    StageLoader,
+    count_tar_samples,
+    decode_sample,
+    expand_shards,
+    iter_groups,
+    keep_clips,
+    non_finite,
+    plan_source,
+    rank_pieces,
+    read_exclude,
+    synthetic_sample_info,
+    write_synthetic_token_shards,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_test_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokens")
+    keys = write_synthetic_token_shards(str(root / "webvid"), 20, source="webvid", dim=64, per_shard=6,
+                                        frames=(4, 16), duration=(4, 12))
+    return root, keys
+
+
+def _loader(plan, tok, batch=2, buffer=4, rank=0, world=1, exclude=frozenset(), state=None, prefetch=0, **kw):
+    cfg = LoaderConfig(sources=[plan.to_dict()], batch_size=batch, buffer=buffer, mix="samples", dim=64,
+                       prefetch=prefetch, **kw)
+    return StageLoader(cfg, rank, world, tok, exclude, state=state)
+
+
+def _take(loader, n):
+    out = []
+    it = iter(loader)
+    for _ in range(n):
+        out.append(next(it))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+
+
+def test_sampling_strategies():
+    assert Sampling.parse("all").window(10) == (0, 10)
+    assert Sampling.parse("first:30%").window(10) == (0, 3)
+    assert Sampling.parse("first:25%").window(10) == (0, 3)  # rounded up, like the released code
+    assert Sampling.parse("first:4").window(10) == (0, 4)
+    assert Sampling.parse("end:4").window(10) == (6, 10)
+    assert Sampling.parse("end:50%").window(10) == (5, 10)
+    assert Sampling.parse("first:40").window(10) == (0, 10)
+    for bad in ("some", "first:", "first:0", "first:1.5", "end:120%", "random:10"):
+        with pytest.raises(ValueError, match="sampling"):
+            Sampling.parse(bad)
+
+
+def test_plan_counts_ranges_and_durations(corpus):
+    root, keys = corpus
+    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    assert plan.count_from == "index.json"
+    assert [p.n for p in plan.pieces] == [6, 6, 6, 2] and plan.nsamples == 20
+    assert 4 <= plan.mean_duration <= 12
+    cut = plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="end:8")
+    assert [(p.url.rsplit("/", 1)[-1], p.lo, p.hi) for p in cut.pieces] == [
+        ("shard-000002-000.tar", 4, 6), ("shard-000003-000.tar", 0, 2)] or cut.nsamples == 8
+    assert cut.nsamples == 8
+    first = plan_source("w", [str(root / "webvid/shards/shard-000000-000.tar")], sampling="first:50%")
+    assert first.nsamples == 3
+    with pytest.raises(DataError, match="no shard matches"):
+        plan_source("w", ["nothing/*.tar"], root=str(root))
+    with pytest.raises(DataError, match="shard not found"):
+        expand_shards([str(root / "webvid/shards/absent.tar")])
+
+
+def test_counts_without_index_or_manifests(tmp_path):
+    write_synthetic_token_shards(str(tmp_path / "j"), 7, per_shard=3, write_index=False)
+    for p in (tmp_path / "j" / "manifests").iterdir():
+        p.unlink()
+    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    assert plan.count_from == "tar" and [p.n for p in plan.pieces] == [3, 3, 1]
+    assert count_tar_samples(plan.pieces[0].url) == 3
+
+
+@pytest.mark.parametrize("shards,world", [([6, 6, 6, 2], 2), ([6, 6, 6, 2], 3), ([5], 4), ([3, 2], 5), ([7], 3), ([10, 1], 4),
+                                          ([10, 1, 1, 1, 1], 2)])
+def test_rank_pieces_are_disjoint_and_cover_everything(shards, world):
+    pieces = [Piece(f"s{i}.tar", 0, n) for i, n in enumerate(shards)]
+    owned: dict[tuple[str, int], int] = {}
+    loads = []
+    for r in range(world):
+        mine, shared = rank_pieces(pieces, r, world)
+        assert not shared and mine
+        loads.append(sum(p.n for p in mine))
+        for p in mine:
+            for i in range(p.lo, p.hi):
+                assert (p.url, i) not in owned, "two workers own one sample"
+                owned[(p.url, i)] = r
+    assert len(owned) == sum(shards)
+    if len(shards) < world:  # more workers than shards: shards are cut, the load stays balanced
+        assert max(loads) - min(loads) <= max(1, sum(shards) // world)
+
+
+def test_rank_pieces_share_only_when_fewer_samples_than_workers():
+    mine, shared = rank_pieces([Piece("a.tar", 0, 2)], 2, 3)
+    assert shared and mine[0].n == 1
+
+
+# ---------------------------------------------------------------------------------------------------- tar reading
+
+
+def _tar(members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def test_iter_groups_reads_groups_skips_unwanted_and_long_names():
+    long_key = "k" * 150
+    members = [("a.json", b"{}"), ("a.tokens.npy", b"x" * 700), ("dir/b.json", b"[1]"), ("b.mp4", b"m"),
+               (f"{long_key}.json", b"{}")]
+    f = _tar(members, tarfile.PAX_FORMAT)
+    groups = list(iter_groups(f, 0, want=lambda k: k != "b", exts=("json", "tokens.npy")))
+    assert [g.key for g in groups] == ["a", "b", long_key]
+    assert bytes(groups[0].members["tokens.npy"]) == b"x" * 700
+    assert "__skipped__" in groups[1].members  # excluded: data never read
+    # restarting at a group's end offset continues with the next group
+    f.seek(0)
+    again = list(iter_groups(f, groups[0].end, want=lambda k: True))
+    assert [g.key for g in again] == ["b", long_key] and set(again[0].members) == {"json", "mp4"}
+
+
+def test_iter_groups_rejects_corrupt_headers():
+    raw = bytearray(_tar([("a.json", b"{}"), ("b.json", b"{}")]).getvalue())
+    raw[1024 + 130] ^= 0x55  # second header's size field: checksum no longer matches
+    from pipelines.train_data import TarError
+
+    with pytest.raises(TarError, match="checksum"):
+        list(iter_groups(io.BytesIO(bytes(raw)), 0, want=lambda k: True))
+
+
+# ---------------------------------------------------------------------------------------------------- samples
+
+
+def _group(info: dict | None, tokens: np.ndarray | None, key="s_1_full") -> Group:
+    m = {}
+    if info is not None:
+        m["json"] = bytearray(json.dumps(info).encode())
+    if tokens is not None:
+        b = io.BytesIO()
+        np.save(b, tokens)
+        m["tokens.npy"] = bytearray(b.getvalue())
+    return Group(key, m, 0, 0)
+
+
+def test_non_finite_detects_every_kind():
+    for dt in (np.float16, np.float32):
+        a = np.random.default_rng(0).standard_normal(1000).astype(dt)
+        assert not non_finite(a)
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[123] = bad
+            assert non_finite(b), (dt, bad)
+        assert not non_finite(np.array([65504, -65504, 0, -0.0], dtype=np.float16))
+
+
+def test_keep_clips_even_whole_clips():
+    assert keep_clips(4, 8) == [0, 1, 2, 3]
+    assert keep_clips(8, 2) == [2, 6]
+    assert keep_clips(10, 4) == [1, 3, 6, 8]
+    k = keep_clips(128, 16)
+    assert len(set(k)) == 16 and k == sorted(k) and np.diff(k).max() - np.diff(k).min() <= 1
+
+
+def test_decode_frame_bounds_rewrite_time_msg_and_labels(tok):
+    info = synthetic_sample_info("s_1_full", "webvid", 16, 12.5, label=2)
+    tokens = np.stack([np.full((64, 64), c, np.float16) for c in range(4)])  # clip c holds value c
+    opts = DecodeOptions(dim=64, max_frames=8, image_token_id=3)
+    s = decode_sample(_group(info, tokens), tok, opts)
+    assert s.num_frames == 8 and s.n_visual == 128 and s.visual.shape == (128, 64)
+    assert sorted(set(s.visual[:, 0].tolist())) == [1.0, 3.0]  # clips 1 and 3 of 4 kept (even spread)
+    text = tok.decode(s.input_ids)
+    assert "and 8 frames are uniformly sampled from it." in text and "16 frames" not in text
+    assert "The video lasts for 12.50 seconds" in text
+    trained = tok.decode([i for i, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX])
+    assert trained == "A green door moves across the scene.<|im_end|>"
+    assert s.length == len(s.input_ids) - 1 + 128
+    # the long timestamp message lists the kept frames' times
+    info_l = synthetic_sample_info("s_1_full", "webvid", 16, 16.0, label=2, long_msg=True)
+    s = decode_sample(_group(info_l, tokens), tok, opts)
+    kept_times = [info_l["frame_times"][c * 4 + j] for c in (1, 3) for j in range(4)]
+    assert ", ".join(str(t) for t in kept_times) in tok.decode(s.input_ids)
+
+
+def test_decode_max_len_truncates_or_skips(tok):
+    info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
+    tokens = np.zeros((2, 64, 64), np.float32)
+    full = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3))
+    # room for the prompt and part of the answer: truncated, still has labels
+    cut = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_len=full.length - 3))
+    assert cut.length == full.length - 3 and (cut.labels != IGNORE_INDEX).any()
+    with pytest.raises(SampleError, match="too long"):
+        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_len=100))
+
+
+@pytest.mark.parametrize("defect,reason", [
+    ("shape", "wrong shape"), ("nan", "non-finite tokens"), ("missing_json", "missing json"),
+    ("missing_tokens", "missing tokens.npy"), ("bad_json", "bad json"), ("clips", "clip count mismatch")])
+def test_decode_rejects_malformed(tok, defect, reason):
+    info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
+    tokens = np.zeros((2, 64, 64), np.float16)
+    if defect == "shape":
+        tokens = np.zeros((2, 64, 32), np.float16)
+    elif defect == "nan":
+        tokens[1, 5, 5] = np.nan
+    elif defect == "clips":
+        info["num_clips"] = 3
+    g = _group(None if defect == "missing_json" else info, None if defect == "missing_tokens" else tokens)
+    if defect == "bad_json":
+        g.members["json"] = bytearray(b"{oops")
+    with pytest.raises(SampleError) as e:
+        decode_sample(g, tok, DecodeOptions(dim=64, image_token_id=3))
+    assert e.value.reason == reason
+
+
+# ---------------------------------------------------------------------------------------------------- loader
+
+
+def test_malformed_shards_are_skipped_and_counted(tmp_path, tok):
+    corrupt = {"webvid_v000001_full": "shape", "webvid_v000003_full": "nan", "webvid_v000005_full": "missing_json",
+               "webvid_v000007_full": "missing_tokens", "webvid_v000008_full": "bad_json"}
+    write_synthetic_token_shards(str(tmp_path / "j"), 12, per_shard=4, corrupt=corrupt)
+    # a truncated shard as well: its readable samples count, the rest is a counted warning
+    extra = tmp_path / "j" / "shards" / "shard-000009-000.tar"
+    data = (tmp_path / "j" / "shards" / "shard-000000-000.tar").read_bytes()
+    extra.write_bytes(data[: len(data) // 2])
+    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    loader = _loader(plan, tok, batch=2, buffer=8)
+    seen = {k for b in _take(loader, 12) for k in b.keys}
+    assert not seen & set(corrupt)
+    c = loader.counters
+    assert c["wrong shape"] and c["non-finite tokens"] and c["missing json"] and c["bad json"]
+    assert c["missing tokens.npy"] and (c["corrupt tar"] or c["short shard"])
+    assert c["skipped"] == sum(c[r] for r in ("wrong shape", "non-finite tokens", "missing json", "bad json",
+                                               "missing tokens.npy"))
+
+
+def test_excluded_keys_never_reach_a_batch(corpus, tok, tmp_path):
+    root, keys = corpus
+    drop = tmp_path / "drop_list.txt"
+    drop.write_text("# audit drop list\n" + "\n".join(keys[::3]) + "\n\n# duplicates\n" + keys[1] + "  # a comment\n")
+    excl = read_exclude([str(drop)])
+    assert excl == frozenset(keys[::3] + [keys[1]])
+    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    loader = _loader(plan, tok, batch=3, buffer=6, exclude=excl, prefetch=2)
+    seen = [k for b in _take(loader, 20) for k in b.keys]  # 60 samples: more than 4 epochs of the 13 kept
+    assert not set(seen) & excl
+    assert set(seen) == set(keys) - excl
+    assert loader.counters["excluded"] >= 4 * len(excl)
+    with pytest.raises(DataError, match="cannot read the drop list"):
+        read_exclude([str(tmp_path / "absent.txt")])
+
+
+def test_workers_read_disjoint_parts(corpus, tok):
+    root, keys = corpus
+    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    for world in (2, 3):
+        per_rank = []
+        for r in range(world):
+            lo = _loader(plan, tok, batch=1, buffer=1, rank=r, world=world)
+            mine = set()
+            # one epoch of this rank's pieces
+            n = sum(p.n for p in lo.streams[0].pieces)
+            for b in _take(lo, n):
+                mine.update(b.keys)
+            lo.close()
+            per_rank.append(mine)
+        for a in range(world):
+            for b in range(a + 1, world):
+                assert not per_rank[a] & per_rank[b]
+        assert set().union(*per_rank) == set(keys)
+
+
+def test_more_workers_than_shards(tmp_path, tok):
+    keys = write_synthetic_token_shards(str(tmp_path / "j"), 6, per_shard=6)  # one shard
+    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    seen = []
+    for r in range(3):
+        lo = _loader(plan, tok, batch=1, buffer=1, rank=r, world=3)
+        assert lo.streams[0].pieces[0].n == 2
+        seen.append({k for b in _take(lo, 2) for k in b.keys})
+        lo.close()
+    assert set().union(*seen) == set(keys) and sum(len(s) for s in seen) == 6
+
+
+def test_batches_are_length_bucketed(corpus, tok):
+    root, _ = corpus
+    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    lo = _loader(plan, tok, batch=2, buffer=8)
+    blocks = lo._batches(0, lo._read_block(0))
+    spans = [(min(s.length for s in g), max(s.length for s in g)) for g in blocks]
+    spans.sort()
+    assert len(blocks) == 4 and all(len(g) == 2 for g in blocks)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # batches hold neighbours in length order
+
+
+def test_resume_from_state_gives_the_same_batches(corpus, tok):
+    root, _ = corpus
+    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    full = _take(_loader(plan, tok, batch=2, buffer=6, rank=1, world=2), 14)
+    for cut in (2, 3, 7):  # inside a block, at a block boundary, a later epoch
+        state = json.loads(json.dumps(full[cut - 1].state))  # what a checkpoint stores
+        resumed = _take(_loader(plan, tok, batch=2, buffer=6, rank=1, world=2, state=state, prefetch=2), 14 - cut)
+        for a, b in zip(full[cut:], resumed):
+            assert a.keys == b.keys
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+            assert all(torch.equal(x, y) for x, y in zip(a.visual, b.visual))
+    with pytest.raises(DataError, match="rank 1 of 2"):
+        _loader(plan, tok, rank=0, world=2, state=full[0].state)
+
+
+def test_duration_mix_draws_by_video_seconds(tmp_path, tok):
+    write_synthetic_token_shards(str(tmp_path / "short"), 8, source="webvid", duration=(5, 5))
+    write_synthetic_token_shards(str(tmp_path / "long"), 8, source="ego4d", duration=(50, 50), key_prefix="ego4d")
+    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("short", "long")]
+    assert plans[0].mean_duration == pytest.approx(5) and plans[1].mean_duration == pytest.approx(50)
+    cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=4, buffer=200, mix="duration", dim=64,
+                       prefetch=0)
+    lo = StageLoader(cfg, 0, 1, tok)
+    assert lo.probs == pytest.approx([10 / 11, 1 / 11])
+    keys = [k for b in _take(lo, 50) for k in b.keys]
+    n_long = sum(k.startswith("ego4d") for k in keys)
+    secs_long, secs_short = 50 * n_long, 5 * (len(keys) - n_long)
+    assert 0.6 < secs_long / secs_short < 1.6  # equal weights: about equal video seconds
+    cfg2 = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=4, buffer=8, mix="samples", dim=64)
+    assert StageLoader(cfg2, 0, 1, tok).probs == pytest.approx([0.5, 0.5])
