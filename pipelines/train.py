@@ -62,16 +62,27 @@ CKPT_PREFIX = "ckpt-"
 
 @dataclass
 class DataEntry:
-    """One source of a stage's mixture: shard globs (local or s3://), its weight, LLaVA sampling strategy."""
+    """One source of a stage's mixture: shard globs (local or s3://), its weight, LLaVA sampling strategy.
+
+    Or a whole released LLaVA-style mixture: `mixture` names its YAML (`datasets: [{json_path,
+    sampling_strategy}]`) and `shards` are templates with `{name}` (the json file's stem), one source per
+    dataset with that dataset's sampling strategy; `missing: skip` drops datasets without shards.
+    """
 
     shards: list[str]
     weight: float = 1.0
     sampling: str = "all"
     name: str = ""
+    mixture: str = ""
+    missing: str = "error"  # error | skip (a dataset of a mixture with no shard)
 
     def validate(self) -> None:
         if not self.shards:
             raise ConfigError("shards: at least one shard glob is required")
+        if self.mixture and not any("{name}" in s for s in self.shards):
+            raise ConfigError("shards: with a mixture, the globs need a {name} placeholder")
+        if self.missing not in ("error", "skip"):
+            raise ConfigError(f"missing: must be error or skip, got {self.missing!r}")
         if not self.weight >= 0:
             raise ConfigError(f"weight: must be >= 0, got {self.weight}")
         try:
@@ -103,7 +114,7 @@ class StageConfig:
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    mix: str = "duration"  # duration: weights are shares of video seconds | samples: shares of samples
+    mix: str = "duration"  # duration: weights are shares of video seconds | samples: of samples | concat: weight x count
     shuffle_buffer: int = 256
     resolution: int = 0  # frames stages: encoder input side (0: the model preset's)
     label_mode: str = "assistant"
@@ -142,8 +153,8 @@ class StageConfig:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule: must be cosine or constant, got {self.schedule!r}")
-        if self.mix not in ("duration", "samples"):
-            raise ConfigError(f"mix: must be duration or samples, got {self.mix!r}")
+        if self.mix not in ("duration", "samples", "concat"):
+            raise ConfigError(f"mix: must be duration, samples or concat, got {self.mix!r}")
         if self.label_mode not in ("assistant", "llava"):
             raise ConfigError(f"label_mode: must be assistant or llava, got {self.label_mode!r}")
         if not self.data:
@@ -237,19 +248,50 @@ class TrainConfig:
 # ======================================================================================================== planning
 
 
+def read_mixture(uri: str) -> list[tuple[str, str]]:
+    """A LLaVA-style data mixture YAML -> [(dataset name = json file stem, sampling strategy)]."""
+    import yaml
+
+    try:
+        d = yaml.safe_load(storage.read_text(uri))
+    except (FileNotFoundError, storage.StorageError, yaml.YAMLError) as e:
+        raise ConfigError(f"mixture: {storage.redact(uri)}: cannot read ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("datasets"), list):
+        raise ConfigError(f"mixture: {storage.redact(uri)}: needs a 'datasets' list")
+    out = []
+    for k, ds in enumerate(d["datasets"]):
+        if not isinstance(ds, dict) or not isinstance(ds.get("json_path"), str):
+            raise ConfigError(f"mixture: {storage.redact(uri)}: datasets[{k}].json_path is missing")
+        stem = ds["json_path"].rstrip("/").rsplit("/", 1)[-1]
+        for ext in (".jsonl", ".json"):
+            if stem.endswith(ext):
+                stem = stem[: -len(ext)]
+        out.append((stem, str(ds.get("sampling_strategy", "all")).strip()))
+    return out
+
+
 def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
-    """Per stage: its sources planned (counts, ranges, durations) and the step count. DataError names the stage."""
+    """Per stage: its sources planned (counts, ranges, durations) and the step count. ConfigError names the stage."""
     out = []
     for i, st in enumerate(cfg.stages):
         sources = []
         for j, e in enumerate(st.data):
-            name = e.name or f"{st.name}.data[{j}]"
-            try:
-                sp = plan_source(name, list(e.shards), kind=st.input, weight=e.weight, sampling=e.sampling,
-                                 root=cfg.data_root)
-            except DataError as err:
-                raise ConfigError(f"stages[{i}] ({st.name}): data[{j}]: {err}") from None
-            sources.append(sp)
+            if e.mixture:
+                items = [(n, [g.replace("{name}", n) for g in e.shards], samp)
+                         for n, samp in read_mixture(cfg.resolve(e.mixture))]
+            else:
+                items = [(e.name or f"{st.name}.data[{j}]", list(e.shards), e.sampling)]
+            for name, globs, samp in items:
+                try:
+                    sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root)
+                except DataError as err:
+                    if e.mixture and e.missing == "skip" and "no shard matches" in str(err):
+                        log.warning("stage %s: mixture dataset %s has no shards; skipped", st.name, name)
+                        continue
+                    raise ConfigError(f"stages[{i}] ({st.name}): data[{j}]: {err}") from None
+                sources.append(sp)
+        if not sources:
+            raise ConfigError(f"stages[{i}] ({st.name}): data: no source has any shard")
         total = sum(s.nsamples for s in sources)
         steps = st.steps or max(1, math.ceil(st.epochs * total / (max(1, world) * st.batch_size)))
         out.append({"stage": st.name, "sources": [s.to_dict() for s in sources], "samples": total, "steps": steps})

@@ -754,7 +754,7 @@ class LoaderConfig:
     sources: list[dict[str, Any]]  # SourcePlan.to_dict()
     batch_size: int
     buffer: int = 256
-    mix: str = "duration"  # duration | samples
+    mix: str = "duration"  # duration | samples | concat
     seed: int = 0
     stage_index: int = 0
     kind: str = "tokens"
@@ -805,6 +805,8 @@ class StageLoader:
         w = np.array([max(p.weight, 0.0) for p in self.plans], dtype=np.float64)
         if self.cfg.mix == "duration":  # weights are shares of video seconds: fewer draws of long sources
             w = w / np.array([max(p.mean_duration, 1e-3) for p in self.plans])
+        elif self.cfg.mix == "concat":  # LLaVA: datasets concatenated, every selected sample equally likely
+            w = w * np.array([p.nsamples for p in self.plans], dtype=np.float64)
         if not w.sum() > 0:
             raise DataError("mixture weights must not all be zero")
         return w / w.sum()
