@@ -1,0 +1,227 @@
+"""Training: recipes and their errors, in-process resume equals an uninterrupted run, drop lists end to end,
+and (slow) the tiny recipe on 2 Ray Train CPU workers through all stages with a killed worker."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from jobs.train import load_recipe, main, parse_recipe
+from operators.errors import ConfigError
+from pipelines.train import FaultInjected, read_metrics, read_mixture, run_train
+from pipelines.train_data import write_synthetic_frame_shards, write_synthetic_token_shards
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+MINI = {
+    "name": "mini", "model": "tiny", "tokenizer": "test", "num_workers": 0, "checkpoint_every": 3, "seed": 0,
+    "quiet": True, "record_keys": True,
+    "stages": [
+        {"name": "s1", "input": "tokens", "encoder": "frozen", "train": ["projector"], "max_frames": 4,
+         "max_len": 1024, "lr": 1e-3, "steps": 4, "batch_size": 2, "shuffle_buffer": 4, "mix": "samples",
+         "data": [{"shards": ["encode/*/shards/*.tar"]}]},
+        {"name": "s2", "input": "tokens", "encoder": "frozen", "train": ["projector", "llm"], "max_frames": 16,
+         "max_len": 1024, "lr": 1e-3, "steps": 7, "batch_size": 2, "shuffle_buffer": 6,
+         "data": [{"name": "short", "shards": ["encode/webvid/shards/*.tar"]},
+                  {"name": "long", "shards": ["encode/ego4d/shards/*.tar"], "sampling": "first:75%"}]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    corrupt = {"webvid_v000004_full": "nan", "webvid_v000009_full": "shape", "webvid_v000013_full": "missing_json"}
+    wk = write_synthetic_token_shards(str(root / "encode/webvid"), 18, source="webvid", frames=(4, 16),
+                                      duration=(4, 12), per_shard=6, corrupt=corrupt)
+    ek = write_synthetic_token_shards(str(root / "encode/ego4d"), 8, source="ego4d", frames=(32, 64),
+                                      duration=(60, 120), per_shard=4, seed=1)
+    fk = write_synthetic_frame_shards(str(root / "ingest/webvid"), 6, source="webvid", per_shard=3)
+    drop = [wk[1], wk[7], ek[2]]
+    (root / "drop_list.txt").write_text("# audit drop list\n" + "\n".join(drop) + "\n")
+    return {"root": root, "keys": wk + ek, "frame_keys": fk, "drop": set(drop), "corrupt": set(corrupt)}
+
+
+def _recipe(tmp_path: Path, body: dict) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump(body, sort_keys=False))
+    return p
+
+
+def _keys_seen(out: Path, stage: str) -> list[str]:
+    seen = []
+    for f in (out / "stages" / stage).glob("keys-rank*.jsonl"):
+        for row in read_metrics(str(f)):
+            seen += row["keys"]
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+
+
+def test_shipped_recipes_follow_the_paper():
+    for name in ("7b", "2b"):
+        cfg = load_recipe(name)
+        assert [s.name for s in cfg.stages] == ["stage1-connector", "stage2-short", "stage3-short-long", "stage4-highres"]
+        s1, s2, s3, s4 = cfg.stages
+        assert (s1.train, s1.lr, s1.max_frames, s1.max_len) == (["projector"], 1e-3, 4, 8192)
+        assert (s2.lr, s2.max_frames, s2.max_len) == (1e-5, 8, 32768) and "llm" in s2.train
+        assert (s3.min_frames, s3.max_frames, s3.lr) == (64, 512, 1e-5)
+        assert s4.input == "frames" and set(s4.train) == {"encoder", "projector"} and s4.resolution == 448
+        assert all(s.input == "tokens" and s.encoder == "frozen" for s in (s1, s2, s3))
+        assert all(s.warmup_ratio == 0.03 and s.schedule == "cosine" and s.epochs == 1 for s in cfg.stages)
+    assert load_recipe("7b").model == "videochat-flash-7b" and load_recipe("2b").model == "videochat-flash-2b"
+    tiny = load_recipe("tiny")
+    assert len(tiny.stages) == 4 and tiny.stages[-1].input == "frames" and tiny.model == "tiny"
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "training").is_dir(), reason="needs ../shared")
+def test_released_mixtures_expand_with_their_sampling():
+    m3 = read_mixture(str(SHARED / "data/training/stage3_short-long_mix_sft.yaml"))
+    assert len(m3) == 104
+    names = dict(m3)
+    assert names["textcaps"] == "all" and names["tallyqa(cauldron,llava_format)_fix"] == "first:10%"
+    m4 = read_mixture(str(SHARED / "data/training/stage4_highres_postsft.yaml"))
+    assert sum(s == "first:25%" for _, s in m4) == 101
+    from pipelines.train_data import Sampling
+
+    for _, s in m3 + m4:
+        Sampling.parse(s)  # every released strategy is understood
+
+
+def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(yaml.safe_dump({"datasets": [
+        {"json_path": "annotations/video/webvid.json", "sampling_strategy": "first:50%"},
+        {"json_path": "annotations/video/ego4d.jsonl", "sampling_strategy": "end:2"},
+        {"json_path": "annotations/image/not_encoded.json", "sampling_strategy": "all"}]}))
+    body = json.loads(json.dumps(MINI))
+    body["stages"] = [body["stages"][0]]
+    body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["encode/{name}/shards/*.tar"], "missing": "skip"}]
+    body["stages"][0]["mix"] = "concat"
+    cfg = parse_recipe(body, {"out": str(tmp_path / "o"), "data_root": str(data["root"])})
+    from pipelines.train import plan_stages
+
+    cfg.data_root = str(data["root"])
+    plan = plan_stages(cfg, 1)[0]
+    assert [(s["name"], sum(b - a for _, a, b in s["pieces"])) for s in plan["sources"]] == [("webvid", 9), ("ego4d", 2)]
+    body["stages"][0]["data"][0]["missing"] = "error"
+    cfg = parse_recipe(body, {"out": str(tmp_path / "o")})
+    cfg.data_root = str(data["root"])
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(s1\): data\[0\]: not_encoded: no shard matches"):
+        plan_stages(cfg, 1)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"train": ["encoder", "projector"]}, r"stages\[0\] \(s1\): train: the encoder cannot be trained from token"),
+    ({"encoder": "trained"}, r"encoder: says 'trained'"),
+    ({"epochs": 1}, "give exactly one"),
+    ({"lr": "fast"}, r"stages\[0\] \(s1\): lr: expected a number"),
+    ({"max_frames": 2}, "max_frames"),
+    ({"speed": 3}, "speed: unknown field"),
+    ({"mix": "random"}, "mix: must be"),
+    ({"data": [{"shards": ["x/*.tar"], "sampling": "random:5"}]}, r"stages\[0\]\.data\[0\]: sampling"),
+])
+def test_recipe_errors_name_the_stage_and_field(tmp_path, change, match):
+    body = json.loads(json.dumps(MINI))
+    body["stages"][0].update(change)
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(_recipe(tmp_path, body))
+
+
+def test_run_errors(tmp_path, data):
+    body = json.loads(json.dumps(MINI))
+    body["stages"][1]["data"][1]["shards"] = ["encode/absent/shards/*.tar"]
+    cfg = load_recipe(_recipe(tmp_path, body), out=str(tmp_path / "o"), data_root=str(data["root"]))
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(s2\): data\[1\]: long: no shard matches"):
+        run_train(cfg)
+    cfg = load_recipe(_recipe(tmp_path, MINI), out=str(tmp_path / "o"), data_root=str(data["root"]))
+    cfg.exclude = ["no_such_drop_list.txt"]
+    with pytest.raises(ConfigError, match="drop list not found"):
+        run_train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------- in-process
+
+
+def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
+    recipe = _recipe(tmp_path, MINI)
+    common = ["--config", str(recipe), "--data-root", str(data["root"]), "--exclude", "drop_list.txt",
+              "--num-workers", "0"]
+    # uninterrupted
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    a = tmp_path / "a"
+    # interrupted at s2 step 5 (checkpoint at 3), then --resume
+    cfg = load_recipe(recipe, out=str(tmp_path / "b"), data_root=str(data["root"]), num_workers=0)
+    cfg.exclude = ["drop_list.txt"]
+    cfg.fault_injection = "s2:5:0"
+    with pytest.raises(FaultInjected):
+        run_train(cfg)
+    b = tmp_path / "b"
+    assert [r["step"] for r in read_metrics(str(b / "stages/s2/metrics.jsonl"))] == [1, 2, 3, 4, 5]
+    assert main(common + ["--out", str(b)]) == 2  # an existing run is not overwritten without --resume
+    assert main(common + ["--out", str(b), "--resume"]) == 0
+    ma = read_metrics(str(a / "stages/s2/metrics.jsonl"))
+    mb = read_metrics(str(b / "stages/s2/metrics.jsonl"))
+    assert [r["step"] for r in mb] == list(range(1, 8))
+    assert [r["loss"] for r in mb] == [r["loss"] for r in ma]  # steps 4-7 recomputed after the restore: identical
+    assert [r["lr"] for r in mb] == [r["lr"] for r in ma]
+    for stage in ("s1", "s2"):
+        wa = load_file(str(a / "stages" / stage / "model.safetensors"))
+        wb = load_file(str(b / "stages" / stage / "model.safetensors"))
+        assert all((wa[k] == wb[k]).all() for k in wa)
+    # stage 2 started from stage 1's weights; stage 1 only trained the projector
+    init = load_file(str(a / "stages/s1/model.safetensors"))
+    s2 = load_file(str(a / "stages/s2/model.safetensors"))
+    assert not (init["vlm.llm.model.norm.weight"] == s2["vlm.llm.model.norm.weight"]).all()
+    # excluded and malformed keys never reached a batch; every other key did
+    for out in (a, b):
+        seen = set(_keys_seen(out, "s1")) | set(_keys_seen(out, "s2"))
+        assert not seen & data["drop"] and not seen & data["corrupt"]
+    summary = json.loads((a / "summary.json").read_text())
+    assert set(summary["stages"]) == {"s1", "s2"}
+    skipped = summary["stages"]["s1"]["rank0_skipped"]
+    assert skipped.get("excluded") and skipped.get("skipped") == sum(
+        skipped.get(r, 0) for r in ("non-finite tokens", "wrong shape", "missing json"))
+    rows = read_metrics(str(a / "stages/s2/metrics.jsonl"))
+    assert all(r["tokens_per_s"] > 0 and r["samples_per_s"] > 0 and r["visual_tokens_per_sample"] >= 64 for r in rows)
+    assert all(r["visual_tokens_per_sample"] <= 4 * 64 for r in rows)  # 16 frames at most: 4 clips
+    assert (a / "stages/s2/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------- Ray Train
+
+
+@pytest.mark.slow
+def test_tiny_recipe_on_two_ray_workers_with_a_killed_worker(tmp_path, data):
+    cfg = load_recipe("tiny", out=str(tmp_path / "run"), data_root=str(data["root"]), num_workers=2, num_cpus=2)
+    cfg.exclude = ["drop_list.txt"]
+    cfg.record_keys = True
+    cfg.quiet = True
+    cfg.fault_injection = "stage2-short:15:1"  # worker 1 dies once; Ray Train restarts from the step-10 checkpoint
+    # the test corpus has 2 token sources; the tiny recipe's stage 3 also lists demo sources that may be absent
+    summary = run_train(cfg)
+    out = tmp_path / "run"
+    names = [s.name for s in cfg.stages]
+    assert list(summary["stages"]) == names and summary["workers"] == 2
+    assert (out / ".fault-stage2-short-15-1").exists()
+    for st in cfg.stages:
+        rows = read_metrics(str(out / "stages" / st.name / "metrics.jsonl"))
+        assert [r["step"] for r in rows] == list(range(1, st.steps + 1))
+        assert all(r["samples"] == 2 * st.batch_size for r in rows)  # both workers, every step
+        assert (out / "stages" / st.name / "loss.png").is_file()
+        assert (out / "stages" / st.name / "model.safetensors").is_file()
+        seen = [set(_keys_seen(out, st.name))]
+        assert not seen[0] & data["drop"] and not seen[0] & data["corrupt"]
+    s = summary["stages"]
+    for name in ("stage2-short", "stage3-short-long"):  # the LLM-training stages learn
+        assert s[name]["loss_last"] < s[name]["loss_first"] - 0.2, (name, s[name])
+    assert s["stage4-highres"]["loss_last"] < s["stage1-connector"]["loss_first"] - 1.0
+    # the two workers read disjoint samples in a stage's first epoch
+    r0 = [k for row in read_metrics(str(out / "stages/stage1-connector/keys-rank0.jsonl"))[:2] for k in row["keys"]]
+    r1 = [k for row in read_metrics(str(out / "stages/stage1-connector/keys-rank1.jsonl"))[:2] for k in row["keys"]]
+    assert r0 and r1 and not set(r0) & set(r1)
+    assert set(_keys_seen(out, "stage4-highres")) <= set(data["frame_keys"])
