@@ -145,19 +145,18 @@ def _member_key(name: str) -> tuple[str, str]:
     return key, ext
 
 
-def read_shard(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """One work item (unit, shard) -> one row per manifest sample of that shard: json + mp4 bytes, or a failure.
-
-    item: unit, shard (relative), shards_root, manifest (uri of the ingest manifest part), resolution, s3.
-    """
-    storage.configure_s3(item.get("s3") or None)
-    unit, rel, size = int(item["unit"]), str(item["shard"]), int(item["resolution"])
+def read_shard(item: dict[str, Any], shards_root: str, resolution: int, s3: dict | None = None
+               ) -> Iterator[dict[str, Any]]:
+    """One work item (unit, shard relative to `shards_root`, manifest = uri of the ingest manifest part) -> one
+    row per sample of that shard in the manifest: json + mp4 bytes, or a failure row."""
+    storage.configure_s3(s3 or None)
+    unit, rel, size = int(item["unit"]), str(item["shard"]), int(resolution)
     table = pq.read_table(io.BytesIO(storage.read_bytes(item["manifest"])), columns=["key", "shard", "num_frames"])
     expected: dict[str, int] = {}
     for k, s, n in zip(*(table.column(c).to_pylist() for c in ("key", "shard", "num_frames"))):
         if s == rel:
             expected[k] = int(n)
-    uri = storage.join(item["shards_root"], rel)
+    uri = storage.join(shards_root, rel)
     seen: set[str] = set()
     error = ""
     members: dict[str, bytes] = {}
@@ -421,6 +420,9 @@ class Assembler:
             self._commit(unit)
 
     def feed(self, batch: dict[str, np.ndarray]) -> None:
+        for f in self.futures:  # a failed commit (e.g. storage) stops the job now, not at the end
+            if f.done() and f.exception() is not None:
+                raise f.exception()
         tokens = batch["tokens"]
         for i in range(len(batch["key"])):
             unit, key = int(batch["unit"][i]), str(batch["key"][i])
@@ -566,9 +568,9 @@ def ingest_units(shards: str) -> dict[int, str]:
 
 def _read_pending(uri: str, unit: int) -> _Pending:
     try:
-        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "resolution", "num_frames", "key"])
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "resolution", "num_frames"])
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise ConfigError(f"shards: {storage.redact(uri)}: not an ingest manifest (need columns key, shard, "
+        raise ConfigError(f"shards: {storage.redact(uri)}: not an ingest manifest (need columns shard, "
                           f"resolution, num_frames; see manifests/schema.py): {e}") from None
     shards = sorted({s for s in t.column("shard").to_pylist() if s})
     res = {int(r) for r in t.column("resolution").to_pylist() if r is not None}
@@ -676,8 +678,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         for p in todo:
             asm.add_unit(p.unit, p.manifest, p.rows)
             for rel in p.shards:
-                items.append({"unit": p.unit, "shard": rel, "shards_root": cfg.shards, "manifest": p.manifest,
-                              "resolution": resolution, "s3": s3})
+                items.append({"unit": p.unit, "shard": rel, "manifest": p.manifest})
         if not cfg.quiet:
             log(f"[encode] {len(todo)} units to encode ({skipped} already committed), {len(items)} input shards, "
                 f"{sum(p.rows for p in todo)} samples | {n_actors} encoder actors on "
@@ -687,7 +688,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = not cfg.quiet
             ds = ray.data.from_items(items, override_num_blocks=len(items))
-            ds = ds.flat_map(read_shard, num_cpus=1)
+            ds = ds.flat_map(read_shard, fn_kwargs={"shards_root": cfg.shards, "resolution": resolution, "s3": s3},
+                             num_cpus=1)
             ds = ds.flat_map(decode_sample, fn_kwargs={"resolution": resolution}, num_cpus=1)
             ds = ds.map_batches(
                 HiCoActor,

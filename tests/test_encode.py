@@ -90,13 +90,15 @@ def test_decode_sample_downscales_like_preprocess():
     torch.testing.assert_close(preprocess(c["frames"], 48), preprocess(full, 48), rtol=0, atol=1e-6)
 
 
-def _write_ingest_unit(out: Path, unit: int, samples: dict[str, int], size: int = 64) -> None:
+def _write_ingest_unit(out: Path | str, unit: int, samples: dict[str, int], size: int = 64, bad: tuple = ()) -> None:
+    """An ingest unit as pipelines/ingest writes it (keys in `bad` get a garbage mp4)."""
     from manifests.schema import MANIFEST_SCHEMA
 
     w = UnitWriter(str(out), unit, 1 << 30, MANIFEST_SCHEMA)
     for i, (key, n) in enumerate(samples.items()):
         info = {"key": key, "num_frames": n}
-        w.add(key, sample_members(info, {"mp4": encode_mp4(frames(n, size, seed=i))}),
+        mp4 = b"garbage" * 20 if key in bad else encode_mp4(frames(n, size, seed=i))
+        w.add(key, sample_members(info, {"mp4": mp4}),
               {"key": key, "source": "webvid", "video_id": key, "num_frames": n, "resolution": size, "duration": 1.0,
                "bytes": 1})
     w.commit()
@@ -104,9 +106,9 @@ def _write_ingest_unit(out: Path, unit: int, samples: dict[str, int], size: int 
 
 def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
     _write_ingest_unit(tmp_path, 0, {"a": 4, "b": 8})
-    item = {"unit": 0, "shard": "shards/shard-000000-000.tar", "shards_root": str(tmp_path),
-            "manifest": str(tmp_path / "manifests" / "part-000000.parquet"), "resolution": 64, "s3": None}
-    rows = list(read_shard(item))
+    item = {"unit": 0, "shard": "shards/shard-000000-000.tar",
+            "manifest": str(tmp_path / "manifests" / "part-000000.parquet")}
+    rows = list(read_shard(item, str(tmp_path), 64))
     assert [(r["key"], r["num_frames"]) for r in rows] == [("a", 4), ("b", 8)]
     assert all(r["json"] and r["mp4"] for r in rows)
     # drop b's mp4 from the tar, then truncate the tar in the middle of a member
@@ -116,10 +118,10 @@ def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
         for ti, data in members:
             if ti.name != "b.mp4":
                 t.addfile(ti, io.BytesIO(data))
-    rows = {r["key"]: r for r in read_shard(item)}
+    rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
     assert rows["b"]["status"] == "read" and "no mp4" in rows["b"]["reason"]
     tar_path.write_bytes(tar_path.read_bytes()[:700])
-    rows = {r["key"]: r for r in read_shard(item)}
+    rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
     assert rows["a"]["status"] == "read" and "unreadable" in rows["a"]["reason"]
     assert rows["b"]["status"] == "read"
 
@@ -185,6 +187,46 @@ def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
     one = fetch_checkpoint(s3.uri("ckpt/single.safetensors"), str(tmp_path / "cache"))
     assert Path(one).read_bytes() == (tmp_path / "m-1.safetensors").read_bytes()
     assert fetch_checkpoint("/local/path.pt") == "/local/path.pt"
+
+
+def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
+    """The same functions Ray Data runs, composed by hand: S3 ingest shards in, S3 token shards out; clips arrive
+    shuffled and in small batches, the unit is still written in manifest order."""
+    import random
+
+    from operators import storage
+    from pipelines import outputs
+    from pipelines.encode import Assembler, EncodeConfig, _read_pending, ingest_units
+
+    src, dst = s3.uri("ingest"), s3.uri("tokens")
+    _write_ingest_unit(src, 0, {"b": 8, "a": 4}, size=224)
+    _write_ingest_unit(src, 1, {"c": 4}, size=224, bad=("c",))
+    cfg = EncodeConfig(shards=src, out=dst, model="tiny", dtype="fp32", quiet=True)
+    actor = HiCoActor("tiny", 224, "", "fp32", seed=0, cache_dir="", s3=None)
+    asm = Assembler(cfg, 224, 64, str(tmp_path), print, 0.0)
+    clips = []
+    for unit, uri in ingest_units(src).items():
+        p = _read_pending(uri, unit)
+        asm.add_unit(unit, uri, p.rows)
+        for rel in p.shards:
+            for row in read_shard({"unit": unit, "shard": rel, "manifest": uri}, src, 224):
+                clips.extend(decode_sample(row, 224))
+    random.Random(0).shuffle(clips)
+    for i in range(0, len(clips), 2):
+        asm.feed(actor(clip_batch(clips[i:i + 2])))
+    asm.close()
+    summary = outputs.finalize(dst, job="encode", config={}, elapsed=1.0, cpus=1)
+    assert (summary["inputs"], summary["samples"], summary["failures"]) == (3, 2, 1)
+    tar = storage.read_bytes(storage.join(dst, "shards/shard-000000-000.tar"))
+    names = tarfile.open(fileobj=io.BytesIO(tar)).getnames()
+    assert names == ["b.json", "b.tokens.npy", "a.json", "a.tokens.npy"]  # the ingest manifest's order
+    fail = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(dst, "failures/part-000001.parquet")))).to_pylist()
+    assert [(f["key"], f["stage"], f["field"]) for f in fail] == [("c", "decode", "mp4")]
+    assert fail[0]["file"].startswith(src.rstrip("/")) and fail[0]["file"].endswith("#c")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        tok = np.load(io.BytesIO(t.extractfile("b.tokens.npy").read()))
+    assert tok.shape == (2, 64, 64) and tok.dtype == np.float32
+    assert not list(tmp_path.iterdir())  # scratch emptied after the commits
 
 
 # ------------------------------------------------------------------------------------------- ingest -> encode on Ray
