@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -642,6 +643,13 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
             if len(have) > 1:
                 raise ConfigError(f"resolution: the ingest frames have several resolutions {sorted(have)}; choose one")
             resolution = have.pop() if have else 224
+            from model.config import get_config
+
+            native = get_config(cfg.model).umt.img_size
+            if native > resolution:
+                raise ConfigError(f"resolution: the {cfg.model} encoder runs at {native} px but the ingest frames are "
+                                  f"{resolution} px; ingest with a {native} px profile (highres), or pass "
+                                  f"--resolution {resolution} to encode at {resolution} anyway")
         elif have and min(have) < resolution:
             raise ConfigError(f"resolution: {resolution} but the ingest frames are {min(have)} px (manifest column "
                               f"resolution of {storage.redact(cfg.shards)}); frames are never upsampled")
@@ -687,6 +695,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         if items:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = not cfg.quiet
+            if cfg.quiet:
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
             ds = ray.data.from_items(items, override_num_blocks=len(items))
             ds = ds.flat_map(read_shard, fn_kwargs={"shards_root": cfg.shards, "resolution": resolution, "s3": s3},
                              num_cpus=1)

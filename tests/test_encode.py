@@ -419,6 +419,24 @@ def test_bad_config_is_an_error_before_work(tmp_path, capsys, args, field):
     assert not (out / "manifests").exists()
 
 
+def test_model_resolution_must_match_the_frames_unless_asked(tmp_path, capsys):
+    _write_ingest_unit(tmp_path / "ingest", 0, {"a": 4}, size=224)
+    rc = cli_main(["encode", "--shards", str(tmp_path / "ingest"), "--out", str(tmp_path / "out"),
+                   "--model", "videochat-flash-2b", "--checkpoint", str(tmp_path / "none.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resolution" in err and "448" in err and "224" in err
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "jobs.encode", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+                        "--model", "tiny"], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and "encode: configuration error: shards" in r.stderr
+
+
 def test_shards_without_manifests_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(_encode_args(tmp_path / "empty", tmp_path / "out")) == 2
