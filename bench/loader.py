@@ -1,0 +1,119 @@
+"""Token-shard loader throughput against a raw sequential read of the same bytes, on one worker.
+
+    python bench/loader.py                       # 96 samples, 64-256 frames, D=1024 float16 (~0.8 GiB of shards)
+    python bench/loader.py --samples 32 --frames 16 64 --repeats 5
+    python bench/loader.py --keep                # reuse the shards of the last run
+
+Shards are written by `pipelines.train_data.write_synthetic_token_shards` (encode layout: <key>.json +
+<key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files from the page cache (every file is read
+once before timing):
+- raw: each tar read front to back in 4 MiB `readinto` calls, nothing else;
+- loader: `StageLoader` (one worker, batch 1, shuffle buffer 32), i.e. tar parsing, json, npy header + finiteness
+  check, frame bounds, Qwen2 chat tokenization with labels, length bucketing and collation to torch tensors,
+  with and without the background prefetch thread.
+Samples/s of each; the target is loader >= 80% of raw. Results: bench/out/loader.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.tokenizer import build_test_tokenizer  # noqa: E402
+from pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards  # noqa: E402
+
+
+def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
+    buf = bytearray(block)
+    view = memoryview(buf)
+    total = 0
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while True:
+                n = fh.readinto(view)
+                if not n:
+                    break
+                total += n
+    return time.perf_counter() - t0, total
+
+
+def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int) -> float:
+    cfg = LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=32, mix="samples", dim=dim,
+                       max_frames=max_frames, max_len=1 << 20, prefetch=prefetch)
+    loader = StageLoader(cfg, 0, 1, tok)
+    it = iter(loader)
+    t0 = time.perf_counter()
+    got = 0
+    while got < n:
+        got += len(next(it))
+    dt = time.perf_counter() - t0
+    if hasattr(it, "close"):
+        it.close()
+    loader.close()
+    return dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--frames", type=int, nargs=2, default=(64, 256))
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "loader"))
+    ap.add_argument("--keep", action="store_true", help="reuse existing shards in --out")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    shards = out / "tokens"
+    if not (args.keep and (shards / "index.json").is_file()):
+        shutil.rmtree(shards, ignore_errors=True)
+        t = time.time()
+        write_synthetic_token_shards(str(shards), args.samples, dim=args.dim, frames=tuple(args.frames),
+                                     per_shard=16, dtype=args.dtype, duration=(60, 300))
+        print(f"wrote {args.samples} samples in {time.time() - t:.1f} s")
+    plan = plan_source("bench", [str(shards / "shards" / "*.tar")])
+    n = plan.nsamples
+    files = sorted({p.url for p in plan.pieces})
+    nbytes = sum(os.path.getsize(f) for f in files)
+    tok = build_test_tokenizer()
+    raw_read(files)  # warm the page cache
+    loader_pass(plan, n, tok, 0, args.dim, args.frames[1])  # and the tokenizer
+    rows = {"raw": [], "loader": [], "loader+prefetch": []}
+    for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
+        rows["raw"].append(raw_read(files)[0])
+        rows["loader"].append(loader_pass(plan, n, tok, 0, args.dim, args.frames[1]))
+        rows["loader+prefetch"].append(loader_pass(plan, n, tok, 2, args.dim, args.frames[1]))
+    best = {k: min(v) for k, v in rows.items()}
+    med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
+    res = {
+        "samples": n, "shards": len(files), "bytes": nbytes, "mib_per_sample": round(nbytes / n / 2**20, 2),
+        "frames": list(args.frames), "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats,
+        "load_average": os.getloadavg()[0],
+        "samples_per_s_best": {k: round(n / v, 1) for k, v in best.items()},
+        "samples_per_s_median": {k: round(n / v, 1) for k, v in med.items()},
+        "mib_per_s_best": {k: round(nbytes / v / 2**20, 1) for k, v in best.items()},
+        "ratio_best": {k: round(best["raw"] / v, 3) for k, v in best.items() if k != "raw"},
+        "ratio_median": {k: round(med["raw"] / v, 3) for k, v in med.items() if k != "raw"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out.parent / "loader.json").write_text(json.dumps(res, indent=2))
+    print(f"{n} samples, {len(files)} shards, {nbytes / 2**20:.0f} MiB ({res['mib_per_sample']} MiB/sample), "
+          f"load average {res['load_average']:.1f}")
+    print(f"{'variant':>16} {'samples/s best':>15} {'median':>8} {'MiB/s best':>11} {'vs raw best':>12} {'median':>8}")
+    for k in rows:
+        print(f"{k:>16} {res['samples_per_s_best'][k]:>15} {res['samples_per_s_median'][k]:>8} "
+              f"{res['mib_per_s_best'][k]:>11} {res['ratio_best'].get(k, 1.0):>12} {res['ratio_median'].get(k, 1.0):>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
