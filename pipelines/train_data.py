@@ -950,6 +950,12 @@ def _prefetch(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
                 yield item
         finally:
             stop.set()
+            while t.is_alive():  # let the reader finish its current batch and see the stop
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            t.join()
 
     return gen()
 
