@@ -1,0 +1,125 @@
+"""`longvid niah`: build and score (multi-hop) needle-in-a-video-haystack sets.
+
+    longvid niah build --haystack /data/corpus/ego4d --needles niah-coco-singlehop_20.json --images /data/coco \\
+        --out /data/niah/single --model videochat-flash-7b --encoder UMT-L_f4_vision.pt
+    longvid niah build --haystack long_video.mp4 --needles niah-coco-multihop-100.json --images /data/coco \\
+        --out /data/niah/multi --multi-hop --frames 1000,2000,3000 --encoder ckpt/
+    longvid niah eval --set /data/niah/single --checkpoint ckpt/ [--visual-dropout released]
+
+build: the haystack (an ingest job folder, a folder of shards, one .tar, or a video decoded at 1 fps) is encoded
+once with the HiCo encoder (16 tokens per frame; above 7,500 frames half the longest length is taken and repeated),
+each needle image as a 4-frame clip (64 tokens); index.parquet lists every (item, length, depth, positions).
+eval: scores every input on Ray (one actor per GPU, else one CPU actor) by teacher-forced option scoring; writes
+results.parquet, summary.json and heatmap.png under <set>/eval (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.config import ConfigError, load_config, read_yaml
+from pipelines.niah_build import NiahBuildConfig, run_niah_build
+from pipelines.niah_eval import NiahEvalConfig, run_niah_eval
+
+
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
+    p.add_argument("--haystack", help="ingest job folder, shards folder, one .tar shard, or a long video file")
+    p.add_argument("--needles", help="NIAH spec JSON (niah-coco-singlehop_20.json / niah-coco-multihop-100.json)")
+    p.add_argument("--images", help="folder with the needle images, named as the spec's image fields")
+    p.add_argument("--out", help="output folder of the set (local)")
+    p.add_argument("--frames", help="haystack lengths in frames, comma-separated (default 1000,2000,...,10000)")
+    p.add_argument("--depths", help="single-hop needle depths in [0, 1], comma-separated (default 0,0.2,...,1.0)")
+    p.add_argument("--multi-hop", action="store_true", default=None, help="the spec is multi-hop (images chains)")
+    p.add_argument("--model", help="model preset of the encoder: tiny, videochat-flash-7b (default), videochat-flash-2b")
+    p.add_argument("--img-size", type=int, help="encoder input size (default: the preset's)")
+    p.add_argument("--encoder", help="encoder weights: UMT-L_f4_vision.pt or a VideoChat-Flash checkpoint "
+                                     "(required except with --model tiny, which may use random weights)")
+    p.add_argument("--seed", type=int, help="seed of random encoder weights (tiny only)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--clips-per-pass", type=int, help="4-frame clips per encoder pass (default 8)")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="stored token dtype (default float16)")
+    p.add_argument("--limit-items", type=int, help="only the first N spec items")
+    p.add_argument("--threads", type=int, help="torch CPU threads while encoding (default: torch's)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
+    p.add_argument("--set", help="a NIAH set folder (niah build --out)")
+    p.add_argument("--checkpoint", help="VideoChat-Flash (LLaVA-style) or LongVid VideoLLM checkpoint file/folder")
+    p.add_argument("--out", help="results folder (default <set>/eval)")
+    p.add_argument("--model", help="model preset (default: the preset that built the set)")
+    p.add_argument("--tokenizer", help="tokenizer folder, or 'test' (tiny model); default: the checkpoint folder")
+    p.add_argument("--visual-dropout", help="off (default), released, or MODE[:LAYERS[:RATIOS]], "
+                                            "e.g. uniform0_attention:4,18:1,0.75,0.25")
+    p.add_argument("--num-actors", type=int, help="scoring actors (default: one per GPU, else 1)")
+    p.add_argument("--rows-per-task", type=int, help="inputs per actor call (default 4)")
+    p.add_argument("--limit", type=int, help="only the first N inputs of the index")
+    p.add_argument("--device", help="auto (default) or cpu")
+    p.add_argument("--threads", type=int, help="torch threads of a CPU actor (default 1)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--no-ray", dest="use_ray", action="store_false", default=None,
+                   help="score in this process instead of Ray actors (debugging, small sets)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+
+
+def _config(cls, args: argparse.Namespace):
+    file_values = read_yaml(args.config) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "niah_command")}
+    return load_config(cls, file_values, overrides, source=args.config or "")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    summary = run_niah_build(_config(NiahBuildConfig, args))
+    return 0 if summary["inputs"] else 1
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    summary = run_niah_eval(_config(NiahEvalConfig, args))
+    print(f"heat map: {summary['heatmap']}")
+    return 0
+
+
+def _help(parser: argparse.ArgumentParser):
+    def run(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return run
+
+
+def _add_subcommands(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="niah_command", metavar="{build,eval}")
+    b = sub.add_parser("build", help="haystack + needle spec + images -> NIAH token set (index.parquet)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_build_arguments(b)
+    b.set_defaults(func=run_build)
+    e = sub.add_parser("eval", help="score a checkpoint on a NIAH set (Ray) -> results, summary, heat map",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(e)
+    e.set_defaults(func=run_eval)
+    p.set_defaults(func=_help(p))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("niah", help="build and score (multi-hop) needle-in-a-video-haystack sets",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_subcommands(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.niah", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_subcommands(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"niah: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,560 @@
+"""NIAH build: a haystack (ingest shards or one long video) + a released needle spec + needle images -> a NIAH set.
+
+    haystack frames (1 fps video, or the frames stored in ingest shards, in shard/sample order)
+        └─ first U frames (U = longest length, or half of it above 7,500 frames) ─▶ HiCo, 4-frame clips
+           ─▶ haystack/tokens.npy [U, 16, D]   (16 tokens per frame slot; frame i of any haystack = slot i mod U)
+    needle images (each repeated to a 4-frame clip) ─▶ HiCo ─▶ needles/tokens.npy [images, 64, D]
+    spec items x lengths x depths ─▶ placement rules (operators/niah.py) ─▶ index.parquet
+
+Why tokens and not frames: the haystack of the longest length is encoded once (U frames) and every input of
+every length is a slice of it with the needle tokens spliced in at the item's positions (the eval does the
+splicing), exactly how the reference evaluation builds its inputs from a precomputed haystack embedding. Storing
+10,000 frames of pixels per length would cost far more and re-encode the same frames for every item.
+
+Output (a local folder):
+
+    set.json               what was built: kind, lengths, depths, counts, haystack plan, encoder, spec, timings
+    items.json             the spec items: id, images, needle rows, questions {name: {text, answer, options}}
+    index.parquet          one row per input: row, item_id, kind, length, depth, positions, haystack_frames,
+                           token_starts, num_tokens
+    haystack/tokens.npy    float16 [U, 16, D]; haystack/frames.parquet: provenance of each slot (file, key, frame)
+    needles/tokens.npy     float16 [images, 64, D]; needles/images.parquet: name, file, size, sha256
+
+Ingest frames are sampled by the dynamic VideoChat-Flash rule (not exactly 1 fps): each stored frame counts as
+one haystack frame. A plain video file is decoded at 1 fps (indices round(k * fps)). Frames are padded to a
+square with the mean colour and resized (the reference's `image_aspect_ratio = "pad"`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import niah, storage
+from operators.errors import ConfigError, RecordError
+from operators.niah import SpecError
+from pipelines.outputs import versions
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass
+class NiahBuildConfig:
+    haystack: str  # ingest job folder / shards folder / one .tar / a video file
+    needles: str  # spec JSON (released format)
+    images: str  # folder of needle images named as the spec's image fields
+    out: str
+    frames: list[int] = field(default_factory=lambda: list(niah.DEFAULT_LENGTHS))
+    depths: list[float] = field(default_factory=lambda: list(niah.DEFAULT_DEPTHS))
+    multi_hop: bool = False
+    model: str = "videochat-flash-7b"  # model preset whose encoder makes the tokens
+    img_size: int = 0  # 0: the preset's
+    encoder: str = ""  # UMT .pt or VideoChat-Flash checkpoint; "" = random weights (tiny preset only)
+    seed: int = 0  # random encoder weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    clips_per_pass: int = 8
+    dtype: str = "float16"
+    limit_items: int = 0  # only the first N spec items (0: all)
+    threads: int = 0  # torch CPU threads while encoding (0: torch's default)
+    quiet: bool = False
+
+    def validate(self) -> None:
+        for name in ("haystack", "needles", "images", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required")
+        if storage.is_s3(self.out):
+            raise ConfigError(f"out: {self.out}: a NIAH set is written to a local folder (the eval memory-maps it)")
+        self.frames = niah.check_lengths(self.frames)
+        self.depths = niah.check_depths(self.depths)
+        from model.config import PRESETS
+
+        if self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if not self.encoder and self.model != "tiny":
+            raise ConfigError(f"encoder: give the encoder weights for preset {self.model!r} (UMT-L_f4_vision.pt or a "
+                              "VideoChat-Flash checkpoint); random weights are only allowed with --model tiny")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.clips_per_pass < 1:
+            raise ConfigError(f"clips_per_pass: must be >= 1, got {self.clips_per_pass}")
+        if self.limit_items < 0:
+            raise ConfigError(f"limit_items: must be >= 0, got {self.limit_items}")
+        if self.threads < 0:
+            raise ConfigError(f"threads: must be >= 0, got {self.threads}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Haystack sources
+# --------------------------------------------------------------------------------------------------------------
+
+FrameChunk = tuple[np.ndarray, list[dict[str, Any]]]  # frames uint8 [n, H, W, 3] + provenance per frame
+
+
+def shard_uris(haystack: str) -> list[str]:
+    """The tars of a haystack given as one .tar, an ingest job folder (shards/ inside) or a folder of tars."""
+    if haystack.endswith(".tar"):
+        if not storage.exists(haystack):
+            raise ConfigError(f"haystack: {haystack}: shard not found")
+        return [haystack]
+    for folder in (storage.join(haystack, "shards"), haystack):
+        tars = storage.list_files(folder, ".tar")
+        if tars:
+            return tars
+    return []
+
+
+def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
+    """Frames of ingest samples (<key>.mp4), shard by shard in name order, samples in tar order, up to `limit`."""
+    from operators.mp4 import decode_mp4
+
+    taken = 0
+    for uri in uris:
+        with storage.open_read(uri) as f:
+            try:
+                tar = tarfile.open(fileobj=f, mode="r|")
+            except tarfile.TarError as e:
+                raise ConfigError(f"haystack: {uri}: not a tar shard: {e}") from None
+            with tar:
+                for m in tar:
+                    if not m.isfile() or not m.name.endswith(".mp4"):
+                        continue
+                    key = m.name[: -len(".mp4")]
+                    data = tar.extractfile(m).read()
+                    try:
+                        frames = decode_mp4(data)
+                    except RecordError as e:
+                        raise ConfigError(f"haystack: {uri}: member {m.name}: {e.reason}") from None
+                    frames = frames[: limit - taken]
+                    prov = [{"file": uri, "key": key, "frame": i} for i in range(len(frames))]
+                    yield frames, prov
+                    taken += len(frames)
+                    if taken >= limit:
+                        return
+
+
+def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameChunk]:
+    """A video decoded at 1 fps (indices round(k * fps)), `chunk` frames at a time, up to `limit` frames."""
+    from operators.decode import decode_frames
+    from operators.probe import probe
+
+    try:
+        info = probe(path)
+    except RecordError as e:
+        raise ConfigError(f"haystack: {path}: {e.reason}") from None
+    idx = niah.video_1fps_indices(info.num_frames, info.fps, limit)
+    if not info.num_frames_exact:  # the last frames may not exist: keep a margin of one second
+        idx = [i for i in idx if i < info.num_frames - info.fps] or idx[:1]
+    for s in range(0, len(idx), chunk):
+        part = idx[s : s + chunk]
+        try:
+            frames = decode_frames(path, part, info)
+        except RecordError as e:
+            raise ConfigError(f"haystack: {path}: {e.reason}") from None
+        yield frames, [{"file": path, "key": "", "frame": i, "time": round(i / info.fps, 3)} for i in part]
+
+
+def haystack_source(haystack: str) -> tuple[str, int | None, Any]:
+    """('shards', None, uris) or ('video', frames at 1 fps, path)."""
+    if not storage.is_s3(haystack) and Path(haystack).is_file() and not haystack.endswith(".tar"):
+        from operators.probe import probe
+
+        try:
+            info = probe(haystack)
+        except RecordError as e:
+            raise ConfigError(f"haystack: {haystack}: {e.reason}") from None
+        return "video", len(niah.video_1fps_indices(info.num_frames, info.fps)), haystack
+    uris = shard_uris(haystack)
+    if not uris:
+        raise ConfigError(f"haystack: {haystack}: not a video file and no .tar shards found there (or in shards/)")
+    return "shards", None, uris
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device} asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def make_encoder(preset: str, img_size: int, weights: str, seed: int, device) -> tuple[Any, dict[str, Any]]:
+    """The HiCo encoder of a preset with loaded (or seeded random) weights, and what it is (for set.json)."""
+    import torch
+
+    from model.checkpoint import CheckpointError, load_encoder
+    from model.config import get_config
+    from model.hico import HiCoEncoder
+
+    cfg = get_config(preset, img_size=img_size or None)
+    torch.manual_seed(seed)
+    enc = HiCoEncoder(cfg.umt, cfg.tokens_per_frame)
+    ident: dict[str, Any] = {"preset": preset, "img_size": cfg.umt.img_size, "dim": cfg.encoder_dim,
+                             "tokens_per_frame": cfg.tokens_per_frame}
+    if weights:
+        try:
+            rep = load_encoder(enc, weights)
+        except CheckpointError as e:
+            raise ConfigError(f"encoder: {e}") from None
+        if rep.missing:
+            raise ConfigError(f"encoder: {weights}: encoder weights missing: {rep.summary()}")
+        ident.update(weights=os.path.abspath(weights), load_report=rep.summary())
+    else:
+        ident.update(weights=f"random(seed={seed})")
+    return enc.to(device).eval(), ident
+
+
+class ClipEncoder:
+    """Feeds frames through the HiCo encoder in whole 4-frame clips; returns [frames, 16, D] slot tokens."""
+
+    def __init__(self, enc, device, clips_per_pass: int, dtype: str):
+        self.enc, self.device, self.cpp, self.dtype = enc, device, clips_per_pass, np.dtype(dtype)
+        self.size = enc.cfg.img_size
+        self.per_clip = enc.cfg.num_frames
+        self.pending: list[Any] = []  # preprocessed [3, 1, S, S] frames
+        self.out: list[np.ndarray] = []
+
+    def _run(self, frames) -> None:
+        import torch
+
+        x = torch.cat(frames, dim=1)[None].to(self.device)  # [1, 3, T, S, S]
+        with torch.no_grad():
+            tok = self.enc(x, clips_per_pass=self.cpp)  # [1, C, 64, D]
+        tok = tok.float().reshape(-1, self.enc.tokens_per_frame, tok.shape[-1])
+        self.out.append(tok.cpu().numpy().astype(self.dtype))
+
+    def add(self, frames: np.ndarray) -> None:
+        from model.umt import preprocess
+
+        x = preprocess(frames, self.size, pad_to_square=True)  # [3, n, S, S]
+        self.pending += list(x.split(1, dim=1))
+        step = self.per_clip * self.cpp
+        while len(self.pending) >= step:
+            self._run(self.pending[:step])
+            self.pending = self.pending[step:]
+
+    def finish(self) -> np.ndarray:
+        n_tail = len(self.pending)
+        if n_tail:
+            pad = (-n_tail) % self.per_clip  # the last clip is completed with its last frame; the padding is dropped
+            self._run(self.pending + [self.pending[-1]] * pad)
+            self.out[-1] = self.out[-1][:n_tail]
+            self.pending = []
+        return np.concatenate(self.out) if self.out else np.zeros((0, 16, self.enc.out_dim), self.dtype)
+
+
+def load_image(path: Path, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SpecError(f"{where}: needle image {path}: not a readable image: {e}") from None
+
+
+def encode_images(enc, device, paths: list[Path], wheres: list[str], dtype: str, batch: int = 16) -> np.ndarray:
+    """Needle images -> [n, 64, D]: each padded to a square, resized, repeated to a 4-frame clip."""
+    import torch
+
+    from model.umt import preprocess
+
+    out = []
+    for s in range(0, len(paths), batch):
+        xs = [preprocess(load_image(p, w)[None], enc.cfg.img_size, pad_to_square=True)
+              for p, w in zip(paths[s : s + batch], wheres[s : s + batch])]
+        x = torch.stack(xs).to(device)  # [B, 3, 1, S, S]
+        with torch.no_grad():
+            tok = enc(x, image_mode="repeat")  # [B, 1, 64, D]
+        out.append(tok[:, 0].float().cpu().numpy().astype(dtype))
+    return np.concatenate(out) if out else np.zeros((0, enc.tokens_per_clip, enc.out_dim), dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+INDEX_SCHEMA = pa.schema([
+    ("row", pa.int64()),
+    ("item_id", pa.int64()),
+    ("kind", pa.string()),
+    ("length", pa.int64()),
+    ("depth", pa.float64()),  # null for multi hop
+    ("positions", pa.list_(pa.int64())),  # haystack frame each needle goes in front of
+    ("needle_rows", pa.list_(pa.int64())),  # rows of needles/tokens.npy, in placement order
+    ("haystack_frames", pa.int64()),
+    ("token_starts", pa.list_(pa.int64())),  # first token of each needle in the spliced sequence
+    ("num_tokens", pa.int64()),
+])
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"out: {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / "set.json").is_file():
+            raise ConfigError(f"out: {out} is not empty and holds no NIAH set (set.json); use a new folder")
+        for sub in ("haystack", "needles"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("set.json", "items.json", "index.parquet"):
+            (out / name).unlink(missing_ok=True)
+    for sub in ("haystack", "needles"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def run_niah_build(cfg: NiahBuildConfig, log=print) -> dict[str, Any]:
+    """Build a NIAH set (see the module docstring). Returns the summary written to set.json."""
+    cfg.validate()
+    import torch
+
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _build(cfg, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
+    t0 = time.time()
+    kind_req = "multi" if cfg.multi_hop else "single"
+    kind, items = niah.read_spec(cfg.needles, kind_req)
+    if cfg.limit_items:
+        items = items[: cfg.limit_items]
+    images_dir = Path(cfg.images)
+    if not images_dir.is_dir():
+        raise ConfigError(f"images: {images_dir}: not a folder")
+    # needle images: resolve every one before any encoding, so a missing file stops the job at once
+    image_rows: dict[str, int] = {}
+    image_paths: list[Path] = []
+    image_where: list[str] = []
+    for it in items:
+        for k, name in enumerate(it.images):
+            if name in image_rows:
+                continue
+            where = f"{cfg.needles}: item id {it.id}: " + ("image" if kind == "single" else f"images[{k}]")
+            image_paths.append(niah.resolve_image(images_dir, name, where))
+            image_where.append(where)
+            image_rows[name] = len(image_rows)
+    longest = max(cfg.frames)
+    src_kind, available, src = haystack_source(cfg.haystack)
+    unique = niah.haystack_unique_frames(longest, available)
+    out = Path(cfg.out)
+    _prepare_out(out)
+    device = pick_device(cfg.device)
+    enc, ident = make_encoder(cfg.model, cfg.img_size, cfg.encoder, cfg.seed, device)
+
+    # haystack: the first `unique` frames, encoded once
+    t1 = time.time()
+    ce = ClipEncoder(enc, device, cfg.clips_per_pass, cfg.dtype)
+    prov: list[dict[str, Any]] = []
+    frames_iter = iter_video_frames(src, unique) if src_kind == "video" else iter_shard_frames(src, unique)
+    next_log = 512
+    for frames, p in frames_iter:
+        ce.add(frames)
+        prov += p
+        if not cfg.quiet and len(prov) >= next_log:
+            log(f"[niah build] haystack: {len(prov)}/{unique} frames encoded ({time.time() - t1:.0f} s)")
+            next_log += 512
+    hay = ce.finish()
+    if len(prov) == 0:
+        raise ConfigError(f"haystack: {cfg.haystack}: no frames")
+    unique = len(prov)  # a shard source may hold fewer frames than wanted: tiled below
+    assert hay.shape[0] == unique, (hay.shape, unique)
+    _save_npy(out / "haystack" / "tokens.npy", hay)
+    _write_parquet(out / "haystack" / "frames.parquet", pa.Table.from_pylist(
+        [{"slot": i, "file": storage.redact(r["file"]), "key": r["key"], "frame": r["frame"],
+          "time": r.get("time")} for i, r in enumerate(prov)]))
+    t_hay = time.time() - t1
+
+    # needles
+    t1 = time.time()
+    ntok = encode_images(enc, device, image_paths, image_where, cfg.dtype)
+    _save_npy(out / "needles" / "tokens.npy", ntok)
+    _write_parquet(out / "needles" / "images.parquet", pa.Table.from_pylist(
+        [{"row": image_rows[n], "name": n, "file": str(pth), "bytes": pth.stat().st_size, "sha256": _sha256(pth)}
+         for n, pth in zip(image_rows, image_paths)]))
+    t_needles = time.time() - t1
+
+    # items and the index of inputs
+    tpf = ident["tokens_per_frame"]
+    needle_tokens = int(ntok.shape[1])
+    rows = []
+    items_json = []
+    for it in items:
+        nrows = [image_rows[n] for n in it.images]
+        items_json.append({"id": it.id, "kind": it.kind, "images": list(it.images), "needle_rows": nrows,
+                           "questions": {k: dataclasses.asdict(q) for k, q in it.questions.items()}})
+        for pl in niah.placements(kind, len(it.images), cfg.frames, cfg.depths):
+            rows.append({"row": len(rows), "item_id": it.id, "kind": kind, "length": pl.length, "depth": pl.depth,
+                         "positions": list(pl.positions), "needle_rows": nrows,
+                         "haystack_frames": pl.haystack_frames,
+                         "token_starts": pl.token_starts(tpf, needle_tokens),
+                         "num_tokens": pl.num_tokens(tpf, needle_tokens)})
+    _write_json(out / "items.json", items_json)
+    _write_parquet(out / "index.parquet", pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
+
+    summary = {
+        "job": "niah-build",
+        "kind": kind,
+        "items": len(items),
+        "inputs": len(rows),
+        "lengths": cfg.frames,
+        "depths": cfg.depths if kind == "single" else [],
+        "questions_per_input": 1 if kind == "single" else 2,
+        "spec": {"file": os.path.abspath(cfg.needles), "sha256": _sha256(Path(cfg.needles))},
+        "images": {"folder": os.path.abspath(cfg.images), "count": len(image_paths)},
+        "haystack": {"source": storage.redact(cfg.haystack), "type": src_kind, "unique_frames": unique,
+                     "longest": longest, "repeated": longest > unique,
+                     "rule": "frame i = unique frame i mod U; U = longest // 2 above 7500 frames, else longest"},
+        "encoder": ident,
+        "tokens_per_frame": tpf,
+        "needle_tokens": needle_tokens,
+        "dim": int(hay.shape[2]),
+        "dtype": cfg.dtype,
+        "max_tokens": max((r["num_tokens"] for r in rows), default=0),
+        "seconds": {"haystack": round(t_hay, 3), "needles": round(t_needles, 3), "total": round(time.time() - t0, 3)},
+        "config": dataclasses.asdict(cfg),
+        "versions": versions(),
+        "out": str(out.resolve()),
+    }
+    _write_json(out / "set.json", summary)  # last: a folder with set.json is a complete set
+    if not cfg.quiet:
+        log(f"[niah build] {kind}-hop set: {len(items)} items x {len(cfg.frames)} lengths"
+            + (f" x {len(cfg.depths)} depths" if kind == "single" else "")
+            + f" = {len(rows)} inputs; haystack {unique} unique frames ({src_kind}) for up to {longest}; "
+            f"{len(image_paths)} needle images; {summary['seconds']['total']:.1f} s -> {out}")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A small spec with its images, in the released formats (demo, tests)
+# --------------------------------------------------------------------------------------------------------------
+
+DEMO_COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
+               "purple": (140, 50, 170), "orange": (245, 140, 30)}
+DEMO_SHAPES = ("square", "circle", "triangle", "cross")
+
+
+def _demo_image(path: Path, color: str, shape: str, size: tuple[int, int] = (96, 72)) -> None:
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, (245, 245, 240))
+    d = ImageDraw.Draw(img)
+    c, box = DEMO_COLORS[color], (w // 4, h // 6, 3 * w // 4, 5 * h // 6)
+    if shape == "square":
+        d.rectangle(box, fill=c)
+    elif shape == "circle":
+        d.ellipse(box, fill=c)
+    elif shape == "triangle":
+        d.polygon([(w // 2, h // 6), (w // 4, 5 * h // 6), (3 * w // 4, 5 * h // 6)], fill=c)
+    else:
+        d.rectangle((w // 2 - w // 12, h // 6, w // 2 + w // 12, 5 * h // 6), fill=c)
+        d.rectangle((w // 4, h // 2 - h // 12, 3 * w // 4, h // 2 + h // 12), fill=c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _demo_question(prefix: str, right: str, pool: list[str], letter: str, rng) -> str:
+    wrong = [x for x in pool if x != right]
+    rng.shuffle(wrong)
+    opts = wrong[:3]
+    opts.insert("ABCD".index(letter), right)
+    lines = "\n".join(f"({L}) {o}" for L, o in zip("ABCD", opts))
+    return f"{prefix}\nOptions: {lines}\nOnly give the best option. Best option: ("
+
+
+def make_demo_needles(folder: str | Path, items: int = 4, multi_hop: bool = False, chain: int = 5,
+                      seed: int = 0) -> tuple[Path, Path]:
+    """Write a spec in the released format (`spec.json`) and its images (`images/`) under `folder`: coloured
+    shapes; single hop asks for the shape, multi hop for the final frame's caption and colour.
+    Returns (spec path, images folder)."""
+    import random
+
+    rng = random.Random(seed)
+    root = Path(folder)
+    images = root / "images"
+    colors, shapes = list(DEMO_COLORS), list(DEMO_SHAPES)
+    spec = []
+    for i in range(items):
+        if not multi_hop:
+            color, shape = colors[i % len(colors)], shapes[(i // len(colors) + i) % len(shapes)]
+            name = f"single/demo_{i:03d}.png"
+            _demo_image(images / name, color, shape)
+            letter = rng.choice("ABCD")
+            q = _demo_question(f"Find the frame of a {color} shape. what is the shape", shape, shapes, letter, rng)
+            spec.append({"question": q, "answer": letter, "image": name, "id": i})
+        else:
+            names = []
+            for k in range(chain):
+                color, shape = rng.choice(colors), rng.choice(shapes)
+                name = f"multi/demo_{i}_{k}.png"
+                _demo_image(images / name, color, shape)
+                names.append(name)
+            captions = [f"a {c} {s}" for c in colors for s in shapes]
+            l1, l2 = rng.choice("ABCD"), rng.choice("ABCD")
+            head = "Find the frame of the first shape. Locate the final frame based on the instructions in the image, "
+            spec.append({
+                "images": names,
+                "question1": _demo_question(head + "and choose the captions that best describe the frame: ",
+                                            f"a {color} {shape}", captions, l1, rng),
+                "answer1": l1,
+                "question2": _demo_question(head + "and answer the following question based on the final frame: "
+                                            "what is the color of the shape", color, colors, l2, rng),
+                "answer2": l2,
+            })
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "spec.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path, images

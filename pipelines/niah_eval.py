@@ -1,0 +1,583 @@
+"""NIAH eval: score a checkpoint on a NIAH set (pipelines/niah_build.py) with teacher-forced option scoring, on Ray.
+
+    index.parquet rows ──chunks──▶ Ray actor pool (one actor per GPU, num_gpus=1; one CPU actor without GPUs)
+        each actor: loads the VideoLLM once, memory-maps haystack/needle tokens, and per row splices the needle
+        tokens into the haystack slice at the row's positions (operators.niah.splice_tokens), builds the prompt
+            <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<image>{question}<|im_end|>\\n
+            <|im_start|>assistant\\n
+        (the question ends with "Best option: ("), and scores every option letter with `VideoLLM.score_options`
+        (optionally with visual-token dropout); the best-scoring letter is the prediction, exact match = correct
+    driver ──▶ results.parquet (one row per question), summary.json, heatmap.png
+
+Single hop: accuracy per (length, depth), heat map depth x length. Multi hop: per length the caption score
+(question1), the QA score (question2) and their mean (the reference "Score"), heat map caption/QA/score x length.
+
+Checkpoints: a VideoChat-Flash (LLaVA-style) safetensors checkpoint (file, folder or shards; projector + LLM, the
+vision tower is not used here: the set holds encoder tokens), a `longvid train` stage model
+(`stages/<stage>/model.safetensors`: `vlm.llm.*`, `vlm.projector.*`, `encoder.*` unused) or a bare
+`VideoLLM.state_dict()` (`llm.*`, `projector.*`) as .safetensors / .pt. The tokenizer is `--tokenizer PATH`, `test` (the built-in test
+tokenizer, for the tiny preset) or, by default, the checkpoint folder when it holds one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import niah
+from operators.errors import ConfigError
+from pipelines.outputs import versions
+
+
+@dataclass
+class NiahEvalConfig:
+    set: str  # a NIAH set folder (niah build --out)
+    checkpoint: str
+    out: str = ""  # default: <set>/eval
+    model: str = ""  # model preset; default: the one whose encoder built the set
+    tokenizer: str = ""  # "test", a tokenizer folder, or "" = the checkpoint folder
+    visual_dropout: str = "off"  # off | released | MODE[:LAYERS[:RATIOS]], e.g. uniform0_attention:4,18:1,0.75,0.25
+    num_actors: int = 0  # 0: one per GPU, else 1 on CPU
+    rows_per_task: int = 4
+    limit: int = 0  # only the first N inputs of the index (0: all)
+    device: str = "auto"
+    ray_address: str = ""
+    num_cpus: int = 0  # embedded Ray only; 0: all cores
+    threads: int = 0  # torch threads of a CPU actor; 0: Ray's default for a 1-CPU actor (1 thread)
+    use_ray: bool = True  # False: score in this process (debugging, small sets)
+    quiet: bool = False
+
+    def validate(self) -> None:
+        for name in ("set", "checkpoint"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required")
+        if not (Path(self.set) / "set.json").is_file():
+            raise ConfigError(f"set: {self.set}: no set.json (not a finished NIAH set; run `longvid niah build`)")
+        if not Path(self.checkpoint).exists() and not self.checkpoint.startswith("random:"):
+            raise ConfigError(f"checkpoint: {self.checkpoint}: not found")
+        for name in ("num_actors", "limit", "num_cpus", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.rows_per_task < 1:
+            raise ConfigError(f"rows_per_task: must be >= 1, got {self.rows_per_task}")
+        parse_dropout(self.visual_dropout)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_dropout(spec: str, num_layers: int | None = None):
+    """`off` -> None; `released` -> DropoutConfig(); `MODE[:LAYERS[:RATIOS]]` -> DropoutConfig(MODE, ...)."""
+    from model.dropout import DropoutConfig
+
+    s = (spec or "off").strip()
+    if s in ("off", "none", ""):
+        return None
+    try:
+        if s == "released":
+            d = DropoutConfig()
+        else:
+            parts = s.split(":")
+            if len(parts) > 3:
+                raise ValueError("expected MODE[:LAYERS[:RATIOS]]")
+            kw: dict[str, Any] = {"mode": parts[0]}
+            if len(parts) > 1:
+                kw["layers"] = tuple(int(x) for x in parts[1].split(",") if x)
+            if len(parts) > 2:
+                kw["ratios"] = tuple(float(x) for x in parts[2].split(",") if x)
+            d = DropoutConfig(**kw)
+    except ValueError as e:
+        raise ConfigError(f"visual_dropout: {spec!r}: {e}") from None
+    if num_layers is not None and max(d.layers) >= num_layers:
+        raise ConfigError(f"visual_dropout: layers {d.layers} must stay below the LLM's {num_layers} layers")
+    return d
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The set
+# --------------------------------------------------------------------------------------------------------------
+
+
+class NiahSet:
+    """A built NIAH set: metadata, items, index rows and memory-mapped tokens."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / "set.json").read_text())
+            self.items = {int(it["id"]): it for it in json.loads((self.folder / "items.json").read_text())}
+            self.rows = pq.read_table(self.folder / "index.parquet").to_pylist()
+            self.haystack = np.load(self.folder / "haystack" / "tokens.npy", mmap_mode="r")
+            self.needles = np.load(self.folder / "needles" / "tokens.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"set: {self.folder}: unreadable NIAH set: {e}") from None
+        self.kind: niah.Kind = self.meta["kind"]
+        self.tokens_per_frame = int(self.meta["tokens_per_frame"])
+
+    def placement(self, row: dict[str, Any]) -> niah.Placement:
+        return niah.Placement(row["kind"], int(row["length"]), row["depth"], tuple(int(p) for p in row["positions"]))
+
+    def visual(self, row: dict[str, Any]) -> np.ndarray:
+        """The spliced visual tokens of one index row: [num_tokens, D]."""
+        needles = [np.asarray(self.needles[r]) for r in row["needle_rows"]]
+        return niah.splice_tokens(self.haystack, needles, self.placement(row), self.tokens_per_frame)
+
+
+def build_prompts(tokenizer, items: dict[int, dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """(item id, question name) -> prompt ids (one `<image>`), option letters, option token ids, answer."""
+    from model.tokenizer import format_chat
+
+    out = {}
+    for iid, it in items.items():
+        for qname, q in it["questions"].items():
+            ids, _ = format_chat([{"from": "human", "value": "<image>" + q["text"]}], tokenizer,
+                                 add_generation_prompt=True)
+            opts = [list(tokenizer(letter, add_special_tokens=False)["input_ids"]) for letter in q["options"]]
+            out[(iid, qname)] = {"ids": ids, "letters": list(q["options"]), "options": opts, "answer": q["answer"]}
+    return out
+
+
+def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any]], dropout=None,
+               device: str = "cpu") -> list[dict[str, Any]]:
+    """Score index rows with `model.score_options` (any object with that method): one result per question."""
+    import torch
+
+    results = []
+    for row in rows:
+        t0 = time.time()
+        vis_np = niah_set.visual(row)
+        visual = torch.from_numpy(np.asarray(vis_np, dtype=np.float32)).to(device)
+        item = niah_set.items[int(row["item_id"])]
+        for qname in item["questions"]:
+            pr = prompts[(int(row["item_id"]), qname)]
+            scores = model.score_options(pr["ids"], visual, pr["options"], dropout=dropout)
+            scores = [float(x) for x in torch.as_tensor(scores).flatten().tolist()]
+            best = int(np.argmax(scores))
+            pred = pr["letters"][best]
+            results.append({
+                "row": int(row["row"]), "item_id": int(row["item_id"]), "kind": row["kind"],
+                "length": int(row["length"]), "depth": row["depth"], "question": qname,
+                "answer": pr["answer"], "predicted": pred, "correct": pred == pr["answer"],
+                "options": pr["letters"], "scores": scores, "visual_tokens": int(vis_np.shape[0]),
+                "seconds": 0.0,
+            })
+        dt = time.time() - t0
+        for r in results[-len(item["questions"]):]:
+            r["seconds"] = round(dt / len(item["questions"]), 4)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_keys(path: str) -> list[str]:
+    from model.checkpoint import checkpoint_files
+
+    keys: list[str] = []
+    for f in checkpoint_files(path):
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt", device="cpu") as sf:
+                keys += list(sf.keys())
+        else:
+            from model.checkpoint import iter_tensors
+
+            return [k for k, _, _ in iter_tensors(path)]
+    return keys
+
+
+def load_tokenizer_for(spec: str, checkpoint: str):
+    from model.tokenizer import build_test_tokenizer, load_tokenizer
+
+    if spec == "test":
+        return build_test_tokenizer()
+    if spec:
+        try:
+            return load_tokenizer(spec)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"tokenizer: {spec}: {e}") from None
+    p = Path(checkpoint)
+    if p.is_dir() and (p / "tokenizer_config.json").is_file():
+        return load_tokenizer(p)
+    raise ConfigError(f"tokenizer: {checkpoint} holds no tokenizer; give --tokenizer PATH (or 'test' for the tiny model)")
+
+
+def load_model(preset: str, img_size: int, checkpoint: str, tokenizer, device: str = "cpu"):
+    """A VideoLLM of `preset` with the checkpoint's projector + LLM; returns (model, load summary).
+
+    `checkpoint` "random:SEED" gives seeded random weights (demos and tests only).
+    """
+    import torch
+
+    from model.checkpoint import CheckpointError, load_videochat_flash
+    from model.config import get_config
+    from model.llm import VideoLLM
+    from model.tokenizer import image_token_id
+
+    cfg = get_config(preset, img_size=img_size or None)
+    tid = image_token_id(tokenizer)
+    seed = int(checkpoint.split(":", 1)[1] or 0) if checkpoint.startswith("random:") else 0
+    torch.manual_seed(seed)
+    model = VideoLLM(cfg, image_token_id=tid)
+    if tid >= model.llm.config.vocab_size:
+        model.llm.resize_token_embeddings(tid + 1)
+    if checkpoint.startswith("random:"):
+        summary = f"random weights (seed {seed})"
+    else:
+        try:
+            keys = _checkpoint_keys(checkpoint)
+        except CheckpointError as e:
+            raise ConfigError(f"checkpoint: {e}") from None
+        if any(k.startswith(("model.mm_projector.", "model.layers.", "model.embed_tokens.")) for k in keys):
+            try:
+                rep = load_videochat_flash(model, checkpoint)
+            except CheckpointError as e:
+                raise ConfigError(f"checkpoint: {e}") from None
+            if rep.missing:
+                raise ConfigError(f"checkpoint: {checkpoint}: weights missing for preset {preset}: {rep.summary()}")
+            summary = rep.summary()
+        elif any(k.startswith(("llm.", "projector.", "vlm.llm.", "vlm.projector.")) for k in keys):
+            from model.checkpoint import iter_tensors
+
+            sd = {}
+            for k, v, _ in iter_tensors(checkpoint):  # pipelines/train saves `vlm.*` (+ `encoder.*`, not used here)
+                k = k[len("vlm."):] if k.startswith("vlm.") else k
+                if k.startswith(("llm.", "projector.")):
+                    sd[k] = v
+            try:
+                res = model.load_state_dict(sd, strict=False)
+            except RuntimeError as e:  # shape mismatches
+                raise ConfigError(f"checkpoint: {checkpoint}: does not fit preset {preset}: {e}") from None
+            tied = bool(getattr(model.llm.config, "tie_word_embeddings", False))
+            missing = [k for k in res.missing_keys if not (tied and k == "llm.lm_head.weight")]
+            if missing or res.unexpected_keys:
+                raise ConfigError(f"checkpoint: {checkpoint}: missing {missing[:5]}, "
+                                  f"unexpected {res.unexpected_keys[:5]} for preset {preset}")
+            summary = f"{checkpoint}: {len(sd)} tensors loaded (LongVid VideoLLM layout)"
+        else:
+            raise ConfigError(f"checkpoint: {checkpoint}: neither a VideoChat-Flash (model.mm_projector.*, "
+                              f"model.layers.*) nor a LongVid VideoLLM (llm.*, projector.*) checkpoint")
+    model.eval()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        model.to(dev, dtype=torch.bfloat16)
+    else:
+        model.to(dev)
+    return model, summary
+
+
+def write_random_checkpoint(path: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """A VideoChat-Flash-layout safetensors file with seeded random projector + LLM weights (demo, tests)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from model.config import get_config
+    from model.llm import VideoLLM
+
+    torch.manual_seed(seed)
+    m = VideoLLM(get_config(preset))
+    sd = {k: v.contiguous() for k, v in m.llm.state_dict().items()}
+    sd.update({"model.mm_projector." + k: v.contiguous() for k, v in m.projector.state_dict().items()})
+    if m.llm.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(p))
+    return p
+
+
+class NiahScorer:
+    """One Ray actor: the model and the set loaded once, then `score(rows)` per task."""
+
+    def __init__(self, set_dir: str, preset: str, img_size: int, checkpoint: str, tokenizer: str, dropout,
+                 device: str, threads: int = 0):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self.set = NiahSet(set_dir)
+        tok = load_tokenizer_for(tokenizer, checkpoint)
+        self.model, self.load_summary = load_model(preset, img_size, checkpoint, tok, device)
+        self.prompts = build_prompts(tok, self.set.items)
+        self.dropout = dropout
+
+    def info(self) -> str:
+        return self.load_summary
+
+    def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return score_rows(self.model, self.set, self.prompts, rows, self.dropout, self.device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------------------
+
+
+def aggregate(results: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Accuracy per (length, depth) (single hop) or caption / QA / score per length (multi hop)."""
+    out: dict[str, Any] = {}
+    if not results:
+        return {"overall": None}
+    if kind == "single":
+        cells: dict[tuple[int, float], list[bool]] = defaultdict(list)
+        for r in results:
+            cells[(r["length"], r["depth"])].append(bool(r["correct"]))
+        out["by_length_depth"] = [{"length": L, "depth": d, "depth_label": niah.depth_label(d),
+                                   "accuracy": sum(v) / len(v), "n": len(v)} for (L, d), v in sorted(cells.items())]
+        by_len: dict[int, list[bool]] = defaultdict(list)
+        for r in results:
+            by_len[r["length"]].append(bool(r["correct"]))
+        out["by_length"] = [{"length": L, "accuracy": sum(v) / len(v), "n": len(v)} for L, v in sorted(by_len.items())]
+        out["overall"] = sum(bool(r["correct"]) for r in results) / len(results)
+        return out
+    per: dict[int, dict[tuple[int, int], dict[str, bool]]] = defaultdict(dict)
+    for r in results:
+        per[r["length"]].setdefault((r["row"], r["item_id"]), {})[r["question"]] = bool(r["correct"])
+    rows = []
+    for L, pairs in sorted(per.items()):
+        cap = [p.get("caption", False) for p in pairs.values()]
+        qa = [p.get("qa", False) for p in pairs.values()]
+        n = len(pairs)
+        rows.append({"length": L, "caption": sum(cap) / n, "qa": sum(qa) / n, "score": (sum(cap) + sum(qa)) / (2 * n),
+                     "pairs": n, "both_correct": sum(c and q for c, q in zip(cap, qa)),
+                     "only_caption": sum(c and not q for c, q in zip(cap, qa)),
+                     "only_qa": sum(q and not c for c, q in zip(cap, qa)),
+                     "both_wrong": sum(not c and not q for c, q in zip(cap, qa))})
+    out["by_length"] = rows
+    allcap = [r["correct"] for r in results if r["question"] == "caption"]
+    allqa = [r["correct"] for r in results if r["question"] == "qa"]
+    out["caption"] = sum(allcap) / len(allcap) if allcap else None
+    out["qa"] = sum(allqa) / len(allqa) if allqa else None
+    out["overall"] = (sum(allcap) + sum(allqa)) / (len(allcap) + len(allqa))
+    return out
+
+
+_STOPS = ((0.0, (0xF0, 0x49, 0x6E)), (0.5, (0xEB, 0xB8, 0x39)), (1.0, (0x9A, 0xD5, 0xB3)))  # the reference's map
+
+
+def score_color(v: float | None) -> tuple[int, int, int]:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return (200, 200, 200)
+    v = min(1.0, max(0.0, float(v)))
+    for (a, ca), (b, cb) in zip(_STOPS, _STOPS[1:]):
+        if v <= b:
+            t = (v - a) / (b - a)
+            return tuple(int(round(x + (y - x) * t)) for x, y in zip(ca, cb))  # type: ignore[return-value]
+    return _STOPS[-1][1]
+
+
+def _frames_label(x: int) -> str:
+    return f"{x / 1000:.1f}K" if x >= 1000 else str(x)
+
+
+def draw_heatmap(grid: list[list[float | None]], row_labels: list[str], col_labels: list[str], path: str | Path,
+                 title: str, x_title: str = "Num. of frames", y_title: str = "Depth") -> Path:
+    """A PNG heat map (PIL): one cell per (row, column) coloured by its score in [0, 1], value written inside."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def font(size):
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow without FreeType
+            return ImageFont.load_default()
+
+    f_txt, f_small, f_title = font(14), font(12), font(16)
+    cw, ch = 64, 36
+    left, top = 90, 56
+    nr, nc = len(row_labels), len(col_labels)
+    width = max(left + nc * cw + 110, left + int(f_title.getlength(title)) + 20)
+    height = top + nr * ch + 60
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 12), title, fill="black", font=f_title)
+    d.text((8, top - 22), y_title, fill="black", font=f_small)
+    for i, lab in enumerate(row_labels):
+        for j in range(nc):
+            v = grid[i][j]
+            x0, y0 = left + j * cw, top + i * ch
+            d.rectangle([x0, y0, x0 + cw - 2, y0 + ch - 2], fill=score_color(v))
+            txt = "-" if v is None else f"{v:.2f}"
+            d.text((x0 + cw // 2 - 1, y0 + ch // 2 - 1), txt, fill="black", font=f_small, anchor="mm")
+        d.text((left - 8, top + i * ch + ch // 2), lab, fill="black", font=f_txt, anchor="rm")
+    for j, lab in enumerate(col_labels):
+        d.text((left + j * cw + cw // 2, top + nr * ch + 6), lab, fill="black", font=f_small, anchor="mt")
+    d.text((left + nc * cw // 2, top + nr * ch + 30), x_title, fill="black", font=f_txt, anchor="mt")
+    # colour bar
+    bx, by, bh = left + nc * cw + 24, top, max(nr * ch - 2, 60)
+    for y in range(bh):
+        d.line([bx, by + y, bx + 16, by + y], fill=score_color(1 - y / (bh - 1)))
+    for v in (1.0, 0.5, 0.0):
+        yy = by + int((1 - v) * (bh - 1))
+        d.line([bx + 16, yy, bx + 20, yy], fill="black")
+        d.text((bx + 24, yy), f"{v:.1f}", fill="black", font=f_small, anchor="lm")
+    d.text((bx, by + bh + 8), "score", fill="black", font=f_small)
+    p = Path(path)
+    img.save(p)
+    return p
+
+
+def heatmap_grid(agg: dict[str, Any], kind: str) -> tuple[list[list[float | None]], list[str], list[str]]:
+    if kind == "single":
+        cells = agg.get("by_length_depth", [])
+        lengths = sorted({c["length"] for c in cells})
+        depths = sorted({c["depth"] for c in cells})
+        val = {(c["length"], c["depth"]): c["accuracy"] for c in cells}
+        grid = [[val.get((L, dd)) for L in lengths] for dd in depths]
+        return grid, [niah.depth_label(dd) for dd in depths], [_frames_label(L) for L in lengths]
+    rows = agg.get("by_length", [])
+    lengths = [r["length"] for r in rows]
+    grid = [[r[k] for r in rows] for k in ("caption", "qa", "score")]
+    return grid, ["caption", "QA", "score"], [_frames_label(L) for L in lengths]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------------------
+
+RESULT_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("item_id", pa.int64()), ("kind", pa.string()), ("length", pa.int64()),
+    ("depth", pa.float64()), ("question", pa.string()), ("answer", pa.string()), ("predicted", pa.string()),
+    ("correct", pa.bool_()), ("options", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())),
+    ("visual_tokens", pa.int64()), ("seconds", pa.float64()),
+])
+
+
+def _score_on_ray(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows: list[dict], log) -> tuple[list, dict]:
+    import ray
+    from ray.util import ActorPool
+
+    started = False
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        if address:
+            kw["address"] = address
+        elif cfg.num_cpus:
+            kw["num_cpus"] = cfg.num_cpus
+        ray.init(**kw)
+        started = True
+    actors = []
+    try:
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+        if gpus and cfg.device in ("auto", "cuda"):
+            n = cfg.num_actors or gpus
+            opts, device, threads = {"num_gpus": 1, "num_cpus": 1}, "cuda", 0
+        else:
+            n = cfg.num_actors or 1
+            opts, device, threads = {"num_cpus": 1}, "cpu", cfg.threads
+        n = max(1, min(n, len(rows)))
+        actor_cls = ray.remote(**opts)(NiahScorer)
+        actors = [actor_cls.remote(str(Path(cfg.set).resolve()), preset, img_size, cfg.checkpoint, cfg.tokenizer,
+                                   dropout, device, threads) for _ in range(n)]
+        load_summary = ray.get(actors[0].info.remote())
+        chunks = [rows[i : i + cfg.rows_per_task] for i in range(0, len(rows), cfg.rows_per_task)]
+        pool = ActorPool(actors)
+        results: list[dict] = []
+        t0 = time.time()
+        for k, part in enumerate(pool.map_unordered(lambda a, c: a.score.remote(c), chunks)):
+            results += part
+            if not cfg.quiet:
+                el = time.time() - t0
+                log(f"[niah eval] {k + 1}/{len(chunks)} tasks, {len(results)} questions, "
+                    f"{sum(r['correct'] for r in results)} correct, {el:.1f} s")
+        return results, {"actors": n, "device": device, "gpus": gpus, "cpus": cpus, "load": load_summary}
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+
+
+def _score_here(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows: list[dict]) -> tuple[list, dict]:
+    import torch
+
+    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    before = torch.get_num_threads()
+    try:
+        scorer = NiahScorer(str(Path(cfg.set).resolve()), preset, img_size, cfg.checkpoint, cfg.tokenizer, dropout,
+                            device, cfg.threads)
+        return scorer.score(rows), {"actors": 0, "device": device, "load": scorer.info()}
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
+    """Score `cfg.checkpoint` on the set; write results.parquet, summary.json, heatmap.png. Returns the summary."""
+    cfg.validate()
+    t0 = time.time()
+    nset = NiahSet(cfg.set)
+    meta = nset.meta
+    enc = meta["encoder"]
+    preset = cfg.model or enc["preset"]
+    from model.config import get_config
+
+    try:
+        mcfg = get_config(preset, img_size=enc.get("img_size"))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if mcfg.encoder_dim != int(meta["dim"]):
+        raise ConfigError(f"model: preset {preset} takes {mcfg.encoder_dim}-wide encoder tokens but the set "
+                          f"{cfg.set} holds {meta['dim']}-wide tokens (encoder {enc['preset']})")
+    dropout = parse_dropout(cfg.visual_dropout, int(mcfg.llm["num_hidden_layers"]))
+    load_tokenizer_for(cfg.tokenizer, cfg.checkpoint)  # fail here, not inside an actor
+    rows = nset.rows[: cfg.limit] if cfg.limit else nset.rows
+    if not rows:
+        raise ConfigError(f"set: {cfg.set}: index.parquet has no rows")
+    if cfg.use_ray:
+        results, run_info = _score_on_ray(cfg, preset, int(enc.get("img_size") or 0), dropout, rows, log)
+    else:
+        results, run_info = _score_here(cfg, preset, int(enc.get("img_size") or 0), dropout, rows)
+    results.sort(key=lambda r: (r["row"], r["question"]))
+    out = Path(cfg.out or Path(cfg.set) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(results, schema=RESULT_SCHEMA), out / "results.parquet")
+    agg = aggregate(results, nset.kind)
+    grid, rlab, clab = heatmap_grid(agg, nset.kind)
+    name = Path(cfg.checkpoint).name if not cfg.checkpoint.startswith("random:") else cfg.checkpoint
+    title = f"{'Single' if nset.kind == 'single' else 'Multi'}-hop NIAH accuracy: {name} ({preset})"
+    heat = draw_heatmap(grid, rlab, clab, out / "heatmap.png", title,
+                        y_title="Depth" if nset.kind == "single" else "")
+    summary = {
+        "job": "niah-eval",
+        "kind": nset.kind,
+        "set": str(Path(cfg.set).resolve()),
+        "checkpoint": cfg.checkpoint,
+        "model": preset,
+        "visual_dropout": dataclasses.asdict(dropout) if dropout else None,
+        "inputs": len(rows),
+        "questions": len(results),
+        "correct": sum(bool(r["correct"]) for r in results),
+        **agg,
+        "heatmap": str(heat.resolve()),
+        "results": str((out / "results.parquet").resolve()),
+        "run": run_info,
+        "elapsed_s": round(time.time() - t0, 3),
+        "config": dataclasses.asdict(cfg),
+        "versions": versions(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not cfg.quiet:
+        if nset.kind == "single":
+            log(f"[niah eval] single hop: accuracy {summary['overall']:.3f} over {len(results)} questions")
+        else:
+            log(f"[niah eval] multi hop: score {summary['overall']:.3f} (caption {summary['caption']:.3f}, "
+                f"QA {summary['qa']:.3f}) over {len(rows)} inputs")
+        log(f"[niah eval] heat map: {heat.resolve()}; results: {out / 'results.parquet'}")
+    return summary
