@@ -2,7 +2,7 @@
 
     ingest manifests/part-N.parquet ──▶ work items (unit N, shard-N-P.tar)          ◀── resume: committed units skipped
     Ray Data  from_items ─flat_map(read_shard)─▶ samples ─flat_map(decode_sample)─▶ clip rows (4 frames)   CPU tasks
-              ─map_batches(HiCoActor, concurrency=actors, num_gpus=gpus_per_actor, batch_size=batch_clips)─▶
+              ─map_batches(HiCoActor, ActorPoolStrategy(actors), num_gpus=gpus_per_actor, batch_size=batch_clips)─▶
               clip rows with tokens [64, D]                                                 GPU (or CPU) actor pool
     driver    clips -> samples (spilled to a local scratch folder) -> when unit N is complete, UnitWriter commits
               shards/shard-N-P.tar (<key>.json + <key>.tokens.npy), failures/part-N, manifests/part-N (last)
@@ -578,6 +578,11 @@ def _read_pending(uri: str, unit: int) -> _Pending:
     return _Pending(unit, uri, t.num_rows, shards, res)
 
 
+def _footer_rows(uri: str) -> int:
+    with storage.open_read(uri, block_size=256 * 1024) as f:  # the footer only (ranged reads on S3)
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 def _check_out(cfg: EncodeConfig, resolution: int) -> None:
     job_uri = storage.join(cfg.out, "job.json")
     fp = json.loads(json.dumps(cfg.fingerprint(resolution)))
@@ -633,9 +638,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
     committed = {_unit_of(u) for u in storage.list_files(storage.join(cfg.out, MANIFESTS), ".parquet", recursive=False)}
     todo = [_read_pending(uri, u) for u, uri in units.items() if u not in committed]
     skipped = len(units) - len(todo)
-    ingest_rows = sum(p.rows for p in todo) + sum(
-        pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_rows
-        for u, uri in units.items() if u in committed)
+    ingest_rows = sum(p.rows for p in todo) + sum(_footer_rows(uri) for u, uri in units.items() if u in committed)
     resolution = cfg.resolution
     if todo:
         have = set().union(*(p.resolution for p in todo))
@@ -677,6 +680,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         ray.init(**kw)
         started_here = True
     scratch = tempfile.mkdtemp(prefix="longvid-encode-", dir=cfg.scratch_dir or None)
+    asm = None
     try:
         res = ray.cluster_resources()
         cpus, gpus = max(1, int(res.get("CPU", 1))), float(res.get("GPU", 0))
@@ -706,7 +710,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
                 fn_constructor_kwargs=dict(model=cfg.model, resolution=resolution, checkpoint=cfg.checkpoint,
                                            dtype=cfg.dtype, seed=cfg.seed, cache_dir=cfg.cache_dir, s3=s3,
                                            cpu_threads=max(1, int(actor_cpus))),
-                batch_size=cfg.batch_clips, batch_format="numpy", concurrency=n_actors, num_gpus=actor_gpus,
+                batch_size=cfg.batch_clips, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=actor_gpus,
                 num_cpus=actor_cpus)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 asm.feed(batch)
@@ -722,6 +727,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
                    "clips_encoded": asm.totals["clips"],
                    "frames_per_s": round(asm.totals["frames"] / elapsed, 3) if elapsed > 0 else None})
     finally:
+        if asm is not None:
+            asm.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
         if started_here:
             ray.shutdown()
