@@ -175,6 +175,13 @@ class _PyAVDecoder:
                 st = s
         self.stream = st if st is not None else video_stream(c, self.name, "decode")
         st = self.stream
+        try:  # the demuxer skips other streams' packets (audio, subtitles) instead of handing them to us
+            discard_all = type(st.discard).all
+            for other in c.streams:
+                if other.index != st.index:
+                    other.discard = discard_all
+        except (AttributeError, ValueError, TypeError):
+            pass
         if self.threads is None:
             st.thread_type = "AUTO"
         elif self.threads > 1:

@@ -13,7 +13,7 @@ from operators.decode import decode, decode_frames
 from operators.errors import RecordError
 from operators.frames import resize_square
 from operators.probe import probe
-from pipelines.synth_video import _frame, make_video, read_frame_number
+from pipelines.synth_video import _frame, make_audio_only, make_video, read_frame_number
 
 W, H = 192, 144
 
@@ -283,6 +283,10 @@ def test_bad_files_fail_at_decode_open_too(tmp_path, vids):
     with pytest.raises(RecordError) as ei:
         decode_frames(empty, [1], info)
     assert ei.value.reason == "zero-byte file"
+    audio = make_audio_only(tmp_path / "audio.mp4", seconds=1)
+    with pytest.raises(RecordError) as ei:
+        decode_frames(audio, [0], info)
+    assert (ei.value.stage, ei.value.field) == ("decode", "stream") and "audio-only" in ei.value.reason
 
 
 def test_bad_arguments(vids):
