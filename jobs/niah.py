@@ -47,7 +47,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
     p.add_argument("--set", help="a NIAH set folder (niah build --out)")
-    p.add_argument("--checkpoint", help="VideoChat-Flash (LLaVA-style) or LongVid VideoLLM checkpoint file/folder")
+    p.add_argument("--checkpoint", help="VideoChat-Flash (LLaVA-style) checkpoint file/folder, a `longvid train` "
+                                        "stage model.safetensors, or random:SEED (untrained, for demos)")
     p.add_argument("--out", help="results folder (default <set>/eval)")
     p.add_argument("--model", help="model preset (default: the preset that built the set)")
     p.add_argument("--tokenizer", help="tokenizer folder, or 'test' (tiny model); default: the checkpoint folder")
@@ -56,7 +57,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-actors", type=int, help="scoring actors (default: one per GPU, else 1)")
     p.add_argument("--rows-per-task", type=int, help="inputs per actor call (default 4)")
     p.add_argument("--limit", type=int, help="only the first N inputs of the index")
-    p.add_argument("--device", help="auto (default) or cpu")
+    p.add_argument("--device", help="auto (default: GPU actors when the cluster has GPUs), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch threads of a CPU actor (default 1)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")

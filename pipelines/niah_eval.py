@@ -70,6 +70,8 @@ class NiahEvalConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.rows_per_task < 1:
             raise ConfigError(f"rows_per_task: must be >= 1, got {self.rows_per_task}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         parse_dropout(self.visual_dropout)
 
 
@@ -581,3 +583,24 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
                 f"QA {summary['qa']:.3f}) over {len(rows)} inputs")
         log(f"[niah eval] heat map: {heat.resolve()}; results: {out / 'results.parquet'}")
     return summary
+
+
+def run_niah_demo(out: str | Path, haystack: str, checkpoint: str = "random:0", tokenizer: str = "test",
+                  frames: tuple[int, ...] = (16, 32), depths: tuple[float, ...] = (0.0, 0.5, 1.0), items: int = 3,
+                  multi_hop: bool = False, use_ray: bool = True, threads: int = 0, log=print) -> dict[str, Any]:
+    """A tiny NIAH round for `longvid demo`: generated needles (pipelines.niah_build.make_demo_needles), a set
+    built on `haystack` (e.g. a demo ingest folder) with the tiny encoder, scored with `checkpoint` (a tiny
+    `longvid train` stage model, or seeded random weights). Returns {"build", "eval", "heatmap"}."""
+    from pipelines.niah_build import NiahBuildConfig, make_demo_needles, run_niah_build
+
+    root = Path(out)
+    spec, images = make_demo_needles(root / "needles", items=items, multi_hop=multi_hop)
+    build = run_niah_build(NiahBuildConfig(haystack=str(haystack), needles=str(spec), images=str(images),
+                                           out=str(root / "set"), frames=list(frames), depths=list(depths),
+                                           multi_hop=multi_hop, model="tiny", threads=threads, quiet=True), log=log)
+    ev = run_niah_eval(NiahEvalConfig(set=str(root / "set"), checkpoint=checkpoint, tokenizer=tokenizer,
+                                      out=str(root / "eval"), use_ray=use_ray, threads=threads, quiet=True), log=log)
+    log(f"[niah] {build['kind']}-hop set of {build['inputs']} inputs ({build['items']} items x lengths {build['lengths']}"
+        + (f" x depths {build['depths']}" if build["depths"] else "") + f"): accuracy {ev['overall']:.2f} "
+        f"(meaningless for an untrained model); heat map: {ev['heatmap']}")
+    return {"build": build, "eval": ev, "heatmap": ev["heatmap"]}

@@ -416,3 +416,20 @@ def test_cli_build_and_errors(assets, tmp_path, capsys):
                "--out", str(tmp_path / "set3"), "--multi-hop", "--model", "tiny"])
     assert rc == 2 and "field 'images' is missing" in capsys.readouterr().err
     assert main(["niah"]) == 2
+    rc = main(["niah", "eval", "--set", str(tmp_path / "set"), "--checkpoint", "random:0", "--tokenizer", "test",
+               "--no-ray", "--threads", "1", "--quiet"])
+    assert rc == 0 and f"heat map: {tmp_path / 'set' / 'eval' / 'heatmap.png'}" in capsys.readouterr().out
+    assert len(pq.read_table(tmp_path / "set" / "eval" / "results.parquet")) == 2 * 2 * 2
+    rc = main(["niah", "eval", "--set", str(tmp_path / "set"), "--checkpoint", "random:0", "--device", "tpu"])
+    assert rc == 2 and "device: must be auto, cpu or cuda" in capsys.readouterr().err
+
+
+def test_demo_round_on_an_ingest_folder(assets, tmp_path):
+    from pipelines.niah_eval import run_niah_demo
+
+    lines = []
+    res = run_niah_demo(tmp_path / "niah", assets["shards"], frames=(8, 12), items=2, use_ray=False, threads=1,
+                        log=lines.append)
+    assert res["build"]["inputs"] == 2 * 2 * 3 and res["eval"]["questions"] == 12
+    assert Path(res["heatmap"]).is_file() and res["heatmap"] in lines[-1]
+    assert res["build"]["haystack"]["type"] == "shards" and res["build"]["encoder"]["img_size"] == 224
