@@ -361,6 +361,66 @@ def _read_into(f, n: int) -> np.ndarray:
     return buf
 
 
+class MappedTar:
+    """A local shard mapped into memory (copy-on-write): members come out as zero-copy numpy views, so a sample's
+    bytes are never copied on their way to the model (pages are shared with the page cache until written).
+    File-like for the header parsing: read / seek / tell; `take(n)` returns the next n bytes as a uint8 view.
+    The mapping lives as long as any view of it does."""
+
+    def __init__(self, path: str):
+        import mmap
+
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._mm is None:
+            return b""
+        end = self._size if n < 0 else min(self._size, self._pos + n)
+        out = self._mm[self._pos:end]
+        self._pos = end
+        return out
+
+    def take(self, n: int) -> np.ndarray:
+        if self._mm is None or self._pos + n > self._size:
+            raise TarError(f"truncated member: {max(0, self._size - self._pos)} of {n} bytes")
+        arr = np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self._pos)
+        self._pos += n
+        return arr
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        self._pos = off if whence == 0 else (self._pos + off if whence == 1 else self._size + off)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._mm = None  # unmapped when the last view is gone
+
+    def __enter__(self) -> "MappedTar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_shard(uri: str):
+    """Local shards are memory-mapped (zero copy); S3 shards are read through the ranged reader."""
+    if not storage.is_s3(uri):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        try:
+            return MappedTar(path)
+        except FileNotFoundError:
+            raise storage.ObjectNotFound(uri, "open: no such file") from None
+        except OSError as e:
+            raise storage.StorageError(uri, f"open: {e.strerror or e}") from None
+    return storage.open_read(uri)
+
+
 def _pax_path(data: bytes) -> str | None:
     path = None
     i = 0
@@ -423,7 +483,8 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
             take = want(key)
             cur.members = {} if take else {"__skipped__": None}
         if "__skipped__" not in cur.members and (exts is None or ext in exts):
-            cur.members[ext] = _read_into(f, size)
+            take = getattr(f, "take", None)
+            cur.members[ext] = take(size) if take is not None else _read_into(f, size)
             f.seek(padded - size, 1)
         else:
             f.seek(padded, 1)
@@ -481,6 +542,42 @@ def _time_msg(duration: float, n: int, frame_times: list[float] | None, long: bo
     from operators.prompt import time_msg
 
     return time_msg(duration, n, frame_times=frame_times, long=long)
+
+
+class FastTokenizer:
+    """Wraps a transformers fast tokenizer so that `tok(text, add_special_tokens=False)["input_ids"]` (what
+    `model.tokenizer.format_chat` calls for every piece of a chat) goes straight to the Rust tokenizer, with the
+    constant pieces (system turn, role headers) memoised. Everything else is delegated. The fast path is used only
+    when it gives the same ids as the wrapped tokenizer on a probe text; otherwise calls go through unchanged."""
+
+    PROBE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nThe video "
+             "lasts for 37.50 seconds, and 36 frames are uniformly sampled from it. \nWhat happens? é 你好<|im_end|>\n")
+
+    def __init__(self, tok: Any):
+        self._tok = tok
+        self._cache: dict[str, list[int]] = {}
+        rust = getattr(tok, "_tokenizer", None)
+        self._rust = None
+        if rust is not None and hasattr(rust, "encode"):
+            try:
+                if rust.encode(self.PROBE, add_special_tokens=False).ids == list(
+                        tok(self.PROBE, add_special_tokens=False)["input_ids"]):
+                    self._rust = rust
+            except Exception:  # any mismatch in API: stay on the slow, exact path
+                self._rust = None
+
+    def __call__(self, text: Any, add_special_tokens: bool = True, **kw: Any) -> Any:
+        if self._rust is None or add_special_tokens or kw or not isinstance(text, str):
+            return self._tok(text, add_special_tokens=add_special_tokens, **kw)
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._rust.encode(text, add_special_tokens=False).ids
+            if len(text) <= 64 and len(self._cache) < 4096:
+                self._cache[text] = ids
+        return {"input_ids": ids}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
 
 
 @dataclass
@@ -644,8 +741,10 @@ class SourceStream:
         self._open_piece: tuple[int, int] | None = None
 
     def order(self, epoch: int) -> list[int]:
-        rng = np.random.default_rng([*self.seed_key, epoch])
-        return [int(i) for i in rng.permutation(len(self.pieces))]
+        if getattr(self, "_order", (None,))[0] != epoch:
+            rng = np.random.default_rng([*self.seed_key, epoch])
+            self._order = (epoch, [int(i) for i in rng.permutation(len(self.pieces))])
+        return self._order[1]
 
     def close(self) -> None:
         if self._f is not None:
@@ -660,7 +759,7 @@ class SourceStream:
         piece = self.pieces[self.order(c.epoch)[c.piece]]
         if self._open_piece != (c.epoch, c.piece):
             self.close()
-            self._f = storage.open_read(piece.url)
+            self._f = open_shard(piece.url)
             if c.sample < 0 or c.offset <= 0 and c.sample > 0:
                 # walk the headers up to the piece's first sample (no data read)
                 it = iter_groups(self._f, 0, want=lambda k: False)
@@ -802,7 +901,7 @@ class StageLoader:
         tune_malloc()
         self.cfg = cfg
         self.rank, self.world = rank, world
-        self.tokenizer = tokenizer
+        self.tokenizer = FastTokenizer(tokenizer) if not isinstance(tokenizer, FastTokenizer) else tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.opts = DecodeOptions(cfg.kind, cfg.dim, cfg.min_frames, cfg.max_frames, cfg.max_len, cfg.label_mode,
                                   image_token_id if image_token_id is not None else _img(tokenizer))
