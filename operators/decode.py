@@ -293,12 +293,13 @@ class _PyAVDecoder:
         times = tuple(round(self.used_g[pos[i]] / self.fps, 6) for i in indices)
         return DecodeResult(self.dest, used, times, self.stats)
 
-    def _send(self, pkt, skip: bool):
-        want = "NONREF" if skip else "DEFAULT"
+    def _send(self, pkt, skip):
+        """Send one packet (None: drain). skip: True = NONREF, False = DEFAULT, or a skip_frame level name."""
+        want = skip if isinstance(skip, str) else ("NONREF" if skip else "DEFAULT")
         if self._skip_state != want:
             self.cc.skip_frame = want
             self._skip_state = want
-        if skip:
+        if skip is True:
             self.stats.packets_nonref += 1
         self.stats.packets_sent += 1
         if self.track and pkt is not None and pkt.pts is not None:
@@ -318,8 +319,12 @@ class _PyAVDecoder:
             return []
 
     def _prime(self) -> None:
-        """Read the first keyframe packet to learn how index timestamps map to presentation times."""
+        """Read up to the first keyframe packet to learn how index timestamps map to presentation times.
+
+        The packets read are kept and decoded first (no seek back to the start is needed)."""
+        self._pushback = []
         for pkt in self.container.demux(self.stream):
+            self._pushback.append(pkt)
             if pkt.size == 0 and pkt.pts is None:
                 break
             if pkt.pts is not None and pkt.is_keyframe:
@@ -327,6 +332,11 @@ class _PyAVDecoder:
                 break
         if self.kf_g is None and self.kf_ts:
             self.kf_g = [self.g_of(t) for t in self.kf_ts]
+
+    def _packets(self):
+        pushed, self._pushback = self._pushback, []
+        yield from pushed
+        yield from self.container.demux(self.stream)
 
     def _run_exact(self, indices: list[int], mode: str) -> DecodeResult:
         targets = sorted(set(indices))
@@ -353,11 +363,10 @@ class _PyAVDecoder:
             return k if self.kf_g[k] - max(sent_max_g, 0.0) > min_gap else None
 
         pending: int | None = None
+        self._pushback = []
         if can_seek:
             self._prime()
             pending = plan()
-            if pending is None:
-                self._seek_start()
         check_landing = False
         while j < n:
             if pending is not None:
@@ -366,7 +375,7 @@ class _PyAVDecoder:
                 prev = None
                 check_landing = True
             try:
-                for pkt in self.container.demux(self.stream):
+                for pkt in self._packets():
                     if pkt.size == 0 and pkt.pts is None:  # end of stream: drain the decoder
                         frames = self._send(None, False)
                     else:
@@ -468,31 +477,29 @@ class _PyAVDecoder:
 
     # -- seeking
     def _seek(self, k: int) -> None:
+        self._pushback = []
         self.stats.seeks += 1
         # demuxers seek by presentation time (MP4 too, although its index holds DTS)
         self.container.seek(self.kf_ts[k] + self.kf_off, backward=True, any_frame=False, stream=self.stream)
         self.cc.flush_buffers()
 
     def _seek_start(self) -> None:
-        ts = self.stream.start_time if self.stream.start_time is not None else 0
-        if self.kf_ts:
-            ts = min(ts, self.kf_ts[0])
-        self.container.seek(ts, backward=True, any_frame=False, stream=self.stream)
-        self.cc.flush_buffers()
+        """Back to the very start: reopen the file (a seek to the first timestamp is not exact in every format)."""
+        self._pushback = []
+        self.container.close()
+        keep = (self.kf_ts, self.kf_pos, self.kf_g, self.kf_off)
+        self._open()
+        self.kf_ts, self.kf_pos, self.kf_g, self.kf_off = keep
+        self._skip_state = "DEFAULT"
 
     # -- keyframe mode
     def _run_keyframes(self, indices: list[int]) -> DecodeResult:
         targets = sorted(set(indices))
         self._skip_state = "DEFAULT"
         self._first_error = None
-        # learn the index -> pts offset from the first keyframe packet
-        for pkt in self.container.demux(self.stream):
-            if pkt.pts is not None and pkt.is_keyframe:
-                self._learn_offset(pkt)
-                break
-        if self.kf_g is None:
-            self.kf_g = [self.g_of(t) for t in self.kf_ts]
-        kf_g = self.kf_g
+        self._prime()
+        self._pushback = []
+        kf_g = self.kf_g or []
         choice: dict[int, int] = {}
         for t in targets:
             k = bisect.bisect_left(kf_g, t)
@@ -503,30 +510,34 @@ class _PyAVDecoder:
         by_kf: dict[int, list[int]] = {}
         for jj, t in enumerate(targets):
             by_kf.setdefault(choice[t], []).append(jj)
-        self.cc.skip_frame = "NONKEY"
-        self._skip_state = "NONKEY"
-        for k in sorted(set(choice.values())):
+        for k in sorted(by_kf):
             self._seek(k)
-            got = None
-            for pkt in self.container.demux(self.stream):
-                if pkt.size == 0 and pkt.pts is None:
-                    break
-                if not pkt.is_keyframe:
-                    continue
-                frames = list(self.cc.decode(pkt)) + list(self.cc.decode(None))
-                self.stats.packets_sent += 1
-                if frames:
-                    got = frames[0]
-                break
+            got = self._first_picture_from(kf_g[k])
             if got is None:
-                raise RecordError("decode", f"undecodable stream: keyframe {k} gave no picture", "stream", self.name)
-            self.stats.frames_out += 1
-            g = self.g_of(got.pts) if got.pts is not None else kf_g[k]
-            arr = self._convert(got)
+                raise RecordError("decode", f"undecodable stream: no picture after keyframe {k} "
+                                  f"({kf_g[k] / self.fps:.2f}s)", "stream", self.name)
+            fr, g = got
+            arr = self._convert(fr)
             for jj in by_kf[k]:
                 self.used_g[jj] = g
                 self._store(jj, arr)
         return self._end_output(indices, targets)
+
+    def _first_picture_from(self, g0: float, max_packets: int = 1000):
+        """After a seek: the first picture at or after grid position g0 (leading pictures are passed over)."""
+        sent = 0
+        for pkt in self.container.demux(self.stream):
+            eof = pkt.size == 0 and pkt.pts is None
+            frames = self._send(None if eof else pkt, "NONKEY")  # only keyframes are decoded at all
+            for fr in frames:
+                self.stats.frames_out += 1
+                g = self.g_of(fr.pts) if fr.pts is not None else g0
+                if g >= g0 - 0.5:
+                    return fr, g
+            sent += 1
+            if eof or sent >= max_packets:
+                break
+        return None
 
 
 def _find(sorted_list: list[int], value: int) -> int | None:

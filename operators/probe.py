@@ -1,9 +1,9 @@
-"""Cheap facts about a video file, from the container headers only (no frame is decoded).
+"""Cheap facts about a video file, from the container headers (and the first picture, decoded once).
 
 `probe(src)` accepts a local path or a seekable binary file-like object (e.g. the S3 ranged reader of
 operators/storage.py); the file is never read whole. Every bad input raises `RecordError` with stage "locate"
 (missing file) or "probe" and a reason that says what is wrong: zero-byte file, truncated file, not a video,
-audio-only, no decoder for the codec.
+audio-only, no decoder for the codec, no picture decodable.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class VideoInfo:
 
     fps: average frame rate (frames/s). num_frames: the container's frame count when it has one
     (`num_frames_exact=True`), else round(duration * fps). duration: seconds of the video stream.
-    start_time: seconds of the stream's first presentation timestamp (frame i is shown at start_time + i/fps).
+    start_time: presentation time (s) of the first decodable picture, frame 0 (frame i is shown at
+    start_time + i/fps). Finding it decodes one picture, which also proves the stream decodes.
     keyframe_interval_s: median spacing of keyframes from the container index (None when there is no index).
     """
 
@@ -143,12 +144,22 @@ def _rate(stream) -> float | None:
     return None
 
 
+# demuxers whose index covers the whole file (read from the header or the cues); MPEG-TS/PS only index what
+# they have read so far, so they are decoded sequentially instead of by seeking
+_INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "asf", "flv")
+
+
 def keyframe_entries(container, stream) -> list[tuple[int, int]]:
     """(timestamp, byte position) of the keyframe entries of the container index, in stream time_base units.
 
     Timestamps are as the demuxer stores them: DTS in MP4, PTS in Matroska. Matroska reads its cues only on
-    the first seek, so when the index looks empty we seek to the start once (one small read) and look again.
+    the first seek, so there we seek to the start once (one small read) and look again. Formats without a
+    whole-file index give [] (the caller then decodes sequentially).
     """
+    fmt = str(container.format.name or "")
+    if not any(f in fmt for f in _INDEXED_FORMATS):
+        return []
+
     def read() -> list[tuple[int, int]]:
         try:
             return [(int(e.timestamp), int(e.pos)) for e in stream.index_entries if e.is_keyframe]
@@ -156,13 +167,44 @@ def keyframe_entries(container, stream) -> list[tuple[int, int]]:
             return []
 
     out = read()
-    if len(out) <= 1:
+    if len(out) <= 1 and ("matroska" in fmt or "webm" in fmt):
         try:
             container.seek(stream.start_time or 0, backward=True, stream=stream)
         except (av.error.FFmpegError, ValueError, OSError):
             return out
         out = read()
     return out
+
+
+def first_frame_time(container, stream, name: str, stage: str = "probe", max_packets: int = 600) -> float | None:
+    """Presentation time (s) of the first picture the decoder gives, decoding from the start of the file.
+
+    Frame 0 is this picture (as in decord, which counts frames from the first one). Raises RecordError when
+    no picture comes out of the first `max_packets` packets (an undecodable stream). Call before any seek.
+    """
+    tb = stream.time_base
+    cc = stream.codec_context
+    errors, first_err = 0, ""
+    try:
+        n = 0
+        for pkt in container.demux(stream):
+            try:
+                frames = cc.decode(pkt if pkt.size else None)
+            except av.error.EOFError:
+                frames = []
+            except av.error.FFmpegError as e:
+                errors += 1
+                first_err = first_err or str(e)
+                frames = []
+            for fr in frames:
+                return float(fr.pts * tb) if fr.pts is not None and tb is not None else None
+            n += 1
+            if n >= max_packets:
+                break
+    except av.error.FFmpegError as e:  # read error before any picture
+        first_err = first_err or str(e)
+    why = f" ({errors} packets failed to decode: {first_err})" if errors or first_err else ""
+    raise RecordError(stage, f"undecodable stream: no picture could be decoded{why}", "stream", name)
 
 
 def _keyframe_interval(container, stream) -> float | None:
@@ -174,7 +216,7 @@ def _keyframe_interval(container, stream) -> float | None:
     return gaps[len(gaps) // 2] if gaps else None
 
 
-def _scan_end(container, stream, end_guess: float, max_packets: int = 2000) -> float | None:
+def _scan_end(container, stream, end_guess: float, fps: float, max_packets: int = 2000) -> float | None:
     """End time (s) of the last packets, read after one seek near the end; None when that fails.
 
     Used only when the container has no frame count: its duration may include other streams or a start
@@ -188,7 +230,7 @@ def _scan_end(container, stream, end_guess: float, max_packets: int = 2000) -> f
         end = None
         for k, pkt in enumerate(container.demux(stream)):
             if pkt.pts is not None:
-                e = float((pkt.pts + (pkt.duration or 0)) * tb)
+                e = float(pkt.pts * tb) + (float(pkt.duration * tb) if pkt.duration else 1.0 / fps)
                 end = e if end is None else max(end, e)
             if k >= max_packets:
                 break
@@ -217,6 +259,9 @@ def probe(src: Source) -> VideoInfo:
             raise RecordError("probe", "the video stream has no frame rate", "fps", name)
         tb = stream.time_base or Fraction(1, 1)
         start_time = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        t0 = first_frame_time(container, stream, name)  # frame 0 (one keyframe decoded, before any seek)
+        if t0 is not None:
+            start_time = t0
         if stream.duration is not None and stream.duration > 0:
             duration = float(stream.duration * tb)
         elif container.duration is not None and container.duration > 0:
@@ -227,7 +272,7 @@ def probe(src: Source) -> VideoInfo:
         if stream.frames and stream.frames > 0:
             num_frames, exact = int(stream.frames), True
         else:
-            end = _scan_end(container, stream, start_time + duration)
+            end = _scan_end(container, stream, start_time + duration, fps)
             if end is not None and end > start_time:
                 duration = end - start_time
             num_frames, exact = int(round(duration * fps)), False

@@ -194,7 +194,7 @@ def test_keyframe_mode_snaps_and_reports(vids):
     assert used == [0, 150, 150, 300, 0]
     assert stamps(frames) == used
     r = decode(vids["gop5"], [10, 80, 200, 340], info, mode="keyframe")
-    assert r.stats.packets_sent == 3  # only the three keyframes were decoded
+    assert r.stats.frames_out == 3  # only the three keyframes were decoded
     assert r.times == pytest.approx((0.0, 5.0, 5.0, 10.0))
 
 
@@ -255,7 +255,6 @@ def test_empty_indices(vids):
     "kind, idx, field, words",
     [
         ("cut", [5, 280], "stream", "truncated"),
-        ("zeros", [5], "stream", "undecodable"),
         ("gop1", [300], "indices", "past the end"),
         ("gop1", [-1], "indices", "negative"),
     ],
@@ -268,6 +267,17 @@ def test_decode_errors(vids, kind, idx, field, words):
     assert (e.stage, e.field) == ("decode", field)
     assert words in e.reason
     assert str(vids[kind]) in str(e)
+
+
+def test_undecodable_stream(vids):
+    """Container fine, packets garbage: probe already fails (it decodes the first picture); decode too."""
+    with pytest.raises(RecordError) as ei:
+        probe(vids["zeros"])
+    assert (ei.value.stage, ei.value.field) == ("probe", "stream") and "undecodable" in ei.value.reason
+    info = probe(vids["faststart"])  # the same layout, as if the file had been damaged after probing
+    with pytest.raises(RecordError) as ei:
+        decode_frames(vids["zeros"], [5, 100], info)
+    assert (ei.value.stage, ei.value.field) == ("decode", "stream") and "undecodable" in ei.value.reason
 
 
 def test_bad_files_fail_at_decode_open_too(tmp_path, vids):
@@ -295,3 +305,64 @@ def test_bad_arguments(vids):
         decode_frames(vids["gop1"], [1], info, backend="opencv")
     with pytest.raises(ValueError):
         decode_frames(vids["gop1"], [1], info, mode="fast")
+
+
+def _encode_codec(path, codec, n=100, fps=25, opts=None, gop=25, bf=None):
+    with av.open(str(path), "w") as o:
+        s = o.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.gop_size = gop
+        if bf is not None:
+            s.codec_context.max_b_frames = bf
+        if opts:
+            s.options = opts
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(_frame(i, W, H, 2), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, fps)
+            for p in s.encode(f):
+                o.mux(p)
+        for p in s.encode():
+            o.mux(p)
+    return path
+
+
+CODECS = {
+    "vp9.webm": ("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "16", "auto-alt-ref": "1"}, None),
+    "hevc.mp4": ("libx265", {"preset": "ultrafast", "x265-params": "bframes=3:keyint=25:min-keyint=25:scenecut=0:log-level=error"}, None),
+    "mpeg2.ts": ("mpeg2video", None, 2),  # MPEG-TS: no whole-file index -> sequential; start offset 1 frame
+    "mpeg4.avi": ("mpeg4", None, 2),  # AVI with packed B-frames: first picture at pts 1
+}
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_other_codecs_and_containers(tmp_path, name):
+    codec, opts, bf = CODECS[name]
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not in this PyAV build")
+    p = _encode_codec(tmp_path / name, codec, opts=opts, bf=bf)
+    info = probe(p)
+    last = info.num_frames - 1
+    idx = [3, 0, 60, 61, last, 26, 24, 25, 60]
+    for mode in ("auto", "sequential"):
+        assert stamps(decode_frames(p, idx, info, mode=mode)) == idx, mode
+    frames, used = decode_frames(p, [30, 90], info, mode="keyframe")
+    assert stamps(frames) == used
+
+
+def test_misplaced_keyframe_estimate_falls_back(vids, monkeypatch):
+    """If a seek lands after its target (a wrong keyframe time estimate), an earlier keyframe is used."""
+    from operators import decode as dec
+
+    orig = dec._PyAVDecoder._learn_offset
+
+    def skewed(self, pkt):
+        orig(self, pkt)
+        if self.kf_g is not None and not getattr(self, "_skewed", False):
+            self._skewed = True
+            self.kf_g = [g - 150 for g in self.kf_g]  # every keyframe believed one GOP earlier than it is
+
+    monkeypatch.setattr(dec._PyAVDecoder, "_learn_offset", skewed)
+    info = probe(vids["gop5"])
+    r = decode(vids["gop5"], [200, 330, 20], info)
+    assert stamps(r.frames) == [200, 330, 20]
+    assert r.stats.fallbacks >= 1
