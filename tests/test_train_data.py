@@ -361,3 +361,17 @@ def test_duration_mix_draws_by_video_seconds(tmp_path, tok):
     assert 0.6 < secs_long / secs_short < 1.6  # equal weights: about equal video seconds
     cfg2 = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=4, buffer=8, mix="samples", dim=64)
     assert StageLoader(cfg2, 0, 1, tok).probs == pytest.approx([0.5, 0.5])
+
+
+def test_token_shards_on_s3(s3, tok, tmp_path):
+    job = s3.prefix + "tokens/webvid"
+    keys = write_synthetic_token_shards(job, 10, per_shard=4)
+    plan = plan_source("s3", [job + "/shards/*.tar"], sampling="end:8")
+    assert plan.count_from == "index.json" and plan.nsamples == 8
+    assert all(p.url.startswith("s3://") for p in plan.pieces)
+    drop = tmp_path / "drop.txt"
+    drop.write_text(keys[5] + "\n")
+    lo = _loader(plan, tok, batch=2, buffer=4, exclude=read_exclude([str(drop)]))
+    seen = {k for b in _take(lo, 6) for k in b.keys}
+    lo.close()
+    assert seen == set(keys[2:]) - {keys[5]}
