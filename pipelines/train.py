@@ -966,10 +966,9 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     started = False
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        kw: dict[str, Any] = {"include_dashboard": False}
-        if address:
-            kw["address"] = address
-        elif cfg.num_cpus:
+        # no address: always a new local Ray (never silently join a cluster someone started on this machine)
+        kw: dict[str, Any] = {"include_dashboard": False, "address": address or "local"}
+        if not address and cfg.num_cpus:
             kw["num_cpus"] = cfg.num_cpus
         ray.init(**kw)
         started = True
