@@ -1,8 +1,11 @@
 """`longvid demo`: the whole system on a fresh machine, on an embedded Ray, in a few minutes.
 
-Generates a small synthetic corpus (real H.264 videos made locally, metadata in the real formats of all five
-sources, with a few bad inputs), ingests every source into ./longvid-demo/ingest/<source>/, and prints a summary.
-Later stages (encode, train, audit, NIAH) run when their jobs are present in this checkout.
+    synthetic corpus (real H.264 videos, metadata in the real formats of all five sources, a few bad inputs)
+      -> ingest, one job per source          ./longvid-demo/ingest/<source>/
+      -> encode with a tiny HiCo encoder     ./longvid-demo/tokens/<source>/
+      -> audit against a small planted benchmark file   ./longvid-demo/audit/ (report.html, drop_list.txt)
+      -> train the tiny short-to-long recipe on the token shards, honouring the drop list   ./longvid-demo/train/
+      -> build and score a tiny NIAH set      ./longvid-demo/niah/ (heat map)
 """
 from __future__ import annotations
 
@@ -12,21 +15,99 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import pandas as pd
 
 from pipelines.demo_corpus import make_demo_corpus
 from pipelines.ingest import IngestConfig, run_ingest
 
+STAGES = ("ingest", "encode", "audit", "train", "niah")
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["source", "inputs", "samples", "failures", "frames", "video_min", "seconds", "samples/s"]
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines = ["  ".join(f"{c:>10}" for c in cols)]
     for r in rows:
-        lines.append("  ".join(f"{str(r[c]):>10}" for c in cols))
+        lines.append("  ".join(f"{str(r.get(c, '')):>10}" for c in cols))
     return "\n".join(lines)
 
 
-def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "long", log=print) -> dict[str, Any]:
+def _ingest(out: Path, corpus: dict, profile: str, log: Callable) -> dict[str, Any]:
+    rows, summaries = [], {}
+    for source, spec in corpus.items():
+        cfg = IngestConfig(source=source, metadata=list(spec["metadata"]), videos=spec["videos"],
+                           out=str(out / "ingest" / source), profile=profile, records_per_unit=2,
+                           source_options=dict(spec.get("options", {})), quiet=True)
+        s = run_ingest(cfg, log=log)
+        summaries[source] = s
+        rows.append({"source": source, "inputs": s["inputs"], "samples": s["samples"], "failures": s["failures"],
+                     "frames": s["frames"], "video_min": round(s["video_hours"] * 60, 2), "seconds": s["elapsed_s"]})
+    log("\n[demo] ingest, one job per source:\n"
+        + _table(rows, ["source", "inputs", "samples", "failures", "frames", "video_min", "seconds"]))
+    total = {k: sum(r[k] for r in rows) for k in ("inputs", "samples", "failures", "frames")}
+    log(f"[demo] ingest total: {total['samples']} samples + {total['failures']} failures = {total['inputs']} inputs;"
+        f" {total['frames']} frames from {sum(r['video_min'] for r in rows):.1f} min of video")
+    for source, s in summaries.items():
+        if s["failures"]:
+            log(f"[demo]   {source} failures: {json.dumps(s['failures_by_stage'])}  "
+                f"(reasons in {out / 'ingest' / source / 'failures'})")
+    return summaries
+
+
+def _encode(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
+    from pipelines.encode import EncodeConfig, run_encode
+
+    summaries, rows = {}, []
+    for source in sources:
+        s = run_encode(EncodeConfig(shards=str(out / "ingest" / source), out=str(out / "tokens" / source),
+                                    model="tiny", quiet=True), log=log)
+        summaries[source] = s
+        rows.append({"source": source, "samples": s["samples"], "failures": s["failures"], "seconds": s["elapsed_s"]})
+    log("\n[demo] encode (tiny HiCo encoder, random weights; 16 tokens per frame):\n"
+        + _table(rows, ["source", "samples", "failures", "seconds"]))
+    return summaries
+
+
+def _demo_benchmark(out: Path) -> Path:
+    """A Video-MME-format file with two planted leaks: a HowTo100M video id (youtu.be form) and a copied caption."""
+    how = pd.read_parquet(out / "ingest" / "howto100m" / "manifests")
+    mira = pd.read_parquet(out / "ingest" / "miradata" / "manifests")
+    caption = max(mira.text.iloc[0].split("\n"), key=len)
+    d = out / "benchmarks" / "Video-MME" / "videomme"
+    d.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "video_id": ["001", "002", "003"],
+        "duration": ["short"] * 3,
+        "domain": ["Knowledge"] * 3,
+        "sub_category": ["Demo"] * 3,
+        "url": [f"https://youtu.be/{how.video_id.iloc[0]}", "https://www.youtube.com/watch?v=AAAAAAAAAAA",
+                "https://www.youtube.com/watch?v=BBBBBBBBBBB"],
+        "videoID": [how.video_id.iloc[0], "AAAAAAAAAAA", "BBBBBBBBBBB"],
+        "question_id": ["001-1", "002-1", "003-1"],
+        "task_type": ["Demo"] * 3,
+        "question": ["What tool is used first?", f"Which description fits? {caption}",
+                     "How many people appear in the video at the very end of the clip?"],
+        "options": [["A. A wrench.", "B. A spoon."], ["A. Yes.", "B. No."], ["A. One.", "B. Two."]],
+        "answer": ["A", "A", "B"],
+    }).to_parquet(d / "test-00000-of-00001.parquet")
+    return out / "benchmarks"
+
+
+def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
+    from pipelines.audit import audit
+
+    bench = _demo_benchmark(out)
+    res = audit([str(out / "ingest" / s) for s in sources], [str(bench)], out / "audit")
+    by = res.leakage.to_pandas().groupby(["benchmark", "method"]).size().to_dict() if res.leakage.num_rows else {}
+    log(f"\n[demo] audit: {res.rows} samples checked against {bench} (planted leaks): "
+        f"{res.leakage.num_rows} findings {by}, {res.duplicates.num_rows} duplicate pairs, "
+        f"{len(res.drop_keys)} keys in {out / 'audit' / 'drop_list.txt'}; report: {out / 'audit' / 'report.html'}")
+    return {"findings": res.leakage.num_rows, "duplicates": res.duplicates.num_rows, "drop": len(res.drop_keys),
+            "report": str(out / "audit" / "report.html")}
+
+
+def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "long",
+             stages: tuple[str, ...] = STAGES, log=print) -> dict[str, Any]:
     import ray
 
     out = out.resolve()
@@ -40,40 +121,38 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
     if num_cpus:
         kw["num_cpus"] = num_cpus
     ray.init(**kw)
-    rows, summaries = [], {}
+    result: dict[str, Any] = {"out": str(out)}
+    timings: dict[str, float] = {}
     try:
-        for source, spec in corpus.items():
-            cfg = IngestConfig(source=source, metadata=list(spec["metadata"]), videos=spec["videos"],
-                               out=str(out / "ingest" / source), profile=profile, records_per_unit=2,
-                               source_options=dict(spec.get("options", {})), quiet=True)
-            s = run_ingest(cfg, log=log)
-            summaries[source] = s
-            rows.append({"source": source, "inputs": s["inputs"], "samples": s["samples"],
-                         "failures": s["failures"], "frames": s["frames"],
-                         "video_min": round(s["video_hours"] * 60, 2), "seconds": s["elapsed_s"],
-                         "samples/s": s["samples_per_s"]})
+        for stage in stages:
+            t = time.time()
+            if stage == "ingest":
+                result["ingest"] = _ingest(out, corpus, profile, log)
+            elif stage == "encode":
+                result["encode"] = _encode(out, list(corpus), log)
+            elif stage == "audit":
+                result["audit"] = _audit(out, list(corpus), log)
+            timings[stage] = round(time.time() - t, 1)
     finally:
         ray.shutdown()
-    total = {k: sum(r[k] for r in rows) for k in ("inputs", "samples", "failures", "frames")}
-    total_min = sum(r["video_min"] for r in rows)
-    elapsed = time.time() - t0
-    log("\n[demo] ingest, one job per source:\n" + _table(rows))
-    log(f"[demo] total: {total['samples']} samples + {total['failures']} failures = {total['inputs']} inputs; "
-        f"{total['frames']} frames from {total_min:.1f} min of video in {elapsed:.1f} s")
-    for source, s in summaries.items():
-        if s["failures"]:
-            log(f"[demo]   {source} failures: {json.dumps(s['failures_by_stage'])}  "
-                f"(see {out / 'ingest' / source / 'failures'})")
-    log(f"[demo] shards: {out / 'ingest' / '<source>' / 'shards'}; manifests: .../manifests; "
-        f"wids index: .../index.json; summary: .../summary.json")
-    result = {"out": str(out), "ingest": summaries, "elapsed_s": elapsed}
+    result["elapsed_s"] = round(time.time() - t0, 1)
+    result["stage_seconds"] = timings
+    log(f"\n[demo] done in {result['elapsed_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})."
+        f" Everything is under {out}; per-job summary.json files hold the details.")
     (out / "demo-summary.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    res = run_demo(Path(args.out), per_source=args.per_source, num_cpus=args.num_cpus or 0, profile=args.profile)
-    bad = [s for s, v in res["ingest"].items() if v["inputs"] != v["samples"] + v["failures"] or not v["samples"]]
+    stages = tuple(s for s in args.stages.split(",") if s) if args.stages else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"demo: --stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}",
+              file=sys.stderr)
+        return 2
+    res = run_demo(Path(args.out), per_source=args.per_source, num_cpus=args.num_cpus or 0, profile=args.profile,
+                   stages=stages)
+    bad = [s for s, v in res.get("ingest", {}).items() if not v["samples"] or not v.get("complete", True)]
     return 1 if bad else 0
 
 
@@ -82,11 +161,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-source", type=int, default=3, help="videos per source (default 3)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--profile", default="long", help="sampling profile (default long)")
+    p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic corpus in all five formats -> ingest on an embedded Ray",
-                       description=__doc__)
+    p = sub.add_parser("demo", help="synthetic corpus in all five formats -> ingest, encode, audit, train, NIAH",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
 
