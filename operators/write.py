@@ -163,6 +163,16 @@ class UnitWriter:
             rel = uri[len(prefix):] if uri.startswith(prefix) else uri.rsplit("/", 1)[-1]
             if rel.startswith(stem) and f"{SHARDS}/{rel}" not in keep:
                 storage.delete(uri)
+        # ... and, when it was killed mid-unit, its half-written temporary tars (list_files hides them; a glob of
+        # shards/*.tar does not). This attempt's own parts are already renamed: only dead attempts' remain.
+        local = os.path.join(self.out, SHARDS)
+        if not self._remote and os.path.isdir(local):
+            for name in os.listdir(local):
+                if name.startswith(f"{storage.TMP_PREFIX}{stem}"):
+                    try:
+                        os.remove(os.path.join(local, name))
+                    except FileNotFoundError:
+                        pass
 
     def abort(self) -> None:
         self._close_part()
