@@ -518,17 +518,26 @@ def _clean_name(n: str) -> str:
     return n[len("module."):] if n.startswith("module.") else n
 
 
-def _state_dicts(wrapped, optim):
-    """Full (unsharded) model and optimizer state dicts keyed by parameter names, on CPU (rank 0 gets them)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+def _sd_options():
+    """Full (unsharded) state dicts; offloaded to CPU (rank 0 only) when training on GPUs. On CPU no offload:
+    FSDP's offload path crashes there (torch 2.13, gloo) and there is nothing to move anyway."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return get_state_dict(wrapped, optim, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return StateDictOptions(full_state_dict=True, cpu_offload=torch.cuda.is_available())
+
+
+def _state_dicts(wrapped, optim):
+    """Full model and optimizer state dicts keyed by parameter names (a collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(wrapped, optim, options=_sd_options())
 
 
 def _load_optim(wrapped, optim, optim_sd) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    set_optimizer_state_dict(wrapped, optim, optim_sd, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(wrapped, optim, optim_sd, options=_sd_options())
 
 
 def _lr_lambda(total: int, warmup_ratio: float, schedule: str):
@@ -734,7 +743,7 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         final = os.path.join(sdir, "model.safetensors")
         tmp = final + ".tmp"
         if cfg.strategy == "fsdp" and world > 1:
-            save_file({k: v.contiguous() for k, v in _dedupe(msd).items()}, tmp)
+            save_file({k: v.detach().clone().contiguous() for k, v in _dedupe(msd).items()}, tmp)
         else:
             save_model(model, tmp)
         os.replace(tmp, final)
@@ -774,12 +783,12 @@ def _checkpoint(cfg: TrainConfig, si: int, st: StageConfig, step: int, total: in
              "seed": cfg.seed}
     weights = osd = None
     if not done:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        osd = get_optimizer_state_dict(wrapped, optim, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        osd = get_optimizer_state_dict(wrapped, optim, options=_sd_options())
         keep = set(trainable)
         if cfg.strategy == "fsdp" and sess.world > 1:
-            weights = {k: v for k, v in _state_dicts(wrapped, optim)[0].items() if k in keep}
+            weights = {k: v.detach().clone() for k, v in _state_dicts(wrapped, optim)[0].items() if k in keep}
         else:
             weights = {_clean_name(n): p.detach().cpu() for n, p in wrapped.named_parameters()
                        if _clean_name(n) in keep}
