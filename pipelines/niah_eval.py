@@ -15,8 +15,15 @@ Single hop: accuracy per (length, depth), heat map depth x length. Multi hop: pe
 Checkpoints: a VideoChat-Flash (LLaVA-style) safetensors checkpoint (file, folder or shards; projector + LLM, the
 vision tower is not used here: the set holds encoder tokens), a `longvid train` stage model
 (`stages/<stage>/model.safetensors`: `vlm.llm.*`, `vlm.projector.*`, `encoder.*` unused) or a bare
-`VideoLLM.state_dict()` (`llm.*`, `projector.*`) as .safetensors / .pt. The tokenizer is `--tokenizer PATH`, `test` (the built-in test
-tokenizer, for the tiny preset) or, by default, the checkpoint folder when it holds one.
+`VideoLLM.state_dict()` (`llm.*`, `projector.*`) as .safetensors / .pt; `random:SEED` gives seeded untrained
+weights (demos, pipeline tests). The set's tokens come from the encoder that built it (set.json `encoder`): score
+a checkpoint on a set built with that checkpoint's own vision tower. The tokenizer is `--tokenizer PATH`, `test`
+(the built-in test tokenizer, for the tiny preset) or, by default, the checkpoint folder when it holds one.
+
+Scoring differs from the reference script in one way, on purpose: the reference takes the greedy token over the
+whole vocabulary at the answer position and compares its text with the answer letter; here the candidates are only
+the option letters (teacher-forced log-probabilities, argmax), so a model that would answer with another token
+still gets its best option counted. With a model that answers with a letter, both agree.
 """
 from __future__ import annotations
 
@@ -467,10 +474,9 @@ def _score_on_ray(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows
     started = False
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-        if address:
-            kw["address"] = address
-        elif cfg.num_cpus:
+        # no address: a new embedded Ray ("local"), never a cluster some other job left running on this machine
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "address": address or "local"}
+        if not address and cfg.num_cpus:
             kw["num_cpus"] = cfg.num_cpus
         ray.init(**kw)
         started = True
