@@ -42,7 +42,16 @@ from PIL import Image
 
 from operators.errors import RecordError
 from operators.frames import RESIZE_METHODS, resize_one
-from operators.probe import Source, VideoInfo, is_path, keyframe_entries, open_container, source_name, video_stream
+from operators.probe import (
+    Source,
+    VideoInfo,
+    frame_rotation,
+    is_path,
+    keyframe_entries,
+    open_container,
+    source_name,
+    video_stream,
+)
 
 BACKENDS = ("pyav", "decord")
 MODES = ("auto", "sequential", "seek", "keyframe")
@@ -138,7 +147,7 @@ def decode(
                 "indices",
                 name,
             )
-    h, w = (size, size) if size else (info.height, info.width)
+    h, w = (size, size) if size else (info.height, info.width)  # displayed size (after rotation)
     if not idx:
         return DecodeResult(np.empty((0, h, w, 3), np.uint8), (), (), DecodeStats())
     if backend == "decord":
@@ -244,6 +253,9 @@ class _PyAVDecoder:
             rgb = frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, ValueError) as e:
             raise RecordError("decode", f"undecodable frame: {e}", "stream", self.name) from e
+        rot = frame_rotation(frame)
+        if rot:  # upright, as decord and players show it
+            rgb = np.ascontiguousarray(np.rot90(rgb, rot // 90))
         if self.size:
             rgb = resize_one(rgb, self.size, self.resize_method)
         return rgb

@@ -48,6 +48,7 @@ class VideoInfo:
     start_time: presentation time (s) of the first decodable picture, frame 0 (frame i is shown at
     start_time + i/fps). Finding it decodes one picture, which also proves the stream decodes.
     keyframe_interval_s: median spacing of keyframes from the container index (None when there is no index).
+    width, height: as displayed, after the container's rotation (90/270 swap them), like decord's frames.
     """
 
     fps: float
@@ -62,6 +63,7 @@ class VideoInfo:
     keyframe_interval_s: float | None = None
     format_name: str = ""
     stream_index: int = 0
+    rotation: int = 0  # counter-clockwise display rotation applied to decoded frames (width/height are as displayed)
 
 
 def source_name(src: Source) -> str:
@@ -176,8 +178,17 @@ def keyframe_entries(container, stream) -> list[tuple[int, int]]:
     return out
 
 
-def first_frame_time(container, stream, name: str, stage: str = "probe", max_packets: int = 600) -> float | None:
-    """Presentation time (s) of the first picture the decoder gives, decoding from the start of the file.
+def frame_rotation(frame) -> int:
+    """Counter-clockwise display rotation of a decoded frame (0, 90, 180 or 270), from its display matrix."""
+    try:
+        r = float(getattr(frame, "rotation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(round(r / 90.0)) % 4 * 90
+
+
+def first_frame(container, stream, name: str, stage: str = "probe", max_packets: int = 600) -> tuple[float | None, int]:
+    """(presentation time in s, display rotation) of the first picture the decoder gives from the start.
 
     Frame 0 is this picture (as in decord, which counts frames from the first one). Raises RecordError when
     no picture comes out of the first `max_packets` packets (an undecodable stream). Call before any seek.
@@ -197,7 +208,8 @@ def first_frame_time(container, stream, name: str, stage: str = "probe", max_pac
                 first_err = first_err or str(e)
                 frames = []
             for fr in frames:
-                return float(fr.pts * tb) if fr.pts is not None and tb is not None else None
+                t = float(fr.pts * tb) if fr.pts is not None and tb is not None else None
+                return t, frame_rotation(fr)
             n += 1
             if n >= max_packets:
                 break
@@ -259,9 +271,11 @@ def probe(src: Source) -> VideoInfo:
             raise RecordError("probe", "the video stream has no frame rate", "fps", name)
         tb = stream.time_base or Fraction(1, 1)
         start_time = float(stream.start_time * tb) if stream.start_time is not None else 0.0
-        t0 = first_frame_time(container, stream, name)  # frame 0 (one keyframe decoded, before any seek)
+        t0, rotation = first_frame(container, stream, name)  # frame 0 (one picture decoded, before any seek)
         if t0 is not None:
             start_time = t0
+        if rotation in (90, 270):  # frames are returned upright, as decord does: report the displayed size
+            width, height = height, width
         if stream.duration is not None and stream.duration > 0:
             duration = float(stream.duration * tb)
         elif container.duration is not None and container.duration > 0:
@@ -294,6 +308,7 @@ def probe(src: Source) -> VideoInfo:
             keyframe_interval_s=_keyframe_interval(container, stream),
             format_name=str(container.format.name or ""),
             stream_index=int(stream.index),
+            rotation=rotation,
         )
     finally:
         container.close()
