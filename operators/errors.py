@@ -28,3 +28,11 @@ class MetadataError(Exception):
 
 class ConfigError(ValueError):
     """A bad job configuration: the message names the field (and the file when it came from one)."""
+
+
+class TransientError(Exception):
+    """A record could not be read *now* (a storage outage that outlasted the retries).
+
+    It is not the record's fault, so it must not become a failure row: the unit is abandoned uncommitted and
+    retried (by Ray, then by re-running the job).
+    """

@@ -3,7 +3,7 @@
 `IsolatedRunner.run(fn, *args)` calls `fn(*args)` in a long-lived child process. If the child dies (a decoder
 segfault, the kernel's OOM killer, an address-space limit) or does not answer within the timeout (an endless
 stream), the child is killed and replaced, and the call raises RecordError(stage="crash" | "timeout"); the next
-call runs in a fresh child. RecordError raised by `fn` passes through unchanged; any other exception becomes
+call runs in a fresh child. RecordError and TransientError raised by `fn` pass through unchanged; any other exception becomes
 RecordError(stage="decode") naming its type, so an unexpected bug in one file never stops a unit.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import signal
 import traceback
 from typing import Any, Callable
 
-from operators.errors import RecordError
+from operators.errors import RecordError, TransientError
 
 
 def _child_main(conn, memory_limit_mb: int | None) -> None:
@@ -39,6 +39,8 @@ def _child_main(conn, memory_limit_mb: int | None) -> None:
             conn.send(("ok", fn(*args)))
         except RecordError as e:
             conn.send(("record_error", (e.stage, e.reason, e.field, e.file)))
+        except TransientError as e:
+            conn.send(("transient", str(e)))
         except MemoryError:
             conn.send(("record_error", ("crash", "out of memory (address-space limit of the decoder process)", "", "")))
         except Exception as e:  # noqa: BLE001 - any bug on one record must stay on that record
@@ -119,6 +121,8 @@ class IsolatedRunner:
             raise RecordError("crash", f"decoder process died ({_signal_name(code)})", "", what) from None
         if status == "ok":
             return payload
+        if status == "transient":
+            raise TransientError(payload)
         stage, reason, field, file = payload
         raise RecordError(stage, reason, field, file or what)
 

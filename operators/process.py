@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators import storage
-from operators.errors import RecordError
+from operators.errors import RecordError, TransientError
 from operators.frames import dhash64
 from operators.mp4 import encode_mp4
 from operators.probe import probe
@@ -75,8 +75,36 @@ def _sidecar_texts(record: SourceRecord, videos_root: str) -> list[TextSpan]:
     return []
 
 
+def _storage_cause(exc: BaseException) -> storage.StorageError | None:
+    """The StorageError behind an exception (operators wrap I/O errors in RecordError), if any."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 10:
+        if isinstance(e, storage.StorageError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
 def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
-    """Turn one record into a Sample (json info + mp4 bytes). Raises RecordError for bad input."""
+    """Turn one record into a Sample (json info + mp4 bytes).
+
+    Raises RecordError for bad input (a permanent storage error, e.g. access denied, is stage "read"), and
+    TransientError when storage failed for a reason that is not the record's (the unit is then retried).
+    """
+    try:
+        return _process(record, opts)
+    except (RecordError, storage.StorageError) as e:
+        cause = _storage_cause(e)
+        if cause is None or isinstance(cause, storage.ObjectNotFound):
+            raise
+        if cause.transient:
+            raise TransientError(f"{cause.uri}: {cause.reason}") from None
+        raise RecordError("read", f"storage error: {cause.reason}", "uri", cause.uri) from None
+
+
+def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
     profile = opts.profile_obj
     uri = locate(record, opts.videos_root)
     src = _open(uri)

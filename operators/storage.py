@@ -419,7 +419,14 @@ def _head(uri: str) -> dict:
     bucket, key = _split(uri)
     if not key:
         raise StorageError(uri, "S3 URI names a bucket, not an object")
-    return _retry(uri, "head", lambda: _client().head_object(Bucket=bucket, Key=key))
+
+    def head() -> dict:
+        resp = _client().head_object(Bucket=bucket, Key=key)
+        if "ContentLength" not in resp:  # headers cut off by a closed connection: retry, never KeyError
+            raise _IncompleteBody("HEAD answer without Content-Length")
+        return resp
+
+    return _retry(uri, "head", head)
 
 
 def exists(uri: str) -> bool:

@@ -672,10 +672,9 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
     started_here = False
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-        if address:
-            kw["address"] = address
-        elif cfg.num_cpus:
+        # no address: a new embedded Ray ("local"), never a cluster that happens to run on this machine
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "address": address or "local"}
+        if not address and cfg.num_cpus:
             kw["num_cpus"] = cfg.num_cpus
         ray.init(**kw)
         started_here = True

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from operators import storage
-from operators.errors import ConfigError, MetadataError, RecordError
+from operators.errors import ConfigError, MetadataError, RecordError, TransientError
 from operators.isolate import IsolatedRunner
 from operators.process import ProcessOptions, manifest_row, process_record
 from operators.records import Failure, SourceRecord
@@ -221,11 +221,10 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     started_here = False
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": True}
+        # no address: a new embedded Ray ("local"), never a cluster that happens to run on this machine
+        kw: dict[str, Any] = {"address": address or "local", "include_dashboard": False, "log_to_driver": True}
         if address is None and cfg.num_cpus:
             kw["num_cpus"] = cfg.num_cpus
-        if address is None:
-            kw.pop("address")
         ray.init(**kw)
         started_here = True
     try:
@@ -234,17 +233,25 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
         opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
                               decode_mode=cfg.decode_mode, crf=cfg.crf, long_time_msg=cfg.long_time_msg)
-        task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
+        # a killed worker (system failure) or a storage outage (TransientError) re-runs the unit from scratch
+        task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[TransientError])(run_unit)
         shard_bytes = int(cfg.shard_size_mb * 2**20)
         pending: dict[Any, int] = {}
         done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0}
+        uncommitted: list[int] = []
 
         def drain(block_until: int) -> None:
             while len(pending) > block_until:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    pending.pop(ref)
-                    st = ray.get(ref)
+                    unit = pending.pop(ref)
+                    try:
+                        st = ray.get(ref)
+                    except (ray.exceptions.RayError, TransientError) as e:  # retries exhausted: not committed
+                        uncommitted.append(unit)
+                        log(f"[ingest {cfg.source}] unit {unit} NOT committed after retries: "
+                            f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}")
+                        continue
                     done["units"] += 1
                     for k in ("inputs", "samples", "failures", "seconds"):
                         done[k] += st[k]
@@ -274,10 +281,12 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         elapsed = time.time() - t0
         summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
                                    extra={"units_run": done["units"], "units_skipped": done["skipped"],
+                                          "units_uncommitted": sorted(uncommitted),
                                           "inputs_read": min(read[0], cfg.limit) if cfg.limit else read[0]})
         if not summary["complete"]:
-            log(f"[ingest] ERROR: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
-                f"{summary['failures']} failures committed")
+            log(f"[ingest] INCOMPLETE: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
+                f"{summary['failures']} failures committed; units not committed: {sorted(uncommitted)}. "
+                "Re-run the same command: committed units are skipped, the others are retried.")
     finally:
         if started_here:
             ray.shutdown()
