@@ -106,6 +106,14 @@ def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
             "report": str(out / "audit" / "report.html")}
 
 
+def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
+    from pipelines.niah_eval import run_niah_demo
+
+    log("")
+    r = run_niah_demo(out / "niah", haystack=str(out / "ingest" / "ego4d"), checkpoint=checkpoint, log=log)
+    return {"inputs": r["build"]["inputs"], "accuracy": r["eval"]["overall"], "heatmap": r["heatmap"]}
+
+
 def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "long",
              stages: tuple[str, ...] = STAGES, log=print) -> dict[str, Any]:
     import ray
@@ -132,6 +140,9 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
                 result["encode"] = _encode(out, list(corpus), log)
             elif stage == "audit":
                 result["audit"] = _audit(out, list(corpus), log)
+            elif stage == "niah":
+                ckpt = result.get("train", {}).get("checkpoint") or "random:0"
+                result["niah"] = _niah(out, ckpt, log)
             timings[stage] = round(time.time() - t, 1)
     finally:
         ray.shutdown()
