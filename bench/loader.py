@@ -8,7 +8,7 @@ Shards are written by `pipelines.train_data.write_synthetic_token_shards` (encod
 <key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files from the page cache (every file is read
 once before timing):
 - raw: each tar read front to back in 4 MiB `readinto` calls, nothing else;
-- loader: `StageLoader` (one worker, batch 1, shuffle buffer 32), i.e. tar parsing, json, npy header + finiteness
+- loader: `StageLoader` (one worker, batch 1, shuffle buffer: the largest divisor of the sample count <= 32), i.e. tar parsing, json, npy header + finiteness
   check, frame bounds, Qwen2 chat tokenization with labels, length bucketing and collation to torch tensors,
   with and without the background prefetch thread.
 Samples/s of each; the target is loader >= 80% of raw. Results: bench/out/loader.json.
@@ -46,7 +46,9 @@ def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
 
 
 def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int) -> float:
-    cfg = LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=32, mix="samples", dim=dim,
+    # one epoch in whole shuffle blocks, so that the loader reads exactly the bytes the raw pass reads
+    buffer = max(b for b in range(1, 33) if n % b == 0)
+    cfg = LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=buffer, mix="samples", dim=dim,
                        max_frames=max_frames, max_len=1 << 20, prefetch=prefetch)
     loader = StageLoader(cfg, 0, 1, tok)
     it = iter(loader)

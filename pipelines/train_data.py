@@ -534,16 +534,21 @@ def _npy(data: np.ndarray | bytearray) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
 
 
-def non_finite(a: np.ndarray) -> bool:
-    """True when any element is NaN or +-inf. Integer-view max reductions: ~10x faster than np.isfinite."""
+def non_finite(a: np.ndarray, chunk_bytes: int = 1 << 19) -> bool:
+    """True when any element is NaN or +-inf. Integer-view max reductions (~10x faster than np.isfinite), chunk by
+    chunk so that the second reduction of a chunk reads it from cache: memory is read once."""
     if a.dtype == np.float16:
-        i, u, top = a.view(np.int16), a.view(np.uint16), (0x7C00, 0xFC00)
+        i, u, top = a.reshape(-1).view(np.int16), a.reshape(-1).view(np.uint16), (0x7C00, 0xFC00)
     elif a.dtype == np.float32:
-        i, u, top = a.view(np.int32), a.view(np.uint32), (0x7F800000, 0xFF800000)
+        i, u, top = a.reshape(-1).view(np.int32), a.reshape(-1).view(np.uint32), (0x7F800000, 0xFF800000)
     else:
         return not bool(np.isfinite(a).all())
     # positive inf/nan are the largest signed patterns, negative ones the largest unsigned patterns
-    return bool(int(i.max()) >= top[0] or int(u.max()) >= top[1])
+    step = max(1, chunk_bytes // a.itemsize)
+    for s in range(0, i.size, step):
+        if int(i[s:s + step].max()) >= top[0] or int(u[s:s + step].max()) >= top[1]:
+            return True
+    return False
 
 
 def keep_clips(n_clips: int, max_clips: int) -> list[int]:
