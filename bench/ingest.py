@@ -10,9 +10,10 @@ operators.sample.plan_span) it reports the seconds of:
   decord decord.VideoReader(path) + get_batch(indices).asnumpy(): full-resolution frames, no resize
   full   a full sequential PyAV decode of the video (every frame, no RGB conversion)
 Wall time (median of --repeats) and CPU time (the process's user+system, all threads) are both shown: the box is
-shared, CPU time is the steadier of the two. Then the peak RSS of a fresh process decoding 512 frames of the
-1080p video, and video-hours per core-hour of the whole per-record path (operators.process.process_record),
-when it exists.
+shared, CPU time is the steadier of the two. The last rows use a 1-hour 1080p video (the 30 s 1080p video repeated
+120 times by stream copy: real H.264 with 2 s GOPs, built in seconds; no full decode for it). Then the peak RSS of
+fresh processes decoding 512 frames (1080p, and the 1-hour video), and video-hours per core-hour of the whole
+per-record path (operators.process.process_record), when it exists.
 """
 from __future__ import annotations
 
@@ -60,6 +61,34 @@ def videos(args) -> list[tuple[str, Path]]:
             print(f"  generated {p.name} in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
         out.append((name, p))
     return out
+
+
+def concat_hour(src: Path, minutes: float = 60.0) -> Path:
+    """A long video made by repeating `src` (stream copy, timestamps shifted): an hour of 1080p in seconds."""
+    dst = src.with_name(f"{src.stem}_x{minutes:g}min.mp4")
+    if dst.exists():
+        return dst
+    tmp = dst.with_suffix(".tmp.mp4")
+    with av.open(str(src)) as probe_c:
+        st = probe_c.streams.video[0]
+        span = int(st.frames * st.time_base.denominator / (float(st.average_rate) * st.time_base.numerator))
+        reps = max(1, int(round(minutes * 60 / (st.frames / float(st.average_rate)))))
+    with av.open(str(tmp), "w") as out:
+        ost = None
+        for r in range(reps):
+            with av.open(str(src)) as c:
+                ist = c.streams.video[0]
+                if ost is None:
+                    ost = out.add_stream_from_template(ist)
+                for pkt in c.demux(ist):
+                    if pkt.dts is None:
+                        continue
+                    pkt.pts += r * span
+                    pkt.dts += r * span
+                    pkt.stream = ost
+                    out.mux(pkt)
+    tmp.rename(dst)
+    return dst
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -167,10 +196,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", default="auto", help="decoder threads for all three: auto or a number")
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--no-hour", action="store_true", help="skip the 1-hour 1080p video (the 30 s 1080p video "
+                    "repeated by stream copy: decode timings and peak RSS; about 4 minutes)")
     ap.add_argument("--write-md", action="store_true", help="rewrite the '## Decode' section of BENCHMARKS.md")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seconds_720, args.seconds_1080, args.repeats, args.no_rss = 30.0, 0.0, 1, True
+        args.seconds_720, args.seconds_1080, args.repeats, args.no_rss, args.no_hour = 30.0, 0.0, 1, True, True
     threads = None if args.threads == "auto" else int(args.threads)
     cmd = "python bench/ingest.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -186,16 +217,26 @@ def main(argv=None) -> int:
     ]
     print(lines[0])
     print(lines[1])
-    for name, p in vids:
+    table = [(n, p, True) for n, p in vids]
+    if not args.no_hour:
+        src = [p for n, p in vids if n.startswith("1080p") and "gop2s" in n]
+        if src:
+            hour = concat_hour(src[0])
+            table.append((f"1080p_60min_gop2s (the 30 s video x120, stream copy)", hour, False))
+    for name, p, with_full in table:
         info = probe(str(p))
-        fw, fc = timed(lambda: full_decode(p, threads), 1)
+        fw, fc = timed(lambda: full_decode(p, threads), 1) if with_full else (float("nan"), float("nan"))
         for prof in ("short", "long"):
             idx = list(plan_span(info.num_frames, info.fps, PROFILES[prof]).indices)
-            ow, oc = timed(lambda: ours(p, idx, threads), args.repeats)
-            dw, dc = timed(lambda: decord_batch(p, idx, threads), args.repeats)
+            reps = args.repeats if with_full else 1
+            ow, oc = timed(lambda: ours(p, idx, threads), reps)
+            dw, dc = timed(lambda: decord_batch(p, idx, threads), reps)
             _, tc = timed(lambda: ours(p, idx, threads, resize_method="torch"), 1)
-            row = (f"| {name} | {prof} | {len(idx)} | {ow:.2f} | {dw:.2f} | {fw:.2f} | {dw / ow:.1f}x | "
-                   f"{ow / fw:.2f} | {oc:.2f} | {dc:.2f} | {fc:.2f} | {dc / oc:.1f}x | {tc:.2f} |")
+            full_w = f"{fw:.2f}" if with_full else "-"
+            full_c = f"{fc:.2f}" if with_full else "-"
+            ratio_full = f"{ow / fw:.2f}" if with_full else "-"
+            row = (f"| {name} | {prof} | {len(idx)} | {ow:.2f} | {dw:.2f} | {full_w} | {dw / ow:.1f}x | "
+                   f"{ratio_full} | {oc:.2f} | {dc:.2f} | {full_c} | {dc / oc:.1f}x | {tc:.2f} |")
             print(row, flush=True)
             lines.append(row)
     # correctness spot check: our frames equal decord's for the long profile of the first video
@@ -207,6 +248,15 @@ def main(argv=None) -> int:
     check = f"Frames equal decord's ({name0}, 48 long-profile frames): mean |diff| {np.abs(a - b).mean():.3f}, max {np.abs(a - b).max()}"
     print(check)
     extra = [check]
+    if not args.no_hour and len(table) > len(vids):
+        hour = table[-1][1]
+        info_h = probe(str(hour))
+        base, peak, shape = peak_rss(hour, "pyav", threads)
+        s = (f"Peak RSS, 512 frames of the {info_h.duration / 60:.0f}-minute {info_h.width}x{info_h.height} video "
+             f"({hour.stat().st_size / 2**20:.0f} MiB, {info_h.num_frames} frames; pyav, resized to 224): "
+             f"{peak:.0f} MiB (after imports {base:.0f} MiB; output {shape})")
+        print(s)
+        extra.append(s)
     if not args.no_rss:
         big = [p for n, p in vids if n.startswith("1080p")] or [vids[-1][1]]
         for backend in ("pyav", "decord"):
