@@ -21,13 +21,16 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from model.hico import HiCoEncoder
-from model.llm import VideoLLM
 from model.umt import UMT
+
+if TYPE_CHECKING:  # model.llm imports transformers: keep `load_encoder` light for the encode workers
+    from model.llm import VideoLLM
 
 ENCODER_PREFIXES = ("model.vision_tower.vision_tower.encoder.", "encoder.")
 LLAVA_VISION = "model.vision_tower.vision_tower.encoder."
@@ -202,7 +205,7 @@ def load_encoder(model: HiCoEncoder | UMT, path: str | Path, *, strict: bool = F
 
 
 def load_videochat_flash(
-    model: VideoLLM,
+    model: "VideoLLM",
     path: str | Path,
     *,
     encoder: HiCoEncoder | None = None,
