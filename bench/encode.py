@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"threads": args.threads, "torch": torch.__version__, "loadavg_1min": load, "rows": rows}, indent=2)
     )
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average {load:.1f}")
-    print(f"| preset @ size | ViT tok/frame | HiCo tok/frame | preprocess fps | ViT-only fps | HiCo fps | "
-          f"merge ms/clip | shard B/frame | MB per video-hour @1fps | MB per 512-frame sample | dense MB/hour |")
+    print("| preset @ size | ViT tok/frame | HiCo tok/frame | preprocess fps | ViT-only fps | HiCo fps | "
+          "merge ms/clip | shard B/frame | MB per video-hour @1fps | MB per 512-frame sample | dense MB/hour |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} @ {r['img_size']} | {r['vit_tokens_per_frame']} | {r['hico_tokens_per_frame']} | "
