@@ -123,3 +123,33 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from None
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------- CLI glue
+
+
+def add_cluster_arguments(p) -> None:
+    """The flags every Ray job shares: where Ray runs, S3 settings, progress output."""
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--s3-profile", help="AWS profile for S3")
+    p.add_argument("--s3-region", help="AWS region for S3")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+
+
+def config_from_args(cls: type, args: Any) -> Any:
+    """`cls` from `--config FILE` (if given) overridden by the flags the user gave (argparse leaves others None)."""
+    path = getattr(args, "config", None)
+    file_values = read_yaml(path) if path else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    return load_config(cls, file_values, overrides, source=path or "")
+
+
+def module_main(command: str, argv: list[str] | None = None) -> int:
+    """`python -m jobs.<command> ARGS` is `longvid <command> ARGS`."""
+    import sys
+
+    from jobs.cli import main
+
+    return main([command, *(sys.argv[1:] if argv is None else argv)])

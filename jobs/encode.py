@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import ConfigError, load_config, read_yaml
+from jobs.config import add_cluster_arguments, config_from_args, module_main
 from pipelines.encode import DTYPES, EncodeConfig, run_encode
 
 
@@ -39,22 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the random weights when there is no checkpoint (0)")
     p.add_argument("--cache-dir", help="where S3 checkpoints are downloaded on each node")
     p.add_argument("--scratch-dir", help="local folder for samples of units not yet committed")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--s3-profile", help="AWS profile for S3")
-    p.add_argument("--s3-region", help="AWS region for S3")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    add_cluster_arguments(p)
 
-
-def config_from_args(args: argparse.Namespace) -> EncodeConfig:
-    file_values = read_yaml(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
-    return load_config(EncodeConfig, file_values, overrides, source=args.config or "")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(EncodeConfig, args)
     summary = run_encode(cfg)
     # every ingest manifest row of the encoded units is a token sample or a failure row
     return 0 if summary["inputs"] == summary["ingest_rows"] == summary["samples"] + summary["failures"] else 1
@@ -68,15 +58,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as e:
-        print(f"encode: configuration error: {e}", file=sys.stderr)
-        return 2
+    return module_main("encode", argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import ConfigError, load_config, read_yaml
+from jobs.config import add_cluster_arguments, config_from_args, module_main
 from operators.sample import PROFILES
 from pipelines.ingest import IngestConfig, run_ingest
 
@@ -32,22 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-time-msg", action="store_true", default=None,
                    help="use the timestamp message that lists every frame time")
     p.add_argument("--decode-timeout-s", type=float, help="per-video limit before the decoder is killed (600)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--s3-profile", help="AWS profile for S3")
-    p.add_argument("--s3-region", help="AWS region for S3")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    add_cluster_arguments(p)
 
-
-def config_from_args(args: argparse.Namespace) -> IngestConfig:
-    file_values = read_yaml(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
-    return load_config(IngestConfig, file_values, overrides, source=args.config or "")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(IngestConfig, args)
     summary = run_ingest(cfg)
     return 0 if summary["complete"] else 1
 
@@ -60,14 +50,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.ingest")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as e:
-        print(f"ingest: configuration error: {e}", file=sys.stderr)
-        return 2
+    return module_main("ingest", argv)
 
 
 if __name__ == "__main__":

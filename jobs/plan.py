@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import ConfigError, load_config, read_yaml
+from jobs.config import config_from_args, module_main
 from pipelines.plan import GPUS, PlanConfig, run_plan
 
 
@@ -32,14 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write every number to this JSON file")
 
 
-def config_from_args(args: argparse.Namespace) -> PlanConfig:
-    file_values = read_yaml(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
-    return load_config(PlanConfig, file_values, overrides, source=args.config or "")
-
 
 def run(args: argparse.Namespace) -> int:
-    run_plan(config_from_args(args))
+    run_plan(config_from_args(PlanConfig, args))
     return 0
 
 
@@ -51,14 +46,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ConfigError as e:
-        print(f"plan: configuration error: {e}", file=sys.stderr)
-        return 2
+    return module_main("plan", argv)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from operators import storage
 from operators.errors import ConfigError, RecordError
 from operators.mp4 import decode_mp4
 from operators.records import Failure
-from operators.write import MANIFESTS, UnitWriter, manifest_name, sample_members
+from operators.write import MANIFESTS, UnitWriter, sample_members
 from pipelines import outputs
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
