@@ -957,6 +957,8 @@ def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
         dj = os.path.join(_stage_dir(cfg, st), "done.json")
         if os.path.isfile(dj):
             summary["stages"][st.name] = json.loads(Path(dj).read_text())
+    last = summary["stages"].get(cfg.stages[-1].name)
+    summary["checkpoint"] = last["model"] if last else None  # the final weights (vlm.* [+ encoder.*] names)
     Path(os.path.join(cfg.out, "summary.json")).write_text(json.dumps(summary, indent=2))
     if not cfg.quiet:
         for name, s in summary["stages"].items():

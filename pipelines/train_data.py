@@ -663,6 +663,9 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
         n_clips = arr.shape[0]
         nc = info.get("num_clips")
         nf = info.get("num_frames")
+        pad = info.get("padded_frames") if isinstance(info.get("padded_frames"), int) else 0
+        if isinstance(nf, int):
+            nf += pad  # the encoder repeats the last frame up to a whole clip
         if (isinstance(nc, int) and nc != n_clips) or (isinstance(nf, int) and nf != n_clips * CLIP_FRAMES):
             raise SampleError("clip count mismatch", f"tokens hold {n_clips} clips, json says num_clips={nc}, "
                                                      f"num_frames={nf}")
@@ -692,6 +695,9 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
         frames = len(kept) * CLIP_FRAMES
         old = info.get("time_msg")
         times = info.get("frame_times")
+        pad = info.get("padded_frames") if isinstance(info.get("padded_frames"), int) else 0
+        if isinstance(times, list) and times and pad:
+            times = times + [times[-1]] * pad
         if isinstance(old, str) and old and old in str(conv[0].get("value", "")):
             kept_times = None
             if isinstance(times, list) and len(times) == n_clips * CLIP_FRAMES:

@@ -22,11 +22,11 @@ MINI = {
     "stages": [
         {"name": "s1", "input": "tokens", "encoder": "frozen", "train": ["projector"], "max_frames": 4,
          "max_len": 1024, "lr": 1e-3, "steps": 4, "batch_size": 2, "shuffle_buffer": 4, "mix": "samples",
-         "data": [{"shards": ["encode/*/shards/*.tar"]}]},
+         "data": [{"shards": ["tokens/*/shards/*.tar"]}]},
         {"name": "s2", "input": "tokens", "encoder": "frozen", "train": ["projector", "llm"], "max_frames": 16,
          "max_len": 1024, "lr": 1e-3, "steps": 7, "batch_size": 2, "shuffle_buffer": 6,
-         "data": [{"name": "short", "shards": ["encode/webvid/shards/*.tar"]},
-                  {"name": "long", "shards": ["encode/ego4d/shards/*.tar"], "sampling": "first:75%"}]},
+         "data": [{"name": "short", "shards": ["tokens/webvid/shards/*.tar"]},
+                  {"name": "long", "shards": ["tokens/ego4d/shards/*.tar"], "sampling": "first:75%"}]},
     ],
 }
 
@@ -35,9 +35,9 @@ MINI = {
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-data")
     corrupt = {"webvid_v000004_full": "nan", "webvid_v000009_full": "shape", "webvid_v000013_full": "missing_json"}
-    wk = write_synthetic_token_shards(str(root / "encode/webvid"), 18, source="webvid", frames=(4, 16),
+    wk = write_synthetic_token_shards(str(root / "tokens/webvid"), 18, source="webvid", frames=(4, 16),
                                       duration=(4, 12), per_shard=6, corrupt=corrupt)
-    ek = write_synthetic_token_shards(str(root / "encode/ego4d"), 8, source="ego4d", frames=(32, 64),
+    ek = write_synthetic_token_shards(str(root / "tokens/ego4d"), 8, source="ego4d", frames=(32, 64),
                                       duration=(60, 120), per_shard=4, seed=1)
     fk = write_synthetic_frame_shards(str(root / "ingest/webvid"), 6, source="webvid", per_shard=3)
     drop = [wk[1], wk[7], ek[2]]
@@ -100,7 +100,7 @@ def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):
         {"json_path": "annotations/image/not_encoded.json", "sampling_strategy": "all"}]}))
     body = json.loads(json.dumps(MINI))
     body["stages"] = [body["stages"][0]]
-    body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["encode/{name}/shards/*.tar"], "missing": "skip"}]
+    body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["tokens/{name}/shards/*.tar"], "missing": "skip"}]
     body["stages"][0]["mix"] = "concat"
     cfg = parse_recipe(body, {"out": str(tmp_path / "o"), "data_root": str(data["root"])})
     from pipelines.train import plan_stages
@@ -134,7 +134,7 @@ def test_recipe_errors_name_the_stage_and_field(tmp_path, change, match):
 
 def test_run_errors(tmp_path, data):
     body = json.loads(json.dumps(MINI))
-    body["stages"][1]["data"][1]["shards"] = ["encode/absent/shards/*.tar"]
+    body["stages"][1]["data"][1]["shards"] = ["tokens/absent/shards/*.tar"]
     cfg = load_recipe(_recipe(tmp_path, body), out=str(tmp_path / "o"), data_root=str(data["root"]))
     with pytest.raises(ConfigError, match=r"stages\[1\] \(s2\): data\[1\]: long: no shard matches"):
         run_train(cfg)
@@ -183,6 +183,7 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
         assert not seen & data["drop"] and not seen & data["corrupt"]
     summary = json.loads((a / "summary.json").read_text())
     assert set(summary["stages"]) == {"s1", "s2"}
+    assert summary["checkpoint"] == str(a / "stages/s2/model.safetensors")
     skipped = summary["stages"]["s1"]["rank0_skipped"]
     assert skipped.get("excluded") and skipped.get("skipped") == sum(
         skipped.get(r, 0) for r in ("non-finite tokens", "wrong shape", "missing json"))

@@ -219,6 +219,17 @@ def test_decode_frame_bounds_rewrite_time_msg_and_labels(tok):
     assert ", ".join(str(t) for t in kept_times) in tok.decode(s.input_ids)
 
 
+def test_decode_accepts_encoder_padded_frames(tok):
+    info = synthetic_sample_info("s_1_full", "webvid", 6, 6.0, label=1)
+    info["frame_times"] = info["frame_times"][:6]
+    tokens = np.zeros((2, 64, 64), np.float32)  # 6 frames padded to 2 clips by the encoder
+    with pytest.raises(SampleError, match="clip count mismatch"):
+        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3))
+    info["padded_frames"] = 2
+    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_frames=4))
+    assert s.num_frames == 4 and "and 4 frames are uniformly sampled" in tok.decode(s.input_ids)
+
+
 def test_decode_max_len_truncates_or_skips(tok):
     info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
     tokens = np.zeros((2, 64, 64), np.float32)
