@@ -19,6 +19,9 @@ Cost model of the PyAV backend (mode "auto"):
   B-frames;
 - a target frame is converted to RGB and resized right after it comes out of the decoder; other frames are
   never converted, so memory is bounded by the output.
+Frame 0 is the first picture the decoder gives (`probe` finds its time); frames of a video with a rotation in
+its display matrix are returned upright (as decord returns them).
+
 Mode "sequential" never seeks; mode "seek" seeks whenever the target's keyframe is ahead; mode "keyframe"
 snaps each target to its nearest keyframe and decodes only those keyframes (for very sparse sampling) and
 returns the indices it actually used.
@@ -177,12 +180,12 @@ class _PyAVDecoder:
             self.src.seek(0)
         self.container = open_container(self.src, "decode")
         c = self.container
-        streams = c.streams.video
-        st = None
-        for s in streams:
-            if s.index == self.info.stream_index:
-                st = s
-        self.stream = st if st is not None else video_stream(c, self.name, "decode")
+        st = next((s for s in c.streams.video if s.index == self.info.stream_index), None)
+        try:
+            self.stream = st if st is not None else video_stream(c, self.name, "decode")
+        except RecordError:
+            c.close()
+            raise
         st = self.stream
         try:  # the demuxer skips other streams' packets (audio, subtitles) instead of handing them to us
             discard_all = type(st.discard).all
