@@ -106,6 +106,19 @@ def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
             "report": str(out / "audit" / "report.html")}
 
 
+def _train(out: Path, log: Callable) -> dict[str, Any]:
+    from jobs.train import load_recipe
+    from pipelines.train import run_train
+
+    cfg = load_recipe("tiny", data_root=str(out), out=str(out / "train"), num_workers=2)
+    if (out / "audit" / "drop_list.txt").exists():
+        cfg.exclude = ["audit/drop_list.txt"]  # the audit's drop list: those keys never reach a batch
+    log("")
+    s = run_train(cfg, log_fn=log)
+    log(f"[demo] loss plots: {out / 'train' / 'stages' / '<stage>' / 'loss.png'}; metrics: .../metrics.jsonl")
+    return s
+
+
 def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
     from pipelines.niah_eval import run_niah_demo
 
@@ -140,6 +153,8 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
                 result["encode"] = _encode(out, list(corpus), log)
             elif stage == "audit":
                 result["audit"] = _audit(out, list(corpus), log)
+            elif stage == "train":
+                result["train"] = _train(out, log)
             elif stage == "niah":
                 ckpt = result.get("train", {}).get("checkpoint") or "random:0"
                 result["niah"] = _niah(out, ckpt, log)

@@ -46,3 +46,12 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / "ingest" / source / "index.json").exists()
     assert sum(s["failures"] for s in res["ingest"].values()) >= 3  # the planted bad inputs
     assert "samples +" in r.stdout and "failures" in r.stdout
+    # encode, audit, train and NIAH ran on what ingest wrote
+    assert set(res["encode"]) == set(res["ingest"])
+    for source, s in res["encode"].items():
+        assert s["samples"] == res["ingest"][source]["samples"], source
+    assert res["audit"]["findings"] >= 2 and (out / "audit" / "report.html").exists()
+    dropped = set((out / "audit" / "drop_list.txt").read_text().split())
+    assert res["audit"]["drop"] == len([k for k in dropped if not k.startswith("#")]) >= 1
+    assert res["train"]["checkpoint"] and Path(res["train"]["checkpoint"]).exists()
+    assert (Path(res["niah"]["heatmap"])).exists() and res["niah"]["inputs"] > 0
