@@ -394,3 +394,24 @@ def test_rotated_video_is_returned_upright_like_decord(tmp_path, degrees):
     ref = decord.VideoReader(str(p)).get_batch(idx).asnumpy()
     assert ref.shape == ours.shape
     assert np.abs(ref.astype(int) - ours.astype(int)).max() <= 2
+
+
+def test_random_target_sets_property(vids):
+    """Any multiset of targets, in any order, in any mode: the frames asked for, in that order."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+    info = probe(vids["gop5"])
+
+    @hyp.settings(max_examples=25, deadline=None, derandomize=True)
+    @hyp.given(
+        idx=st.lists(st.integers(0, info.num_frames - 1), min_size=1, max_size=12),
+        mode=st.sampled_from(["auto", "sequential", "seek"]),
+        threads=st.sampled_from([None, 1]),
+    )
+    def check(idx, mode, threads):
+        r = decode(vids["gop5"], idx, info, mode=mode, threads=threads, size=64, track=True)
+        assert stamps(r.frames) == idx
+        if mode != "sequential":
+            assert len(r.stats.sent_pts) == len(set(r.stats.sent_pts))  # never a packet twice
+
+    check()
