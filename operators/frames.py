@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# dhash64 is the manifest's `frame_hashes` contract: one definition, in the lower layer, used by ingest and audit.
+from manifests.audit.phash import dhash64  # noqa: F401  (re-exported)
+
 _BICUBIC = Image.Resampling.BICUBIC
 
 
@@ -61,28 +64,6 @@ def resize_square(frame_or_frames: np.ndarray, size: int, method: str = "pil") -
             out[k] = resize_one(a[k], int(size), method)
         return out
     raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] uint8, got shape {a.shape}")
-
-
-def dhash64(frame: np.ndarray) -> int:
-    """64-bit difference hash of an RGB (or grey) uint8 frame.
-
-    The frame is turned to grey (PIL "L": ITU-R 601 luma) and box-averaged to 9 columns x 8 rows. Bit for
-    (row r, column c), c < 8, is 1 when grey[r, c + 1] > grey[r, c] (brightness rises to the right).
-    Bits are packed row-major with (0, 0) as the most significant bit: bit index 63 - (8 * r + c).
-    Equal frames give equal hashes; near-duplicates differ in a few bits (compare with `hamming`).
-    """
-    a = np.asarray(frame)
-    if a.dtype != np.uint8 or a.ndim not in (2, 3):
-        raise ValueError(f"dhash64 needs a uint8 [H, W] or [H, W, 3] frame, got {a.dtype} {a.shape}")
-    img = Image.fromarray(np.ascontiguousarray(a))
-    if img.mode != "L":
-        img = img.convert("L")
-    g = np.asarray(img.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
-    bits = (g[:, 1:] > g[:, :-1]).reshape(-1)
-    h = 0
-    for b in bits:
-        h = (h << 1) | int(b)
-    return h
 
 
 def hamming(a: int, b: int) -> int:

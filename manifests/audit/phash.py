@@ -1,8 +1,8 @@
 """64-bit dHash of frames, and a Hamming-radius index that does not compare all pairs.
 
-`dhash64` is the same function as ingest's (operators/frames.py documents the layout; manifests/ sits below
-operators/ so it carries its own copy, checked equal in tests/test_audit.py): grey (PIL "L"), box-resized to
-9 x 8, bit (r, c) = grey[r, c+1] > grey[r, c], row-major with (0, 0) the most significant bit.
+`dhash64` is the one definition of the manifest's `frame_hashes` (ingest imports it through operators/frames.py):
+grey (PIL "L"), box-resized to 9 x 8, bit (r, c) = grey[r, c+1] > grey[r, c], row-major with (0, 0) the most
+significant bit.
 
 `HashIndex` is multi-index hashing. Cut the 64 bits into `threshold + 1` bands: two hashes within Hamming
 distance `threshold` agree exactly on at least one band (pigeonhole). Cut them into `threshold + 2` bands: they
@@ -21,6 +21,13 @@ from PIL import Image
 
 
 def dhash64(frame: np.ndarray) -> int:
+    """64-bit difference hash of an RGB (or grey) uint8 frame.
+
+    The frame is turned to grey (PIL "L": ITU-R 601 luma) and box-averaged to 9 columns x 8 rows. Bit for
+    (row r, column c), c < 8, is 1 when grey[r, c + 1] > grey[r, c] (brightness rises to the right).
+    Bits are packed row-major with (0, 0) as the most significant bit: bit index 63 - (8 * r + c).
+    Equal frames give equal hashes; near-duplicates differ in a few bits (compare with Hamming distance).
+    """
     a = np.asarray(frame)
     if a.dtype != np.uint8 or a.ndim not in (2, 3):
         raise ValueError(f"dhash64 needs a uint8 [H, W] or [H, W, 3] frame, got {a.dtype} {a.shape}")
