@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import ConfigError, load_config, read_yaml
+from jobs.config import load_config, module_main, read_yaml
 from pipelines.niah_build import NiahBuildConfig, run_niah_build
 from pipelines.niah_eval import NiahEvalConfig, run_niah_eval
 
@@ -111,15 +111,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.niah", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_subcommands(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"niah: configuration error: {e}", file=sys.stderr)
-        return 2
+    return module_main("niah", argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.config import ConfigError, load_config, read_yaml
+from jobs.config import ConfigError, load_config, module_main, read_yaml
 from pipelines.train import DataEntry, StageConfig, TrainConfig, run_train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -113,13 +113,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ConfigError as e:
-        print(f"train: configuration error: {e}", file=sys.stderr)
-        return 2
+    return module_main("train", argv)
 
 
 if __name__ == "__main__":
