@@ -21,8 +21,8 @@ goes wrong; `BAD_KINDS` maps it to the stage that must report it:
     corrupt_middle the bitstream after the first fifth of a good file   decode
                   replaced by random bytes (the container still opens)
 
-`make_fifo_video` adds a named pipe where a video should be: a decoder that opens it blocks until someone writes
-(the stuck-network-mount case), which the tests use for timeouts and for crashing the decoder mid-read.
+`extra_row` / `extra_key` add a row (and give its key) for a video a test places itself, e.g. the leased files of
+tests/test_crash_safety.py that make the decoder hang or crash (tests/faults.py).
 """
 from __future__ import annotations
 
@@ -212,21 +212,12 @@ def make_corpus(root: str | Path, n_videos: int = 60, clips_per_video: int = 3, 
     return corpus
 
 
-def make_fifo_video(videos: Path, download_id: int) -> Path:
-    """A named pipe at a video's place in the MiraData layout (nobody writes to it: readers block in open)."""
-    path = videos / raw_video_path(download_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() or path.is_fifo():
-        path.unlink()
-    os.mkfifo(path)
-    return path
-
-
-def fifo_row(download_id: int, start: float = 0.5, end: float = 1.5, caption: str = "a stalled stream") -> list[str]:
+def extra_row(download_id: int, start: float = 0.5, end: float = 1.5, caption: str = "an extra clip") -> list[str]:
+    """A MiraData v1 CSV row (HEADER order) for the video of `download_id`, for tests that add their own videos."""
     vid = f"{download_id:012d}"
     return [f"{download_id}.0", "youtube", "", vid, "25", f"{end - start:.3f}", repr([hms(start), hms(end)]),
             f"{download_id // 1000:09d}/{vid}.0.mp4", caption]
 
 
-def fifo_key(download_id: int, start: float = 0.5, end: float = 1.5) -> str:
+def extra_key(download_id: int, start: float = 0.5, end: float = 1.5) -> str:
     return sample_key(SOURCE, f"{download_id:012d}", start, end)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.faulty import base_videos, fifo_key, fifo_row, make_corpus
+from pipelines.faulty import base_videos, extra_key, extra_row, make_corpus
 from operators.sources.miradata import raw_video_path
 from tests.faults import LeaseHolder, children, kill_marked, lease_break_time, marked_procs, wait_gone
 
@@ -256,8 +256,8 @@ def test_decoder_segfault_and_hang_cost_one_video_each(tmp_path):
     with open(corpus.metadata, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    body.insert(1, fifo_row(crash_id))  # crash after one good record, hang in the middle: one unit of 8
-    body.insert(4, fifo_row(hang_id))
+    body.insert(1, extra_row(crash_id))  # crash after one good record, hang in the middle: one unit of 8
+    body.insert(4, extra_row(hang_id))
     with open(corpus.metadata, "w", newline="") as f:
         csv.writer(f).writerows([header, *body])
 
@@ -279,8 +279,8 @@ def test_decoder_segfault_and_hang_cost_one_video_each(tmp_path):
     man = pd.read_parquet(out / "manifests")
     fail = pd.read_parquet(out / "failures").set_index("key")
     assert set(man.key) == corpus.good_keys and len(man) == 6
-    assert set(fail.index) == {fifo_key(crash_id), fifo_key(hang_id)}
-    crash_row, hang_row = fail.loc[fifo_key(crash_id)], fail.loc[fifo_key(hang_id)]
+    assert set(fail.index) == {extra_key(crash_id), extra_key(hang_id)}
+    crash_row, hang_row = fail.loc[extra_key(crash_id)], fail.loc[extra_key(hang_id)]
     assert crash_row.stage == "crash" and "SIGSEGV" in crash_row.reason, crash_row.reason
     assert hang_row.stage == "timeout" and "no result after" in hang_row.reason, hang_row.reason
     assert crash_row.file and hang_row.file
