@@ -3,7 +3,8 @@
 `IsolatedRunner.run(fn, *args)` calls `fn(*args)` in a long-lived child process. If the child dies (a decoder
 segfault, the kernel's OOM killer, an address-space limit) or does not answer within the timeout (an endless
 stream), the child is killed and replaced, and the call raises RecordError(stage="crash" | "timeout"); the next
-call runs in a fresh child. RecordError and TransientError raised by `fn` pass through unchanged; any other exception becomes
+call runs in a fresh child. The timeout counts the call only: a fresh child first imports `fn`'s module, within
+`startup_timeout_s`. RecordError and TransientError raised by `fn` pass through unchanged; any other exception becomes
 RecordError(stage="decode") naming its type, so an unexpected bug in one file never stops a unit.
 """
 from __future__ import annotations
@@ -35,6 +36,9 @@ def _child_main(conn, memory_limit_mb: int | None) -> None:
         if msg is None:
             return
         fn, args = msg
+        if args is None:  # warm-up: receiving `fn` imported its module; a call's timeout starts after this answer
+            conn.send(("ok", None))
+            continue
         try:
             conn.send(("ok", fn(*args)))
         except RecordError as e:
@@ -62,8 +66,11 @@ def _signal_name(code: int | None) -> str:
 class IsolatedRunner:
     """A child process that runs one call at a time, with a timeout, replaced after any crash."""
 
-    def __init__(self, timeout_s: float = 600.0, memory_limit_mb: int | None = None, start_method: str = "spawn"):
+    def __init__(self, timeout_s: float = 600.0, memory_limit_mb: int | None = None, start_method: str = "spawn",
+                 startup_timeout_s: float = 300.0):
         self.timeout_s = float(timeout_s)
+        self.startup_timeout_s = max(float(startup_timeout_s), self.timeout_s)
+        self._warm: Any = None  # the function whose module the current child has imported
         self.memory_limit_mb = memory_limit_mb
         self._ctx = mp.get_context(start_method)
         self._proc = None
@@ -76,6 +83,27 @@ class IsolatedRunner:
         self._proc.start()
         child.close()
         self._conn = parent
+        self._warm = None
+
+    def _warm_up(self, fn: Callable[..., Any], what: str) -> None:
+        """Let a fresh child start and import `fn`'s module (seconds on a loaded machine: av, numpy, ...) before
+        a call's timeout starts, so that start-up never turns a good video into a timeout."""
+        assert self._conn is not None and self._proc is not None
+        try:
+            self._conn.send((fn, None))
+            if self._conn.poll(self.startup_timeout_s):
+                self._conn.recv()
+                self._warm = fn
+                return
+        except (BrokenPipeError, EOFError, OSError):
+            pass
+        alive = self._proc.is_alive()
+        code = self._kill()
+        self.restarts += 1
+        if alive:
+            raise RecordError("timeout", f"decoder process did not start within {self.startup_timeout_s:.0f} s; "
+                              "killed", "", what)
+        raise RecordError("crash", f"decoder process died while starting ({_signal_name(code)})", "", what)
 
     def _kill(self) -> int | None:
         code = None
@@ -98,6 +126,8 @@ class IsolatedRunner:
                 self._kill()
                 self.restarts += 1
             self._start()
+        if self._warm is not fn:
+            self._warm_up(fn, what)
         assert self._conn is not None and self._proc is not None
         try:
             self._conn.send((fn, args))
