@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"longvid {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nlongvid {args.command}: interrupted. Committed work is kept; re-run the same command to resume.",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -711,6 +711,14 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
+def file_mode() -> int:
+    """Mode of files we publish: what a plain open() would give (0666 less the umask), not mkstemp's 0600,
+    so trainers and auditors running as other users can read a corpus."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_local(uri: str, fill: Callable[[io.BufferedWriter], None]) -> None:
     path = _local(uri)
     d = os.path.dirname(os.path.abspath(path))
@@ -724,6 +732,7 @@ def _atomic_local(uri: str, fill: Callable[[io.BufferedWriter], None]) -> None:
             fill(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException as e:
         try:

@@ -134,6 +134,7 @@ class UnitWriter:
                 storage.put_file(tmp, uri)
                 os.remove(tmp)
             else:
+                os.chmod(tmp, storage.file_mode())
                 os.replace(tmp, uri)
             finals.append(final)
         self._remove_stale_parts(set(finals))

@@ -180,6 +180,9 @@ def test_manifest_rows_match_shards(ingested):
     assert {s["url"] for s in index["shardlist"]} == set(man.shard)
     assert sum(s["nsamples"] for s in index["shardlist"]) == len(man)
     assert len(index["shardlist"]) >= 2  # the 0.05 MB size target split the shards
+    # published files are readable by other users (trainers, auditors), not mkstemp's 0600
+    for p in [*(out / "shards").glob("*.tar"), *(out / "manifests").glob("*.parquet"), out / "summary.json"]:
+        assert p.stat().st_mode & 0o044 == 0o044, p
 
 
 def test_readable_without_project_code(ingested):
