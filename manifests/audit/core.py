@@ -4,8 +4,8 @@
 
 Outputs in `out_dir`: leakage.parquet (LEAK_SCHEMA), duplicates.parquet (DUP_SCHEMA), drop_list.txt (one key per
 line, `#` comments), summary.json, report.html. Manifests are read one batch at a time (columns needed only);
-memory grows with the number of findings and with the duplicate finder's per-sample identity rows (see
-duplicates.py), not with text or frame volume.
+memory grows with the number of findings, not with the corpus: the duplicate finder spills its per-sample records
+to a temporary directory and works partition by partition within `dup_memory_mb` (see duplicates.py).
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class AuditConfig:
     dup_threshold: int = 2  # Hamming distance for corpus near-duplicates
     dup_frames_per_sample: int = 8  # frames per sample indexed for corpus near-duplicates
     dup_min_frames: int = 2
+    dup_memory_mb: float = 256.0  # working set of one duplicate-finder partition (records spill to the temp dir)
     batch_size: int = 16384
     drop_near_duplicates: bool = False  # also drop video_id_span and frame_hash duplicates (sha256 always)
     report_max_samples: int = 40  # contact sheets in report.html
@@ -74,6 +75,7 @@ class AuditConfig:
         need(self.phash_min_frames >= 1, "phash_min_frames", "must be >= 1")
         need(self.benchmark_fps > 0, "benchmark_fps", "must be > 0")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.dup_memory_mb > 0, "dup_memory_mb", "must be > 0")
 
 
 @dataclass
@@ -221,7 +223,8 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
              texts.describe(), len(frames.index) if frames else "not given")
 
     stats = Stats()
-    dups = DuplicateFinder(cfg.dup_threshold, cfg.dup_frames_per_sample, cfg.dup_min_frames, cfg.phash_min_bits)
+    dups = DuplicateFinder(cfg.dup_threshold, cfg.dup_frames_per_sample, cfg.dup_min_frames, cfg.phash_min_bits,
+                           memory_budget=max(1, int(cfg.dup_memory_mb * 2**20)))
     findings: list[dict] = []
     where: dict[str, tuple[int, str, list[int]]] = {}  # flagged key -> (job index, shard, frame positions)
     n_rows = 0
