@@ -130,7 +130,7 @@ class DuplicateFinder:
         return max(1, min(MAX_PARTS, math.ceil(nbytes / self.memory_budget)))
 
     def _ident_batches(self, columns: list[str]):
-        with pa.memory_map(str(self._dir / "ident.arrow")) as src:
+        with pa.OSFile(str(self._dir / "ident.arrow")) as src:  # read, not mapped: touched pages would stay in RSS
             r = pa.ipc.open_file(src)
             for i in range(r.num_record_batches):
                 b = r.get_batch(i)
@@ -167,6 +167,8 @@ class DuplicateFinder:
                 t = pa.ipc.open_stream(f).read_all()
             os.remove(paths[p])
             yield t.combine_chunks()
+            del t
+            pa.default_memory_pool().release_unused()  # hand freed partition buffers back to the OS
 
     # ------------------------------------------------------------ finish
 
@@ -275,7 +277,7 @@ class DuplicateFinder:
         """(hashes, index positions) per partition of the key value of `bands`."""
         path = self._dir / "hashes.bin"
         n = self.n_hashes
-        chunk = max(4096, self.memory_budget // (4 * _HASH_REC.itemsize))
+        chunk = max(4096, self.memory_budget // 160)
         if nparts == 1:
             rec = np.fromfile(path, _HASH_REC)
             yield rec["h"].copy(), np.arange(n, dtype=np.int64)
@@ -310,7 +312,7 @@ class DuplicateFinder:
         if n < 2:
             return
         layout = _keys_layout(self.threshold, n)
-        nparts = self._nparts(n * 64.0)  # hash + position + key + order + run bookkeeping, per record
+        nparts = self._nparts(n * 160.0)  # measured peak per record: hash, position, key, order, run bookkeeping
         self.partitions["frame_hash"] = nparts
         pa_, pb_ = [], []
         for bands in layout:
