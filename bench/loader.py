@@ -89,11 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     tok = build_test_tokenizer()
     raw_read(files)  # warm the page cache
     loader_pass(plan, n, tok, 0, args.dim, args.frames[1])  # and the tokenizer
-    rows = {"raw": [], "loader": [], "loader+prefetch": []}
+    variants = {
+        "raw": lambda: raw_read(files)[0],
+        "loader": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1]),
+        "loader+prefetch": lambda: loader_pass(plan, n, tok, 2, args.dim, args.frames[1]),
+    }
+    rows: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}  # process CPU time (all threads) per pass
     for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
-        rows["raw"].append(raw_read(files)[0])
-        rows["loader"].append(loader_pass(plan, n, tok, 0, args.dim, args.frames[1]))
-        rows["loader+prefetch"].append(loader_pass(plan, n, tok, 2, args.dim, args.frames[1]))
+        for k, fn in variants.items():
+            c0 = time.process_time()
+            rows[k].append(fn())
+            cpu[k].append(time.process_time() - c0)
     best = {k: min(v) for k, v in rows.items()}
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
     res = {
@@ -108,17 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         # each loader pass against the raw pass right before it (same moment, same load)
         "ratio_paired_median": {k: round(sorted(r / x for r, x in zip(rows["raw"], v))[len(v) // 2], 3)
                                 for k, v in rows.items() if k != "raw"},
+        # CPU seconds (all threads of this process) per sample, median over passes: > wall time = a 2nd core used
+        "cpu_ms_per_sample_median": {k: round(sorted(v)[len(v) // 2] / n * 1e3, 3) for k, v in cpu.items()},
+        "wall_ms_per_sample_median": {k: round(v / n * 1e3, 3) for k, v in med.items()},
+        "passes_s": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / "loader.json").write_text(json.dumps(res, indent=2))
     print(f"{n} samples, {len(files)} shards, {nbytes / 2**20:.0f} MiB ({res['mib_per_sample']} MiB/sample), "
           f"load average {res['load_average']:.1f}")
     print(f"{'variant':>16} {'samples/s best':>15} {'median':>8} {'MiB/s best':>11} {'vs raw best':>12} {'median':>8}"
-          f" {'paired median':>14}")
+          f" {'paired median':>14} {'cpu ms/sample':>14}")
     for k in rows:
         print(f"{k:>16} {res['samples_per_s_best'][k]:>15} {res['samples_per_s_median'][k]:>8} "
               f"{res['mib_per_s_best'][k]:>11} {res['ratio_best'].get(k, 1.0):>12} {res['ratio_median'].get(k, 1.0):>8}"
-              f" {res['ratio_paired_median'].get(k, 1.0):>14}")
+              f" {res['ratio_paired_median'].get(k, 1.0):>14} {res['cpu_ms_per_sample_median'][k]:>14}")
     return 0
 
 

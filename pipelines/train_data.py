@@ -578,20 +578,32 @@ class FastTokenizer:
         self._cache: dict[str, list[int]] = {}
         rust = getattr(tok, "_tokenizer", None)
         self._rust = None
+        self._encode: Callable[[str], list[int]] | None = None
         if rust is not None and hasattr(rust, "encode"):
+            # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~25% less per call
+            fast = getattr(rust, "encode_batch_fast", None)
+            candidates: list[Callable[[str], list[int]]] = []
+            if fast is not None:
+                candidates.append(lambda t: fast([t], add_special_tokens=False)[0].ids)
+            candidates.append(lambda t: rust.encode(t, add_special_tokens=False).ids)
             try:
-                if rust.encode(self.PROBE, add_special_tokens=False).ids == list(
-                        tok(self.PROBE, add_special_tokens=False)["input_ids"]):
-                    self._rust = rust
-            except Exception:  # any mismatch in API: stay on the slow, exact path
-                self._rust = None
+                want = list(tok(self.PROBE, add_special_tokens=False)["input_ids"])
+            except Exception:
+                want = None
+            for enc in candidates:
+                try:
+                    if want is not None and enc(self.PROBE) == want:
+                        self._rust, self._encode = rust, enc
+                        break
+                except Exception:  # any mismatch in API: try the next, else stay on the slow, exact path
+                    continue
 
     def __call__(self, text: Any, add_special_tokens: bool = True, **kw: Any) -> Any:
         if self._rust is None or add_special_tokens or kw or not isinstance(text, str):
             return self._tok(text, add_special_tokens=add_special_tokens, **kw)
         ids = self._cache.get(text)
         if ids is None:
-            ids = self._rust.encode(text, add_special_tokens=False).ids
+            ids = self._encode(text)  # type: ignore[misc]
             if len(text) <= 64 and len(self._cache) < 4096:
                 self._cache[text] = ids
         return {"input_ids": ids}
@@ -630,6 +642,40 @@ class DecodeOptions:
     image_token_id: int = -1
 
 
+try:
+    import orjson as _orjson
+except ImportError:  # optional: the standard parser alone gives the same results, ~7x slower
+    _orjson = None
+
+
+_BIG = float(2**63)  # orjson turns integers outside int64/uint64 into floats; the standard parser keeps ints
+
+
+def _big_float(v: Any) -> bool:
+    return type(v) is float and abs(v) >= _BIG
+
+
+def _load_info(data: Any) -> Any:
+    """json.loads of a sample's json member, exactly. orjson (if installed) first; anything it refuses (NaN/Infinity
+    literals, lone surrogates, UTF-16/32 text, malformed input) and any huge number in a field decode_sample reads
+    as an int or a string (where orjson's float would differ from json's int) go to the standard parser, so the
+    result and the error are json.loads'."""
+    if _orjson is not None:
+        try:
+            info = _orjson.loads(data.data if isinstance(data, np.ndarray) else data)
+        except (ValueError, TypeError):
+            info = None
+        else:
+            if not isinstance(info, dict):
+                return info
+            if not any(_big_float(info.get(k)) for k in ("num_clips", "num_frames", "padded_frames", "source")):
+                conv = info.get("conversations")
+                if not (type(conv) is list and any(type(t) is dict and any(_big_float(v) for v in t.values())
+                                                   for t in conv)):
+                    return info
+    return json.loads(bytes(data))
+
+
 def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
     """Check and prepare one sample's members; raises SampleError(reason) for anything that cannot train."""
     m = g.members
@@ -639,7 +685,7 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
     if payload_ext not in m:
         raise SampleError(f"missing {payload_ext}")
     try:
-        info = json.loads(bytes(m[JSON_EXT]))
+        info = _load_info(m[JSON_EXT])
         if not isinstance(info, dict):
             raise ValueError("not an object")
     except ValueError as e:
