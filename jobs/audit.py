@@ -27,6 +27,7 @@ _FLAGS = {  # flag -> (AuditConfig field, type, help)
     "--benchmark-max-frames": ("benchmark_max_frames", int, "frames hashed per benchmark video at most (2048)"),
     "--dup-threshold": ("dup_threshold", int, "Hamming bits for corpus near-duplicates (2)"),
     "--dup-frames-per-sample": ("dup_frames_per_sample", int, "frames per sample indexed for near-duplicates (8)"),
+    "--dup-memory-mb": ("dup_memory_mb", float, "memory budget of the duplicate finder; the rest spills to TMPDIR (256)"),
     "--batch-size": ("batch_size", int, "manifest rows per batch (16384)"),
     "--report-max-samples": ("report_max_samples", int, "contact sheets in report.html (40)"),
 }
