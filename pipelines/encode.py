@@ -58,6 +58,7 @@ from operators.mp4 import decode_mp4
 from operators.records import Failure
 from operators.write import MANIFESTS, UnitWriter, sample_members
 from pipelines import outputs
+from pipelines.ray_session import ensure_ray
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
 TOKENS_PER_FRAME = 16
@@ -669,15 +670,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         log(f"[encode] WARNING: no --checkpoint: the {cfg.model} encoder has RANDOM weights (seed {cfg.seed}); "
             "the tokens are only good for tests and benchmarks")
     t0 = time.time()
-    started_here = False
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        # no address: a new embedded Ray ("local"), never a cluster that happens to run on this machine
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "address": address or "local"}
-        if not address and cfg.num_cpus:
-            kw["num_cpus"] = cfg.num_cpus
-        ray.init(**kw)
-        started_here = True
+    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus)
     scratch = tempfile.mkdtemp(prefix="longvid-encode-", dir=cfg.scratch_dir or None)
     asm = None
     try:

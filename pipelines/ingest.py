@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -27,6 +26,7 @@ from operators.sample import PROFILES
 from operators.sources import available, get_adapter
 from operators.write import UnitWriter, manifest_name, sample_members
 from pipelines import outputs
+from pipelines.ray_session import ensure_ray
 
 # Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
 # fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.
@@ -218,15 +218,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     items = _check_inputs(cfg)
     _check_out(cfg)
     t0 = time.time()
-    started_here = False
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        # no address: a new embedded Ray ("local"), never a cluster that happens to run on this machine
-        kw: dict[str, Any] = {"address": address or "local", "include_dashboard": False, "log_to_driver": True}
-        if address is None and cfg.num_cpus:
-            kw["num_cpus"] = cfg.num_cpus
-        ray.init(**kw)
-        started_here = True
+    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         max_in_flight = cfg.max_in_flight or 2 * cpus

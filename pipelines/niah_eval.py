@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 from operators import niah
 from operators.errors import ConfigError
 from pipelines.outputs import versions
+from pipelines.ray_session import ensure_ray
 
 
 @dataclass
@@ -471,15 +471,7 @@ def _score_on_ray(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows
     import ray
     from ray.util import ActorPool
 
-    started = False
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        # no address: a new embedded Ray ("local"), never a cluster some other job left running on this machine
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "address": address or "local"}
-        if not address and cfg.num_cpus:
-            kw["num_cpus"] = cfg.num_cpus
-        ray.init(**kw)
-        started = True
+    started = ensure_ray(cfg.ray_address, cfg.num_cpus)
     actors = []
     try:
         res = ray.cluster_resources()

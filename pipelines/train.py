@@ -42,6 +42,7 @@ from typing import Any
 
 from operators import storage
 from operators.errors import ConfigError
+from pipelines.ray_session import ensure_ray
 from pipelines.train_data import (
     DataError,
     LoaderConfig,
@@ -974,15 +975,7 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = False
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        # no address: always a new local Ray (never silently join a cluster someone started on this machine)
-        kw: dict[str, Any] = {"include_dashboard": False, "address": address or "local"}
-        if not address and cfg.num_cpus:
-            kw["num_cpus"] = cfg.num_cpus
-        ray.init(**kw)
-        started = True
+    started = ensure_ray(cfg.ray_address, cfg.num_cpus)
     try:
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
