@@ -32,6 +32,7 @@ class ProcessOptions:
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
     crf: int = 27
     decoder_threads: int | None = 1  # one CPU per Ray task
+    resize: str = "torch"  # torch: antialiased bicubic, within 1/255 of pil on ~0.2% of values, 4-10x faster; pil: exact
     long_time_msg: bool = False  # use the per-frame-times variant of the timestamp message
 
     @property
@@ -116,7 +117,7 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
             raise RecordError("sample", str(e), "span" if record.start is not None else "duration", uri) from None
         mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
         res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
-                     threads=opts.decoder_threads)
+                     threads=opts.decoder_threads, resize_method=opts.resize)
     finally:
         if hasattr(src, "close"):
             src.close()

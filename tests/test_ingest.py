@@ -80,6 +80,22 @@ def test_process_record_frames_follow_the_plan(tmp_path):
     assert any("2.0" in t["value"] for t in s.info["conversations"][1:])
 
 
+def test_process_record_resize_option(tmp_path):
+    """The ingest default resizes with torch's antialiased bicubic; `pil` is the exact UMT preprocessor. Both reach
+    the decoder (a bad name is refused there) and give the same stored frames up to codec noise."""
+    make_video(tmp_path / "v.mp4", seconds=4, fps=30, width=640, height=360)
+    rec = SourceRecord("webvid", "v", ("v.mp4",))
+    assert ProcessOptions(videos_root=str(tmp_path)).resize == "torch"
+    got = {m: decode_mp4(process_record(rec, ProcessOptions(videos_root=str(tmp_path), profile="short", resize=m)).mp4)
+           for m in ("torch", "pil")}
+    assert got["torch"].shape == got["pil"].shape and got["pil"].shape[1:] == (224, 224, 3)
+    assert [read_frame_number(f) for f in got["torch"]] == [read_frame_number(f) for f in got["pil"]]
+    diff = abs(got["torch"].astype(int) - got["pil"].astype(int))
+    assert diff.mean() < 1.0
+    with pytest.raises(ValueError, match="resize method"):
+        process_record(rec, ProcessOptions(videos_root=str(tmp_path), profile="short", resize="nearest"))
+
+
 def test_process_record_bad_inputs(tmp_path):
     meta, root, _ = webvid_corpus(tmp_path)
     opts = ProcessOptions(videos_root=str(root), profile="long")
