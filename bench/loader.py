@@ -27,7 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.tokenizer import build_test_tokenizer  # noqa: E402
-from pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards  # noqa: E402
+from pipelines import train_data  # noqa: E402
+from pipelines.train_data import plan_source, write_synthetic_token_shards  # noqa: E402
+
+
+def load_baseline(path: str):
+    """Another version of pipelines/train_data.py (e.g. `git show HEAD~1:pipelines/train_data.py > old.py`),
+    loaded side by side with the current one, for before/after figures from the same passes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_data_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
@@ -45,12 +58,13 @@ def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
     return time.perf_counter() - t0, total
 
 
-def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int) -> float:
+def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int, module=None) -> float:
     # one epoch in whole shuffle blocks, so that the loader reads exactly the bytes the raw pass reads
     buffer = max(b for b in range(1, 33) if n % b == 0)
-    cfg = LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=buffer, mix="samples", dim=dim,
-                       max_frames=max_frames, max_len=1 << 20, prefetch=prefetch)
-    loader = StageLoader(cfg, 0, 1, tok)
+    mod = module or train_data
+    cfg = mod.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=buffer, mix="samples", dim=dim,
+                           max_frames=max_frames, max_len=1 << 20, prefetch=prefetch)
+    loader = mod.StageLoader(cfg, 0, 1, tok)
     it = iter(loader)
     t0 = time.perf_counter()
     got = 0
@@ -72,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "loader"))
     ap.add_argument("--keep", action="store_true", help="reuse existing shards in --out")
+    ap.add_argument("--baseline", help="another train_data.py to run side by side (variant 'baseline')")
+    ap.add_argument("--variants", default="raw,loader,loader+prefetch",
+                    help="comma-separated, in pass order: raw, loader, loader+prefetch, baseline (needs --baseline)")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -87,13 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted({p.url for p in plan.pieces})
     nbytes = sum(os.path.getsize(f) for f in files)
     tok = build_test_tokenizer()
-    raw_read(files)  # warm the page cache
-    loader_pass(plan, n, tok, 0, args.dim, args.frames[1])  # and the tokenizer
-    variants = {
+    base = load_baseline(args.baseline) if args.baseline else None
+    every = {
         "raw": lambda: raw_read(files)[0],
         "loader": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1]),
         "loader+prefetch": lambda: loader_pass(plan, n, tok, 2, args.dim, args.frames[1]),
+        "baseline": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1], module=base),
     }
+    names = ["raw"] + [v for v in args.variants.split(",") if v and v != "raw"]
+    unknown = [v for v in names if v not in every]
+    if unknown or ("baseline" in names and base is None):
+        ap.error(f"--variants: unknown {unknown} (known: {', '.join(every)}); 'baseline' needs --baseline FILE")
+    variants = {k: every[k] for k in names}
+    raw_read(files)  # warm the page cache
+    for k in names[1:]:  # and the tokenizer, in every loader version
+        variants[k]()
     rows: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}  # process CPU time (all threads) per pass
     for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
@@ -115,11 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         # each loader pass against the raw pass right before it (same moment, same load)
         "ratio_paired_median": {k: round(sorted(r / x for r, x in zip(rows["raw"], v))[len(v) // 2], 3)
                                 for k, v in rows.items() if k != "raw"},
+        # the same on CPU time (less sensitive to other processes taking the core away)
+        "ratio_cpu_paired_median": {k: round(sorted(r / x for r, x in zip(cpu["raw"], v))[len(v) // 2], 3)
+                                    for k, v in cpu.items() if k != "raw"},
         # CPU seconds (all threads of this process) per sample, median over passes: > wall time = a 2nd core used
         "cpu_ms_per_sample_median": {k: round(sorted(v)[len(v) // 2] / n * 1e3, 3) for k, v in cpu.items()},
         "wall_ms_per_sample_median": {k: round(v / n * 1e3, 3) for k, v in med.items()},
         "passes_s": rows,
     }
+    if "baseline" in rows:  # this version against the baseline, pass by pass (same round)
+        res["speedup_vs_baseline_paired_median"] = {
+            k: round(sorted(b / x for b, x in zip(rows["baseline"], v))[len(v) // 2], 3)
+            for k, v in rows.items() if k not in ("raw", "baseline")}
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / "loader.json").write_text(json.dumps(res, indent=2))
     print(f"{n} samples, {len(files)} shards, {nbytes / 2**20:.0f} MiB ({res['mib_per_sample']} MiB/sample), "
@@ -130,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:>16} {res['samples_per_s_best'][k]:>15} {res['samples_per_s_median'][k]:>8} "
               f"{res['mib_per_s_best'][k]:>11} {res['ratio_best'].get(k, 1.0):>12} {res['ratio_median'].get(k, 1.0):>8}"
               f" {res['ratio_paired_median'].get(k, 1.0):>14} {res['cpu_ms_per_sample_median'][k]:>14}")
+    print("paired raw/variant on CPU time:", res["ratio_cpu_paired_median"])
+    if "speedup_vs_baseline_paired_median" in res:
+        print("paired baseline/variant (wall):", res["speedup_vs_baseline_paired_median"])
     return 0
 
 

@@ -441,6 +441,7 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
     extension is not in `exts` (None: all), are skipped by seeking, never read."""
     f.seek(offset)
     pos = offset
+    take_view = getattr(f, "take", None)  # MappedTar: zero-copy views
     cur: Group | None = None
     long_name: str | None = None
     while True:
@@ -450,7 +451,8 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
         if len(hdr) < 512:
             raise TarError(f"truncated header at byte {pos}")
         chk = _octal(hdr[148:156])
-        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+        # the checksum counts its own field as spaces; trailing zero bytes add nothing, so they are not summed
+        if chk != sum(hdr.rstrip(b"\0")) - sum(hdr[148:156]) + 256:
             raise TarError(f"bad header checksum at byte {pos}")
         size = _octal(hdr[124:136])
         kind = hdr[156:157]
@@ -479,12 +481,9 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
                 yield cur
                 if f.tell() != data_at:  # the consumer may have seeked: stay where this header left us
                     f.seek(data_at)
-            cur = Group(key, {}, pos, pos)
-            take = want(key)
-            cur.members = {} if take else {"__skipped__": None}
+            cur = Group(key, {} if want(key) else {"__skipped__": None}, pos, pos)
         if "__skipped__" not in cur.members and (exts is None or ext in exts):
-            take = getattr(f, "take", None)
-            cur.members[ext] = take(size) if take is not None else _read_into(f, size)
+            cur.members[ext] = take_view(size) if take_view is not None else _read_into(f, size)
             f.seek(padded - size, 1)
         else:
             f.seek(padded, 1)
@@ -500,21 +499,33 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), \}")
 
 
+_NPY_PARSED: dict[bytes, tuple[np.dtype, bool, tuple[int, ...]]] = {}  # header text -> (dtype, fortran, shape)
+
+
 def _npy(data: np.ndarray | bytearray) -> np.ndarray:
     """Zero-copy view of a .npy held in a (writable) buffer. The header numpy writes is parsed with a regex
-    (numpy's own reader evaluates it as Python, a noticeable cost per sample); anything else goes to numpy."""
-    head = bytes(data[:min(len(data), 4096)])
-    m = None
-    if head[:8] in (b"\x93NUMPY\x01\x00",) and len(head) >= 10:
-        hlen = int.from_bytes(head[8:10], "little")
-        m = _NPY_HEADER.match(head[10:10 + hlen].decode("latin1"))
-    if m is not None:
-        dtype = np.dtype(m.group(1))
-        fortran = m.group(2) == "True"
-        shape = tuple(int(x) for x in m.group(3).split(",") if x.strip())
+    (numpy's own reader evaluates it as Python, a noticeable cost per sample), once per distinct header text;
+    anything else goes to numpy."""
+    magic = bytes(data[:10])
+    parsed = None
+    hlen = 0
+    if magic[:8] == b"\x93NUMPY\x01\x00" and len(magic) == 10:
+        hlen = int.from_bytes(magic[8:10], "little")
+        if hlen <= 4086:
+            text = bytes(data[10:10 + hlen])
+            parsed = _NPY_PARSED.get(text)
+            if parsed is None:
+                m = _NPY_HEADER.match(text.decode("latin1"))
+                if m is not None:
+                    parsed = (np.dtype(m.group(1)), m.group(2) == "True",
+                              tuple(int(x) for x in m.group(3).split(",") if x.strip()))
+                    if len(_NPY_PARSED) < 4096:
+                        _NPY_PARSED[text] = parsed
+    if parsed is not None:
+        dtype, fortran, shape = parsed
         start = 10 + hlen
     else:
-        bio = io.BytesIO(head)
+        bio = io.BytesIO(bytes(data[:min(len(data), 4096)]))
         try:
             major, _ = np.lib.format.read_magic(bio)
             if major == 1:
@@ -526,7 +537,7 @@ def _npy(data: np.ndarray | bytearray) -> np.ndarray:
         start = bio.tell()
     if fortran or dtype.hasobject:
         raise SampleError("bad npy", "fortran order or object dtype")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if len(data) - start < count * dtype.itemsize:
         raise SampleError("bad npy", f"{len(data) - start} data bytes for shape {shape} {dtype}")
     if isinstance(data, np.ndarray):
@@ -576,6 +587,7 @@ class FastTokenizer:
     def __init__(self, tok: Any):
         self._tok = tok
         self._cache: dict[str, list[int]] = {}
+        self._ids: dict[str, int] = {}
         rust = getattr(tok, "_tokenizer", None)
         self._rust = None
         self._encode: Callable[[str], list[int]] | None = None
@@ -607,6 +619,19 @@ class FastTokenizer:
             if len(text) <= 64 and len(self._cache) < 4096:
                 self._cache[text] = ids
         return {"input_ids": ids}
+
+    def convert_tokens_to_ids(self, tokens: Any) -> Any:
+        """The wrapped tokenizer's lookup, memoised for single tokens it knows (format_chat asks for the image
+        token's id on every sample). Tokens it does not know are never memoised, so tokens added later still
+        resolve; known tokens keep their ids."""
+        if isinstance(tokens, str):
+            tid = self._ids.get(tokens)
+            if tid is None:
+                tid = self._tok.convert_tokens_to_ids(tokens)
+                if tid is not None and tid != self._tok.unk_token_id and len(self._ids) < 1024:
+                    self._ids[tokens] = tid
+            return tid
+        return self._tok.convert_tokens_to_ids(tokens)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tok, name)
@@ -640,6 +665,7 @@ class DecodeOptions:
     max_len: int = 32768
     label_mode: str = "assistant"
     image_token_id: int = -1
+    check_finite: bool = True  # False: the NaN/inf scan is left to the consumer (see LoaderConfig.check_finite)
 
 
 try:
@@ -715,7 +741,7 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
         if (isinstance(nc, int) and nc != n_clips) or (isinstance(nf, int) and nf != n_clips * CLIP_FRAMES):
             raise SampleError("clip count mismatch", f"tokens hold {n_clips} clips, json says num_clips={nc}, "
                                                      f"num_frames={nf}")
-        if non_finite(arr):
+        if opts.check_finite and non_finite(arr):
             raise SampleError("non-finite tokens")
     else:
         from operators.errors import RecordError
@@ -731,8 +757,9 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
 
     frames = n_clips * CLIP_FRAMES
     max_clips = max(1, opts.max_frames // CLIP_FRAMES)
-    kept = keep_clips(n_clips, max_clips)
-    if len(kept) < n_clips:
+    n_kept = min(n_clips, max_clips)
+    if n_kept < n_clips:
+        kept = keep_clips(n_clips, max_clips)
         if opts.kind == "tokens":
             arr = arr[kept]
         else:
@@ -753,30 +780,40 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
             conv = [dict(t) for t in conv]
             conv[0]["value"] = str(conv[0]["value"]).replace(old, new, 1)
     visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" else arr
-    n_visual = len(kept) * TOKENS_PER_CLIP
-
-    from model.tokenizer import format_chat
+    n_visual = n_kept * TOKENS_PER_CLIP
 
     try:
-        ids, labels = format_chat(conv, tokenizer, label_mode=opts.label_mode)
+        ids, labels = _format_chat()(conv, tokenizer, label_mode=opts.label_mode)
     except ValueError as e:
         raise SampleError("bad conversations", str(e)) from None
-    ids_a = np.asarray(ids, dtype=np.int64)
-    lab_a = np.asarray(labels, dtype=np.int64)
-    where = np.nonzero(ids_a == opts.image_token_id)[0]
-    if where.size != 1:
-        raise SampleError("image placeholder", f"{where.size} image tokens after tokenization")
-    length = ids_a.shape[0] - 1 + n_visual
+    # the checks on the token lists (C-speed list methods), then one array each
+    n_img = ids.count(opts.image_token_id)
+    if n_img != 1:
+        raise SampleError("image placeholder", f"{n_img} image tokens after tokenization")
+    length = len(ids) - 1 + n_visual
     if length > opts.max_len:
         cut = opts.max_len - (n_visual - 1)
-        if cut <= int(where[0]) + 1:
+        if cut <= ids.index(opts.image_token_id) + 1:
             raise SampleError("too long", f"{n_visual} visual tokens alone exceed max_len {opts.max_len}")
-        ids_a, lab_a = ids_a[:cut], lab_a[:cut]
-        if not (lab_a != IGNORE_INDEX).any():
+        ids, labels = ids[:cut], labels[:cut]
+        if labels.count(IGNORE_INDEX) == len(labels):
             raise SampleError("too long", f"no answer token left within max_len {opts.max_len}")
-    if not (lab_a != IGNORE_INDEX).any():
+    if labels.count(IGNORE_INDEX) == len(labels):
         raise SampleError("no answer", "no assistant turn to train on")
-    return TrainSample(g.key, str(info.get("source", "")), ids_a, lab_a, visual, n_visual, frames, duration)
+    return TrainSample(g.key, str(info.get("source", "")), np.array(ids, dtype=np.int64),
+                       np.array(labels, dtype=np.int64), visual, n_visual, frames, duration)
+
+
+_FORMAT_CHAT: list[Callable[..., Any]] = []
+
+
+def _format_chat() -> Callable[..., Any]:
+    """model.tokenizer.format_chat, imported on first use (the model layer is not loaded with this module)."""
+    if not _FORMAT_CHAT:
+        from model.tokenizer import format_chat
+
+        _FORMAT_CHAT.append(format_chat)
+    return _FORMAT_CHAT[0]
 
 
 # ======================================================================================================== streams
@@ -923,18 +960,27 @@ class Batch:
 
 
 def collate(samples: list[TrainSample], pad_id: int) -> Batch:
+    """Pad to the longest sample (ids: pad_id, labels: IGNORE_INDEX, mask: 0). Built in numpy and handed to torch
+    without a copy (cheaper than torch's per-op dispatch); a batch of one wraps the sample's own arrays."""
     import torch
 
-    width = max(int(s.input_ids.shape[0]) for s in samples)
     b = len(samples)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = int(s.input_ids.shape[0])
-        ids[i, :n] = torch.from_numpy(s.input_ids)
-        labels[i, :n] = torch.from_numpy(s.labels)
-        mask[i, :n] = 1
+    if b == 1:
+        s = samples[0]
+        ids = torch.from_numpy(s.input_ids).unsqueeze(0)
+        labels = torch.from_numpy(s.labels).unsqueeze(0)
+        mask = torch.ones(ids.shape, dtype=torch.long)
+    else:
+        width = max(int(s.input_ids.shape[0]) for s in samples)
+        ids_a = np.full((b, width), pad_id, dtype=np.int64)
+        lab_a = np.full((b, width), IGNORE_INDEX, dtype=np.int64)
+        mask_a = np.zeros((b, width), dtype=np.int64)
+        for i, s in enumerate(samples):
+            n = int(s.input_ids.shape[0])
+            ids_a[i, :n] = s.input_ids
+            lab_a[i, :n] = s.labels
+            mask_a[i, :n] = 1
+        ids, labels, mask = torch.from_numpy(ids_a), torch.from_numpy(lab_a), torch.from_numpy(mask_a)
     visual = [torch.from_numpy(s.visual) for s in samples]
     return Batch(ids, mask, labels, visual, [s.key for s in samples], sum(s.length for s in samples),
                  sum(s.n_visual for s in samples))
@@ -957,6 +1003,9 @@ class LoaderConfig:
     max_len: int = 32768
     label_mode: str = "assistant"
     prefetch: int = 2
+    # False: samples are not scanned for NaN/inf here (the scan is most of the loader's CPU time); the consumer
+    # must check the batch itself, e.g. on the device after the copy. Not used by the trainer: an evaluation knob.
+    check_finite: bool = True
 
 
 class StageLoader:
@@ -976,7 +1025,8 @@ class StageLoader:
         self.tokenizer = FastTokenizer(tokenizer) if not isinstance(tokenizer, FastTokenizer) else tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.opts = DecodeOptions(cfg.kind, cfg.dim, cfg.min_frames, cfg.max_frames, cfg.max_len, cfg.label_mode,
-                                  image_token_id if image_token_id is not None else _img(tokenizer))
+                                  image_token_id if image_token_id is not None else _img(tokenizer),
+                                  cfg.check_finite)
         self.plans = [SourcePlan.from_dict(d) for d in cfg.sources]
         self.block_size = max(1, math.ceil(cfg.buffer / cfg.batch_size)) * cfg.batch_size
         self.counters: Counter = Counter()

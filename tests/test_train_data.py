@@ -14,7 +14,12 @@ from model.tokenizer import IGNORE_INDEX, build_test_tokenizer
 from pipelines.train_data import (
     DataError,
     DecodeOptions,
+    FastTokenizer,
     Group,
+    MappedTar,
+    TarError,
+    TrainSample,
+    collate,
     LoaderConfig,
     Piece,
     Sampling,
@@ -166,6 +171,25 @@ def test_iter_groups_rejects_corrupt_headers():
         list(iter_groups(io.BytesIO(bytes(raw)), 0, want=lambda k: True))
 
 
+def test_iter_groups_ustar_prefix_and_mapped_members(tmp_path):
+    # a name longer than 100 characters in ustar form goes into the prefix field (bytes 345..500): the checksum
+    # covers it, and the member is found under its whole path
+    deep = "d" * 90 + "/" + "e" * 60 + "/k1.json"
+    raw = _tar([(deep, b'{"a": 1}'), ("k1.tokens.npy", b"n" * 1500), ("k2.json", b"{}")]).getvalue()
+    (tmp_path / "s.tar").write_bytes(raw)
+    groups = list(iter_groups(MappedTar(str(tmp_path / "s.tar")), 0, want=lambda k: True))
+    assert [g.key for g in groups] == ["k1", "k2"]
+    assert bytes(groups[0].members["json"]) == b'{"a": 1}' and bytes(groups[0].members["tokens.npy"]) == b"n" * 1500
+    bad = bytearray(raw)
+    bad[400] ^= 0x01  # inside the prefix field: the checksum must catch it
+    with pytest.raises(TarError, match="checksum"):
+        list(iter_groups(io.BytesIO(bytes(bad)), 0, want=lambda k: True))
+    # a member cut short inside its data: the mapped reader says so instead of handing out a short view
+    (tmp_path / "cut.tar").write_bytes(raw[:512 + 512 + 700])
+    with pytest.raises(TarError, match="truncated member"):
+        list(iter_groups(MappedTar(str(tmp_path / "cut.tar")), 0, want=lambda k: True))
+
+
 # ---------------------------------------------------------------------------------------------------- samples
 
 
@@ -189,6 +213,80 @@ def test_non_finite_detects_every_kind():
             b[123] = bad
             assert non_finite(b), (dt, bad)
         assert not non_finite(np.array([65504, -65504, 0, -0.0], dtype=np.float16))
+
+
+@pytest.mark.parametrize("dt", [np.float16, np.float32])
+def test_non_finite_every_chunk_and_position(dt):
+    a = np.random.default_rng(1).standard_normal(10_007).astype(dt)  # not a whole number of chunks
+    chunk = 1024  # bytes: the scan goes chunk by chunk
+    assert not non_finite(a, chunk) and not non_finite(a)
+    for at in (0, 511, 512, 5000, 9999, 10_006):  # first, chunk edges, middle, inside the last (partial) chunk
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[at] = bad
+            assert non_finite(b, chunk) and non_finite(b), (dt, at, bad)
+    big = np.array([np.finfo(dt).max, np.finfo(dt).min, np.finfo(dt).tiny, -0.0], dtype=dt)
+    assert not non_finite(big, 4)
+
+
+def test_npy_views_cached_headers_and_fallback():
+    from pipelines.train_data import _npy
+
+    def blob(arr, version=None):
+        b = io.BytesIO()
+        if version is None:
+            np.save(b, arr)
+        else:
+            np.lib.format.write_array(b, arr, version=version)
+        return np.frombuffer(bytearray(b.getvalue()), dtype=np.uint8)
+
+    for arr in (np.arange(24, dtype=np.float16).reshape(2, 3, 4), np.ones((5, 64, 8), np.float32),
+                np.arange(6, dtype=np.float16).reshape(3, 2)):
+        for _ in range(2):  # the second time the parsed header comes from the cache
+            out = _npy(blob(arr))
+            assert out.dtype == arr.dtype and out.shape == arr.shape and np.array_equal(out, arr)
+    v2 = _npy(blob(np.arange(8, dtype=np.float32).reshape(2, 4), version=(2, 0)))  # numpy's own reader
+    assert v2.shape == (2, 4) and v2[1, 3] == 7
+    scalar = _npy(blob(np.array(3.5, np.float32)))
+    assert scalar.shape == () and float(scalar) == 3.5
+    short = blob(np.zeros((4, 64, 8), np.float16))[:-2]  # data cut short
+    with pytest.raises(SampleError, match="bad npy"):
+        _npy(short)
+    with pytest.raises(SampleError, match="bad npy"):
+        _npy(np.frombuffer(bytearray(b"not an npy at all"), dtype=np.uint8))
+
+
+def test_collate_pads_and_batch_of_one_is_the_same(tok):
+    def sample(n, key):
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        lab = np.where(ids % 2 == 0, ids, IGNORE_INDEX).astype(np.int64)
+        return TrainSample(key, "w", ids, lab, np.ones((64, 8), np.float16), 64, 4, 1.0)
+
+    a, b = sample(5, "a"), sample(3, "b")
+    two = collate([a, b], pad_id=7)
+    assert two.input_ids.dtype == torch.long and two.labels.dtype == torch.long and two.attention_mask.dtype == torch.long
+    assert two.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 7, 7]]
+    assert two.labels.tolist() == [a.labels.tolist(), b.labels.tolist() + [IGNORE_INDEX] * 2]
+    assert two.attention_mask.tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    assert two.keys == ["a", "b"] and two.n_tokens == a.length + b.length and two.n_visual == 128
+    one = collate([b], pad_id=7)
+    ref = collate([b, sample(2, "c")], pad_id=7)  # the general path, first row
+    assert one.input_ids.shape == (1, 3) and one.input_ids.dtype == torch.long
+    assert torch.equal(one.input_ids[0], ref.input_ids[0]) and torch.equal(one.labels[0], ref.labels[0])
+    assert torch.equal(one.attention_mask[0], ref.attention_mask[0])
+    assert torch.equal(one.visual[0], torch.from_numpy(b.visual)) and one.n_tokens == b.length
+
+
+def test_fast_tokenizer_memoises_only_known_tokens(tok):
+    import copy
+
+    ft = FastTokenizer(copy.deepcopy(tok))
+    img = ft.convert_tokens_to_ids("<image>")
+    assert img == tok.convert_tokens_to_ids("<image>") and ft.convert_tokens_to_ids(["<image>"]) == [img]
+    before = ft.convert_tokens_to_ids("<frame_sep>")  # unknown now: not memoised
+    ft.add_special_tokens({"additional_special_tokens": ["<frame_sep>"]})
+    after = ft.convert_tokens_to_ids("<frame_sep>")
+    assert after not in (None, before) and after == ft._tok.convert_tokens_to_ids("<frame_sep>")
 
 
 def test_keep_clips_even_whole_clips():
@@ -259,6 +357,34 @@ def test_decode_rejects_malformed(tok, defect, reason):
     with pytest.raises(SampleError) as e:
         decode_sample(g, tok, DecodeOptions(dim=64, image_token_id=3))
     assert e.value.reason == reason
+
+
+def test_decode_answer_checks_and_finite_scan_switch(tok):
+    info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
+    tokens = np.zeros((2, 64, 64), np.float32)
+    opts = DecodeOptions(dim=64, image_token_id=3)
+    only_q = dict(info, conversations=info["conversations"][:1])
+    with pytest.raises(SampleError, match="no answer"):
+        decode_sample(_group(only_q, tokens), tok, opts)
+    full = decode_sample(_group(info, tokens), tok, opts)
+    answer = int((full.labels != IGNORE_INDEX).sum())
+    # cut inside the prompt, after the image token: nothing left to train on
+    with pytest.raises(SampleError, match="no answer token left"):
+        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3,
+                                                               max_len=full.length - answer - 1))
+    two = dict(info, conversations=[dict(info["conversations"][0]), dict(info["conversations"][1])])
+    two["conversations"][1]["value"] = "<image> twice"
+    with pytest.raises(SampleError, match="image placeholder"):
+        decode_sample(_group(two, tokens), tok, opts)
+    # NaN in the last element of a sample larger than one scan chunk (512 KiB)
+    wide = np.zeros((5, 64, 1024), np.float16)
+    wide[-1, -1, -1] = np.nan
+    info5 = synthetic_sample_info("s_1_full", "webvid", 20, 8.0, label=1)
+    with pytest.raises(SampleError, match="non-finite"):
+        decode_sample(_group(info5, wide), tok, DecodeOptions(dim=1024, image_token_id=3))
+    # check_finite=False leaves the scan to the consumer: the sample comes through, NaN and all
+    s = decode_sample(_group(info5, wide), tok, DecodeOptions(dim=1024, image_token_id=3, check_finite=False))
+    assert np.isnan(s.visual[-1, -1])
 
 
 # ---------------------------------------------------------------------------------------------------- loader
