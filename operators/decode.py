@@ -78,6 +78,7 @@ class DecodeStats:
     seeks: int = 0
     fallbacks: int = 0
     packet_errors: int = 0
+    ranges: int = 1  # decoders that ran in parallel over ranges of GOPs
     sent_pts: list[int] = field(default_factory=list)  # pts of every packet sent, in order
 
 
@@ -155,6 +156,10 @@ def decode(
         return DecodeResult(np.empty((0, h, w, 3), np.uint8), (), (), DecodeStats())
     if backend == "decord":
         return _decode_decord(src, idx, info, size, threads, resize_method)
+    if mode in ("auto", "seek") and is_path(src) and threads != 1:
+        res = _decode_gop_parallel(src, idx, info, size, threads, track, resize_method, mode)
+        if res is not None:
+            return res
     return _PyAVDecoder(src, info, size, threads, track, resize_method).run(idx, mode)
 
 
@@ -165,10 +170,15 @@ class _Fallback(Exception):
     """A seek landed after its target: retry from an earlier keyframe."""
 
 
+class _Unserved(Exception):
+    """GOP-parallel mode: a range's decoder reached its stop keyframe with targets left."""
+
+
 class _PyAVDecoder:
     def __init__(self, src: Source, info: VideoInfo, size: int | None, threads: int | None, track: bool,
-                 resize_method: str = "pil"):
+                 resize_method: str = "pil", stop_g: float | None = None):
         self.src, self.info, self.size, self.track = src, info, size, track
+        self.stop_g = stop_g  # a keyframe where another decoder takes over (GOP-parallel mode): drain and stop there
         self.resize_method = resize_method
         self.name = source_name(src)
         self.threads = threads
@@ -383,6 +393,7 @@ class _PyAVDecoder:
             self._prime()
             pending = plan()
         check_landing = False
+        stopped = False
         while j < n:
             if pending is not None:
                 self._seek(pending)
@@ -398,11 +409,13 @@ class _PyAVDecoder:
                             gp = self.g_of(pkt.pts)
                             if check_landing and pkt.is_keyframe and gp > targets[j] + 0.5:
                                 raise _Fallback()
+                            if self.stop_g is not None and pkt.is_keyframe and gp >= self.stop_g - 0.5:
+                                stopped = True  # the next range's decoder starts at this keyframe: drain only
                             sent_max_g = max(sent_max_g, gp)
                             skip = not self._near_target(gp, j)
                         else:
                             skip = False
-                        frames = self._send(pkt, skip)
+                        frames = self._send(None, False) if stopped else self._send(pkt, skip)
                     advanced = False
                     for fr in frames:
                         self.stats.frames_out += 1
@@ -422,7 +435,7 @@ class _PyAVDecoder:
                             j += 1
                             advanced = True
                         prev = last = (fr, g)
-                    if j >= n:
+                    if j >= n or stopped:
                         break
                     if advanced:
                         pending = plan()
@@ -430,6 +443,8 @@ class _PyAVDecoder:
                             break
                 else:
                     break  # the demuxer reached the end of the file
+                if stopped:
+                    break
             except _Fallback:
                 self.stats.fallbacks += 1
                 prev, check_landing = None, False
@@ -448,6 +463,8 @@ class _PyAVDecoder:
                     pass
                 break
         if j < n:
+            if stopped:  # a target lies past the boundary keyframe (open GOP): the caller decodes serially
+                raise _Unserved()
             self._finish_at_eof(targets, j, last, read_error)
         return self._end_output(indices, targets)
 
@@ -553,6 +570,120 @@ class _PyAVDecoder:
             if eof or sent >= max_packets:
                 break
         return None
+
+
+# ----------------------------------------------------------------------------------- GOP-parallel (PyAV)
+
+# Ranges are cut only where the targets keep this many frames away from the keyframe on both sides: the keyframe
+# position comes from the container index and may be off by the leading pictures of an open GOP (at most a few).
+GOP_LEAD = 8
+MAX_GOP_WORKERS = 4
+
+
+def _gop_workers(threads: int | None) -> int:
+    if threads is not None:
+        return max(1, int(threads))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return min(MAX_GOP_WORKERS, cores)
+
+
+def split_by_gop(targets: list[int], kf_g: list[float], workers: int) -> list[tuple[list[int], float | None]]:
+    """Sorted unique targets -> up to `workers` contiguous ranges [(targets, stop_g)], cut only at keyframes.
+
+    A cut sits before a keyframe that starts a target's GOP, more than GOP_LEAD frames after the previous target
+    and at least GOP_LEAD frames before the target; `stop_g` is that keyframe's grid position (None for the last
+    range). Ranges are balanced by the frames
+    each must decode (from a target's keyframe, or the previous target in the same GOP, to the target)."""
+    if workers < 2 or len(targets) < 2 or not kf_g:
+        return [(targets, None)]
+    ks = [bisect.bisect_right(kf_g, t + 0.5) - 1 for t in targets]
+    cost = []
+    for i, t in enumerate(targets):
+        start = kf_g[ks[i]] if ks[i] >= 0 else 0.0
+        if i and ks[i - 1] == ks[i]:
+            start = targets[i - 1]
+        cost.append(max(1.0, t - start + 1))
+    cuts = [i for i in range(1, len(targets))
+            if ks[i] > ks[i - 1] and ks[i] >= 0 and targets[i - 1] < kf_g[ks[i]] - GOP_LEAD
+            and targets[i] >= kf_g[ks[i]] + GOP_LEAD]
+    if not cuts:
+        return [(targets, None)]
+    total = sum(cost)
+    prefix = [0.0]
+    for c in cost:
+        prefix.append(prefix[-1] + c)
+    chosen: list[int] = []
+    for w in range(1, workers):
+        goal = total * w / workers
+        best = min(cuts, key=lambda i: abs(prefix[i] - goal))
+        if (not chosen or best > chosen[-1]) and 0 < best < len(targets):
+            chosen.append(best)
+    bounds = [0] + chosen + [len(targets)]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        out.append((targets[a:b], kf_g[ks[b]] if b < len(targets) else None))
+    return out
+
+
+def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, track, resize_method, mode):
+    """Sparse targets spread over several GOPs of a local file: one single-threaded decoder per range of GOPs, in
+    parallel threads (libavcodec releases the GIL). Frame threading inside one decoder stalls at every seek; ranges
+    of GOPs do not, and each range's decoder stops at the keyframe where the next begins (no packet is decoded by
+    two of them). None when there is nothing to split (one GOP, one target, one thread allowed)."""
+    workers = _gop_workers(threads)
+    targets = sorted(set(idx))
+    if workers < 2 or len(targets) < 2:
+        return None
+    scout = _PyAVDecoder(src, info, size, 1, False, resize_method)
+    scout._open()
+    try:
+        scout._prime()
+        kf_g = list(scout.kf_g or [])
+    finally:
+        scout.container.close()
+    ranges = split_by_gop(targets, kf_g, workers)
+    if len(ranges) < 2:
+        return None
+
+    def one(rng):
+        tg, stop = rng
+        return _PyAVDecoder(src, info, size, 1, track, resize_method, stop_g=stop).run(tg, mode)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+            results = list(pool.map(one, ranges))
+    except (_Unserved, RecordError):
+        # an open-GOP stream put a target past a cut, or a range failed (a damaged or truncated file): the serial
+        # decoder decides, so that a bad file gets the same error whatever the thread count
+        return None
+    where: dict[int, tuple[int, int]] = {}
+    for r, (tg, _) in enumerate(ranges):
+        for k, t in enumerate(tg):
+            where[t] = (r, k)
+    first = results[0].frames
+    frames = np.empty((len(idx),) + first.shape[1:], np.uint8)
+    used, times = [], []
+    for row, i in enumerate(idx):
+        r, k = where[i]
+        res = results[r]
+        if res.frames.shape[1:] != frames.shape[1:]:  # the picture size changed mid-stream: keep the first size
+            frames[row] = np.asarray(Image.fromarray(res.frames[k]).resize((frames.shape[2], frames.shape[1]),
+                                                                           Image.Resampling.BICUBIC))
+        else:
+            frames[row] = res.frames[k]
+        used.append(res.indices[k])
+        times.append(res.times[k])
+    stats = DecodeStats()
+    for res in results:
+        for f in ("packets_sent", "packets_nonref", "frames_out", "frames_converted", "seeks", "fallbacks",
+                  "packet_errors"):
+            setattr(stats, f, getattr(stats, f) + getattr(res.stats, f))
+        stats.sent_pts.extend(res.stats.sent_pts)
+    stats.ranges = len(results)
+    return DecodeResult(frames, tuple(used), tuple(times), stats)
 
 
 def _find(sorted_list: list[int], value: int) -> int | None:

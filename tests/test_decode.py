@@ -415,3 +415,70 @@ def test_random_target_sets_property(vids):
             assert len(r.stats.sent_pts) == len(set(r.stats.sent_pts))  # never a packet twice
 
     check()
+
+
+# ------------------------------------------------------------------------------------------ GOP-parallel mode
+
+
+def test_split_by_gop_cuts_only_at_keyframes_with_a_margin():
+    from operators.decode import GOP_LEAD, split_by_gop
+
+    kf = [0.0, 30.0, 60.0, 90.0]
+    # one GOP, or one worker: nothing to split
+    assert split_by_gop([1, 5, 9], kf, 4) == [([1, 5, 9], None)]
+    assert split_by_gop([1, 40, 70], kf, 1) == [([1, 40, 70], None)]
+    ranges = split_by_gop([2, 10, 40, 50, 70, 80, 100], kf, 2)
+    assert [t for tg, _ in ranges for t in tg] == [2, 10, 40, 50, 70, 80, 100]  # every target once, in order
+    assert len(ranges) == 2
+    for (tg, stop), (nxt, _) in zip(ranges, ranges[1:]):
+        assert stop in kf and tg[-1] < stop - GOP_LEAD and nxt[0] >= stop + GOP_LEAD
+    assert len(split_by_gop([2, 10, 40, 50, 70, 80, 100], kf, 4)) == 4
+    # a target right before or right after a keyframe forbids the cut there (open-GOP leading pictures)
+    assert split_by_gop([5, 29, 45], kf, 2) == [([5, 29, 45], None)]
+    assert split_by_gop([5, 12, 31], kf, 2) == [([5, 12, 31], None)]
+    assert split_by_gop([5, 8, 40, 45], [], 2) == [([5, 8, 40, 45], None)]
+
+
+def test_gop_parallel_equals_serial_and_sends_each_packet_once(vids):
+    info = probe(vids["gop1"])
+    idx = [290, 5, 40, 100, 100, 160, 250, 41]
+    par = decode(vids["gop1"], idx, info, threads=2, size=48, track=True)
+    ser = decode(vids["gop1"], idx, info, threads=1, size=48, track=True)
+    assert par.stats.ranges == 2 and ser.stats.ranges == 1
+    assert stamps(par.frames) == idx
+    np.testing.assert_array_equal(par.frames, ser.frames)
+    assert par.indices == ser.indices and par.times == ser.times
+    assert len(par.stats.sent_pts) == len(set(par.stats.sent_pts))  # no packet decoded by two ranges
+    assert par.stats.frames_converted == len(set(idx))
+
+
+def test_gop_parallel_open_gop_falls_back_to_serial(tmp_path, monkeypatch):
+    """Open GOPs (leading pictures after the keyframe in decode order, shown before it): with the default margins
+    the ranges never overlap; with cuts forced right at a keyframe the frames are still exact (a range decoder
+    that lands after its target falls back to an earlier keyframe; one left with targets at its stop keyframe
+    hands the whole set to the serial decoder)."""
+    import operators.decode as dec
+
+    p = tmp_path / "open.mp4"
+    n = 120
+    with av.open(str(p), "w") as out:
+        vs = out.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.options = {"g": "30", "keyint_min": "30", "sc_threshold": "0", "bf": "3", "preset": "veryfast",
+                      "x264-params": "open-gop=1"}
+        for k in range(n):
+            vf = av.VideoFrame.from_ndarray(_frame(k, W, H, 1), format="rgb24")
+            vf.pts = k
+            for pkt in vs.encode(vf):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+    info = probe(p)
+    idx = [5, 40, 75, 105]
+    r = decode(p, idx, info, threads=2, size=48, track=True)
+    assert stamps(r.frames) == idx and r.stats.ranges == 2
+    assert len(r.stats.sent_pts) == len(set(r.stats.sent_pts))
+    monkeypatch.setattr(dec, "GOP_LEAD", -1)
+    for idx in (list(range(24, 30)) + [31, 33], list(range(20, 30)) + [31, 58, 59, 61, 88, 89, 95]):
+        r = decode(p, idx, info, threads=2, size=48)  # leading pictures of the open GOPs are targets
+        assert stamps(r.frames) == idx
