@@ -22,6 +22,11 @@ Cost model of the PyAV backend (mode "auto"):
 Frame 0 is the first picture the decoder gives (`probe` finds its time); frames of a video with a rotation in
 its display matrix are returned upright (as decord returns them).
 
+GOP-parallel (mode "auto" or "seek", a local file, `threads` not 1): targets spread over several GOPs are split at
+keyframes into up to min(threads, 4) ranges, each decoded by its own single-threaded decoder in a thread; a range
+stops at the keyframe where the next one starts, so no packet is sent twice. Frame threading inside one decoder
+stalls at every seek; ranges of GOPs do not. Ingest workers use one thread (one CPU per task) and never split.
+
 Mode "sequential" never seeks; mode "seek" seeks whenever the target's keyframe is ahead; mode "keyframe"
 snaps each target to its nearest keyframe and decodes only those keyframes (for very sparse sampling) and
 returns the indices it actually used.
