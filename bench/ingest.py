@@ -310,7 +310,7 @@ def write_md(cmd, lines, extra, proc, args, elapsed, load) -> None:
         "at full size). The x264 test videos have about 35-40% non-reference frames, the cheapest to decode, which",
         "bounds the single-thread (CPU) gain where targets are dense in long GOPs; wall time gains more because",
         "ranges of GOPs decode in parallel. Resize: torch's antialiased uint8 bicubic (`resize_method=\"torch\"`, the",
-        "ingest default) is within 1/255 of the UMT preprocessor's PIL bicubic on ~0.2% of values and costs a",
+        "ingest default) is 1-2/255 off the UMT preprocessor's PIL bicubic on ~0.1% of values and costs a",
         "fraction of it at 1080p; the stored mp4 (x264 crf 27) differs from its input by far more than that.",
         "Default backend: pyav (faster in every row, accepts S3 file objects, memory bounded by the output).",
         "",

@@ -110,7 +110,7 @@ def decode_frames(
     With `size`, each frame is resized to [size, size] (operators.frames.resize_square) right after decoding.
     Mode "keyframe" returns `(frames, actual_indices)` instead (each target snapped to its nearest keyframe).
     `threads`: decoder threads (None: libav's automatic choice; 1: single-threaded, for one-CPU workers).
-    `resize_method`: "pil" (exactly the UMT preprocessor) or "torch" (faster, within 1/255 of it).
+    `resize_method`: "pil" (exactly the UMT preprocessor) or "torch" (faster; 1-2/255 off on ~0.1% of values).
     Raises RecordError(stage="decode", ...) for a bad file or an index past the end.
     """
     res = decode(src, indices, info, size=size, backend=backend, mode=mode, threads=threads, resize_method=resize_method)

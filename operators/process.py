@@ -32,7 +32,7 @@ class ProcessOptions:
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
     crf: int = 27
     decoder_threads: int | None = 1  # one CPU per Ray task
-    resize: str = "torch"  # torch: antialiased bicubic, within 1/255 of pil on ~0.2% of values, 4-10x faster; pil: exact
+    resize: str = "torch"  # torch: antialiased bicubic, 1-2/255 off pil on ~0.1% of values, much faster; pil: exact
     long_time_msg: bool = False  # use the per-frame-times variant of the timestamp message
 
     @property
