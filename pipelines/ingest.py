@@ -1,7 +1,8 @@
 """Ingest: metadata -> SourceRecords -> work units -> Ray tasks -> committed shards + manifests + failures.
 
     adapter.read()  ──▶ item stream (SourceRecord | Failure), deterministic order
-    cut into units of k items (unit N = items [N*k, (N+1)*k))          ◀── resume: committed units are skipped
+    cut into units by a fixed schedule of sizes (8 x 8 units, 16 x 8, 32 x 8, ... up to a shard-filling size,
+    or a fixed --records-per-unit): unit N's rows depend only on N     ◀── resume: committed units are skipped
     Ray task per unit: each record through process_record in an isolated child (crash/timeout = one failure),
                        UnitWriter commits shards, failures, manifest (last)
     driver: bounded number of units in flight, progress line, then index.json + summary.json
@@ -32,6 +33,45 @@ from pipelines.ray_session import ensure_ray
 # fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.
 BYTES_PER_FRAME = {224: 6_000, 448: 20_000}
 
+# The default unit schedule (bench/ingest_scale.py, BENCHMARKS.md "Ingest concurrency"): RAMP_REPEAT units of
+# RAMP_FIRST rows, then RAMP_REPEAT of twice that, ... up to the shard-filling size. It depends on the row position
+# only (never on the cluster or on the corpus length), so a resumed job cuts the same units on any cluster, and a
+# corpus of a few hundred rows still makes tens of units. Changing these changes the job fingerprint.
+RAMP_FIRST = 8
+RAMP_REPEAT = 8
+# Decoder threads per record (IngestConfig.decoder_threads): 1, because every CPU already runs a unit.
+DECODER_THREADS = 1
+
+
+@dataclass(frozen=True)
+class UnitSchedule:
+    """Rows per unit: unit N has min(cap, first * 2 ** (N // repeat)) rows; repeat=0 means `first` rows always."""
+
+    first: int
+    repeat: int
+    cap: int
+
+    def size(self, n: int) -> int:
+        if not self.repeat:
+            return self.first
+        return min(self.cap, self.first << min(n // self.repeat, 62))
+
+    def sizes(self) -> Iterator[int]:
+        n = 0
+        while True:
+            yield self.size(n)
+            n += 1
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """Row range [start, end) of unit n (for tests and reports; O(n))."""
+        start = sum(self.size(i) for i in range(n))
+        return start, start + self.size(n)
+
+    def describe(self) -> str:
+        if not self.repeat:
+            return f"fixed {self.first} rows per unit"
+        return f"{self.repeat} units of {self.first} rows, doubling every {self.repeat} units up to {self.cap}"
+
 
 @dataclass
 class IngestConfig:
@@ -41,7 +81,7 @@ class IngestConfig:
     out: str
     profile: str = "long"
     shard_size_mb: float = 1024.0
-    records_per_unit: int = 0  # 0: chosen from the shard size and the profile
+    records_per_unit: int = 0  # 0: the ramp schedule (UnitSchedule); N: every unit has N rows
     limit: int = 0  # 0: all input rows
     backend: str = "pyav"
     decode_mode: str = "auto"
@@ -50,6 +90,7 @@ class IngestConfig:
     decode_timeout_s: float = 600.0
     decoder_memory_mb: int = 4096
     max_in_flight: int = 0  # 0: twice the cluster's CPUs
+    decoder_threads: int = DECODER_THREADS  # FFmpeg threads per decoder; 0: FFmpeg decides (one per core)
     num_cpus: int = 0  # embedded Ray only; 0: all cores
     ray_address: str = ""
     s3_endpoint_url: str = ""
@@ -71,7 +112,7 @@ class IngestConfig:
             raise ConfigError(f"profile: must be one of {', '.join(PROFILES)}; got {self.profile!r}")
         if not self.shard_size_mb > 0:
             raise ConfigError(f"shard_size_mb: must be positive, got {self.shard_size_mb}")
-        for name in ("records_per_unit", "limit", "max_in_flight", "num_cpus"):
+        for name in ("records_per_unit", "limit", "max_in_flight", "num_cpus", "decoder_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.backend not in ("pyav", "decord"):
@@ -84,11 +125,19 @@ class IngestConfig:
             raise ConfigError(f"decode_timeout_s: must be positive, got {self.decode_timeout_s}")
 
     def unit_size(self) -> int:
+        """The largest unit: --records-per-unit, else the rows that fill about one shard (8..4096)."""
         if self.records_per_unit:
             return self.records_per_unit
         p = PROFILES[self.profile]
         per_sample = p.hi * BYTES_PER_FRAME.get(p.resolution, 6_000)
         return int(min(4096, max(8, self.shard_size_mb * 2**20 // per_sample)))
+
+    def unit_schedule(self) -> UnitSchedule:
+        """--records-per-unit N: N rows per unit. Default: the ramp from RAMP_FIRST rows up to unit_size()."""
+        if self.records_per_unit:
+            return UnitSchedule(self.records_per_unit, 0, self.records_per_unit)
+        cap = self.unit_size()
+        return UnitSchedule(min(RAMP_FIRST, cap), RAMP_REPEAT, cap)
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change what is written: a re-run into the same --out must match them."""
@@ -96,18 +145,28 @@ class IngestConfig:
                 "long_time_msg", "source_options")
         d = {k: getattr(self, k) for k in keys}
         d["videos"] = storage.redact(self.videos)
-        d["records_per_unit"] = self.unit_size()
+        sched = self.unit_schedule()
+        d["records_per_unit"] = sched.first if not sched.repeat else 0  # a fixed size reads as it always did
+        if sched.repeat:
+            d["unit_schedule"] = {"first": sched.first, "repeat": sched.repeat, "cap": sched.cap}
         return d
 
 
 # ---------------------------------------------------------------------------------------------------- units
 
 
-def cut_units(items: Iterator[SourceRecord | Failure], k: int, limit: int = 0) -> Iterator[tuple[int, list]]:
-    """Unit N = items [N*k, (N+1)*k) of the stream. Duplicate keys become metadata failures of the later row."""
+def cut_units(items: Iterator[SourceRecord | Failure], schedule: int | UnitSchedule,
+              limit: int = 0) -> Iterator[tuple[int, list]]:
+    """Unit N = the next schedule.size(N) items of the stream (an int k: items [N*k, (N+1)*k)); the last unit may
+    be short. Duplicate keys become metadata failures of the later row."""
+    if isinstance(schedule, int):
+        schedule = UnitSchedule(schedule, 0, schedule)
+    if schedule.first < 1 or schedule.cap < 1 or schedule.repeat < 0:
+        raise ConfigError(f"records_per_unit: unit sizes must be >= 1, got {schedule}")
     seen: set[int] = set()
     unit: list = []
     n_unit = 0
+    k = schedule.size(0)
     for n, item in enumerate(items):
         if limit and n >= limit:
             break
@@ -124,6 +183,7 @@ def cut_units(items: Iterator[SourceRecord | Failure], k: int, limit: int = 0) -
             yield n_unit, unit
             n_unit += 1
             unit = []
+            k = schedule.size(n_unit)
     if unit:
         yield n_unit, unit
 
@@ -141,6 +201,7 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
     storage.configure_s3(s3 or None)
     writer = UnitWriter(out, unit, shard_size)
     t0 = time.time()
+    cpu0 = _cpu_seconds()
     try:
         with IsolatedRunner(timeout_s, memory_limit_mb=memory_mb) as runner:
             for item in items:
@@ -163,8 +224,19 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
         writer.abort()
         raise
     stats["elapsed"] = time.time() - t0
+    stats["cpu_s"] = _cpu_seconds() - cpu0  # this worker + its decoder children (reaped when the runner closed)
     stats["inputs"] = len(items)
     return stats
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    t = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        t += r.ru_utime + r.ru_stime
+    return t
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -224,12 +296,17 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         max_in_flight = cfg.max_in_flight or 2 * cpus
         committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
         opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
-                              decode_mode=cfg.decode_mode, crf=cfg.crf, long_time_msg=cfg.long_time_msg)
+                              decode_mode=cfg.decode_mode, crf=cfg.crf, long_time_msg=cfg.long_time_msg,
+                              decoder_threads=cfg.decoder_threads or None)
+        schedule = cfg.unit_schedule()
+        if not cfg.quiet:
+            log(f"[ingest {cfg.source}] units: {schedule.describe()}; up to {max_in_flight} units in flight on "
+                f"{cpus} CPUs; decoder threads {cfg.decoder_threads or 'auto'}")
         # a killed worker (system failure) or a storage outage (TransientError) re-runs the unit from scratch
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[TransientError])(run_unit)
         shard_bytes = int(cfg.shard_size_mb * 2**20)
         pending: dict[Any, int] = {}
-        done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0}
+        done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0, "cpu_s": 0.0}
         uncommitted: list[int] = []
 
         def drain(block_until: int) -> None:
@@ -245,14 +322,10 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                             f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}")
                         continue
                     done["units"] += 1
-                    for k in ("inputs", "samples", "failures", "seconds"):
-                        done[k] += st[k]
+                    for k in ("inputs", "samples", "failures", "seconds", "cpu_s"):
+                        done[k] += st.get(k, 0.0)
                     if not cfg.quiet:
-                        el = time.time() - t0
-                        log(f"[ingest {cfg.source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures"
-                            f" | total {done['samples']} samples, {done['failures']} failures, {done['units']} units"
-                            f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / 3600 / max(el, 1e-9) * 3600:.2f}"
-                            " video-h/h")
+                        log(progress_line(cfg.source, st, done, time.time() - t_work, cpus))
 
         read = [0]
 
@@ -261,7 +334,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                 read[0] += 1
                 yield x
 
-        for unit, unit_items in cut_units(counted(items), cfg.unit_size(), cfg.limit):
+        t_work = time.time()
+        for unit, unit_items in cut_units(counted(items), schedule, cfg.limit):
             if manifest_name(unit).rsplit("/", 1)[-1] in committed:
                 done["skipped"] += 1
                 continue
@@ -274,6 +348,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
                                    extra={"units_run": done["units"], "units_skipped": done["skipped"],
                                           "units_uncommitted": sorted(uncommitted),
+                                          "unit_schedule": schedule.describe(), "max_in_flight": max_in_flight,
+                                          "unit_cpu_seconds": round(done["cpu_s"], 3),
                                           "inputs_read": min(read[0], cfg.limit) if cfg.limit else read[0]})
         if not summary["complete"]:
             log(f"[ingest] INCOMPLETE: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
@@ -285,6 +361,15 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     if not cfg.quiet:
         log(outputs.format_summary(summary))
     return summary
+
+
+def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed: float, cpus: int) -> str:
+    """One line per committed unit: the unit, the running totals and the rates since the first unit started."""
+    el = max(elapsed, 1e-9)
+    return (f"[ingest {source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures"
+            f" | total {done['samples']} samples, {done['failures']} failures, {done['units']} units"
+            f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / el:.2f} video-h/h,"
+            f" CPU {100 * done['cpu_s'] / (el * cpus):.0f}% of {cpus}")
 
 
 def _public_config(cfg: IngestConfig) -> dict[str, Any]:
