@@ -512,3 +512,45 @@ def test_token_shards_on_s3(s3, tok, tmp_path):
     seen = {k for b in _take(lo, 6) for k in b.keys}
     lo.close()
     assert seen == set(keys[2:]) - {keys[5]}
+
+
+@pytest.mark.parametrize("batch,kw", [(1, {}), (2, {"max_frames": 8}), (3, {"max_len": 150}),
+                                      (2, {"max_frames": 8, "max_len": 170})])
+def test_deferred_scan_gives_the_batches_of_scan_as_read(tmp_path_factory, tok, caplog, batch, kw):
+    """Scans after the block's other work (rolled back to the block start on a bad sample) against scanning each
+    sample as it is read: the same batches, tokens, states, counters and warnings, over NaN and inf anywhere,
+    bad samples that are also too long, and clips dropped by the frame bound."""
+    import logging
+
+    root = tmp_path_factory.mktemp("defer")
+    defects = ["nan", "nan_end", "inf_end", "shape", "bad_json", "nan", "missing_tokens", "inf_end", "clips"]
+    corrupt = {f"webvid_v{i:06d}_full": d for i, d in zip(range(1, 40, 4), defects)}
+    write_synthetic_token_shards(str(root / "a"), 40, per_shard=6, frames=(4, 32), dim=64, corrupt=corrupt)
+    write_synthetic_token_shards(str(root / "b"), 12, per_shard=5, frames=(4, 24), dim=64, dtype="float32",
+                                 key_prefix="b", corrupt={"b_v000004_full": "inf_end", "b_v000007_full": "nan"},
+                                 long_msg=True)
+    plans = [plan_source(n, [str(root / n / "shards/*.tar")]) for n in ("a", "b")]
+    runs = []
+    for defer in (True, False):
+        cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=batch, buffer=5, mix="samples", dim=64,
+                           prefetch=0, **kw)
+        lo = StageLoader(cfg, 0, 1, tok)
+        assert lo.defer_scan
+        lo.defer_scan = defer
+        replays = []
+        read = lo._read_samples
+        lo._read_samples = lambda choice, d, pending: (replays.append(defer and not d), read(choice, d, pending))[1]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longvid.train.data"):
+            got = _take(lo, 40)
+        runs.append((got, dict(lo.counters), [r.getMessage() for r in caplog.records]))
+        assert any(replays) == defer  # bad samples were found after the fact: blocks were read again
+        lo.close()
+    (a, ca, la), (b, cb, lb) = runs
+    assert ca == cb and la == lb
+    assert ca["non-finite tokens"] >= 4
+    for x, y in zip(a, b):
+        assert x.keys == y.keys and x.state == y.state and x.n_tokens == y.n_tokens
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
+        assert all(torch.equal(v, w) for v, w in zip(x.visual, y.visual))
+    assert not {k for x in a for k in x.keys} & {k for k, d in corrupt.items()}
