@@ -1,17 +1,26 @@
 """Token-shard loader throughput against a raw sequential read of the same bytes, on one worker.
 
-    python bench/loader.py                       # 96 samples, 64-256 frames, D=1024 float16 (~0.8 GiB of shards)
+    python bench/loader.py                       # 96 samples, 64-256 frames, D=1024 float16 (~0.5 GiB of shards)
     python bench/loader.py --samples 32 --frames 16 64 --repeats 5
     python bench/loader.py --keep                # reuse the shards of the last run
+    git show REV:pipelines/train_data.py > /tmp/old.py   # REV: the version to compare with
+    python bench/loader.py --keep --baseline /tmp/old.py --variants raw,baseline,loader   # before/after
 
 Shards are written by `pipelines.train_data.write_synthetic_token_shards` (encode layout: <key>.json +
 <key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files from the page cache (every file is read
 once before timing):
-- raw: each tar read front to back in 4 MiB `readinto` calls, nothing else;
-- loader: `StageLoader` (one worker, batch 1, shuffle buffer: the largest divisor of the sample count <= 32), i.e. tar parsing, json, npy header + finiteness
-  check, frame bounds, Qwen2 chat tokenization with labels, length bucketing and collation to torch tensors,
-  with and without the background prefetch thread.
-Samples/s of each; the target is loader >= 80% of raw. Results: bench/out/loader.json.
+- raw: each tar read front to back in 4 MiB `readinto` calls into one reused buffer, nothing else;
+- loader: `StageLoader` (one worker, batch 1, shuffle buffer: the largest divisor of the sample count <= 32),
+  i.e. tar parsing, json, npy header, NaN/inf scan of every token, frame bounds, Qwen2 chat tokenization with
+  labels, length bucketing and collation to torch tensors;
+- loader+prefetch: the same behind its background thread;
+- baseline: the loader of another train_data.py (--baseline FILE), for before/after figures from the same rounds;
+- nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
+- nocheck+copy: nocheck, plus a copy of every batch's tokens into one reused staging buffer, as a pageable
+  `.to(device)` does on the host. This is the loader's side of moving the NaN/inf check to the device.
+Variants run in turn, round after round (--repeats); "paired" ratios compare each pass with the raw pass of the
+same round. Samples/s and CPU time per sample of each; the target is loader >= 80% of raw. Results:
+<out>/../loader.json.
 """
 from __future__ import annotations
 
