@@ -554,3 +554,18 @@ def test_deferred_scan_gives_the_batches_of_scan_as_read(tmp_path_factory, tok, 
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
         assert all(torch.equal(v, w) for v, w in zip(x.visual, y.visual))
     assert not {k for x in a for k in x.keys} & {k for k, d in corrupt.items()}
+
+
+def test_resume_inside_a_block_with_a_bad_sample(tmp_path, tok):
+    corrupt = {"webvid_v000002_full": "nan_end", "webvid_v000009_full": "inf_end"}
+    write_synthetic_token_shards(str(tmp_path / "j"), 16, per_shard=5, frames=(4, 16), dim=64, corrupt=corrupt)
+    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    full = _take(_loader(plan, tok, batch=2, buffer=6), 12)
+    for cut in (1, 2, 4, 7):  # inside the first block (which holds a bad sample), at its end, later blocks
+        state = json.loads(json.dumps(full[cut - 1].state))
+        resumed = _take(_loader(plan, tok, batch=2, buffer=6, state=state, prefetch=2), 12 - cut)
+        for a, b in zip(full[cut:], resumed):
+            assert a.keys == b.keys and a.state == b.state
+            assert all(torch.equal(x, y) for x, y in zip(a.visual, b.visual))
+    assert not {k for b in full for k in b.keys} & set(corrupt)
+    assert full[5].state["counters_now"]["non-finite tokens"] == 2  # both met in the first three blocks
