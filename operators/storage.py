@@ -6,7 +6,8 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
   buffer, usable by PyAV `av.open(fileobj)` and by `io.TextIOWrapper`), `read_bytes`, `read_text`.
 - Writes are atomic: `write_bytes`, `put_file`. Local: temp name in the same folder + fsync + `os.replace`.
   S3: one PUT for small objects; a multipart upload completed only at the end for large ones (aborted on failure),
-  so an object never shows under its final key half-written.
+  so an object never shows under its final key half-written. A process killed mid-upload leaves an incomplete
+  multipart upload behind; `abort_multipart_uploads(prefix)` clears those (operators.write: at a unit's retry).
 - Transient S3 errors (throttling, 5xx, resets, timeouts, short reads in the middle of a ranged GET) are retried
   with exponential backoff + jitter, up to `S3Options.max_attempts`; permanent ones raise `StorageError` at once
   (`ObjectNotFound` for a missing object/bucket). Every StorageError message goes through `redact`.
@@ -455,9 +456,11 @@ def size(uri: str) -> int:
     return st.st_size
 
 
-def list_files(prefix: str, suffix: str | Iterable[str] | None = None, recursive: bool = True) -> list[str]:
+def list_files(prefix: str, suffix: str | Iterable[str] | None = None, recursive: bool = True,
+               name_prefix: str = "") -> list[str]:
     """Sorted URIs of the files under a folder/prefix (a missing folder gives []). `suffix` filters by name
-    ending (a string or several). Local temp files of in-flight atomic writes are never listed."""
+    ending (a string or several); `name_prefix` keeps the files whose path under the folder starts with it (on S3
+    it narrows the LIST request itself). Local temp files of in-flight atomic writes are never listed."""
     sfx = (suffix,) if isinstance(suffix, str) else (tuple(suffix) if suffix is not None else None)
 
     def keep(name: str) -> bool:
@@ -470,6 +473,7 @@ def list_files(prefix: str, suffix: str | Iterable[str] | None = None, recursive
         bucket, key = _split(prefix)
         if key and not key.endswith("/"):
             key += "/"
+        key += name_prefix
         out: list[str] = []
         token: str | None = None
         while True:
@@ -500,6 +504,8 @@ def list_files(prefix: str, suffix: str | Iterable[str] | None = None, recursive
     else:
         with os.scandir(root) as it:
             out.extend(os.path.join(root, e.name) for e in it if e.is_file() and keep(e.name))
+    if name_prefix:
+        out = [p for p in out if os.path.relpath(p, root).replace(os.sep, "/").startswith(name_prefix)]
     return sorted(out)
 
 
@@ -865,6 +871,33 @@ def _is_our_multipart(uri: str, bucket: str, key: str, parts: list[dict]) -> boo
     except ObjectNotFound:
         return False
     return str(head.get("ETag", "")).strip('"') == expected
+
+
+def abort_multipart_uploads(prefix: str) -> int:
+    """Abort the incomplete multipart uploads of the keys starting with `prefix` (s3://bucket/key-prefix; a no-op
+    for local paths). A writer killed mid-upload leaves one behind: invisible to listings, billed until aborted.
+    A live writer's upload under `prefix` is aborted too (its completion then fails), so call it only where that
+    is harmless, e.g. the retry of a unit whose other attempts are dead or write the same bytes. Returns the count."""
+    if not is_s3(prefix):
+        return 0
+    bucket, key = _split(prefix)
+    found: list[tuple[str, str]] = []
+    marker: dict[str, str] = {}
+    while True:
+        page = _retry(prefix, "list multipart uploads", lambda m=dict(marker): _client().list_multipart_uploads(
+            Bucket=bucket, Prefix=key, **m))
+        found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", []) or [] if u["Key"].startswith(key)]
+        if page.get("IsTruncated") and page.get("NextKeyMarker"):
+            marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page.get("NextUploadIdMarker") or ""}
+        else:
+            break
+    for k, upload_id in found:
+        try:
+            _retry(f"s3://{bucket}/{k}", "abort multipart upload", lambda k=k, u=upload_id: _client()
+                   .abort_multipart_upload(Bucket=bucket, Key=k, UploadId=u))
+        except ObjectNotFound:  # NoSuchUpload: already completed or aborted
+            pass
+    return len(found)
 
 
 def delete(uri: str) -> None:

@@ -8,12 +8,20 @@ Tars are deterministic (sorted-key JSON, zeroed mtimes/owners), so re-running a 
 Local output: parts are written under temporary names in the destination folder and renamed at commit.
 S3 output: parts are written to a local scratch folder and uploaded at commit (an object appears only when
 complete, see operators.storage.put_file). Until the manifest part exists, nothing of the unit counts.
+
+An attempt killed mid-unit leaves debris that the next attempt cleans: local temp tars of the unit and extra parts
+(at commit), on S3 also the unit's incomplete multipart uploads (at commit) and, on the same machine, the scratch
+folders of dead writer processes of the same output (when a writer opens its scratch folder).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tarfile
 import tempfile
 from typing import Any
@@ -80,10 +88,38 @@ class UnitWriter:
         self._tmpdir: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ parts
+    def _scratch_tag(self) -> str:
+        """Scratch folder names: longvid-<output hash>-<host hash>-u<unit>-p<pid>-<random> (S3 output)."""
+        out = hashlib.blake2b(self.out.encode(), digest_size=4).hexdigest()
+        host = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
+        return f"longvid-{out}-{host}-"
+
+    def _remove_dead_scratch(self, root: str, tag: str) -> None:
+        """Scratch folders of this output left on this host by writer processes that no longer exist (killed)."""
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return
+        for name in names:
+            m = re.match(re.escape(tag) + r"u\d+-p(\d+)-", name)
+            if not m or int(m.group(1)) == os.getpid():
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+                continue  # alive (or not ours to signal): maybe a writer at work
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
     def _part_dir(self) -> str:
         if self._remote:
             if self._tmpdir is None:
-                self._tmpdir = tempfile.TemporaryDirectory(prefix=f"longvid-unit{self.unit}-", dir=self._scratch)
+                root = self._scratch or tempfile.gettempdir()
+                tag = self._scratch_tag()
+                self._remove_dead_scratch(root, tag)
+                self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{tag}u{self.unit}-p{os.getpid()}-", dir=root)
             return self._tmpdir.name
         d = os.path.join(self.out, SHARDS)
         os.makedirs(d, exist_ok=True)
@@ -160,10 +196,16 @@ class UnitWriter:
         """A crashed earlier attempt of this unit may have left more parts than this one wrote."""
         prefix = storage.join(self.out, SHARDS) + "/"
         stem = f"shard-{self.unit:06d}-"
-        for uri in storage.list_files(storage.join(self.out, SHARDS), suffix=".tar"):
+        # list this unit's parts only: listing every shard of the job at each commit is O(shards) per unit
+        for uri in storage.list_files(storage.join(self.out, SHARDS), suffix=".tar", name_prefix=stem):
             rel = uri[len(prefix):] if uri.startswith(prefix) else uri.rsplit("/", 1)[-1]
             if rel.startswith(stem) and f"{SHARDS}/{rel}" not in keep:
                 storage.delete(uri)
+        if self._remote:  # a dead attempt's shard upload that never completed (this attempt's are all done)
+            try:
+                storage.abort_multipart_uploads(storage.join(self.out, SHARDS, stem))
+            except storage.StorageError:  # e.g. no s3:ListBucketMultipartUploads: a cost, not an error of the unit
+                pass
         # ... and, when it was killed mid-unit, its half-written temporary tars (list_files hides them; a glob of
         # shards/*.tar does not). This attempt's own parts are already renamed: only dead attempts' remain.
         local = os.path.join(self.out, SHARDS)
