@@ -926,12 +926,14 @@ class SourceStream:
         """The next member group of this source (excluded keys counted and skipped, never read)."""
         empty_pieces = 0
         while True:
-            piece = self._open()
             c = self.cursor
-            if c.sample >= piece.hi:
-                self._advance_piece()
-                continue
+            opened = False
             try:
+                piece = self._open()
+                opened = True
+                if c.sample >= piece.hi:
+                    self._advance_piece()
+                    continue
                 g = next(self._it)  # type: ignore[arg-type]
             except StopIteration:
                 if c.sample < piece.hi:
@@ -944,9 +946,13 @@ class SourceStream:
                 self._advance_piece()
                 continue
             except (TarError, storage.StorageError, UnicodeDecodeError, ValueError) as e:
+                if not opened and isinstance(e, storage.StorageError):
+                    raise  # the shard cannot be opened (or walked): as before, not a corrupt tar
+                # also a corrupt header met while walking to the piece's first sample (inside _open)
+                piece = self.pieces[self.order(c.epoch)[c.piece]]
                 self.counters["corrupt tar"] += 1
                 _log(self.pending, "%s: unreadable from sample %d on (%s); skipping the rest of this piece",
-                     storage.redact(piece.url), c.sample, e)
+                     storage.redact(piece.url), max(c.sample, piece.lo), e)
                 empty_pieces += 1
                 if empty_pieces > 2 * len(self.pieces):
                     raise DataError(f"{self.plan.name}: no readable sample in this worker's shards") from None
@@ -1137,8 +1143,9 @@ class StageLoader:
         Token samples are read in two passes: members, json, npy header, chat tokens and every other check for
         the whole block first, then the NaN/inf scans of all its samples. A scan streams megabytes through the CPU
         caches; between samples it leaves the tokenizer and the Python code cold for the next sample (~0.1 ms per
-        sample on the bench). When a scan finds a bad sample, the block is read again from its start with each
-        sample scanned as it is read, so batches, counters and warnings are exactly those of one pass."""
+        sample on the bench). When a scan finds a bad sample (or the first pass raises), the block is read again
+        from its start with each sample scanned as it is read, so batches, counters, warnings and errors are
+        exactly those of one pass."""
         rng = np.random.default_rng([self.cfg.seed, self.cfg.stage_index, self.rank, block, 1])
         choice = rng.choice(len(self.streams), size=self.block_size, p=self.probs)
         if not self.defer_scan:
@@ -1150,10 +1157,13 @@ class StageLoader:
             st.pending = pending
         try:
             out = self._read_samples(choice, True, pending)
+            clean = not any(s.unscanned is not None and non_finite(s.unscanned) for s in out)
+        except Exception:  # the scan-as-read order below raises it (or not) where it would have
+            clean = False
         finally:
             for st in self.streams:
                 st.pending = None
-        if not any(s.unscanned is not None and non_finite(s.unscanned) for s in out):
+        if clean:
             for s in out:
                 s.unscanned = None
             for item in pending:

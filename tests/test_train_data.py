@@ -569,3 +569,29 @@ def test_resume_inside_a_block_with_a_bad_sample(tmp_path, tok):
             assert all(torch.equal(x, y) for x, y in zip(a.visual, b.visual))
     assert not {k for b in full for k in b.keys} & set(corrupt)
     assert full[5].state["counters_now"]["non-finite tokens"] == 2  # both met in the first three blocks
+
+
+def test_deferred_scan_errors_come_out_as_in_one_pass(tmp_path, tok, caplog):
+    """A source whose shards start with a garbage header: counted as corrupt (not a crash in the header walk), and
+    once nothing is readable the same DataError, counters and warnings in both scan orders."""
+    import logging
+
+    write_synthetic_token_shards(str(tmp_path / "a"), 8, per_shard=4, dim=64,
+                                 corrupt={"webvid_v000001_full": "nan", "webvid_v000002_full": "bad_json"})
+    write_synthetic_token_shards(str(tmp_path / "b"), 4, per_shard=2, dim=64, key_prefix="b")
+    for tar in (tmp_path / "b" / "shards").glob("*.tar"):  # every shard of source b unreadable
+        tar.write_bytes(b"\x01" * 512)
+    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
+    seen = []
+    for defer in (True, False):
+        cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=1, buffer=6, mix="samples", dim=64,
+                           prefetch=0)
+        lo = StageLoader(cfg, 0, 1, tok)
+        lo.defer_scan = defer
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longvid.train.data"):
+            with pytest.raises(DataError, match="no readable sample") as e:
+                _take(lo, 6)
+        seen.append((str(e.value), dict(lo.counters), [r.getMessage() for r in caplog.records]))
+    assert seen[0] == seen[1]
+    assert seen[0][1]["corrupt tar"] >= 2 and any("unreadable from sample 0 on" in m for m in seen[0][2])
