@@ -125,6 +125,14 @@ class Job:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+@pytest.fixture
+def job_tmpdir():
+    """A short TMPDIR for a test's jobs (Ray's socket paths live under it), removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="lvcs3"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     # 4 videos x 2 clips + 2 bad rows = 10 inputs = 4 units of 3 (the last one short); ~7 kB a sample and 10 kB
@@ -183,10 +191,10 @@ def assert_same_as_reference(got: dict, ref: dict) -> None:
 
 
 @pytest.mark.slow
-def test_driver_sigkill_then_rerun_equals_uninterrupted_run(s3_server, corpus, reference, tmp_path):
+def test_driver_sigkill_then_rerun_equals_uninterrupted_run(s3_server, corpus, reference, tmp_path, job_tmpdir):
     ep, prefix = s3_server["endpoint"], "crash-s3/killed"
     units = reference["units"]
-    job = Job(corpus, ep, prefix, tmp_path / "log1.txt")
+    job = Job(corpus, ep, prefix, tmp_path / "log1.txt", tmpdir=job_tmpdir)
     try:
         # kill as soon as a unit is committed: the other unit of the first wave is then mid-way (and the queued
         # units never start, their owner being dead); in-flight workers may still commit before Ray ends them
@@ -232,13 +240,10 @@ def test_driver_sigkill_then_rerun_equals_uninterrupted_run(s3_server, corpus, r
     # --- the same command again
     # same node, same TMPDIR: the re-run's writers meet the dead attempts' scratch folders
     job2 = Job(corpus, ep, prefix, tmp_path / "log2.txt", tmpdir=job.tmpdir)
-    try:
-        rc = job2.finish()
-        assert rc == 0, job2.run.tail()
-        got = check_complete(ep, prefix, corpus)
-        assert scratch_leftovers(job.tmpdir) == [], "scratch folders of killed attempts were left behind"
-    finally:
-        job.remove_tmpdir()
+    rc = job2.finish()
+    assert rc == 0, job2.run.tail()
+    got = check_complete(ep, prefix, corpus)
+    assert scratch_leftovers(job.tmpdir) == [], "scratch folders of killed attempts were left behind"
     assert got["summary"]["units_skipped"] == len(committed)
     assert got["summary"]["units_run"] == units - len(committed)
     for u in committed:  # skipped, not rewritten
@@ -251,9 +256,9 @@ def test_driver_sigkill_then_rerun_equals_uninterrupted_run(s3_server, corpus, r
 
 
 @pytest.mark.slow
-def test_worker_sigkill_mid_unit_is_retried(s3_server, corpus, reference, tmp_path):
+def test_worker_sigkill_mid_unit_is_retried(s3_server, corpus, reference, tmp_path, job_tmpdir):
     ep, prefix = s3_server["endpoint"], "crash-s3/worker"
-    job = Job(corpus, ep, prefix, tmp_path / "log.txt")
+    job = Job(corpus, ep, prefix, tmp_path / "log.txt", tmpdir=job_tmpdir)
     killed: list[str] = []
     try:
         t0 = time.time()
@@ -274,7 +279,6 @@ def test_worker_sigkill_mid_unit_is_retried(s3_server, corpus, reference, tmp_pa
         leftovers = scratch_leftovers(job.tmpdir)
     finally:
         job.run.cleanup()
-        job.remove_tmpdir()
     assert rc == 0, job.run.tail()
     assert busy == {}, f"orphan workers or decoder children after the job: {busy}"
     print("killed:", killed)
@@ -418,7 +422,8 @@ def test_stale_part_lookup_lists_only_its_own_unit(s3, fault_proxy, tmp_path):
 def test_list_files_name_prefix_local(tmp_path):
     from operators import storage
 
-    for n in ("shard-000003-000.tar", "shard-000003-001.tar", "shard-000031-000.tar", ".longvid-tmp-shard-000003-x.tar"):
+    names = ("shard-000003-000.tar", "shard-000003-001.tar", "shard-000031-000.tar", ".longvid-tmp-shard-000003-x.tar")
+    for n in names:
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "shard-000003-009.tar").write_bytes(b"x")
