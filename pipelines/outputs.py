@@ -15,10 +15,15 @@ import pyarrow.parquet as pq
 from operators import storage
 
 
-def read_parts(out: str, folder: str, columns: list[str] | None = None) -> pa.Table | None:
-    """Concatenate the parquet parts of a job folder (manifests/ or failures/), or None when there are none."""
+def read_parts(out: str, folder: str, columns: list[str] | None = None,
+               only: set[str] | None = None) -> pa.Table | None:
+    """Concatenate the parquet parts of a job folder (manifests/ or failures/), or None when there are none.
+
+    `only`: part file names to read (others are ignored)."""
     tables = []
     for uri in storage.list_files(storage.join(out, folder), ".parquet"):
+        if only is not None and uri.rsplit("/", 1)[-1] not in only:
+            continue
         t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
         if columns:
             t = t.select([c for c in columns if c in t.column_names])
@@ -44,7 +49,10 @@ def finalize(out: str, job: str, config: dict[str, Any], elapsed: float, cpus: i
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write index.json (every shard with its sample count) and summary.json; return the summary."""
     man = read_parts(out, "manifests", ["key", "shard", "source", "duration", "num_frames", "bytes"])
-    fail = read_parts(out, "failures", ["stage", "reason", "source"])
+    # a unit is committed when its manifest part exists (written last); the failures part of a unit that never got
+    # one (killed mid-commit, retries exhausted) is not counted: the unit is redone by the next run
+    committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(out, "manifests"), ".parquet")}
+    fail = read_parts(out, "failures", ["stage", "reason", "source"], only=committed)
     nsamples: Counter = Counter()
     samples = frames = nbytes = 0
     seconds = 0.0
