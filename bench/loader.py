@@ -18,6 +18,9 @@ once before timing):
 - nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
 - nocheck+copy: nocheck, plus a copy of every batch's tokens into one reused staging buffer, as a pageable
   `.to(device)` does on the host. This is the loader's side of moving the NaN/inf check to the device.
+With --cold, every shard is evicted from the page cache (posix_fadvise DONTNEED, no root needed) before every pass
+of every variant, so both sides read from the disk, as a corpus larger than RAM is read in training; the
+default (warm page cache) is the stricter, memory-bound comparison.
 Variants run in turn, round after round (--repeats); "paired" ratios compare each pass with the raw pass of the
 same round. Samples/s and CPU time per sample of each; the target is loader >= 80% of raw. Results:
 <out>/../loader.json.
@@ -50,6 +53,16 @@ def load_baseline(path: str):
     sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
+
+
+def evict(files: list[str]) -> None:
+    """Drop the files' pages from the page cache (clean pages; no privileges needed)."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "loader"))
     ap.add_argument("--keep", action="store_true", help="reuse existing shards in --out")
+    ap.add_argument("--cold", action="store_true", help="evict the shards from the page cache before every pass")
     ap.add_argument("--baseline", help="another train_data.py to run side by side (variant 'baseline')")
     ap.add_argument("--variants", default="raw,loader,loader+prefetch",
                     help="comma-separated, in pass order: raw, loader, loader+prefetch, baseline (needs "
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {k: [] for k in variants}  # process CPU time (all threads) per pass
     for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
         for k, fn in variants.items():
+            if args.cold:
+                evict(files)
             c0 = time.process_time()
             rows[k].append(fn())
             cpu[k].append(time.process_time() - c0)
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "samples": n, "shards": len(files), "bytes": nbytes, "mib_per_sample": round(nbytes / n / 2**20, 2),
         "frames": list(args.frames), "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats,
-        "load_average": os.getloadavg()[0],
+        "load_average": os.getloadavg()[0], "page_cache": "cold (evicted before every pass)" if args.cold else "warm",
         "samples_per_s_best": {k: round(n / v, 1) for k, v in best.items()},
         "samples_per_s_median": {k: round(n / v, 1) for k, v in med.items()},
         "mib_per_s_best": {k: round(nbytes / v / 2**20, 1) for k, v in best.items()},
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / "loader.json").write_text(json.dumps(res, indent=2))
     print(f"{n} samples, {len(files)} shards, {nbytes / 2**20:.0f} MiB ({res['mib_per_sample']} MiB/sample), "
-          f"load average {res['load_average']:.1f}")
+          f"load average {res['load_average']:.1f}, page cache {res['page_cache']}")
     print(f"{'variant':>16} {'samples/s best':>15} {'median':>8} {'MiB/s best':>11} {'vs raw best':>12} {'median':>8}"
           f" {'paired median':>14} {'cpu ms/sample':>14}")
     for k in rows:
