@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -195,15 +196,58 @@ def _process_in_child(item: SourceRecord, opts: ProcessOptions, s3: dict) -> Any
     return process_record(item, opts)
 
 
+# The decoder child of a task worker (operators.isolate) outlives a unit: starting one (spawn, importing av, numpy,
+# torch) costs about 2 CPU-seconds, as much as 30 short clips. The worker keeps it for its next units and replaces
+# it after a crash or a timeout, and after DECODER_RECYCLE records. It exits with its worker (end of pipe).
+DECODER_RECYCLE = 2000
+REUSE_DECODER = True  # False: one decoder child per unit (the cost above per unit; for the benchmark)
+_decoder: dict[str, Any] = {}  # per worker process: {"key": (timeout, memory), "runner": ..., "served": n}
+
+
+def _decoder_runner(timeout_s: float, memory_mb: int) -> IsolatedRunner:
+    key = (float(timeout_s), int(memory_mb))
+    d = _decoder
+    if d and (d["key"] != key or d["served"] >= DECODER_RECYCLE):
+        _close_decoder()
+    if not d:
+        d.update(key=key, runner=IsolatedRunner(timeout_s, memory_limit_mb=memory_mb), served=0)
+    return d["runner"]
+
+
+def _close_decoder() -> None:
+    if _decoder:
+        _decoder.pop("runner").close()
+        _decoder.clear()
+
+
+def _child_cpu(runner: IsolatedRunner) -> tuple[int, float]:
+    """(pid, CPU seconds) of the runner's live child, from /proc; (0, 0.0) when there is none."""
+    proc = getattr(runner, "_proc", None)
+    pid = getattr(proc, "pid", None)
+    if not pid:
+        return 0, 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0, 0.0
+
+
 def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size: int, timeout_s: float,
-             memory_mb: int, s3: dict) -> dict[str, Any]:
+             memory_mb: int, s3: dict, reuse_decoder: bool = True) -> dict[str, Any]:
     """Process and commit one unit (idempotent: a retry rewrites the same files)."""
     storage.configure_s3(s3 or None)
     writer = UnitWriter(out, unit, shard_size)
     t0 = time.time()
-    cpu0 = _cpu_seconds()
+    if reuse_decoder:
+        runner = _decoder_runner(timeout_s, memory_mb)
+    else:
+        _close_decoder()
+        runner = IsolatedRunner(timeout_s, memory_limit_mb=memory_mb)
+    cpu0, (pid0, child0) = _cpu_seconds(), _child_cpu(runner)
     try:
-        with IsolatedRunner(timeout_s, memory_limit_mb=memory_mb) as runner:
+        try:
             for item in items:
                 if isinstance(item, Failure):
                     writer.fail(item)
@@ -219,12 +263,24 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
                 if not writer.add(sample.key, members, manifest_row(sample, "", unit)):
                     writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
                                         "duplicate key inside the unit", item.origin, "video_id", item.key))
+        finally:
+            if reuse_decoder:
+                _decoder["served"] = _decoder.get("served", 0) + len(items)
+            if reuse_decoder:
+                pid1, child1 = _child_cpu(runner)
+            else:  # closed: reaped, so its CPU is in RUSAGE_CHILDREN
+                runner.close()
+                pid1, child1 = 0, 0.0
         stats = writer.commit()
-    except BaseException:
+    except BaseException as e:
         writer.abort()
+        if reuse_decoder and not isinstance(e, Exception):  # interrupted: do not keep a child in an unknown state
+            _close_decoder()
         raise
     stats["elapsed"] = time.time() - t0
-    stats["cpu_s"] = _cpu_seconds() - cpu0  # this worker + its decoder children (reaped when the runner closed)
+    # CPU of this unit: the worker, its reaped decoder children (a crashed or replaced one: its whole life, so its
+    # CPU before this unit is taken off) and the live child's CPU during the unit
+    stats["cpu_s"] = _cpu_seconds() - cpu0 + child1 - (child0 if pid0 else 0.0)
     stats["inputs"] = len(items)
     return stats
 
@@ -340,7 +396,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                 done["skipped"] += 1
                 continue
             ref = task.remote(cfg.out, unit, unit_items, opts, shard_bytes, cfg.decode_timeout_s,
-                              cfg.decoder_memory_mb, s3)
+                              cfg.decoder_memory_mb, s3, REUSE_DECODER)
             pending[ref] = unit
             drain(max_in_flight - 1)
         drain(0)
@@ -366,7 +422,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
 def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed: float, cpus: int) -> str:
     """One line per committed unit: the unit, the running totals and the rates since the first unit started."""
     el = max(elapsed, 1e-9)
-    return (f"[ingest {source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures"
+    return (f"[ingest {source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures in"
+            f" {st.get('elapsed', 0.0):.1f} s ({st.get('cpu_s', 0.0):.1f} CPU-s)"
             f" | total {done['samples']} samples, {done['failures']} failures, {done['units']} units"
             f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / el:.2f} video-h/h,"
             f" CPU {100 * done['cpu_s'] / (el * cpus):.0f}% of {cpus}")
