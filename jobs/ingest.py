@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-time-msg", action="store_true", default=None,
                    help="use the timestamp message that lists every frame time")
     p.add_argument("--decode-timeout-s", type=float, help="per-video limit before the decoder is killed (600)")
+    p.add_argument("--resize", choices=["torch", "pil"],
+                   help="frame resize: torch (default; antialiased bicubic, much faster at 1080p) or pil (exactly "
+                        "the UMT preprocessor's PIL bicubic)")
+    p.add_argument("--max-in-flight", type=int, help="work units queued or running at once (default 2x CPUs)")
+    p.add_argument("--decoder-threads", type=int,
+                   help="FFmpeg threads per decoder (default 1: every CPU already runs a unit; 0: FFmpeg decides)")
     add_cluster_arguments(p)
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from operators.errors import RecordError
+from operators.errors import ConfigError, RecordError
 from operators.isolate import IsolatedRunner
 from operators.mp4 import decode_mp4
 from operators.process import ProcessOptions, process_record
@@ -279,12 +279,26 @@ def test_changed_settings_into_same_out_is_refused(ingested):
     assert "profile" in r.stderr and "other settings" in r.stderr
 
 
+def test_resize_setting_is_validated_and_part_of_the_fingerprint():
+    from pipelines.ingest import IngestConfig
+
+    base = dict(source="webvid", metadata=["m.csv"], videos="v", out="o")
+    assert IngestConfig(**base).resize == "torch"
+    assert IngestConfig(**base).fingerprint()["resize"] == "torch"
+    assert "resize" not in IngestConfig(**base, resize="pil").fingerprint()  # as jobs written before the setting
+    with pytest.raises(ConfigError, match="resize"):
+        IngestConfig(**base, resize="area").validate()
+
+
 @pytest.mark.parametrize(
     "args,field",
     [
         (["--profile", "huge"], "--profile"),
         (["--shard-size-mb", "-1"], "shard_size_mb"),
         (["--source", "youtube8m"], "source"),
+        (["--resize", "nearest"], "--resize"),
+        (["--max-in-flight", "-2"], "max_in_flight"),
+        (["--decoder-threads", "-1"], "decoder_threads"),
     ],
 )
 def test_bad_config_is_an_error_before_work(tmp_path, args, field):
