@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out" / "peers"
 VENV = OUT / "venv"
 V2D_VERSION = "1.3.0"
-# 267 rows -> 8 units, 4 per CPU. The default (units sized to fill a 1 GB shard: 349 rows at the long profile)
-# would make this whole corpus one unit, i.e. one task on one CPU.
+# 267 rows -> 8 units, 4 per CPU (the figures in BENCHMARKS.md were measured this way, before the default became a
+# ramp of small units; the default would now make 19 units of this corpus).
 RECORDS_PER_UNIT = 34
 
 PATCH_MARK = "# patched by longvid bench/peers.py"
@@ -307,8 +307,8 @@ def markdown(args, corpus, v2d: dict | None, ours: dict | None, why_not: str, pa
                   "outputs are of similar size and the comparison is mostly of the machinery around the codec. On long "
                   "videos the long profile keeps about one frame per second (64 to 512) where video2dataset "
                   "re-encodes every frame.", "",
-                  "Without `--records-per-unit`, units are sized to fill a 1 GB shard (349 rows at the long "
-                  "profile), so this whole corpus would be one unit: one task on one CPU.", ""]
+                  "longvid ran with `--records-per-unit 34` (8 units, 4 per CPU); its default unit ramp (8 units "
+                  "of 8 rows, then 16, ...) would cut this corpus into 19 units.", ""]
     if patched or v2d is not None:
         lines += ["Needed to run it: `pip install video2dataset==1.3.0 'pyarrow<17'` in its own virtualenv "
                   "(bench/out/peers/venv, about 6 GB with torch 2.1 and CUDA wheels), "
