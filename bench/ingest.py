@@ -289,7 +289,9 @@ def write_md(cmd, lines, extra, proc, args, elapsed, load) -> None:
         "",
         f"Command: `{cmd.strip()}` ({elapsed:.0f} s, plus video generation on the first run; {os.cpu_count()} cores "
         f"shared with other work: {load}, so wall times are noisy and CPU times are the steadier figure). Videos: `pipelines.synth_video.make_video`, 30 fps H.264, {args.bframes} B-frames, "
-        f"x264 preset {args.preset}, keyframe every 2 s or 10 s. Decoder threads: {args.threads} for all three.",
+        f"x264 preset {args.preset}, keyframe every 2 s or 10 s; each {args.minutes:g}-minute video is a generated 30 s clip of its "
+        f"format repeated by stream copy (real H.264, the same GOP structure throughout), the 1-hour video the 1080p "
+        f"2 s-GOP clip x120. Decoder threads: {args.threads} for all three.",
         "Frames: `operators.sample.plan_span` short (up to 8) and long (about 1 fps, 64..512). `ours` = probe + "
         "`decode(..., size=224, resize_method=\"torch\")`, the frames as ingest stores them (last column: CPU with "
         "the exact PIL resize); `decord` = `VideoReader` + `get_batch` at full resolution, no resize; `full` = every "
