@@ -77,6 +77,12 @@ class IsolatedRunner:
         self._conn = None
         self.restarts = 0
 
+    @property
+    def pid(self) -> int | None:
+        """The live child's process id (None before the first call and after the child is gone)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
     def _start(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
         self._proc = self._ctx.Process(target=_child_main, args=(child, self.memory_limit_mb), daemon=True)

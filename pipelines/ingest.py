@@ -228,8 +228,7 @@ def _close_decoder() -> None:
 
 def _child_cpu(runner: IsolatedRunner) -> tuple[int, float]:
     """(pid, CPU seconds) of the runner's live child, from /proc; (0, 0.0) when there is none."""
-    proc = getattr(runner, "_proc", None)
-    pid = getattr(proc, "pid", None)
+    pid = runner.pid
     if not pid:
         return 0, 0.0
     try:

@@ -127,7 +127,11 @@ def _boom():
 
 def test_isolated_runner_survives_crash_and_hang():
     with IsolatedRunner(timeout_s=3) as r:
+        assert r.pid is None  # no child before the first call
         assert r.run(sum, [1, 2, 3]) == 6
+        first = r.pid
+        assert first and first != os.getpid()
+        assert r.run(os.getpid) == first  # the call ran in that child
         with pytest.raises(RecordError) as e:
             r.run(_segfault)
         assert e.value.stage == "crash" and "SIGSEGV" in e.value.reason
@@ -138,7 +142,7 @@ def test_isolated_runner_survives_crash_and_hang():
             r.run(_boom)
         assert e.value.stage == "decode" and "KeyError" in e.value.reason
         assert r.run(max, [4, 9]) == 9  # a fresh child after each crash
-        assert r.restarts == 2
+        assert r.restarts == 2 and r.pid not in (None, first)
 
 
 # ------------------------------------------------------------------------------------------- the Ray job
