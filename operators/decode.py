@@ -25,7 +25,7 @@ its display matrix are returned upright (as decord returns them).
 GOP-parallel (mode "auto" or "seek", a local file, `threads` not 1): targets spread over several GOPs are split at
 keyframes into up to min(threads, 4) ranges, each decoded by its own single-threaded decoder in a thread; a range
 stops at the keyframe where the next one starts, so no packet is sent twice. Frame threading inside one decoder
-stalls at every seek; ranges of GOPs do not. Ingest workers use one thread (one CPU per task) and never split.
+stalls at every seek; ranges of GOPs do not. Ingest workers use one thread by default (one CPU per task): no split.
 
 Mode "sequential" never seeks; mode "seek" seeks whenever the target's keyframe is ahead; mode "keyframe"
 snaps each target to its nearest keyframe and decodes only those keyframes (for very sparse sampling) and
@@ -294,8 +294,7 @@ class _PyAVDecoder:
     def _store(self, j: int, arr: np.ndarray) -> None:
         if self.dest is None:
             self.dest = np.empty((self.n_out,) + arr.shape, np.uint8)
-        if arr.shape != self.dest.shape[1:]:  # the picture size changed mid-stream: keep the first size
-            arr = np.asarray(Image.fromarray(arr).resize((self.dest.shape[2], self.dest.shape[1]), Image.Resampling.BICUBIC))
+        arr = _fit(arr, self.dest.shape[1:])
         rows = self.rows[j]
         self.dest[rows[0]] = arr
         for r in rows[1:]:
@@ -674,11 +673,7 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
     for row, i in enumerate(idx):
         r, k = where[i]
         res = results[r]
-        if res.frames.shape[1:] != frames.shape[1:]:  # the picture size changed mid-stream: keep the first size
-            frames[row] = np.asarray(Image.fromarray(res.frames[k]).resize((frames.shape[2], frames.shape[1]),
-                                                                           Image.Resampling.BICUBIC))
-        else:
-            frames[row] = res.frames[k]
+        frames[row] = _fit(res.frames[k], frames.shape[1:])
         used.append(res.indices[k])
         times.append(res.times[k])
     stats = DecodeStats()
@@ -689,6 +684,13 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
         stats.sent_pts.extend(res.stats.sent_pts)
     stats.ranges = len(results)
     return DecodeResult(frames, tuple(used), tuple(times), stats)
+
+
+def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A frame whose size differs from the output's (the picture size changed mid-stream) resized to it."""
+    if arr.shape == tuple(shape):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
 
 
 def _find(sorted_list: list[int], value: int) -> int | None:

@@ -58,12 +58,6 @@ class UnitSchedule:
             return self.first
         return min(self.cap, self.first << min(n // self.repeat, 62))
 
-    def sizes(self) -> Iterator[int]:
-        n = 0
-        while True:
-            yield self.size(n)
-            n += 1
-
     def bounds(self, n: int) -> tuple[int, int]:
         """Row range [start, end) of unit n (for tests and reports; O(n))."""
         start = sum(self.size(i) for i in range(n))
