@@ -3,24 +3,32 @@
     python bench/loader.py                       # 96 samples, 64-256 frames, D=1024 float16 (~0.5 GiB of shards)
     python bench/loader.py --samples 32 --frames 16 64 --repeats 5
     python bench/loader.py --keep                # reuse the shards of the last run
+    python bench/loader.py --keep --page-cache written   # shards as the writer left them in the page cache
+    python bench/loader.py --keep --variants raw,loader,numpy   # with and without the C kernels
     git show REV:pipelines/train_data.py > /tmp/old.py   # REV: the version to compare with
     python bench/loader.py --keep --baseline /tmp/old.py --variants raw,baseline,loader   # before/after
 
 Shards are written by `pipelines.train_data.write_synthetic_token_shards` (encode layout: <key>.json +
-<key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files from the page cache (every file is read
-once before timing):
+<key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files. Where their pages are (--page-cache):
+- read (default): in the page cache as a trainer leaves them after reading them once: every shard is evicted,
+  then read front to back, before timing. The kernel's readahead fills the cache with large folios, which make
+  both copying and mapping cheaper than on pages the writer left;
+- written: as the writer left them (a shard written on this machine and not evicted since; with --keep, whatever
+  state the last run left);
+- cold: evicted before every pass of every variant (posix_fadvise DONTNEED, no root needed), so both sides read
+  from the disk, as a corpus larger than RAM is read in training.
+Variants:
 - raw: each tar read front to back in 4 MiB `readinto` calls into one reused buffer, nothing else;
 - loader: `StageLoader` (one worker, batch 1, shuffle buffer: the largest divisor of the sample count <= 32),
   i.e. tar parsing, json, npy header, NaN/inf scan of every token, frame bounds, Qwen2 chat tokenization with
   labels, length bucketing and collation to torch tensors;
 - loader+prefetch: the same behind its background thread;
 - baseline: the loader of another train_data.py (--baseline FILE), for before/after figures from the same rounds;
+- numpy: the loader without its C kernels (operators/_native.c: NaN/inf scan, tar checksum, page-cache probe),
+  i.e. on the numpy / Python fallback it uses where no C compiler was there at install;
 - nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
 - nocheck+copy: nocheck, plus a copy of every batch's tokens into one reused staging buffer, as a pageable
   `.to(device)` does on the host. This is the loader's side of moving the NaN/inf check to the device.
-With --cold, every shard is evicted from the page cache (posix_fadvise DONTNEED, no root needed) before every pass
-of every variant, so both sides read from the disk, as a corpus larger than RAM is read in training; the
-default (warm page cache) is the stricter, memory-bound comparison.
 Variants run in turn, round after round (--repeats); "paired" ratios compare each pass with the raw pass of the
 same round. Samples/s and CPU time per sample of each; the target is loader >= 80% of raw. Results:
 <out>/../loader.json.
@@ -80,8 +88,14 @@ def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
     return time.perf_counter() - t0, total
 
 
+def read_back(files: list[str]) -> None:
+    """Evict, then read every file once: the page-cache state a trainer's first pass over the shards leaves."""
+    evict(files)
+    raw_read(files)
+
+
 def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int, module=None, check: bool = True,
-                staging=None) -> float:
+                staging=None, native: bool = True) -> float:
     """One epoch in whole shuffle blocks, so that the loader reads exactly the bytes the raw pass reads.
     check=False: no NaN/inf scan in the loader; with `staging` (a flat tensor) every visual tensor is then copied
     into it, as a pageable host-to-device copy would (the bytes must be read by someone)."""
@@ -90,7 +104,18 @@ def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int, mod
     extra = {} if check else {"check_finite": False}
     cfg = mod.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=buffer, mix="samples", dim=dim,
                            max_frames=max_frames, max_len=1 << 20, prefetch=prefetch, **extra)
-    loader = mod.StageLoader(cfg, 0, 1, tok)
+    kernels = mod._native if hasattr(mod, "_native") else None
+    if not native:
+        mod._native = None
+    try:
+        loader = mod.StageLoader(cfg, 0, 1, tok)
+        return _timed(loader, n, staging)
+    finally:
+        if hasattr(mod, "_native"):
+            mod._native = kernels
+
+
+def _timed(loader, n: int, staging) -> float:
     it = iter(loader)
     t0 = time.perf_counter()
     got = 0
@@ -116,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "loader"))
     ap.add_argument("--keep", action="store_true", help="reuse existing shards in --out")
-    ap.add_argument("--cold", action="store_true", help="evict the shards from the page cache before every pass")
+    ap.add_argument("--page-cache", choices=("read", "written", "cold"), default="read",
+                    help="read: evicted then read once before timing (default); written: as the writer left them; "
+                         "cold: evicted before every pass")
     ap.add_argument("--baseline", help="another train_data.py to run side by side (variant 'baseline')")
     ap.add_argument("--variants", default="raw,loader,loader+prefetch",
-                    help="comma-separated, in pass order: raw, loader, loader+prefetch, baseline (needs "
+                    help="comma-separated, in pass order: raw, loader, loader+prefetch, numpy, baseline (needs "
                          "--baseline), nocheck, nocheck+copy")
     args = ap.parse_args(argv)
 
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw": lambda: raw_read(files)[0],
         "loader": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1]),
         "loader+prefetch": lambda: loader_pass(plan, n, tok, 2, args.dim, args.frames[1]),
+        "numpy": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1], native=False),
         "baseline": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1], module=base),
         # the NaN/inf check moved out of the loader (to the train step, on the device): "nocheck" never reads the
         # token bytes (not comparable with raw); "nocheck+copy" reads them the way a pageable .to(device) does,
@@ -163,14 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or ("baseline" in names and base is None):
         ap.error(f"--variants: unknown {unknown} (known: {', '.join(every)}); 'baseline' needs --baseline FILE")
     variants = {k: every[k] for k in names}
-    raw_read(files)  # warm the page cache
+    if args.page_cache == "read":
+        read_back(files)
+    else:
+        raw_read(files)  # "written": bring back anything evicted since, without evicting the rest
     for k in names[1:]:  # and the tokenizer, in every loader version
         variants[k]()
     rows: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}  # process CPU time (all threads) per pass
     for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
         for k, fn in variants.items():
-            if args.cold:
+            if args.page_cache == "cold":
                 evict(files)
             c0 = time.process_time()
             rows[k].append(fn())
@@ -180,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "samples": n, "shards": len(files), "bytes": nbytes, "mib_per_sample": round(nbytes / n / 2**20, 2),
         "frames": list(args.frames), "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats,
-        "load_average": os.getloadavg()[0], "page_cache": "cold (evicted before every pass)" if args.cold else "warm",
+        "load_average": os.getloadavg()[0], "page_cache": args.page_cache,
+        "native_kernels": train_data._native is not None,
         "samples_per_s_best": {k: round(n / v, 1) for k, v in best.items()},
         "samples_per_s_median": {k: round(n / v, 1) for k, v in med.items()},
         "mib_per_s_best": {k: round(nbytes / v / 2**20, 1) for k, v in best.items()},

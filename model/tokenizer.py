@@ -111,9 +111,11 @@ def format_chat(
         raise ValueError(f"format_chat: label_mode must be 'assistant' or 'llava', got {label_mode!r}")
     ids: list[int] = []
     labels: list[int] = []
+    # a tokenizer may offer text_ids(text) -> ids without special tokens (the loader's memoising wrapper does)
+    encode = getattr(tokenizer, "text_ids", None) or (lambda text: _ids(tokenizer, text))
 
     def add(text: str, train: bool) -> None:
-        piece = _ids(tokenizer, text)
+        piece = encode(text)
         ids.extend(piece)
         labels.extend(piece if train else [IGNORE_INDEX] * len(piece))
 
@@ -144,5 +146,6 @@ def format_chat(
             unmask.add(nl[0])
         labels = [t if t in unmask else lab for t, lab in zip(ids, labels)]
     img = image_token_id(tokenizer)
-    labels = [IGNORE_INDEX if t == img else lab for t, lab in zip(ids, labels)]
+    if img in labels:  # labels hold either the id or IGNORE_INDEX: only a trained <image> needs masking
+        labels = [IGNORE_INDEX if t == img else lab for t, lab in zip(ids, labels)]
     return ids, labels

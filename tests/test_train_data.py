@@ -605,6 +605,7 @@ def test_mapped_tar_requests_read_ahead_before_the_parser_gets_there(tmp_path, m
     from pipelines import train_data as td
 
     monkeypatch.setattr(td, "READ_AHEAD", 1 << 16)
+    monkeypatch.setattr(td, "_native", None)  # no page-cache probe: every window is requested (tests/test_native.py)
     p = tmp_path / "s.tar"
     p.write_bytes(os.urandom(300_000))
     calls = []

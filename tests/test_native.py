@@ -1,0 +1,214 @@
+"""The optional C kernels of the loader (operators/_native.c) against their numpy / Python twins: NaN/inf scan,
+tar header checksum, page-cache probe; and the loader giving the same batches with and without them."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import sysconfig
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from model.tokenizer import build_test_tokenizer
+from pipelines import train_data as td
+from pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards
+
+native = td._native
+
+
+def _compiler() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None or shutil.which("gcc") is not None
+
+
+def test_kernels_are_built_where_a_compiler_is():
+    """pip builds operators/_native.c when it can; a silent fallback to numpy would only show as a slow loader."""
+    if native is None and not _compiler():
+        pytest.skip("no C compiler on this machine: the loader runs on its numpy fallback")
+    assert native is not None, "operators._native is not built: run `pip install -e .` again and read its output"
+
+
+needs_native = pytest.mark.skipif(native is None, reason="operators._native is not built")
+
+
+def _numpy_says(a: np.ndarray) -> bool:
+    return not bool(np.isfinite(a).all())
+
+
+@needs_native
+def test_nonfinite_f16_every_bit_pattern():
+    """All 65,536 float16 patterns, one at a time in a finite array: NaN (quiet, signalling, either sign) and
+    +-inf are found, everything else (subnormals, -0, the largest finite) is not."""
+    base = np.zeros(97, dtype=np.float16)
+    pats = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = ~np.isfinite(pats.view(np.float16))
+    rng = np.random.default_rng(0)
+    for p, w in zip(pats, want):
+        a = base.copy()
+        a.view(np.uint16)[rng.integers(97)] = p
+        assert native.nonfinite(a, 2) == bool(w), hex(int(p))
+
+
+@needs_native
+def test_nonfinite_f32_patterns():
+    rng = np.random.default_rng(1)
+    special = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7F7FFFFF,
+                        0xFF7FFFFF, 0x00000001, 0x80000000, 0x007FFFFF], dtype=np.uint32)
+    pats = np.concatenate([special, rng.integers(0, 1 << 32, 20_000, dtype=np.uint64).astype(np.uint32),
+                           (0x7F800000 | rng.integers(0, 1 << 23, 200)).astype(np.uint32)])
+    for p in pats:
+        a = rng.standard_normal(33).astype(np.float32)
+        a.view(np.uint32)[int(p) % 33] = p
+        assert native.nonfinite(a, 4) == _numpy_says(a), hex(int(p))
+
+
+@needs_native
+@pytest.mark.parametrize("dt,size", [(np.float16, 4095), (np.float16, 8193), (np.float32, 4096), (np.float32, 12289)])
+def test_nonfinite_at_every_block_edge(dt, size):
+    """The kernel checks in blocks of 4096 elements with an early exit: a bad value in the first, last, or any
+    partial block is found."""
+    a = np.random.default_rng(2).standard_normal(size).astype(dt)
+    assert not native.nonfinite(a, a.itemsize)
+    for at in sorted({0, 4095, 4096, 4097, 8191, 8192, size - 1} & set(range(size))):
+        for bad in (np.nan, -np.inf):
+            b = a.copy()
+            b[at] = bad
+            assert native.nonfinite(b, b.itemsize), (at, bad)
+    assert not native.nonfinite(a[:0], a.itemsize)
+
+
+@needs_native
+def test_nonfinite_refuses_what_it_cannot_scan():
+    raw = np.zeros(1001, dtype=np.uint8)
+    odd = raw[1:1001].view(np.float16)  # address not a multiple of 2
+    assert native.nonfinite(odd, 2) is None
+    with pytest.raises(ValueError, match="itemsize"):
+        native.nonfinite(np.zeros(4, np.float64), 8)
+    with pytest.raises(ValueError, match="contiguous"):  # numpy's refusal to export a strided view
+        native.nonfinite(np.zeros((4, 4), np.float16)[:, 1], 2)
+
+
+@pytest.mark.parametrize("path", ["native", "numpy"])
+def test_non_finite_same_answer_on_either_path(path, monkeypatch):
+    """pipelines.train_data.non_finite: the kernel when it can, numpy otherwise (unaligned, strided, other
+    dtypes, or no kernel), always the same answer."""
+    if path == "native" and native is None:
+        pytest.skip("operators._native is not built")
+    if path == "numpy":
+        monkeypatch.setattr(td, "_native", None)
+    rng = np.random.default_rng(3)
+    for dt in (np.float16, np.float32, np.float64):
+        a = rng.standard_normal(5000).astype(dt)
+        raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+        un = raw[1:].view(dt)  # the same values at an address that is not a multiple of the item size
+        un[:] = a
+        for arr in (a, un, a[::3], a.reshape(50, 100)):
+            assert td.non_finite(arr) is False
+            for bad in (np.nan, -np.inf):
+                b = arr.copy() if arr is not un else un
+                b.flat[len(b.flat) // 2] = bad
+                assert td.non_finite(b) is True
+                un[:] = a
+
+
+def test_tar_checksum_same_as_tarfile():
+    headers = []
+    for name, size in [("a.json", 10), ("x" * 99, 0), ("dir/é-key.tokens.npy", 123456789), ("k.mp4", 1 << 33)]:
+        ti = tarfile.TarInfo(name)
+        ti.size = size
+        ti.uname = "user"
+        headers.append(ti.tobuf(tarfile.GNU_FORMAT)[-512:])
+    for h in headers:
+        want = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        assert td._tar_checksum_py(h) == want
+        if native is not None:
+            assert native.tar_checksum(h) == want
+    if native is not None:
+        with pytest.raises(ValueError, match="512"):
+            native.tar_checksum(b"\0" * 511)
+
+
+def _evict(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@needs_native
+def test_resident_probes_the_page_cache(tmp_path):
+    import mmap
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(4 << 20))
+    p.read_bytes()
+    with open(p, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    assert native.resident(mm, 0, 4 << 20) is True
+    assert native.resident(mm, (4 << 20) - 1, 1 << 20) is True  # clipped to the buffer
+    assert native.resident(mm, 4 << 20, 10) is False  # past the end
+    _evict(str(p))
+    assert native.resident(mm, 0, 4 << 20) is False
+    mm.close()
+
+
+@needs_native
+def test_mapped_tar_skips_read_ahead_for_cached_shards(tmp_path, monkeypatch):
+    """A shard in the page cache is parsed without a single posix_fadvise (on cached pages it only costs its walk
+    of the range); the same shard evicted gets its read-ahead requests."""
+    monkeypatch.setattr(td, "READ_AHEAD", 1 << 16)
+    p = tmp_path / "s.tar"
+    p.write_bytes(os.urandom(300_000))
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, adv: (calls.append(off), real(fd, off, n, adv))[1])
+
+    def parse():
+        f = td.MappedTar(str(p))
+        while f.tell() < 300_000:
+            f.read(5_000)
+        f.close()
+
+    p.read_bytes()
+    parse()
+    assert calls == []
+    _evict(str(p))
+    parse()
+    assert calls and calls[0] == 0
+
+
+def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, caplog):
+    """The whole loader over float16 and float32 shards with NaN, inf and other defects: batches, tokens,
+    states, counters and warnings are the same on the kernels and on the numpy / Python fallback."""
+    if native is None:
+        pytest.skip("operators._native is not built")
+    tok = build_test_tokenizer()
+    corrupt = {"webvid_v000003_full": "nan", "webvid_v000010_full": "inf_end", "webvid_v000015_full": "shape"}
+    write_synthetic_token_shards(str(tmp_path / "a"), 24, per_shard=5, frames=(4, 32), dim=64, corrupt=corrupt)
+    write_synthetic_token_shards(str(tmp_path / "b"), 10, per_shard=4, frames=(4, 16), dim=64, dtype="float32",
+                                 key_prefix="b", corrupt={"b_v000006_full": "nan_end"})
+    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
+    runs = []
+    for kernels in (native, None):
+        monkeypatch.setattr(td, "_native", kernels)
+        cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=2, buffer=6, mix="samples", dim=64,
+                           prefetch=0)
+        lo = StageLoader(cfg, 0, 1, tok)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longvid.train.data"):
+            it = iter(lo)
+            got = [next(it) for _ in range(30)]
+        runs.append((got, dict(lo.counters), [r.getMessage() for r in caplog.records]))
+        lo.close()
+    (a, ca, la), (b, cb, lb) = runs
+    assert ca == cb and la == lb and ca["non-finite tokens"] >= 3 and ca["wrong shape"] >= 1
+    for x, y in zip(a, b):
+        assert x.keys == y.keys and x.state == y.state
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
+        assert all(torch.equal(v, w) for v, w in zip(x.visual, y.visual))
