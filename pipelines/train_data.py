@@ -40,12 +40,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from operators import storage
+from operators import native, storage
 
-try:  # the C kernels (operators/_native.c), built by pip when a compiler is there; numpy and Python otherwise
-    from operators import _native
-except ImportError:
-    _native = None
+_native = native.load()  # the C kernels (operators/_native.c) when built; numpy and Python otherwise
 
 log = logging.getLogger("longvid.train.data")
 

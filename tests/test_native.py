@@ -212,3 +212,29 @@ def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, cap
         assert x.keys == y.keys and x.state == y.state
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
         assert all(torch.equal(v, w) for v, w in zip(x.visual, y.visual))
+
+
+def test_kernels_found_in_an_installed_copy_when_the_working_dir_has_none(tmp_path, monkeypatch):
+    """A Ray job's working dir comes without the built module (.gitignore'd): the kernels of the longvid installed
+    on the node are used instead."""
+    import sys
+
+    from operators import native as finder
+
+    if native is None:
+        pytest.skip("operators._native is not built")
+    site = tmp_path / "site" / "operators"
+    site.mkdir(parents=True)
+    shutil.copy(native.__file__, site / os.path.basename(native.__file__))
+    import operators
+
+    monkeypatch.setitem(sys.modules, "operators._native", None)  # `from operators import _native` fails
+    monkeypatch.delattr(operators, "_native", raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "nowhere")])
+    assert finder.load() is None  # nothing installed elsewhere (and this folder's own build is not taken)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    mod = finder.load()
+    assert mod is not None and os.path.dirname(mod.__file__) == str(site)
+    a = np.zeros(8, np.float16)
+    a[5] = np.nan
+    assert mod.nonfinite(a, 2) is True
