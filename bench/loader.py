@@ -73,11 +73,12 @@ def evict(files: list[str]) -> None:
             os.close(fd)
 
 
-def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
+def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, float, int]:
+    """(wall, CPU) seconds and bytes of reading every file front to back."""
     buf = bytearray(block)
     view = memoryview(buf)
     total = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for f in files:
         with open(f, "rb", buffering=0) as fh:
             while True:
@@ -85,7 +86,7 @@ def raw_read(files: list[str], block: int = 4 << 20) -> tuple[float, int]:
                 if not n:
                     break
                 total += n
-    return time.perf_counter() - t0, total
+    return time.perf_counter() - t0, time.process_time() - c0, total
 
 
 def read_back(files: list[str]) -> None:
@@ -115,9 +116,12 @@ def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int, mod
             mod._native = kernels
 
 
-def _timed(loader, n: int, staging) -> float:
+def _timed(loader, n: int, staging) -> tuple[float, float]:
+    """(wall, CPU) seconds from the first request to the last batch, plus closing the loader (which unmaps the
+    last shard) when it reads synchronously. With prefetch the interval ends at the last batch: closing then waits
+    for the reader thread, and its CPU time includes the read-ahead past the last batch (up to a block)."""
     it = iter(loader)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     got = 0
     while got < n:
         b = next(it)
@@ -125,11 +129,14 @@ def _timed(loader, n: int, staging) -> float:
         if staging is not None:
             for v in b.visual:
                 staging[:v.numel()].copy_(v.reshape(-1))
-    dt = time.perf_counter() - t0
+    del b
+    if not hasattr(it, "close"):
+        loader.close()
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     if hasattr(it, "close"):
         it.close()
     loader.close()
-    return dt
+    return dt, dc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             stage.append(torch.empty(args.frames[1] // 4 * 64 * args.dim, dtype=getattr(torch, args.dtype)))
         return stage[0]
     every = {
-        "raw": lambda: raw_read(files)[0],
+        "raw": lambda: raw_read(files)[:2],
         "loader": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1]),
         "loader+prefetch": lambda: loader_pass(plan, n, tok, 2, args.dim, args.frames[1]),
         "numpy": lambda: loader_pass(plan, n, tok, 0, args.dim, args.frames[1], native=False),
@@ -203,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, fn in variants.items():
             if args.page_cache == "cold":
                 evict(files)
-            c0 = time.process_time()
-            rows[k].append(fn())
-            cpu[k].append(time.process_time() - c0)
+            wall, cpu_s = fn()
+            rows[k].append(wall)
+            cpu[k].append(cpu_s)
     best = {k: min(v) for k, v in rows.items()}
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
     res = {
