@@ -595,31 +595,3 @@ def test_deferred_scan_errors_come_out_as_in_one_pass(tmp_path, tok, caplog):
         seen.append((str(e.value), dict(lo.counters), [r.getMessage() for r in caplog.records]))
     assert seen[0] == seen[1]
     assert seen[0][1]["corrupt tar"] >= 2 and any("unreadable from sample 0 on" in m for m in seen[0][2])
-
-
-def test_mapped_tar_requests_read_ahead_before_the_parser_gets_there(tmp_path, monkeypatch):
-    """Cold shards: every byte the parser reads was asked of the kernel (posix_fadvise WILLNEED) beforehand, in
-    windows, not one syscall per member."""
-    import os
-
-    from pipelines import train_data as td
-
-    monkeypatch.setattr(td, "READ_AHEAD", 1 << 16)
-    monkeypatch.setattr(td, "_native", None)  # no page-cache probe: every window is requested (tests/test_native.py)
-    p = tmp_path / "s.tar"
-    p.write_bytes(os.urandom(300_000))
-    calls = []
-    real = os.posix_fadvise
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, adv: (calls.append((off, n, adv)), real(fd, off, n, adv))[1])
-    f = td.MappedTar(str(p))
-    read = 0
-    while read < 300_000:
-        k = min(5_000, 300_000 - read)
-        (f.take if read % 2 else f.read)(k)
-        read += k
-        covered = max((off + n for off, n, _ in calls), default=0)
-        assert covered >= min(read, 300_000)
-    assert all(adv == os.POSIX_FADV_WILLNEED for *_, adv in calls)
-    assert 4 <= len(calls) <= 8  # 300 kB in 64 KiB windows
-    f.close()
-    assert f._fd == -1
