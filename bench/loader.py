@@ -36,6 +36,7 @@ same round. Samples/s and CPU time per sample of each; the target is loader >= 8
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):  # interleaved, so that load from other processes hits every variant alike
         for k, fn in variants.items():
             if args.page_cache == "cold":
+                gc.collect()  # a mapping left by the last pass would keep its pages in the cache
                 evict(files)
             wall, cpu_s = fn()
             rows[k].append(wall)
