@@ -138,7 +138,8 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
     log(f"[demo] generating a synthetic corpus under {out / 'corpus'} ...")
     corpus = make_demo_corpus(out / "corpus", per_source=per_source)
     log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
-    kw: dict[str, Any] = {"include_dashboard": False, "address": "local"}
+    # the dashboard serves the State API, which Ray Train's placement group cleaner queries (warnings without it)
+    kw: dict[str, Any] = {"include_dashboard": "train" in stages, "address": "local"}
     if num_cpus:
         kw["num_cpus"] = num_cpus
     ray.init(**kw)

@@ -975,7 +975,7 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = ensure_ray(cfg.ray_address, cfg.num_cpus)
+    started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True)  # Ray Train queries the State API
     try:
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
