@@ -10,12 +10,6 @@
  *       None when the buffer's address or length is not a multiple of itemsize (the caller scans it another way);
  *       ValueError for another itemsize, or for a buffer that cannot be exported C-contiguous.
  *
- *   resident(buffer, offset, length, probes=4) -> bool
- *       True when the pages at `probes` evenly spaced points of buffer[offset:offset + length] are all in memory
- *       (mincore(2)), e.g. a memory-mapped shard already in the page cache. The loader skips its read-ahead
- *       request then (on cached pages posix_fadvise still walks the whole range: ~3 us per MiB). False on any
- *       error, or off Linux.
- *
  *   tar_checksum(header) -> int
  *       The ustar checksum of a 512-byte header: the byte sum with the checksum field (bytes 148-155) taken as
  *       spaces.
@@ -24,10 +18,6 @@
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 /* the same loop compiled for AVX2 and for baseline x86-64; the loader picks one when the module loads */
@@ -90,31 +80,6 @@ static PyObject *nonfinite(PyObject *self, PyObject *args) {
     return PyBool_FromLong(bad);
 }
 
-static PyObject *resident(PyObject *self, PyObject *args) {
-    PyObject *obj;
-    Py_ssize_t offset, length;
-    int probes = 4;
-    if (!PyArg_ParseTuple(args, "Onn|i:resident", &obj, &offset, &length, &probes)) return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
-    int all = 0;
-#if defined(__linux__)
-    if (offset >= 0 && length > 0 && probes > 0 && offset < view.len) {
-        if (length > view.len - offset) length = view.len - offset;
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-        all = 1;
-        for (int k = 0; k < probes && all; k++) {
-            uintptr_t at = (uintptr_t)view.buf + (uintptr_t)offset +
-                           (probes == 1 ? 0 : (uintptr_t)((length - 1) * (Py_ssize_t)k / (probes - 1)));
-            unsigned char vec = 0;
-            if (mincore((void *)(at & ~(page - 1)), 1, &vec) != 0 || !(vec & 1)) all = 0;
-        }
-    }
-#endif
-    PyBuffer_Release(&view);
-    return PyBool_FromLong(all);
-}
-
 static PyObject *tar_checksum(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
@@ -133,7 +98,6 @@ static PyObject *tar_checksum(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"nonfinite", nonfinite, METH_VARARGS, "nonfinite(buffer, itemsize) -> True when a float16/32 is NaN or inf"},
-    {"resident", resident, METH_VARARGS, "resident(buffer, offset, length, probes=4) -> pages in memory?"},
     {"tar_checksum", tar_checksum, METH_O, "tar_checksum(header) -> the ustar checksum of a 512-byte header"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,4 +1,4 @@
-"""Where the loader's C kernels come from (operators/_native.c: NaN/inf scan, tar checksum, page-cache probe).
+"""Where the loader's C kernels come from (operators/_native.c: NaN/inf scan, tar header checksum).
 
 `pip install` builds them next to their source (operators/_native.*.so) when a C compiler is there. A Ray job
 submitted with `--working-dir .` runs the uploaded copy of the repo first on the path, and Ray leaves
@@ -64,7 +64,7 @@ def load() -> ModuleType | None:
                 spec.loader.exec_module(mod)
             except (ImportError, OSError):  # another Python or platform's build: try the next
                 continue
-            if all(hasattr(mod, f) for f in ("nonfinite", "tar_checksum", "resident")):
+            if all(hasattr(mod, f) for f in ("nonfinite", "tar_checksum")):
                 sys.modules.setdefault(NAME, mod)
                 return mod
     return None

@@ -1,5 +1,6 @@
 """The optional C kernels of the loader (operators/_native.c) against their numpy / Python twins: NaN/inf scan,
-tar header checksum, page-cache probe; and the loader giving the same batches with and without them."""
+tar header checksum; the page-cache probe and the pull of cold shards; the loader giving the same batches with and
+without the kernels, on cached and on cold shards."""
 from __future__ import annotations
 
 import io
@@ -141,41 +142,59 @@ def _evict(path: str) -> None:
         os.close(fd)
 
 
-@needs_native
-def test_resident_probes_the_page_cache(tmp_path):
-    import mmap
-
+def test_in_page_cache_probe(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(os.urandom(4 << 20))
     p.read_bytes()
-    with open(p, "rb") as fh:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    assert native.resident(mm, 0, 4 << 20) is True
-    assert native.resident(mm, (4 << 20) - 1, 1 << 20) is True  # clipped to the buffer
-    assert native.resident(mm, 4 << 20, 10) is False  # past the end
+    assert td.in_page_cache(str(p)) is True
     _evict(str(p))
-    assert native.resident(mm, 0, 4 << 20) is False
-    mm.close()
+    assert td.in_page_cache(str(p)) is False
+    (tmp_path / "empty").write_bytes(b"")
+    assert td.in_page_cache(str(tmp_path / "empty")) is True
 
 
-@needs_native
-def test_cached_shards_are_mapped_cold_ones_read(tmp_path):
-    """open_shard: a shard in the page cache is memory-mapped (zero-copy members); the same shard evicted is read
-    with plain read() calls (large I/Os whatever the device's read-ahead); both give the same groups."""
+def _flat(groups):
+    return [(g.key, {e: bytes(v) for e, v in g.members.items() if v is not None}, g.start, g.end) for g in groups]
+
+
+def test_cold_shards_are_pulled_into_the_page_cache_ahead_of_the_mapping(tmp_path, monkeypatch):
+    """open_shard: a shard in the page cache is mapped as it is; the same shard evicted is mapped with pull=True:
+    what the parser touches is first read with sendfile (large I/Os), members it seeks over are not. Both give
+    the same groups; a file system without sendfile falls back to the page faults."""
     keys = write_synthetic_token_shards(str(tmp_path / "t"), 6, per_shard=6, frames=(4, 16), dim=64)
     shard = str(next((tmp_path / "t" / "shards").glob("*.tar")))
     open(shard, "rb").read()
     warm = td.open_shard(shard)
-    assert isinstance(warm, td.MappedTar) and warm.resident() is True
+    assert isinstance(warm, td.MappedTar) and warm._fd < 0
+    flat = [_flat(td.iter_groups(warm, 0, want=lambda k: True))]  # bytes: no view keeps the pages mapped
+    warm.close()
+    del warm
+    pulls = []
+    real = os.sendfile
+    monkeypatch.setattr(os, "sendfile", lambda o, i, off, n: (pulls.append((off, n)), real(o, i, off, n))[1])
     _evict(shard)
     cold = td.open_shard(shard)
-    assert not isinstance(cold, td.MappedTar)
-    got = []
-    for f in (warm, cold):
-        groups = list(td.iter_groups(f, 0, want=lambda k: True))
-        got.append([(g.key, {e: bytes(v) for e, v in g.members.items()}, g.start, g.end) for g in groups])
-        f.close()
-    assert got[0] == got[1] and [k for k, *_ in got[0]] == keys
+    assert cold._fd >= 0 and td.in_page_cache(shard) is False
+    groups = list(td.iter_groups(cold, 0, want=lambda k: k != keys[2], exts=("json", "tokens.npy")))
+    assert td.in_page_cache(shard) is True
+    skipped = [g for g in groups if "__skipped__" in g.members][0]
+    inside = [(off, n) for off, n in pulls if skipped.start <= off < skipped.end]
+    assert inside and all(n <= 512 for _, n in inside)  # its headers were read, its members not
+    flat.append(_flat(groups))
+    cold.close()
+    del cold, groups
+
+    def broken(*a):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "sendfile", broken)
+    _evict(shard)
+    nosf = td.open_shard(shard)
+    flat.append(_flat(td.iter_groups(nosf, 0, want=lambda k: True)))
+    assert nosf._fd == -1
+    nosf.close()
+    assert flat[0] == flat[2] and [k for k, *_ in flat[0]] == keys
+    assert [g for g in flat[1] if g[0] != keys[2]] == [(k, m, a, b) for k, m, a, b in flat[0] if k != keys[2]]
 
 
 def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, caplog):
