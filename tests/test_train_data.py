@@ -595,3 +595,40 @@ def test_deferred_scan_errors_come_out_as_in_one_pass(tmp_path, tok, caplog):
         seen.append((str(e.value), dict(lo.counters), [r.getMessage() for r in caplog.records]))
     assert seen[0] == seen[1]
     assert seen[0][1]["corrupt tar"] >= 2 and any("unreadable from sample 0 on" in m for m in seen[0][2])
+
+
+def test_prefetch_bounds_hands_errors_over_and_stops_on_close():
+    import threading
+    import time
+
+    from pipelines.train_data import _prefetch
+
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    before = set(threading.enumerate())
+    g = _prefetch(endless(), 2)
+    assert next(g) == 0
+    time.sleep(0.3)
+    assert len(made) <= 4  # one taken, two waiting, one being offered: the bound holds
+    t0 = time.time()
+    g.close()
+    assert time.time() - t0 < 1.0
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "longvid-loader" and t.is_alive()]
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("shard broke")
+
+    g = _prefetch(failing(), 1)
+    assert next(g) == 1 and next(g) == 2
+    with pytest.raises(ValueError, match="shard broke"):
+        next(g)
+    assert list(_prefetch(iter([7, 8]), 3)) == [7, 8]
