@@ -24,7 +24,7 @@ Variants:
   labels, length bucketing and collation to torch tensors;
 - loader+prefetch: the same behind its background thread;
 - baseline: the loader of another train_data.py (--baseline FILE), for before/after figures from the same rounds;
-- numpy: the loader without its C kernels (operators/_native.c: NaN/inf scan, tar checksum, page-cache probe),
+- numpy: the loader without its C kernels (operators/_native.c: NaN/inf scan, tar header checksum),
   i.e. on the numpy / Python fallback it uses where no C compiler was there at install;
 - nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
 - nocheck+copy: nocheck, plus a copy of every batch's tokens into one reused staging buffer, as a pageable
