@@ -7,4 +7,4 @@ import sys
 from setuptools import Extension, setup
 
 args = [] if sys.platform == "win32" else ["-O3"]
-setup(ext_modules=[Extension("operators._native", ["operators/_native.c"], optional=True, extra_compile_args=args)])
+setup(ext_modules=[Extension("longvid.operators._native", ["operators/_native.c"], optional=True, extra_compile_args=args)])

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import get_config  # noqa: E402
-from model.hico import HiCoEncoder  # noqa: E402
-from model.tome import merge_tokens  # noqa: E402
-from model.umt import preprocess  # noqa: E402
+from longvid.model.config import get_config  # noqa: E402
+from longvid.model.hico import HiCoEncoder  # noqa: E402
+from longvid.model.tome import merge_tokens  # noqa: E402
+from longvid.model.umt import preprocess  # noqa: E402
 
 
 def _time(fn, repeats: int) -> float:

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
-from operators.decode import decode  # noqa: E402
-from operators.probe import probe  # noqa: E402
-from operators.sample import PROFILES, plan_span  # noqa: E402
-from pipelines.synth_video import make_video  # noqa: E402
+from longvid.operators.decode import decode  # noqa: E402
+from longvid.operators.probe import probe  # noqa: E402
+from longvid.operators.sample import PROFILES, plan_span  # noqa: E402
+from longvid.pipelines.synth_video import make_video  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -144,8 +144,8 @@ def hwm():  # peak RSS of this process in KiB (VmHWM restarts at exec, unlike ru
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-from operators.probe import probe
-from operators.decode import decode
+from longvid.operators.probe import probe
+from longvid.operators.decode import decode
 import decord
 base = hwm()
 info = probe({path!r})
@@ -169,8 +169,8 @@ def peak_rss(path: Path, backend: str, threads) -> tuple[float, float, str]:
 
 def process_rate(paths: list[tuple[str, Path]]) -> str:
     try:
-        from operators.process import ProcessOptions, process_record
-        from operators.records import SourceRecord
+        from longvid.operators.process import ProcessOptions, process_record
+        from longvid.operators.records import SourceRecord
     except ImportError as e:
         return f"skipped: operators.process.process_record not available ({e})"
     rows = []

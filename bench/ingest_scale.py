@@ -76,9 +76,9 @@ DEFAULT_ORDER = ["old", "ramp8x8", "child_per_unit", "fixed4", "fixed16", "infli
 
 def make_corpus(root: Path, keep: bool) -> dict:
     """The benchmark corpus under `root` (reused when --keep and complete)."""
-    from pipelines.faulty import extra_key, extra_row, make_corpus as faulty_corpus
-    from operators.sources.miradata import raw_video_path
-    from pipelines.synth_video import make_video
+    from longvid.pipelines.faulty import extra_key, extra_row, make_corpus as faulty_corpus
+    from longvid.operators.sources.miradata import raw_video_path
+    from longvid.pipelines.synth_video import make_video
 
     done = root / "corpus.json"
     if keep and done.exists():
@@ -121,7 +121,7 @@ def child(spec: dict) -> None:
     """Runs in a fresh process: start Ray, run_ingest with the variant's settings, print one RESULT line."""
     import ray
 
-    import pipelines.ingest as ingest
+    import longvid.pipelines.ingest as ingest
 
     for k, v in spec["constants"].items():
         setattr(ingest, k, v)

@@ -47,9 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.tokenizer import build_test_tokenizer  # noqa: E402
-from pipelines import train_data  # noqa: E402
-from pipelines.train_data import plan_source, write_synthetic_token_shards  # noqa: E402
+from longvid.model.tokenizer import build_test_tokenizer  # noqa: E402
+from longvid.pipelines import train_data  # noqa: E402
+from longvid.pipelines.train_data import plan_source, write_synthetic_token_shards  # noqa: E402
 
 
 def load_baseline(path: str):

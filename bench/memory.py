@@ -95,9 +95,9 @@ def _pss_kib(pid: int) -> int:
 
 
 def measure_record(meta: Path, videos: Path, profile: str, memory_mb: int, backend: str = "pyav") -> dict:
-    from operators.isolate import IsolatedRunner
-    from operators.process import ProcessOptions, process_record
-    from operators.sources import get_adapter
+    from longvid.operators.isolate import IsolatedRunner
+    from longvid.operators.process import ProcessOptions, process_record
+    from longvid.operators.sources import get_adapter
 
     record = next(iter(get_adapter("webvid").read([str(meta)], {})))
     opts = ProcessOptions(videos_root=str(videos), profile=profile, backend=backend)
@@ -134,7 +134,7 @@ def measure_record(meta: Path, videos: Path, profile: str, memory_mb: int, backe
 
 
 def role(cmd: str) -> str:
-    if "jobs.cli" in cmd:
+    if "-m longvid" in cmd or "longvid ingest" in cmd:
         return "driver (longvid ingest)"
     if cmd.startswith("ray::run_unit") or cmd.startswith("ray::IDLE"):
         return "task worker (ray::run_unit)"
@@ -154,7 +154,7 @@ def measure_cli(meta: Path, videos: Path, out: Path, profile: str, log: Path) ->
     marker = uuid.uuid4().hex
     env = {**os.environ, MARK: marker, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.cli", "ingest", "--source", "webvid", "--metadata", str(meta), "--videos",
+    cmd = [sys.executable, "-m", "longvid", "ingest", "--source", "webvid", "--metadata", str(meta), "--videos",
            str(videos), "--out", str(out), "--profile", profile, "--num-cpus", "2", "--records-per-unit", "1",
            "--decode-timeout-s", "7200"]
     tag = f"{MARK}={marker}".encode()
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write-md", action="store_true", help="rewrite the '## Memory' section of BENCHMARKS.md")
     args = ap.parse_args(argv)
 
-    from operators.probe import probe
+    from longvid.operators.probe import probe
 
     video = make_long_video(OUT / f"1080p_{args.minutes:g}min_{args.fps:g}fps.mp4", args.minutes, args.fps)
     info = probe(str(video))

@@ -134,8 +134,8 @@ def v2d_input(corpus, path: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from operators.sources.miradata import parse_timestamp_list, raw_video_path
-    from operators.sources.base import BadValue
+    from longvid.operators.sources.miradata import parse_timestamp_list, raw_video_path
+    from longvid.operators.sources.base import BadValue
 
     clips: dict[str, list] = defaultdict(list)
     caption: dict[str, str] = {}
@@ -243,7 +243,7 @@ def run_longvid(corpus, work: Path, profile: str) -> dict:
     work.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.cli", "ingest", "--source", "miradata", "--metadata", str(corpus.metadata),
+    cmd = [sys.executable, "-m", "longvid", "ingest", "--source", "miradata", "--metadata", str(corpus.metadata),
            "--videos", str(corpus.videos), "--out", str(work / "out"), "--profile", profile, "--num-cpus", "2",
            "--records-per-unit", str(RECORDS_PER_UNIT)]
     rc, wall, cpu = run_measured(cmd, ROOT, env, work / "log.txt")
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from bench.memory import write_section
-    from pipelines.faulty import make_corpus
+    from longvid.pipelines.faulty import make_corpus
 
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(OUT / "corpus", n_videos=80, clips_per_video=3, bad_per_kind=3, seed=11,

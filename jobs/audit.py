@@ -12,10 +12,10 @@ import argparse
 import logging
 import sys
 
-from jobs.config import ConfigError, load_config, read_yaml
-from manifests.audit.benchmarks import BenchmarkFormatError
-from manifests.audit.core import AuditConfig
-from manifests.readers import ManifestError
+from longvid.jobs.config import ConfigError, load_config, read_yaml
+from longvid.manifests.audit.benchmarks import BenchmarkFormatError
+from longvid.manifests.audit.core import AuditConfig
+from longvid.manifests.readers import ManifestError
 
 _FLAGS = {  # flag -> (AuditConfig field, type, help)
     "--ngram": ("ngram", int, "n of text n-grams (13)"),
@@ -77,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.audit import audit, s3_filesystem
+    from longvid.pipelines.audit import audit, s3_filesystem
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_args(args)
@@ -101,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from jobs.cli import main
+    from longvid.jobs.cli import main
 
     sys.exit(main(["audit", *sys.argv[1:]]))

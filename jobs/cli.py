@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"jobs.{name}").register(sub)
+        importlib.import_module(f"longvid.jobs.{name}").register(sub)
     return parser
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from jobs.config import ConfigError
+    from longvid.jobs.config import ConfigError
 
     try:
         return int(args.func(args) or 0)

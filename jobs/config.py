@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from operators.errors import ConfigError
+from longvid.operators.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "read_yaml"]
 
@@ -150,6 +150,6 @@ def module_main(command: str, argv: list[str] | None = None) -> int:
     """`python -m jobs.<command> ARGS` is `longvid <command> ARGS`."""
     import sys
 
-    from jobs.cli import main
+    from longvid.jobs.cli import main
 
     return main([command, *(sys.argv[1:] if argv is None else argv)])

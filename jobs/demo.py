@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from pipelines.demo_corpus import make_demo_corpus
-from pipelines.ingest import IngestConfig, run_ingest
+from longvid.pipelines.demo_corpus import make_demo_corpus
+from longvid.pipelines.ingest import IngestConfig, run_ingest
 
 STAGES = ("ingest", "encode", "audit", "train", "niah")
 
@@ -55,7 +55,7 @@ def _ingest(out: Path, corpus: dict, profile: str, log: Callable) -> dict[str, A
 
 
 def _encode(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
-    from pipelines.encode import EncodeConfig, run_encode
+    from longvid.pipelines.encode import EncodeConfig, run_encode
 
     summaries, rows = {}, []
     for source in sources:
@@ -94,7 +94,7 @@ def _demo_benchmark(out: Path) -> Path:
 
 
 def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
-    from pipelines.audit import audit
+    from longvid.pipelines.audit import audit
 
     bench = _demo_benchmark(out)
     res = audit([str(out / "ingest" / s) for s in sources], [str(bench)], out / "audit")
@@ -107,8 +107,8 @@ def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
 
 
 def _train(out: Path, log: Callable) -> dict[str, Any]:
-    from jobs.train import load_recipe
-    from pipelines.train import run_train
+    from longvid.jobs.train import load_recipe
+    from longvid.pipelines.train import run_train
 
     cfg = load_recipe("tiny", data_root=str(out), out=str(out / "train"), num_workers=2)
     if (out / "audit" / "drop_list.txt").exists():
@@ -120,7 +120,7 @@ def _train(out: Path, log: Callable) -> dict[str, Any]:
 
 
 def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
-    from pipelines.niah_eval import run_niah_demo
+    from longvid.pipelines.niah_eval import run_niah_demo
 
     log("")
     r = run_niah_demo(out / "niah", haystack=str(out / "ingest" / "ego4d"), checkpoint=checkpoint, log=log)
@@ -199,7 +199,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo")
+    p = argparse.ArgumentParser(prog="python -m longvid demo")
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -3,7 +3,7 @@
     longvid encode --shards /data/corpus/webvid --out /data/tokens/webvid --checkpoint UMT-L_f4_vision.pt
     longvid encode --shards s3://b/corpus/webvid --out s3://b/tokens/webvid --checkpoint s3://b/ckpt/videochat-flash-7b/
     longvid encode --config jobs/configs/encode.yaml --actors 8 --gpus-per-actor 0.5     # flags override the file
-    python -m jobs.encode ...                                                           # the same
+    python -m longvid encode ...                                                           # the same
 
 Output unit N holds the samples of ingest unit N; a re-run skips the committed units. Without --checkpoint the
 encoder has random weights (a loud warning; for tests and benchmarks only).
@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import add_cluster_arguments, config_from_args, module_main
-from pipelines.encode import DTYPES, EncodeConfig, run_encode
+from longvid.jobs.config import add_cluster_arguments, config_from_args, module_main
+from longvid.pipelines.encode import DTYPES, EncodeConfig, run_encode
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from model.config import PRESETS
+    from longvid.model.config import PRESETS
 
     p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
     p.add_argument("--shards", help="ingest output folder or s3://bucket/prefix (its manifests/ and shards/)")

@@ -2,16 +2,16 @@
 
     longvid ingest --source webvid --metadata results_2M_val.csv --videos /data/webvid/videos --out /data/corpus/webvid
     longvid ingest --config jobs/configs/webvid.yaml --limit 1000        # flags override the file
-    python -m jobs.ingest ...                                             # the same, without the console script
+    python -m longvid ingest ...                                             # the same, without the console script
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from jobs.config import add_cluster_arguments, config_from_args, module_main
-from operators.sample import PROFILES
-from pipelines.ingest import IngestConfig, run_ingest
+from longvid.jobs.config import add_cluster_arguments, config_from_args, module_main
+from longvid.operators.sample import PROFILES
+from longvid.pipelines.ingest import IngestConfig, run_ingest
 
 SOURCES = ("ego4d", "howto100m", "hdvila", "miradata", "webvid")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import load_config, module_main, read_yaml
-from pipelines.niah_build import NiahBuildConfig, run_niah_build
-from pipelines.niah_eval import NiahEvalConfig, run_niah_eval
+from longvid.jobs.config import load_config, module_main, read_yaml
+from longvid.pipelines.niah_build import NiahBuildConfig, run_niah_build
+from longvid.pipelines.niah_eval import NiahEvalConfig, run_niah_eval
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:

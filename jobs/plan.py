@@ -3,7 +3,7 @@
     longvid plan --manifests /data/corpus                       # every job dir below, streamed with pyarrow
     longvid plan --manifests /data/corpus/webvid --resolution 448 --gpu A100 --frames 10000
     longvid plan --frames 2048 --model videochat-flash-2b        # inference table only
-    python -m jobs.plan ...                                       # the same
+    python -m longvid plan ...                                       # the same
 
 Prints tokens per frame dense vs HiCo, token storage (fp16), encoder FLOPs and GPU-hours, then LLM prefill FLOPs
 and KV-cache memory at N frames with and without HiCo and with the released visual dropout. The formulas are in
@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import config_from_args, module_main
-from pipelines.plan import GPUS, PlanConfig, run_plan
+from longvid.jobs.config import config_from_args, module_main
+from longvid.pipelines.plan import GPUS, PlanConfig, run_plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from model.config import PRESETS
+    from longvid.model.config import PRESETS
 
     p.add_argument("--config", help="YAML file (fields as the long flags, with underscores); flags override it")
     p.add_argument("--manifests", help="an ingest or encode job dir (or a folder of them, or s3://...)")

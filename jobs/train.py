@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.config import ConfigError, load_config, module_main, read_yaml
-from pipelines.train import DataEntry, StageConfig, TrainConfig, run_train
+from longvid.jobs.config import ConfigError, load_config, module_main, read_yaml
+from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig, run_train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

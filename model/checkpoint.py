@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from model.hico import HiCoEncoder
-from model.umt import UMT
+from longvid.model.hico import HiCoEncoder
+from longvid.model.umt import UMT
 
 if TYPE_CHECKING:  # model.llm imports transformers: keep `load_encoder` light for the encode workers
-    from model.llm import VideoLLM
+    from longvid.model.llm import VideoLLM
 
 ENCODER_PREFIXES = ("model.vision_tower.vision_tower.encoder.", "encoder.")
 LLAVA_VISION = "model.vision_tower.vision_tower.encoder."

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from model.umt import UMTConfig
+from longvid.model.umt import UMTConfig
 
 # Qwen2-7B-Instruct and Qwen2.5-1.5B-Instruct architecture numbers (their config.json files).
 QWEN2_7B: dict[str, Any] = dict(

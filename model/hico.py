@@ -19,8 +19,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from model.tome import merge_tokens
-from model.umt import UMT, UMTConfig
+from longvid.model.tome import merge_tokens
+from longvid.model.umt import UMT, UMTConfig
 
 ImageMode = Literal["repeat", "single"]
 

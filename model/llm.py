@@ -21,10 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Qwen2ForCausalLM
 
-from model.config import ModelConfig
-from model.dropout import DropoutConfig, prefill
-from model.projector import Projector
-from model.tokenizer import IGNORE_INDEX
+from longvid.model.config import ModelConfig
+from longvid.model.dropout import DropoutConfig, prefill
+from longvid.model.projector import Projector
+from longvid.model.tokenizer import IGNORE_INDEX
 
 
 @dataclass

@@ -48,9 +48,9 @@ import numpy as np
 import av
 from PIL import Image
 
-from operators.errors import RecordError
-from operators.frames import RESIZE_METHODS, resize_one
-from operators.probe import (
+from longvid.operators.errors import RecordError
+from longvid.operators.frames import RESIZE_METHODS, resize_one
+from longvid.operators.probe import (
     Source,
     VideoInfo,
     frame_rotation,

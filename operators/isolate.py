@@ -15,7 +15,7 @@ import signal
 import traceback
 from typing import Any, Callable
 
-from operators.errors import RecordError, TransientError
+from longvid.operators.errors import RecordError, TransientError
 
 
 def _child_main(conn, memory_limit_mb: int | None) -> None:

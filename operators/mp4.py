@@ -11,7 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from operators.errors import RecordError
+from longvid.operators.errors import RecordError
 
 
 def _rate(fps: float) -> Fraction:

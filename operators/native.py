@@ -15,14 +15,14 @@ import os
 import sys
 from types import ModuleType
 
-NAME = "operators._native"
+NAME = "longvid.operators._native"
 
 
 def _installed_dirs() -> list[str]:
     """operators/ folders of installed copies of longvid other than this one: sys.path entries (regular
     installs), and the project folder of an editable install (its direct_url.json)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    dirs = [os.path.join(os.path.abspath(e or "."), "operators") for e in sys.path]
+    dirs = [os.path.join(os.path.abspath(e or "."), "longvid", "operators") for e in sys.path]
     try:
         from importlib.metadata import PackageNotFoundError, distribution
 
@@ -46,7 +46,7 @@ def _installed_dirs() -> list[str]:
 def load() -> ModuleType | None:
     """The kernels module, or None when no built copy can be loaded."""
     try:
-        from operators import _native
+        from longvid.operators import _native
 
         return _native
     except ImportError:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from operators.errors import ConfigError
+from longvid.operators.errors import ConfigError
 
 TOKENS_PER_FRAME = 16
 NEEDLE_FRAMES = 4  # an image is repeated to one 4-frame clip

@@ -16,7 +16,7 @@ from typing import IO, Union
 
 import av
 
-from operators.errors import RecordError
+from longvid.operators.errors import RecordError
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 

@@ -10,16 +10,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from operators import storage
-from operators.errors import RecordError, TransientError
-from operators.frames import dhash64
-from operators.mp4 import encode_mp4
-from operators.probe import probe
-from operators.decode import decode
-from operators.prompt import build_conversations, sample_text, time_msg
-from operators.records import Sample, SourceRecord, TextSpan
-from operators.sample import PROFILES, Profile, plan_span
-from operators.sources.base import texts_in_span
+from longvid.operators import storage
+from longvid.operators.errors import RecordError, TransientError
+from longvid.operators.frames import dhash64
+from longvid.operators.mp4 import encode_mp4
+from longvid.operators.probe import probe
+from longvid.operators.decode import decode
+from longvid.operators.prompt import build_conversations, sample_text, time_msg
+from longvid.operators.records import Sample, SourceRecord, TextSpan
+from longvid.operators.sample import PROFILES, Profile, plan_span
+from longvid.operators.sources.base import texts_in_span
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _sidecar_texts(record: SourceRecord, videos_root: str) -> list[TextSpan]:
             uri = storage.safe_join(videos_root, rel)
             if not storage.exists(uri):
                 continue
-            from operators.sources.hdvila import parse_vtt
+            from longvid.operators.sources.hdvila import parse_vtt
 
             return list(parse_vtt(storage.read_text(uri)))
         except (RecordError, OSError, ValueError, UnicodeDecodeError):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence
 
-from operators.records import TextSpan
-from operators.sources.base import texts_in_span
+from longvid.operators.records import TextSpan
+from longvid.operators.sources.base import texts_in_span
 
 CAPTION_KINDS = ("dense_caption", "caption", "short_caption")
 ASPECTS = {

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from operators.errors import RecordError
+from longvid.operators.errors import RecordError
 
 T = TypeVar("T")
 

@@ -29,9 +29,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_table
-from operators import storage
-from operators.records import Failure
+from longvid.manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_table
+from longvid.operators import storage
+from longvid.operators.records import Failure
 
 SHARDS, MANIFESTS, FAILURES = "shards", "manifests", "failures"
 

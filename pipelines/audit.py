@@ -11,9 +11,9 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from manifests.audit.benchmarks import scan_benchmarks
-from manifests.audit.core import AuditConfig, AuditResult, run_audit
-from manifests.readers import find_jobs
+from longvid.manifests.audit.benchmarks import scan_benchmarks
+from longvid.manifests.audit.core import AuditConfig, AuditResult, run_audit
+from longvid.manifests.readers import find_jobs
 
 
 def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None) -> pafs.S3FileSystem:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.synth_video import make_video
+from longvid.pipelines.synth_video import make_video
 
 SOURCES = ("ego4d", "howto100m", "hdvila", "miradata", "webvid")
 
@@ -138,7 +138,7 @@ def make_demo_corpus(root: Path, per_source: int = 3, seed: int = 0) -> dict[str
         "videos": videos, "concurrent_video_sets": [], "physical_settings": []})
     _write_json(meta / "v2" / "annotations" / "narration.json", narr)
     opts = {"window_sec": 20.0, "min_window_sec": 8.0}
-    from operators.sources.ego4d import windows  # same rule as the adapter
+    from longvid.operators.sources.ego4d import windows  # same rule as the adapter
 
     n_rec = sum(len(windows(v["duration_sec"], opts["window_sec"], opts["min_window_sec"])) for v in videos)
     out["ego4d"] = _entry([meta / "v2" / "ego4d.json", meta / "v2" / "annotations" / "narration.json"], vroot, opts,

@@ -51,14 +51,14 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from manifests.schema import TOKEN_MANIFEST_SCHEMA
-from operators import storage
-from operators.errors import ConfigError, RecordError
-from operators.mp4 import decode_mp4
-from operators.records import Failure
-from operators.write import MANIFESTS, UnitWriter, sample_members
-from pipelines import outputs
-from pipelines.ray_session import ensure_ray
+from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
+from longvid.operators import storage
+from longvid.operators.errors import ConfigError, RecordError
+from longvid.operators.mp4 import decode_mp4
+from longvid.operators.records import Failure
+from longvid.operators.write import MANIFESTS, UnitWriter, sample_members
+from longvid.pipelines import outputs
+from longvid.pipelines.ray_session import ensure_ray
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
 TOKENS_PER_FRAME = 16
@@ -93,7 +93,7 @@ class EncodeConfig:
     quiet: bool = False
 
     def validate(self) -> None:
-        from model.config import PRESETS
+        from longvid.model.config import PRESETS
 
         if not self.shards:
             raise ConfigError("shards: the ingest output folder (or s3://bucket/prefix) is required")
@@ -328,8 +328,8 @@ class HiCoActor:
                  s3: dict | None, cpu_threads: int = 1) -> None:
         import torch
 
-        from model.config import get_config
-        from model.hico import HiCoEncoder
+        from longvid.model.config import get_config
+        from longvid.model.hico import HiCoEncoder
 
         storage.configure_s3(s3 or None)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -340,7 +340,7 @@ class HiCoActor:
         enc = HiCoEncoder(cfg.umt, tokens_per_frame=TOKENS_PER_FRAME).eval()
         self.report = ""
         if checkpoint:
-            from model.checkpoint import load_encoder  # imports transformers: only when needed
+            from longvid.model.checkpoint import load_encoder  # imports transformers: only when needed
 
             rep = load_encoder(enc, fetch_checkpoint(checkpoint, cache_dir), strict=True)
             self.report = rep.summary()
@@ -352,7 +352,7 @@ class HiCoActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from model.umt import preprocess
+        from longvid.model.umt import preprocess
 
         status = np.asarray(batch["status"]).astype(object)
         reason = np.asarray(batch["reason"]).astype(object)
@@ -601,7 +601,7 @@ def _check_out(cfg: EncodeConfig, resolution: int) -> None:
 def _check_checkpoint(cfg: EncodeConfig) -> None:
     if not cfg.checkpoint or storage.is_s3(cfg.checkpoint):
         return
-    from model.checkpoint import CheckpointError, checkpoint_files
+    from longvid.model.checkpoint import CheckpointError, checkpoint_files
 
     try:
         checkpoint_files(cfg.checkpoint)
@@ -647,7 +647,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
             if len(have) > 1:
                 raise ConfigError(f"resolution: the ingest frames have several resolutions {sorted(have)}; choose one")
             resolution = have.pop() if have else 224
-            from model.config import get_config
+            from longvid.model.config import get_config
 
             native = get_config(cfg.model).umt.img_size
             if native > resolution:
@@ -663,7 +663,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         resolution = int(old.get("resolution") or 224)
     _check_checkpoint(cfg)
     _check_out(cfg, resolution)
-    from model.config import get_config
+    from longvid.model.config import get_config
 
     dim = get_config(cfg.model, img_size=resolution).encoder_dim
     if not cfg.checkpoint:

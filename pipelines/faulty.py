@@ -33,9 +33,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from operators.records import sample_key
-from operators.sources.miradata import raw_video_path
-from pipelines.synth_video import make_audio_only, make_video
+from longvid.operators.records import sample_key
+from longvid.operators.sources.miradata import raw_video_path
+from longvid.pipelines.synth_video import make_audio_only, make_video
 
 SOURCE = "miradata"
 

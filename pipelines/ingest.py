@@ -19,17 +19,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from operators import storage
-from operators.errors import ConfigError, MetadataError, RecordError, TransientError
-from operators.frames import RESIZE_METHODS
-from operators.isolate import IsolatedRunner
-from operators.process import ProcessOptions, manifest_row, process_record
-from operators.records import Failure, SourceRecord
-from operators.sample import PROFILES
-from operators.sources import available, get_adapter
-from operators.write import UnitWriter, manifest_name, sample_members
-from pipelines import outputs
-from pipelines.ray_session import ensure_ray
+from longvid.operators import storage
+from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
+from longvid.operators.frames import RESIZE_METHODS
+from longvid.operators.isolate import IsolatedRunner
+from longvid.operators.process import ProcessOptions, manifest_row, process_record
+from longvid.operators.records import Failure, SourceRecord
+from longvid.operators.sample import PROFILES
+from longvid.operators.sources import available, get_adapter
+from longvid.operators.write import UnitWriter, manifest_name, sample_members
+from longvid.pipelines import outputs
+from longvid.pipelines.ray_session import ensure_ray
 
 # Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
 # fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.

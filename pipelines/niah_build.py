@@ -42,10 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from operators import niah, storage
-from operators.errors import ConfigError, RecordError
-from operators.niah import SpecError
-from pipelines.outputs import versions
+from longvid.operators import niah, storage
+from longvid.operators.errors import ConfigError, RecordError
+from longvid.operators.niah import SpecError
+from longvid.pipelines.outputs import versions
 
 DTYPES = ("float16", "float32")
 
@@ -78,7 +78,7 @@ class NiahBuildConfig:
             raise ConfigError(f"out: {self.out}: a NIAH set is written to a local folder (the eval memory-maps it)")
         self.frames = niah.check_lengths(self.frames)
         self.depths = niah.check_depths(self.depths)
-        from model.config import PRESETS
+        from longvid.model.config import PRESETS
 
         if self.model not in PRESETS:
             raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
@@ -119,7 +119,7 @@ def shard_uris(haystack: str) -> list[str]:
 
 def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
     """Frames of ingest samples (<key>.mp4), shard by shard in name order, samples in tar order, up to `limit`."""
-    from operators.mp4 import decode_mp4
+    from longvid.operators.mp4 import decode_mp4
 
     taken = 0
     for uri in uris:
@@ -148,8 +148,8 @@ def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
 
 def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameChunk]:
     """A video decoded at 1 fps (indices round(k * fps)), `chunk` frames at a time, up to `limit` frames."""
-    from operators.decode import decode_frames
-    from operators.probe import probe
+    from longvid.operators.decode import decode_frames
+    from longvid.operators.probe import probe
 
     try:
         info = probe(path)
@@ -170,7 +170,7 @@ def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameC
 def haystack_source(haystack: str) -> tuple[str, int | None, Any]:
     """('shards', None, uris) or ('video', frames at 1 fps, path)."""
     if not storage.is_s3(haystack) and Path(haystack).is_file() and not haystack.endswith(".tar"):
-        from operators.probe import probe
+        from longvid.operators.probe import probe
 
         try:
             info = probe(haystack)
@@ -202,9 +202,9 @@ def make_encoder(preset: str, img_size: int, weights: str, seed: int, device) ->
     """The HiCo encoder of a preset with loaded (or seeded random) weights, and what it is (for set.json)."""
     import torch
 
-    from model.checkpoint import CheckpointError, load_encoder
-    from model.config import get_config
-    from model.hico import HiCoEncoder
+    from longvid.model.checkpoint import CheckpointError, load_encoder
+    from longvid.model.config import get_config
+    from longvid.model.hico import HiCoEncoder
 
     cfg = get_config(preset, img_size=img_size or None)
     torch.manual_seed(seed)
@@ -244,7 +244,7 @@ class ClipEncoder:
         self.out.append(tok.cpu().numpy().astype(self.dtype))
 
     def add(self, frames: np.ndarray) -> None:
-        from model.umt import preprocess
+        from longvid.model.umt import preprocess
 
         x = preprocess(frames, self.size, pad_to_square=True)  # [3, n, S, S]
         self.pending += list(x.split(1, dim=1))
@@ -277,7 +277,7 @@ def encode_images(enc, device, paths: list[Path], wheres: list[str], dtype: str,
     """Needle images -> [n, 64, D]: each padded to a square, resized, repeated to a 4-frame clip."""
     import torch
 
-    from model.umt import preprocess
+    from longvid.model.umt import preprocess
 
     out = []
     for s in range(0, len(paths), batch):

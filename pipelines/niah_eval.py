@@ -40,10 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from operators import niah
-from operators.errors import ConfigError
-from pipelines.outputs import versions
-from pipelines.ray_session import ensure_ray
+from longvid.operators import niah
+from longvid.operators.errors import ConfigError
+from longvid.pipelines.outputs import versions
+from longvid.pipelines.ray_session import ensure_ray
 
 
 @dataclass
@@ -89,7 +89,7 @@ class NiahEvalConfig:
 
 def parse_dropout(spec: str, num_layers: int | None = None):
     """`off` -> None; `released` -> DropoutConfig(); `MODE[:LAYERS[:RATIOS]]` -> DropoutConfig(MODE, ...)."""
-    from model.dropout import DropoutConfig
+    from longvid.model.dropout import DropoutConfig
 
     s = (spec or "off").strip()
     if s in ("off", "none", ""):
@@ -146,7 +146,7 @@ class NiahSet:
 
 def build_prompts(tokenizer, items: dict[int, dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
     """(item id, question name) -> prompt ids (one `<image>`), option letters, option token ids, answer."""
-    from model.tokenizer import format_chat
+    from longvid.model.tokenizer import format_chat
 
     out = {}
     for iid, it in items.items():
@@ -194,7 +194,7 @@ def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any
 
 
 def _checkpoint_keys(path: str) -> list[str]:
-    from model.checkpoint import checkpoint_files
+    from longvid.model.checkpoint import checkpoint_files
 
     keys: list[str] = []
     for f in checkpoint_files(path):
@@ -204,14 +204,14 @@ def _checkpoint_keys(path: str) -> list[str]:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 keys += list(sf.keys())
         else:
-            from model.checkpoint import iter_tensors
+            from longvid.model.checkpoint import iter_tensors
 
             return [k for k, _, _ in iter_tensors(path)]
     return keys
 
 
 def load_tokenizer_for(spec: str, checkpoint: str):
-    from model.tokenizer import build_test_tokenizer, load_tokenizer
+    from longvid.model.tokenizer import build_test_tokenizer, load_tokenizer
 
     if spec == "test":
         return build_test_tokenizer()
@@ -233,10 +233,10 @@ def load_model(preset: str, img_size: int, checkpoint: str, tokenizer, device: s
     """
     import torch
 
-    from model.checkpoint import CheckpointError, load_videochat_flash
-    from model.config import get_config
-    from model.llm import VideoLLM
-    from model.tokenizer import image_token_id
+    from longvid.model.checkpoint import CheckpointError, load_videochat_flash
+    from longvid.model.config import get_config
+    from longvid.model.llm import VideoLLM
+    from longvid.model.tokenizer import image_token_id
 
     cfg = get_config(preset, img_size=img_size or None)
     tid = image_token_id(tokenizer)
@@ -261,7 +261,7 @@ def load_model(preset: str, img_size: int, checkpoint: str, tokenizer, device: s
                 raise ConfigError(f"checkpoint: {checkpoint}: weights missing for preset {preset}: {rep.summary()}")
             summary = rep.summary()
         elif any(k.startswith(("llm.", "projector.", "vlm.llm.", "vlm.projector.")) for k in keys):
-            from model.checkpoint import iter_tensors
+            from longvid.model.checkpoint import iter_tensors
 
             sd = {}
             for k, v, _ in iter_tensors(checkpoint):  # pipelines/train saves `vlm.*` (+ `encoder.*`, not used here)
@@ -295,8 +295,8 @@ def write_random_checkpoint(path: str | Path, preset: str = "tiny", seed: int = 
     import torch
     from safetensors.torch import save_file
 
-    from model.config import get_config
-    from model.llm import VideoLLM
+    from longvid.model.config import get_config
+    from longvid.model.llm import VideoLLM
 
     torch.manual_seed(seed)
     m = VideoLLM(get_config(preset))
@@ -526,7 +526,7 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
     meta = nset.meta
     enc = meta["encoder"]
     preset = cfg.model or enc["preset"]
-    from model.config import get_config
+    from longvid.model.config import get_config
 
     try:
         mcfg = get_config(preset, img_size=enc.get("img_size"))
@@ -589,7 +589,7 @@ def run_niah_demo(out: str | Path, haystack: str, checkpoint: str = "random:0", 
     """A tiny NIAH round for `longvid demo`: generated needles (pipelines.niah_build.make_demo_needles), a set
     built on `haystack` (e.g. a demo ingest folder) with the tiny encoder, scored with `checkpoint` (a tiny
     `longvid train` stage model, or seeded random weights). Returns {"build", "eval", "heatmap"}."""
-    from pipelines.niah_build import NiahBuildConfig, make_demo_needles, run_niah_build
+    from longvid.pipelines.niah_build import NiahBuildConfig, make_demo_needles, run_niah_build
 
     root = Path(out)
     spec, images = make_demo_needles(root / "needles", items=items, multi_hop=multi_hop)

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from operators import storage
+from longvid.operators import storage
 
 
 def read_parts(out: str, folder: str, columns: list[str] | None = None,

@@ -37,11 +37,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from model.config import PRESETS, QWEN2_7B, QWEN25_1_5B, get_config
-from model.dropout import DropoutConfig
-from model.tome import merge_schedule
-from model.umt import UMTConfig
-from operators.errors import ConfigError
+from longvid.model.config import PRESETS, QWEN2_7B, QWEN25_1_5B, get_config
+from longvid.model.dropout import DropoutConfig
+from longvid.model.tome import merge_schedule
+from longvid.model.umt import UMTConfig
+from longvid.operators.errors import ConfigError
 
 # Peak dense (no sparsity) bf16 tensor-core TFLOPs from the vendors' data sheets (SXM parts where both exist).
 GPUS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "L4": 121.0,
@@ -131,7 +131,7 @@ def scan_manifests(uri: str) -> Corpus:
     """Stream the manifests under `uri` (a job dir, its manifests/ folder, one part, or a folder of jobs)."""
     import pyarrow.compute as pc
 
-    from manifests.readers import ManifestError, find_jobs, iter_batches
+    from longvid.manifests.readers import ManifestError, find_jobs, iter_batches
 
     try:
         jobs = find_jobs(uri)
@@ -293,7 +293,7 @@ def run_plan(cfg: PlanConfig, log=print) -> dict[str, Any]:
     plan = compute_plan(cfg, corpus)
     log(format_plan(plan))
     if cfg.json:
-        from operators import storage
+        from longvid.operators import storage
 
         storage.write_text(cfg.json, json.dumps(plan, indent=2, default=str))
     return plan

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operators import storage
-from operators.errors import ConfigError
-from pipelines.ray_session import ensure_ray
-from pipelines.train_data import (
+from longvid.operators import storage
+from longvid.operators.errors import ConfigError
+from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.train_data import (
     DataError,
     LoaderConfig,
     Sampling,
@@ -208,7 +208,7 @@ class TrainConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"stages: duplicate stage names {dup}")
-        from model.config import PRESETS
+        from longvid.model.config import PRESETS
 
         if self.model not in PRESETS:
             raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
@@ -303,7 +303,7 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
 
 
 def build_tokenizer(cfg: TrainConfig):
-    from model.tokenizer import build_test_tokenizer, load_tokenizer
+    from longvid.model.tokenizer import build_test_tokenizer, load_tokenizer
 
     if cfg.tokenizer == "test":
         return build_test_tokenizer()
@@ -318,13 +318,13 @@ def _init_module(cfg: TrainConfig, tokenizer) -> Any:
     """The stage-0 model: preset (random, seeded) or local LLM, optional released checkpoint and encoder."""
     import torch
 
-    from model.config import get_config
-    from model.tokenizer import image_token_id
+    from longvid.model.config import get_config
+    from longvid.model.tokenizer import image_token_id
 
     mcfg = get_config(cfg.model)
     tid = image_token_id(tokenizer)
     torch.manual_seed(cfg.seed)
-    from model.llm import VideoLLM
+    from longvid.model.llm import VideoLLM
 
     if cfg.llm_path:
         vlm = VideoLLM.from_pretrained(mcfg, cfg.resolve(cfg.llm_path), tid, dtype=torch.float32)
@@ -334,17 +334,17 @@ def _init_module(cfg: TrainConfig, tokenizer) -> Any:
         vlm = VideoLLM(mcfg, image_token_id=tid)
     encoder = None
     if needs_encoder(cfg):
-        from model.hico import HiCoEncoder
+        from longvid.model.hico import HiCoEncoder
 
         side = max([s.resolution for s in cfg.stages if s.input == "frames"] + [0]) or mcfg.umt.img_size
         encoder = HiCoEncoder(mcfg.umt.with_img_size(side) if side != mcfg.umt.img_size else mcfg.umt,
                               mcfg.tokens_per_frame)
         if cfg.encoder_checkpoint:
-            from model.checkpoint import load_encoder
+            from longvid.model.checkpoint import load_encoder
 
             load_encoder(encoder, cfg.resolve(cfg.encoder_checkpoint))
     if cfg.init_checkpoint:
-        from model.checkpoint import load_videochat_flash
+        from longvid.model.checkpoint import load_videochat_flash
 
         rep = load_videochat_flash(vlm, cfg.resolve(cfg.init_checkpoint), encoder=encoder)
         log.info("init checkpoint: %s", rep.summary())
@@ -367,7 +367,7 @@ def _module_classes():
             """Token stages: the stored tokens. Frame stages: frames -> UMT -> merged tokens [clips * 64, D]."""
             if kind == "tokens":
                 return visual
-            from model.umt import preprocess
+            from longvid.model.umt import preprocess
 
             out = []
             for v in visual:
@@ -502,7 +502,7 @@ def _wrap(model, cfg: TrainConfig, sess: _Session):
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
         from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-        from model.umt import Block
+        from longvid.model.umt import Block
 
         dev = sess.device if sess.device.type == "cuda" else torch.device("cpu")
         return FSDP(model, auto_wrap_policy=ModuleWrapPolicy({Qwen2DecoderLayer, Block}), use_orig_params=True,
@@ -646,7 +646,7 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
                         st.name, rstate.get("world"), world)
 
     # ---- data
-    from model.config import get_config
+    from longvid.model.config import get_config
 
     mcfg = get_config(cfg.model)
     side = st.resolution or (model.encoder.cfg.img_size if model.encoder is not None else mcfg.umt.img_size)

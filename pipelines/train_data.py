@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from operators import native, storage
+from longvid.operators import native, storage
 
 _native = native.load()  # the C kernels (operators/_native.c) when built; numpy and Python otherwise
 
@@ -661,7 +661,7 @@ def keep_clips(n_clips: int, max_clips: int) -> list[int]:
 
 
 def _time_msg(duration: float, n: int, frame_times: list[float] | None, long: bool) -> str:
-    from operators.prompt import time_msg
+    from longvid.operators.prompt import time_msg
 
     return time_msg(duration, n, frame_times=frame_times, long=long)
 
@@ -850,8 +850,8 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
         if opts.check_finite and not defer_scan and non_finite(arr):
             raise SampleError("non-finite tokens")
     else:
-        from operators.errors import RecordError
-        from operators.mp4 import decode_mp4
+        from longvid.operators.errors import RecordError
+        from longvid.operators.mp4 import decode_mp4
 
         try:
             arr = decode_mp4(bytes(m[FRAME_EXT]))
@@ -931,7 +931,7 @@ _FORMAT_CHAT: list[Callable[..., Any]] = []
 def _format_chat() -> Callable[..., Any]:
     """model.tokenizer.format_chat, imported on first use (the model layer is not loaded with this module)."""
     if not _FORMAT_CHAT:
-        from model.tokenizer import format_chat
+        from longvid.model.tokenizer import format_chat
 
         _FORMAT_CHAT.append(format_chat)
     return _FORMAT_CHAT[0]
@@ -1153,7 +1153,7 @@ class StageLoader:
 
     def __init__(self, cfg: LoaderConfig, rank: int, world: int, tokenizer: Any, exclude: frozenset[str] = frozenset(),
                  state: dict[str, Any] | None = None, image_token_id: int | None = None):
-        from model.tokenizer import image_token_id as _img
+        from longvid.model.tokenizer import image_token_id as _img
 
         tune_malloc()
         self.cfg = cfg
@@ -1382,7 +1382,7 @@ _WORDS = ["red car", "blue kite", "green door", "yellow bird", "white cat", "bla
 def synthetic_sample_info(key: str, source: str, n_frames: int, duration: float, label: int,
                           long_msg: bool = False) -> dict[str, Any]:
     """An ingest-style json for a synthetic sample whose answer depends on `label` (learnable from tokens)."""
-    from operators.prompt import time_msg
+    from longvid.operators.prompt import time_msg
 
     times = [round(duration * (i + 0.5) / n_frames, 1) for i in range(n_frames)]
     msg = time_msg(duration, n_frames, frame_times=times, long=long_msg)
@@ -1409,8 +1409,8 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
     (NaN / -inf in the last token of the last clip), "missing_json", "missing_tokens", "bad_json", "clips"
     (num_clips disagrees). Returns the keys in write order.
     """
-    from manifests.schema import TOKEN_MANIFEST_SCHEMA
-    from operators.write import UnitWriter, sample_members
+    from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
+    from longvid.operators.write import UnitWriter, sample_members
 
     rng = np.random.default_rng(seed)
     protos = np.random.default_rng(1234).standard_normal((len(_WORDS), TOKENS_PER_CLIP, dim)).astype(np.float32)
@@ -1460,7 +1460,7 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
         w.commit()
         unit += 1
     if write_index:
-        from pipelines.outputs import finalize
+        from longvid.pipelines.outputs import finalize
 
         finalize(out, job="encode", config={"synthetic": True}, elapsed=1.0, cpus=1)
     return keys
@@ -1470,8 +1470,8 @@ def write_synthetic_frame_shards(out: str, n_samples: int, *, source: str = "web
                                  frames: tuple[int, int] = (4, 8), per_shard: int = 8, seed: int = 0) -> list[str]:
     """An ingest-style frame job (<key>.json + <key>.mp4) with label-coloured frames, for encoder-in-the-loop
     stages in tests. Returns the keys."""
-    from operators.mp4 import encode_mp4
-    from operators.write import UnitWriter, sample_members
+    from longvid.operators.mp4 import encode_mp4
+    from longvid.operators.write import UnitWriter, sample_members
 
     rng = np.random.default_rng(seed)
     colors = np.random.default_rng(99).integers(0, 256, (len(_WORDS), 3))
@@ -1495,7 +1495,7 @@ def write_synthetic_frame_shards(out: str, n_samples: int, *, source: str = "web
             n += 1
         w.commit()
         unit += 1
-    from pipelines.outputs import finalize
+    from longvid.pipelines.outputs import finalize
 
     finalize(out, job="ingest", config={"synthetic": True}, elapsed=1.0, cpus=1)
     return keys

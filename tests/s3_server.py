@@ -143,7 +143,7 @@ def boto_client(endpoint: str):
 
 def configure_storage_for(endpoint: str, **opts):
     """Point operators.storage at `endpoint` (fast retries by default, suitable for tests). Returns S3Options."""
-    from operators import storage
+    from longvid.operators import storage
 
     kw = {"max_attempts": 6, "base_delay": 0.01, "max_delay": 0.2, "connect_timeout": 5.0, "read_timeout": 10.0}
     kw.update(opts)
@@ -176,7 +176,7 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        from operators import storage
+        from longvid.operators import storage
 
         storage.configure_s3()
 
@@ -193,7 +193,7 @@ class S3Env:
 
 @pytest.fixture
 def s3(s3_server, monkeypatch):
-    from operators import storage
+    from longvid.operators import storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server["endpoint"])
     configure_storage_for(s3_server["endpoint"])

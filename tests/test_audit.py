@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.audit import ids
-from manifests.audit.benchmarks import BenchmarkFormatError, scan_benchmarks
-from manifests.audit.core import AuditConfig, read_drop_list, run_audit
-from manifests.audit.ngrams import NgramIndex, normalise_text
-from manifests.audit.phash import HashIndex, dhash64
-from manifests.audit.videos import frames_at_rate
-from manifests.readers import ManifestError, find_jobs, read_failures, read_manifests
+from longvid.manifests.audit import ids
+from longvid.manifests.audit.benchmarks import BenchmarkFormatError, scan_benchmarks
+from longvid.manifests.audit.core import AuditConfig, read_drop_list, run_audit
+from longvid.manifests.audit.ngrams import NgramIndex, normalise_text
+from longvid.manifests.audit.phash import HashIndex, dhash64
+from longvid.manifests.audit.videos import frames_at_rate
+from longvid.manifests.readers import ManifestError, find_jobs, read_failures, read_manifests
 from test_audit_util import FIXTURES, make_job, random_hashes, row
 
 VMME_Q = ("When demonstrating the Germany modern Christmas tree is initially decorated with apples, candles and berries, "
@@ -109,7 +109,7 @@ def test_ngram_normalisation_short_questions_and_templates():
     d = ix.describe()
     assert d["short_texts_used_whole"] >= 1 and d["texts_too_short"] >= 1
     # a sequence shared by many benchmark videos is a template
-    from manifests.audit.benchmarks import BenchText
+    from longvid.manifests.audit.benchmarks import BenchText
 
     tmpl = [BenchText("B", "", f"r{i}", f"v{i}", "question", "what is the action performed by the person in the video") for i in range(9)]
     ix2 = NgramIndex(tmpl, max_videos=5)
@@ -133,7 +133,7 @@ def test_hash_index_finds_within_radius_only():
 
 
 def test_dhash_matches_ingest():
-    frames = pytest.importorskip("operators.frames")
+    frames = pytest.importorskip("longvid.operators.frames")
     rng = np.random.default_rng(0)
     for shape in [(64, 64, 3), (31, 97, 3), (240, 320, 3), (50, 40)]:
         img = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -171,7 +171,7 @@ def test_readers_layouts_and_schema_errors(tmp_path):
 @pytest.fixture(scope="module")
 def bench_videos(tmp_path_factory):
     """A 'Video-MME' video on disk (named by its YouTube id) and the dHash of its frames at 1 fps."""
-    from pipelines.synth_video import make_video
+    from longvid.pipelines.synth_video import make_video
 
     d = tmp_path_factory.mktemp("bench_videos")
     make_video(d / "fFjv93ACGo8.mp4", seconds=6, fps=10, width=96, height=96, seed=5)
@@ -328,7 +328,7 @@ def test_clean_manifest_gives_zero_findings(tmp_path, bench_videos):
 
 
 def test_cli(tmp_path, bench_videos, capsys):
-    from jobs.cli import main
+    from longvid.jobs.cli import main
 
     vids, hashes = bench_videos
     job = make_job(tmp_path / "job", planted_rows(hashes)[:2] + clean_rows(5), shards=False)

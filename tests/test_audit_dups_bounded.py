@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.audit.benchmarks import scan_benchmarks
-from manifests.audit.core import AuditConfig, run_audit
-from manifests.audit.duplicates import DuplicateFinder
-from manifests.readers import find_jobs
+from longvid.manifests.audit.benchmarks import scan_benchmarks
+from longvid.manifests.audit.core import AuditConfig, run_audit
+from longvid.manifests.audit.duplicates import DuplicateFinder
+from longvid.manifests.readers import find_jobs
 from test_audit_util import FIXTURES, make_job, random_hashes, row
 
 

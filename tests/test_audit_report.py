@@ -8,11 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from manifests.audit.benchmarks import scan_benchmarks
-from manifests.audit.core import AuditConfig, run_audit
-from manifests.audit.phash import dhash64
-from manifests.audit.videos import frames_at_rate
-from manifests.readers import find_jobs
+from longvid.manifests.audit.benchmarks import scan_benchmarks
+from longvid.manifests.audit.core import AuditConfig, run_audit
+from longvid.manifests.audit.phash import dhash64
+from longvid.manifests.audit.videos import frames_at_rate
+from longvid.manifests.readers import find_jobs
 from test_audit import clean_rows, planted_rows
 from test_audit_util import FIXTURES, make_job
 
@@ -29,7 +29,7 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from pipelines.synth_video import make_video
+    from longvid.pipelines.synth_video import make_video
 
     d = tmp_path_factory.mktemp("report")
     make_video(d / "videos" / "fFjv93ACGo8.mp4", seconds=6, fps=10, width=96, height=96, seed=5)

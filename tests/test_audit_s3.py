@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from manifests.audit.core import read_drop_list
+from longvid.manifests.audit.core import read_drop_list
 from test_audit import planted_rows
 from test_audit_util import FIXTURES, make_job
 
@@ -31,7 +31,7 @@ def s3(monkeypatch):
 
 
 def test_audit_reads_jobs_on_s3(s3, tmp_path):
-    from pipelines.audit import audit, s3_filesystem
+    from longvid.pipelines.audit import audit, s3_filesystem
 
     url, client = s3
     job = make_job(tmp_path / "howto", planted_rows([(1.0, 0), (2.0, 0), (3.0, 0), (4.0, 0)])[:2],

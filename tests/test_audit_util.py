@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_table
+from longvid.manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_table
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -42,7 +42,7 @@ def make_job(root: Path, rows: list[dict], failures: list[dict] = (), shards: bo
     (root / "failures").mkdir(parents=True, exist_ok=True)
     shard = f"shards/shard-{unit:06d}-000.tar"
     if shards:
-        from pipelines.synth_video import make_video
+        from longvid.pipelines.synth_video import make_video
 
         (root / "shards").mkdir(exist_ok=True)
         tmp = root / "_tmp.mp4"

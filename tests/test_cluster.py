@@ -190,7 +190,7 @@ def corpus(tmp_path_factory):
 
 def _entrypoint() -> list[str]:
     """`longvid` when the console script is installed, else the module form (same arguments)."""
-    return ["longvid"] if shutil.which("longvid") else ["python", "-m", "jobs.cli"]
+    return ["longvid"] if shutil.which("longvid") else ["python", "-m", "longvid"]
 
 
 def _ingest_args(metadata: str, videos: str, out: str) -> list[str]:
@@ -233,7 +233,7 @@ def s3_job(cluster, corpus, s3_server):
     inputs = upload_corpus(ep, corpus, "cluster/in")
     sid = f"lv-s3-{uuid.uuid4().hex[:8]}"
     r = cluster.ray("job", "submit", "--address", cluster.dashboard, "--submission-id", sid, "--no-wait",
-                    "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "-m", "jobs.cli",
+                    "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "-m", "longvid",
                     *_ingest_args(inputs["metadata"], inputs["videos"], f"s3://{BUCKET}/cluster/out"),
                     "--s3-endpoint-url", ep, timeout=200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import ConfigError, load_config, read_yaml
-from pipelines.ingest import IngestConfig
+from longvid.jobs.config import ConfigError, load_config, read_yaml
+from longvid.pipelines.ingest import IngestConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -35,7 +35,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "demo", "--num-cpus", "2"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "longvid", "demo", "--num-cpus", "2"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "longvid-demo"

@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.faulty import base_videos, extra_key, extra_row, make_corpus
-from operators.sources.miradata import raw_video_path
+from longvid.pipelines.faulty import base_videos, extra_key, extra_row, make_corpus
+from longvid.operators.sources.miradata import raw_video_path
 from tests.faults import LeaseHolder, children, kill_marked, lease_break_time, marked_procs, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ TIMING_COLUMNS = ("elapsed", "seconds_taken", "created", "finished")  # none tod
 
 
 class Run:
-    """`python -m jobs.cli ingest ...` in a subprocess, tagged with its own marker."""
+    """`python -m longvid ingest ...` in a subprocess, tagged with its own marker."""
 
     def __init__(self, args: list[str], log: Path):
         self.marker = uuid.uuid4().hex
@@ -45,7 +45,7 @@ class Run:
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         env.pop("RAY_ADDRESS", None)
         self._f = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ingest", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "longvid", "ingest", *args], cwd=ROOT, env=env,
                                      stdout=self._f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self, timeout: float = 420) -> int:
@@ -146,7 +146,7 @@ def assert_same_as_reference(out: Path, corpus, reference) -> None:
 
 def test_rewrite_of_a_killed_unit_removes_its_half_written_tars(tmp_path):
     """A worker killed mid-unit leaves a temporary tar; the retry's commit removes it (and only that unit's)."""
-    from operators.write import UnitWriter
+    from longvid.operators.write import UnitWriter
 
     out = tmp_path / "out"
     members = {"json": b"{}", "mp4": b"\0" * 100}
@@ -292,7 +292,7 @@ def test_decoder_segfault_and_hang_cost_one_video_each(tmp_path):
 def test_decode_timeout_does_not_count_the_decoder_start_up():
     """The clock of a call starts once the child has started and imported the called function's module: a fresh
     child (first call, or after a crash) on a loaded machine must not turn a good video into a timeout."""
-    from operators.isolate import IsolatedRunner
+    from longvid.operators.isolate import IsolatedRunner
     from tests.slow_import import quick  # 3 s to import, in this process and in the child
 
     with IsolatedRunner(timeout_s=1.5) as r:

@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.faulty import make_corpus
+from longvid.pipelines.faulty import make_corpus
 from tests.faults import children, marked_procs, wait_gone
 from tests.s3_server import BUCKET, FaultProxy, boto_client, is_upload_part, list_multipart_uploads
 from tests.test_crash_safety import TIMING_COLUMNS, Run, is_core
@@ -292,8 +292,8 @@ def test_worker_sigkill_mid_unit_is_retried(s3_server, corpus, reference, tmp_pa
 
 _WRITER = r"""
 import sys
-from operators import storage
-from operators.write import UnitWriter
+from longvid.operators import storage
+from longvid.operators.write import UnitWriter
 endpoint, out, scratch, big = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 storage.configure_s3(storage.S3Options(endpoint_url=endpoint, multipart_threshold=5 * 2**20, part_size=5 * 2**20,
                                        max_attempts=1, read_timeout=300))
@@ -342,8 +342,8 @@ def kill_writer_at(endpoint: str, out: str, scratch: Path, big: int, stall_when,
 
 @pytest.mark.parametrize("point", ["mid_multipart_upload", "before_manifest"])
 def test_writer_killed_during_commit_then_retried(s3, point, tmp_path):
-    from operators import storage
-    from operators.write import UnitWriter
+    from longvid.operators import storage
+    from longvid.operators.write import UnitWriter
 
     prefix = s3.prefix[len(f"s3://{BUCKET}/"):].rstrip("/")
     out = s3.uri("job")
@@ -399,8 +399,8 @@ def test_writer_killed_during_commit_then_retried(s3, point, tmp_path):
 def test_stale_part_lookup_lists_only_its_own_unit(s3, fault_proxy, tmp_path):
     """The commit's look for a dead attempt's extra parts lists the unit's own shard keys, not every shard of the
     job (which would make each commit cost O(all shards) LIST requests at cluster scale)."""
-    from operators import storage
-    from operators.write import UnitWriter
+    from longvid.operators import storage
+    from longvid.operators.write import UnitWriter
 
     out = s3.uri("job")
     c = boto_client(s3.endpoint)
@@ -420,7 +420,7 @@ def test_stale_part_lookup_lists_only_its_own_unit(s3, fault_proxy, tmp_path):
 
 
 def test_list_files_name_prefix_local(tmp_path):
-    from operators import storage
+    from longvid.operators import storage
 
     names = ("shard-000003-000.tar", "shard-000003-001.tar", "shard-000031-000.tar", ".longvid-tmp-shard-000003-x.tar")
     for n in names:

@@ -9,11 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from operators.decode import decode, decode_frames
-from operators.errors import RecordError
-from operators.frames import resize_square
-from operators.probe import probe
-from pipelines.synth_video import _frame, make_audio_only, make_video, read_frame_number
+from longvid.operators.decode import decode, decode_frames
+from longvid.operators.errors import RecordError
+from longvid.operators.frames import resize_square
+from longvid.operators.probe import probe
+from longvid.pipelines.synth_video import _frame, make_audio_only, make_video, read_frame_number
 
 W, H = 192, 144
 
@@ -351,7 +351,7 @@ def test_other_codecs_and_containers(tmp_path, name):
 
 def test_misplaced_keyframe_estimate_falls_back(vids, monkeypatch):
     """If a seek lands after its target (a wrong keyframe time estimate), an earlier keyframe is used."""
-    from operators import decode as dec
+    from longvid.operators import decode as dec
 
     orig = dec._PyAVDecoder._learn_offset
 
@@ -421,7 +421,7 @@ def test_random_target_sets_property(vids):
 
 
 def test_split_by_gop_cuts_only_at_keyframes_with_a_margin():
-    from operators.decode import GOP_LEAD, split_by_gop
+    from longvid.operators.decode import GOP_LEAD, split_by_gop
 
     kf = [0.0, 30.0, 60.0, 90.0]
     # one GOP, or one worker: nothing to split
@@ -457,7 +457,7 @@ def test_gop_parallel_open_gop_falls_back_to_serial(tmp_path, monkeypatch):
     the ranges never overlap; with cuts forced right at a keyframe the frames are still exact (a range decoder
     that lands after its target falls back to an earlier keyframe; one left with targets at its stop keyframe
     hands the whole set to the serial decoder)."""
-    import operators.decode as dec
+    import longvid.operators.decode as dec
 
     p = tmp_path / "open.mp4"
     n = 120

@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.cli import main as cli_main
-from model.config import get_config
-from model.hico import HiCoEncoder
-from model.umt import preprocess
-from operators.mp4 import decode_mp4, encode_mp4
-from operators.write import UnitWriter, sample_members
-from pipelines.encode import HiCoActor, decode_sample, fetch_checkpoint, read_shard
-from pipelines.synth_video import make_video
+from longvid.jobs.cli import main as cli_main
+from longvid.model.config import get_config
+from longvid.model.hico import HiCoEncoder
+from longvid.model.umt import preprocess
+from longvid.operators.mp4 import decode_mp4, encode_mp4
+from longvid.operators.write import UnitWriter, sample_members
+from longvid.pipelines.encode import HiCoActor, decode_sample, fetch_checkpoint, read_shard
+from longvid.pipelines.synth_video import make_video
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -92,7 +92,7 @@ def test_decode_sample_downscales_like_preprocess():
 
 def _write_ingest_unit(out: Path | str, unit: int, samples: dict[str, int], size: int = 64, bad: tuple = ()) -> None:
     """An ingest unit as pipelines/ingest writes it (keys in `bad` get a garbage mp4)."""
-    from manifests.schema import MANIFEST_SCHEMA
+    from longvid.manifests.schema import MANIFEST_SCHEMA
 
     w = UnitWriter(str(out), unit, 1 << 30, MANIFEST_SCHEMA)
     for i, (key, n) in enumerate(samples.items()):
@@ -167,7 +167,7 @@ def test_actor_loads_a_checkpoint_strictly(tmp_path):
 def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
     from safetensors.torch import save_file
 
-    from operators import storage
+    from longvid.operators import storage
 
     save_file({"model.vision_tower.vision_tower.encoder.x": torch.ones(2)}, tmp_path / "m-1.safetensors")
     save_file({"model.layers.0.w": torch.ones(3)}, tmp_path / "m-2.safetensors")
@@ -194,9 +194,9 @@ def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
     shuffled and in small batches, the unit is still written in manifest order."""
     import random
 
-    from operators import storage
-    from pipelines import outputs
-    from pipelines.encode import Assembler, EncodeConfig, _read_pending, ingest_units
+    from longvid.operators import storage
+    from longvid.pipelines import outputs
+    from longvid.pipelines.encode import Assembler, EncodeConfig, _read_pending, ingest_units
 
     src, dst = s3.uri("ingest"), s3.uri("tokens")
     _write_ingest_unit(src, 0, {"b": 8, "a": 4}, size=224)
@@ -431,7 +431,7 @@ def test_python_dash_m_entry_point(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "jobs.encode", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+    r = subprocess.run([sys.executable, "-m", "longvid.jobs.encode", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
                         "--model", "tiny"], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and "encode: configuration error: shards" in r.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.faulty import BAD_KINDS, make_corpus
-from operators.sources.miradata import raw_video_path
+from longvid.pipelines.faulty import BAD_KINDS, make_corpus
+from longvid.operators.sources.miradata import raw_video_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_ingest_loses_and_duplicates_nothing(corpus, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--source", "miradata", "--metadata",
+    r = subprocess.run([sys.executable, "-m", "longvid", "ingest", "--source", "miradata", "--metadata",
                         str(corpus.metadata), "--videos", str(corpus.videos), "--out", str(out), "--profile", "short",
                         "--records-per-unit", "30", "--num-cpus", "2", "--shard-size-mb", "2",
                         "--decode-timeout-s", "120"],

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.frames import dhash64, hamming, resize_square
-from pipelines.synth_video import _frame
+from longvid.operators.frames import dhash64, hamming, resize_square
+from longvid.pipelines.synth_video import _frame
 
 
 def _img(h=240, w=320, seed=0):

@@ -14,13 +14,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from operators.errors import ConfigError, RecordError
-from operators.isolate import IsolatedRunner
-from operators.mp4 import decode_mp4
-from operators.process import ProcessOptions, process_record
-from operators.records import SourceRecord, TextSpan
-from operators.sample import PROFILES, plan_span
-from pipelines.synth_video import make_audio_only, make_video, read_frame_number
+from longvid.operators.errors import ConfigError, RecordError
+from longvid.operators.isolate import IsolatedRunner
+from longvid.operators.mp4 import decode_mp4
+from longvid.operators.process import ProcessOptions, process_record
+from longvid.operators.records import SourceRecord, TextSpan
+from longvid.operators.sample import PROFILES, plan_span
+from longvid.pipelines.synth_video import make_audio_only, make_video, read_frame_number
 
 
 # ------------------------------------------------------------------------------------------- a small corpus
@@ -150,7 +150,7 @@ def test_isolated_runner_survives_crash_and_hang():
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "longvid", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -284,7 +284,7 @@ def test_changed_settings_into_same_out_is_refused(ingested):
 
 
 def test_resize_setting_is_validated_and_part_of_the_fingerprint():
-    from pipelines.ingest import IngestConfig
+    from longvid.pipelines.ingest import IngestConfig
 
     base = dict(source="webvid", metadata=["m.csv"], videos="v", out="o")
     assert IngestConfig(**base).resize == "torch"

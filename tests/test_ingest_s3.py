@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.synth_video import make_video
+from longvid.pipelines.synth_video import make_video
 from tests.s3_server import BUCKET, FaultProxy, boto_client, list_multipart_uploads
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,7 @@ class FlakyS3(FaultProxy):
 
 def run_ingest_cli(inputs: dict[str, str], out: str, env: dict[str, str], *extra: str,
                    timeout: float = 420) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "jobs.cli", "ingest", "--source", "webvid", "--metadata", inputs["metadata"],
+    cmd = [sys.executable, "-m", "longvid", "ingest", "--source", "webvid", "--metadata", inputs["metadata"],
            "--videos", inputs["videos"], "--out", out, "--profile", "short", "--records-per-unit", "2",
            "--num-cpus", "2", "--shard-size-mb", "0.05", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

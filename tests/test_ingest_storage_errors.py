@@ -4,12 +4,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from operators import storage as st
-from operators.errors import RecordError, TransientError
-from operators.process import ProcessOptions, process_record
-from operators.records import SourceRecord
-from pipelines.ingest import run_unit
-from pipelines.synth_video import make_video
+from longvid.operators import storage as st
+from longvid.operators.errors import RecordError, TransientError
+from longvid.operators.process import ProcessOptions, process_record
+from longvid.operators.records import SourceRecord
+from longvid.pipelines.ingest import run_unit
+from longvid.pipelines.synth_video import make_video
 from tests.s3_server import configure_storage_for
 
 

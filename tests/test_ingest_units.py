@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipelines.ingest as ingest
-from operators.errors import ConfigError
-from operators.records import Failure, SourceRecord
-from operators.sample import PROFILES
-from operators.sources import get_adapter
-from pipelines.ingest import IngestConfig, UnitSchedule, cut_units
+import longvid.pipelines.ingest as ingest
+from longvid.operators.errors import ConfigError
+from longvid.operators.records import Failure, SourceRecord
+from longvid.operators.sample import PROFILES
+from longvid.operators.sources import get_adapter
+from longvid.pipelines.ingest import IngestConfig, UnitSchedule, cut_units
 
 
 def cfg(**kw) -> IngestConfig:
@@ -162,7 +162,7 @@ def test_int_schedule_is_the_old_fixed_cut():
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "longvid", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -170,7 +170,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_default_schedule_end_to_end_and_resume(tmp_path):
     """81 rows with the default schedule: 8 units of 8 and then 16-row units; every row is in the unit the
     schedule says; deleting one committed unit and re-running redoes only it, byte for byte."""
-    from pipelines.faulty import make_corpus
+    from longvid.pipelines.faulty import make_corpus
 
     corpus = make_corpus(tmp_path / "c", n_videos=24, clips_per_video=3, bad_per_kind=1, seed=5)
     assert corpus.rows == 81
@@ -220,8 +220,8 @@ def test_default_schedule_end_to_end_and_resume(tmp_path):
 def test_worker_keeps_its_decoder_child_across_units(tmp_path, monkeypatch):
     """run_unit (no Ray) twice: the second unit reuses the first unit's decoder child (its start-up costs about
     2 CPU-seconds), counts its CPU, and a recycled child is a new process; the output does not depend on it."""
-    from operators.process import ProcessOptions
-    from pipelines.synth_video import make_video
+    from longvid.operators.process import ProcessOptions
+    from longvid.pipelines.synth_video import make_video
 
     make_video(tmp_path / "v" / "a.mp4", seconds=2, fps=10, width=64, height=48, seed=1)
     recs = [SourceRecord(source="webvid", video_id=f"a{i}", video_paths=("a.mp4",), start=0.1 * i, end=1.5,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.checkpoint import CheckpointError, checkpoint_files, load_encoder, load_videochat_flash
-from model.config import get_config
-from model.hico import HiCoEncoder
-from model.llm import VideoLLM
-from model.umt import UMT, UMTConfig
+from longvid.model.checkpoint import CheckpointError, checkpoint_files, load_encoder, load_videochat_flash
+from longvid.model.config import get_config
+from longvid.model.hico import HiCoEncoder
+from longvid.model.llm import VideoLLM
+from longvid.model.umt import UMT, UMTConfig
 
 CFG = get_config("tiny")
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from model.config import get_config
-from model.dropout import RELEASED, DropoutConfig, prefill, uniform_keep
+from longvid.model.config import get_config
+from longvid.model.dropout import RELEASED, DropoutConfig, prefill, uniform_keep
 
 
 def _llm(layers: int = 4, attn: str = "sdpa") -> Qwen2ForCausalLM:

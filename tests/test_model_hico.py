@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.hico import HiCoEncoder
-from model.projector import Projector
-from model.umt import UMT, UMTConfig, clip_pos_embed, preprocess, sincos_table
+from longvid.model.hico import HiCoEncoder
+from longvid.model.projector import Projector
+from longvid.model.umt import UMT, UMTConfig, clip_pos_embed, preprocess, sincos_table
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import PRESETS, get_config
-from model.llm import VideoLLM
-from model.tokenizer import IGNORE_INDEX, build_test_tokenizer, format_chat, image_token_id, load_tokenizer
+from longvid.model.config import PRESETS, get_config
+from longvid.model.llm import VideoLLM
+from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer, format_chat, image_token_id, load_tokenizer
 
 CONV = [
     {"from": "human", "value": "<image>\nThe video lasts for 37.50 seconds. What happens?"},
@@ -178,7 +178,7 @@ def test_score_options_matches_teacher_forced_loss(model, tok):
 
 
 def test_score_options_with_dropout(model, tok):
-    from model.dropout import DropoutConfig
+    from longvid.model.dropout import DropoutConfig
 
     torch.manual_seed(4)
     vis = torch.randn(128, 64)

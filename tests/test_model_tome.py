@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.tome import bipartite_soft_matching, merge_schedule, merge_tokens, merge_wavg, similarity_metric
+from longvid.model.tome import bipartite_soft_matching, merge_schedule, merge_tokens, merge_wavg, similarity_metric
 
 
 def test_schedules_match_the_reference():

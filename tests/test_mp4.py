@@ -7,10 +7,10 @@ import av
 import numpy as np
 import pytest
 
-from operators.errors import RecordError
-from operators.frames import resize_square
-from operators.mp4 import decode_mp4, encode_mp4
-from pipelines.synth_video import _frame, read_frame_number
+from longvid.operators.errors import RecordError
+from longvid.operators.frames import resize_square
+from longvid.operators.mp4 import decode_mp4, encode_mp4
+from longvid.pipelines.synth_video import _frame, read_frame_number
 
 
 def stamped(numbers, size=224):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.tokenizer import build_test_tokenizer
-from pipelines import train_data as td
-from pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards
+from longvid.model.tokenizer import build_test_tokenizer
+from longvid.pipelines import train_data as td
+from longvid.pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards
 
 native = td._native
 
@@ -239,16 +239,16 @@ def test_kernels_found_in_an_installed_copy_when_the_working_dir_has_none(tmp_pa
     on the node are used instead."""
     import sys
 
-    from operators import native as finder
+    from longvid.operators import native as finder
 
     if native is None:
         pytest.skip("operators._native is not built")
-    site = tmp_path / "site" / "operators"
+    site = tmp_path / "site" / "longvid" / "operators"
     site.mkdir(parents=True)
     shutil.copy(native.__file__, site / os.path.basename(native.__file__))
-    import operators
+    import longvid.operators as operators
 
-    monkeypatch.setitem(sys.modules, "operators._native", None)  # `from operators import _native` fails
+    monkeypatch.setitem(sys.modules, "longvid.operators._native", None)  # `from longvid.operators import _native` fails
     monkeypatch.delattr(operators, "_native", raising=False)
     monkeypatch.setattr(sys, "path", [str(tmp_path / "nowhere")])
     assert finder.load() is None  # nothing installed elsewhere (and this folder's own build is not taken)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators import niah
-from operators.errors import ConfigError
-from operators.niah import SpecError
+from longvid.operators import niah
+from longvid.operators.errors import ConfigError
+from longvid.operators.niah import SpecError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "niah"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -242,7 +242,7 @@ def _result(row, item, length, depth, q, correct):
 
 
 def test_aggregate_single_and_multi():
-    from pipelines.niah_eval import aggregate
+    from longvid.pipelines.niah_eval import aggregate
 
     res = [_result(0, 0, 8, 0.0, "single", True), _result(1, 1, 8, 0.0, "single", False),
            _result(2, 0, 8, 1.0, "single", True), _result(3, 1, 16, 0.0, "single", True)]
@@ -264,7 +264,7 @@ def test_aggregate_single_and_multi():
 def test_heatmap_png_colours_cells_by_score(tmp_path):
     from PIL import Image
 
-    from pipelines.niah_eval import draw_heatmap, score_color
+    from longvid.pipelines.niah_eval import draw_heatmap, score_color
 
     assert score_color(0.0) == (0xF0, 0x49, 0x6E) and score_color(1.0) == (0x9A, 0xD5, 0xB3)
     assert score_color(0.5) == (0xEB, 0xB8, 0x39)

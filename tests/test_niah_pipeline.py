@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from operators import niah
-from operators.errors import ConfigError
-from operators.niah import SpecError
-from pipelines.niah_build import NiahBuildConfig, make_demo_needles, run_niah_build
-from pipelines.niah_eval import (NiahEvalConfig, NiahSet, build_prompts, load_model, run_niah_eval, score_rows,
+from longvid.operators import niah
+from longvid.operators.errors import ConfigError
+from longvid.operators.niah import SpecError
+from longvid.pipelines.niah_build import NiahBuildConfig, make_demo_needles, run_niah_build
+from longvid.pipelines.niah_eval import (NiahEvalConfig, NiahSet, build_prompts, load_model, run_niah_eval, score_rows,
                                  write_random_checkpoint)
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "niah"
@@ -43,8 +43,8 @@ def make_images(spec: Path, folder: Path, seed: int = 0) -> int:
 
 def make_shards(folder: Path, counts=(6, 8)) -> Path:
     """An ingest-style shard: <key>.json + <key>.mp4 per sample, frames stamped with a global number."""
-    from operators.mp4 import encode_mp4
-    from pipelines.synth_video import _frame
+    from longvid.operators.mp4 import encode_mp4
+    from longvid.pipelines.synth_video import _frame
 
     folder.mkdir(parents=True, exist_ok=True)
     tar_path = folder / "shard-000000-000.tar"
@@ -66,7 +66,7 @@ def make_shards(folder: Path, counts=(6, 8)) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from pipelines.synth_video import make_video
+    from longvid.pipelines.synth_video import make_video
 
     root = tmp_path_factory.mktemp("niah")
     video = make_video(root / "haystack.mp4", seconds=20, fps=FPS, width=96, height=64, seed=3)
@@ -105,8 +105,8 @@ def one_thread():
 
 
 def _encoder(seed=0):
-    from model.config import get_config
-    from model.hico import HiCoEncoder
+    from longvid.model.config import get_config
+    from longvid.model.hico import HiCoEncoder
 
     cfg = get_config("tiny", img_size=SIZE)
     torch.manual_seed(seed)
@@ -119,9 +119,9 @@ def _encoder(seed=0):
 def test_build_single_hop_from_a_video(single_set, assets):
     from PIL import Image
 
-    from model.umt import preprocess
-    from operators.decode import decode_frames
-    from operators.probe import probe
+    from longvid.model.umt import preprocess
+    from longvid.operators.decode import decode_frames
+    from longvid.operators.probe import probe
 
     out, s = single_set
     assert s["kind"] == "single" and s["items"] == 3 and s["inputs"] == 3 * 2 * 3
@@ -280,7 +280,7 @@ class AlwaysB:
 
 
 def test_scorer_with_fake_models(single_set, multi_set, one_thread):
-    from model.tokenizer import build_test_tokenizer
+    from longvid.model.tokenizer import build_test_tokenizer
 
     tok = build_test_tokenizer()
     for out, _ in (single_set, multi_set):
@@ -314,9 +314,9 @@ def test_scorer_with_fake_models(single_set, multi_set, one_thread):
 def test_checkpoint_layouts_give_the_same_model(tmp_path, single_set, one_thread):
     from safetensors.torch import save_file
 
-    from model.config import get_config
-    from model.llm import VideoLLM
-    from model.tokenizer import build_test_tokenizer
+    from longvid.model.config import get_config
+    from longvid.model.llm import VideoLLM
+    from longvid.model.tokenizer import build_test_tokenizer
 
     tok = build_test_tokenizer()
     llava = write_random_checkpoint(tmp_path / "llava.safetensors", seed=7)
@@ -372,7 +372,7 @@ def test_eval_end_to_end_on_ray(single_set, multi_set, tmp_path):
         assert row["score"] == (row["caption"] + row["qa"]) / 2
     assert Path(m["heatmap"]).is_file()
     # the tiny model with the same weights, scored without Ray, gives the same single-hop predictions
-    from model.tokenizer import build_test_tokenizer
+    from longvid.model.tokenizer import build_test_tokenizer
 
     tok = build_test_tokenizer()
     nset = NiahSet(single_set[0])
@@ -399,7 +399,7 @@ def test_eval_bad_config(single_set, tmp_path):
 
 
 def test_cli_build_and_errors(assets, tmp_path, capsys):
-    from jobs.cli import main
+    from longvid.jobs.cli import main
 
     spec, images = make_demo_needles(tmp_path / "demo", items=2)
     rc = main(["niah", "build", "--haystack", str(assets["video"]), "--needles", str(spec), "--images", str(images),
@@ -425,7 +425,7 @@ def test_cli_build_and_errors(assets, tmp_path, capsys):
 
 
 def test_demo_round_on_an_ingest_folder(assets, tmp_path):
-    from pipelines.niah_eval import run_niah_demo
+    from longvid.pipelines.niah_eval import run_niah_demo
 
     lines = []
     res = run_niah_demo(tmp_path / "niah", assets["shards"], frames=(8, 12), items=2, use_ray=False, threads=1,

@@ -6,7 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.outputs import finalize
+from longvid.pipelines.outputs import finalize
 
 
 def _part(path, rows: dict) -> None:

@@ -6,12 +6,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main as cli_main
-from manifests.schema import MANIFEST_SCHEMA, TOKEN_MANIFEST_SCHEMA, rows_to_table
-from model.config import QWEN2_7B, QWEN25_1_5B
-from model.dropout import DropoutConfig
-from model.umt import UMTConfig
-from pipelines.plan import (Corpus, PlanConfig, compute_plan, encoder_flops_per_clip, gpu_hours, llm_prefill,
+from longvid.jobs.cli import main as cli_main
+from longvid.manifests.schema import MANIFEST_SCHEMA, TOKEN_MANIFEST_SCHEMA, rows_to_table
+from longvid.model.config import QWEN2_7B, QWEN25_1_5B
+from longvid.model.dropout import DropoutConfig
+from longvid.model.umt import UMTConfig
+from longvid.pipelines.plan import (Corpus, PlanConfig, compute_plan, encoder_flops_per_clip, gpu_hours, llm_prefill,
                             scan_manifests, visual_per_layer)
 
 # UMT-L at 224, by hand: N = 4 x 14 x 14 = 784 tokens, D = 1024, MLP 4096, 23 blocks

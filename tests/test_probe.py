@@ -8,9 +8,9 @@ from fractions import Fraction
 import av
 import pytest
 
-from operators.errors import RecordError
-from operators.probe import VideoInfo, probe
-from pipelines.synth_video import make_audio_only, make_video
+from longvid.operators.errors import RecordError
+from longvid.operators.probe import VideoInfo, probe
+from longvid.pipelines.synth_video import make_audio_only, make_video
 
 
 @pytest.fixture(scope="module")

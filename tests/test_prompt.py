@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from operators.prompt import (
+from longvid.operators.prompt import (
     CAPTION_QUESTIONS,
     DENSE_QUESTIONS,
     GROUNDING_QUESTIONS,
@@ -11,7 +11,7 @@ from operators.prompt import (
     sample_text,
     time_msg,
 )
-from operators.records import TextSpan
+from longvid.operators.records import TextSpan
 
 
 def test_time_msg_short_exact():

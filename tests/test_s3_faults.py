@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from operators import storage as st
+from longvid.operators import storage as st
 from tests.s3_server import boto_client, configure_storage_for, is_ranged_get, is_upload_part, list_multipart_uploads
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.sample import PROFILES, Profile, frame_indices, plan_span
+from longvid.operators.sample import PROFILES, Profile, frame_indices, plan_span
 
 
 def reference_indices(vlen: int, fps: float, sample: str, lo: int, hi: int, local_num_frames: int = 4) -> list[int]:

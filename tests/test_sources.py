@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from operators.errors import MetadataError
-from operators.records import Failure, SourceRecord, TextSpan
-from operators.sources import available, get_adapter
-from operators.sources.base import (
+from longvid.operators.errors import MetadataError
+from longvid.operators.records import Failure, SourceRecord, TextSpan
+from longvid.operators.sources import available, get_adapter
+from longvid.operators.sources.base import (
     BadValue,
     merge_rolling,
     parse_hms,
@@ -18,9 +18,9 @@ from operators.sources.base import (
     texts_in_span,
     youtube_id,
 )
-from operators.sources.ego4d import clean_narration, windows
-from operators.sources.hdvila import parse_vtt
-from operators.sources.miradata import parse_timestamp_list, raw_video_path
+from longvid.operators.sources.ego4d import clean_narration, windows
+from longvid.operators.sources.hdvila import parse_vtt
+from longvid.operators.sources.miradata import parse_timestamp_list, raw_video_path
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "sources"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -428,7 +428,7 @@ def test_s3_metadata_through_storage(monkeypatch):
     moto = pytest.importorskip("moto")
     import boto3
 
-    from operators import storage
+    from longvid.operators import storage
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -455,7 +455,7 @@ def test_s3_metadata_through_storage(monkeypatch):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from pipelines.demo_corpus import make_demo_corpus
+    from longvid.pipelines.demo_corpus import make_demo_corpus
 
     root = tmp_path_factory.mktemp("demo")
     return root, make_demo_corpus(root, per_source=3, seed=0)

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from jobs.train import load_recipe, main, parse_recipe
-from operators.errors import ConfigError
-from pipelines.train import FaultInjected, read_metrics, read_mixture, run_train
-from pipelines.train_data import write_synthetic_frame_shards, write_synthetic_token_shards
+from longvid.jobs.train import load_recipe, main, parse_recipe
+from longvid.operators.errors import ConfigError
+from longvid.pipelines.train import FaultInjected, read_metrics, read_mixture, run_train
+from longvid.pipelines.train_data import write_synthetic_frame_shards, write_synthetic_token_shards
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -86,7 +86,7 @@ def test_released_mixtures_expand_with_their_sampling():
     assert names["textcaps"] == "all" and names["tallyqa(cauldron,llava_format)_fix"] == "first:10%"
     m4 = read_mixture(str(SHARED / "data/training/stage4_highres_postsft.yaml"))
     assert sum(s == "first:25%" for _, s in m4) == 101
-    from pipelines.train_data import Sampling
+    from longvid.pipelines.train_data import Sampling
 
     for _, s in m3 + m4:
         Sampling.parse(s)  # every released strategy is understood
@@ -103,7 +103,7 @@ def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):
     body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["tokens/{name}/shards/*.tar"], "missing": "skip"}]
     body["stages"][0]["mix"] = "concat"
     cfg = parse_recipe(body, {"out": str(tmp_path / "o"), "data_root": str(data["root"])})
-    from pipelines.train import plan_stages
+    from longvid.pipelines.train import plan_stages
 
     cfg.data_root = str(data["root"])
     plan = plan_stages(cfg, 1)[0]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.tokenizer import IGNORE_INDEX, build_test_tokenizer
-from pipelines.train_data import (
+from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
+from longvid.pipelines.train_data import (
     DataError,
     DecodeOptions,
     FastTokenizer,
@@ -165,7 +165,7 @@ def test_iter_groups_reads_groups_skips_unwanted_and_long_names():
 def test_iter_groups_rejects_corrupt_headers():
     raw = bytearray(_tar([("a.json", b"{}"), ("b.json", b"{}")]).getvalue())
     raw[1024 + 130] ^= 0x55  # second header's size field: checksum no longer matches
-    from pipelines.train_data import TarError
+    from longvid.pipelines.train_data import TarError
 
     with pytest.raises(TarError, match="checksum"):
         list(iter_groups(io.BytesIO(bytes(raw)), 0, want=lambda k: True))
@@ -230,7 +230,7 @@ def test_non_finite_every_chunk_and_position(dt):
 
 
 def test_npy_views_cached_headers_and_fallback():
-    from pipelines.train_data import _npy
+    from longvid.pipelines.train_data import _npy
 
     def blob(arr, version=None):
         b = io.BytesIO()
@@ -601,7 +601,7 @@ def test_prefetch_bounds_hands_errors_over_and_stops_on_close():
     import threading
     import time
 
-    from pipelines.train_data import _prefetch
+    from longvid.pipelines.train_data import _prefetch
 
     made = []
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from jobs.train import load_recipe
-from pipelines.train import read_metrics, run_train
+from longvid.jobs.train import load_recipe
+from longvid.pipelines.train import read_metrics, run_train
 from tests.test_train import MINI, _keys_seen, _recipe, data  # noqa: F401  (data: the shared shard fixture)
 
 

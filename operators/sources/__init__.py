@@ -3,7 +3,7 @@
 An adapter lives in `operators/sources/<name>.py` and exposes `ADAPTER` (an object with
 `read(metadata_paths, options) -> Iterator[SourceRecord | Failure]`). Adding a source = adding one module.
 
-    from operators.sources import get_adapter
+    from longvid.operators.sources import get_adapter
     for item in get_adapter("webvid").read(["results_2M_val.csv"], {}):
         ...
 """

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
-from operators.errors import MetadataError
-from operators.records import Failure, SourceRecord, TextSpan, sample_key
+from longvid.operators.errors import MetadataError
+from longvid.operators.records import Failure, SourceRecord, TextSpan, sample_key
 
 Item = SourceRecord | Failure
 
@@ -70,7 +70,7 @@ def load_json(path: str) -> Any:
 
 def _storage():
     try:
-        from operators import storage  # written by another engineer; imported only when needed
+        from longvid.operators import storage  # written by another engineer; imported only when needed
     except ImportError as e:
         raise MetadataError(f"s3:// metadata needs operators.storage, which is not available ({e})") from e
     return storage

@@ -15,9 +15,9 @@ import os
 import re
 from typing import Any, Iterator
 
-from operators.errors import MetadataError
-from operators.records import TextSpan
-from operators.sources.base import (
+from longvid.operators.errors import MetadataError
+from longvid.operators.records import TextSpan
+from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,

@@ -12,8 +12,8 @@ import json
 import re
 from typing import Iterator
 
-from operators.records import TextSpan
-from operators.sources.base import (
+from longvid.operators.records import TextSpan
+from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,

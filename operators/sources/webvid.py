@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from operators.records import TextSpan
-from operators.sources.base import (
+from longvid.operators.records import TextSpan
+from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,
