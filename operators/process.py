@@ -61,11 +61,15 @@ def _open(uri: str):
 
 
 def _sidecar_texts(record: SourceRecord, videos_root: str) -> list[TextSpan]:
-    """Subtitles next to the video (HD-VILA `<video_id>.en.vtt`), when present. A bad sidecar is ignored."""
+    """Subtitles next to the video (HD-VILA `<video_id>.en.vtt`), when present. A bad sidecar is ignored; one whose
+    path leads out of the video root (`..`, a symbolic link) is the record's locate failure."""
     paths = record.meta_dict().get("subtitle_paths") or ()
     for rel in paths:
         try:
             uri = storage.safe_join(videos_root, rel)
+        except RecordError as e:
+            raise RecordError("locate", f"subtitle: {e.reason}", "subtitle_paths", e.file) from None
+        try:
             if not storage.exists(uri):
                 continue
             from longvid.operators.sources.hdvila import parse_vtt
