@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -59,13 +60,17 @@ def make_long_video(path: Path, minutes: float, fps: float) -> Path:
 
 
 def layout(video: Path, root: Path) -> tuple[Path, Path]:
-    """A WebVid layout naming the video: videos/d/1.mp4 (symlink) and a one-row results CSV."""
+    """A WebVid layout naming the video: videos/d/1.mp4 (a hard link: ingest refuses a symlink out of the video root;
+    a copy on another file system) and a one-row results CSV."""
     vdir = root / "videos" / "d"
     vdir.mkdir(parents=True, exist_ok=True)
     link = vdir / "1.mp4"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(video.resolve())
+    try:
+        os.link(video.resolve(), link)
+    except OSError:
+        shutil.copyfile(video.resolve(), link)
     meta = root / "results_2M_val.csv"
     meta.write_text("videoid,name,page_dir,duration\n1,One hour of a moving test pattern.,d,PT1H\n")
     return meta, root / "videos"

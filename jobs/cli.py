@@ -31,12 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from longvid.jobs.config import ConfigError
+    from longvid.operators.storage import StorageError
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"longvid {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
+    except StorageError as e:  # storage failed for good (a full disk, access denied...): one line, no traceback
+        print(f"longvid {args.command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nlongvid {args.command}: interrupted. Committed work is kept; re-run the same command to resume.",
               file=sys.stderr)
