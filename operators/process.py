@@ -2,6 +2,9 @@
 
 This is the per-record body of the ingest job. It raises `RecordError` (stage, reason, field, file) for any bad
 input; the caller (operators.isolate, pipelines.ingest) turns that into a Failure row.
+
+A sample always has text: a record whose span holds no text that makes a conversation is a failure of stage
+"prompt" (checked once the span is planned, before decoding), never a sample with empty conversations.
 """
 from __future__ import annotations
 
@@ -75,9 +78,30 @@ def _sidecar_texts(record: SourceRecord, videos_root: str) -> list[TextSpan]:
             from longvid.operators.sources.hdvila import parse_vtt
 
             return list(parse_vtt(storage.read_text(uri)))
+        except storage.StorageError as e:
+            if e.transient:  # not the sidecar's fault: the unit is retried (process_record -> TransientError)
+                raise
+            continue
         except (RecordError, OSError, ValueError, UnicodeDecodeError):
             continue
     return []
+
+
+def _no_text(record: SourceRecord, sidecar: list[TextSpan], in_span: list[TextSpan], start: float,
+             end: float) -> tuple[str, str]:
+    """(field, reason) for a record that makes no conversation: which text was missing, and where."""
+    where = record.origin or record.key
+    subs = list(record.meta_dict().get("subtitle_paths") or ())
+    if not record.texts and not sidecar:
+        if subs:
+            return "subtitle_paths", (f"no text: {where} has no caption, and the subtitle file "
+                                      f"{' / '.join(subs)} is missing under the video root, unreadable or holds no cue")
+        return "texts", f"no text: {where} gives this video no caption, narration or other text"
+    if not in_span:
+        n = len(record.texts) + len(sidecar)
+        return "span", f"no text inside the span {start:.1f} - {end:.1f} s: the {n} texts of {where} lie outside it"
+    kinds = ", ".join(sorted({t.kind for t in in_span}))
+    return "texts", f"no usable text: {where} has only texts of kind {kinds}, which make no conversation"
 
 
 def _storage_cause(exc: BaseException) -> storage.StorageError | None:
@@ -112,6 +136,7 @@ def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
 def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
     profile = opts.profile_obj
     uri = locate(record, opts.videos_root)
+    key = record.key
     src = _open(uri)
     try:
         info = probe(src)
@@ -119,6 +144,12 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
             plan = plan_span(info.num_frames, info.fps, profile, record.start, record.end)
         except ValueError as e:
             raise RecordError("sample", str(e), "span" if record.start is not None else "duration", uri) from None
+        # only text that belongs to the sampled span (subtitles and narrations cover the whole video)
+        sidecar = _sidecar_texts(record, opts.videos_root)
+        texts = texts_in_span(list(record.texts) + sidecar, plan.start, plan.end)
+        if not build_conversations(texts, plan.start, plan.end, plan.duration, "", key):
+            field, reason = _no_text(record, sidecar, texts, plan.start, plan.end)
+            raise RecordError("prompt", reason, field, uri)
         mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
         res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
                      threads=opts.decoder_threads, resize_method=opts.resize)
@@ -133,11 +164,10 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         mp4 = encode_mp4(frames, fps=max(n / plan.duration, 0.01) if plan.duration > 0 else 1.0, crf=opts.crf)
     except ValueError as e:
         raise RecordError("encode", str(e), "frames", uri) from None
-    # only text that belongs to the sampled span (subtitles and narrations cover the whole video)
-    texts = texts_in_span(list(record.texts) + _sidecar_texts(record, opts.videos_root), plan.start, plan.end)
     msg = time_msg(plan.duration, n, frame_times=times, long=opts.long_time_msg)
-    key = record.key
     conversations = build_conversations(texts, plan.start, plan.end, plan.duration, msg, key)
+    if not conversations:  # the check above holds; this one guards the promise against a future change
+        raise RecordError("prompt", f"{record.origin or record.key}: no conversation for this sample", "texts", uri)
     meta = {k: v for k, v in record.meta_dict().items() if _jsonable(v)}
     sample_info: dict[str, Any] = {
         "key": key,

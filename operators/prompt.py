@@ -13,7 +13,9 @@ Turns, in order, each only when its text exists:
   "The event happens in the 12.3 - 15.0 seconds.".
 All times are relative to the sample's span, 1 decimal. Question wordings come from small template sets,
 chosen by a hash of the sample key and the turn (no global RNG): the same sample always reads the same.
-A sample without text gets no conversation ([]).
+A record without usable text gets no conversation ([]); operators.process makes such a record a failure of stage
+"prompt" (never a sample with empty conversations). A non-empty conversation always carries source text: every
+answer is a non-blank text of the record or a time span of one.
 """
 from __future__ import annotations
 
@@ -190,3 +192,27 @@ def sample_text(texts: Iterable[TextSpan]) -> str:
             seen.add(s)
             out.append(s)
     return "\n".join(out)
+
+
+def insert_time_msg(conversations: Sequence[dict], msg: str = "") -> list[dict]:
+    """The reference's `preprocess_multimodal` over annotation turns: new turns, the input is not changed.
+
+    For every turn (human and gpt alike):
+    - a turn with exactly one `<image>` that does not start with it: the `<image>` is removed, the rest stripped,
+      and the turn becomes `"<image>\\n" + rest` (stripped again);
+    - when `msg.rstrip()` is not empty (videos: the `time_msg`), every `<image>` becomes
+      `"<image>" + msg.rstrip() + " "`; images pass msg="" and only get the move;
+    - the literal `QA_GT_caption_based_noisy` (a marker left in VideoInstruct-100K) is removed.
+    Other keys of a turn are kept.
+    """
+    image = "<image>"
+    tail = msg.rstrip()
+    out = []
+    for turn in conversations:
+        value = turn["value"]
+        if value.count(image) == 1 and not value.startswith(image):
+            value = (image + "\n" + value.replace(image, "").strip()).strip()
+        if tail != "":
+            value = value.replace(image, image + tail + " ")
+        out.append({**turn, "value": value.replace("QA_GT_caption_based_noisy", "")})
+    return out

@@ -4,6 +4,11 @@ metadata row --adapter--> SourceRecord --ingest operators--> Sample (written) or
 
 Every input row ends as exactly one Sample or one Failure: that is what makes
 "written + failed = inputs" hold by construction.
+
+Text safety: every string a TextSpan, SourceRecord or Failure holds is valid Unicode text, so that it encodes as
+UTF-8 in every writer downstream (parquet, json, tar member names). JSON metadata can hold lone surrogates
+("\\ud800" escapes); these classes replace each one with U+FFFD when they are built (`safe_text`). An *id* that is
+not valid text is refused earlier, by the adapter (sources.base.check_id), because a changed id names another file.
 """
 from __future__ import annotations
 
@@ -15,6 +20,35 @@ from typing import Any
 SOURCES = ("ego4d", "howto100m", "hdvila", "miradata", "webvid")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(s: str) -> str:
+    """`s` with every lone surrogate replaced by U+FFFD (the replacement character): always UTF-8 encodable."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", s)
+    return s
+
+
+def _safe(v: Any) -> Any:
+    """safe_text over a value and, recursively, the items of its tuples (meta values are frozen to tuples)."""
+    if isinstance(v, str):
+        return safe_text(v)
+    if isinstance(v, tuple):
+        return tuple(_safe(x) for x in v)
+    return v
+
+
+def _make_safe(obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        safe = _safe(v)
+        if safe is not v and safe != v:
+            object.__setattr__(obj, name, safe)  # frozen dataclass: set once, while it is being built
+
+
 @dataclass(frozen=True)
 class TextSpan:
     """One piece of source text. Times are seconds, absolute in the source video (None: untimed)."""
@@ -23,6 +57,9 @@ class TextSpan:
     start: float | None = None
     end: float | None = None
     kind: str = "caption"  # caption | dense_caption | narration | summary | asr | subtitle | task | ...
+
+    def __post_init__(self) -> None:
+        _make_safe(self, ("text", "kind"))
 
 
 @dataclass(frozen=True)
@@ -42,6 +79,9 @@ class SourceRecord:
     texts: tuple[TextSpan, ...] = ()
     origin: str = ""  # "file:line" of the metadata row, for error messages
     meta: tuple[tuple[str, Any], ...] = ()  # small extra facts (fps, duration_sec, category, clip_id, ...)
+
+    def __post_init__(self) -> None:
+        _make_safe(self, ("source", "video_id", "video_paths", "origin", "meta"))
 
     @property
     def key(self) -> str:
@@ -65,6 +105,9 @@ class Failure:
     key: str = ""
     start: float | None = None
     end: float | None = None
+
+    def __post_init__(self) -> None:
+        _make_safe(self, ("source", "video_id", "uri", "stage", "reason", "file", "field", "key"))
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -106,7 +149,7 @@ def sample_key(source: str, video_id: str, start: float | None, end: float | Non
     """
     safe = _SAFE.sub("-", video_id)
     if safe != video_id or not safe:
-        safe = f"{safe}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+        safe = f"{safe}-{hashlib.sha1(video_id.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
     if start is None and end is None:
         span = "full"
     else:

@@ -7,6 +7,7 @@ calls `parse_vtt` on it when the file exists (then keeps the cues inside the spa
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -17,8 +18,12 @@ from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,
+    Row,
+    check_id,
     check_span,
+    json_type,
     jsonl_lines,
+    loads,
     make_failure,
     make_record,
     merge_rolling,
@@ -33,57 +38,54 @@ class HDVilaAdapter(Adapter):
     name = SOURCE
     patterns = ("hdvila_part*.jsonl", "*.jsonl")
 
-    def _read(self, paths: list[str], options: dict) -> Iterator[Item]:
+    def _read(self, paths: list[str], options: dict) -> Iterator[Row]:
         for p in paths:  # open each now: a missing/unreadable file fails before any work
             jsonl_lines(p).close()
-        return self._items(paths)
+        return self._rows(paths)
 
-    def _items(self, paths: list[str]) -> Iterator[Item]:
+    def _rows(self, paths: list[str]) -> Iterator[Row]:
         for p in paths:
             for n, line in jsonl_lines(p):
-                yield from _line(line, f"{p}:{n}")
+                origin = f"{p}:{n}"
+                yield Row(origin, functools.partial(_line, line, origin))
 
 
-def _line(line: str, origin: str) -> Iterator[Item]:
+def _line(line: str, origin: str) -> list[Item]:
     try:
-        obj = json.loads(line)
+        obj = loads(line)
     except json.JSONDecodeError as e:
-        yield make_failure(SOURCE, origin, "line", f"malformed JSON line ({e.msg} at column {e.colno})")
-        return
+        raise BadValue("line", f"malformed JSON line ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise BadValue("line", "JSON line nested too deep to read") from None
     if not isinstance(obj, dict):
-        yield make_failure(SOURCE, origin, "line", f"expected a JSON object, got {type(obj).__name__}")
-        return
+        raise BadValue("line", f"expected a JSON object, got {json_type(obj)}")
     raw_id = obj.get("video_id")
     url = obj.get("url") if isinstance(obj.get("url"), str) else None
     if raw_id is None and url:
         raw_id = youtube_id(url)
-    if not isinstance(raw_id, str) or not raw_id.strip():
-        what = "missing video_id" if raw_id is None else f"video_id must be a non-empty string, got {raw_id!r}"
-        yield make_failure(SOURCE, origin, "video_id", what)
-        return
-    vid = raw_id.strip()
+    vid = check_id(raw_id, "video_id")
     clips = obj.get("clip")
     if not isinstance(clips, list) or not clips:
-        what = "missing clip list" if clips is None else "clip must be a non-empty list"
-        yield make_failure(SOURCE, origin, "clip", what, video_id=vid)
-        return
+        what = "missing clip list" if clips is None else f"clip must be a non-empty list, got {json_type(clips)}"
+        raise BadValue("clip", what, video_id=vid)
     yt = youtube_id(vid) or youtube_id(url)
+    out: list[Item] = []
     for i, clip in enumerate(clips):
         field = f"clip[{i}].span"
         clip_id = clip.get("clip_id") if isinstance(clip, dict) else None
         try:
             if not isinstance(clip, dict):
-                raise BadValue(f"clip[{i}]", f"clip must be an object, got {type(clip).__name__}")
+                raise BadValue(f"clip[{i}]", f"clip must be an object, got {json_type(clip)}")
             span = clip.get("span")
             if not isinstance(span, list) or len(span) != 2:
-                raise BadValue(field, f"span must be a list of two times, got {span!r}")
+                raise BadValue(field, f"span must be a list of two times, got {json_type(span)}")
             start = parse_hms(span[0], field)
             end = parse_hms(span[1], field)
             check_span(start, end, field)
-            if clip_id is not None and not isinstance(clip_id, str):
-                raise BadValue(f"clip[{i}].clip_id", f"clip_id must be a string, got {clip_id!r}")
+            if clip_id is not None:
+                clip_id = check_id(clip_id, f"clip[{i}].clip_id")
         except BadValue as e:
-            yield make_failure(SOURCE, origin, e.field, e.reason, video_id=vid)
+            out.append(make_failure(SOURCE, origin, e.field, e.reason, video_id=vid))
             continue
         meta = {
             "clip_id": clip_id,
@@ -93,7 +95,8 @@ def _line(line: str, origin: str) -> Iterator[Item]:
             "subtitle_paths": [f"{vid}.en.vtt"],
             "clip_path": f"video_clips/{vid}/{clip_id}" if clip_id else None,
         }
-        yield make_record(SOURCE, vid, (f"{vid}.mp4",), origin, start, end, (), meta)
+        out.append(make_record(SOURCE, vid, (f"{vid}.mp4",), origin, start, end, (), meta))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- WebVTT

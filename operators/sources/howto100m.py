@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 import os
 from typing import Any, Iterator
 
@@ -19,14 +18,18 @@ from longvid.operators.records import TextSpan
 from longvid.operators.sources.base import (
     Adapter,
     BadValue,
-    Item,
+    MAX_SECONDS,
+    Row,
+    check_id,
     clean_text,
+    json_type,
     load_json,
     make_failure,
     make_record,
     merge_rolling,
     open_csv,
     open_metadata,
+    parse_number,
     youtube_id,
 )
 
@@ -36,9 +39,9 @@ SOURCE = "howto100m"
 class HowTo100MAdapter(Adapter):
     name = SOURCE
     patterns = ("HowTo100M_v1.csv", "task_ids.csv", "caption.json", "raw_caption.json")
-    options_spec = {"max_asr_span_sec": (float, 10.0)}
+    options_spec = {"max_asr_span_sec": (float, 10.0, None)}
 
-    def _read(self, paths: list[str], options: dict) -> Iterator[Item]:
+    def _read(self, paths: list[str], options: dict) -> Iterator[Row]:
         videos, tasks, captions = [], [], []
         for p in paths:
             base = os.path.basename(p).lower()
@@ -53,8 +56,8 @@ class HowTo100MAdapter(Adapter):
         tables = [open_csv(p, ("video_id",), "HowTo100M video list") for p in videos]
         return self._rows(tables, tasks, captions, options)
 
-    def _rows(self, tables, task_files, caption_files, options) -> Iterator[Item]:
-        task_names: dict[str, str] = {}
+    def _rows(self, tables, task_files, caption_files, options) -> Iterator[Row]:
+        task_names: dict[str, str | BadValue] = {}
         for p in task_files:
             task_names.update(read_task_ids(p))
         caps: dict[str, Any] = {}
@@ -69,13 +72,15 @@ class HowTo100MAdapter(Adapter):
                     cap_origin[k] = p
         max_span = options["max_asr_span_sec"]
         for table in tables:
-            for line, row in table.rows():
-                yield _row(row, f"{table.path}:{line}", task_names, caps, cap_origin, max_span)
+            yield from table.parse_rows(_row, task_names, caps, cap_origin, max_span)
 
 
-def read_task_ids(path: str) -> dict[str, str]:
-    """task_ids.csv: tab- or comma-separated `task_id, task_name`, with or without a header row."""
-    out: dict[str, str] = {}
+def read_task_ids(path: str) -> dict[str, str | BadValue]:
+    """task_ids.csv: tab- or comma-separated `task_id, task_name`, with or without a header row.
+
+    A row without a name maps its id to a BadValue naming the line: the videos of that task become failures,
+    the other rows are read on."""
+    out: dict[str, str | BadValue] = {}
     with open_metadata(path) as f:
         first_line = f.readline()
         delim = "\t" if "\t" in first_line else ","
@@ -92,39 +97,35 @@ def read_task_ids(path: str) -> dict[str, str]:
                     id_col = names.index("task_id")
                     name_col = next((names.index(n) for n in ("task_name", "task", "name") if n in names), 1 - id_col)
                     continue
+            task_id = row[id_col].strip() if len(row) > id_col else ""
             if len(row) <= max(id_col, name_col):
-                raise MetadataError(f"{path}:{reader.line_num}: expected task_id and task name")
-            out[row[id_col].strip()] = clean_text(row[name_col])
+                out.setdefault(task_id, BadValue("task_id", f"{path}:{reader.line_num}: expected task_id and task name"))
+            else:
+                out[task_id] = clean_text(row[name_col])
     return out
 
 
 def _segments(entry: Any, where: str) -> list[tuple[float, float, str]]:
     if not isinstance(entry, dict):
-        raise BadValue(where, f"caption entry must be an object with text/start/end, got {type(entry).__name__}")
+        raise BadValue(where, f"caption entry must be an object with text/start/end, got {json_type(entry)}")
     for k in ("text", "start", "end"):
         if not isinstance(entry.get(k), list):
-            raise BadValue(f"{where}.{k}", f"missing or non-list {k}")
+            raise BadValue(f"{where}.{k}", f"missing or non-list {k} (got {json_type(entry.get(k))})")
     text, start, end = entry["text"], entry["start"], entry["end"]
     if not (len(text) == len(start) == len(end)):
         raise BadValue(where, f"text/start/end lengths differ ({len(text)}, {len(start)}, {len(end)})")
     segs = []
     for i, (t, s, e) in enumerate(zip(text, start, end)):
-        try:
-            s, e = float(s), float(e)
-        except (TypeError, ValueError):
-            raise BadValue(f"{where}.start[{i}]", f"non-numeric time {s!r}/{e!r}") from None
-        if not (math.isfinite(s) and math.isfinite(e)) or s < 0:
-            raise BadValue(f"{where}.start[{i}]", f"bad time {s!r}/{e!r}")
-        if not isinstance(t, str):
-            t = "" if t is None else str(t)
-        segs.append((s, max(s, e), t))
+        s = parse_number(s, f"{where}.start[{i}]", limit=MAX_SECONDS)
+        e = parse_number(e, f"{where}.end[{i}]", limit=MAX_SECONDS)
+        if t is not None and not isinstance(t, str):
+            raise BadValue(f"{where}.text[{i}]", f"text must be a string, got {json_type(t)}")
+        segs.append((s, max(s, e), t or ""))
     return segs
 
 
 def _row(row, origin, task_names, caps, cap_origin, max_span) -> Item:
-    vid = (row.get("video_id") or "").strip()
-    if not vid:
-        return make_failure(SOURCE, origin, "video_id", "missing video_id")
+    vid = check_id(row.get("video_id"), "video_id")
     task_id = (row.get("task_id") or "").strip()
     texts: list[TextSpan] = []
     entry = caps.get(vid)
@@ -136,7 +137,9 @@ def _row(row, origin, task_names, caps, cap_origin, max_span) -> Item:
             return make_failure(SOURCE, origin, e.field, f"{cap_origin[vid]}: {e.reason}", video_id=vid)
         n_seg = len(segs)
         texts.extend(merge_rolling(segs, kind="asr", max_span=max_span))
-    task = task_names.get(task_id)
+    task = task_names.get(task_id) if task_id else None
+    if isinstance(task, BadValue):
+        return make_failure(SOURCE, origin, task.field, task.reason, video_id=vid)
     if task:
         texts.insert(0, TextSpan(task, kind="task"))
     meta = {

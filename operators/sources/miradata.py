@@ -20,6 +20,10 @@ from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,
+    MAX_ID_CHARS,
+    MAX_SECONDS,
+    Row,
+    check_id,
     check_span,
     clean_text,
     make_failure,
@@ -28,6 +32,7 @@ from longvid.operators.sources.base import (
     parse_hms,
     parse_number,
     read_csv_header,
+    show,
     youtube_id,
 )
 
@@ -42,6 +47,9 @@ CAPTIONS = (
 )
 V0_REQUIRED = ("video_id", "start_frame", "end_frame", "fps")
 V1_REQUIRED = ("clip_id", "timestamp")
+MAX_FPS = 10_000.0
+_INDEX_ID = re.compile(r"^(\d{1,18})_", re.ASCII)  # v0 index "<download_id>_<video_id>-<clip>"
+_CLIP_ID = re.compile(r"^(\d{1,18})\.(\d{1,9})$", re.ASCII)  # v1 clip_id "<download_id>.<clip_index>"
 
 
 def raw_video_path(download_id: int) -> str:
@@ -53,7 +61,7 @@ class MiraDataAdapter(Adapter):
     name = SOURCE
     patterns = ("*.csv",)
 
-    def _read(self, paths: list[str], options: dict) -> Iterator[Item]:
+    def _read(self, paths: list[str], options: dict) -> Iterator[Row]:
         plan = []
         for p in paths:
             header = read_csv_header(p)
@@ -68,10 +76,9 @@ class MiraDataAdapter(Adapter):
                 )
         return self._rows(plan)
 
-    def _rows(self, plan) -> Iterator[Item]:
+    def _rows(self, plan) -> Iterator[Row]:
         for table, fn in plan:
-            for line, row in table.rows():
-                yield fn(row, f"{table.path}:{line}")
+            yield from table.parse_rows(fn)
 
 
 def _captions(row: dict) -> tuple[TextSpan, ...]:
@@ -83,21 +90,14 @@ def _captions(row: dict) -> tuple[TextSpan, ...]:
     return tuple(out)
 
 
-def _vid(row: dict, field: str = "video_id") -> str:
-    v = (row.get(field) or "").strip()
-    if not v:
-        raise BadValue(field, f"missing {field}")
-    return v
-
-
 def _row_v0(row: dict, origin: str) -> Item:
     vid = (row.get("video_id") or "").strip()
     start = end = None
     try:
-        vid = _vid(row)
+        vid = check_id(row.get("video_id"), "video_id")
         fps_raw = (row.get("fps") or "").strip()
         if fps_raw:
-            fps = parse_number(fps_raw, "fps", positive=True)
+            fps = parse_number(fps_raw, "fps", positive=True, limit=MAX_FPS)
             sf = parse_number(row.get("start_frame"), "start_frame", integer=True)
             ef = parse_number(row.get("end_frame"), "end_frame", integer=True)
             start, end = sf / fps, ef / fps
@@ -111,7 +111,7 @@ def _row_v0(row: dict, origin: str) -> Item:
         return make_failure(SOURCE, origin, e.field, e.reason, video_id=vid)
     index = (row.get("index") or "").strip()
     paths = [f"{vid}.mp4"]
-    m = re.match(r"^(\d+)_", index)
+    m = _INDEX_ID.match(index)
     if m:
         paths.append(raw_video_path(int(m.group(1))))
     meta = {
@@ -131,12 +131,14 @@ def parse_timestamp_list(value: str | None, field: str = "timestamp") -> tuple[f
     """"['00:00:10.000', '00:00:20.500']" -> (10.0, 20.5), safely (ast.literal_eval accepts literals only)."""
     if value is None or not value.strip():
         raise BadValue(field, f"missing {field}")
+    if len(value) > 200:  # two times are about 30 characters; literal_eval of a long string costs for nothing
+        raise BadValue(field, f"{field} is not a list of two times: {show(value)}")
     try:
         obj = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        raise BadValue(field, f"{field} is not a list literal: {value[:80]!r}") from None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise BadValue(field, f"{field} is not a list literal: {show(value)}") from None
     if not isinstance(obj, (list, tuple)) or len(obj) != 2:
-        raise BadValue(field, f"{field} must be a list of two times, got {value[:80]!r}")
+        raise BadValue(field, f"{field} must be a list of two times, got {show(value)}")
     start = parse_hms(obj[0], field)
     end = parse_hms(obj[1], field)
     check_span(start, end, field)
@@ -147,19 +149,21 @@ def _row_v1(row: dict, origin: str) -> Item:
     clip_id = (row.get("clip_id") or "").strip()
     vid = (row.get("video_id") or "").strip()
     try:
-        m = re.match(r"^(\d+)\.(\d+)$", clip_id)
+        m = _CLIP_ID.match(clip_id)
         if not clip_id:
             raise BadValue("clip_id", "missing clip_id")
         if not m:
-            raise BadValue("clip_id", f"clip_id must be '<download_id>.<clip_index>', got {clip_id!r}")
+            raise BadValue("clip_id", f"clip_id must be '<download_id>.<clip_index>', got {show(clip_id)}")
         download_id = int(m.group(1))
+        if vid:
+            vid = check_id(vid, "video_id")
         start, end = parse_timestamp_list(row.get("timestamp"))
         fps_raw = (row.get("fps") or "").strip()
-        fps = parse_number(fps_raw, "fps", positive=True) if fps_raw else None
+        fps = parse_number(fps_raw, "fps", positive=True, limit=MAX_FPS) if fps_raw else None
         secs_raw = (row.get("seconds") or "").strip()
-        seconds = parse_number(secs_raw, "seconds") if secs_raw else None
+        seconds = parse_number(secs_raw, "seconds", limit=MAX_SECONDS) if secs_raw else None
     except BadValue as e:
-        return make_failure(SOURCE, origin, e.field, e.reason, video_id=vid or clip_id.split(".")[0])
+        return make_failure(SOURCE, origin, e.field, e.reason, video_id=vid or clip_id.split(".")[0][:MAX_ID_CHARS])
     video_id = vid or f"{download_id:012d}"
     meta = {
         "version": "v1",

@@ -12,11 +12,15 @@ from longvid.operators.sources.base import (
     Adapter,
     BadValue,
     Item,
+    Row,
+    check_id,
     clean_text,
     make_failure,
     make_record,
     open_csv,
+    parse_digits,
     parse_iso_duration,
+    show,
 )
 
 SOURCE = "webvid"
@@ -27,29 +31,23 @@ class WebVidAdapter(Adapter):
     name = SOURCE
     patterns = ("results_*.csv", "*.csv")
 
-    def _read(self, paths: list[str], options: dict) -> Iterator[Item]:
+    def _read(self, paths: list[str], options: dict) -> Iterator[Row]:
         tables = [open_csv(p, REQUIRED, "WebVid results") for p in paths]
         return self._rows(tables)
 
-    def _rows(self, tables) -> Iterator[Item]:
+    def _rows(self, tables) -> Iterator[Row]:
         for table in tables:
-            for line, row in table.rows():
-                yield _row(row, f"{table.path}:{line}")
+            yield from table.parse_rows(_row)
 
 
 def _row(row: dict, origin: str) -> Item:
     vid = (row.get("videoid") or "").strip()
     try:
-        if not vid:
-            raise BadValue("videoid", "missing videoid")
-        if not vid.isdigit():
-            raise BadValue("videoid", f"videoid must be an integer, got {vid!r}")
-        vid = str(int(vid))
-        page_dir = (row.get("page_dir") or "").strip()
-        if not page_dir:
-            raise BadValue("page_dir", "missing page_dir")
+        vid = check_id(row.get("videoid"), "videoid")
+        vid = str(parse_digits(vid, "videoid"))
+        page_dir = check_id(row.get("page_dir"), "page_dir")
         if "/" in page_dir or "\\" in page_dir or page_dir in (".", ".."):
-            raise BadValue("page_dir", f"page_dir must be one folder name, got {page_dir!r}")
+            raise BadValue("page_dir", f"page_dir must be one folder name, got {show(page_dir)}")
         dur = row.get("duration")
         duration = parse_iso_duration(dur, "duration") if dur is not None and dur.strip() else None
     except BadValue as e:
