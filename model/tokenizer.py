@@ -5,12 +5,19 @@
   `<|im_end|>` and the image placeholder `<image>`. Deterministic: the same ids on every machine. No downloads.
 - `load_tokenizer(path)`: a real tokenizer from a local directory (Qwen2-7B-Instruct, Qwen2.5-1.5B-Instruct),
   with `<image>` added as a special token when missing.
-- `format_chat(conversations, tokenizer)`: LLaVA-format turns -> (input_ids, labels) in the Qwen2 chat template
-      <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n
-  Labels: `"assistant"` mode (default) trains the answer text and its `<|im_end|>` only. `"llava"` mode
-  reproduces the released LLaVA/VideoChat-Flash `preprocess_qwen`: whole assistant turns (header and trailing
-  newline included) plus every `<|im_start|>`, `<|im_end|>` and lone-newline token anywhere in the sample.
-  `<image>` becomes the single image-token id that `VideoLLM` replaces with the visual tokens.
+- `format_chat(conversations, tokenizer, label_mode=...)`: LLaVA-format turns -> (input_ids, labels).
+  Label modes (see LABEL_MODES):
+  - `"assistant"` (the default, unchanged): the Qwen2 chat template
+        <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n
+    training the answer text and its `<|im_end|>` only (header and answer tokenized apart).
+  - `"qwen_2"` (alias `"llava"`): the released `preprocess_qwen` of stages 2-4, exactly: the same template, a
+    leading non-human turn dropped, every turn tokenized as one string, labels = whole assistant turns (header
+    and trailing newline included) plus every `<|im_start|>`, `<|im_end|>` and lone-newline token anywhere.
+  - `"plain"`: the released `preprocess_plain` of stage 1: exactly two turns, the human one (which must hold
+    `<image>`) replaced by the bare `<image>`; text `<image>` + answer + "\\n"; labels = everything after `<image>`.
+    No system turn, no question, no timestamp message.
+  `<image>` becomes the single image-token id that `VideoLLM` replaces with the visual tokens; a trained
+  `<image>` is masked (the reference would train on the placeholder's id).
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMAGE_TOKEN)
 DEFAULT_SYSTEM = "You are a helpful assistant."
 ROLES = {"human": "user", "gpt": "assistant"}
 
-LabelMode = Literal["assistant", "llava"]
+LabelMode = Literal["assistant", "qwen_2", "llava", "plain"]
+LABEL_MODES = ("assistant", "qwen_2", "llava", "plain")
 
 _TRAIN_TEXT = """\
 You are a helpful assistant. The video lasts for 37.50 seconds, and 36 frames are uniformly sampled from it.
@@ -105,14 +113,21 @@ def format_chat(
     Each turn is `<|im_start|>{role}\\n{value}<|im_end|>\\n`, preceded by the system turn (omitted when
     `system` is None). Labels are IGNORE_INDEX (-100) except on trained tokens (see the module docstring).
     `add_generation_prompt` appends `<|im_start|>assistant\\n` (unlabelled) for inference prompts.
-    The pieces are tokenized separately and concatenated, so the answer's tokens do not depend on the header.
+    In "assistant" mode the pieces are tokenized separately and concatenated, so the answer's tokens do not
+    depend on the header; "qwen_2"/"llava" tokenize each whole turn as the reference does. "plain" ignores
+    `system` and `add_generation_prompt` (see `format_plain`).
     """
-    if label_mode not in ("assistant", "llava"):
-        raise ValueError(f"format_chat: label_mode must be 'assistant' or 'llava', got {label_mode!r}")
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"format_chat: label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+    turns = _check_turns(conversations)
+    if label_mode == "plain":
+        return format_plain(turns, tokenizer)
+    reference = label_mode in ("qwen_2", "llava")
+    if reference and turns and turns[0][0] != "human":
+        turns = turns[1:]  # preprocess_qwen drops a leading non-human turn
     ids: list[int] = []
     labels: list[int] = []
-    # a tokenizer may offer text_ids(text) -> ids without special tokens (the loader's memoising wrapper does)
-    encode = getattr(tokenizer, "text_ids", None) or (lambda text: _ids(tokenizer, text))
+    encode = _encoder(tokenizer)
 
     def add(text: str, train: bool) -> None:
         piece = encode(text)
@@ -121,6 +136,47 @@ def format_chat(
 
     if system is not None:
         add(f"{IM_START}system\n{system}{IM_END}\n", False)
+    for who, value in turns:
+        role = ROLES[who]
+        if role == "user":
+            add(f"{IM_START}user\n{value}{IM_END}\n", False)
+        elif reference:
+            add(f"{IM_START}assistant\n{value}{IM_END}\n", True)
+        else:
+            add(f"{IM_START}assistant\n", False)
+            add(f"{value}{IM_END}", True)
+            add("\n", False)
+    if add_generation_prompt:
+        add(f"{IM_START}assistant\n", False)
+
+    if reference:
+        unmask = {tokenizer.convert_tokens_to_ids(IM_START), tokenizer.convert_tokens_to_ids(IM_END)}
+        nl = _ids(tokenizer, "\n")
+        if len(nl) == 1:
+            unmask.add(nl[0])  # Qwen2's 198, the id the reference hard-codes
+        labels = [t if t in unmask else lab for t, lab in zip(ids, labels)]
+    return ids, _mask_image(tokenizer, ids, labels)
+
+
+def format_plain(conversations: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The stage-1 `plain` template (`preprocess_plain`): exactly two turns, the first holding `<image>`.
+
+    Text = `<image>` + the second turn's value + "\\n" (the first turn's question and timestamp message are
+    dropped); labels = every token after the `<image>`. Raises ValueError naming the turn otherwise.
+    """
+    turns = _check_turns(conversations)
+    if len(turns) != 2:
+        raise ValueError(f"format_chat: the plain template needs exactly 2 turns, got {len(turns)}")
+    if IMAGE_TOKEN not in turns[0][1]:
+        raise ValueError("format_chat: conversations[0].value must hold <image> for the plain template")
+    img = image_token_id(tokenizer)
+    answer = _encoder(tokenizer)(turns[1][1] + "\n")
+    ids = [img] + answer
+    return ids, _mask_image(tokenizer, ids, [IGNORE_INDEX] + list(answer))
+
+
+def _check_turns(conversations: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    out = []
     for i, turn in enumerate(conversations):
         who = turn.get("from")
         if who not in ROLES:
@@ -128,24 +184,17 @@ def format_chat(
         value = turn.get("value")
         if not isinstance(value, str):
             raise ValueError(f"format_chat: conversations[{i}].value must be a string, got {type(value).__name__}")
-        role = ROLES[who]
-        if role == "user":
-            add(f"{IM_START}user\n{value}{IM_END}\n", False)
-        else:
-            llava = label_mode == "llava"
-            add(f"{IM_START}assistant\n", llava)
-            add(f"{value}{IM_END}", True)
-            add("\n", llava)
-    if add_generation_prompt:
-        add(f"{IM_START}assistant\n", False)
+        out.append((who, value))
+    return out
 
-    if label_mode == "llava":
-        unmask = {tokenizer.convert_tokens_to_ids(IM_START), tokenizer.convert_tokens_to_ids(IM_END)}
-        nl = _ids(tokenizer, "\n")
-        if len(nl) == 1:
-            unmask.add(nl[0])
-        labels = [t if t in unmask else lab for t, lab in zip(ids, labels)]
+
+def _encoder(tokenizer: PreTrainedTokenizerBase):
+    # a tokenizer may offer text_ids(text) -> ids without special tokens (the loader's memoising wrapper does)
+    return getattr(tokenizer, "text_ids", None) or (lambda text: _ids(tokenizer, text))
+
+
+def _mask_image(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int]) -> list[int]:
     img = image_token_id(tokenizer)
     if img in labels:  # labels hold either the id or IGNORE_INDEX: only a trained <image> needs masking
         labels = [IGNORE_INDEX if t == img else lab for t, lab in zip(ids, labels)]
-    return ids, labels
+    return labels
