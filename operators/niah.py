@@ -3,12 +3,15 @@
 Plain functions, no Ray and no model. The rules are those of the released VideoChat-Flash NIAH evaluation
 (`xtuner-eval_niah/vision_niah/*`), re-implemented here:
 
-- Haystack: a long video sampled at 1 fps, every frame worth `TOKENS_PER_FRAME` = 16 tokens (the HiCo encoder
-  gives 64 tokens per 4-frame clip; the reference encodes 8 frames at a time and views the result as 8 slots of
-  16 tokens). When more than 7,500 frames are asked for, only half of the longest length is taken from the video
-  and repeated twice (5,000 -> 10,000). Generalised here: frame i of a haystack is unique frame i mod U
-  (`haystack_unique_frames` gives U), so a source shorter than needed is repeated as well.
-- Needles: an image repeated 4 times and encoded as one clip: 64 tokens (4 frame slots).
+- Haystack: a long video sampled at about 1 fps: frames 0, r, 2r, ... with r = round(fps) (`video_1fps_indices`),
+  every frame padded to a square (not stretched: `model.umt.preprocess(pad_to_square=True)`, LLaVA's
+  `expand2square`) and worth `TOKENS_PER_FRAME` = 16 tokens (the HiCo encoder gives 64 tokens per 4-frame clip;
+  the reference encodes 8 frames at a time and views the result as 8 slots of 16 tokens). When more than 7,500
+  frames are asked for, half of the longest length is asked of the video and the frames read are repeated twice;
+  the reference's read loop stops one batch late, so 10,000 frames repeat a period of 5,016 distinct frames, not
+  5,000 (`haystack_unique_frames`, `reference_frames_read`). Generalised here: frame i of a haystack is unique
+  frame i mod U, so a source shorter than needed is repeated as well.
+- Needles: an image padded to a square, repeated 4 times and encoded as one clip: 64 tokens (4 frame slots).
 - Single hop: the needle goes in front of haystack frame `int(depth * length)` (depths 0, 0.2, ..., 1.0; the
   haystack keeps all `length` frames): haystack[:p] + needle + haystack[p:length].
 - Multi hop: the n images of an item are spread evenly: interval = length / (n - 1); image 0 first, then for
@@ -37,7 +40,8 @@ from longvid.operators.errors import ConfigError
 
 TOKENS_PER_FRAME = 16
 NEEDLE_FRAMES = 4  # an image is repeated to one 4-frame clip
-DOUBLE_ABOVE = 7500  # more frames than this requested: half of them are taken and repeated twice
+DOUBLE_ABOVE = 7500  # more frames than this requested: half of them are asked for and repeated twice
+READ_BATCH = 8  # the reference reads (and encodes) the haystack 8 frames at a time
 DEFAULT_LENGTHS = tuple(range(1000, 10001, 1000))
 DEFAULT_DEPTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -233,12 +237,36 @@ def haystack_frames_used(kind: Kind, length: int, positions: Sequence[int]) -> i
     return int(length) if kind == "single" else int(positions[-1])
 
 
+def reference_frames_read(requested: int, batch: int = READ_BATCH) -> int:
+    """Frames the reference's haystack loop reads when asked for `requested` frames of a long enough video.
+
+    Transcribed from `produce_haystack_embedding.py`:
+
+        total_batches = (requested + batch - 1) // batch
+        for i, video_batch in enumerate(batches of `batch` frames):
+            keep video_batch
+            if i > total_batches:
+                break
+
+    The test `i > total_batches` comes after the batch is kept, so batches 0 .. total_batches + 1 are kept:
+    (total_batches + 2) * batch frames. Asked for 5,000 (a 10,000-frame haystack): 627 batches = 5,016 frames.
+    """
+    if requested < 1 or batch < 1:
+        raise ValueError(f"reference_frames_read: need requested >= 1 and batch >= 1, got {requested}, {batch}")
+    total_batches = (requested + batch - 1) // batch
+    return (total_batches + 2) * batch
+
+
 def haystack_unique_frames(longest: int, available: int | None = None) -> int:
-    """How many distinct source frames a haystack of `longest` frames uses: longest // 2 above 7,500 frames
-    (then repeated twice, as the reference does), else `longest`; never more than `available`."""
+    """How many distinct source frames a haystack of `longest` frames uses (its repeat period U).
+
+    Above 7,500 frames the reference asks for longest // 2 frames, reads `reference_frames_read` of them
+    (5,016 for 10,000) and repeats that block twice: U is that count. Otherwise U = longest (the reference reads
+    a few frames more, never used). Never more than `available` (a short source repeats: frame i is i mod U).
+    """
     if longest < 1:
         raise ValueError(f"haystack_unique_frames: longest must be >= 1, got {longest}")
-    want = longest // 2 if longest > DOUBLE_ABOVE else longest
+    want = reference_frames_read(longest // 2) if longest > DOUBLE_ABOVE else longest
     if available is not None:
         if available < 1:
             raise ValueError("haystack_unique_frames: the haystack source has no frames")
@@ -252,20 +280,17 @@ def haystack_frame_map(unique: int, length: int) -> np.ndarray:
 
 
 def video_1fps_indices(num_frames: int, fps: float, limit: int | None = None) -> list[int]:
-    """Frame indices of a video sampled at 1 fps: round(k * fps) for k = 0, 1, ... while inside the video.
+    """Haystack frame indices of a video, as the reference reads them: every round(fps)-th frame from frame 0
+    (`range(0, num_frames, round(fps))`; 29.97 fps -> every 30th frame), at most `limit` of them.
 
-    (The reference steps by round(fps) frames; both agree for integer frame rates, this one keeps to 1 fps on
-    29.97 fps videos.)"""
-    if fps <= 0 or not math.isfinite(fps):
+    Python's round() (half to even, as the reference's) picks the step; an fps that rounds to 0 is an error."""
+    if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"video_1fps_indices: fps must be positive, got {fps}")
-    out: list[int] = []
-    k = 0
-    while True:
-        i = int(round(k * fps))
-        if i >= num_frames or (limit is not None and len(out) >= limit):
-            return out
-        out.append(i)
-        k += 1
+    step = round(fps)
+    if step < 1:
+        raise ValueError(f"video_1fps_indices: fps {fps} rounds to a step of 0 frames")
+    out = range(0, max(int(num_frames), 0), step)
+    return list(out if limit is None else out[: max(int(limit), 0)])
 
 
 @dataclass(frozen=True)

@@ -102,26 +102,35 @@ def test_multi_hop_splice_equals_the_reference_loop(length, n):
 
 
 def test_haystack_plan_halves_and_repeats_above_7500():
-    assert niah.haystack_unique_frames(10000) == 5000
+    # the reference asks for half and its read loop keeps two batches of 8 more: a 5,016-frame period
+    assert niah.haystack_unique_frames(10000) == 5016
     assert niah.haystack_unique_frames(7500) == 7500
-    assert niah.haystack_unique_frames(8000) == 4000
+    assert niah.haystack_unique_frames(8000) == niah.reference_frames_read(4000) == (500 + 2) * 8
+    assert niah.haystack_unique_frames(7501) == niah.reference_frames_read(3750) == (469 + 2) * 8
     assert niah.haystack_unique_frames(10000, available=3000) == 3000
     assert niah.haystack_unique_frames(16, available=100) == 16
-    m = niah.haystack_frame_map(5000, 10000)
-    assert m[4999] == 4999 and m[5000] == 0 and m[-1] == 4999
+    m = niah.haystack_frame_map(5016, 10000)
+    assert m[5015] == 5015 and m[5016] == 0 and m[-1] == 10000 - 1 - 5016
     # a slice of a tiled haystack: frame i is slot i mod U
     hay, needles = _labelled(3, 1, 1)
     pl = niah.Placement("single", 7, 0.0, (0,))
     assert niah.splice_tokens(hay, needles, pl, 1)[8:, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
     with pytest.raises(ValueError):
         niah.haystack_unique_frames(10, available=0)
+    with pytest.raises(ValueError):
+        niah.reference_frames_read(0)
 
 
-def test_video_1fps_indices():
+def test_video_1fps_indices_step_by_rounded_fps():
     assert niah.video_1fps_indices(100, 30.0) == [0, 30, 60, 90]
     assert niah.video_1fps_indices(3000, 29.97)[:4] == [0, 30, 60, 90]
-    assert niah.video_1fps_indices(3000, 29.97)[34] == round(34 * 29.97) == 1019  # not 34 * 30 = 1020
+    assert niah.video_1fps_indices(3000, 29.97)[34] == 34 * 30  # the reference steps by round(fps) frames
     assert niah.video_1fps_indices(1000, 10.0, limit=5) == [0, 10, 20, 30, 40]
+    assert niah.video_1fps_indices(100, 2.5) == list(range(0, 100, 2))  # round half to even, as Python's round
+    assert niah.video_1fps_indices(0, 30.0) == [] and niah.video_1fps_indices(31, 30.0) == [0, 30]
+    for bad in (0.0, -1.0, float("nan"), 0.4):
+        with pytest.raises(ValueError):
+            niah.video_1fps_indices(100, bad)
 
 
 def test_splice_rejects_bad_input():
