@@ -84,7 +84,7 @@ def test_process_record_resize_option(tmp_path):
     """The ingest default resizes with torch's antialiased bicubic; `pil` is the exact UMT preprocessor. Both reach
     the decoder (a bad name is refused there) and give the same stored frames up to codec noise."""
     make_video(tmp_path / "v.mp4", seconds=4, fps=30, width=640, height=360)
-    rec = SourceRecord("webvid", "v", ("v.mp4",))
+    rec = SourceRecord("webvid", "v", ("v.mp4",), texts=(TextSpan("a caption"),))  # a sample always has text
     assert ProcessOptions(videos_root=str(tmp_path)).resize == "torch"
     got = {m: decode_mp4(process_record(rec, ProcessOptions(videos_root=str(tmp_path), profile="short", resize=m)).mp4)
            for m in ("torch", "pil")}

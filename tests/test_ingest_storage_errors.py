@@ -7,7 +7,7 @@ import pytest
 from longvid.operators import storage as st
 from longvid.operators.errors import RecordError, TransientError
 from longvid.operators.process import ProcessOptions, process_record
-from longvid.operators.records import SourceRecord
+from longvid.operators.records import SourceRecord, TextSpan
 from longvid.pipelines.ingest import run_unit
 from longvid.pipelines.synth_video import make_video
 from tests.s3_server import configure_storage_for
@@ -34,7 +34,7 @@ def test_access_denied_is_a_read_failure(video_on_s3):
 def test_outage_is_transient_and_leaves_the_unit_uncommitted(video_on_s3, tmp_path):
     s3, proxy = video_on_s3
     proxy.set(probability=1.0, kinds=("503",), match=lambda m, t, h: m == "GET")
-    rec = SourceRecord("webvid", "v", ("d/v.mp4",))
+    rec = SourceRecord("webvid", "v", ("d/v.mp4",), texts=(TextSpan("a caption"),))  # a sample always has text
     opts = ProcessOptions(videos_root=s3.uri("videos"), profile="short")
     with pytest.raises(TransientError):
         process_record(rec, opts)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import longvid.pipelines.ingest as ingest
 from longvid.operators.errors import ConfigError
-from longvid.operators.records import Failure, SourceRecord
+from longvid.operators.records import Failure, SourceRecord, TextSpan
 from longvid.operators.sample import PROFILES
 from longvid.operators.sources import get_adapter
 from longvid.pipelines.ingest import IngestConfig, UnitSchedule, cut_units
@@ -225,7 +225,7 @@ def test_worker_keeps_its_decoder_child_across_units(tmp_path, monkeypatch):
 
     make_video(tmp_path / "v" / "a.mp4", seconds=2, fps=10, width=64, height=48, seed=1)
     recs = [SourceRecord(source="webvid", video_id=f"a{i}", video_paths=("a.mp4",), start=0.1 * i, end=1.5,
-                         origin=f"m.csv:{i + 2}") for i in range(3)]
+                         origin=f"m.csv:{i + 2}", texts=(TextSpan("a caption"),)) for i in range(3)]
     opts = ProcessOptions(videos_root=str(tmp_path / "v"), profile="stage1")
     ingest._close_decoder()
     try:
