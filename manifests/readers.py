@@ -10,7 +10,7 @@ Memory stays bounded: nothing here materialises a table; callers iterate `iter_b
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import pyarrow as pa
@@ -109,26 +109,56 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return False
 
 
-def check_schema(fs: pafs.FileSystem, path: str, columns: list[str], schema: pa.Schema, label: str) -> None:
-    """Each requested column exists in the file with a type castable to the schema's; else ManifestError."""
+def schema_problem(fs: pafs.FileSystem, path: str, columns: list[str], schema: pa.Schema) -> str | None:
+    """Why the file cannot serve `columns` of `schema` (not a readable parquet file, a column missing or of a type
+    not castable to the schema's), or None."""
     try:
         actual = pq.read_schema(path, filesystem=fs)
     except Exception as e:
-        raise ManifestError(f"{label}: not a readable parquet file: {e}") from e
+        return f"not a readable parquet file: {e}"
     for c in columns:
         want = schema.field(c).type
         if c not in actual.names:
-            raise ManifestError(f"{label}: column {c!r} missing (expected {want}, see manifests/schema.py)")
+            return f"column {c!r} missing (expected {want}, see manifests/schema.py)"
         got = actual.field(c).type
         if not _compatible(got, want):
-            raise ManifestError(f"{label}: column {c!r} has type {got}, expected {want}")
+            return f"column {c!r} has type {got}, expected {want}"
+    return None
+
+
+def check_schema(fs: pafs.FileSystem, path: str, columns: list[str], schema: pa.Schema, label: str) -> None:
+    """Each requested column exists in the file with a type castable to the schema's; else ManifestError."""
+    why = schema_problem(fs, path, columns, schema)
+    if why:
+        raise ManifestError(f"{label}: {why}")
+
+
+def _label(job: JobDir, f: str) -> str:
+    return f"{job.uri}: {posixpath.relpath(f, job.root)}"
 
 
 def _dataset(job: JobDir, files: list[str], schema: pa.Schema, columns: list[str]) -> ds.Dataset:
     for f in files:
-        check_schema(job.filesystem, f, columns, schema, f"{job.uri}: {posixpath.relpath(f, job.root)}")
+        check_schema(job.filesystem, f, columns, schema, _label(job, f))
     sub = pa.schema([schema.field(c) for c in columns])
     return ds.dataset(files, schema=sub, format="parquet", filesystem=job.filesystem)
+
+
+def usable_parts(jobs: list[JobDir], columns: list[str], failures: bool = False) -> tuple[list[JobDir], list[tuple[str, str]]]:
+    """The jobs with only their manifest (or failure) parts whose schema serves `columns`, and (file, why) for each
+    part left out: a corrupt parquet file, a missing column, a column of the wrong type."""
+    schema = FAILURE_SCHEMA if failures else MANIFEST_SCHEMA
+    out, problems = [], []
+    for job in jobs:
+        keep = []
+        for f in job.failure_files if failures else job.manifest_files:
+            why = schema_problem(job.filesystem, f, columns, schema)
+            if why:
+                problems.append((_label(job, f), why))
+            else:
+                keep.append(f)
+        out.append(replace(job, failure_files=keep) if failures else replace(job, manifest_files=keep))
+    return out, problems
 
 
 def read_manifests(paths: list[str], columns: list[str] | None = None,
@@ -153,15 +183,42 @@ def read_failures(paths: list[str], columns: list[str] | None = None,
     return parts[0] if len(parts) == 1 else ds.dataset(parts)
 
 
-def iter_batches(jobs: list[JobDir], columns: list[str], batch_size: int = 65536,
-                 failures: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(job index, batch) over every job's manifest (or failure) parts, one row group at a time."""
+def iter_batches(jobs: list[JobDir], columns: list[str], batch_size: int = 65536, failures: bool = False,
+                 problems: list[tuple[str, str]] | None = None, checked: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(job index, batch) over every job's manifest (or failure) parts, one part and one row group at a time.
+
+    A part that does not follow its schema, or that breaks while it is read (a corrupt row group, a value that does
+    not fit the schema's type), raises ManifestError naming the file; with a `problems` list it is appended there
+    as (file, why) instead, and the other parts are read. `checked`: the parts passed `usable_parts` already.
+    """
     schema = FAILURE_SCHEMA if failures else MANIFEST_SCHEMA
     for n, job in enumerate(jobs):
-        files = job.failure_files if failures else job.manifest_files
-        if not files:
-            continue
-        d = _dataset(job, files, schema, columns)
-        for b in d.to_batches(columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1):
-            if b.num_rows:
-                yield n, b
+        for f in job.failure_files if failures else job.manifest_files:
+            label, rows = _label(job, f), 0
+            why = None if checked else schema_problem(job.filesystem, f, columns, schema)
+            if why is None:
+                try:
+                    sub = pa.schema([schema.field(c) for c in columns])
+                    batches = ds.dataset([f], schema=sub, format="parquet", filesystem=job.filesystem).to_batches(
+                        columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+                except Exception as e:  # pyarrow refuses the file itself
+                    why = f"cannot be read: {type(e).__name__}: {e}"
+            if why:
+                if problems is None:
+                    raise ManifestError(f"{label}: {why}")
+                problems.append((label, why))
+                continue
+            while True:
+                try:
+                    b = next(batches)
+                except StopIteration:
+                    break
+                except Exception as e:  # a corrupt row group, a value out of range of the schema's type, ...
+                    why = f"cannot be read after {rows} rows (the rest of the file is left out): {type(e).__name__}: {e}"
+                    if problems is None:
+                        raise ManifestError(f"{label}: {why}") from e
+                    problems.append((label, why))
+                    break
+                if b.num_rows:
+                    rows += b.num_rows
+                    yield n, b

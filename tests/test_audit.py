@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from longvid.manifests.audit import ids
-from longvid.manifests.audit.benchmarks import BenchmarkFormatError, scan_benchmarks
+from longvid.manifests.audit.benchmarks import scan_benchmarks
 from longvid.manifests.audit.core import AuditConfig, read_drop_list, run_audit
 from longvid.manifests.audit.ngrams import NgramIndex, normalise_text
 from longvid.manifests.audit.phash import HashIndex, dhash64
@@ -77,16 +77,19 @@ def test_format_recognised_by_content_not_name(tmp_path):
 
 
 def test_broken_benchmark_record_names_file_and_field(tmp_path):
+    # a record that cannot be used is reported (file, record, field, why) and the other records are read
     p = tmp_path / "MVBench" / "action_sequence.json"
     p.parent.mkdir()
     p.write_text(json.dumps([{"video": "ZS9XR.mp4", "question": "q", "candidates": ["a"], "answer": "a"},
-                             {"video": "EY6P4.mp4", "question": None, "candidates": ["a"], "answer": "a"}]))
-    with pytest.raises(BenchmarkFormatError) as e:
-        scan_benchmarks([tmp_path])
-    assert "action_sequence.json" in str(e.value) and "record 1" in str(e.value) and "'question'" in str(e.value)
-    p.write_text(json.dumps([{"video": "ZS9XR.mp4", "question": "q", "candidates": "oops", "answer": "a"}]))
-    with pytest.raises(BenchmarkFormatError, match="candidates"):
-        scan_benchmarks([tmp_path])
+                             {"video": "EY6P4.mp4", "question": None, "candidates": ["a"], "answer": "a"},
+                             {"video": "ZS9XS.mp4", "question": "q", "candidates": "oops", "answer": "a"}]))
+    b = scan_benchmarks([tmp_path])
+    (f,) = b.files
+    assert [v.raw for v in f.videos] == ["ZS9XR.mp4"] and (f.records, f.unusable) == (3, 2)
+    p1, p2 = b.problems
+    assert (p1.where, p1.field, p1.why) == ("record 1", "question", "missing")
+    assert (p2.where, p2.field) == ("record 2", "candidates") and "expected a list of options" in p2.why
+    assert str(p1).startswith(str(p)) and "record 1" in str(p1) and "'question'" in str(p1)
 
 
 def test_ngram_normalisation_short_questions_and_templates():

@@ -2,9 +2,15 @@
 
 `scan_benchmarks(paths)` walks files and folders and recognises each file by its content and structure (the keys
 of its records, the shape of its lines), using the path only to break ties (an MVBench task name, the word
-"perception" for a bare id list). A file that matches no known format is reported in `BenchmarkSet.unknown`,
-never guessed. A recognised file with a broken record raises `BenchmarkFormatError` naming the file, the record
-and the field.
+"perception" for a bare id list). A file that matches no known format, or cannot be read or parsed at all, is
+reported in `BenchmarkSet.unknown`, never guessed.
+
+Hostile files never end the scan. Every reader runs under one per-record guard (`_each`): a record that cannot be
+used (a field of the wrong JSON type or missing, a number that overflows or is not finite, text that is not valid
+Unicode, nesting too deep to decode, a line that does not parse) becomes a `BenchmarkProblem` naming the file, the
+record (its index, line or key) and the field, and the reader goes on with the next record. A JSON document that
+`json.loads` refuses is decoded element by element (`_partial`), so one bad record costs that record, not the file.
+Each file counts its records: `records == usable + unusable`.
 
 Formats (see ../shared/reference/benchmarks.md): MVBench task json, Video-MME parquet, LongVideoBench json, MLVU json,
 LVBench clean json and original `video_info.meta.jsonl`, Charades-STA json and `charades_sta_*.txt` lines,
@@ -17,10 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import ids
 
@@ -48,18 +57,34 @@ MVBENCH_TASKS: dict[str, str] = {
     "unexpected_action": "funqa",
 }
 
+MAX_PROBLEMS_PER_FILE = 200  # problems kept with their details per file; all are counted
+_RECOGNISE_RECORDS = 50  # records looked at to recognise a file's format
+
 _OPTION_LABEL = re.compile(r"^\s*\(?[A-Ea-e][.):]\s+")
-_CHARADES_LINE = re.compile(r"^([A-Za-z0-9]{5}) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)##(.*)$")
-_PT_ID = re.compile(r"^video_\d+$")
-_VIDOR = re.compile(r"^\d{4}/\d+$")
+_CHARADES_LINE = re.compile(r"^([A-Za-z0-9]{5}) ([0-9]+(?:\.[0-9]+)?) ([0-9]+(?:\.[0-9]+)?)##(.*)$")
+_PT_ID = re.compile(r"^video_[0-9]+$")
+_VIDOR = re.compile(r"^[0-9]{4}/[0-9]+$")
 
 
 class BenchmarkFormatError(ValueError):
-    """A recognised benchmark file with a record that cannot be read."""
+    """One field of a benchmark record that cannot be used; the reader guard adds the file and the record."""
 
-    def __init__(self, path: str, where: str, fld: str, why: str):
-        self.path, self.where, self.field = path, where, fld
-        super().__init__(f"{path}: {where}: field {fld!r}: {why}")
+    def __init__(self, fld: str, why: str):
+        self.field, self.why = fld, why
+        super().__init__(f"field {fld!r}: {why}")
+
+
+@dataclass(frozen=True)
+class BenchmarkProblem:
+    """A record of a benchmark file that was not used, and why."""
+
+    path: str
+    where: str  # "record 3", "row 3", "line 7", "q_uid <key>"
+    field: str  # "-" when the record as a whole is unusable
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.where}: " + ("" if self.field == "-" else f"field {self.field!r}: ") + self.why
 
 
 @dataclass(frozen=True)
@@ -94,17 +119,29 @@ class BenchText:
 
 @dataclass
 class BenchmarkFile:
-    path: str
+    path: str  # as shown to the user (undecodable bytes of the name escaped)
     format: str
     benchmark: str
     videos: list[BenchVideo] = field(default_factory=list)
     texts: list[BenchText] = field(default_factory=list)
+    records: int = 0  # records read: usable + unusable
+    unusable: int = 0
+    problems: list[BenchmarkProblem] = field(default_factory=list)  # the first MAX_PROBLEMS_PER_FILE unusable records
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def problem(self, where: str, fld: str, why: str) -> None:
+        self.unusable += 1
+        if len(self.problems) < MAX_PROBLEMS_PER_FILE:
+            self.problems.append(BenchmarkProblem(self.path, _shown(where, 120), _shown(fld, 80), _shown(why, 300)))
 
 
 @dataclass
 class BenchmarkSet:
     files: list[BenchmarkFile]
-    unknown: list[tuple[str, str]]  # (path, why it was not recognised)
+    unknown: list[tuple[str, str]]  # (path, why it was not recognised or could not be read)
 
     @property
     def videos(self) -> list[BenchVideo]:
@@ -132,91 +169,124 @@ class BenchmarkSet:
     def benchmarks(self) -> list[str]:
         return sorted({f.benchmark for f in self.files})
 
+    @property
+    def problems(self) -> list[BenchmarkProblem]:
+        """The unusable records with their details (at most MAX_PROBLEMS_PER_FILE per file)."""
+        return [p for f in self.files for p in f.problems]
 
-# ---------------------------------------------------------------- loading
+    @property
+    def unusable_records(self) -> int:
+        return sum(f.unusable for f in self.files)
 
-def _load(path: Path) -> tuple[str, Any]:
-    """(kind, content): kind is table | json | jsonl | lines | csv | binary. By content, not by extension."""
-    data = path.read_bytes()
-    if data[:4] == b"PAR1":
-        import pyarrow.parquet as pq
 
-        return "table", pq.read_table(path).to_pylist()
+# ---------------------------------------------------------------- values
+
+def _valid_text(s: str) -> bool:
+    """Encodable as UTF-8: no lone surrogate (from a JSON escape or an undecodable byte of the file)."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return "binary", None
-    s = text.lstrip()
-    if s[:1] in "[{":
-        try:
-            return "json", json.loads(s)
-        except json.JSONDecodeError:
-            lines = [ln for ln in s.splitlines() if ln.strip()]
-            try:
-                return "jsonl", [json.loads(ln) for ln in lines]
-            except json.JSONDecodeError:
-                return "text", None
-    lines = [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()]
-    if lines and all(_CHARADES_LINE.match(ln) for ln in lines):
-        return "lines", lines
-    if lines:
-        rows = list(csv.reader(io.StringIO(text)))
-        rows = [r for r in rows if any(c.strip() for c in r)]
-        if rows and len({len(r) for r in rows}) == 1:
-            return "csv", rows
-    return "text", None
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def _dict_rows(kind: str, content: Any) -> list[dict] | None:
-    """Records as dicts: a json/jsonl list of objects, a parquet table, or a csv with a header."""
-    if kind in ("json", "jsonl", "table") and isinstance(content, list) and content and all(isinstance(r, dict) for r in content):
-        return content
-    if kind == "csv" and len(content) >= 2:
-        header = [h.strip() for h in content[0]]
-        return [dict(zip(header, r)) for r in content[1:]]
-    return None
+def _shown(s: str, limit: int = 200) -> str:
+    """`s` safe to print and to write as UTF-8 (lone surrogates escaped), cut to `limit` characters."""
+    s = s if len(s) <= limit else s[:limit] + "..."
+    return s if _valid_text(s) else s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _single_record(d: dict) -> bool:
-    """A dict that is one benchmark record (has a question or a qa list), not a mapping of records."""
-    return ("question" in d or "qa" in d) and not all(isinstance(v, dict) for v in d.values())
+def _kind(v: Any) -> str:
+    """The JSON name of a value's type, for messages (never the value itself: it may be huge or deep)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number" if isinstance(v, int) or math.isfinite(v) else f"the number {v}"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
 
 
-def _has(rows: list[dict], *keys: str) -> bool:
-    first = rows[0]
-    return all(k in first for k in keys)
-
-
-def _need(path: str, i: int, rec: dict, key: str, types: tuple = (str,)) -> Any:
-    if key not in rec or rec[key] is None:
-        raise BenchmarkFormatError(path, f"record {i}", key, "missing")
-    v = rec[key]
-    if not isinstance(v, types):
-        raise BenchmarkFormatError(path, f"record {i}", key, f"expected {'/'.join(t.__name__ for t in types)}, got {type(v).__name__}")
+def _text(v: Any, fld: str) -> str:
+    """`v` as benchmark text: a string of valid Unicode."""
+    if v is None:
+        raise BenchmarkFormatError(fld, "missing")
+    if not isinstance(v, str):
+        raise BenchmarkFormatError(fld, f"expected text, got {_kind(v)}")
+    if not _valid_text(v):
+        raise BenchmarkFormatError(fld, "not valid Unicode text (a lone surrogate or an undecodable byte)")
     return v
 
 
-def _options(path: str, i: int, rec: dict, key: str) -> list[str]:
+def _need(rec: dict, key: str) -> str:
+    """A required text field."""
+    return _text(rec.get(key), key)
+
+
+def _opt(rec: dict, key: str) -> str:
+    """An optional text field ("" when absent or null); an integer is taken as its digits (question ids)."""
     v = rec.get(key)
     if v is None:
-        raise BenchmarkFormatError(path, f"record {i}", key, "missing")
+        return ""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return _text(v, key)
+
+
+def _option(v: Any, fld: str) -> str | None:
+    """One answer option: text, or a finite number as its text; None for a null option."""
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v)):
+        return str(v)
+    return _OPTION_LABEL.sub("", _text(v, fld))
+
+
+def _options(rec: dict, key: str) -> list[str]:
+    v = rec.get(key)
+    if v is None:
+        raise BenchmarkFormatError(key, "missing")
     if hasattr(v, "tolist"):
         v = v.tolist()
     if isinstance(v, str):  # some exports store the option list as a JSON string
         try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            raise BenchmarkFormatError(path, f"record {i}", key, f"expected a list of options, got the string {v[:40]!r}") from None
+            v = json.loads(_text(v, key))
+        except (ValueError, RecursionError):
+            raise BenchmarkFormatError(key, f"expected a list of options, got the string {_shown(rec[key], 40)!r}") from None
     if not isinstance(v, list):
-        raise BenchmarkFormatError(path, f"record {i}", key, f"expected a list of options, got {type(v).__name__}")
-    return [_OPTION_LABEL.sub("", str(o)) for o in v if o is not None]
+        raise BenchmarkFormatError(key, f"expected a list of options, got {_kind(v)}")
+    return [o for o in (_option(x, f"{key}[{j}]") for j, x in enumerate(v)) if o is not None]
+
+
+def _seconds(rec: dict, key: str) -> float:
+    """A time in seconds: a finite number (or a string of one)."""
+    v = rec.get(key)
+    if v is None:
+        raise BenchmarkFormatError(key, "missing")
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise BenchmarkFormatError(key, f"expected a number of seconds, got {_kind(v)}")
+    try:
+        x = float(v)
+    except OverflowError:
+        raise BenchmarkFormatError(key, "number too large for seconds") from None
+    except ValueError:
+        raise BenchmarkFormatError(key, f"not a number: {_shown(v, 40)!r}") from None
+    if not math.isfinite(x):
+        raise BenchmarkFormatError(key, f"not a finite number ({x})")
+    return x
 
 
 def _text_items(bench: str, task: str, ref: str, video: str, question: str | None, options: list[str] = (),
                 answer: Any = None, qfield: str = "question") -> list[BenchText]:
     out = []
     if question:
-        out.append(BenchText(bench, task, ref, video, qfield, str(question)))
+        out.append(BenchText(bench, task, ref, video, qfield, question))
     for o in options:
         if o.strip():
             out.append(BenchText(bench, task, ref, video, "option", o))
@@ -227,316 +297,661 @@ def _text_items(bench: str, task: str, ref: str, video: str, question: str | Non
     return out
 
 
-# ---------------------------------------------------------------- readers (one per format)
+# ---------------------------------------------------------------- loading
 
-def _read_mvbench(path: str, rows: list[dict]) -> BenchmarkFile:
+@dataclass
+class _Unusable:
+    """In place of a record (or a record's field) that could not even be decoded."""
+
+    why: str
+    field: str = "-"
+
+
+@dataclass
+class _Doc:
+    kind: str  # table | json | jsonl | lines | csv | text | binary | empty
+    value: Any = None  # the json document, or the list of records (rows, lines)
+    lines: list[int] | None = None  # physical line of each record (jsonl, lines, csv)
+
+    def where(self, i: int) -> str:
+        if self.lines is not None:
+            return f"line {self.lines[i]}"
+        return f"row {i}" if self.kind == "table" else f"record {i}"
+
+
+_DECODER = json.JSONDecoder()
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(")?|[\[\]{},]')  # strings (group 1: closed) and JSON's structure
+
+
+def _json_why(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, ValueError) and "digits" in str(e) and "Exceeds the limit" in str(e):
+        return "an integer too long to decode (over 4300 digits)"
+    return f"{type(e).__name__}: {e}"
+
+
+def _skip_value(s: str, i: int) -> int | None:
+    """End of the JSON value starting at s[i] (by brackets and strings, without decoding it), or None."""
+    depth = 0
+    for m in _TOKEN.finditer(s, i):
+        t = m.group()
+        if t[0] == '"':
+            if m.group(1) is None:
+                return None  # an unterminated string
+            continue
+        if t in "[{":
+            depth += 1
+        elif t in "]}":
+            if depth == 0:
+                return m.start()
+            depth -= 1
+            if depth == 0:
+                return m.end()
+        elif depth == 0:  # ","
+            return m.start()
+    return None
+
+
+def _partial(s: str, pos: int, depth: int) -> tuple[Any, int | None]:
+    """Decode the JSON value at s[pos]. Where json refuses it (nesting too deep, a number too long, a syntax error),
+    decode its elements one by one, `depth` levels down, with `_Unusable` in place of what still fails.
+    Returns (value, end); end is None when the document's structure breaks there (the rest cannot be delimited)."""
+    try:
+        return _DECODER.raw_decode(s, pos)
+    except (ValueError, RecursionError) as e:
+        err = e
+    opening = s[pos:pos + 1]
+    if depth <= 0 or opening not in ("[", "{"):
+        return _Unusable(f"not valid JSON ({_json_why(err)})"), _skip_value(s, pos)
+    close = "]" if opening == "[" else "}"
+    out: Any = [] if close == "]" else {}
+
+    def put(k, v):
+        if close == "]":
+            out.append(v)
+        else:
+            out[k] = v
+
+    i = _JSON_WS.match(s, pos + 1).end()
+    if s.startswith(close, i):
+        return out, i + 1
+    n = 0
+    while True:
+        key = n
+        if close == "}":
+            try:
+                key, i = _DECODER.raw_decode(s, i)
+                if not isinstance(key, str):
+                    raise ValueError("a key is not a string")
+                i = _JSON_WS.match(s, i).end()
+                if not s.startswith(":", i):
+                    raise ValueError("expected ':'")
+                i = _JSON_WS.match(s, i + 1).end()
+            except (ValueError, RecursionError) as e:
+                line = s.count("\n", 0, i) + 1
+                put(f"(line {line})", _Unusable(f"broken JSON at line {line}, the rest is not read ({_json_why(e)})"))
+                return out, None
+        v, end = _partial(s, i, depth - 1)
+        put(key, v)
+        n += 1
+        if end is None:
+            return out, None
+        i = _JSON_WS.match(s, end).end()
+        if s.startswith(",", i):
+            i = _JSON_WS.match(s, i + 1).end()
+        elif s.startswith(close, i):
+            return out, i + 1
+        else:
+            line = s.count("\n", 0, i) + 1
+            why = ("the JSON ends early (a truncated file?)" if i >= len(s) else
+                   f"broken JSON at line {line}: expected ',' or '{close}', the rest is not read")
+            put(f"(line {line})" if close == "}" else n, _Unusable(why))
+            return out, None
+
+
+def _json_document(s: str) -> Any:
+    """The document, partially decoded if need be (see `_partial`); None when it is not JSON at all."""
+    try:
+        return json.loads(s)
+    except (ValueError, RecursionError):
+        pass
+    v, end = _partial(s, 0, 2)
+    if isinstance(v, _Unusable):
+        return None
+    if end is not None and s[end:].strip():  # text after the document
+        why = _Unusable("text after the end of the JSON document is not read")
+        if isinstance(v, list):
+            v.append(why)
+        else:
+            v["(after the document)"] = why
+    return v
+
+
+def _jsonl(text: str) -> _Doc | None:
+    """One JSON record per line, when most lines are that; lines that do not decode are unusable records."""
+    recs, lines, good = [], [], 0
+    for n, ln in enumerate(text.split("\n"), 1):
+        t = ln.strip().lstrip("\ufeff")
+        if not t:
+            continue
+        try:
+            v = json.loads(t)
+        except (ValueError, RecursionError):
+            v, end = _partial(t, 0, 1)
+            if end is None or t[end:].strip():
+                v = _Unusable("not a JSON record")
+        good += isinstance(v, (dict, list))
+        recs.append(v)
+        lines.append(n)
+    if len(recs) > 1 and good * 2 >= len(recs):
+        return _Doc("jsonl", recs, lines)
+    return None
+
+
+def _decode_text(data: bytes) -> str | None:
+    """The text of a file (UTF-8, or UTF-16/32 with a BOM); None for binary content. A few undecodable bytes in
+    a text file become lone surrogates, so that only the records holding them are unusable."""
+    for bom, enc in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+                     (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(enc)
+            except UnicodeDecodeError:
+                return None
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "surrogateescape")
+        bad = len(re.findall("[\udc80-\udcff]", text))
+        return None if bad > max(8, len(data) // 200) else text
+
+
+def _csv_rows(text: str) -> tuple[list, list[int]]:
+    """csv rows (a row that csv refuses is unusable) and the line each ends on; blank rows dropped."""
+    rows, lines = [], []
+    rd = csv.reader(io.StringIO(text))
+    last = -1
+    while True:
+        try:
+            r = next(rd)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            if rd.line_num == last:
+                break  # no progress: stop here
+            r = _Unusable(f"not a csv row ({e})")
+        last = rd.line_num
+        if isinstance(r, _Unusable) or any(c.strip() for c in r):
+            rows.append(r)
+            lines.append(rd.line_num)
+    return rows, lines
+
+
+def _load(path: Path) -> _Doc:
+    """The file's content, by content, not by extension (see `_Doc.kind`)."""
+    data = path.read_bytes()
+    if data[:4] == b"PAR1":
+        import pyarrow.parquet as pq
+
+        return _Doc("table", pq.read_table(path).to_pylist())
+    text = _decode_text(data)
+    if text is None:
+        return _Doc("binary")
+    s = text.lstrip().lstrip("\ufeff").lstrip()
+    if not s:
+        return _Doc("empty")
+    if s[:1] in "[{":
+        try:
+            return _Doc("json", json.loads(s))
+        except (ValueError, RecursionError):
+            pass
+        doc = _jsonl(text)
+        if doc:
+            return doc
+        v = _json_document(s)
+        return _Doc("text") if v is None else _Doc("json", v)
+    numbered = [(n, ln.rstrip("\r")) for n, ln in enumerate(text.split("\n"), 1) if ln.strip()]
+    good = sum(1 for _, ln in numbered if _CHARADES_LINE.match(ln))
+    if good and good * 2 > len(numbered):
+        return _Doc("lines", [ln for _, ln in numbered], [n for n, _ in numbered])
+    rows, lines = _csv_rows(text)
+    ok = [r for r in rows if isinstance(r, list)]
+    if ok and sum(len(r) == len(ok[0]) for r in ok) * 2 > len(rows):
+        return _Doc("csv", rows, lines)
+    return _Doc("text")
+
+
+def _dict_rows(doc: _Doc) -> list | None:
+    """Records of a json/jsonl list or a parquet table (non-objects stay, to be reported), or of a csv with a
+    header (a row with the wrong number of cells is unusable); None if there are no object records."""
+    if doc.kind in ("json", "jsonl", "table") and isinstance(doc.value, list) and any(isinstance(r, dict) for r in doc.value):
+        return doc.value
+    if doc.kind == "csv" and len(doc.value) >= 2 and isinstance(doc.value[0], list):
+        header = [h.strip() for h in doc.value[0]]
+        return [r if isinstance(r, _Unusable) else dict(zip(header, r)) if len(r) == len(header)
+                else _Unusable(f"expected {len(header)} cells, got {len(r)}") for r in doc.value[1:]]
+    return None
+
+
+def _single_record(d: dict) -> bool:
+    """A dict that is one benchmark record (has a question or a qa list), not a mapping of records."""
+    return ("question" in d or "qa" in d) and not all(isinstance(v, dict) for v in d.values())
+
+
+# ---------------------------------------------------------------- the per-record guard
+
+def _check_items(part: BenchmarkFile) -> None:
+    """Every text of the record's items is valid Unicode, every time finite (a backstop for all readers)."""
+    for item in (*part.videos, *part.texts):
+        for f in fields(item):
+            v = getattr(item, f.name)
+            if isinstance(v, str) and not _valid_text(v):
+                raise BenchmarkFormatError(f.name, "not valid Unicode text (a lone surrogate or an undecodable byte)")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise BenchmarkFormatError(f.name, f"not a finite number ({v})")
+
+
+def _each(bf: BenchmarkFile, records: Iterator[tuple[Any, str, Any]], read: Callable[[BenchmarkFile, Any, Any], None],
+          objects: bool = True) -> BenchmarkFile:
+    """Run `read(part, i, record)` on every record; keep the items of a record only if all of it could be used,
+    else record a problem naming the record and the field, and go on."""
+    for i, where, rec in records:
+        bf.records += 1
+        part = BenchmarkFile(bf.path, bf.format, bf.benchmark)
+        try:
+            if isinstance(rec, _Unusable):
+                raise BenchmarkFormatError(rec.field, rec.why)
+            if objects and not isinstance(rec, dict):
+                raise BenchmarkFormatError("-", f"expected an object, got {_kind(rec)}")
+            for k, v in rec.items() if isinstance(rec, dict) else ():
+                if isinstance(v, _Unusable):
+                    raise BenchmarkFormatError(str(k), v.why)
+            read(part, i, rec)
+            _check_items(part)
+        except BenchmarkFormatError as e:
+            bf.problem(where, e.field, e.why)
+        except Exception as e:  # whatever else a hostile record provokes (OverflowError, RecursionError, ...)
+            bf.problem(where, "-", _json_why(e))
+        else:
+            bf.videos += part.videos
+            bf.texts += part.texts
+    return bf
+
+
+def _listed(doc: _Doc, rows: list) -> Iterator[tuple[int, str, Any]]:
+    return ((i, doc.where(i), r) for i, r in enumerate(rows))
+
+
+def _keyed(obj: dict, label: str) -> Iterator[tuple[str, str, Any]]:
+    return ((k, f"{label} {k}", v) for k, v in obj.items())
+
+
+# ---------------------------------------------------------------- readers (one per format: one record at a time)
+
+def _read_mvbench(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     stem = Path(path).stem
     hinted = stem in MVBENCH_TASKS or "mvbench" in path.lower()
     bench = "MVBench" if hinted else f"MVBench-format:{Path(path).parent.name}"
     ns = MVBENCH_TASKS.get(stem)
-    vids = [str(_need(path, i, r, "video")) for i, r in enumerate(rows)]
     if ns is None:  # unknown task: Charades ids are unmistakable, anything else stays in a namespace of its own
-        ns = ids.CHARADES if all(ids.charades_id(v) for v in vids) else f"mvbench.{stem}"
-    bf = BenchmarkFile(path, "mvbench-json", bench)
-    for i, r in enumerate(rows):
-        ref = f"{Path(path).name}#{i}"
-        q = _need(path, i, r, "question")
-        opts = _options(path, i, r, "candidates")
-        vid = ids.normalise(ns, vids[i])
+        vids = [r["video"] for r in rows if isinstance(r, dict) and isinstance(r.get("video"), str)]
+        ns = ids.CHARADES if vids and all(ids.charades_id(v) for v in vids) else f"mvbench.{stem}"
+
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        raw = _need(r, "video")
+        ref = f"{part.name}#{i}"
+        q = _need(r, "question")
+        opts = _options(r, "candidates")
+        vid = ids.normalise(ns, raw)
         if vid:
-            bf.videos.append(BenchVideo(bench, stem, ns, vid, vids[i], ref))
-        bf.texts += _text_items(bench, stem, ref, vids[i], q, opts, r.get("answer"))
-    return bf
+            part.videos.append(BenchVideo(bench, stem, ns, vid, raw, ref))
+        part.texts += _text_items(bench, stem, ref, raw, q, opts, r.get("answer"))
+
+    return _each(BenchmarkFile(path, "mvbench-json", bench), _listed(doc, rows), read)
 
 
-def _read_mlvu(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "mlvu-json", "MLVU")
+def _read_mlvu(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     stem = Path(path).stem
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video"))
-        ref = f"{Path(path).name}#{i}"
+
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video")
+        ref = f"{part.name}#{i}"
         vid = ids.generic_id(v)
         if vid:
-            bf.videos.append(BenchVideo("MLVU", stem, "mlvu", vid, v, ref))
-        bf.texts += _text_items("MLVU", stem, ref, v, _need(path, i, r, "question"), _options(path, i, r, "candidates"), r.get("answer"))
-    return bf
+            part.videos.append(BenchVideo("MLVU", stem, "mlvu", vid, v, ref))
+        part.texts += _text_items("MLVU", stem, ref, v, _need(r, "question"), _options(r, "candidates"), r.get("answer"))
+
+    return _each(BenchmarkFile(path, "mlvu-json", "MLVU"), _listed(doc, rows), read)
 
 
-def _read_lvbench_clean(path: str, rows: list[dict]) -> BenchmarkFile:
+def _read_lvbench_clean(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     # ids here are renamed (00000000): they only match LVBench's own namespace; the text still matches.
-    bf = BenchmarkFile(path, "lvbench-clean-json", "LVBench")
     stem = Path(path).stem
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video"))
-        ref = f"{Path(path).name}#{i}"
-        bf.videos.append(BenchVideo("LVBench", stem, "lvbench", v, v, ref))
-        bf.texts += _text_items("LVBench", stem, ref, v, _need(path, i, r, "question"), _options(path, i, r, "candidates"), r.get("answer"))
-    return bf
+
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video")
+        ref = f"{part.name}#{i}"
+        part.videos.append(BenchVideo("LVBench", stem, "lvbench", v, v, ref))
+        part.texts += _text_items("LVBench", stem, ref, v, _need(r, "question"), _options(r, "candidates"), r.get("answer"))
+
+    return _each(BenchmarkFile(path, "lvbench-clean-json", "LVBench"), _listed(doc, rows), read)
 
 
-def _read_lvbench_meta(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "lvbench-meta-jsonl", "LVBench")
-    for i, r in enumerate(rows):
-        key = str(_need(path, i, r, "key"))
-        qa = _need(path, i, r, "qa", (list,))
+def _read_lvbench_meta(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        key = _need(r, "key")
+        qa = r.get("qa")
+        if not isinstance(qa, list):
+            raise BenchmarkFormatError("qa", f"expected a list of questions, got {_kind(qa)}")
+        task = _opt(r, "type")
         yt = ids.youtube_id(key)
-        ref = f"{Path(path).name}#{i}"
+        ref = f"{part.name}#{i}"
         if yt:
-            bf.videos.append(BenchVideo("LVBench", r.get("type", ""), ids.YOUTUBE, yt, key, ref))
+            part.videos.append(BenchVideo("LVBench", task, ids.YOUTUBE, yt, key, ref))
         for j, q in enumerate(qa):
-            if not isinstance(q, dict) or "question" not in q:
-                raise BenchmarkFormatError(path, f"record {i} qa[{j}]", "question", "missing")
-            lines = str(q["question"]).split("\n")  # question text, then "(A) ..." option lines
+            if not isinstance(q, dict):
+                raise BenchmarkFormatError(f"qa[{j}]", f"expected an object, got {_kind(q)}")
+            lines = _text(q.get("question"), f"qa[{j}].question").split("\n")  # question text, then "(A) ..." option lines
             opts = [_OPTION_LABEL.sub("", ln) for ln in lines[1:] if ln.strip()]
-            bf.texts += _text_items("LVBench", r.get("type", ""), str(q.get("uid", f"{ref}.{j}")), key, lines[0], opts)
-    return bf
+            part.texts += _text_items("LVBench", task, _opt(q, "uid") or f"{ref}.{j}", key, lines[0], opts)
+
+    return _each(BenchmarkFile(path, "lvbench-meta-jsonl", "LVBench"), _listed(doc, rows), read)
 
 
-def _read_videomme(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "videomme-parquet", "Video-MME")
-    for i, r in enumerate(rows):
-        raw = r.get("videoID") or r.get("url")
+def _read_videomme(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        raw = _opt(r, "videoID") or _opt(r, "url")
         if not raw:
-            raise BenchmarkFormatError(path, f"row {i}", "videoID", "missing (and no url)")
-        yt = ids.youtube_id(str(raw)) or ids.youtube_id(str(r.get("url") or "")) or ids.normalise(ids.YOUTUBE, str(raw))
-        ref = str(r.get("question_id") or f"{Path(path).name}#{i}")
-        task = str(r.get("duration") or "")
+            raise BenchmarkFormatError("videoID", "missing (and no url)")
+        url = _opt(r, "url")
+        yt = ids.youtube_id(raw) or ids.youtube_id(url) or ids.normalise(ids.YOUTUBE, raw)
+        ref = _opt(r, "question_id") or f"{part.name}#{i}"
+        task = _opt(r, "duration")
         if yt:
-            bf.videos.append(BenchVideo("Video-MME", task, ids.YOUTUBE, yt, str(r.get("url") or raw), ref))
-        bf.texts += _text_items("Video-MME", task, ref, str(raw), _need(path, i, r, "question"), _options(path, i, r, "options"), r.get("answer"))
-    return bf
+            part.videos.append(BenchVideo("Video-MME", task, ids.YOUTUBE, yt, url or raw, ref))
+        part.texts += _text_items("Video-MME", task, ref, raw, _need(r, "question"), _options(r, "options"), r.get("answer"))
+
+    return _each(BenchmarkFile(path, "videomme-parquet", "Video-MME"), _listed(doc, rows), read)
 
 
-def _read_longvideobench(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "longvideobench-json", "LongVideoBench")
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video_id"))
-        ref = str(r.get("id") or f"{Path(path).name}#{i}")
+def _read_longvideobench(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video_id")
+        ref = _opt(r, "id") or f"{part.name}#{i}"
+        task = _opt(r, "question_category")
         yt = ids.youtube_id(v)
         if yt:
-            bf.videos.append(BenchVideo("LongVideoBench", str(r.get("question_category", "")), ids.YOUTUBE, yt, v, ref))
+            part.videos.append(BenchVideo("LongVideoBench", task, ids.YOUTUBE, yt, v, ref))
         else:  # `@user-<n>` ids (TikTok)
-            bf.videos.append(BenchVideo("LongVideoBench", str(r.get("question_category", "")), "tiktok", v, v, ref))
-        opts = _options(path, i, r, "candidates")
-        bf.texts += _text_items("LongVideoBench", str(r.get("question_category", "")), ref, v, _need(path, i, r, "question"), opts)
-    return bf
+            part.videos.append(BenchVideo("LongVideoBench", task, "tiktok", v, v, ref))
+        opts = _options(r, "candidates")
+        part.texts += _text_items("LongVideoBench", task, ref, v, _need(r, "question"), opts)
+
+    return _each(BenchmarkFile(path, "longvideobench-json", "LongVideoBench"), _listed(doc, rows), read)
 
 
-def _charades_items(bf: BenchmarkFile, path: str, i: int, raw: str, caption: str, ts: tuple[float, float] | None):
+def _charades_items(part: BenchmarkFile, i: int, raw: str, caption: str) -> None:
     cid = ids.charades_id(raw)
     if cid is None:
-        raise BenchmarkFormatError(path, f"record {i}", "video", f"not a Charades id: {raw!r}")
-    ref = f"{Path(path).name}#{i}"
-    # The benchmark shows the whole video: any span of it leaks; the timestamp is the queried moment.
-    bf.videos.append(BenchVideo("Charades-STA", "test", ids.CHARADES, cid, raw, ref))
-    bf.texts.append(BenchText("Charades-STA", "test", ref, raw, "query", caption))
+        raise BenchmarkFormatError("video", f"not a Charades id: {_shown(raw, 40)!r}")
+    ref = f"{part.name}#{i}"
+    # The benchmark shows the whole video: any span of it leaks (the timestamp is the queried moment).
+    part.videos.append(BenchVideo("Charades-STA", "test", ids.CHARADES, cid, raw, ref))
+    part.texts.append(BenchText("Charades-STA", "test", ref, raw, "query", caption))
 
 
-def _read_charades_json(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "charades-sta-json", "Charades-STA")
-    for i, r in enumerate(rows):
-        ts = _need(path, i, r, "timestamp", (list,))
-        if len(ts) != 2:
-            raise BenchmarkFormatError(path, f"record {i}", "timestamp", f"expected [start, end], got {ts!r}")
-        _charades_items(bf, path, i, str(_need(path, i, r, "video")), str(_need(path, i, r, "caption")), (ts[0], ts[1]))
-    return bf
+def _read_charades_json(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        ts = r.get("timestamp")
+        if not isinstance(ts, list) or len(ts) != 2:
+            raise BenchmarkFormatError("timestamp", f"expected [start, end], got {_kind(ts)}"
+                                       + (f" of {len(ts)}" if isinstance(ts, list) else ""))
+        _seconds({"timestamp[0]": ts[0]}, "timestamp[0]"), _seconds({"timestamp[1]": ts[1]}, "timestamp[1]")
+        _charades_items(part, i, _need(r, "video"), _need(r, "caption"))
+
+    return _each(BenchmarkFile(path, "charades-sta-json", "Charades-STA"), _listed(doc, rows), read)
 
 
-def _read_charades_txt(path: str, lines: list[str]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "charades-sta-txt", "Charades-STA")
-    for i, ln in enumerate(lines):
+def _read_charades_txt(path: str, doc: _Doc) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, ln: str) -> None:
         m = _CHARADES_LINE.match(ln)
-        _charades_items(bf, path, i, m.group(1), m.group(4).strip(), (float(m.group(2)), float(m.group(3))))
-    return bf
+        if m is None:
+            raise BenchmarkFormatError("-", "not a Charades-STA line ('<id> <start> <end>##<query>')")
+        _charades_items(part, i, m.group(1), _text(m.group(4).strip(), "query"))
+
+    return _each(BenchmarkFile(path, "charades-sta-txt", "Charades-STA"), _listed(doc, doc.value), read, objects=False)
 
 
 def _read_egoschema_windows(path: str, obj: dict) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "egoschema-uid-to-ego4d", "EgoSchema")
-    for q_uid, w in obj.items():
-        where = f"q_uid {q_uid}"
-        if not isinstance(w, dict):
-            raise BenchmarkFormatError(path, where, "video_uid", "record is not an object")
-        for k in ("video_uid", "starting_sec", "ending_sec"):
-            if w.get(k) is None:
-                raise BenchmarkFormatError(path, where, k, "missing")
-        uid = ids.ego4d_uid(str(w["video_uid"]))
+    def read(part: BenchmarkFile, q_uid: str, w: dict) -> None:
+        raw = _need(w, "video_uid")
+        uid = ids.ego4d_uid(raw)
         if uid is None:
-            raise BenchmarkFormatError(path, where, "video_uid", f"not an Ego4D uid: {w['video_uid']!r}")
-        try:
-            s, e = float(w["starting_sec"]), float(w["ending_sec"])
-        except (TypeError, ValueError):
-            raise BenchmarkFormatError(path, where, "starting_sec/ending_sec", "not numbers") from None
-        bf.videos.append(BenchVideo("EgoSchema", "", ids.EGO4D, uid, str(w["video_uid"]), str(q_uid), s, e))
-    return bf
+            raise BenchmarkFormatError("video_uid", f"not an Ego4D uid: {_shown(raw, 40)!r}")
+        s, e = _seconds(w, "starting_sec"), _seconds(w, "ending_sec")
+        if e < s:
+            raise BenchmarkFormatError("ending_sec", f"before starting_sec ({e} < {s})")
+        part.videos.append(BenchVideo("EgoSchema", "", ids.EGO4D, uid, raw, q_uid, s, e))
+
+    return _each(BenchmarkFile(path, "egoschema-uid-to-ego4d", "EgoSchema"), _keyed(obj, "q_uid"), read)
 
 
-def _read_egoschema_questions(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "egoschema-questions", "EgoSchema")
-    for i, r in enumerate(rows):
-        q_uid = str(_need(path, i, r, "q_uid"))
-        opts = [str(r[k]) for k in sorted(r) if k.startswith("option") and r[k]]
-        bf.texts += _text_items("EgoSchema", "", q_uid, q_uid, _need(path, i, r, "question"), opts)
-    return bf
+def _read_egoschema_questions(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        q_uid = _need(r, "q_uid")
+        opts = [o for k in sorted(r) if k.startswith("option") and r[k] for o in [_option(r[k], k)] if o is not None]
+        part.texts += _text_items("EgoSchema", "", q_uid, q_uid, _need(r, "question"), opts)
+
+    return _each(BenchmarkFile(path, "egoschema-questions", "EgoSchema"), _listed(doc, rows), read)
 
 
 def _read_ego4d_splits(path: str, obj: dict) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "ego4d-json", "Ego4D-val/test")
-    for i, v in enumerate(obj["videos"]):
-        if not isinstance(v, dict) or not v.get("video_uid"):
-            raise BenchmarkFormatError(path, f"videos[{i}]", "video_uid", "missing")
+    def read(part: BenchmarkFile, i: int, v: dict) -> None:
+        raw = _need(v, "video_uid")
         splits = [f"{k}={v[k]}" for k in ("split_em", "split_av", "split_fho") if v.get(k) in ("val", "test")]
-        uid = ids.ego4d_uid(str(v["video_uid"]))
+        uid = ids.ego4d_uid(raw)
         if splits and uid:
-            bf.videos.append(BenchVideo("Ego4D-val/test", ",".join(splits), ids.EGO4D, uid, str(v["video_uid"]), f"videos[{i}]"))
-    return bf
+            part.videos.append(BenchVideo("Ego4D-val/test", ",".join(splits), ids.EGO4D, uid, raw, f"videos[{i}]"))
+
+    videos = obj["videos"]
+    return _each(BenchmarkFile(path, "ego4d-json", "Ego4D-val/test"), ((i, f"videos[{i}]", v) for i, v in enumerate(videos)), read)
 
 
-def _read_perception_rows(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "perception-test-rows", "PerceptionTest")
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video_name"))
-        ref = str(r.get("question_id") or f"{Path(path).name}#{i}")
+def _read_perception_rows(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video_name")
+        ref = _opt(r, "question_id") or f"{part.name}#{i}"
+        area = _opt(r, "area")
         vid = ids.generic_id(v)
         if vid:
-            bf.videos.append(BenchVideo("PerceptionTest", str(r.get("area", "")), "perception_test", vid, v, ref))
-        bf.texts += _text_items("PerceptionTest", str(r.get("area", "")), ref, v, r.get("question"), _options(path, i, r, "options"))
-    return bf
+            part.videos.append(BenchVideo("PerceptionTest", area, "perception_test", vid, v, ref))
+        part.texts += _text_items("PerceptionTest", area, ref, v, _opt(r, "question"), _options(r, "options"))
+
+    return _each(BenchmarkFile(path, "perception-test-rows", "PerceptionTest"), _listed(doc, rows), read)
 
 
 def _read_perception_original(path: str, obj: dict) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "perception-test-json", "PerceptionTest")
-    for vkey, rec in obj.items():
+    def read(part: BenchmarkFile, vkey: str, rec: dict) -> None:
         meta = rec.get("metadata") or {}
-        v = str(meta.get("video_id") or vkey)
-        bf.videos.append(BenchVideo("PerceptionTest", "", "perception_test", v, v, v))
-        for j, q in enumerate(rec.get("mc_question") or []):
-            if not isinstance(q, dict) or "question" not in q:
-                raise BenchmarkFormatError(path, f"{vkey} mc_question[{j}]", "question", "missing")
-            opts = [str(o) for o in q.get("options") or []]
-            bf.texts += _text_items("PerceptionTest", str(q.get("area", "")), f"{v}#{q.get('id', j)}", v, q["question"], opts)
-    return bf
+        if not isinstance(meta, dict):
+            raise BenchmarkFormatError("metadata", f"expected an object, got {_kind(meta)}")
+        v = _opt(meta, "video_id") or vkey
+        part.videos.append(BenchVideo("PerceptionTest", "", "perception_test", v, v, v))
+        mcq = rec.get("mc_question") or []
+        if not isinstance(mcq, list):
+            raise BenchmarkFormatError("mc_question", f"expected a list of questions, got {_kind(mcq)}")
+        for j, q in enumerate(mcq):
+            if not isinstance(q, dict):
+                raise BenchmarkFormatError(f"mc_question[{j}]", f"expected an object, got {_kind(q)}")
+            opts = _options(q, "options") if q.get("options") is not None else []
+            part.texts += _text_items("PerceptionTest", _opt(q, "area"), f"{v}#{_opt(q, 'id') or j}", v,
+                                      _text(q.get("question"), f"mc_question[{j}].question"), opts)
+
+    return _each(BenchmarkFile(path, "perception-test-json", "PerceptionTest"), _keyed(obj, "video"), read)
 
 
-def _read_perception_ids(path: str, rows: list[list[str]]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "perception-test-id-list", "PerceptionTest")
-    for i, r in enumerate(rows):
+def _read_perception_ids(path: str, doc: _Doc) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: list) -> None:
         for c in r:
             if _PT_ID.match(c.strip()):
-                bf.videos.append(BenchVideo("PerceptionTest", "mc", "perception_test", c.strip(), c.strip(), f"{Path(path).name}#{i}"))
-    return bf
+                part.videos.append(BenchVideo("PerceptionTest", "mc", "perception_test", c.strip(), c.strip(), f"{part.name}#{i}"))
+
+    return _each(BenchmarkFile(path, "perception-test-id-list", "PerceptionTest"), _listed(doc, doc.value), read, objects=False)
 
 
-def _read_nextqa(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "nextqa-csv", "NExT-QA")
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video")).strip()
-        ref = str(r.get("qid") and f"{v}_{r['qid']}" or f"{Path(path).name}#{i}")
-        bf.videos.append(BenchVideo("NExT-QA", str(r.get("type", "")), "vidor", ids.vidor_id(v) or v, v, ref))
-        opts = [str(r[k]) for k in ("a0", "a1", "a2", "a3", "a4") if r.get(k)]
-        bf.texts += _text_items("NExT-QA", str(r.get("type", "")), ref, v, _need(path, i, r, "question"), opts,
-                                r.get("answer") if isinstance(r.get("answer"), str) and not str(r.get("answer")).isdigit() else None)
-    return bf
+def _read_nextqa(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video").strip()
+        qid = _opt(r, "qid")
+        ref = f"{v}_{qid}" if qid else f"{part.name}#{i}"
+        task = _opt(r, "type")
+        part.videos.append(BenchVideo("NExT-QA", task, "vidor", ids.vidor_id(v) or v, v, ref))
+        opts = [o for k in ("a0", "a1", "a2", "a3", "a4") if r.get(k) for o in [_option(r[k], k)] if o is not None]
+        ans = r.get("answer")
+        part.texts += _text_items("NExT-QA", task, ref, v, _need(r, "question"), opts,
+                                  ans if isinstance(ans, str) and not ans.isdigit() else None)
+
+    return _each(BenchmarkFile(path, "nextqa-csv", "NExT-QA"), _listed(doc, rows), read)
 
 
 def _read_nextqa_map(path: str, obj: dict) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "nextqa-vidor-map", "NExT-QA")
-    for k, v in obj.items():
-        bf.videos.append(BenchVideo("NExT-QA", "", "vidor", ids.vidor_id(str(v)) or str(v), str(v), str(k)))
-    return bf
+    def read(part: BenchmarkFile, k: str, v: Any) -> None:
+        v = _text(v, "value")
+        if not _VIDOR.match(v):
+            raise BenchmarkFormatError("value", f"not a VidOR path ('NNNN/NNNNNNNNNN'): {_shown(v, 40)!r}")
+        part.videos.append(BenchVideo("NExT-QA", "", "vidor", ids.vidor_id(v) or v, v, k))
+
+    return _each(BenchmarkFile(path, "nextqa-vidor-map", "NExT-QA"), _keyed(obj, "video"), read, objects=False)
 
 
-def _read_anetqa_q(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "activitynet-qa-questions", "ActivityNet-QA")
-    for i, r in enumerate(rows):
-        v = str(_need(path, i, r, "video_name"))
-        ref = str(r.get("question_id") or f"{Path(path).name}#{i}")
+def _read_anetqa_q(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        v = _need(r, "video_name")
+        ref = _opt(r, "question_id") or f"{part.name}#{i}"
         yt = ids.youtube_id(v) or ids.youtube_id("v_" + v)
         if yt:
-            bf.videos.append(BenchVideo("ActivityNet-QA", "", ids.YOUTUBE, yt, v, ref))
-        bf.texts += _text_items("ActivityNet-QA", "", ref, v, _need(path, i, r, "question"))
-    return bf
+            part.videos.append(BenchVideo("ActivityNet-QA", "", ids.YOUTUBE, yt, v, ref))
+        part.texts += _text_items("ActivityNet-QA", "", ref, v, _need(r, "question"))
+
+    return _each(BenchmarkFile(path, "activitynet-qa-questions", "ActivityNet-QA"), _listed(doc, rows), read)
 
 
-def _read_anetqa_a(path: str, rows: list[dict]) -> BenchmarkFile:
-    bf = BenchmarkFile(path, "activitynet-qa-answers", "ActivityNet-QA")
-    for i, r in enumerate(rows):
-        ref = str(_need(path, i, r, "question_id"))
+def _read_anetqa_a(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
+    def read(part: BenchmarkFile, i: int, r: dict) -> None:
+        ref = _opt(r, "question_id")
+        if not ref:
+            raise BenchmarkFormatError("question_id", "missing")
         a = r.get("answer")
         if isinstance(a, str) and a.strip():
-            bf.texts.append(BenchText("ActivityNet-QA", "", ref, "", "answer", a))
-    return bf
+            part.texts.append(BenchText("ActivityNet-QA", "", ref, "", "answer", a))
+
+    return _each(BenchmarkFile(path, "activitynet-qa-answers", "ActivityNet-QA"), _listed(doc, rows), read)
 
 
 # ---------------------------------------------------------------- recognition
 
-def _recognise(path: str, kind: str, content: Any) -> Callable[[], BenchmarkFile] | str:
-    """A reader bound to the content, or the reason the file is not recognised."""
+def _record_format(r: dict) -> Callable | None:
+    """The reader of a list-of-records format whose record looks like `r` (by its keys)."""
+    def has(*keys: str) -> bool:
+        return all(k in r for k in keys)
+
+    if has("video", "question", "candidates", "answer"):
+        if "time_reference" in r:
+            return _read_lvbench_clean
+        if "duration" in r and "question_type" in r:
+            return _read_mlvu
+        return _read_mvbench
+    if has("question", "options", "answer") and ("videoID" in r or "url" in r):
+        return _read_videomme
+    if has("video_id", "question", "candidates", "correct_choice"):
+        return _read_longvideobench
+    if has("video", "caption", "timestamp"):
+        return _read_charades_json
+    if has("key", "qa"):
+        return _read_lvbench_meta
+    if has("q_uid", "question") and any(isinstance(k, str) and k.startswith("option") for k in r):
+        return _read_egoschema_questions
+    if has("video_name", "question", "options"):
+        return _read_perception_rows
+    if has("video", "question", "a0", "a1"):
+        return _read_nextqa
+    if has("video_name", "question", "question_id"):
+        return _read_anetqa_q
+    if has("answer", "question_id") and "question" not in r:
+        return _read_anetqa_a
+    return None
+
+
+def _recognise(path: str, doc: _Doc) -> Callable[[], BenchmarkFile] | str:
+    """A reader bound to the content, or the reason the file is not recognised. The format of a list of records
+    is the one most of its first records have (a hostile record does not hide the file's format)."""
     low = path.lower()
+    kind, content = doc.kind, doc.value
     if kind == "lines":
-        return lambda: _read_charades_txt(path, content)
-    if kind == "csv" and all(len(r) == 1 for r in content):  # a bare id list, no header
-        cells = [r[0].strip() for r in content if r[0].strip()]
-        if cells and all(_PT_ID.match(c) for c in cells[1:]):
+        return lambda: _read_charades_txt(path, doc)
+    if kind == "csv" and all(isinstance(r, _Unusable) or len(r) == 1 for r in content):  # a bare id list, no header
+        cells = [r[0].strip() for r in content if isinstance(r, list) and r[0].strip()]
+        if cells and sum(bool(_PT_ID.match(c)) for c in cells[1:]) * 2 >= len(cells[1:]) and any(_PT_ID.match(c) for c in cells):
             if "perception" in low or "mc_question" in low:
-                return lambda: _read_perception_ids(path, content)
+                return lambda: _read_perception_ids(path, doc)
             return "csv of video_NNNN ids, but the path does not say which dataset (Perception Test? CLEVRER?)"
     if kind == "json" and isinstance(content, dict) and _single_record(content):
-        kind, content = "jsonl", [content]  # a one-line JSONL file
-    rows = _dict_rows(kind, content)
+        doc = _Doc("jsonl", [content])  # a one-line JSONL file
+        kind, content = doc.kind, doc.value
+    rows = _dict_rows(doc)
     if rows:
-        if _has(rows, "video", "question", "candidates", "answer"):
-            if "time_reference" in rows[0]:
-                return lambda: _read_lvbench_clean(path, rows)
-            if "duration" in rows[0] and "question_type" in rows[0]:
-                return lambda: _read_mlvu(path, rows)
-            return lambda: _read_mvbench(path, rows)
-        if _has(rows, "question", "options", "answer") and ("videoID" in rows[0] or "url" in rows[0]):
-            return lambda: _read_videomme(path, rows)
-        if _has(rows, "video_id", "question", "candidates", "correct_choice"):
-            return lambda: _read_longvideobench(path, rows)
-        if _has(rows, "video", "caption", "timestamp"):
-            return lambda: _read_charades_json(path, rows)
-        if _has(rows, "key", "qa"):
-            return lambda: _read_lvbench_meta(path, rows)
-        if _has(rows, "q_uid", "question") and any(k.startswith("option") for k in rows[0]):
-            return lambda: _read_egoschema_questions(path, rows)
-        if _has(rows, "video_name", "question", "options"):
-            return lambda: _read_perception_rows(path, rows)
-        if _has(rows, "video", "question", "a0", "a1"):
-            return lambda: _read_nextqa(path, rows)
-        if _has(rows, "video_name", "question", "question_id"):
-            return lambda: _read_anetqa_q(path, rows)
-        if _has(rows, "answer", "question_id") and "question" not in rows[0]:
-            return lambda: _read_anetqa_a(path, rows)
-        return f"records with keys {sorted(rows[0])[:12]} match no known benchmark format"
+        objs = [r for r in rows[:_RECOGNISE_RECORDS * 4] if isinstance(r, dict)][:_RECOGNISE_RECORDS]
+        votes = Counter(f for f in map(_record_format, objs) if f is not None)
+        if votes:
+            reader = votes.most_common(1)[0][0]
+            return lambda: reader(path, doc, rows)
+        return f"records with keys {sorted(map(str, objs[0]))[:12]} match no known benchmark format"
     if kind == "json" and isinstance(content, dict) and content:
-        if isinstance(content.get("videos"), list) and content["videos"] and isinstance(content["videos"][0], dict) \
-                and "video_uid" in content["videos"][0]:
+        videos = content.get("videos")
+        if isinstance(videos, list) and any(isinstance(v, dict) and "video_uid" in v for v in videos[:_RECOGNISE_RECORDS]):
             return lambda: _read_ego4d_splits(path, content)
-        vals = list(content.values())[:20]
-        if all(isinstance(v, dict) and "video_uid" in v and "starting_sec" in v for v in vals):
+        vals = list(content.values())[:_RECOGNISE_RECORDS]
+        if any(isinstance(v, dict) and "video_uid" in v and "starting_sec" in v for v in vals):
             return lambda: _read_egoschema_windows(path, content)
-        if all(isinstance(v, dict) and "mc_question" in v for v in vals):
+        if any(isinstance(v, dict) and "mc_question" in v for v in vals):
             return lambda: _read_perception_original(path, content)
-        if all(isinstance(v, str) and _VIDOR.match(v) for v in vals):
+        if sum(isinstance(v, str) and bool(_VIDOR.match(v)) for v in vals) * 2 > len(vals):
             return lambda: _read_nextqa_map(path, content)
-        return f"json object with keys like {list(content)[:5]} matches no known benchmark format"
+        return f"json object with keys like {[_shown(str(k), 40) for k in list(content)[:5]]} matches no known benchmark format"
     if kind == "csv":
         return "csv matches no known benchmark format"
+    if kind == "empty":
+        return "empty file"
+    if kind == "binary":
+        return "binary content (not UTF-8 text, not parquet)"
     return f"unrecognised content ({kind})"
 
 
+def _display_path(p: Path) -> str:
+    """The path as text that can always be shown and written (bytes of the name that are not UTF-8 escaped)."""
+    return _shown(str(p), 10_000)
+
+
 def read_benchmark_file(path: str | Path) -> BenchmarkFile | str:
-    """A recognised file's items, or a string saying why the file was not recognised."""
+    """A recognised file's items (its unusable records in `.problems`), or a string saying why the file was not
+    recognised or could not be read. Never raises for what the file holds."""
     p = Path(path)
+    shown = _display_path(p)
     try:
-        kind, content = _load(p)
+        doc = _load(p)
     except OSError as e:
-        raise BenchmarkFormatError(str(p), "file", "-", f"cannot read: {e}") from e
+        return f"cannot read: {e.strerror or e}"
     except Exception as e:  # a corrupt parquet file, for instance
-        return f"cannot parse: {type(e).__name__}: {e}"
-    r = _recognise(str(p), kind, content)
-    return r if isinstance(r, str) else r()
+        return f"cannot parse: {_shown(_json_why(e), 300)}"
+    try:
+        r = _recognise(shown, doc)
+        return r if isinstance(r, str) else r()
+    except Exception as e:  # the per-record guard keeps records apart; this is the last line for the file
+        return f"cannot parse: {_shown(_json_why(e), 300)}"
 
 
 def _walk(paths: list[str | Path]) -> list[Path]:
@@ -548,7 +963,7 @@ def _walk(paths: list[str | Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"--benchmarks {p}: no such file or directory")
+            raise FileNotFoundError(f"--benchmarks {_display_path(p)}: no such file or directory")
     return out
 
 
@@ -557,7 +972,7 @@ def scan_benchmarks(paths: list[str | Path]) -> BenchmarkSet:
     for f in _walk(paths):
         r = read_benchmark_file(f)
         if isinstance(r, str):
-            unknown.append((str(f), r))
+            unknown.append((_display_path(f), r))
         else:
             files.append(r)
     return BenchmarkSet(files, unknown)

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..readers import JobDir, iter_batches
+from ..droplist import DropListError, format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list re-exported)
+from ..readers import JobDir, ManifestError, iter_batches, usable_parts
 from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
 from .duplicates import DuplicateFinder
@@ -40,6 +41,9 @@ LEAK_SCHEMA = pa.schema([
 METHODS = ("video_id", "text_ngram", "frame_hash")
 COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames", "bytes",
            "text", "sha256", "frame_hashes"]
+FAILURE_COLUMNS = ["source", "stage", "reason"]
+MAX_LISTED_PROBLEMS = 1000  # unusable benchmark records listed in summary.json (all are counted)
+MAX_LOGGED_PROBLEMS = 20  # ... and logged
 DURATION_BINS = [0, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf")]
 FRAME_BINS = [0, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")]
 
@@ -159,6 +163,7 @@ class Stats:
     def add(self, batch: pa.RecordBatch) -> None:
         src = batch.column("source")
         dur = pc.fill_null(batch.column("duration"), 0.0).to_numpy(zero_copy_only=False)
+        dur = np.where(np.isfinite(dur), dur, 0.0)  # a nan or infinite duration counts no time
         nf = pc.fill_null(batch.column("num_frames"), 0).to_numpy(zero_copy_only=False)
         by = pc.fill_null(batch.column("bytes"), 0).to_numpy(zero_copy_only=False)
         for s in pc.unique(src).to_pylist():
@@ -212,9 +217,17 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed)."""
     cfg = cfg or AuditConfig()
     cfg.check()
+    # Parts that cannot be read are reported and left out; with no usable manifest part at all, nothing is audited.
+    jobs, part_problems = usable_parts(jobs, COLUMNS)
+    if part_problems and not any(j.manifest_files for j in jobs):
+        more = f" (and {len(part_problems) - 1} more)" if len(part_problems) > 1 else ""
+        raise ManifestError(f"--manifests: no usable manifest part: {part_problems[0][0]}: {part_problems[0][1]}{more}")
+    jobs, fail_problems = usable_parts(jobs, FAILURE_COLUMNS, failures=True)
+    part_problems += fail_problems
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    _log_problems(bench)
 
     id_index = _id_index(bench.videos)
     texts = NgramIndex(bench.texts, cfg.ngram, cfg.min_question_tokens, cfg.max_template_videos)
@@ -230,7 +243,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     n_rows = 0
     unnormalised = Counter()
 
-    for job_i, b in iter_batches(jobs, COLUMNS, cfg.batch_size):
+    for job_i, b in iter_batches(jobs, COLUMNS, cfg.batch_size, problems=part_problems, checked=True):
         n_rows += b.num_rows
         stats.add(b)
         keys = b.column("key").to_pylist()
@@ -323,9 +336,11 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
                 where[keys[r]] = (job_i, shards[r], sorted(set(fr) | set(prev[2] if prev else [])))
         dups.add(b, idkeys)
 
-    for job_i, b in iter_batches(jobs, ["source", "stage", "reason"], 65536, failures=True):
+    for job_i, b in iter_batches(jobs, FAILURE_COLUMNS, 65536, failures=True, problems=part_problems, checked=True):
         stats.add_failures(b)
 
+    for f, w in part_problems[:MAX_LOGGED_PROBLEMS]:
+        log.warning("manifest part left out: %s: %s", f, w)
     dup_table = dups.finish()
     leak = pa.Table.from_pylist(findings, schema=LEAK_SCHEMA) if findings else LEAK_SCHEMA.empty_table()
     leak = leak.sort_by([("benchmark", "ascending"), ("method", "ascending"), ("key", "ascending")])
@@ -336,13 +351,25 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     dmeth = dup_table.column("method").to_pylist()
     dkeys = dup_table.column("key").to_pylist()
     dup_drop = sorted({k for k, m in zip(dkeys, dmeth) if m == "sha256" or cfg.drop_near_duplicates} - set(leak_keys))
+    # A key the drop-list grammar cannot carry (whitespace or '#' in it: not a key ingest makes) is reported, not written.
+    unwritable = sorted(k for k in leak_keys + dup_drop if not valid_key(k))
+    if unwritable:
+        log.warning("%d keys cannot be written to drop_list.txt (whitespace or '#' in the key), listed in summary.json: %s",
+                    len(unwritable), ", ".join(repr(k) for k in unwritable[:5]))
+        leak_keys = [k for k in leak_keys if valid_key(k)]
+        dup_drop = [k for k in dup_drop if valid_key(k)]
     seconds = time.perf_counter() - t0
     summary = {
         "rows": n_rows, "seconds": round(seconds, 3), "rows_per_second": round(n_rows / seconds, 1) if seconds else None,
         "jobs": [j.uri for j in jobs], "config": asdict(cfg),
         "benchmark_files": [{"path": f.path, "format": f.format, "benchmark": f.benchmark, "videos": len(f.videos),
-                             "texts": len(f.texts)} for f in bench.files],
+                             "texts": len(f.texts), "records": f.records, "unusable_records": f.unusable} for f in bench.files],
         "unknown_benchmark_files": [{"path": p, "why": w} for p, w in bench.unknown],
+        "unusable_benchmark_records": {
+            "count": bench.unusable_records,
+            "listed": [{"path": p.path, "record": p.where, "field": p.field, "why": p.why}
+                       for p in bench.problems[:MAX_LISTED_PROBLEMS]]},
+        "unusable_manifest_parts": [{"file": f, "why": w} for f, w in part_problems],
         "benchmark_frames": None if frames is None else {
             "videos": len(frames.labels), "frames": len(frames.index), "flat_frames_ignored": frames.index.dropped_uninformative,
             "failed": [{"file": f, "why": w} for f, w in frames.failed], "fps": cfg.benchmark_fps},
@@ -350,7 +377,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
         "rows_without_normalised_id": dict(unnormalised),
         "leakage": _counts(leak),
         "duplicates": dict(Counter(dmeth)),
-        "drop_list": {"leakage": len(leak_keys), "duplicates": len(dup_drop)},
+        "drop_list": {"leakage": len(leak_keys), "duplicates": len(dup_drop), "not_writable": unwritable},
         "stats": stats.as_dict(),
     }
     _write_drop_list(out / "drop_list.txt", leak_keys, dup_drop, cfg)
@@ -373,22 +400,20 @@ def _counts(leak: pa.Table) -> dict:
 
 
 def _write_drop_list(path: Path, leak_keys: list[str], dup_keys: list[str], cfg: AuditConfig) -> None:
-    lines = ["# longvid audit drop list: one sample key per line; lines starting with '#' are comments",
-             f"# leakage (any method): {len(leak_keys)} keys"]
-    lines += leak_keys
     what = "sha256, video_id_span, frame_hash" if cfg.drop_near_duplicates else "sha256 only"
-    lines.append(f"# duplicates ({what}; the smallest key of each group is kept): {len(dup_keys)} keys")
-    lines += dup_keys
+    text = format_drop_list([(f"leakage (any method): {len(leak_keys)} keys", leak_keys),
+                             (f"duplicates ({what}; the smallest key of each group is kept): {len(dup_keys)} keys", dup_keys)])
     tmp = path.with_suffix(".txt.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
-def read_drop_list(path: str | Path) -> set[str]:
-    """The keys of a drop_list.txt (comments and blank lines skipped)."""
-    out = set()
-    for ln in Path(path).read_text().splitlines():
-        ln = ln.strip()
-        if ln and not ln.startswith("#"):
-            out.add(ln)
-    return out
+def _log_problems(bench: BenchmarkSet) -> None:
+    """Warn about the benchmark records that cannot be used (all of them are in summary.json and report.html)."""
+    if not bench.unusable_records:
+        return
+    files = sum(1 for f in bench.files if f.unusable)
+    log.warning("benchmarks: %d records in %d files cannot be used and are left out (listed in summary.json and "
+                "report.html)", bench.unusable_records, files)
+    for p in bench.problems[:MAX_LOGGED_PROBLEMS]:
+        log.warning("  %s", p)

@@ -58,7 +58,10 @@ def youtube_id(value: str | None) -> str | None:
     s = value.strip()
     low = s.lower()
     if any(h in low for h in _YT_HOSTS):
-        u = urlparse(s if "//" in s else "https://" + s)
+        try:
+            u = urlparse(s if "//" in s else "https://" + s)
+        except ValueError:  # "Invalid IPv6 URL" and the like: not a YouTube url
+            return None
         host = (u.hostname or "").lower()
         parts = [p for p in u.path.split("/") if p]
         cand = None

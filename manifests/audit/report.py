@@ -232,8 +232,21 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
                      f"<td class='n'>{f['videos']:,}</td><td class='n'>{f['texts']:,}</td></tr>")
     parts.append("</table>")
     if s["unknown_benchmark_files"]:
-        parts.append("<p class='bad'>Files not recognised (not used):</p><ul>" + "".join(
+        parts.append("<p class='bad'>Files not recognised or not readable (not used):</p><ul>" + "".join(
             f"<li><code>{E(u['path'])}</code>: {E(u['why'])}</li>" for u in s["unknown_benchmark_files"]) + "</ul>")
+    ub = s.get("unusable_benchmark_records") or {}
+    if ub.get("count"):
+        parts.append(f"<p class='bad' id='unusable-records'>Benchmark records that cannot be used (left out): {ub['count']:,}</p>"
+                     "<table><tr><th>file</th><th>record</th><th>field</th><th>why</th></tr>")
+        for u in ub["listed"][:60]:
+            parts.append(f"<tr><td class='mono'>{E(u['path'])}</td><td>{E(u['record'])}</td><td>{E(u['field'])}</td>"
+                         f"<td>{E(u['why'])}</td></tr>")
+        parts.append("</table>")
+        if ub["count"] > 60:
+            parts.append(f"<p class='muted'>{ub['count'] - 60:,} more: the first {len(ub['listed']):,} are in summary.json</p>")
+    if s.get("unusable_manifest_parts"):
+        parts.append("<p class='bad' id='unusable-parts'>Manifest and failure parts left out (cannot be read):</p><ul>" + "".join(
+            f"<li><code>{E(u['file'])}</code>: {E(u['why'])}</li>" for u in s["unusable_manifest_parts"]) + "</ul>")
 
     # corpus
     st = s["stats"]
@@ -292,5 +305,5 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
         parts.append("<p class='ok'>None.</p>")
     parts.append(f"<p class='muted small'>report rendered in {time.perf_counter() - t0:.1f} s · all data is inline: this page needs no network.</p></body></html>")
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
+    tmp.write_bytes("".join(parts).encode("utf-8", "backslashreplace"))  # never fails on a stray surrogate
     tmp.replace(path)
