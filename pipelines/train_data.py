@@ -1359,17 +1359,17 @@ def _prefetch(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
 
 
 def read_exclude(uris: list[str]) -> frozenset[str]:
-    """Keys of drop lists (audit's drop_list.txt: one key per line, '#' comments, blank lines ignored)."""
+    """Keys of drop lists (audit's drop_list.txt; the grammar is longvid.manifests.droplist's)."""
+    from longvid.manifests.droplist import DropListError, parse_drop_list
+
     keys: set[str] = set()
     for u in uris:
         try:
-            text = storage.read_text(u)
+            keys |= parse_drop_list(storage.read_text(u), f"exclude: {storage.redact(u)}")
         except (FileNotFoundError, storage.StorageError) as e:
             raise DataError(f"exclude: {storage.redact(u)}: cannot read the drop list ({e})") from None
-        for ln in text.splitlines():
-            ln = ln.split("#", 1)[0].strip()
-            if ln:
-                keys.add(ln)
+        except DropListError as e:
+            raise DataError(str(e)) from None
     return frozenset(keys)
 
 
