@@ -10,7 +10,10 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
   multipart upload behind; `abort_multipart_uploads(prefix)` clears those (operators.write: at a unit's retry).
 - Transient S3 errors (throttling, 5xx, resets, timeouts, short reads in the middle of a ranged GET) are retried
   with exponential backoff + jitter, up to `S3Options.max_attempts`; permanent ones raise `StorageError` at once
-  (`ObjectNotFound` for a missing object/bucket). Every StorageError message goes through `redact`.
+  (`ObjectNotFound` for a missing object, `NoSuchBucket`, `AccessDenied`, `NoCredentials`; locally `NoSpace` for a
+  full disk, `AccessDenied`, `ObjectNotFound`). Every StorageError message is one line and goes through `redact`.
+- Pre-flight for the CLI: `check_readable(uri)`, `check_writable(uri)` raise those typed errors before any work.
+- `safe_join` joins untrusted relative paths: no escape by `..`, absolute paths or (local) symbolic links.
 - S3 clients are created lazily, one per process (keyed by pid, reset after fork), so the module is safe to use
   from Ray workers and forked processes. Configure with `configure_s3(S3Options(...))` or the usual AWS_*
   environment variables; `s3_options_from_env()` gives a secret-free dict to hand to Ray workers.
@@ -18,6 +21,7 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import posixpath
@@ -88,7 +92,7 @@ class StorageError(OSError):
 
     def __init__(self, uri: str, reason: str, transient: bool = False):
         self.uri = redact(uri)
-        self.reason = redact(reason)
+        self.reason = re.sub(r"\s*[\r\n]+\s*", " ", redact(reason))  # one line, always
         self.transient = transient
         super().__init__(f"{self.uri}: {self.reason}")
 
@@ -101,6 +105,37 @@ class StorageError(OSError):
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The object, file or bucket does not exist."""
+
+
+class NoSuchBucket(ObjectNotFound):
+    """The S3 bucket does not exist."""
+
+
+class AccessDenied(StorageError, PermissionError):
+    """The credentials (or the local user) may not do this: S3 AccessDenied/403, local EACCES/EPERM/EROFS."""
+
+
+class NoCredentials(StorageError):
+    """No usable AWS credentials: none found, or the ones found are not valid (unknown key, bad signature,
+    expired token)."""
+
+
+class NoSpace(StorageError):
+    """The file system (or quota) is full: ENOSPC / EDQUOT. Fails the job, not a record."""
+
+
+def os_error(uri: str, op: str, e: OSError) -> StorageError:
+    """The StorageError for a local OSError, typed by errno (NoSpace, AccessDenied, ObjectNotFound)."""
+    if isinstance(e, StorageError):
+        return e
+    no = getattr(e, "errno", None)
+    if no in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(uri, f"{op}: no space left on device")
+    if no in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(uri, f"{op}: {e.strerror or e}")
+    if no == errno.ENOENT:
+        return ObjectNotFound(uri, f"{op}: {e.strerror or e}")
+    return StorageError(uri, f"{op}: {e.strerror or e}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -264,10 +299,14 @@ _TRANSIENT_CODES = {
 }
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthFailure", "UnrecognizedClientException"}
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidObjectState", "403"}
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
-    """-> (kind, reason) with kind in {"transient", "not_found", "permanent"}."""
+    """-> (kind, reason) with kind in {"transient", "not_found", "no_bucket", "denied", "credentials",
+    "permanent"}."""
     import botocore.exceptions as bce
 
     if isinstance(exc, bce.ClientError):
@@ -276,10 +315,16 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
         msg = err.get("Message") or ""
         reason = f"{code or 'error'} (HTTP {status})" + (f": {msg}" if msg else "")
+        if code == "NoSuchBucket":
+            return "no_bucket", reason
         if code in _NOT_FOUND_CODES or (status == 404 and code not in _TRANSIENT_CODES):
             return "not_found", reason
         if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
             return "transient", reason
+        if code in _CREDENTIAL_CODES:
+            return "credentials", f"AWS credentials not accepted: {reason}"
+        if code in _DENIED_CODES or status == 403:
+            return "denied", f"access denied: {reason}"
         return "permanent", reason
     transient_types: tuple = (
         bce.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeout...
@@ -305,7 +350,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, transient_types):
         return "transient", f"{type(exc).__name__}: {exc}"
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-        return "permanent", f"no usable AWS credentials ({type(exc).__name__})"
+        return "credentials", f"no usable AWS credentials ({type(exc).__name__})"
     if isinstance(exc, bce.BotoCoreError):
         return "permanent", f"{type(exc).__name__}: {exc}"
     return "permanent", f"{type(exc).__name__}: {exc}"
@@ -313,6 +358,10 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 class _IncompleteBody(Exception):
     """A ranged GET returned fewer bytes than asked for (connection cut mid-body)."""
+
+
+_PERMANENT: dict[str, type[StorageError]] = {"denied": AccessDenied, "credentials": NoCredentials,
+                                              "permanent": StorageError}
 
 
 def _backoff(attempt: int, o: S3Options) -> float:
@@ -331,10 +380,12 @@ def _retry(uri: str, op: str, fn: Callable[[], T], attempts: int | None = None) 
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
             kind, reason = _classify(exc)
+            if kind == "no_bucket":
+                raise NoSuchBucket(uri, f"{op}: no such bucket: {reason}") from None
             if kind == "not_found":
                 raise ObjectNotFound(uri, f"{op}: not found: {reason}") from None
-            if kind == "permanent":
-                raise StorageError(uri, f"{op} failed: {reason}") from None
+            if kind in _PERMANENT:
+                raise _PERMANENT[kind](uri, f"{op} failed: {reason}") from None
             if attempt >= n:
                 raise StorageError(uri, f"{op} failed after {n} attempts: {reason}", transient=True) from None
             time.sleep(_backoff(attempt, o))
@@ -386,7 +437,9 @@ def safe_join(root: str, rel: str) -> str:
     """Join an untrusted relative path (from metadata) onto root; refuse anything that could leave root.
 
     Raises RecordError(stage="locate", field="video_paths") for absolute paths, URIs/drive letters, NUL bytes,
-    backslashes, empty paths and `..` that climbs out of root after normalisation.
+    backslashes, empty paths and `..` that climbs out of root after normalisation, and (local roots: the only
+    storage here with links) for a path that a symbolic link, of a file or of a folder on the way, leads out of
+    the root: the path is resolved (realpath) before the containment check. Links that stay inside work.
     """
 
     def bad(why: str) -> RecordError:
@@ -408,7 +461,13 @@ def safe_join(root: str, rel: str) -> str:
     norm = posixpath.normpath(rel)
     if norm in (".", "") or norm == ".." or norm.startswith("../") or norm.startswith("/"):
         raise bad("escapes the root" if norm.startswith("..") else "does not name a file under the root")
-    return join(root, norm)
+    out = join(root, norm)
+    if not is_s3(root):
+        base = os.path.realpath(_local(root))
+        real = os.path.realpath(_local(out))
+        if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise bad(f"a symbolic link leads out of the root (to {redact(real)})")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -662,7 +721,7 @@ def open_read(uri: str, block_size: int = 4 * MiB) -> io.BufferedReader:
     except IsADirectoryError:
         raise StorageError(uri, "open: is a directory") from None
     except OSError as e:
-        raise StorageError(uri, f"open: {e.strerror or e}") from None
+        raise os_error(uri, "open", e) from None
 
 
 def read_bytes(uri: str) -> bytes:
@@ -688,7 +747,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise ObjectNotFound(uri, "read: no such file") from None
     except OSError as e:
-        raise StorageError(uri, f"read: {e.strerror or e}") from None
+        raise os_error(uri, "read", e) from None
 
 
 def read_text(uri: str, encoding: str = "utf-8") -> str:
@@ -732,7 +791,7 @@ def _atomic_local(uri: str, fill: Callable[[io.BufferedWriter], None]) -> None:
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + ".", dir=d)
     except OSError as e:
-        raise StorageError(uri, f"write: {e.strerror or e}") from None
+        raise os_error(uri, "write", e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -746,7 +805,7 @@ def _atomic_local(uri: str, fill: Callable[[io.BufferedWriter], None]) -> None:
         except OSError:
             pass
         if isinstance(e, OSError) and not isinstance(e, StorageError):
-            raise StorageError(uri, f"write: {e.strerror or e}") from None
+            raise os_error(uri, "write", e) from None
         raise
     _fsync_dir(d)
 
@@ -911,7 +970,7 @@ def delete(uri: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise StorageError(uri, f"delete: {e.strerror or e}") from None
+        raise os_error(uri, "delete", e) from None
 
 
 def makedirs(uri: str) -> None:
@@ -921,4 +980,76 @@ def makedirs(uri: str) -> None:
     try:
         os.makedirs(_local(uri), exist_ok=True)
     except OSError as e:
-        raise StorageError(uri, f"makedirs: {e.strerror or e}") from None
+        raise os_error(uri, "makedirs", e) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pre-flight checks (for the CLI: a clear one-line error before any work)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_readable(uri: str) -> None:
+    """Raise a StorageError subclass with a one-line message unless uri is a readable local file or folder, an S3
+    object or a non-empty S3 prefix: ObjectNotFound (NoSuchBucket for a missing bucket), AccessDenied,
+    NoCredentials, or StorageError (e.g. the endpoint cannot be reached)."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        if key and not key.endswith("/"):
+            try:
+                _head(uri)
+                return
+            except ObjectNotFound as e:
+                if isinstance(e, NoSuchBucket):
+                    raise
+            key += "/"
+        page = _retry(uri, "list", lambda: _client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1))
+        if not page.get("Contents"):
+            raise ObjectNotFound(uri, "no such object, and no object under this prefix")
+        return
+    path = _local(uri)
+    if not os.path.exists(path):
+        raise ObjectNotFound(uri, "no such file or folder")
+    try:
+        if os.path.isdir(path):
+            with os.scandir(path) as it:
+                next(it, None)
+        else:
+            with open(path, "rb"):
+                pass
+    except OSError as e:
+        raise os_error(uri, "read", e) from None
+
+
+def check_writable(uri: str) -> None:
+    """Raise a StorageError subclass with a one-line message unless files can be written under the folder/prefix
+    uri: local, uri (or, when it does not exist yet, its nearest existing parent) must be a folder where a file can
+    be created (a probe file is created and removed; nothing else is made); S3, a probe object is put and deleted
+    under the prefix. AccessDenied, NoCredentials, NoSuchBucket, NoSpace or StorageError (e.g. "is a file")."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        if key and not key.endswith("/"):
+            key += "/"
+        probe = f"{key}{TMP_PREFIX}write-check-{os.getpid()}-{random.getrandbits(48):012x}"
+        _retry(uri, "write", lambda: _client().put_object(Bucket=bucket, Key=probe, Body=b""))
+        try:
+            _retry(uri, "delete", lambda: _client().delete_object(Bucket=bucket, Key=probe))
+        except StorageError:  # may write but not delete: writing works, which is what is asked
+            pass
+        return
+    path = os.path.abspath(_local(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(uri, "is a file, not a folder")
+    d = path
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    if not os.path.isdir(d):
+        raise StorageError(uri, f"cannot be created: {d} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}write-check-", dir=d)
+    except OSError as e:
+        raise os_error(uri if d == path else d, "write", e) from None
+    os.close(fd)
+    os.unlink(tmp)

@@ -4,7 +4,11 @@
               failures/part-N.parquet
               manifests/part-N.parquet                          (written last: its presence = unit committed)
 
-Tars are deterministic (sorted-key JSON, zeroed mtimes/owners), so re-running a unit rewrites the same bytes.
+Tars are POSIX (ustar headers; a PAX header only for a member name longer than 100 characters) and deterministic
+(sorted-key JSON, zeroed mtimes/owners, in the PAX headers too), so re-running a unit rewrites the same bytes.
+A sample goes into a tar whole or not at all: its json, key and manifest row are checked before any byte is written,
+and a sample that cannot be written (`SampleWriteError`, stage "write", naming the field) is the caller's failure
+row while the rest of the unit is written. An I/O error (e.g. a full disk: `storage.NoSpace`) fails the unit.
 Local output: parts are written under temporary names in the destination folder and renamed at commit.
 S3 output: parts are written to a local scratch folder and uploaded at commit (an object appears only when
 complete, see operators.storage.put_file). Until the manifest part exists, nothing of the unit counts.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -31,9 +36,16 @@ import pyarrow.parquet as pq
 
 from longvid.manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_table
 from longvid.operators import storage
+from longvid.operators.errors import RecordError
 from longvid.operators.records import Failure
 
 SHARDS, MANIFESTS, FAILURES = "shards", "manifests", "failures"
+# A member name `<key>.<ext>` must stay a valid file name (255 bytes: tools unpack shards, encode spills samples to
+# files named so), with room for the longest extension (`tokens.npy`).
+MAX_KEY_BYTES = 240
+MAX_JSON_DEPTH = 64  # a sample json nested deeper is refused (readers bound the depth they accept)
+_INT64 = 2**63
+_BAD_KEY_CHARS = re.compile(r"[./\\\x00-\x1f\x7f]")
 
 
 def shard_name(unit: int, part: int) -> str:
@@ -48,14 +60,57 @@ def failures_name(unit: int) -> str:
     return f"{FAILURES}/part-{unit:06d}.parquet"
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+class SampleWriteError(RecordError):
+    """One sample cannot be written (stage "write"); `field` names the culprit. Nothing of it was written."""
+
+    def __init__(self, reason: str, field: str):
+        super().__init__("write", reason, field)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """The header block(s) of a member: ustar, preceded by a PAX header when the name does not fit ustar."""
     ti = tarfile.TarInfo(name)
     ti.size = size
     ti.mtime = 0
     ti.mode = 0o644
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = ""
-    return ti
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+class _TarPart:
+    """One tar part being written, a whole sample at a time (tarfile's layout: 512-byte blocks, two zero blocks
+    and padding to a 10240-byte record at the end). The file is fsynced at close, so a late ENOSPC shows there."""
+
+    def __init__(self, tmp: str):
+        self.tmp = tmp
+        self.f = open(tmp, "wb")
+        self.offset = 0
+
+    def write(self, header: bytes, data: bytes) -> None:
+        pad = -len(data) % tarfile.BLOCKSIZE
+        self.f.write(header)
+        self.f.write(data)
+        if pad:
+            self.f.write(tarfile.NUL * pad)
+        self.offset += len(header) + len(data) + pad
+
+    def close(self) -> None:
+        if self.f.closed:
+            return
+        try:
+            end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+            self.f.write(end + tarfile.NUL * (-(self.offset + len(end)) % tarfile.RECORDSIZE))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
+
+    def discard(self) -> None:
+        try:
+            self.f.close()
+        except OSError:  # the unflushed tail of a full disk: the file is removed anyway
+            pass
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -81,7 +136,7 @@ class UnitWriter:
         self.failures: list[dict[str, Any]] = []
         self.keys: set[str] = set()
         self._parts: list[tuple[str, str]] = []  # (temp path, final relative name)
-        self._tar: tarfile.TarFile | None = None
+        self._tar: _TarPart | None = None
         self._tar_bytes = 0
         self._remote = storage.is_s3(self.out)
         self._scratch = scratch
@@ -119,45 +174,84 @@ class UnitWriter:
                 root = self._scratch or tempfile.gettempdir()
                 tag = self._scratch_tag()
                 self._remove_dead_scratch(root, tag)
-                self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{tag}u{self.unit}-p{os.getpid()}-", dir=root)
+                try:
+                    self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{tag}u{self.unit}-p{os.getpid()}-", dir=root)
+                except OSError as e:
+                    raise storage.os_error(root, f"create the scratch folder of {self.out}", e) from None
             return self._tmpdir.name
         d = os.path.join(self.out, SHARDS)
-        os.makedirs(d, exist_ok=True)
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            raise storage.os_error(d, "makedirs", e) from None
         return d
 
     def _open_part(self) -> None:
         final = shard_name(self.unit, len(self._parts))
-        fd, tmp = tempfile.mkstemp(prefix=f"{storage.TMP_PREFIX}shard-{self.unit:06d}-", suffix=".tar",
-                                   dir=self._part_dir())
-        os.close(fd)
+        d = self._part_dir()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{storage.TMP_PREFIX}shard-{self.unit:06d}-", suffix=".tar", dir=d)
+            os.close(fd)
+        except OSError as e:
+            raise storage.os_error(d, "write", e) from None
         self._parts.append((tmp, final))
-        self._tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+        try:
+            self._tar = _TarPart(tmp)
+        except OSError as e:
+            raise storage.os_error(self._where(), "write", e) from None
         self._tar_bytes = 0
 
+    def _where(self) -> str:
+        """The file an I/O error of the open part is about: its final name (local) or the scratch file (S3)."""
+        tmp, final = self._parts[-1]
+        return f"{tmp} (local scratch of {storage.join(self.out, final)})" if self._remote else \
+            storage.join(self.out, final)
+
     def add(self, key: str, members: dict[str, bytes], row: dict[str, Any]) -> bool:
-        """Append a sample; returns False (and writes nothing) when the key is already in this unit."""
+        """Append a sample; returns False (and writes nothing) when the key is already in this unit.
+
+        Raises SampleWriteError (and writes nothing) when the sample cannot be written: a key that is not a valid
+        member name, a manifest row value its column cannot hold. A StorageError (e.g. NoSpace) is the unit's."""
         if key in self.keys:
             return False
-        size = sum(len(b) for b in members.values())
+        check_key(key)
+        full = {**row, "shard": "", "unit": self.unit}
+        check_row(full, self.schema)
+        headers = []
+        for ext in sorted(members):
+            data = members[ext]
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise SampleWriteError(f"member {ext}: expected bytes, got {type(data).__name__}", ext)
+            try:
+                headers.append((_tar_header(f"{key}.{ext}", len(data)), data))
+            except (ValueError, UnicodeError) as e:
+                raise SampleWriteError(f"member {key}.{ext}: no valid tar header: {e}", "key") from None
+        size = sum(len(d) for _, d in headers)
         if self._tar is None or (self._tar_bytes > 0 and self._tar_bytes + size > self.shard_size):
             self._close_part()
             self._open_part()
         assert self._tar is not None
-        for ext in sorted(members):
-            data = members[ext]
-            self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+        try:
+            for header, data in headers:
+                self._tar.write(header, data)
+        except OSError as e:
+            raise storage.os_error(self._where(), "write", e) from None
         self._tar_bytes += size
         self.keys.add(key)
         self.rows.append({**row, "shard": self._parts[-1][1], "unit": self.unit})
         return True
 
     def fail(self, failure: Failure) -> None:
-        self.failures.append({**failure.as_row(), "unit": self.unit})
+        """Record a failure row. Its text is made storable whatever it holds (a lone surrogate becomes \\udXXX)."""
+        self.failures.append(_storable_failure({**failure.as_row(), "unit": self.unit}))
 
     def _close_part(self) -> None:
         if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+            tar, self._tar = self._tar, None
+            try:
+                tar.close()
+            except OSError as e:
+                raise storage.os_error(self._where(), "write", e) from None
 
     # ------------------------------------------------------------------ commit
     def commit(self) -> dict[str, Any]:
@@ -170,8 +264,11 @@ class UnitWriter:
                 storage.put_file(tmp, uri)
                 os.remove(tmp)
             else:
-                os.chmod(tmp, storage.file_mode())
-                os.replace(tmp, uri)
+                try:
+                    os.chmod(tmp, storage.file_mode())
+                    os.replace(tmp, uri)
+                except OSError as e:
+                    raise storage.os_error(uri, "commit", e) from None
             finals.append(final)
         self._remove_stale_parts(set(finals))
         storage.write_bytes(storage.join(self.out, failures_name(self.unit)),
@@ -218,7 +315,10 @@ class UnitWriter:
                         pass
 
     def abort(self) -> None:
-        self._close_part()
+        """Remove this attempt's temporary parts and scratch folder (after any error, a full disk included)."""
+        if self._tar is not None:
+            self._tar.discard()
+            self._tar = None
         for tmp, _ in self._parts:
             try:
                 os.remove(tmp)
@@ -229,5 +329,104 @@ class UnitWriter:
 
 
 def sample_members(info: dict[str, Any], payload: dict[str, bytes]) -> dict[str, bytes]:
-    """The tar members of a sample: `json` (sorted keys, UTF-8) plus payload members (mp4, tokens.npy, ...)."""
-    return {"json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode(), **payload}
+    """The tar members of a sample: `json` (sorted keys, UTF-8) plus payload members (mp4, tokens.npy, ...).
+
+    Raises SampleWriteError naming the field (`conversations[1].value`, ...) when `info` holds a value standard
+    JSON readers cannot read back as written (see check_json)."""
+    check_json(info)
+    return {"json": json.dumps(info, sort_keys=True, ensure_ascii=False, allow_nan=False).encode(), **payload}
+
+
+def check_key(key: Any) -> None:
+    """A sample key must be a non-empty string without dots, slashes, backslashes or control characters (WebDataset
+    groups members by the name up to the first dot) and at most MAX_KEY_BYTES bytes of UTF-8."""
+    if not isinstance(key, str) or not key:
+        raise SampleWriteError(f"sample key {key!r}: must be a non-empty string", "key")
+    m = _BAD_KEY_CHARS.search(key)
+    if m:
+        raise SampleWriteError(f"sample key {key[:80]!r}: holds {m.group()!r} at character {m.start()}", "key")
+    try:
+        n = len(key.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise SampleWriteError(f"sample key {key[:80]!r}: {_unicode_problem(e)}", "key") from None
+    if n > MAX_KEY_BYTES:
+        raise SampleWriteError(f"sample key of {n} bytes ({key[:40]}...): at most {MAX_KEY_BYTES} fit a member name "
+                               "that stays a valid file name; shorten the video id", "key")
+
+
+def check_json(value: Any, path: str = "") -> None:
+    """Raise SampleWriteError naming the field (a path like `texts[2].text`) for a value that would not be written
+    as standard JSON every reader reads back as written: a non-string key, a string that is not valid Unicode
+    (a lone surrogate), NaN or an infinity, an integer outside the 64-bit range, a type JSON has no value for, or
+    nesting deeper than MAX_JSON_DEPTH."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        name = where or "(the sample json)"
+        if depth > MAX_JSON_DEPTH:
+            raise SampleWriteError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", where)
+        if isinstance(v, str):
+            _check_text(v, where)
+        elif v is None or isinstance(v, bool):
+            continue
+        elif isinstance(v, int):
+            if not -_INT64 <= v < _INT64:
+                raise SampleWriteError(f"{name}: integer out of the 64-bit range JSON readers hold exactly", where)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise SampleWriteError(f"{name}: {v!r} is not a JSON number", where)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise SampleWriteError(f"{name}: key {k!r} is a {type(k).__name__}, JSON keys are strings",
+                                           where)
+                sub = f"{where}.{k}" if where else k
+                _check_text(k, sub)
+                stack.append((x, sub, depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v))
+        else:
+            raise SampleWriteError(f"{name}: a {type(v).__name__} is not a JSON value", where)
+
+
+def _check_text(s: str, where: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SampleWriteError(f"{where or '(the sample json)'}: {_unicode_problem(e)}", where) from None
+
+
+def _unicode_problem(e: UnicodeEncodeError) -> str:
+    bad = e.object[e.start:e.end]
+    return f"character {e.start} ({ascii(bad)}) is a lone surrogate, not valid Unicode text"
+
+
+def check_row(row: dict[str, Any], schema: pa.Schema) -> None:
+    """Raise SampleWriteError naming the column when a manifest row value does not fit its column."""
+    extra = set(row) - set(schema.names)
+    if extra:
+        raise KeyError(f"columns not in schema: {sorted(extra)}")  # a programming error, not the sample's
+    for f in schema:
+        try:
+            pa.array([row.get(f.name)], type=f.type)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise SampleWriteError(f"manifest column {f.name}: {str(e).splitlines()[0][:200]}", f.name) from None
+
+
+def _storable_failure(row: dict[str, Any]) -> dict[str, Any]:
+    """A failure row that always fits FAILURE_SCHEMA: text with lone surrogates escaped, unusable numbers null."""
+    out: dict[str, Any] = {}
+    for f in FAILURE_SCHEMA:
+        v = row.get(f.name)
+        if v is None:
+            out[f.name] = None
+        elif pa.types.is_string(f.type):
+            out[f.name] = str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+        elif pa.types.is_floating(f.type):
+            try:
+                out[f.name] = float(v)
+            except (TypeError, ValueError, OverflowError):
+                out[f.name] = None
+        else:
+            out[f.name] = v
+    return out

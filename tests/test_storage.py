@@ -80,7 +80,7 @@ def test_local_atomic_write_leaves_no_temp_and_keeps_old_on_failure(tmp_path, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(st.os, "replace", boom)
-    with pytest.raises(st.StorageError, match="No space left"):
+    with pytest.raises(st.NoSpace, match=r"shard-0\.tar: write: no space left on device"):
         st.write_bytes(target, b"new content")
     monkeypatch.undo()
     assert open(target, "rb").read() == b"old"
