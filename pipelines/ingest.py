@@ -27,7 +27,7 @@ from longvid.operators.process import ProcessOptions, manifest_row, process_reco
 from longvid.operators.records import Failure, SourceRecord
 from longvid.operators.sample import PROFILES
 from longvid.operators.sources import available, get_adapter
-from longvid.operators.write import UnitWriter, manifest_name, sample_members
+from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.ray_session import ensure_ray
 
@@ -258,8 +258,15 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
                                         storage.redact(e.reason), e.file and storage.redact(e.file) or item.origin,
                                         e.field, item.key, item.start, item.end))
                     continue
-                members = sample_members(sample.info, {"mp4": sample.mp4})
-                if not writer.add(sample.key, members, manifest_row(sample, "", unit)):
+                try:  # a sample that cannot be written is its own failure row; the rest of the unit is written
+                    members = sample_members(sample.info, {"mp4": sample.mp4})
+                    added = writer.add(sample.key, members, manifest_row(sample, "", unit))
+                except SampleWriteError as e:
+                    writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
+                                        f"cannot write the sample: {e.reason}", item.origin, e.field, item.key,
+                                        item.start, item.end))
+                    continue
+                if not added:
                     writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
                                         "duplicate key inside the unit", item.origin, "video_id", item.key))
         finally:
@@ -282,6 +289,14 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
     stats["cpu_s"] = _cpu_seconds() - cpu0 + child1 - (child0 if pid0 else 0.0)
     stats["inputs"] = len(items)
     return stats
+
+
+def _no_space(e: BaseException) -> storage.NoSpace | None:
+    """The NoSpace behind a failed unit (Ray hands it over as the cause of a RayTaskError), if any."""
+    for x in (e, getattr(e, "cause", None)):
+        if isinstance(x, storage.NoSpace):
+            return storage.NoSpace(x.uri, x.reason)
+    return None
 
 
 def _cpu_seconds() -> float:
@@ -364,6 +379,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         pending: dict[Any, int] = {}
         done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0, "cpu_s": 0.0}
         uncommitted: list[int] = []
+        full: list[storage.NoSpace] = []  # the output's disk is full: no unit can commit, stop submitting
 
         def drain(block_until: int) -> None:
             while len(pending) > block_until:
@@ -374,6 +390,9 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                         st = ray.get(ref)
                     except (ray.exceptions.RayError, TransientError) as e:  # retries exhausted: not committed
                         uncommitted.append(unit)
+                        if _no_space(e) is not None:  # reported once, when the units in flight have ended
+                            full.append(_no_space(e))
+                            continue
                         log(f"[ingest {cfg.source}] unit {unit} NOT committed after retries: "
                             f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}")
                         continue
@@ -392,6 +411,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
 
         t_work = time.time()
         for unit, unit_items in cut_units(counted(items), schedule, cfg.limit):
+            if full:
+                break
             if manifest_name(unit).rsplit("/", 1)[-1] in committed:
                 done["skipped"] += 1
                 continue
@@ -399,7 +420,12 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                               cfg.decoder_memory_mb, s3, REUSE_DECODER)
             pending[ref] = unit
             drain(max_in_flight - 1)
-        drain(0)
+        drain(0)  # every unit in flight ends (and removes its temporary files) before the job stops
+        if full:
+            e = full[0]
+            raise storage.NoSpace(e.uri, f"{e.reason}; {done['units']} units committed, "
+                                         f"{len(uncommitted)} not. Free space and re-run the same command: committed "
+                                         "units are kept")
         elapsed = time.time() - t0
         summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
                                    extra={"units_run": done["units"], "units_skipped": done["skipped"],
