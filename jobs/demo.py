@@ -17,11 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
-from longvid.pipelines.demo_corpus import make_demo_corpus
-from longvid.pipelines.ingest import IngestConfig, run_ingest
-
+# the pipelines (pandas, pyarrow, Ray...) are imported where used: `longvid --help` must not wait for them
 STAGES = ("ingest", "encode", "audit", "train", "niah")
 
 
@@ -33,6 +29,8 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 def _ingest(out: Path, corpus: dict, profile: str, log: Callable) -> dict[str, Any]:
+    from longvid.pipelines.ingest import IngestConfig, run_ingest
+
     rows, summaries = [], {}
     for source, spec in corpus.items():
         cfg = IngestConfig(source=source, metadata=list(spec["metadata"]), videos=spec["videos"],
@@ -70,6 +68,8 @@ def _encode(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
 
 def _demo_benchmark(out: Path) -> Path:
     """A Video-MME-format file with two planted leaks: a HowTo100M video id (youtu.be form) and a copied caption."""
+    import pandas as pd
+
     how = pd.read_parquet(out / "ingest" / "howto100m" / "manifests")
     mira = pd.read_parquet(out / "ingest" / "miradata" / "manifests")
     caption = max(mira.text.iloc[0].split("\n"), key=len)
@@ -136,6 +136,8 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
         shutil.rmtree(out)
     t0 = time.time()
     log(f"[demo] generating a synthetic corpus under {out / 'corpus'} ...")
+    from longvid.pipelines.demo_corpus import make_demo_corpus
+
     corpus = make_demo_corpus(out / "corpus", per_source=per_source)
     log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
     # the dashboard serves the State API, which Ray Train's placement group cleaner queries (warnings without it)
