@@ -423,9 +423,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         drain(0)  # every unit in flight ends (and removes its temporary files) before the job stops
         if full:
             e = full[0]
-            raise storage.NoSpace(e.uri, f"{e.reason}; {done['units']} units committed, "
-                                         f"{len(uncommitted)} not. Free space and re-run the same command: committed "
-                                         "units are kept")
+            raise storage.NoSpace(e.uri, f"{e.reason} (the job stopped; {done['units']} units committed in this run)")
         elapsed = time.time() - t0
         summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
                                    extra={"units_run": done["units"], "units_skipped": done["skipped"],
