@@ -1,11 +1,15 @@
 """In-memory H.264 MP4 of the sampled frames (the `<key>.mp4` of a sample), and reading it back.
 
 `encode_mp4` writes exactly one video frame per input frame, in order: every frame gets an explicit
-timestamp (pts = i in a 1/fps time base), so the encoder and muxer can neither drop nor duplicate frames.
+timestamp (pts = i in a 1/fps time base), so the encoder and muxer can neither drop nor duplicate frames. The
+muxed file is checked (its packets demuxed, not decoded): N frames with increasing decode times, or ValueError.
+The frame rate must be in [MIN_FPS, MAX_FPS]: outside it the time base degenerates (beyond a few thousand fps the
+MP4 muxer was seen to write decode times that make every frame undecodable).
 """
 from __future__ import annotations
 
 import io
+import math
 from fractions import Fraction
 
 import av
@@ -14,10 +18,26 @@ import numpy as np
 from longvid.operators.errors import RecordError
 
 
+MIN_FPS, MAX_FPS = 0.001, 1000.0
+
+
 def _rate(fps: float) -> Fraction:
-    if not (isinstance(fps, (int, float)) and fps > 0 and np.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    try:
+        ok = isinstance(fps, (int, float)) and not isinstance(fps, bool) and MIN_FPS <= float(fps) <= MAX_FPS
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValueError(f"fps must be a number in [{MIN_FPS:g}, {MAX_FPS:g}], got {fps!r}")
     return Fraction(fps).limit_denominator(1001)
+
+
+def _check_muxed(data: bytes, n: int) -> None:
+    """The muxed MP4 holds n frames whose decode times increase (what a decoder needs to return them all)."""
+    with av.open(io.BytesIO(data), mode="r") as c:
+        dts = [p.dts for p in c.demux(c.streams.video[0]) if p.size]
+    if len(dts) != n or any(d is None for d in dts) or any(b <= a for a, b in zip(dts, dts[1:])):
+        raise ValueError(f"the muxed mp4 does not hold {n} decodable frames ({len(dts)} packets, decode times "
+                         f"{dts[:6]}{'...' if len(dts) > 6 else ''})")
 
 
 def encode_mp4(frames: np.ndarray, fps: float = 1.0, crf: int = 27, preset: str = "veryfast") -> bytes:
@@ -55,7 +75,9 @@ def encode_mp4(frames: np.ndarray, fps: float = 1.0, crf: int = 27, preset: str 
                 out.mux(pkt)
         for pkt in vs.encode():
             out.mux(pkt)
-    return buf.getvalue()
+    data = buf.getvalue()
+    _check_muxed(data, n)
+    return data
 
 
 def decode_mp4(data: bytes) -> np.ndarray:
