@@ -11,14 +11,147 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from longvid.operators.errors import ConfigError
 
 # the pipelines (pandas, pyarrow, Ray...) are imported where used: `longvid --help` must not wait for them
 STAGES = ("ingest", "encode", "audit", "train", "niah")
+MARKER = ".longvid-demo.json"  # our demo folder: what the demo wrote there, so that a re-run removes only that
+OWNER_FILE = ".longvid-owner.json"  # pipelines.ray_session.OWNER_FILE (the lock of a running job)
+STAGE_DIRS = {"corpus": ["corpus"], "ingest": ["ingest"], "encode": ["tokens"], "audit": ["audit", "benchmarks"],
+              "train": ["train"], "niah": ["niah"]}
+
+
+def _tree(root: Path) -> tuple[set[str], set[str]]:
+    """(files, dirs) under root as relative posix paths; symlinks are files (never followed)."""
+    files, dirs = set(), set()
+    for d, subdirs, names in os.walk(root):
+        rel = Path(d).relative_to(root)
+        for s in list(subdirs):
+            if (Path(d) / s).is_symlink():
+                files.add((rel / s).as_posix())
+                subdirs.remove(s)
+            else:
+                dirs.add((rel / s).as_posix())
+        files.update((rel / n).as_posix() for n in names)
+    return files, dirs
+
+
+class DemoFolder:
+    """The demo's --out: never delete what the demo did not write.
+
+    - missing or empty: used;
+    - a file, or a non-empty folder without our marker file: refused (ConfigError, exit 2), nothing touched;
+    - our demo folder (MARKER, written before anything else): the files the marker lists as written by the
+      demo are removed, and the folders it created if they are then empty; any other file (a user's, even one
+      put inside the demo's folders) stays byte for byte. The marker is updated after each stage; a stage that
+      was interrupted (a killed demo) is recorded as pending with its start time, and the files under its own
+      folders that are newer than that and not listed as the user's are taken as its output.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.kept: set[str] = set()
+        self.dirs0: set[str] = set()
+        self.state: dict[str, Any] = {}
+
+    def check(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out: {out} is a file, not a folder; choose another with --out NEWDIR")
+        if not out.exists() or not [p for p in out.iterdir() if p.name != OWNER_FILE]:  # only our lock: empty
+            return
+        marker = out / MARKER
+        if not marker.is_file():
+            raise ConfigError(f"out: {out} is not empty and is not a longvid demo folder (no {MARKER}); nothing "
+                              "was changed; choose a new or empty folder with --out NEWDIR")
+        try:
+            state = json.loads(marker.read_text())
+            assert isinstance(state, dict) and isinstance(state.get("written"), list)
+        except (OSError, ValueError, AssertionError):
+            raise ConfigError(f"out: {marker} is not a demo record this version wrote; nothing was changed; choose "
+                              "a new or empty folder with --out NEWDIR") from None
+        self.state = state
+
+    def _inside(self, rel: Any) -> Path | None:
+        """out/rel when rel is a plain relative path whose folder (symlinks resolved) is inside out."""
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in Path(rel).parts:
+            return None
+        p = self.out / rel
+        root, parent = os.path.realpath(self.out), os.path.realpath(p.parent)
+        return p if parent == root or parent.startswith(root.rstrip("/") + "/") else None
+
+    def clean(self) -> int:
+        """Remove what an earlier demo wrote here (see the class doc); returns the number of files removed."""
+        st = self.state
+        if not st:
+            return 0
+        ours = {r for r in st.get("written") or [] if isinstance(r, str)}
+        pending = st.get("pending") if isinstance(st.get("pending"), dict) else {}
+        pending_dirs = [d for d in pending.get("dirs") or [] if isinstance(d, str)]
+        if pending_dirs:
+            user = set(st.get("kept") or [])
+            since = int(pending.get("since_ns") or 0)
+            files, now_dirs = _tree(self.out)
+            tops = tuple(f"{d}/" for d in pending_dirs)
+            for rel in files - user - ours:
+                if rel.startswith(tops) and (self.out / rel).lstat().st_mtime_ns >= since:
+                    ours.add(rel)
+            pending_dirs += [d for d in now_dirs - set(st.get("kept_dirs") or []) if d.startswith(tops)]
+        removed = 0
+        for rel in sorted(ours - {MARKER, OWNER_FILE}):
+            p = self._inside(rel)
+            if p is not None and (p.is_symlink() or p.is_file()):
+                p.unlink()
+                removed += 1
+        dirs = ({d for d in st.get("dirs") or [] if isinstance(d, str)} | set(pending_dirs)) - set(
+            st.get("kept_dirs") or [])
+        for rel in sorted(dirs, key=lambda r: -len(Path(r).parts)):
+            p = self._inside(rel)
+            if p is not None and p.is_dir() and not p.is_symlink():
+                try:
+                    p.rmdir()  # only when empty: a user's file keeps its folder
+                except OSError:
+                    pass
+        return removed  # the marker itself is replaced by begin()
+
+    def begin(self) -> None:
+        """Record what is here now (a user's files) before the demo writes anything."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        files, self.dirs0 = _tree(self.out)
+        self.kept = files - {MARKER, MARKER + ".tmp", OWNER_FILE}
+        self.state = {"longvid_demo": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "kept": sorted(self.kept), "kept_dirs": sorted(self.dirs0), "written": [], "dirs": []}
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.out / (MARKER + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.out / MARKER)
+
+    def update(self, pending: str = "") -> None:
+        """Record what the demo has written so far (everything here that is not the user's)."""
+        files, dirs = _tree(self.out)
+        self.state["written"] = sorted(files - self.kept - {MARKER, MARKER + ".tmp", OWNER_FILE})
+        self.state["dirs"] = sorted(dirs - self.dirs0)
+        if pending:
+            self.state["pending"] = {"stage": pending, "dirs": STAGE_DIRS.get(pending, []) + ["logs"],
+                                     "since_ns": time.time_ns()}
+        else:
+            self.state.pop("pending", None)
+        self._save()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.update(pending=name)
+        yield
+        self.update()
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -129,46 +262,76 @@ def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
 
 def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "long",
              stages: tuple[str, ...] = STAGES, log=print) -> dict[str, Any]:
-    import ray
-
-    out = out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    t0 = time.time()
-    log(f"[demo] generating a synthetic corpus under {out / 'corpus'} ...")
     from longvid.pipelines.demo_corpus import make_demo_corpus
+    from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
 
-    corpus = make_demo_corpus(out / "corpus", per_source=per_source)
-    log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
-    # the dashboard serves the State API, which Ray Train's placement group cleaner queries (warnings without it)
-    kw: dict[str, Any] = {"include_dashboard": "train" in stages, "address": "local"}
-    if num_cpus:
-        kw["num_cpus"] = num_cpus
-    ray.init(**kw)
-    result: dict[str, Any] = {"out": str(out)}
-    timings: dict[str, float] = {}
+    out = Path(out).resolve()
+    folder = DemoFolder(out)
+    folder.check()  # before anything is written or removed
+    out.mkdir(parents=True, exist_ok=True)
+    console = log
+    log_file = None
+
+    def log(line: str) -> None:  # noqa: F811 - the console, and DIR/logs/demo.log
+        console(line)
+        if log_file is not None:
+            log_file.write(line + "\n")
+            log_file.flush()
+
+    claim_out(str(out), "demo", log)  # a demo still running here: exit 2; a killed one: its processes stopped
     try:
-        for stage in stages:
-            t = time.time()
-            if stage == "ingest":
-                result["ingest"] = _ingest(out, corpus, profile, log)
-            elif stage == "encode":
-                result["encode"] = _encode(out, list(corpus), log)
-            elif stage == "audit":
-                result["audit"] = _audit(out, list(corpus), log)
-            elif stage == "train":
-                result["train"] = _train(out, log)
-            elif stage == "niah":
-                ckpt = result.get("train", {}).get("checkpoint") or "random:0"
-                result["niah"] = _niah(out, ckpt, log)
-            timings[stage] = round(time.time() - t, 1)
+        removed = folder.clean()
+        if removed:
+            log(f"[demo] removed the {removed} files an earlier demo wrote in {out} (anything else there is kept)")
+        folder.begin()
+        (out / "logs").mkdir(exist_ok=True)
+        log_file = open(out / "logs" / "demo.log", "a", encoding="utf-8")
+        t0 = time.time()
+        log(f"[demo] generating a synthetic corpus under {out / 'corpus'} ...")
+        with folder.stage("corpus"):
+            corpus = make_demo_corpus(out / "corpus", per_source=per_source)
+        log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
+        # the dashboard serves the State API, which Ray Train's placement group cleaner queries
+        started = bool(stages) and ensure_ray(num_cpus=num_cpus, dashboard="train" in stages, out=str(out),
+                                              job="demo")
+        result: dict[str, Any] = {"out": str(out)}
+        timings: dict[str, float] = {}
+        try:
+            for stage in stages:
+                t = time.time()
+                with folder.stage(stage):
+                    if stage == "ingest":
+                        result["ingest"] = _ingest(out, corpus, profile, log)
+                    elif stage == "encode":
+                        result["encode"] = _encode(out, list(corpus), log)
+                    elif stage == "audit":
+                        result["audit"] = _audit(out, list(corpus), log)
+                    elif stage == "train":
+                        result["train"] = _train(out, log)
+                    elif stage == "niah":
+                        ckpt = result.get("train", {}).get("checkpoint") or "random:0"
+                        result["niah"] = _niah(out, ckpt, log)
+                timings[stage] = round(time.time() - t, 1)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+            if stages:
+                release_out(str(out))  # the claim ensure_ray took
+        result["elapsed_s"] = round(time.time() - t0, 1)
+        result["stage_seconds"] = timings
+        log(f"\n[demo] done in {result['elapsed_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})."
+            f" Everything is under {out}; per-job summary.json files hold the details.")
+        (out / "demo-summary.json").write_text(json.dumps(result, indent=2, default=str))
+        if log_file is not None:
+            log_file.close()
+            log_file = None
+        folder.update()
     finally:
-        ray.shutdown()
-    result["elapsed_s"] = round(time.time() - t0, 1)
-    result["stage_seconds"] = timings
-    log(f"\n[demo] done in {result['elapsed_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})."
-        f" Everything is under {out}; per-job summary.json files hold the details.")
-    (out / "demo-summary.json").write_text(json.dumps(result, indent=2, default=str))
+        if log_file is not None:
+            log_file.close()
+        release_out(str(out))
     return result
 
 
@@ -186,7 +349,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="longvid-demo", help="output folder (default ./longvid-demo, replaced)")
+    p.add_argument("--out", default="longvid-demo",
+                   help="output folder (default ./longvid-demo): new or empty, or a demo folder of an earlier run, "
+                        "whose demo files are replaced (nothing else there is touched); any other folder is refused")
     p.add_argument("--per-source", type=int, default=3, help="videos per source (default 3)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--profile", default="long", help="sampling profile (default long)")

@@ -1,24 +1,390 @@
-"""How every job gets its Ray: join the given cluster, else RAY_ADDRESS (inside `ray job submit`), else start an
-embedded one. Never silently attach to a cluster that happens to run on this machine."""
+"""How every job gets its Ray, and how a job owns its output folder.
+
+Ray: join the given cluster (--ray-address), else RAY_ADDRESS (inside `ray job submit`), else start an embedded
+Ray that is private to this driver. Never silently attach to, or look up, a cluster that happens to run here:
+
+- The embedded Ray has its own temp dir (`<tmp>/longvid-ray-<uid>`, not `/tmp/ray`, where another user's
+  `ray start` keeps the `ray_current_cluster` file that `ray.init()` and Ray's own look-ups follow), and its
+  dashboard listens on 127.0.0.1 only, on a free port (never another cluster's 8265).
+- Its processes carry RAY_ADDRESS (its GCS) and RAY_API_SERVER_ADDRESS (its dashboard). Without them, Ray code
+  that looks for "the" cluster from inside a worker, as Ray Train's placement-group cleaner does every few
+  seconds through the State API, scans the machine: with another Ray running it took that cluster (following
+  its `ray_current_cluster` file) or failed on "multiple active Ray instances" (a traceback on the console),
+  and each look-up replaced the worker's process-wide GCS client (`internal_kv`) while other threads of the
+  actor used it: the `Mutex corrupt ... SIGABRT` crash dumps of those workers. With RAY_API_SERVER_ADDRESS set
+  the State API goes straight to our dashboard and never creates that client.
+- Worker output stays in Ray's session logs (no log_to_driver), and Ray's driver-side logs (INFO lines, the
+  dashboard banner, warnings) go to a log file (`DIR/logs/ray.log` of the job's output folder): the console
+  shows LongVid's lines, progress and errors only. A joined cluster keeps Ray's defaults (`ray job logs`).
+
+Output folders (`claim_out` / `release_out`): a job holds an exclusive lock on `DIR/.longvid-owner.json` while it
+runs, and writes there who it is (pid, host) and which processes are its own: every process of its embedded Ray
+(gcs, raylet, dashboard and agents, task workers, decoder children) inherits LONGVID_RAY_OWNER=<token of this
+driver>, and the GCS and raylet pids are recorded. A second job on the same folder while the first runs exits 2
+naming its pid. A job that finds the lock free but the record of a driver that did not end cleanly (a SIGKILL)
+first stops that driver's leftover processes, found by their token or recorded pid (and start time), never by
+name and never anyone else's, so units still in flight cannot race with the re-run. (For an `s3://` output the
+lock file lives in the local temp dir, keyed by the URI: it guards this host only.)
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
+import logging
 import os
-from typing import Any
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from longvid.operators import storage
+from longvid.operators.errors import ConfigError
+
+OWNER_FILE = ".longvid-owner.json"
+TOKEN_VAR = "LONGVID_RAY_OWNER"
+RAY_LOG = "ray.log"  # under DIR/logs/
+_token: str | None = None
 
 
-def ensure_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False) -> bool:
+def ensure_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False, out: str = "", job: str = "",
+               log: Callable[[str], None] = print) -> bool:
     """Initialise Ray unless it already is; returns True when this call started it (the caller shuts it down).
 
-    dashboard=True starts an embedded Ray with its dashboard, which serves the State API: Ray Train's placement
-    group cleaner queries it every few seconds and logs a warning each time it is missing (about 1 s more to
-    start). A cluster runs its own dashboard."""
+    out: the job's output folder: claimed first (see the module doc; the caller calls `release_out(out)` when the
+    job ends) and home of the Ray log file. dashboard=True starts an embedded Ray with its dashboard, which serves
+    the State API that Ray Train's placement group cleaner queries (about 1 s more to start). A cluster runs its own
+    dashboard."""
+    if out:
+        claim_out(out, job or "job", log)
+    try:
+        return _ensure_ray(address, num_cpus, dashboard, out)
+    except BaseException:
+        if out:
+            release_out(out)
+        raise
+
+
+def _ensure_ray(address: str, num_cpus: int, dashboard: bool, out: str) -> bool:
     import ray
 
     if ray.is_initialized():
+        if out:
+            _record_ray(out)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or ""
-    kw: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True, "address": address or "local"}
-    if not address and num_cpus:
-        kw["num_cpus"] = num_cpus
-    ray.init(**kw)
+    route_ray_logs(_ray_log_path(out))
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        start_embedded(num_cpus, dashboard)
+    if out:
+        _record_ray(out)
     return True
+
+
+# ------------------------------------------------------------------------------------------------ embedded Ray
+
+
+def owner_token() -> str:
+    """This driver's token; every process it starts from now on inherits it (LONGVID_RAY_OWNER)."""
+    global _token
+    if _token is None:  # never the value inherited from a parent: that one names the parent's processes
+        _token = uuid.uuid4().hex
+        os.environ[TOKEN_VAR] = _token
+    return _token
+
+
+def ray_temp_dir() -> str:
+    """Ray's temp dir for embedded clusters of this user: short (Ray's socket paths must fit in 107 bytes)."""
+    base = tempfile.gettempdir()
+    if len(base) > 40 or not os.access(base, os.W_OK):
+        base = "/tmp"
+    return os.path.join(base, f"longvid-ray-{os.getuid()}")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def embedded_env(gcs_port: int, dashboard_port: int) -> dict[str, str]:
+    """What the processes of an embedded Ray inherit so that Ray's look-ups inside them find this cluster."""
+    from ray._private.services import get_node_ip_address  # the address Ray gives its head node
+
+    return {"RAY_GCS_SERVER_PORT": str(gcs_port), "RAY_ADDRESS": f"{get_node_ip_address()}:{gcs_port}",
+            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}", TOKEN_VAR: owner_token()}
+
+
+def start_embedded(num_cpus: int = 0, dashboard: bool = False) -> None:
+    """A new single-node Ray private to this driver (see the module doc)."""
+    import ray
+
+    gcs_port, dash_port = _free_ports(2)
+    env = embedded_env(gcs_port, dash_port)
+    saved = {k: os.environ.get(k) for k in env if k != TOKEN_VAR}
+    os.environ.update(env)  # inherited by gcs, raylet and the agents, and from the raylet by every worker
+    kw: dict[str, Any] = {"address": "local", "include_dashboard": dashboard, "log_to_driver": False,
+                          "_temp_dir": ray_temp_dir()}
+    if dashboard:
+        kw.update(dashboard_host="127.0.0.1", dashboard_port=dash_port)
+    if num_cpus:
+        kw["num_cpus"] = num_cpus
+    try:
+        ray.init(**kw)
+    finally:  # the driver itself is connected; a later ensure_ray in this process must not see these
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ------------------------------------------------------------------------------------------------ Ray's logs
+
+_HANDLER_NAME = "longvid-ray-log"
+
+
+def _ray_log_path(out: str) -> str:
+    if out and not storage.is_s3(out):
+        return os.path.join(out, "logs", RAY_LOG)
+    return os.path.join(ray_temp_dir(), f"driver-{os.getpid()}.log")
+
+
+def route_ray_logs(path: str) -> None:
+    """Ray's driver-side Python logs to `path`; its console handlers keep errors only. Idempotent; call it again
+    after importing ray.data (which sets up its own console handler on import)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        lg = logging.getLogger(name)
+        if name != "ray" and not lg.handlers:
+            continue  # propagates to "ray"
+        for h in list(lg.handlers):
+            if getattr(h, "name", None) == _HANDLER_NAME:
+                if getattr(h, "baseFilename", None) == os.path.abspath(path):
+                    continue
+                lg.removeHandler(h)
+                h.close()
+            elif isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(max(h.level, logging.ERROR))
+        if not any(getattr(h, "name", None) == _HANDLER_NAME for h in lg.handlers):
+            fh = logging.FileHandler(path, encoding="utf-8", delay=True)
+            fh.set_name(_HANDLER_NAME)
+            fh.setLevel(logging.INFO)
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            lg.addHandler(fh)
+
+
+# ------------------------------------------------------------------------------------------------ output folders
+
+
+@dataclass
+class _Claim:
+    path: str
+    fd: int
+    info: dict
+    depth: int = 1
+
+
+_claims: dict[str, _Claim] = {}
+
+
+def owner_path(out: str) -> str:
+    """The lock/owner file of an output folder (for s3:// outputs: in the local temp dir, keyed by the URI)."""
+    if storage.is_s3(out):
+        h = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:24]
+        return os.path.join(tempfile.gettempdir(), f"longvid-owners-{os.getuid()}", f"{h}.json")
+    return os.path.join(os.path.abspath(out), OWNER_FILE)
+
+
+def proc_start(pid: int) -> int | None:
+    """The start time of a live process (clock ticks since boot), None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _read_info(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        info = json.loads(data) if data.strip() else {}
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_info(fd: int, info: dict) -> None:
+    data = json.dumps(info, indent=1, sort_keys=True).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def claim_out(out: str, job: str, log: Callable[[str], None] = print) -> None:
+    """Own the output folder for this job (re-entrant within a process); see the module doc."""
+    path = owner_path(out)
+    held = _claims.get(path)
+    if held is not None:
+        held.depth += 1
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        info = _read_info(fd)
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ConfigError(f"out: cannot lock {path}: {e}") from None
+        who = f"pid {info.get('pid', '?')}" + (f" on {info['host']}" if info.get("host") else "")
+        raise ConfigError(f"out: {storage.redact(out)} is in use by a running longvid {info.get('job', 'job')} "
+                          f"({who}); wait for it to end, or stop it (kill {info.get('pid', 'PID')}), or use another "
+                          "--out") from None
+    try:
+        old = _read_info(fd)
+        if old.get("token") and not old.get("ended"):
+            stop_leftovers(old, f"[{job}]", log)
+        info = {"pid": os.getpid(), "start": proc_start(os.getpid()), "host": socket.gethostname(), "job": job,
+                "out": storage.redact(out), "token": owner_token(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_info(fd, info)
+    except BaseException:
+        os.close(fd)
+        raise
+    _claims[path] = _Claim(path, fd, info)
+
+
+def release_out(out: str) -> None:
+    """The job on `out` has ended (the lock is released when the outermost claim of this process ends)."""
+    path = owner_path(out)
+    held = _claims.get(path)
+    if held is None:
+        return
+    held.depth -= 1
+    if held.depth > 0:
+        return
+    del _claims[path]
+    try:
+        _write_info(held.fd, {**held.info, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except OSError:
+        pass
+    os.close(held.fd)  # releases the lock
+
+
+def _record_ray(out: str) -> None:
+    """Add this driver's Ray processes (the ones it started) to the owner record of `out`."""
+    held = _claims.get(owner_path(out))
+    if held is None:
+        return
+    try:
+        import ray
+
+        node = ray._private.worker._global_node  # the node this driver started (None when it joined a cluster)
+        if node is None or not getattr(node, "all_processes", None):
+            return
+        pids = {}
+        for kind, infos in node.all_processes.items():
+            for pi in infos:
+                pid = getattr(getattr(pi, "process", None), "pid", None)
+                if pid:
+                    pids[f"{kind}:{pid}"] = [pid, proc_start(pid)]
+        held.info["ray"] = {"session_dir": node.get_session_dir_path(), "gcs_address": node.gcs_address,
+                            "pids": pids}
+        _write_info(held.fd, held.info)
+    except Exception:  # noqa: BLE001 - private API; the token still finds the processes
+        pass
+
+
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
+def processes_of(token: str, recorded: dict | None = None) -> dict[int, str]:
+    """pid -> command line of the live processes carrying LONGVID_RAY_OWNER=<token>, plus recorded [pid, start]
+    pairs whose process is still the same one (same start time); never this process or its ancestors."""
+    tag = f"{TOKEN_VAR}={token}".encode()
+    skip = _ancestors()
+    found: dict[int, str] = {}
+    cands = {int(d) for d in os.listdir("/proc") if d.isdigit()}
+    want = {int(p): s for p, s in (recorded or {}).values() if p}
+    for pid in cands - skip:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            env = []
+        ok = tag in env
+        if not ok and pid in want:
+            ok = want[pid] is not None and proc_start(pid) == want[pid]
+        if not ok or proc_start(pid) is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+        except OSError:
+            continue
+    return found
+
+
+def stop_leftovers(old: dict, prefix: str = "", log: Callable[[str], None] = print,
+                   grace_s: float = 5.0, timeout_s: float = 30.0) -> list[int]:
+    """Stop the processes of an earlier driver of the same output folder that did not end cleanly: SIGTERM, then
+    SIGKILL after `grace_s`; wait until they are gone. Returns their pids."""
+    if old.get("host") and old["host"] != socket.gethostname():
+        log(f"{prefix} note: the output folder was last used by pid {old.get('pid')} on {old['host']}, which did not "
+            "end cleanly; its processes there (if any) are not stopped from this host")
+        return []
+    recorded = (old.get("ray") or {}).get("pids") or {}
+    procs = processes_of(old["token"], recorded)
+    if not procs:
+        return []
+    log(f"{prefix} the earlier run on this output folder (driver pid {old.get('pid')}) did not end cleanly; "
+        f"stopping its {len(procs)} leftover processes (pids {' '.join(map(str, sorted(procs)))}) before starting")
+    starts = {p: proc_start(p) for p in procs}  # signal a pid only while it is still the same process
+    alive = lambda p: starts[p] is not None and proc_start(p) == starts[p]  # noqa: E731
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, timeout_s)):
+        for pid in procs:
+            if alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        t0 = time.time()
+        while time.time() - t0 < wait:
+            if not any(alive(p) for p in procs):
+                return sorted(procs)
+            time.sleep(0.1)
+    left = [p for p in procs if alive(p)]
+    raise ConfigError(f"out: processes of an earlier run on this folder do not stop (pids {left}); stop them, "
+                      "then re-run")
