@@ -225,8 +225,16 @@ def _text(v: Any, fld: str) -> str:
 
 
 def _need(rec: dict, key: str) -> str:
-    """A required text field."""
+    """A required text field (it may be blank: a record with an empty question still names its video)."""
     return _text(rec.get(key), key)
+
+
+def _need_id(rec: dict, key: str) -> str:
+    """A required id field: text, not blank."""
+    v = _text(rec.get(key), key)
+    if not v.strip():
+        raise BenchmarkFormatError(key, "empty")
+    return v
 
 
 def _opt(rec: dict, key: str) -> str:
@@ -264,21 +272,20 @@ def _options(rec: dict, key: str) -> list[str]:
     return [o for o in (_option(x, f"{key}[{j}]") for j, x in enumerate(v)) if o is not None]
 
 
-def _seconds(rec: dict, key: str) -> float:
+def _seconds(v: Any, fld: str) -> float:
     """A time in seconds: a finite number (or a string of one)."""
-    v = rec.get(key)
     if v is None:
-        raise BenchmarkFormatError(key, "missing")
+        raise BenchmarkFormatError(fld, "missing")
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise BenchmarkFormatError(key, f"expected a number of seconds, got {_kind(v)}")
+        raise BenchmarkFormatError(fld, f"expected a number of seconds, got {_kind(v)}")
     try:
         x = float(v)
     except OverflowError:
-        raise BenchmarkFormatError(key, "number too large for seconds") from None
+        raise BenchmarkFormatError(fld, "number too large for seconds") from None
     except ValueError:
-        raise BenchmarkFormatError(key, f"not a number: {_shown(v, 40)!r}") from None
+        raise BenchmarkFormatError(fld, f"not a number: {_shown(v, 40)!r}") from None
     if not math.isfinite(x):
-        raise BenchmarkFormatError(key, f"not a finite number ({x})")
+        raise BenchmarkFormatError(fld, f"not a finite number ({x})")
     return x
 
 
@@ -356,46 +363,52 @@ def _skip_value(s: str, i: int) -> int | None:
 
 def _partial(s: str, pos: int, depth: int) -> tuple[Any, int | None]:
     """Decode the JSON value at s[pos]. Where json refuses it (nesting too deep, a number too long, a syntax error),
-    decode its elements one by one, `depth` levels down, with `_Unusable` in place of what still fails.
-    Returns (value, end); end is None when the document's structure breaks there (the rest cannot be delimited)."""
+    decode its elements one by one, `depth` levels down, with `_Unusable` in place of what still fails; a container
+    broken inside is skipped to its closing bracket. Returns (value, end); end is None when the brackets do not
+    balance from there on (the rest of the document cannot be delimited)."""
     try:
         return _DECODER.raw_decode(s, pos)
     except (ValueError, RecursionError) as e:
         err = e
-    opening = s[pos:pos + 1]
-    if depth <= 0 or opening not in ("[", "{"):
+    if depth <= 0 or s[pos:pos + 1] not in ("[", "{"):
         return _Unusable(f"not valid JSON ({_json_why(err)})"), _skip_value(s, pos)
-    close = "]" if opening == "[" else "}"
+    out, end = _elements(s, pos, depth)
+    return out, end if end is not None else _skip_value(s, pos)
+
+
+def _elements(s: str, pos: int, depth: int) -> tuple[Any, int | None]:
+    """The elements of the array or object opening at s[pos], each decoded by `_partial`; at a break in the
+    structure an `_Unusable` marks it and end is None."""
+    close = "]" if s[pos] == "[" else "}"
     out: Any = [] if close == "]" else {}
 
-    def put(k, v):
+    def broken(i: int, why: str) -> tuple[Any, None]:
+        at = f" at line {s.count(chr(10), 0, i) + 1}" if "\n" in s else ""
+        why = "the JSON ends early (a truncated file?)" if i >= len(s) else f"broken JSON{at}: {why}"
         if close == "]":
-            out.append(v)
+            out.append(_Unusable(why))
         else:
-            out[k] = v
+            out["(JSON syntax)"] = _Unusable(why)
+        return out, None
 
     i = _JSON_WS.match(s, pos + 1).end()
     if s.startswith(close, i):
         return out, i + 1
-    n = 0
     while True:
-        key = n
         if close == "}":
             try:
                 key, i = _DECODER.raw_decode(s, i)
-                if not isinstance(key, str):
-                    raise ValueError("a key is not a string")
-                i = _JSON_WS.match(s, i).end()
-                if not s.startswith(":", i):
-                    raise ValueError("expected ':'")
-                i = _JSON_WS.match(s, i + 1).end()
-            except (ValueError, RecursionError) as e:
-                line = s.count("\n", 0, i) + 1
-                put(f"(line {line})", _Unusable(f"broken JSON at line {line}, the rest is not read ({_json_why(e)})"))
-                return out, None
+            except (ValueError, RecursionError):
+                return broken(i, "expected a key")
+            i = _JSON_WS.match(s, i).end()
+            if not isinstance(key, str) or not s.startswith(":", i):
+                return broken(i, "expected a key and ':'")
+            i = _JSON_WS.match(s, i + 1).end()
         v, end = _partial(s, i, depth - 1)
-        put(key, v)
-        n += 1
+        if close == "]":
+            out.append(v)
+        else:
+            out[key] = v
         if end is None:
             return out, None
         i = _JSON_WS.match(s, end).end()
@@ -404,11 +417,7 @@ def _partial(s: str, pos: int, depth: int) -> tuple[Any, int | None]:
         elif s.startswith(close, i):
             return out, i + 1
         else:
-            line = s.count("\n", 0, i) + 1
-            why = ("the JSON ends early (a truncated file?)" if i >= len(s) else
-                   f"broken JSON at line {line}: expected ',' or '{close}', the rest is not read")
-            put(f"(line {line})" if close == "}" else n, _Unusable(why))
-            return out, None
+            return broken(i, f"expected ',' or '{close}'")
 
 
 def _json_document(s: str) -> Any:
@@ -452,14 +461,16 @@ def _jsonl(text: str) -> _Doc | None:
 
 def _decode_text(data: bytes) -> str | None:
     """The text of a file (UTF-8, or UTF-16/32 with a BOM); None for binary content. A few undecodable bytes in
-    a text file become lone surrogates, so that only the records holding them are unusable."""
-    for bom, enc in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
-                     (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+    a UTF-8 text file become lone surrogates, so that only the records holding them are unusable."""
+    for bom, enc in ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"),
+                     (b"\xfe\xff", "utf-16-be")):
         if data.startswith(bom):
             try:
                 return data[len(bom):].decode(enc)
             except UnicodeDecodeError:
                 return None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     if b"\x00" in data:
         return None
     try:
@@ -467,7 +478,7 @@ def _decode_text(data: bytes) -> str | None:
     except UnicodeDecodeError:
         text = data.decode("utf-8", "surrogateescape")
         bad = len(re.findall("[\udc80-\udcff]", text))
-        return None if bad > max(8, len(data) // 200) else text
+        return None if bad * 10 > len(data) else text  # binary data is far denser in bytes that are not UTF-8
 
 
 def _csv_rows(text: str) -> tuple[list, list[int]]:
@@ -509,18 +520,20 @@ def _load(path: Path) -> _Doc:
             return _Doc("json", json.loads(s))
         except (ValueError, RecursionError):
             pass
+    if re.search(r"^[ \t\ufeff]*[\[{]", text, re.MULTILINE):  # JSON lines (a hostile first line does not hide them)
         doc = _jsonl(text)
         if doc:
             return doc
+    if s[:1] in "[{":
         v = _json_document(s)
         return _Doc("text") if v is None else _Doc("json", v)
     numbered = [(n, ln.rstrip("\r")) for n, ln in enumerate(text.split("\n"), 1) if ln.strip()]
     good = sum(1 for _, ln in numbered if _CHARADES_LINE.match(ln))
-    if good and good * 2 > len(numbered):
+    if good and good * 2 >= len(numbered):
         return _Doc("lines", [ln for _, ln in numbered], [n for n, _ in numbered])
     rows, lines = _csv_rows(text)
-    ok = [r for r in rows if isinstance(r, list)]
-    if ok and sum(len(r) == len(ok[0]) for r in ok) * 2 > len(rows):
+    widths = Counter(len(r) for r in rows if isinstance(r, list))
+    if widths and widths.most_common(1)[0][1] * 2 >= len(rows):
         return _Doc("csv", rows, lines)
     return _Doc("text")
 
@@ -602,7 +615,7 @@ def _read_mvbench(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
         ns = ids.CHARADES if vids and all(ids.charades_id(v) for v in vids) else f"mvbench.{stem}"
 
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        raw = _need(r, "video")
+        raw = _need_id(r, "video")
         ref = f"{part.name}#{i}"
         q = _need(r, "question")
         opts = _options(r, "candidates")
@@ -618,7 +631,7 @@ def _read_mlvu(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     stem = Path(path).stem
 
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video")
+        v = _need_id(r, "video")
         ref = f"{part.name}#{i}"
         vid = ids.generic_id(v)
         if vid:
@@ -633,7 +646,7 @@ def _read_lvbench_clean(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     stem = Path(path).stem
 
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video")
+        v = _need_id(r, "video")
         ref = f"{part.name}#{i}"
         part.videos.append(BenchVideo("LVBench", stem, "lvbench", v, v, ref))
         part.texts += _text_items("LVBench", stem, ref, v, _need(r, "question"), _options(r, "candidates"), r.get("answer"))
@@ -643,7 +656,7 @@ def _read_lvbench_clean(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
 
 def _read_lvbench_meta(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        key = _need(r, "key")
+        key = _need_id(r, "key")
         qa = r.get("qa")
         if not isinstance(qa, list):
             raise BenchmarkFormatError("qa", f"expected a list of questions, got {_kind(qa)}")
@@ -680,7 +693,7 @@ def _read_videomme(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
 
 def _read_longvideobench(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video_id")
+        v = _need_id(r, "video_id")
         ref = _opt(r, "id") or f"{part.name}#{i}"
         task = _opt(r, "question_category")
         yt = ids.youtube_id(v)
@@ -710,8 +723,8 @@ def _read_charades_json(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
         if not isinstance(ts, list) or len(ts) != 2:
             raise BenchmarkFormatError("timestamp", f"expected [start, end], got {_kind(ts)}"
                                        + (f" of {len(ts)}" if isinstance(ts, list) else ""))
-        _seconds({"timestamp[0]": ts[0]}, "timestamp[0]"), _seconds({"timestamp[1]": ts[1]}, "timestamp[1]")
-        _charades_items(part, i, _need(r, "video"), _need(r, "caption"))
+        _seconds(ts[0], "timestamp[0]"), _seconds(ts[1], "timestamp[1]")
+        _charades_items(part, i, _need_id(r, "video"), _need(r, "caption"))
 
     return _each(BenchmarkFile(path, "charades-sta-json", "Charades-STA"), _listed(doc, rows), read)
 
@@ -721,6 +734,7 @@ def _read_charades_txt(path: str, doc: _Doc) -> BenchmarkFile:
         m = _CHARADES_LINE.match(ln)
         if m is None:
             raise BenchmarkFormatError("-", "not a Charades-STA line ('<id> <start> <end>##<query>')")
+        _seconds(m.group(2), "start"), _seconds(m.group(3), "end")
         _charades_items(part, i, m.group(1), _text(m.group(4).strip(), "query"))
 
     return _each(BenchmarkFile(path, "charades-sta-txt", "Charades-STA"), _listed(doc, doc.value), read, objects=False)
@@ -728,11 +742,11 @@ def _read_charades_txt(path: str, doc: _Doc) -> BenchmarkFile:
 
 def _read_egoschema_windows(path: str, obj: dict) -> BenchmarkFile:
     def read(part: BenchmarkFile, q_uid: str, w: dict) -> None:
-        raw = _need(w, "video_uid")
+        raw = _need_id(w, "video_uid")
         uid = ids.ego4d_uid(raw)
         if uid is None:
             raise BenchmarkFormatError("video_uid", f"not an Ego4D uid: {_shown(raw, 40)!r}")
-        s, e = _seconds(w, "starting_sec"), _seconds(w, "ending_sec")
+        s, e = _seconds(w.get("starting_sec"), "starting_sec"), _seconds(w.get("ending_sec"), "ending_sec")
         if e < s:
             raise BenchmarkFormatError("ending_sec", f"before starting_sec ({e} < {s})")
         part.videos.append(BenchVideo("EgoSchema", "", ids.EGO4D, uid, raw, q_uid, s, e))
@@ -742,7 +756,7 @@ def _read_egoschema_windows(path: str, obj: dict) -> BenchmarkFile:
 
 def _read_egoschema_questions(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        q_uid = _need(r, "q_uid")
+        q_uid = _need_id(r, "q_uid")
         opts = [o for k in sorted(r) if k.startswith("option") and r[k] for o in [_option(r[k], k)] if o is not None]
         part.texts += _text_items("EgoSchema", "", q_uid, q_uid, _need(r, "question"), opts)
 
@@ -751,10 +765,12 @@ def _read_egoschema_questions(path: str, doc: _Doc, rows: list) -> BenchmarkFile
 
 def _read_ego4d_splits(path: str, obj: dict) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, v: dict) -> None:
-        raw = _need(v, "video_uid")
+        raw = _need_id(v, "video_uid")
         splits = [f"{k}={v[k]}" for k in ("split_em", "split_av", "split_fho") if v.get(k) in ("val", "test")]
         uid = ids.ego4d_uid(raw)
-        if splits and uid:
+        if uid is None:
+            raise BenchmarkFormatError("video_uid", f"not an Ego4D uid: {_shown(raw, 40)!r}")
+        if splits:
             part.videos.append(BenchVideo("Ego4D-val/test", ",".join(splits), ids.EGO4D, uid, raw, f"videos[{i}]"))
 
     videos = obj["videos"]
@@ -763,7 +779,7 @@ def _read_ego4d_splits(path: str, obj: dict) -> BenchmarkFile:
 
 def _read_perception_rows(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video_name")
+        v = _need_id(r, "video_name")
         ref = _opt(r, "question_id") or f"{part.name}#{i}"
         area = _opt(r, "area")
         vid = ids.generic_id(v)
@@ -776,14 +792,14 @@ def _read_perception_rows(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
 
 def _read_perception_original(path: str, obj: dict) -> BenchmarkFile:
     def read(part: BenchmarkFile, vkey: str, rec: dict) -> None:
-        meta = rec.get("metadata") or {}
+        meta = {} if rec.get("metadata") is None else rec["metadata"]
         if not isinstance(meta, dict):
             raise BenchmarkFormatError("metadata", f"expected an object, got {_kind(meta)}")
         v = _opt(meta, "video_id") or vkey
         part.videos.append(BenchVideo("PerceptionTest", "", "perception_test", v, v, v))
-        mcq = rec.get("mc_question") or []
+        mcq = rec.get("mc_question")
         if not isinstance(mcq, list):
-            raise BenchmarkFormatError("mc_question", f"expected a list of questions, got {_kind(mcq)}")
+            raise BenchmarkFormatError("mc_question", "missing" if mcq is None else f"expected a list of questions, got {_kind(mcq)}")
         for j, q in enumerate(mcq):
             if not isinstance(q, dict):
                 raise BenchmarkFormatError(f"mc_question[{j}]", f"expected an object, got {_kind(q)}")
@@ -796,16 +812,17 @@ def _read_perception_original(path: str, obj: dict) -> BenchmarkFile:
 
 def _read_perception_ids(path: str, doc: _Doc) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: list) -> None:
-        for c in r:
-            if _PT_ID.match(c.strip()):
-                part.videos.append(BenchVideo("PerceptionTest", "mc", "perception_test", c.strip(), c.strip(), f"{part.name}#{i}"))
+        c = _text(r[0], "id").strip() if len(r) == 1 else ""
+        if not _PT_ID.match(c):
+            raise BenchmarkFormatError("-", "expected one video_NNNN id")
+        part.videos.append(BenchVideo("PerceptionTest", "mc", "perception_test", c, c, f"{part.name}#{i}"))
 
     return _each(BenchmarkFile(path, "perception-test-id-list", "PerceptionTest"), _listed(doc, doc.value), read, objects=False)
 
 
 def _read_nextqa(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video").strip()
+        v = _need_id(r, "video").strip()
         qid = _opt(r, "qid")
         ref = f"{v}_{qid}" if qid else f"{part.name}#{i}"
         task = _opt(r, "type")
@@ -830,7 +847,7 @@ def _read_nextqa_map(path: str, obj: dict) -> BenchmarkFile:
 
 def _read_anetqa_q(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
     def read(part: BenchmarkFile, i: int, r: dict) -> None:
-        v = _need(r, "video_name")
+        v = _need_id(r, "video_name")
         ref = _opt(r, "question_id") or f"{part.name}#{i}"
         yt = ids.youtube_id(v) or ids.youtube_id("v_" + v)
         if yt:
@@ -893,9 +910,9 @@ def _recognise(path: str, doc: _Doc) -> Callable[[], BenchmarkFile] | str:
     kind, content = doc.kind, doc.value
     if kind == "lines":
         return lambda: _read_charades_txt(path, doc)
-    if kind == "csv" and all(isinstance(r, _Unusable) or len(r) == 1 for r in content):  # a bare id list, no header
-        cells = [r[0].strip() for r in content if isinstance(r, list) and r[0].strip()]
-        if cells and sum(bool(_PT_ID.match(c)) for c in cells[1:]) * 2 >= len(cells[1:]) and any(_PT_ID.match(c) for c in cells):
+    if kind == "csv" and sum(isinstance(r, list) and len(r) == 1 for r in content) * 2 >= len(content):  # a bare id list
+        cells = [r[0].strip() for r in content if isinstance(r, list) and len(r) == 1]
+        if sum(bool(_PT_ID.match(c)) for c in cells) * 2 >= len(content):
             if "perception" in low or "mc_question" in low:
                 return lambda: _read_perception_ids(path, doc)
             return "csv of video_NNNN ids, but the path does not say which dataset (Perception Test? CLEVRER?)"
@@ -903,13 +920,17 @@ def _recognise(path: str, doc: _Doc) -> Callable[[], BenchmarkFile] | str:
         doc = _Doc("jsonl", [content])  # a one-line JSONL file
         kind, content = doc.kind, doc.value
     rows = _dict_rows(doc)
+    if rows and kind == "csv":
+        doc = _Doc("csv", rows, doc.lines[1:])  # the records follow the header
     if rows:
         objs = [r for r in rows[:_RECOGNISE_RECORDS * 4] if isinstance(r, dict)][:_RECOGNISE_RECORDS]
         votes = Counter(f for f in map(_record_format, objs) if f is not None)
         if votes:
             reader = votes.most_common(1)[0][0]
             return lambda: reader(path, doc, rows)
-        return f"records with keys {sorted(map(str, objs[0]))[:12]} match no known benchmark format"
+        if not objs:
+            return "csv rows do not match their header" if kind == "csv" else "no record is an object"
+        return f"records with keys {[_shown(str(k), 40) for k in sorted(map(str, objs[0]))[:12]]} match no known benchmark format"
     if kind == "json" and isinstance(content, dict) and content:
         videos = content.get("videos")
         if isinstance(videos, list) and any(isinstance(v, dict) and "video_uid" in v for v in videos[:_RECOGNISE_RECORDS]):
@@ -919,7 +940,7 @@ def _recognise(path: str, doc: _Doc) -> Callable[[], BenchmarkFile] | str:
             return lambda: _read_egoschema_windows(path, content)
         if any(isinstance(v, dict) and "mc_question" in v for v in vals):
             return lambda: _read_perception_original(path, content)
-        if sum(isinstance(v, str) and bool(_VIDOR.match(v)) for v in vals) * 2 > len(vals):
+        if sum(isinstance(v, str) and bool(_VIDOR.match(v)) for v in vals) * 2 >= len(vals):
             return lambda: _read_nextqa_map(path, content)
         return f"json object with keys like {[_shown(str(k), 40) for k in list(content)[:5]]} matches no known benchmark format"
     if kind == "csv":
