@@ -119,9 +119,9 @@ def format_chat(
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"format_chat: label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
-    turns = _check_turns(conversations)
     if label_mode == "plain":
-        return format_plain(turns, tokenizer)
+        return format_plain(conversations, tokenizer)
+    turns = _check_turns(conversations)
     reference = label_mode in ("qwen_2", "llava")
     if reference and turns and turns[0][0] != "human":
         turns = turns[1:]  # preprocess_qwen drops a leading non-human turn
