@@ -384,7 +384,10 @@ def _elements(s: str, pos: int, depth: int) -> tuple[Any, int | None]:
 
     def broken(i: int, why: str) -> tuple[Any, None]:
         at = f" at line {s.count(chr(10), 0, i) + 1}" if "\n" in s else ""
-        why = "the JSON ends early (a truncated file?)" if i >= len(s) else f"broken JSON{at}: {why}"
+        if i >= len(s) or _skip_value(s, pos) is None:
+            why = f"the JSON ends early or its brackets do not balance{at} (a truncated file?)"
+        else:
+            why = f"broken JSON{at}: {why}"
         if close == "]":
             out.append(_Unusable(why))
         else:
