@@ -9,13 +9,10 @@ Writes leakage.parquet, duplicates.parquet, drop_list.txt (read by training), su
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from longvid.jobs.config import ConfigError, load_config, read_yaml
-from longvid.manifests.audit.benchmarks import BenchmarkFormatError
-from longvid.manifests.audit.core import AuditConfig
-from longvid.manifests.readers import ManifestError
+from longvid.pipelines.settings import show
 
 _FLAGS = {  # flag -> (AuditConfig field, type, help)
     "--ngram": ("ngram", int, "n of text n-grams (13)"),
@@ -40,7 +37,8 @@ def register(sub) -> None:
                    help="job directories (or manifests/ dirs, parquet parts, folders of jobs), local or s3://")
     p.add_argument("--benchmarks", action="extend", nargs="+", required=True, metavar="PATH",
                    help="benchmark annotation files or folders (formats recognised by content)")
-    p.add_argument("--out", required=True, metavar="REPORT_DIR")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR",
+                   help="report folder: leakage.parquet, duplicates.parquet, drop_list.txt, summary.json, report.html")
     p.add_argument("--benchmark-videos", metavar="DIR", help="benchmark video files, for frame-hash matching")
     p.add_argument("--config", help="YAML with the settings below (underscored names); flags override it")
     for flag, (_, tp, hlp) in _FLAGS.items():
@@ -57,11 +55,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> AuditConfig:
+def config_from_args(args: argparse.Namespace):
+    from longvid.manifests.audit.core import AuditConfig
+
     file_values = read_yaml(args.config) if args.config else {}
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
     overrides["drop_near_duplicates"] = args.drop_near_duplicates
-    ns = dict(file_values.pop("namespaces", None) or {})
+    ns = file_values.pop("namespaces", None) or {}
+    if not isinstance(ns, dict):
+        raise ConfigError(f"{args.config}: namespaces: expected a mapping of source: namespace, got {show(ns)}")
+    ns = dict(ns)
     for item in args.namespace:
         if "=" not in item or not item.split("=", 1)[0] or not item.split("=", 1)[1]:
             raise ConfigError(f"--namespace: expected SOURCE=NAMESPACE, got {item!r}")
@@ -77,10 +80,18 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longvid.jobs import preflight
+    from longvid.manifests.audit.benchmarks import BenchmarkFormatError
+    from longvid.manifests.readers import ManifestError
     from longvid.pipelines.audit import audit, s3_filesystem
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_args(args)
+    preflight.use_s3(args.s3_endpoint_url or "", args.s3_profile or "", args.s3_region or "")
+    preflight.readable("manifests", args.manifests)
+    preflight.readable("benchmarks", args.benchmarks)
+    if args.benchmark_videos:
+        preflight.readable("benchmark_videos", args.benchmark_videos, folder=True)
+    preflight.writable("out", args.out)
     s3 = None
     if any(m.startswith("s3://") for m in args.manifests):
         s3 = s3_filesystem(args.s3_endpoint_url, args.s3_region, args.s3_profile)

@@ -1,31 +1,95 @@
 """Configuration validated at the edge: YAML job files merged with command-line flags.
 
-Every job has one frozen dataclass of settings. `load_config` takes the YAML mapping (if any), overrides it
-with the flags the user actually gave, checks types and choices, and raises ConfigError naming the field.
+Every job has one dataclass of settings whose fields declare their constraints (pipelines/settings.py).
+`load_config` takes the YAML mapping (if any), overrides it with the flags the user actually gave, converts
+flag and YAML spellings to the annotated types, checks every field's declared constraints, then runs the class's
+`validate()` for the rules that tie fields together. Any mistake is one ConfigError naming the file and field,
+which the CLI prints as one line and exit status 2, before any work starts.
+
+`read_yaml` reads a job file with a loader that refuses what a job file never needs and an attacker would use: a
+file bigger than MAX_YAML_BYTES, anchors and aliases (a "billion laughs" file expands exponentially), explicit tags,
+nesting deeper than MAX_YAML_DEPTH and keys given twice.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from longvid.operators.errors import ConfigError
+from longvid.pipelines.settings import DTYPE_NAMES, TORCH_DTYPES, check_fields, field_types, show
 
 __all__ = ["ConfigError", "load_config", "read_yaml"]
 
+MAX_YAML_BYTES = 1 << 20  # the shipped recipes are a few kB
+MAX_YAML_DEPTH = 32  # mappings and lists nested deeper than this are refused
+
+
+class _Refused(Exception):
+    """A YAML construct a job file may not use."""
+
+
+class _JobFileLoader(yaml.SafeLoader):
+    """SafeLoader without anchors, aliases, tags, duplicate keys or deep nesting (see the module doc)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        ev = self.peek_event()
+        line = ev.start_mark.line + 1
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+            raise _Refused(f"line {line}: YAML anchors and aliases (&name, *name) are not allowed in a job file")
+        if getattr(ev, "tag", None) is not None:
+            raise _Refused(f"line {line}: YAML tags ({show(ev.tag)}) are not allowed in a job file")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise _Refused(f"line {key.start_mark.line + 1}: key {show(key.value)} is given twice")
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML job file; ConfigError naming the file for anything else (see the module doc)."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        with open(p, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: config file larger than {MAX_YAML_BYTES >> 10} kB; a job file is a few kB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_JobFileLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, a bad date
+        raise ConfigError(f"{p}: a value cannot be read: {show(str(e), 120)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -33,99 +97,97 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """A flag's or YAML file's spelling -> the annotated type, where one is meant (the string "12" for an int,
+    "a,b" for a list). Anything else is returned as it is: `check_fields` then names what is wrong with it."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errs = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(name, value, a, where)
-            except ConfigError as e:
-                errs.append(str(e))
-        raise ConfigError(errs[0] if errs else f"{where}{name}: bad value {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}{name}: must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin in (list, tuple):
+        if value is None:
+            return value
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0]) if len(inner) == 1 else value
+    if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}{name}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        items = [_coerce(f"{name}[{i}]", v, inner, where) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}{name}: expected a mapping, got {value!r}")
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else Any
+            items = [_coerce(v, inner) for v in value]
+            return tuple(items) if origin is tuple else items
         return value
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
+    if isinstance(value, str) and value.isascii():  # "١٢" is no number here, though int() would take it
+        s = value.strip()
+        if tp is bool and s.lower() in _TRUE + _FALSE:
+            return s.lower() in _TRUE
+        try:
+            if tp is int:
+                return int(s)
+            if tp is float:
+                return float(s)
+        except ValueError:  # not a number, or an integer of more than 4300 digits
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}{name}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{where}{name}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where}{name}: expected an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}{name}: expected a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}{name}: expected a string, got {value!r}")
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
 
 
-def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, source: str = "") -> Any:
-    """Build `cls` (a dataclass) from YAML values overridden by flags (None in overrides = not given).
+def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                source: str = "") -> Any:
+    """Build `cls` (a settings dataclass) from YAML values overridden by flags (None in overrides = not given).
 
-    Unknown keys and bad values raise ConfigError naming the field; then `cls.validate()` runs if defined.
+    Unknown keys and bad values raise ConfigError naming the field (and `source`, the file); then the declared
+    constraints of every field are checked (pipelines/settings.py) and `cls.validate()` runs if defined.
     """
     where = f"{source}: " if source else ""
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for k, v in (file_values or {}).items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}{show(k)}: a field name must be a string")
         kk = k.replace("-", "_")
         if kk not in fields:
-            raise ConfigError(f"{where}{k}: unknown field (known: {', '.join(sorted(fields))})")
+            shown = k if len(k) <= 40 and k.isprintable() else show(k, 40)
+            raise ConfigError(f"{where}{shown}: unknown field (known: {', '.join(sorted(fields))})")
         merged[kk] = v
-    for k, v in (overrides or {}).items():
-        if v is not None and k in fields:
-            merged[k] = v
+    flags = {k for k, v in (overrides or {}).items() if v is not None and k in fields}
+    for k in flags:
+        merged[k] = overrides[k]  # type: ignore[index]
     values = {}
     for name, f in fields.items():
         if name in merged:
-            values[name] = _coerce(name, merged[name], hints[name], where)
+            values[name] = _coerce(merged[name], hints[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise ConfigError(f"{where}{name}: required field is missing")
     cfg = cls(**values)
-    if hasattr(cfg, "validate"):
-        try:
+    try:
+        check_fields(cfg)
+        if hasattr(cfg, "validate"):
             cfg.validate()
-        except ConfigError as e:
-            raise ConfigError(f"{where}{e}") from None
+    except ConfigError as e:
+        field = str(e).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+        raise ConfigError(f"{'' if field in flags else where}{e}") from None  # a flag's value: not the file's
     return cfg
 
 
 # ---------------------------------------------------------------------------------------------------- CLI glue
+
+
+# model/config.py's preset names, for help texts: importing model/config.py imports torch, which --help must not
+# (tests/test_cli.py keeps the two equal).
+MODEL_PRESETS = ("tiny", "videochat-flash-7b", "videochat-flash-2b")
+
+
+def dtype_help(what: str, names: tuple[str, ...] = DTYPE_NAMES) -> str:
+    """Help of a --dtype flag: the one spelling of every command, with the torch names as aliases."""
+    return f"{what}: {' | '.join(names)} (or the torch names {', '.join(TORCH_DTYPES[n] for n in names)})"
+
+
+def job_log(job: str) -> Callable[[str], None]:
+    """The `log` of a job's progress lines: the `longvid.<job>` logger at info level (see `--log-level`)."""
+    return logging.getLogger(f"longvid.{job}").info
 
 
 def add_cluster_arguments(p) -> None:
@@ -142,7 +204,7 @@ def config_from_args(cls: type, args: Any) -> Any:
     """`cls` from `--config FILE` (if given) overridden by the flags the user gave (argparse leaves others None)."""
     path = getattr(args, "config", None)
     file_values = read_yaml(path) if path else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "log_level")}
     return load_config(cls, file_values, overrides, source=path or "")
 
 

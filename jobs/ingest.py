@@ -1,24 +1,25 @@
 """`longvid ingest`: one source dataset's metadata + videos -> WebDataset shards + Parquet manifests, on Ray.
 
     longvid ingest --source webvid --metadata results_2M_val.csv --videos /data/webvid/videos --out /data/corpus/webvid
-    longvid ingest --config jobs/configs/webvid.yaml --limit 1000        # flags override the file
+    longvid ingest --config jobs/configs/ingest-webvid.yaml --limit 1000     # flags override the file
     python -m longvid ingest ...                                             # the same, without the console script
+
+Shipped job files: jobs/configs/ingest-{ego4d,hdvila,howto100m,miradata,webvid}.yaml. Before any work the metadata
+files and the video root must be readable and --out writable (exit 2 naming the setting otherwise).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from longvid.jobs.config import add_cluster_arguments, config_from_args, module_main
+from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, module_main
 from longvid.operators.sample import PROFILES
-from longvid.pipelines.ingest import IngestConfig, run_ingest
-
-SOURCES = ("ego4d", "howto100m", "hdvila", "miradata", "webvid")
+from longvid.operators.sources import available
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
-    p.add_argument("--source", help=f"source dataset: {', '.join(SOURCES)}")
+    p.add_argument("--source", help=f"source dataset: {', '.join(available())}")
     p.add_argument("--metadata", action="append", help="metadata file (local or s3://); repeat for several")
     p.add_argument("--videos", help="folder or s3://bucket/prefix holding the videos in the source's own layout")
     p.add_argument("--out", help="output folder or s3://bucket/prefix")
@@ -32,19 +33,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-time-msg", action="store_true", default=None,
                    help="use the timestamp message that lists every frame time")
     p.add_argument("--decode-timeout-s", type=float, help="per-video limit before the decoder is killed (600)")
-    p.add_argument("--resize", choices=["torch", "pil"],
+    p.add_argument("--resize",
                    help="frame resize: torch (default; antialiased bicubic, much faster at 1080p) or pil (exactly "
                         "the UMT preprocessor's PIL bicubic)")
     p.add_argument("--max-in-flight", type=int, help="work units queued or running at once (default 2x CPUs)")
     p.add_argument("--decoder-threads", type=int,
                    help="FFmpeg threads per decoder (default 1: every CPU already runs a unit; 0: FFmpeg decides)")
+    p.add_argument("--decoder-memory-mb", type=int,
+                   help="address-space cap of each decoder process in MB (default 4096; 0: none)")
     add_cluster_arguments(p)
 
 
-
 def run(args: argparse.Namespace) -> int:
+    from longvid.jobs import preflight
+    from longvid.pipelines.ingest import IngestConfig, run_ingest
+
     cfg = config_from_args(IngestConfig, args)
-    summary = run_ingest(cfg)
+    preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
+    preflight.readable("metadata", cfg.metadata)
+    preflight.readable("videos", cfg.videos, folder=True)
+    preflight.writable("out", cfg.out)
+    summary = run_ingest(cfg, log=job_log("ingest"))
     return 0 if summary["complete"] else 1
 
 

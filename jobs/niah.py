@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from longvid.jobs.config import load_config, module_main, read_yaml
-from longvid.pipelines.niah_build import NiahBuildConfig, run_niah_build
-from longvid.pipelines.niah_eval import NiahEvalConfig, run_niah_eval
+from longvid.jobs.config import MODEL_PRESETS, dtype_help, job_log, load_config, module_main, read_yaml
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,14 +29,15 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", help="haystack lengths in frames, comma-separated (default 1000,2000,...,10000)")
     p.add_argument("--depths", help="single-hop needle depths in [0, 1], comma-separated (default 0,0.2,...,1.0)")
     p.add_argument("--multi-hop", action="store_true", default=None, help="the spec is multi-hop (images chains)")
-    p.add_argument("--model", help="model preset of the encoder: tiny, videochat-flash-7b (default), videochat-flash-2b")
+    p.add_argument("--model", help=f"model preset of the encoder: {' | '.join(MODEL_PRESETS)} "
+                                   "(default videochat-flash-7b)")
     p.add_argument("--img-size", type=int, help="encoder input size (default: the preset's)")
     p.add_argument("--encoder", help="encoder weights: UMT-L_f4_vision.pt or a VideoChat-Flash checkpoint "
                                      "(required except with --model tiny, which may use random weights)")
     p.add_argument("--seed", type=int, help="seed of random encoder weights (tiny only)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--clips-per-pass", type=int, help="4-frame clips per encoder pass (default 8)")
-    p.add_argument("--dtype", choices=["float16", "float32"], help="stored token dtype (default float16)")
+    p.add_argument("--dtype", help=dtype_help("stored token dtype (default fp16)", ("fp16", "fp32")))
     p.add_argument("--limit-items", type=int, help="only the first N spec items")
     p.add_argument("--threads", type=int, help="torch CPU threads while encoding (default: torch's)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
@@ -50,7 +49,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="VideoChat-Flash (LLaVA-style) checkpoint file/folder, a `longvid train` "
                                         "stage model.safetensors, or random:SEED (untrained, for demos)")
     p.add_argument("--out", help="results folder (default <set>/eval)")
-    p.add_argument("--model", help="model preset (default: the preset that built the set)")
+    p.add_argument("--model", help=f"model preset: {' | '.join(MODEL_PRESETS)} (default: the preset that built "
+                                   "the set)")
     p.add_argument("--tokenizer", help="tokenizer folder, or 'test' (tiny model); default: the checkpoint folder")
     p.add_argument("--visual-dropout", help="off (default), released, or MODE[:LAYERS[:RATIOS]], "
                                             "e.g. uniform0_attention:4,18:1,0.75,0.25")
@@ -68,17 +68,36 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(cls, args: argparse.Namespace):
     file_values = read_yaml(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "niah_command")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "func", "command", "niah_command", "log_level")}
     return load_config(cls, file_values, overrides, source=args.config or "")
 
 
 def run_build(args: argparse.Namespace) -> int:
-    summary = run_niah_build(_config(NiahBuildConfig, args))
+    from longvid.jobs import preflight
+    from longvid.pipelines.niah_build import NiahBuildConfig, run_niah_build
+
+    cfg = _config(NiahBuildConfig, args)
+    preflight.readable("haystack", cfg.haystack)
+    preflight.readable("needles", cfg.needles)
+    preflight.readable("images", cfg.images, folder=True)
+    if cfg.encoder:
+        preflight.readable("encoder", cfg.encoder)
+    preflight.writable("out", cfg.out)
+    summary = run_niah_build(cfg, log=job_log("niah"))
     return 0 if summary["inputs"] else 1
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    summary = run_niah_eval(_config(NiahEvalConfig, args))
+    from longvid.jobs import preflight
+    from longvid.pipelines.niah_eval import NiahEvalConfig, run_niah_eval
+
+    cfg = _config(NiahEvalConfig, args)
+    if cfg.tokenizer and cfg.tokenizer != "test":
+        preflight.readable("tokenizer", cfg.tokenizer, folder=True)
+    if cfg.out:
+        preflight.writable("out", cfg.out)
+    summary = run_niah_eval(cfg, log=job_log("niah"))
     print(f"heat map: {summary['heatmap']}")
     return 0
 

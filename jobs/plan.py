@@ -12,29 +12,37 @@ pipelines/plan.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from longvid.jobs.config import config_from_args, module_main
-from longvid.pipelines.plan import GPUS, PlanConfig, run_plan
+from longvid.jobs.config import MODEL_PRESETS, ConfigError, config_from_args, module_main
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from longvid.model.config import PRESETS
-
     p.add_argument("--config", help="YAML file (fields as the long flags, with underscores); flags override it")
     p.add_argument("--manifests", help="an ingest or encode job dir (or a folder of them, or s3://...)")
     p.add_argument("--frames", type=int, help="frames per video for the inference table (10000)")
     p.add_argument("--resolution", type=int, choices=[224, 448], help="frame side (default: the manifests')")
-    p.add_argument("--gpu", choices=list(GPUS), help="GPU for the hours (H100)")
-    p.add_argument("--model", choices=list(PRESETS), help="one model preset (default: both released models)")
-    p.add_argument("--mfu", type=float, help=f"assumed model FLOPs utilisation (default {PlanConfig.mfu})")
+    p.add_argument("--gpu", help="GPU for the hours (default H100; A100, H200, B200, L40S, L4 and A10 are known)")
+    p.add_argument("--model", help=f"one model preset: {' | '.join(MODEL_PRESETS)} (default: both released models)")
+    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, in (0, 1] (default 0.4)")
     p.add_argument("--text-tokens", type=int, help="text tokens added to the prompt (0)")
     p.add_argument("--json", help="also write every number to this JSON file")
 
 
 
 def run(args: argparse.Namespace) -> int:
-    run_plan(config_from_args(PlanConfig, args))
+    from longvid.jobs import preflight
+    from longvid.pipelines.plan import PlanConfig, run_plan
+
+    cfg = config_from_args(PlanConfig, args)
+    if cfg.manifests:
+        preflight.readable("manifests", cfg.manifests)
+    if cfg.json:
+        if os.path.isdir(cfg.json):
+            raise ConfigError(f"json: {cfg.json}: is a folder; give a file name")
+        preflight.writable("json", os.path.dirname(os.path.abspath(cfg.json)))
+    run_plan(cfg)
     return 0
 
 

@@ -8,6 +8,7 @@
 The recipe lists stages in order; each names its data (shard globs with weights and LLaVA sampling
 strategies), frame bounds, max_len, learning rates, trainable parts and steps or epochs. Flags override the
 recipe's top-level fields. A recipe file's relative paths are taken from --data-root (default: the cwd).
+Shipped recipes: jobs/configs/train-tiny.yaml (`--config tiny`), jobs/configs/train-7b.yaml, jobs/configs/train-2b.yaml.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longvid.jobs.config import ConfigError, load_config, module_main, read_yaml
-from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig, run_train
+from longvid.jobs.config import ConfigError, job_log, load_config, module_main, read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -30,12 +30,15 @@ def find_recipe(name_or_path: str) -> Path:
     for cand in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"train-{name_or_path}.yaml", CONFIG_DIR / f"{name_or_path}.yaml"):
         if cand.is_file():
             return cand
-    raise ConfigError(f"{name_or_path}: recipe not found (a path, or one of "
+    raise ConfigError(f"config: {name_or_path}: recipe not found (a path, or one of "
                       f"{', '.join(sorted(q.stem[6:] for q in CONFIG_DIR.glob('train-*.yaml')))})")
 
 
-def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "") -> TrainConfig:
+def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
+    from longvid.pipelines.settings import show
+    from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig
+
     raw = dict(raw)
     where = f"{source}: " if source else ""
     stages_raw = raw.pop("stages", None)
@@ -59,14 +62,14 @@ def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             if isinstance(e.get("shards"), str):
                 e = {**e, "shards": [e["shards"]]}
             data.append(load_config(DataEntry, e, source=f"{at}.data[{j}]"))
-        stages.append(load_config(StageConfig, {**s, "data": data}, source=f"{at} ({s.get('name', '?')})"))
+        stages.append(load_config(StageConfig, {**s, "data": data}, source=f"{at} ({show(s.get('name', '?'), 40)})"))
     cfg = load_config(TrainConfig, {**raw, "stages": stages, "out": raw.get("out", "")}, overrides or {},
                       source=source)
     cfg.stages = stages
     return cfg
 
 
-def load_recipe(path: str | Path, **overrides: Any) -> TrainConfig:
+def load_recipe(path: str | Path, **overrides: Any):
     """Read a recipe file (or a shipped recipe name) with top-level overrides (None = not given)."""
     p = find_recipe(str(path))
     return parse_recipe(read_yaml(p), overrides, source=str(p))
@@ -84,24 +87,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--llm-path", help="local Qwen2 directory to start from")
     p.add_argument("--tokenizer", help="'test' or a local tokenizer directory")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the initial weights and the data order (recipe's, else 0)")
     p.add_argument("--max-failures", type=int, help="worker failures Ray Train recovers from (default 3)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--quiet", action="store_true", default=None)
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "exclude")}
+def config_from_args(args: argparse.Namespace):
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "exclude", "log_level")}
     cfg = load_recipe(args.config, **overrides)
     if args.exclude:
         cfg.exclude = list(cfg.exclude) + list(args.exclude)
+        cfg.validate()
     return cfg
 
 
+def _preflight(cfg) -> None:
+    """The run's folders and files exist (relative ones under --data-root) and --out can be written."""
+    from longvid.jobs import preflight
+
+    if cfg.data_root:
+        preflight.readable("data_root", cfg.data_root, folder=True)
+    for name in ("llm_path", "init_checkpoint", "encoder_checkpoint"):
+        if getattr(cfg, name):
+            preflight.readable(name, cfg.resolve(getattr(cfg, name)))
+    if cfg.tokenizer != "test":
+        preflight.readable("tokenizer", cfg.resolve(cfg.tokenizer), folder=True)
+    for i, p in enumerate(cfg.exclude):
+        preflight.readable(f"exclude[{i}]", cfg.resolve(p))
+    preflight.writable("out", cfg.out)
+
+
 def run(args: argparse.Namespace) -> int:
+    from longvid.pipelines.train import run_train
+
     cfg = config_from_args(args)
-    summary = run_train(cfg)
+    _preflight(cfg)
+    summary = run_train(cfg, log_fn=job_log("train"))
     return 0 if len(summary["stages"]) == len(cfg.stages) else 1
 
 

@@ -59,6 +59,7 @@ from longvid.operators.records import Failure
 from longvid.operators.write import MANIFESTS, UnitWriter, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, model_presets, setting
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
 TOKENS_PER_FRAME = 16
@@ -70,56 +71,35 @@ LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.encoder."
 
 @dataclass
 class EncodeConfig:
-    shards: str  # an ingest job's output folder (or s3://bucket/prefix): manifests/ + shards/
-    out: str
+    """The settings of one encode job; each field's constraints are declared here (pipelines/settings.py)."""
+
+    shards: str = setting(required=True)  # an ingest job's output folder (or s3://bucket/prefix): manifests/ + shards/
+    out: str = setting(required=True)
     checkpoint: str = ""  # UMT .pt or LLaVA-style safetensors dir (local or s3://); "" = random weights (tests)
-    model: str = "videochat-flash-7b"  # model.config preset: encoder sizes (tiny for tests)
-    resolution: int = 0  # 224 | 448; 0 = the resolution of the ingest frames
-    actors: int = 0  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor on CPU
-    gpus_per_actor: float = 1.0  # used only when the cluster has GPUs
-    cpus_per_actor: float = 1.0
-    batch_clips: int = 16  # 4-frame clips per encoder forward pass (across samples)
-    dtype: str = "bf16"  # bf16 | fp16 | fp32 (autocast on CUDA only; CPU computes in fp32)
-    shard_size_mb: float = 1024.0  # target size of a token tar part
-    limit_units: int = 0  # 0: every committed ingest unit; N: only the first N units (smoke runs)
+    model: str = setting("videochat-flash-7b", choices=model_presets)  # encoder sizes (tiny: tests)
+    resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the resolution of the ingest frames
+    actors: int = setting(0, ge=0)  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor
+    gpus_per_actor: float = setting(1.0, ge=0)  # used only when the cluster has GPUs
+    cpus_per_actor: float = setting(1.0, gt=0)
+    batch_clips: int = setting(16, ge=1, le=65536)  # 4-frame clips per encoder forward pass (across samples)
+    # bf16 | fp16 | fp32 (autocast on CUDA only; CPU computes in fp32); the torch names are aliases
+    dtype: str = setting("bf16", choices=DTYPE_NAMES, aliases=DTYPE_ALIASES)
+    shard_size_mb: float = setting(1024.0, gt=0, le=2**20)  # target size of a token tar part
+    limit_units: int = setting(0, ge=0)  # 0: every committed ingest unit; N: only the first N units (smoke runs)
     seed: int = 0  # random weights when there is no checkpoint: the same in every actor
     cache_dir: str = ""  # S3 checkpoints are downloaded here on each node (default ~/.cache/longvid/checkpoints)
     scratch_dir: str = ""  # local folder for samples of units not yet committed (default: system temp)
     ray_address: str = ""
-    num_cpus: int = 0  # embedded Ray only; 0: all cores
+    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
     s3_endpoint_url: str = ""
     s3_profile: str = ""
     s3_region: str = ""
     quiet: bool = False
 
     def validate(self) -> None:
-        from longvid.model.config import PRESETS
-
-        if not self.shards:
-            raise ConfigError("shards: the ingest output folder (or s3://bucket/prefix) is required")
-        if not self.out:
-            raise ConfigError("out: the output folder (or s3://bucket/prefix) is required")
+        check_fields(self)
         if storage.join(self.shards, "") == storage.join(self.out, ""):
             raise ConfigError("out: must differ from shards (the ingest output is read, never written)")
-        if self.model not in PRESETS:
-            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
-        if self.resolution not in (0, 224, 448):
-            raise ConfigError(f"resolution: must be 224 or 448 (0: from the ingest frames), got {self.resolution}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.actors < 0:
-            raise ConfigError(f"actors: must be >= 0, got {self.actors}")
-        if not self.gpus_per_actor >= 0:
-            raise ConfigError(f"gpus_per_actor: must be >= 0, got {self.gpus_per_actor}")
-        if not self.cpus_per_actor > 0:
-            raise ConfigError(f"cpus_per_actor: must be positive, got {self.cpus_per_actor}")
-        if self.batch_clips < 1:
-            raise ConfigError(f"batch_clips: must be >= 1, got {self.batch_clips}")
-        if not self.shard_size_mb > 0:
-            raise ConfigError(f"shard_size_mb: must be positive, got {self.shard_size_mb}")
-        for name in ("limit_units", "num_cpus"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
     @property
     def store_dtype(self) -> str:

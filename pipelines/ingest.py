@@ -30,6 +30,7 @@ from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.settings import check_fields, setting
 
 # Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
 # fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.
@@ -71,57 +72,41 @@ class UnitSchedule:
 
 @dataclass
 class IngestConfig:
-    source: str
-    metadata: list[str]
-    videos: str
-    out: str
-    profile: str = "long"
-    shard_size_mb: float = 1024.0
-    records_per_unit: int = 0  # 0: the ramp schedule (UnitSchedule); N: every unit has N rows
-    limit: int = 0  # 0: all input rows
-    backend: str = "pyav"
-    decode_mode: str = "auto"
-    crf: int = 27
-    resize: str = "torch"  # torch: antialiased bicubic, 1-2/255 off the exact PIL resize on ~0.1% of values; pil: exact
+    """The settings of one ingest job; each field's constraints are declared here (pipelines/settings.py)."""
+
+    source: str = setting(choices=available)
+    metadata: list[str] = setting(required=True)
+    videos: str = setting(required=True)  # folder or s3://bucket/prefix of the videos
+    out: str = setting(required=True)  # folder or s3://bucket/prefix
+    profile: str = setting("long", choices=PROFILES)
+    shard_size_mb: float = setting(1024.0, gt=0, le=2**20)
+    records_per_unit: int = setting(0, ge=0)  # 0: the ramp schedule (UnitSchedule); N: every unit has N rows
+    limit: int = setting(0, ge=0)  # 0: all input rows
+    backend: str = setting("pyav", choices=("pyav", "decord"))
+    decode_mode: str = setting("auto", choices=("auto", "keyframe"))
+    crf: int = setting(27, ge=0, le=51)
+    # torch: antialiased bicubic, 1-2/255 off the exact PIL resize on ~0.1% of values; pil: exact
+    resize: str = setting("torch", choices=RESIZE_METHODS)
     long_time_msg: bool = False
-    decode_timeout_s: float = 600.0
-    decoder_memory_mb: int = 4096
-    max_in_flight: int = 0  # 0: twice the cluster's CPUs
-    decoder_threads: int = DECODER_THREADS  # FFmpeg threads per decoder; 0: FFmpeg decides (one per core)
-    num_cpus: int = 0  # embedded Ray only; 0: all cores
+    decode_timeout_s: float = setting(600.0, gt=0, le=7 * 86400)
+    decoder_memory_mb: int = setting(4096, ge=0, le=2**30)  # address-space cap of a decoder process; 0: none
+    max_in_flight: int = setting(0, ge=0)  # 0: twice the cluster's CPUs
+    decoder_threads: int = setting(DECODER_THREADS, ge=0, le=1024)  # FFmpeg threads per decoder; 0: FFmpeg's choice
+    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
     ray_address: str = ""
     s3_endpoint_url: str = ""
     s3_profile: str = ""
     s3_region: str = ""
-    source_options: dict = field(default_factory=dict)
+    source_options: dict[str, Any] = field(default_factory=dict)  # checked by the source's adapter
     quiet: bool = False
 
     def validate(self) -> None:
-        if self.source not in available():
-            raise ConfigError(f"source: unknown source {self.source!r}; choose one of {', '.join(available())}")
-        if not self.metadata:
-            raise ConfigError("metadata: at least one metadata file is required")
-        if not self.videos:
-            raise ConfigError("videos: the video root (folder or s3://bucket/prefix) is required")
-        if not self.out:
-            raise ConfigError("out: the output folder (or s3://bucket/prefix) is required")
-        if self.profile not in PROFILES:
-            raise ConfigError(f"profile: must be one of {', '.join(PROFILES)}; got {self.profile!r}")
-        if not self.shard_size_mb > 0:
-            raise ConfigError(f"shard_size_mb: must be positive, got {self.shard_size_mb}")
-        for name in ("records_per_unit", "limit", "max_in_flight", "num_cpus", "decoder_threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.backend not in ("pyav", "decord"):
-            raise ConfigError(f"backend: must be pyav or decord, got {self.backend!r}")
-        if self.decode_mode not in ("auto", "keyframe"):
-            raise ConfigError(f"decode_mode: must be auto or keyframe, got {self.decode_mode!r}")
-        if not 0 <= self.crf <= 51:
-            raise ConfigError(f"crf: must be in [0, 51], got {self.crf}")
-        if self.resize not in RESIZE_METHODS:
-            raise ConfigError(f"resize: must be one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
-        if not self.decode_timeout_s > 0:
-            raise ConfigError(f"decode_timeout_s: must be positive, got {self.decode_timeout_s}")
+        check_fields(self)
+        try:  # the adapter knows its options: ConfigError naming source_options.<name>
+            get_adapter(self.source).check_options(dict(self.source_options))
+        except ValueError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("source_options") else f"source_options: {msg}") from None
 
     def unit_size(self) -> int:
         """The largest unit: --records-per-unit, else the rows that fill about one shard (8..4096)."""

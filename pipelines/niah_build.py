@@ -46,55 +46,46 @@ from longvid.operators import niah, storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.niah import SpecError
 from longvid.pipelines.outputs import versions
+from longvid.pipelines.settings import TORCH_DTYPES, check_fields, model_presets, setting, show
 
 DTYPES = ("float16", "float32")
 
 
 @dataclass
 class NiahBuildConfig:
-    haystack: str  # ingest job folder / shards folder / one .tar / a video file
-    needles: str  # spec JSON (released format)
-    images: str  # folder of needle images named as the spec's image fields
-    out: str
-    frames: list[int] = field(default_factory=lambda: list(niah.DEFAULT_LENGTHS))
-    depths: list[float] = field(default_factory=lambda: list(niah.DEFAULT_DEPTHS))
+    """The settings of `longvid niah build`; each field's constraints are declared here (pipelines/settings.py)."""
+
+    haystack: str = setting(required=True)  # ingest job folder / shards folder / one .tar / a video file
+    needles: str = setting(required=True)  # spec JSON (released format)
+    images: str = setting(required=True)  # folder of needle images named as the spec's image fields
+    out: str = setting(required=True)
+    frames: list[int] = setting(default_factory=lambda: list(niah.DEFAULT_LENGTHS), ge=1, le=10_000_000)
+    depths: list[float] = setting(default_factory=lambda: list(niah.DEFAULT_DEPTHS), ge=0, le=1)
     multi_hop: bool = False
-    model: str = "videochat-flash-7b"  # model preset whose encoder makes the tokens
-    img_size: int = 0  # 0: the preset's
+    model: str = setting("videochat-flash-7b", choices=model_presets)  # model preset whose encoder makes the tokens
+    img_size: int = setting(0, ge=0, le=4096)  # 0: the preset's
     encoder: str = ""  # UMT .pt or VideoChat-Flash checkpoint; "" = random weights (tiny preset only)
-    seed: int = 0  # random encoder weights
+    seed: int = setting(0, ge=0)  # random encoder weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    clips_per_pass: int = 8
-    dtype: str = "float16"
-    limit_items: int = 0  # only the first N spec items (0: all)
-    threads: int = 0  # torch CPU threads while encoding (0: torch's default)
+    clips_per_pass: int = setting(8, ge=1, le=65536)
+    # the stored token dtype, spelled as every --dtype (fp16 | fp32); kept as its numpy name
+    dtype: str = setting("float16", choices=DTYPES, aliases={n: TORCH_DTYPES[n] for n in ("fp16", "fp32")})
+    limit_items: int = setting(0, ge=0)  # only the first N spec items (0: all)
+    threads: int = setting(0, ge=0, le=4096)  # torch CPU threads while encoding (0: torch's default)
     quiet: bool = False
 
     def validate(self) -> None:
-        for name in ("haystack", "needles", "images", "out"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name}: required")
+        check_fields(self)
         if storage.is_s3(self.out):
             raise ConfigError(f"out: {self.out}: a NIAH set is written to a local folder (the eval memory-maps it)")
         self.frames = niah.check_lengths(self.frames)
         self.depths = niah.check_depths(self.depths)
-        from longvid.model.config import PRESETS
-
-        if self.model not in PRESETS:
-            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
         if not self.encoder and self.model != "tiny":
             raise ConfigError(f"encoder: give the encoder weights for preset {self.model!r} (UMT-L_f4_vision.pt or a "
                               "VideoChat-Flash checkpoint); random weights are only allowed with --model tiny")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.clips_per_pass < 1:
-            raise ConfigError(f"clips_per_pass: must be >= 1, got {self.clips_per_pass}")
-        if self.limit_items < 0:
-            raise ConfigError(f"limit_items: must be >= 0, got {self.limit_items}")
-        if self.threads < 0:
-            raise ConfigError(f"threads: must be >= 0, got {self.threads}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
+        n = self.device[5:] if self.device.startswith("cuda:") else "0"
+        if not (self.device in ("auto", "cpu", "cuda") or n.isascii() and n.isdigit() and len(n) <= 4):
+            raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {show(self.device)}")
 
 
 # --------------------------------------------------------------------------------------------------------------

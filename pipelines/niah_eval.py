@@ -44,41 +44,37 @@ from longvid.operators import niah
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.outputs import versions
 from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.settings import check_fields, model_presets, setting
 
 
 @dataclass
 class NiahEvalConfig:
-    set: str  # a NIAH set folder (niah build --out)
-    checkpoint: str
+    """The settings of `longvid niah eval`; each field's constraints are declared here (pipelines/settings.py)."""
+
+    set: str = setting(required=True)  # a NIAH set folder (niah build --out)
+    checkpoint: str = setting(required=True)
     out: str = ""  # default: <set>/eval
-    model: str = ""  # model preset; default: the one whose encoder built the set
+    model: str = setting("", choices=lambda: ("", *model_presets()))  # default: the preset that built the set
     tokenizer: str = ""  # "test", a tokenizer folder, or "" = the checkpoint folder
     visual_dropout: str = "off"  # off | released | MODE[:LAYERS[:RATIOS]], e.g. uniform0_attention:4,18:1,0.75,0.25
-    num_actors: int = 0  # 0: one per GPU, else 1 on CPU
-    rows_per_task: int = 4
-    limit: int = 0  # only the first N inputs of the index (0: all)
-    device: str = "auto"
+    num_actors: int = setting(0, ge=0, le=65536)  # 0: one per GPU, else 1 on CPU
+    rows_per_task: int = setting(4, ge=1, le=65536)
+    limit: int = setting(0, ge=0)  # only the first N inputs of the index (0: all)
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
     ray_address: str = ""
-    num_cpus: int = 0  # embedded Ray only; 0: all cores
-    threads: int = 0  # torch threads of a CPU actor; 0: Ray's default for a 1-CPU actor (1 thread)
+    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
+    threads: int = setting(0, ge=0, le=4096)  # torch threads of a CPU actor; 0: Ray's default for a 1-CPU actor (1)
     use_ray: bool = True  # False: score in this process (debugging, small sets)
     quiet: bool = False
 
     def validate(self) -> None:
-        for name in ("set", "checkpoint"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name}: required")
-        if not (Path(self.set) / "set.json").is_file():
+        import os
+
+        check_fields(self)
+        if not os.path.isfile(os.path.join(self.set, "set.json")):  # os.path: False for a name too long, no raise
             raise ConfigError(f"set: {self.set}: no set.json (not a finished NIAH set; run `longvid niah build`)")
-        if not Path(self.checkpoint).exists() and not self.checkpoint.startswith("random:"):
+        if not os.path.exists(self.checkpoint) and not self.checkpoint.startswith("random:"):
             raise ConfigError(f"checkpoint: {self.checkpoint}: not found")
-        for name in ("num_actors", "limit", "num_cpus", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.rows_per_task < 1:
-            raise ConfigError(f"rows_per_task: must be >= 1, got {self.rows_per_task}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         parse_dropout(self.visual_dropout)
 
 

@@ -42,6 +42,7 @@ from longvid.model.dropout import DropoutConfig
 from longvid.model.tome import merge_schedule
 from longvid.model.umt import UMTConfig
 from longvid.operators.errors import ConfigError
+from longvid.pipelines.settings import check_fields, setting
 
 # Peak dense (no sparsity) bf16 tensor-core TFLOPs from the vendors' data sheets (SXM parts where both exist).
 GPUS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "L4": 121.0,
@@ -159,28 +160,19 @@ def scan_manifests(uri: str) -> Corpus:
 
 @dataclass
 class PlanConfig:
+    """The settings of `longvid plan`; each field's constraints are declared here (pipelines/settings.py)."""
+
     manifests: str = ""  # "" = inference table only
-    frames: int = 10000
-    resolution: int = 0  # 224 | 448; 0 = the manifests' resolution (224 when none or several)
-    gpu: str = "H100"
-    model: str = ""  # a model preset; "" = the two released models (Qwen2-7B and Qwen2.5-1.5B LLMs)
-    mfu: float = DEFAULT_MFU
-    text_tokens: int = 0
+    frames: int = setting(10000, ge=1, le=10**8)
+    resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the manifests' (224 when none or several)
+    gpu: str = setting("H100", choices=GPUS)
+    model: str = setting("", choices=("", *PRESETS))  # a preset; "" = the two released models
+    mfu: float = setting(DEFAULT_MFU, gt=0, le=1)
+    text_tokens: int = setting(0, ge=0, le=10**8)
     json: str = ""  # also write the numbers here
 
     def validate(self) -> None:
-        if self.frames < 1:
-            raise ConfigError(f"frames: must be >= 1, got {self.frames}")
-        if self.resolution not in (0, 224, 448):
-            raise ConfigError(f"resolution: must be 224 or 448, got {self.resolution}")
-        if self.gpu not in GPUS:
-            raise ConfigError(f"gpu: unknown GPU {self.gpu!r}; choose one of {', '.join(GPUS)}")
-        if self.model and self.model not in PRESETS:
-            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
-        if not 0 < self.mfu <= 1:
-            raise ConfigError(f"mfu: must be in (0, 1], got {self.mfu}")
-        if self.text_tokens < 0:
-            raise ConfigError(f"text_tokens: must be >= 0, got {self.text_tokens}")
+        check_fields(self)
 
 
 def gpu_hours(flops: float, gpu: str, mfu: float) -> float:

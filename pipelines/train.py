@@ -43,6 +43,7 @@ from typing import Any
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.settings import check_fields, model_presets, setting, show
 from longvid.pipelines.train_data import (
     DataError,
     LoaderConfig,
@@ -70,22 +71,17 @@ class DataEntry:
     dataset with that dataset's sampling strategy; `missing: skip` drops datasets without shards.
     """
 
-    shards: list[str]
-    weight: float = 1.0
-    sampling: str = "all"
+    shards: list[str] = setting(required=True)
+    weight: float = setting(1.0, ge=0)
+    sampling: str = "all"  # all | first:N | first:N% | end:N | end:N%
     name: str = ""
     mixture: str = ""
-    missing: str = "error"  # error | skip (a dataset of a mixture with no shard)
+    missing: str = setting("error", choices=("error", "skip"))  # error | skip (a dataset of a mixture with no shard)
 
     def validate(self) -> None:
-        if not self.shards:
-            raise ConfigError("shards: at least one shard glob is required")
+        check_fields(self)
         if self.mixture and not any("{name}" in s for s in self.shards):
             raise ConfigError("shards: with a mixture, the globs need a {name} placeholder")
-        if self.missing not in ("error", "skip"):
-            raise ConfigError(f"missing: must be error or skip, got {self.missing!r}")
-        if not self.weight >= 0:
-            raise ConfigError(f"weight: must be >= 0, got {self.weight}")
         try:
             Sampling.parse(self.sampling)
         except ValueError as e:
@@ -97,69 +93,46 @@ class StageConfig:
     """One stage of the curriculum (see jobs/configs/train-*.yaml)."""
 
     name: str
-    data: list[DataEntry]
-    input: str = "tokens"  # tokens: precomputed HiCo tokens | frames: ingest mp4s, encoder in the loop
-    encoder: str = ""  # "frozen" | "trained": must agree with input/train (the recipe states it)
-    train: list[str] = field(default_factory=lambda: ["projector"])
-    min_frames: int = 1
-    max_frames: int = 512
-    max_len: int = 32768
-    lr: float = 1e-5
-    lr_projector: float = 0.0  # 0: lr
-    lr_llm: float = 0.0
-    lr_encoder: float = 0.0
-    steps: int = 0  # exactly one of steps / epochs
-    epochs: float = 0.0
-    batch_size: int = 1  # per worker
-    warmup_ratio: float = 0.03
-    schedule: str = "cosine"  # cosine | constant
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    mix: str = "duration"  # duration: weights are shares of video seconds | samples: of samples | concat: weight x count
-    shuffle_buffer: int = 256
-    resolution: int = 0  # frames stages: encoder input side (0: the model preset's)
-    label_mode: str = "assistant"
-    checkpoint_every: int = 0  # 0: the run's checkpoint_every
+    data: list[DataEntry] = setting(required=True)
+    input: str = setting("tokens", choices=("tokens", "frames"))  # tokens: HiCo tokens | frames: encoder in the loop
+    encoder: str = setting("", choices=("", "frozen", "trained"))  # must agree with input/train (the recipe states it)
+    train: list[str] = setting(default_factory=lambda: ["projector"], choices=PARTS, required=True)
+    min_frames: int = setting(1, ge=1, le=1_000_000)
+    max_frames: int = setting(512, ge=4, le=1_000_000)  # at least one 4-frame clip
+    max_len: int = setting(32768, ge=1, le=2**24)
+    lr: float = setting(1e-5, gt=0)
+    lr_projector: float = setting(0.0, ge=0)  # 0: lr
+    lr_llm: float = setting(0.0, ge=0)
+    lr_encoder: float = setting(0.0, ge=0)
+    steps: int = setting(0, ge=0)  # exactly one of steps / epochs
+    epochs: float = setting(0.0, ge=0, le=1e6)
+    batch_size: int = setting(1, ge=1, le=65536)  # per worker
+    warmup_ratio: float = setting(0.03, ge=0, lt=1)
+    schedule: str = setting("cosine", choices=("cosine", "constant"))
+    weight_decay: float = setting(0.0, ge=0)
+    grad_clip: float = setting(1.0, ge=0)
+    # duration: weights are shares of video seconds | samples: of samples | concat: weight x count
+    mix: str = setting("duration", choices=("duration", "samples", "concat"))
+    shuffle_buffer: int = setting(256, ge=1, le=2**24)
+    resolution: int = setting(0, ge=0, le=4096)  # frames stages: encoder input side (0: the model preset's)
+    label_mode: str = setting("assistant", choices=("assistant", "llava"))
+    checkpoint_every: int = setting(0, ge=0)  # 0: the run's checkpoint_every
     exclude: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_fields(self)
         if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"name: a plain folder name is required, got {self.name!r}")
-        if self.input not in ("tokens", "frames"):
-            raise ConfigError(f"input: must be tokens or frames, got {self.input!r}")
-        bad = [p for p in self.train if p not in PARTS]
-        if bad or not self.train:
-            raise ConfigError(f"train: parts must be among {', '.join(PARTS)} (at least one), got {self.train}")
+            raise ConfigError(f"name: a plain folder name is required, got {show(self.name)}")
         if "encoder" in self.train and self.input == "tokens":
             raise ConfigError("train: the encoder cannot be trained from token shards (they hold a frozen "
                               "encoder's output); use input: frames for an encoder stage")
         want = "trained" if "encoder" in self.train else "frozen"
         if self.encoder and self.encoder != want:
             raise ConfigError(f"encoder: says {self.encoder!r} but this stage's input/train make it {want!r}")
-        if not 1 <= self.min_frames <= self.max_frames:
-            raise ConfigError(f"min_frames/max_frames: need 1 <= min <= max, got {self.min_frames}, {self.max_frames}")
-        if self.max_frames < 4:
-            raise ConfigError(f"max_frames: at least one 4-frame clip, got {self.max_frames}")
+        if self.min_frames > self.max_frames:
+            raise ConfigError(f"min_frames/max_frames: need min <= max, got {self.min_frames}, {self.max_frames}")
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError("steps/epochs: give exactly one of them (positive)")
-        for n in ("max_len", "batch_size", "shuffle_buffer"):
-            if getattr(self, n) < 1:
-                raise ConfigError(f"{n}: must be >= 1, got {getattr(self, n)}")
-        for n in ("lr", "lr_projector", "lr_llm", "lr_encoder", "weight_decay", "grad_clip", "checkpoint_every"):
-            if getattr(self, n) < 0:
-                raise ConfigError(f"{n}: must be >= 0, got {getattr(self, n)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be positive, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule: must be cosine or constant, got {self.schedule!r}")
-        if self.mix not in ("duration", "samples", "concat"):
-            raise ConfigError(f"mix: must be duration, samples or concat, got {self.mix!r}")
-        if self.label_mode not in ("assistant", "llava"):
-            raise ConfigError(f"label_mode: must be assistant or llava, got {self.label_mode!r}")
-        if not self.data:
-            raise ConfigError("data: at least one data entry is required")
 
     def part_lr(self, part: str) -> float:
         return float(getattr(self, f"lr_{part}") or self.lr)
@@ -169,60 +142,45 @@ class StageConfig:
 class TrainConfig:
     """A training recipe plus how to run it."""
 
-    out: str
-    stages: list[StageConfig]
+    # a local or shared folder every worker can write (not s3://; shards may be on S3)
+    out: str = setting(required=True)
+    stages: list[StageConfig] = setting(required=True)
     name: str = "train"
     data_root: str = ""  # relative shard globs and drop lists are taken from here (default: the recipe's cwd)
-    model: str = "tiny"  # model.config preset
+    model: str = setting("tiny", choices=model_presets)  # model.config preset
     llm_path: str = ""  # local Qwen2 directory (weights); empty: randomly initialised LLM (tests, demo)
     tokenizer: str = "test"  # "test" (built-in) or a local tokenizer directory
     init_checkpoint: str = ""  # LLaVA-style VideoChat-Flash checkpoint to start from (projector + LLM [+ encoder])
     encoder_checkpoint: str = ""  # stand-alone UMT .pt for frame stages
-    num_workers: int = 2  # 0: in this process, without Ray (debugging)
+    num_workers: int = setting(2, ge=0, le=65536)  # 0: in this process, without Ray (debugging)
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    strategy: str = "ddp"  # ddp | fsdp
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    max_failures: int = 3
-    seed: int = 0
+    cpus_per_worker: float = setting(1.0, gt=0)
+    strategy: str = setting("ddp", choices=("ddp", "fsdp"))
+    checkpoint_every: int = setting(100, ge=1)
+    keep_checkpoints: int = setting(2, ge=1)
+    max_failures: int = setting(3, ge=0)
+    seed: int = setting(0, ge=0)
     exclude: list[str] = field(default_factory=list)  # audit drop lists for every stage
-    torch_threads: int = 1  # per CPU worker
-    prefetch: int = 2
+    torch_threads: int = setting(1, ge=0, le=4096)  # per CPU worker
+    prefetch: int = setting(2, ge=0, le=1024)
     resume: bool = False
     ray_address: str = ""
-    num_cpus: int = 0  # embedded Ray only
+    num_cpus: int = setting(0, ge=0)  # embedded Ray only
     fault_injection: str = ""  # testing: "stage:step:rank" kills that worker once at that step
     record_keys: bool = False  # every rank writes the sample keys of each step to stages/<stage>/keys-rank<r>.jsonl
     quiet: bool = False
 
     def validate(self) -> None:
-        if not self.out:
-            raise ConfigError("out: the output folder is required")
+        check_fields(self)
         if storage.is_s3(self.out):
             raise ConfigError("out: must be a local or shared path that every worker can write (not s3://); "
                               "shards may be on S3")
-        if not self.stages:
-            raise ConfigError("stages: at least one stage is required")
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ConfigError(f"stages: duplicate stage names {dup}")
-        from longvid.model.config import PRESETS
-
-        if self.model not in PRESETS:
-            raise ConfigError(f"model: unknown preset {self.model!r}; choose one of {', '.join(PRESETS)}")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ConfigError(f"strategy: must be ddp or fsdp, got {self.strategy!r}")
-        for n in ("num_workers", "keep_checkpoints", "max_failures", "torch_threads", "prefetch", "num_cpus"):
-            if getattr(self, n) < 0:
-                raise ConfigError(f"{n}: must be >= 0, got {getattr(self, n)}")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every: must be >= 1, got {self.checkpoint_every}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+            raise ConfigError(f"stages: duplicate stage names {show(dup)}")
         if self.fault_injection and len(self.fault_injection.split(":")) != 3:
-            raise ConfigError(f"fault_injection: expected stage:step:rank, got {self.fault_injection!r}")
+            raise ConfigError(f"fault_injection: expected stage:step:rank, got {show(self.fault_injection)}")
 
     # ------------------------------------------------------------------ (de)serialisation for workers
     def to_dict(self) -> dict[str, Any]:

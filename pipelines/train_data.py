@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from longvid.operators import native, storage
+from longvid.operators.errors import ConfigError
+from longvid.pipelines.settings import check_fields, setting
 
 _native = native.load()  # the C kernels (operators/_native.c) when built; numpy and Python otherwise
 
@@ -1124,24 +1126,29 @@ def collate(samples: list[TrainSample], pad_id: int) -> Batch:
 
 @dataclass
 class LoaderConfig:
-    """What one worker's loader for one stage needs (JSON-friendly)."""
+    """What one worker's loader for one stage needs (JSON-friendly); constraints as in pipelines/settings.py."""
 
     sources: list[dict[str, Any]]  # SourcePlan.to_dict()
-    batch_size: int
-    buffer: int = 256
-    mix: str = "duration"  # duration | samples | concat
-    seed: int = 0
-    stage_index: int = 0
-    kind: str = "tokens"
-    dim: int = 1024
-    min_frames: int = 1
-    max_frames: int = 512
-    max_len: int = 32768
-    label_mode: str = "assistant"
-    prefetch: int = 2
+    batch_size: int = setting(ge=1, le=65536)
+    buffer: int = setting(256, ge=0, le=2**24)
+    mix: str = setting("duration", choices=("duration", "samples", "concat"))
+    seed: int = setting(0, ge=0)
+    stage_index: int = setting(0, ge=0)
+    kind: str = setting("tokens", choices=("tokens", "frames"))
+    dim: int = setting(1024, ge=1, le=65536)
+    min_frames: int = setting(1, ge=1)
+    max_frames: int = setting(512, ge=1)
+    max_len: int = setting(32768, ge=1, le=2**24)
+    label_mode: str = setting("assistant", choices=("assistant", "llava"))
+    prefetch: int = setting(2, ge=0, le=1024)
     # False: samples are not scanned for NaN/inf here (the scan is most of the loader's CPU time); the consumer
     # must check the batch itself, e.g. on the device after the copy. Not used by the trainer: an evaluation knob.
     check_finite: bool = True
+
+    def validate(self) -> None:
+        check_fields(self)
+        if self.min_frames > self.max_frames:
+            raise ConfigError(f"min_frames/max_frames: need min <= max, got {self.min_frames}, {self.max_frames}")
 
 
 class StageLoader:

@@ -402,7 +402,7 @@ def test_changed_settings_into_same_out_is_refused(encoded, capsys):
 
 
 @pytest.mark.parametrize("args,field", [
-    (["--dtype", "fp8"], "--dtype"),
+    (["--dtype", "fp8"], "dtype"),
     (["--batch-clips", "0"], "batch_clips"),
     (["--resolution", "448"], "resolution"),
     (["--checkpoint", "/nonexistent/umt.pt"], "checkpoint"),

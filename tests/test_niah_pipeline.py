@@ -421,7 +421,7 @@ def test_cli_build_and_errors(assets, tmp_path, capsys):
     assert rc == 0 and f"heat map: {tmp_path / 'set' / 'eval' / 'heatmap.png'}" in capsys.readouterr().out
     assert len(pq.read_table(tmp_path / "set" / "eval" / "results.parquet")) == 2 * 2 * 2
     rc = main(["niah", "eval", "--set", str(tmp_path / "set"), "--checkpoint", "random:0", "--device", "tpu"])
-    assert rc == 2 and "device: must be auto, cpu or cuda" in capsys.readouterr().err
+    assert rc == 2 and "device: must be one of auto, cpu, cuda" in capsys.readouterr().err
 
 
 def test_demo_round_on_an_ingest_folder(assets, tmp_path):

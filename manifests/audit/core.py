@@ -50,21 +50,26 @@ FRAME_BINS = [0, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")]
 
 @dataclass
 class AuditConfig:
+    """Audit settings; `metadata` bounds are checked with every field's type by pipelines/settings.check_fields."""
+
     ngram: int = 13  # n of the text n-grams
     min_question_tokens: int = 8  # a benchmark text shorter than ngram but at least this long is matched whole
-    max_template_videos: int = 5  # a sequence shared by more benchmark videos than this is a template: ignored
+    # a sequence shared by more benchmark videos than this is a template: ignored
+    max_template_videos: int = field(default=5, metadata={"ge": 1})
     phash_threshold: int = 4  # Hamming distance (bits of 64) for a benchmark-frame match
     phash_min_frames: int = 2  # sample frames that must match one benchmark video (capped at the sample's count)
-    phash_min_bits: int = 8  # hashes with fewer set (or unset) bits are flat frames: ignored
+    # hashes with fewer set (or unset) bits are flat frames: ignored
+    phash_min_bits: int = field(default=8, metadata={"ge": 0, "le": 32})
     benchmark_fps: float = 1.0  # rate at which --benchmark-videos are hashed
-    benchmark_max_frames: int = 2048  # per benchmark video
+    benchmark_max_frames: int = field(default=2048, metadata={"ge": 1})  # per benchmark video
     dup_threshold: int = 2  # Hamming distance for corpus near-duplicates
-    dup_frames_per_sample: int = 8  # frames per sample indexed for corpus near-duplicates
-    dup_min_frames: int = 2
+    # frames per sample indexed for corpus near-duplicates
+    dup_frames_per_sample: int = field(default=8, metadata={"ge": 1})
+    dup_min_frames: int = field(default=2, metadata={"ge": 1})
     dup_memory_mb: float = 256.0  # working set of one duplicate-finder partition (records spill to the temp dir)
     batch_size: int = 16384
     drop_near_duplicates: bool = False  # also drop video_id_span and frame_hash duplicates (sha256 always)
-    report_max_samples: int = 40  # contact sheets in report.html
+    report_max_samples: int = field(default=40, metadata={"ge": 0})  # contact sheets in report.html
     namespaces: dict[str, str] = field(default_factory=dict)  # manifest source -> id namespace overrides
 
     def check(self) -> None:
