@@ -15,7 +15,8 @@ dataset one LLaVA-style annotation file. Reading follows the reference, with the
   folder (relative: to the mixture's folder) or an `s3://` prefix. A video or image dataset without a usable root
   stops the job before any work (`plan_dataset` raises MixtureError naming the dataset: the CLI exits 2).
 - `.json` files are one JSON list, `.jsonl` one record a line (blank lines are no records; the reference would
-  crash on them). A `.json` list is read whole, as the reference does; `.jsonl` is streamed.
+  crash on them). A `.json` list is read whole, as the reference does (by `plan_dataset` and again by each
+  `iter_records` call); `.jsonl` is streamed (a counting pass, then the selected lines).
 - `media_type` defaults from the FIRST record's keys: `image`, else `video`, else `text`.
 - `sampling_strategy`: `all`, `first:N`, `first:N%` (N% of the file, rounded up), `first2:N` .. `first4:N` (the 2nd
   to 4th block of N), `end:N` (the last N); anything else, `random` included, is refused. N must be at least 1
@@ -459,6 +460,8 @@ def _describe(obj: Any) -> str:
 
 def _items(ds: MixtureDataset, uri: str) -> Iterator[tuple[int, str, Any]]:
     """(record index, origin, decoded value or _BadLine) for every record of an annotation file."""
+    if not storage.is_s3(uri) and os.path.isdir(_local(uri)):
+        raise MixtureError(f"{ds.where}: json_path: {uri} is a folder, not an annotation file")
     try:
         if uri.endswith(".jsonl"):
             yield from _jsonl_items(uri)
@@ -468,8 +471,8 @@ def _items(ds: MixtureDataset, uri: str) -> Iterator[tuple[int, str, Any]]:
         raise MixtureError(f"{ds.where}: json_path: annotation file {uri} not found") from None
     except FileNotFoundError:
         raise MixtureError(f"{ds.where}: json_path: annotation file {uri} not found") from None
-    except IsADirectoryError:
-        raise MixtureError(f"{ds.where}: json_path: {uri} is a folder, not an annotation file") from None
+    except PermissionError:  # storage.AccessDenied too
+        raise MixtureError(f"{ds.where}: json_path: annotation file {uri} cannot be read (access denied)") from None
 
 
 def _jsonl_items(uri: str) -> Iterator[tuple[int, str, Any]]:

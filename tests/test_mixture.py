@@ -412,3 +412,10 @@ def test_fuzzed_annotation_records_each_end_as_one_item(tmp_path, records, strat
                     v.encode("utf-8")
         else:
             assert isinstance(it, Failure) and it.field and it.reason and it.file.startswith(str(ann))
+
+
+def test_annotation_path_that_is_a_folder_or_unreadable(tmp_path):
+    (tmp_path / "d.json").mkdir()
+    p = _mix(tmp_path, "datasets:\n  - json_path: d.json\n    media_type: text\n")
+    with pytest.raises(MixtureError, match=r"datasets\[0\] \(d\): json_path: .* is a folder"):
+        plan_dataset(read_mixture(p).datasets[0])

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from longvid.model.anyres import anyres_grid, anyres_tiles, grid_pinpoints, num_tiles, select_best_resolution, tile_boxes
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer, format_chat, format_plain, image_token_id
 from longvid.operators import niah
-from longvid.operators.mixture import Strategy, iter_records, parse_strategy, plan_dataset, read_mixture
+from longvid.operators.mixture import iter_records, parse_strategy, plan_dataset, read_mixture
 from longvid.operators.prompt import insert_time_msg, time_msg
 from longvid.operators.sample import PROFILES, Profile, num_frames_for_span, plan_span_seconds
 
