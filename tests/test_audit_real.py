@@ -24,6 +24,7 @@ def real():
 
 def test_every_real_file_is_recognised(real):
     assert real.unknown == []
+    assert real.unusable_records == 0 and all(f.records for f in real.files)  # the guard rejects no real record
     formats = {Path(f.path).relative_to(BENCH).parts[0]: f.format for f in real.files}
     assert formats == {"LVBench": "lvbench-clean-json", "LongVideoBench": "longvideobench-json", "MLVU_MC": "mlvu-json",
                        "MVBench": "mvbench-json", "Temporal_Grounding": "charades-sta-json", "Video-MME": "videomme-parquet"}
