@@ -5,7 +5,9 @@ directory, a single manifest part, or a folder holding several job directories. 
 read through a pyarrow filesystem: pass one (e.g. pyarrow.fs.S3FileSystem with an endpoint) or let pyarrow build
 one from the uri and the usual AWS environment variables.
 
-Memory stays bounded: nothing here materialises a table; callers iterate `iter_batches`.
+Memory stays bounded: nothing here materialises a table; callers iterate `iter_batches`. A part that cannot be read
+(corrupt, a column missing or of the wrong type, a value the schema's type cannot hold) raises ManifestError naming
+the file, or, for callers that go on without it (the audit), is listed by `usable_parts` / `iter_batches(problems=)`.
 """
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -726,7 +725,8 @@ def _read_charades_json(path: str, doc: _Doc, rows: list) -> BenchmarkFile:
         if not isinstance(ts, list) or len(ts) != 2:
             raise BenchmarkFormatError("timestamp", f"expected [start, end], got {_kind(ts)}"
                                        + (f" of {len(ts)}" if isinstance(ts, list) else ""))
-        _seconds(ts[0], "timestamp[0]"), _seconds(ts[1], "timestamp[1]")
+        for j in (0, 1):  # the queried moment: not used for matching (any span of the video leaks), but a number
+            _seconds(ts[j], f"timestamp[{j}]")
         _charades_items(part, i, _need_id(r, "video"), _need(r, "caption"))
 
     return _each(BenchmarkFile(path, "charades-sta-json", "Charades-STA"), _listed(doc, rows), read)
@@ -737,7 +737,8 @@ def _read_charades_txt(path: str, doc: _Doc) -> BenchmarkFile:
         m = _CHARADES_LINE.match(ln)
         if m is None:
             raise BenchmarkFormatError("-", "not a Charades-STA line ('<id> <start> <end>##<query>')")
-        _seconds(m.group(2), "start"), _seconds(m.group(3), "end")
+        for j, fld in ((2, "start"), (3, "end")):
+            _seconds(m.group(j), fld)
         _charades_items(part, i, m.group(1), _text(m.group(4).strip(), "query"))
 
     return _each(BenchmarkFile(path, "charades-sta-txt", "Charades-STA"), _listed(doc, doc.value), read, objects=False)

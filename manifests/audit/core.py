@@ -2,8 +2,10 @@
 
     run_audit(jobs, benchmarks, out_dir, config) -> AuditResult
 
-Outputs in `out_dir`: leakage.parquet (LEAK_SCHEMA), duplicates.parquet (DUP_SCHEMA), drop_list.txt (one key per
-line, `#` comments), summary.json, report.html. Manifests are read one batch at a time (columns needed only);
+Outputs in `out_dir`: leakage.parquet (LEAK_SCHEMA), duplicates.parquet (DUP_SCHEMA), drop_list.txt (the grammar
+of manifests/droplist.py), summary.json, report.html. Benchmark records and manifest parts that cannot be used are
+left out and listed (summary.json `unusable_benchmark_records`, `unusable_manifest_parts`, report.html, the log);
+with no usable manifest part at all the audit refuses (ManifestError). Manifests are read one batch at a time (columns needed only);
 memory grows with the number of findings, not with the corpus: the duplicate finder spills its per-sample records
 to a temporary directory and works partition by partition within `dup_memory_mb` (see duplicates.py).
 """
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..droplist import DropListError, format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list re-exported)
+from ..droplist import format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list: re-exported)
 from ..readers import JobDir, ManifestError, iter_batches, usable_parts
 from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
