@@ -181,8 +181,11 @@ def _read_index(job: str) -> dict[str, int] | None:
         if not storage.exists(uri):
             return None
         d = json.loads(storage.read_text(uri))
-        return {str(s["url"]): int(s["nsamples"]) for s in d["shardlist"]}
-    except (ValueError, KeyError, TypeError) as e:
+        out = {str(s["url"]): int(s["nsamples"]) for s in d["shardlist"]}
+        if any(n < 0 for n in out.values()):
+            raise ValueError("a negative nsamples")
+        return out
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, storage.StorageError) as e:
         log.warning("%s: unreadable wids index (%s); counting another way", storage.redact(uri), e)
         return None
 
@@ -206,9 +209,18 @@ def _read_manifests(job: str) -> Any:
 
 
 def count_tar_samples(uri: str) -> int:
-    """Samples (member groups) in a tar, reading headers only."""
+    """Samples (member groups) in a tar, reading headers only. A corrupt or truncated tar counts the samples
+    before the damage and one more for the damage itself (a warning names the shard): the loader reads those
+    samples, then meets the damage and counts the shard as a corrupt tar, as it does with an index.json."""
+    n = 0
     with storage.open_read(uri) as f:
-        return sum(1 for _ in iter_groups(f, 0, want=lambda k: False))
+        try:
+            for _ in iter_groups(f, 0, want=lambda k: False):
+                n += 1
+        except TarError as e:
+            log.warning("%s: unreadable after %d samples (%s)", storage.redact(uri), n, e)
+            n += 1
+    return n
 
 
 def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
@@ -275,13 +287,18 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
 def _json_mean_duration(uri: str, limit: int = 8) -> float:
     vals = []
     with storage.open_read(uri) as f:
-        for g in iter_groups(f, 0, want=lambda k: True, exts=(JSON_EXT,)):
-            try:
-                vals.append(float(json.loads(bytes(g.members[JSON_EXT]))["duration"]))
-            except (KeyError, ValueError, TypeError):
-                pass
-            if len(vals) >= limit:
-                break
+        try:
+            for g in iter_groups(f, 0, want=lambda k: True, exts=(JSON_EXT,)):
+                try:
+                    v = float(_load_info(g.members[JSON_EXT])["duration"])
+                except (KeyError, ValueError, TypeError, OverflowError):
+                    continue  # no usable duration: the loader counts the sample when it reads it
+                if math.isfinite(v) and v >= 0:
+                    vals.append(v)
+                if len(vals) >= limit:
+                    break
+        except TarError:
+            pass  # the samples before the damage give the mean; the loader counts the rest
     return float(np.mean(vals)) if vals else 1.0
 
 
@@ -346,16 +363,32 @@ def tune_malloc() -> None:
         pass
 
 
-def _octal(field_: bytes) -> int:
-    if field_[0] & 0x80:  # base-256 (GNU) for sizes past 8 GiB
-        return int.from_bytes(bytes([field_[0] & 0x7F]) + field_[1:], "big")
+_OCTAL = b"01234567"
+
+
+def _number(field_: bytes, what: str, at: int) -> int:
+    """A numeric header field: octal text padded with NULs or spaces, or base-256 (GNU, star: first byte 0x80-0xBF,
+    for sizes past 8 GiB). Anything else (a negative base-256 number too) is a TarError naming the field: int()
+    alone would take '-1', '+1', '1_0' or '0o7', and a negative size would move the parser backwards."""
+    if field_[0] & 0x80:
+        if field_[0] & 0x40:
+            raise TarError(f"{what} at byte {at}: negative base-256 number")
+        return int.from_bytes(bytes([field_[0] & 0x3F]) + field_[1:], "big")
     s = field_.split(b"\0", 1)[0].strip()
+    if s.translate(None, _OCTAL):
+        raise TarError(f"{what} at byte {at}: {bytes(field_)!r} is not an octal number")
     return int(s, 8) if s else 0
 
 
 def _tar_checksum_py(hdr: bytes) -> int:
     # the checksum counts its own field as spaces; trailing zero bytes add nothing, so they are not summed
     return sum(hdr.rstrip(b"\0")) - sum(hdr[148:156]) + 256
+
+
+def _tar_checksum_signed(hdr: bytes) -> int:
+    """The checksum some old tars wrote, summing bytes as signed chars (tarfile accepts both)."""
+    b = np.frombuffer(hdr, dtype=np.int8)
+    return int(b.sum()) - int(b[148:156].sum()) + 256
 
 
 def _read_into(f, n: int) -> np.ndarray:
@@ -498,72 +531,146 @@ def open_shard(uri: str):
     return storage.open_read(uri)
 
 
-def _pax_path(data: bytes) -> str | None:
-    path = None
-    i = 0
-    while i < len(data):
-        sp = data.index(b" ", i)
-        n = int(data[i:sp])
-        rec = data[sp + 1: i + n - 1]
-        k, _, v = rec.partition(b"=")
-        if k == b"path":
-            path = v.decode("utf-8")
-        i += n
-    return path
+_ZERO_BLOCK = bytes(512)
+_EXT_KINDS = (b"x", b"X", b"g", b"L", b"K")  # PAX local (Solaris 'X'), PAX global, GNU long name and long link
+_FILE_KINDS = (b"0", b"\0", b"7")  # regular files: sample members
+_NO_DATA_KINDS = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, FIFOs: no data blocks (tarfile)
+_EXT_MAX = 1 << 20  # bytes of one extended header: far above any name; more is a corrupt size, not a name
+
+
+def _pax_records(data: bytes, at: int) -> dict[bytes, bytes]:
+    """The records of a PAX extended header: `<length> <key>=<value>\\n`, the length counting the whole record;
+    NUL padding ends them (as tarfile reads). Each record must move forward and end inside the data with a
+    newline: anything else is a TarError (a length of 0 would otherwise read the same record forever)."""
+    out: dict[bytes, bytes] = {}
+    i, n = 0, len(data)
+    while i < n and data[i] != 0:
+        sp = data.find(b" ", i, i + 21)
+        digits = data[i:sp] if sp > i else b""
+        if not digits.isdigit():
+            raise TarError(f"PAX header at byte {at}: record at {i} does not start with its length")
+        length = int(digits)
+        if length <= sp + 1 - i or i + length > n or data[i + length - 1] != 0x0A:
+            raise TarError(f"PAX header at byte {at}: record at {i} has a bad length {length}")
+        key, eq, value = data[sp + 1:i + length - 1].partition(b"=")
+        if not eq:
+            raise TarError(f"PAX header at byte {at}: record at {i} has no '='")
+        out[key] = value
+        i += length
+    return out
+
+
+def _past_end(what: str, pos: int, size: int, end: int) -> TarError:
+    return TarError(f"{what} at byte {pos}: {size} bytes, {max(0, end - pos - 512)} left in the file")
+
+
+def _text(raw: bytes) -> str:
+    """A name from a header: UTF-8, undecodable bytes kept as surrogates (what tarfile gives on POSIX)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ...] | None = None) -> Iterator[Group]:
     """Member groups (WebDataset: members sharing the key before the first dot of their base name) of a tar,
     starting at the header at byte `offset`. Members of keys for which `want(key)` is false, and members whose
-    extension is not in `exts` (None: all), are skipped by seeking, never read."""
+    extension is not in `exts` (None: all), are skipped by seeking, never read.
+
+    ustar, PAX (`x` headers: path and size; `g` headers are checked, their records name no member) and GNU tars
+    (`L` long names, `K` long link names) are read as tarfile reads them. A group starts at the first extended
+    header of its first member, so resuming at a group's `start` or `end` sees the same names. Every header moves
+    the position forward by at least 512 bytes; anything that cannot be read as a tar (bad checksum or number, a
+    member or extended header past the end of the file, a malformed PAX record, a truncated header) is a TarError:
+    the rest of the shard cannot be trusted. The group before the damage is yielded first (with the members read
+    before it; a member lost to the damage shows as missing)."""
+    end = f.seek(0, 2)  # no member may claim bytes past the end: a corrupt size is found before any read
     f.seek(offset)
     pos = offset
     take_view = getattr(f, "take", None)  # MappedTar: zero-copy views
     checksum = _native.tar_checksum if _native is not None else _tar_checksum_py
     cur: Group | None = None
-    long_name: str | None = None
-    while True:
-        hdr = f.read(512)
-        if len(hdr) == 0 or hdr == b"\0" * 512:
-            break
-        if len(hdr) < 512:
-            raise TarError(f"truncated header at byte {pos}")
-        if _octal(hdr[148:156]) != checksum(hdr):
-            raise TarError(f"bad header checksum at byte {pos}")
-        size = _octal(hdr[124:136])
-        kind = hdr[156:157]
-        padded = (size + 511) // 512 * 512
-        data_at = pos + 512
-        if kind in (b"x", b"L"):
-            data = _read_into(f, size).tobytes()
-            f.seek(padded - size, 1)
-            long_name = _pax_path(data) if kind == b"x" else data.split(b"\0", 1)[0].decode("utf-8")
+    ext_name: str | None = None  # the next member's name from a PAX path or a GNU long name
+    ext_size: int | None = None  # the next member's size from a PAX record
+    chain = -1  # offset of the first extended header before the next member (-1: none)
+    try:
+        while True:
+            hdr = f.read(512)
+            if len(hdr) == 0 or hdr == _ZERO_BLOCK:
+                break
+            if len(hdr) < 512:
+                raise TarError(f"truncated header at byte {pos}")
+            want_sum = _number(hdr[148:156], "header checksum", pos)
+            if want_sum != checksum(hdr) and want_sum != _tar_checksum_signed(hdr):
+                raise TarError(f"bad header checksum at byte {pos}")
+            size = _number(hdr[124:136], "member size", pos)
+            kind = hdr[156:157]
+            data_at = pos + 512
+            if kind in _EXT_KINDS:
+                if size > _EXT_MAX or data_at + size > end:
+                    raise _past_end("extended header", pos, size, end)
+                padded = (size + 511) // 512 * 512
+                data = f.read(size)
+                if len(data) < size:
+                    raise _past_end("extended header", pos, size, data_at + len(data))
+                f.seek(data_at + padded)
+                if kind == b"L":
+                    ext_name = _text(data.split(b"\0", 1)[0])
+                elif kind != b"K":
+                    recs = _pax_records(data, pos)
+                    if kind != b"g":
+                        if b"path" in recs:
+                            ext_name = _text(recs[b"path"])
+                        if b"size" in recs:
+                            v = recs[b"size"]
+                            if not (v.isdigit() and len(v) <= 20):
+                                raise TarError(f"PAX header at byte {pos}: size {v[:40]!r} is not a number")
+                            ext_size = int(v)
+                if chain < 0:
+                    chain = pos
+                pos = data_at + padded
+                continue
+            if ext_size is not None:
+                size, ext_size = ext_size, None
+            member_at = chain if chain >= 0 else pos
+            chain = -1
+            if ext_name is not None:
+                name, ext_name = ext_name, None
+            else:
+                name = _text(hdr[:100].split(b"\0", 1)[0])
+                if hdr[257:263] == b"ustar\x00" and hdr[345] != 0:
+                    name = _text(hdr[345:500].split(b"\0", 1)[0]) + "/" + name
+            if kind == b"\0" and name.endswith("/"):
+                kind = b"5"  # an old (V7) tar's directory
+            if kind not in _FILE_KINDS:  # directories, links, other types: not sample members
+                if kind in _NO_DATA_KINDS:
+                    size = 0
+                padded = (size + 511) // 512 * 512
+                if data_at + size > end:
+                    raise _past_end("truncated member", pos, size, end)
+                f.seek(padded, 1)
+                pos = data_at + padded
+                continue
+            padded = (size + 511) // 512 * 512
+            if data_at + size > end:
+                raise _past_end("truncated member", pos, size, end)
+            base = name.rsplit("/", 1)[-1]
+            key, _, ext = base.partition(".")
+            if cur is None or key != cur.key:
+                if cur is not None:
+                    cur.end = member_at
+                    yield cur
+                    if f.tell() != data_at:  # the consumer may have seeked: stay where this header left us
+                        f.seek(data_at)
+                cur = Group(key, {} if want(key) else {"__skipped__": None}, member_at, member_at)
+            if "__skipped__" not in cur.members and (exts is None or ext in exts):
+                cur.members[ext] = take_view(size) if take_view is not None else _read_into(f, size)
+                f.seek(padded - size, 1)
+            else:
+                f.seek(padded, 1)
             pos = data_at + padded
-            continue
-        name = hdr[:100].split(b"\0", 1)[0].decode("utf-8")
-        if hdr[257:263] == b"ustar\x00" and hdr[345] != 0:
-            name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
-        if long_name is not None:
-            name, long_name = long_name, None
-        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: not sample members
-            f.seek(padded, 1)
-            pos = data_at + padded
-            continue
-        base = name.rsplit("/", 1)[-1]
-        key, _, ext = base.partition(".")
-        if cur is None or key != cur.key:
-            if cur is not None:
-                cur.end = pos
-                yield cur
-                if f.tell() != data_at:  # the consumer may have seeked: stay where this header left us
-                    f.seek(data_at)
-            cur = Group(key, {} if want(key) else {"__skipped__": None}, pos, pos)
-        if "__skipped__" not in cur.members and (exts is None or ext in exts):
-            cur.members[ext] = take_view(size) if take_view is not None else _read_into(f, size)
-            f.seek(padded - size, 1)
-        else:
-            f.seek(padded, 1)
-        pos = data_at + padded
+    except TarError:
+        if cur is not None:  # the damage is at or after the header at `pos`: what came before is whole
+            cur.end = chain if chain >= 0 else pos
+            yield cur
+        raise
     if cur is not None:
         cur.end = pos
         yield cur
@@ -578,10 +685,25 @@ _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (
 _NPY_PARSED: dict[bytes, tuple[np.dtype, bool, tuple[int, ...]]] = {}  # header text -> (dtype, fortran, shape)
 
 
+def _npy_header_error(dtype: np.dtype, fortran: bool, shape: tuple[int, ...]) -> str:
+    """What makes a parsed .npy header unusable for a zero-copy view ("" when nothing does)."""
+    if fortran:
+        return "fortran order"
+    if dtype.hasobject:
+        return "object dtype"
+    if dtype.itemsize == 0 or dtype.subdtype is not None:
+        return f"dtype {dtype} has no fixed item layout"
+    if any(d < 0 for d in shape):
+        return f"negative dimension in shape {shape}"
+    return ""
+
+
 def _npy(data: np.ndarray | bytearray) -> np.ndarray:
     """Zero-copy view of a .npy held in a (writable) buffer. The header numpy writes is parsed with a regex
     (numpy's own reader evaluates it as Python, a noticeable cost per sample), once per distinct header text;
-    anything else goes to numpy."""
+    anything else goes to numpy. Any header that does not describe an array held in the bytes (bad magic or
+    descr, fortran order, object dtype, negative dimensions, a shape larger than the data) is SampleError
+    "bad npy"."""
     magic = bytes(data[:10])
     parsed = None
     hlen = 0
@@ -593,8 +715,14 @@ def _npy(data: np.ndarray | bytearray) -> np.ndarray:
             if parsed is None:
                 m = _NPY_HEADER.match(text.decode("latin1"))
                 if m is not None:
-                    parsed = (np.dtype(m.group(1)), m.group(2) == "True",
-                              tuple(int(x) for x in m.group(3).split(",") if x.strip()))
+                    try:
+                        parsed = (np.dtype(m.group(1)), m.group(2) == "True",
+                                  tuple(int(x) for x in m.group(3).split(",") if x.strip()))
+                    except (TypeError, ValueError) as e:  # an unknown descr, a dimension that is no number
+                        raise SampleError("bad npy", f"header {text[:100]!r}: {e}") from None
+                    bad = _npy_header_error(*parsed)
+                    if bad:
+                        raise SampleError("bad npy", bad)
                     if len(_NPY_PARSED) < 4096:
                         _NPY_PARSED[text] = parsed
     if parsed is not None:
@@ -608,17 +736,21 @@ def _npy(data: np.ndarray | bytearray) -> np.ndarray:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(bio)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(bio)
-        except (ValueError, EOFError) as e:
-            raise SampleError("bad npy", str(e)) from None
+        except Exception as e:  # numpy's reader on arbitrary bytes (ValueError, EOFError, and what its literal
+            raise SampleError("bad npy", f"{type(e).__name__}: {e}") from None  # parser raises on odd text)
+        bad = _npy_header_error(dtype, fortran, shape)
+        if bad:
+            raise SampleError("bad npy", bad)
         start = bio.tell()
-    if fortran or dtype.hasobject:
-        raise SampleError("bad npy", "fortran order or object dtype")
     count = math.prod(shape)
     if len(data) - start < count * dtype.itemsize:
         raise SampleError("bad npy", f"{len(data) - start} data bytes for shape {shape} {dtype}")
-    if isinstance(data, np.ndarray):
-        return data[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
-    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+    try:
+        if isinstance(data, np.ndarray):
+            return data[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+        return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a zero-size shape with a dimension past 2**63
+        raise SampleError("bad npy", f"shape {shape} {dtype}: {e}") from None
 
 
 def non_finite(a: np.ndarray, chunk_bytes: int = 1 << 19) -> bool:
@@ -803,7 +935,38 @@ def _load_info(data: Any) -> Any:
                 if not (type(conv) is list and any(type(t) is dict and any(_big_float(v) for v in t.values())
                                                    for t in conv)):
                     return info
-    return json.loads(bytes(data))
+    try:
+        return json.loads(bytes(data))
+    except RecursionError:  # nested deeper than the interpreter's stack (orjson refuses past 1024 levels)
+        raise ValueError("nested too deeply") from None
+
+
+def _is_text(s: str) -> bool:
+    """Whether a str is valid Unicode text (no lone surrogates: json and tar names can carry them)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _padded_frames(info: dict[str, Any]) -> int:
+    """The frames the encoder repeated to fill the last clip (0-3; 0 when not an int)."""
+    pad = info.get("padded_frames")
+    if not isinstance(pad, int):
+        return 0
+    if not 0 <= pad < CLIP_FRAMES:
+        raise SampleError("bad json", f"padded_frames={pad} is not 0-{CLIP_FRAMES - 1}")
+    return pad
+
+
+def _finite_numbers(xs: list[Any]) -> bool:
+    try:
+        return all(type(x) in (int, float) and math.isfinite(x) for x in xs)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: bool = False) -> TrainSample:
@@ -813,6 +976,8 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
     outcome: a sample that fails any later check is scanned on the spot, so that "non-finite tokens" still takes
     precedence, as it does when the scan comes first."""
     m = g.members
+    if not _is_text(g.key):
+        raise SampleError("bad key", "the member name is not valid UTF-8")
     if JSON_EXT not in m:
         raise SampleError("missing json")
     payload_ext = TOKEN_EXT if opts.kind == "tokens" else FRAME_EXT
@@ -827,12 +992,16 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
     conv = info.get("conversations")
     if not isinstance(conv, list) or not conv or not all(isinstance(t, dict) for t in conv):
         raise SampleError("no conversations")
-    if sum(str(t.get("value", "")).count("<image>") for t in conv) != 1:
+    if not all(type(t.get("from")) is str and type(t.get("value")) is str and _is_text(t["value"]) for t in conv):
+        raise SampleError("bad conversations", "every turn needs text 'from' and 'value' (valid Unicode)")
+    if sum(t["value"].count("<image>") for t in conv) != 1:
         raise SampleError("image placeholder", "need exactly one <image> in the conversations")
     try:
         duration = float(info.get("duration") or 0.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SampleError("bad json", "duration is not a number") from None
+    if not (math.isfinite(duration) and duration >= 0):
+        raise SampleError("bad json", f"duration {duration} is not a finite number of seconds")
 
     if opts.kind == "tokens":
         arr = _npy(m[TOKEN_EXT])
@@ -843,7 +1012,7 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
         n_clips = arr.shape[0]
         nc = info.get("num_clips")
         nf = info.get("num_frames")
-        pad = info.get("padded_frames") if isinstance(info.get("padded_frames"), int) else 0
+        pad = _padded_frames(info)
         if isinstance(nf, int):
             nf += pad  # the encoder repeats the last frame up to a whole clip
         if (isinstance(nc, int) and nc != n_clips) or (isinstance(nf, int) and nf != n_clips * CLIP_FRAMES):
@@ -891,17 +1060,19 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
         frames = len(kept) * CLIP_FRAMES
         old = info.get("time_msg")
         times = info.get("frame_times")
-        pad = info.get("padded_frames") if isinstance(info.get("padded_frames"), int) else 0
+        pad = _padded_frames(info)
         if isinstance(times, list) and times and pad:
             times = times + [times[-1]] * pad
-        if isinstance(old, str) and old and old in str(conv[0].get("value", "")):
+        if isinstance(old, str) and old and old in conv[0]["value"]:
             kept_times = None
             if isinstance(times, list) and len(times) == n_clips * CLIP_FRAMES:
                 kept_times = [times[c * CLIP_FRAMES + j] for c in kept for j in range(CLIP_FRAMES)]
             long = "uniformly sampled at" in old and kept_times is not None
+            if long and not _finite_numbers(kept_times):  # type: ignore[arg-type]
+                raise SampleError("bad json", "frame_times holds a value that is not a finite number")
             new = _time_msg(duration, frames, kept_times, long)
             conv = [dict(t) for t in conv]
-            conv[0]["value"] = str(conv[0]["value"]).replace(old, new, 1)
+            conv[0]["value"] = conv[0]["value"].replace(old, new, 1)
     visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" else arr
     n_visual = n_kept * TOKENS_PER_CLIP
 
@@ -923,7 +1094,8 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
             raise SampleError("too long", f"no answer token left within max_len {opts.max_len}")
     if labels.count(IGNORE_INDEX) == len(labels):
         raise SampleError("no answer", "no assistant turn to train on")
-    return TrainSample(g.key, str(info.get("source", "")), np.array(ids, dtype=np.int64),
+    src = info.get("source", "")
+    return TrainSample(g.key, "" if isinstance(src, (list, dict)) else str(src), np.array(ids, dtype=np.int64),
                        np.array(labels, dtype=np.int64), visual, n_visual, frames, duration)
 
 
@@ -972,6 +1144,8 @@ class SourceStream:
         self._f = None
         self._it: Iterator[Group] | None = None
         self._open_piece: tuple[int, int] | None = None
+        # samples per epoch: any run of 2 * total groups holds a whole epoch (epochs differ in piece order)
+        self.total = sum(p.n for p in pieces)
 
     def order(self, epoch: int) -> list[int]:
         if getattr(self, "_order", (None,))[0] != epoch:
@@ -1022,6 +1196,7 @@ class SourceStream:
     def next_group(self) -> Group:
         """The next member group of this source (excluded keys counted and skipped, never read)."""
         empty_pieces = 0
+        excluded = 0
         while True:
             c = self.cursor
             opened = False
@@ -1059,6 +1234,9 @@ class SourceStream:
             c.offset = g.end
             if "__skipped__" in g.members:
                 self.counters["excluded"] += 1
+                excluded += 1
+                if excluded > 2 * self.total:  # a whole epoch went by: every sample is excluded
+                    raise DataError(f"{self.plan.name}: every sample of this worker's shards is excluded")
                 continue
             empty_pieces = 0
             return g
@@ -1222,6 +1400,7 @@ class StageLoader:
     # ------------------------------------------------------------------ reading
     def _next_sample(self, si: int, defer: bool = False, pending: list[tuple[Any, ...]] | None = None) -> TrainSample:
         stream = self.streams[si]
+        skipped = 0
         while True:
             g = stream.next_group()
             try:
@@ -1229,6 +1408,10 @@ class StageLoader:
             except SampleError as e:
                 url = stream.pieces[stream.order(stream.cursor.epoch)[stream.cursor.piece]].url
                 _warn(self.counters, e.reason, g.key, e.detail, url, pending)
+                skipped += 1
+                if skipped > 2 * stream.total:  # a whole epoch without one usable sample: never loop on
+                    raise DataError(f"{stream.plan.name}: no usable sample in this worker's shards (the last "
+                                    f"{skipped} were all skipped; see the skip counters)") from None
 
     def _read_samples(self, choice: np.ndarray, defer: bool, pending: list[tuple[Any, ...]] | None) -> list[TrainSample]:
         out = []
