@@ -171,7 +171,8 @@ def read_shard(item: dict[str, Any], shards_root: str, resolution: int, s3: dict
             row = flush()
             if row is not None:
                 yield row
-    except (tarfile.TarError, OSError, EOFError) as e:  # StorageError is an OSError
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # StorageError is an OSError; tarfile raises
+        # ValueError on some malformed PAX records (GNU sparse fields)
         error = f"{rel}: shard unreadable after {len(seen)} samples: {type(e).__name__}: {e}"
     for key in expected:
         if key not in seen:

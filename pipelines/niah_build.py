@@ -109,30 +109,50 @@ def shard_uris(haystack: str) -> list[str]:
 
 
 def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
-    """Frames of ingest samples (<key>.mp4), shard by shard in name order, samples in tar order, up to `limit`."""
+    """Frames of ingest samples (<key>.mp4), shard by shard in name order, samples in tar order, up to `limit`.
+    A sample whose mp4 does not decode is skipped, and a shard that is no tar or turns unreadable part way
+    (corrupt, truncated) gives the frames before the damage: each with a warning naming the shard, the member
+    and the reason. The build goes on with the next sample or shard (no frames at all is the caller's error)."""
+    import logging
+
     from longvid.operators.mp4 import decode_mp4
 
+    warn = logging.getLogger("longvid.niah.build").warning
     taken = 0
     for uri in uris:
         with storage.open_read(uri) as f:
             try:
                 tar = tarfile.open(fileobj=f, mode="r|")
-            except tarfile.TarError as e:
-                raise ConfigError(f"haystack: {uri}: not a tar shard: {e}") from None
+                members = iter(tar)
+            except (tarfile.TarError, EOFError, ValueError) as e:
+                warn("haystack: %s: not a readable tar shard (%s: %s); skipped", uri, type(e).__name__, e)
+                continue
             with tar:
-                for m in tar:
-                    if not m.isfile() or not m.name.endswith(".mp4"):
-                        continue
+                got = 0  # frames of this shard
+                while True:
+                    # tarfile raises TarError, EOFError, OSError or (on some malformed PAX records) ValueError
+                    try:
+                        m = next(members, None)
+                        if m is None:
+                            break
+                        if not m.isfile() or not m.name.endswith(".mp4"):
+                            continue
+                        data = tar.extractfile(m).read()
+                    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+                        warn("haystack: %s: unreadable after %d frames (%s: %s); the rest of this shard is skipped",
+                             uri, got, type(e).__name__, e)
+                        break
                     key = m.name[: -len(".mp4")]
-                    data = tar.extractfile(m).read()
                     try:
                         frames = decode_mp4(data)
                     except RecordError as e:
-                        raise ConfigError(f"haystack: {uri}: member {m.name}: {e.reason}") from None
+                        warn("haystack: %s: member %s skipped: %s", uri, m.name, e.reason)
+                        continue
                     frames = frames[: limit - taken]
                     prov = [{"file": uri, "key": key, "frame": i} for i in range(len(frames))]
                     yield frames, prov
                     taken += len(frames)
+                    got += len(frames)
                     if taken >= limit:
                         return
 

@@ -52,9 +52,11 @@ def decode_all(data: bytes, limit: int = 10_000) -> list[np.ndarray]:
 
 
 def read_members(fileobj, names: set[str]) -> dict[str, bytes]:
-    """Members of a tar (a WebDataset shard, any seekable binary file) by base name; stops when all are found."""
+    """Members of a tar (a WebDataset shard: ustar, PAX or GNU long names) by base name; stops when all are found.
+    Read as a stream ("r|"): a member size that points backwards is an error there, where the seeking reader of
+    this Python loops on it forever (CVE-2025-8194). A corrupt tar raises tarfile.TarError or ValueError."""
     out: dict[str, bytes] = {}
-    with tarfile.open(fileobj=fileobj, mode="r:") as tf:
+    with tarfile.open(fileobj=fileobj, mode="r|") as tf:
         for m in tf:
             base = m.name.rsplit("/", 1)[-1]
             if base in names and m.isfile():
