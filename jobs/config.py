@@ -22,7 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.settings import DTYPE_NAMES, TORCH_DTYPES, check_fields, field_types, show
+from longvid.pipelines.settings import DTYPE_NAMES, TORCH_DTYPES, check_fields, field_types, label, show
 
 __all__ = ["ConfigError", "load_config", "read_yaml"]
 
@@ -149,8 +149,7 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
             raise ConfigError(f"{where}{show(k)}: a field name must be a string")
         kk = k.replace("-", "_")
         if kk not in fields:
-            shown = k if len(k) <= 40 and k.isprintable() else show(k, 40)
-            raise ConfigError(f"{where}{shown}: unknown field (known: {', '.join(sorted(fields))})")
+            raise ConfigError(f"{where}{label(k)}: unknown field (known: {', '.join(sorted(fields))})")
         merged[kk] = v
     flags = {k for k, v in (overrides or {}).items() if v is not None and k in fields}
     for k in flags:

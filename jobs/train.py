@@ -36,7 +36,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
-    from longvid.pipelines.settings import show
+    from longvid.pipelines.settings import label
     from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig
 
     raw = dict(raw)
@@ -62,7 +62,7 @@ def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             if isinstance(e.get("shards"), str):
                 e = {**e, "shards": [e["shards"]]}
             data.append(load_config(DataEntry, e, source=f"{at}.data[{j}]"))
-        stages.append(load_config(StageConfig, {**s, "data": data}, source=f"{at} ({show(s.get('name', '?'), 40)})"))
+        stages.append(load_config(StageConfig, {**s, "data": data}, source=f"{at} ({label(s.get('name', '?'))})"))
     cfg = load_config(TrainConfig, {**raw, "stages": stages, "out": raw.get("out", "")}, overrides or {},
                       source=source)
     cfg.stages = stages

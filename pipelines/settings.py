@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterable
 
 from longvid.operators.errors import ConfigError
 
-__all__ = ["DTYPE_NAMES", "DTYPE_ALIASES", "INT_MAX", "TORCH_DTYPES", "check_fields", "field_types", "model_presets", "setting",
-           "show"]
+__all__ = ["DTYPE_NAMES", "DTYPE_ALIASES", "INT_MAX", "TORCH_DTYPES", "check_fields", "field_types", "label",
+           "model_presets", "setting", "show"]
 
 INT_MAX = 2**63 - 1  # every int setting fits an int64 (numpy, Ray and the OS take no bigger)
 MAX_STR = 4096  # no path (PATH_MAX), name or spec setting is longer
@@ -63,6 +63,13 @@ def show(value: Any, limit: int = 60) -> str:
     except Exception:  # noqa: BLE001 - e.g. a recursion error on a self-referencing value
         r = f"<{type(value).__name__}>"
     return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def label(value: Any, limit: int = 40) -> str:
+    """A name for a message: a short printable string as it is, anything else as `show` gives it."""
+    if isinstance(value, str) and len(value) <= limit and value.isprintable():
+        return value
+    return show(value, limit)
 
 
 @functools.lru_cache(maxsize=None)
