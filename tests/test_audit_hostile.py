@@ -213,6 +213,23 @@ def test_hostile_manifest_video_ids(tmp_path):
     assert res.rows == 3 and set(res.leakage.column("key").to_pylist()) == {"charades_RPY8D_full"}
 
 
+def test_non_finite_manifest_values(tmp_path):
+    """nan and infinite spans and durations: an unknown span counts as the whole video (so a window can leak),
+    the statistics count no time for it, and summary.json stays strict JSON."""
+    nan, inf = float("nan"), float("inf")
+    rows = [row("ego_nan", "ego4d", EGO_UID, start=nan, end=nan), row("ego_inf", "ego4d", EGO_UID, start=inf, end=inf),
+            dict(row("w", "webvid", "1", start=-inf, end=1e308), duration=inf)]
+    job = make_job(tmp_path / "job", rows, shards=False)
+    res = run_audit(find_jobs(str(job)), scan_benchmarks([FIXTURES]), tmp_path / "out", AuditConfig())
+    assert set(res.leakage.column("key").to_pylist()) == {"ego_nan", "ego_inf"}
+
+    def refuse(c):
+        raise ValueError(f"{c} in summary.json")
+
+    s = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    assert s["stats"]["sources"]["webvid"]["hours"] == 0
+
+
 # ---------------------------------------------------------------- the drop list
 
 DROP = "\ufeff# audit drop list\r\nkey_a\n  key_b   # inline comment\n\n#key_c\n\tkey_d#no space\n   # indented comment\nkey_e"

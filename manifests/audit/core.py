@@ -211,7 +211,10 @@ class Stats:
 
 
 def _span(s, e) -> tuple[float, float]:
-    return (0.0 if s is None else float(s), float("inf") if e is None else float(e))
+    """A sample's span in seconds; an unknown bound (null, nan, an infinite start) is the video's start or end."""
+    s = float(s) if s is not None and np.isfinite(s) else 0.0
+    e = float("inf") if e is None or e != e else float(e)
+    return s, e
 
 
 def _r(x: float | None) -> float | None:
