@@ -8,11 +8,13 @@ shards; every example runs under an alarm that fails the test when it rings. Reg
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import logging
 import os
+import shutil
 import signal
 import tarfile
 import tempfile
@@ -59,6 +61,7 @@ def tokenizer():
 
 
 _DIR = tempfile.mkdtemp(prefix="fuzz-loader-")
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 _N = count()
 
 
