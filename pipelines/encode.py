@@ -79,8 +79,8 @@ class EncodeConfig:
     model: str = setting("videochat-flash-7b", choices=model_presets)  # encoder sizes (tiny: tests)
     resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the resolution of the ingest frames
     actors: int = setting(0, ge=0)  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor
-    gpus_per_actor: float = setting(1.0, ge=0)  # used only when the cluster has GPUs
-    cpus_per_actor: float = setting(1.0, gt=0)
+    gpus_per_actor: float = setting(1.0, ge=0, le=1024)  # used only when the cluster has GPUs
+    cpus_per_actor: float = setting(1.0, gt=0, le=1024)
     batch_clips: int = setting(16, ge=1, le=65536)  # 4-frame clips per encoder forward pass (across samples)
     # bf16 | fp16 | fp32 (autocast on CUDA only; CPU computes in fp32); the torch names are aliases
     dtype: str = setting("bf16", choices=DTYPE_NAMES, aliases=DTYPE_ALIASES)

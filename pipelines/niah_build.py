@@ -81,8 +81,8 @@ class NiahBuildConfig:
         self.frames = niah.check_lengths(self.frames)
         self.depths = niah.check_depths(self.depths)
         if not self.encoder and self.model != "tiny":
-            raise ConfigError(f"encoder: give the encoder weights for preset {self.model!r} (UMT-L_f4_vision.pt or a "
-                              "VideoChat-Flash checkpoint); random weights are only allowed with --model tiny")
+            raise ConfigError(f"encoder: give the encoder weights for model preset {self.model!r} (UMT-L_f4_vision.pt "
+                              "or a VideoChat-Flash checkpoint); random weights are only allowed with --model tiny")
         n = self.device[5:] if self.device.startswith("cuda:") else "0"
         if not (self.device in ("auto", "cpu", "cuda") or n.isascii() and n.isdigit() and len(n) <= 4):
             raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {show(self.device)}")

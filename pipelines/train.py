@@ -154,7 +154,7 @@ class TrainConfig:
     encoder_checkpoint: str = ""  # stand-alone UMT .pt for frame stages
     num_workers: int = setting(2, ge=0, le=65536)  # 0: in this process, without Ray (debugging)
     use_gpu: bool = False
-    cpus_per_worker: float = setting(1.0, gt=0)
+    cpus_per_worker: float = setting(1.0, gt=0, le=1024)
     strategy: str = setting("ddp", choices=("ddp", "fsdp"))
     checkpoint_every: int = setting(100, ge=1)
     keep_checkpoints: int = setting(2, ge=1)
