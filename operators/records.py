@@ -25,11 +25,31 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def safe_text(s: str) -> str:
     """`s` with every lone surrogate replaced by U+FFFD (the replacement character): always UTF-8 encodable."""
+    return _SURROGATE.sub("\ufffd", s) if _has_surrogate(s) else s
+
+
+def _has_surrogate(s: str) -> bool:
+    if s.isascii():
+        return False
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", s)
-    return s
+        return True
+    return False
+
+
+def _unsafe(v: Any) -> bool:
+    """True when v, or a string inside its tuples, holds a lone surrogate (cheap: called for every record)."""
+    if isinstance(v, str):
+        return _has_surrogate(v)
+    if isinstance(v, tuple):
+        for x in v:
+            if isinstance(x, str):
+                if _has_surrogate(x):
+                    return True
+            elif isinstance(x, tuple) and _unsafe(x):
+                return True
+    return False
 
 
 def _safe(v: Any) -> Any:
@@ -44,9 +64,8 @@ def _safe(v: Any) -> Any:
 def _make_safe(obj: Any, names: tuple[str, ...]) -> None:
     for name in names:
         v = getattr(obj, name)
-        safe = _safe(v)
-        if safe is not v and safe != v:
-            object.__setattr__(obj, name, safe)  # frozen dataclass: set once, while it is being built
+        if _unsafe(v):
+            object.__setattr__(obj, name, _safe(v))  # frozen dataclass: set once, while it is being built
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,60 @@ def test_sample_text():
     texts = [TextSpan("a  b"), TextSpan("c", 1, 2, "asr"), TextSpan("a b"), TextSpan("")]
     assert sample_text(texts) == "a b\nc"
     assert sample_text([]) == ""
+
+
+# ------------------------------------------------------------------------------------------------ no text, no sample
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory):
+    from longvid.pipelines.synth_video import make_video
+
+    root = tmp_path_factory.mktemp("videos")
+    make_video(root / "QMi8x8o55Ns.mp4", seconds=12, fps=10, width=64, height=48, seed=1)
+    return root
+
+
+def _prompt_failure(record, root):
+    from longvid.operators.errors import RecordError
+    from longvid.operators.process import ProcessOptions, process_record
+
+    with pytest.raises(RecordError) as e:
+        process_record(record, ProcessOptions(videos_root=str(root), profile="stage1"))
+    assert e.value.stage == "prompt", e.value
+    return e.value
+
+
+def test_hdvila_clip_without_subtitles_is_a_prompt_failure_not_a_sample(video_root, tmp_path):
+    """The demo wrote HD-VILA samples with empty conversations: a clip whose video has no subtitle file."""
+    from longvid.operators.process import ProcessOptions, process_record
+    from longvid.operators.sources import get_adapter
+
+    meta = tmp_path / "hdvila_part0.jsonl"
+    meta.write_text('{"video_id": "QMi8x8o55Ns", "clip": [{"span": ["0:00:01", "0:00:05"]}, '
+                    '{"span": ["0:00:06", "0:00:09"]}]}\n')
+    first, second = get_adapter("hdvila").read([str(meta)], {})
+    e = _prompt_failure(first, video_root)
+    assert e.field == "subtitle_paths" and "QMi8x8o55Ns.en.vtt" in e.reason and f"{meta}:1" in e.reason
+    # with a subtitle cue inside the first clip only: the first is a sample with text, the second a failure
+    (video_root / "QMi8x8o55Ns.en.vtt").write_text("WEBVTT\n\n00:00:02.000 --> 00:00:03.000\nhello there\n")
+    try:
+        s = process_record(first, ProcessOptions(videos_root=str(video_root), profile="stage1"))
+        assert s.info["conversations"] and "hello there" in s.info["conversations"][1]["value"]
+        e = _prompt_failure(second, video_root)
+        assert e.field == "span" and "6.0 - 9.0 s" in e.reason
+    finally:
+        (video_root / "QMi8x8o55Ns.en.vtt").unlink()
+
+
+def test_every_source_record_without_text_is_a_prompt_failure(video_root):
+    from longvid.operators.records import SourceRecord
+
+    for source in ("webvid", "howto100m", "miradata", "ego4d"):
+        e = _prompt_failure(SourceRecord(source, "QMi8x8o55Ns", ("QMi8x8o55Ns.mp4",), origin="m.csv:7"), video_root)
+        assert e.field == "texts" and "m.csv:7" in e.reason
+    # texts of kinds that make no turn (an untimed narration) are no conversation either
+    rec = SourceRecord("ego4d", "QMi8x8o55Ns", ("QMi8x8o55Ns.mp4",), texts=(TextSpan("C runs", kind="narration"),),
+                       origin="ego4d.json:videos[3]")
+    e = _prompt_failure(rec, video_root)
+    assert e.field == "texts" and "narration" in e.reason

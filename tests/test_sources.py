@@ -15,6 +15,7 @@ from longvid.operators.sources.base import (
     merge_rolling,
     parse_hms,
     parse_iso_duration,
+    parse_number,
     texts_in_span,
     youtube_id,
 )
@@ -532,3 +533,245 @@ def test_demo_corpus_formats_are_the_real_ones(demo):
     text = " ".join(t.text for t in subs).split()
     assert text[:8] == "hello everyone and welcome back to my channel".split()
     assert len(texts_in_span(subs, rec.start, rec.end)) >= 2
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+# one regression test per broken promise of issue 12; tests/test_fuzz_sources.py fuzzes the same classes
+
+
+def _by_origin(items):
+    """{"file-name:line": (field, reason)} of the failures, {"file-name:line": record} of the records."""
+    fails = {f.file.rsplit("/", 1)[-1]: (f.field, f.reason) for f in items if isinstance(f, Failure)}
+    recs = {r.origin.rsplit("/", 1)[-1]: r for r in items if isinstance(r, SourceRecord)}
+    return fails, recs
+
+
+def test_numbers_that_overflow_a_float_are_failures_naming_line_and_field(tmp_path):
+    (tmp_path / "ego4d.json").write_text(
+        '{"videos": [{"video_uid": "a", "duration_sec": %s}, {"video_uid": "b", "duration_sec": %s},'
+        ' {"video_uid": "c", "duration_sec": 1e300}, {"video_uid": "d", "duration_sec": 1e999},'
+        ' {"video_uid": "e", "duration_sec": 30}]}' % ("9" * 400, "9" * 5000))
+    fails, recs = _by_origin(read("ego4d", [tmp_path / "ego4d.json"]))
+    assert fails["ego4d.json:videos[0]"] == ("duration_sec", "number too large: " + "9" * 18 + "..." + "9" * 19)
+    assert fails["ego4d.json:videos[1]"][0] == "duration_sec" and "5000 digits" in fails["ego4d.json:videos[1]"][1]
+    assert fails["ego4d.json:videos[2]"] == ("duration_sec", "duration_sec 1e+300 is larger than 1e+07")
+    assert fails["ego4d.json:videos[3]"] == ("duration_sec", "not a finite number: inf")
+    assert list(recs) == ["ego4d.json:videos[4]"]  # the stream went on
+
+    (tmp_path / "m.csv").write_text(
+        "index,video_id,start_frame,end_frame,fps\n"
+        f"1_a,aaaaaaaaaaa,0,30,1e309\n2_b,bbbbbbbbbbb,0,{'9' * 400},30\n3_c,ccccccccccc,0,30,1e-300\n"
+        "4_d,ddddddddddd,0,30,30\n")
+    fails, recs = _by_origin(read("miradata", [tmp_path / "m.csv"]))
+    assert fails["m.csv:2"] == ("fps", "not a finite number: '1e309'")
+    assert fails["m.csv:3"][0] == "end_frame" and "not a finite number" in fails["m.csv:3"][1]  # 400 digits
+    assert fails["m.csv:4"][0] == "end_frame" and "beyond" in fails["m.csv:4"][1]  # 30 frames at 1e-300 fps
+    assert list(recs) == ["m.csv:5"]
+
+    (tmp_path / "results_1.csv").write_text(f"videoid,page_dir,name,duration\n1,d,a,P{'9' * 400}D\n2,d,b,PT1S\n")
+    fails, recs = _by_origin(read("webvid", [tmp_path / "results_1.csv"]))
+    assert fails["results_1.csv:2"][0] == "duration" and list(recs) == ["results_1.csv:3"]
+
+
+def test_unicode_digits_are_not_numbers():
+    for bad in ("²", "¹²", "٣", "1_000", "0x10", "nan", "inf", "Infinity", "1e999", " "):
+        with pytest.raises(BadValue):
+            parse_number(bad, "fps")
+    for bad in ("٠١:٠٢:٠٣", "²:00", "00:00:1e3"):
+        with pytest.raises(BadValue):
+            parse_hms(bad, "span")
+    assert parse_number(" 29.97 ", "fps") == 29.97 and parse_number("1e3", "fps") == 1000.0
+    with pytest.raises(BadValue, match="too large"):
+        parse_number(10**400, "duration_sec")
+    with pytest.raises(BadValue, match="larger than"):
+        parse_number("2e7", "duration_sec", limit=1e7)
+
+
+def test_unicode_digit_ids_are_failures(tmp_path):
+    (tmp_path / "results_1.csv").write_text("videoid,page_dir,name\n²,d,a\n٣,d,b\n" + "1" * 40 + ",d,c\n7,d,ok\n",
+                                            encoding="utf-8")
+    fails, recs = _by_origin(read("webvid", [tmp_path / "results_1.csv"]))
+    assert fails["results_1.csv:2"] == ("videoid", "videoid must be an integer, got '²'")
+    assert fails["results_1.csv:3"][0] == "videoid" and fails["results_1.csv:4"][0] == "videoid"
+    assert [r.video_id for r in recs.values()] == ["7"]
+    (tmp_path / "v1.csv").write_text("clip_id,timestamp\n²³.1,\"['0:00:01', '0:00:02']\"\n12.1,\"['0:00:01', '0:00:02']\"\n")
+    fails, recs = _by_origin(read("miradata", [tmp_path / "v1.csv"]))
+    assert fails["v1.csv:2"][0] == "clip_id" and list(recs) == ["v1.csv:3"]
+
+
+def test_lone_surrogates_never_reach_the_output(tmp_path):
+    lines = [
+        '{"video_id": "\\ud800abc", "clip": [{"span": ["0:00:01", "0:00:05"]}]}',
+        '{"video_id": "QMi8x8o55Ns", "url": "https://youtu.be/\\udfff", '
+        '"clip": [{"span": ["0:00:01", "0:00:05"], "clip_id": "c\\ud83d.mp4"}]}',
+        '{"video_id": "Abc_def-123", "url": "\\ud800", "clip": [{"span": ["0:00:01", "0:00:05"]}]}',
+    ]
+    (tmp_path / "hdvila_part0.jsonl").write_text("\n".join(lines) + "\n")
+    items = read("hdvila", [tmp_path])
+    fails, recs = _by_origin(items)
+    assert fails["hdvila_part0.jsonl:1"][0] == "video_id" and "lone surrogate" in fails["hdvila_part0.jsonl:1"][1]
+    assert fails["hdvila_part0.jsonl:2"][0] == "clip[0].clip_id"
+    assert recs["hdvila_part0.jsonl:3"].meta_dict()["url"] == "\ufffd"  # text, not an id: repaired
+    for it in items:
+        for v in (it.as_row().values() if isinstance(it, Failure) else (it.video_id, it.origin, repr(it.meta))):
+            if isinstance(v, str):
+                v.encode("utf-8")
+    # narration text with a lone surrogate: U+FFFD in the record's text
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "ego4d.json").write_text('[{"video_uid": "u1", "duration_sec": 30}]')
+    (tmp_path / "e" / "narration.json").write_text(
+        '{"u1": {"narration_pass_1": {"narrations": [{"timestamp_sec": 1, "narration_text": "#C C cuts \\ud800"}]}}}')
+    [rec] = read("ego4d", [tmp_path / "e"])
+    assert rec.texts[0].text == "C cuts \ufffd"
+
+
+def test_records_and_failures_repair_lone_surrogates():
+    from longvid.operators.records import safe_text, sample_key
+
+    assert safe_text("a\ud800b\udfff") == "a\ufffdb\ufffd" and safe_text("plain ü") == "plain ü"
+    r = SourceRecord("hdvila", "v", ("v.mp4",), texts=(TextSpan("x\ud800", kind="asr\udc00"),),
+                     origin="m\ud800.jsonl:1", meta=(("title", ("a\ud800",)),))
+    assert r.texts[0] == TextSpan("x\ufffd", kind="asr\ufffd")
+    assert r.origin == "m\ufffd.jsonl:1" and r.meta == (("title", ("a\ufffd",)),)
+    f = Failure("hdvila", "\ud800", "", "metadata", "bad \udfff", "f\ud800", "video_id")
+    for v in f.as_row().values():
+        if isinstance(v, str):
+            v.encode("utf-8")
+    assert f.video_id == "\ufffd" and f.file == "f\ufffd"
+    assert sample_key("hdvila", "\ud800", None, None) != sample_key("hdvila", "\udfff", None, None)
+
+
+def test_too_deep_json_is_one_failure_and_the_rest_is_read(tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    (tmp_path / "ego4d.json").write_text(
+        '{"videos": [{"video_uid": "a", "duration_sec": 30}, %s, {"video_uid": "c", "duration_sec": 30}]}' % deep)
+    (tmp_path / "narration.json").write_text(
+        '{"c": {"narration_pass_1": %s}, "a": {"narration_pass_1": {"narrations": '
+        '[{"timestamp_sec": 1, "narration_text": "#C C waves"}]}}}' % deep)
+    fails, recs = _by_origin(read("ego4d", [tmp_path]))
+    assert fails["ego4d.json:videos[1]"][0] == "videos[]" and "deeper than" in fails["ego4d.json:videos[1]"][1]
+    assert fails["ego4d.json:videos[2]"][0] == "narration_pass_1"
+    assert "narration.json" in fails["ego4d.json:videos[2]"][1] and "deeper than" in fails["ego4d.json:videos[2]"][1]
+    assert [t.text for t in recs["ego4d.json:videos[0]"].texts] == ["C waves"]
+
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "hdvila_part0.jsonl").write_text(
+        deep + '\n{"video_id": "QMi8x8o55Ns", "clip": [{"span": ["0:00:01", "0:00:05"]}]}\n')
+    fails, recs = _by_origin(read("hdvila", [tmp_path / "h"]))
+    assert fails == {"hdvila_part0.jsonl:1": ("line", "JSON line nested too deep to read")}
+    assert list(recs) == ["hdvila_part0.jsonl:2"]
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "HowTo100M_v1.csv").write_text("video_id\naaaaaaaaaaa\nbbbbbbbbbbb\n")
+    (tmp_path / "t" / "caption.json").write_text(
+        '{"aaaaaaaaaaa": {"text": %s, "start": [0], "end": [1]}, "bbbbbbbbbbb": {"text": ["hi"], "start": [0], '
+        '"end": [1]}}' % deep)
+    fails, recs = _by_origin(read("howto100m", [tmp_path / "t"]))
+    assert fails["HowTo100M_v1.csv:2"][0] == "caption[aaaaaaaaaaa].text"
+    assert recs["HowTo100M_v1.csv:3"].texts[0].text == "hi"
+
+
+def test_a_whole_json_file_that_is_not_json_stays_a_metadata_error(tmp_path):
+    (tmp_path / "ego4d.json").write_text('{"videos": [' + "[" * 5000 + "]" * 4999 + "]")  # deep and cut short
+    with pytest.raises(MetadataError, match=r"ego4d\.json: not valid JSON"):
+        read("ego4d", [tmp_path / "ego4d.json"])
+    (tmp_path / "ego4d.json").write_text('{"videos": 5}')
+    with pytest.raises(MetadataError, match=r"ego4d\.json: expected ego4d\.json with a top-level 'videos' list"):
+        read("ego4d", [tmp_path / "ego4d.json"])
+
+
+def test_wrong_json_types_are_failures_naming_the_field(tmp_path):
+    (tmp_path / "ego4d.json").write_text(json.dumps({"videos": [
+        {"video_uid": "a", "duration_sec": 30, "scenarios": 5},
+        {"video_uid": "b", "duration_sec": 30, "video_metadata": [1, 2]},
+        {"video_uid": "c", "duration_sec": [30]},
+        {"video_uid": ["d"], "duration_sec": 30},
+        "e",
+        {"video_uid": "f", "duration_sec": 30},
+        {"video_uid": "g", "duration_sec": 30},
+        {"video_uid": "h", "duration_sec": 30},
+    ]}))
+    (tmp_path / "narration.json").write_text(json.dumps({
+        "f": {"narration_pass_1": {"narrations": 5}}, "g": [], "h": {"narration_pass_2": {"summaries": [1, "x"]}}}))
+    fails, recs = _by_origin(read("ego4d", [tmp_path]))
+    got = {k.split(":")[1]: v[0] for k, v in fails.items()}
+    assert got == {"videos[0]": "scenarios", "videos[1]": "video_metadata", "videos[2]": "duration_sec",
+                   "videos[3]": "video_uid", "videos[4]": "videos[]", "videos[5]": "narration_pass_1.narrations",
+                   "videos[6]": "narrations"}
+    assert fails["ego4d.json:videos[5]"][1] == (f"{tmp_path / 'narration.json'}: narration_pass_1.narrations must "
+                                                "be a list, got number 5")
+    assert recs["ego4d.json:videos[7]"].meta_dict()["texts_dropped"] == 2  # malformed items inside a list: counted
+
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "x.jsonl").write_text("\n".join(json.dumps(o) for o in [
+        {"video_id": "a", "clip": {"span": [1, 2]}}, {"video_id": "b", "clip": [[1, 2]]},
+        {"video_id": "c", "clip": [{"span": "0:01-0:02"}]}, {"video_id": "d", "clip": [{"span": [[1], 2]}]},
+        [1], "x", None]) + "\n")
+    fails, _ = _by_origin(read("hdvila", [tmp_path / "h" / "x.jsonl"]))
+    assert [v[0] for v in fails.values()] == ["clip", "clip[0]", "clip[0].span", "clip[0].span", "line", "line",
+                                               "line"]
+
+
+def test_window_settings_cannot_make_unbounded_windows(tmp_path):
+    from longvid.operators.errors import ConfigError
+
+    (tmp_path / "ego4d.json").write_text(json.dumps({"videos": [
+        {"video_uid": "a", "duration_sec": 9_000_000}, {"video_uid": "b", "duration_sec": 5}]}))
+    for bad in (1e-9, 0.5, float("inf"), float("nan"), -1, "480", True, 1e300):
+        with pytest.raises(ConfigError, match="source_options.window_sec"):
+            get_adapter("ego4d").read([str(tmp_path)], {"window_sec": bad})
+    with pytest.raises(ConfigError, match="source_options.window: unknown option"):
+        get_adapter("ego4d").read([str(tmp_path)], {"window": 5})
+    fails, recs = _by_origin(read("ego4d", [tmp_path], window_sec=1))
+    assert fails["ego4d.json:videos[0]"] == (
+        "duration_sec", "duration_sec 9e+06 s makes more than 10000 windows of 1 s (window_sec)")
+    assert len(recs) == 1
+    assert len(read("ego4d", [tmp_path], window_sec=1000)) == 9001  # a long video in many (bounded) windows
+
+
+def test_unexpected_error_in_one_row_is_that_rows_failure(tmp_path):
+    from longvid.operators.sources.base import Adapter, Row
+
+    class Boom(Adapter):
+        name = "boom"
+
+        def _read(self, paths, options):
+            def rows():
+                yield Row("m.csv:2", lambda: 1 / 0)
+                yield Row("m.csv:3", lambda: [])
+                yield Row("m.csv:4", lambda: SourceRecord("boom", "x", ("x.mp4",), 0.0, float("inf")))
+                yield Row("m.csv:5", lambda: SourceRecord("boom", "y", ("y.mp4",), origin="m.csv:5"))
+            return rows()
+
+    (tmp_path / "m.csv").write_text("x\n")
+    items = list(Boom().read([str(tmp_path / "m.csv")]))
+    assert [(f.file, f.field) for f in items if isinstance(f, Failure)] == [
+        ("m.csv:2", "row"), ("m.csv:3", "row"), ("m.csv:4", "span")]
+    assert "ZeroDivisionError" in items[0].reason and items[1].reason == "the row gave no record"
+    assert items[3].video_id == "y"
+
+
+def test_bad_task_ids_row_fails_only_its_videos(tmp_path):
+    (tmp_path / "HowTo100M_v1.csv").write_text("video_id,task_id\naaaaaaaaaaa,7\nbbbbbbbbbbb,8\n")
+    (tmp_path / "task_ids.csv").write_text("8\tMake Tea\n7\n")
+    fails, recs = _by_origin(read("howto100m", [tmp_path]))
+    assert fails["HowTo100M_v1.csv:2"][0] == "task_id" and "task_ids.csv:2" in fails["HowTo100M_v1.csv:2"][1]
+    assert recs["HowTo100M_v1.csv:3"].texts[0] == TextSpan("Make Tea", kind="task")
+
+
+def test_ids_that_cannot_name_a_file_are_failures(tmp_path):
+    long_id = "a" * 300
+    (tmp_path / "v0.csv").write_text(
+        f"index,video_id,start_frame,end_frame,fps\n1_x,{long_id},0,30,30\n2_x,a\x00b,0,30,30\n3_x,\x1b[31m,0,30,30\n"
+        "4_x,ok,0,30,30\n")
+    fails, recs = _by_origin(read("miradata", [tmp_path / "v0.csv"]))
+    assert fails["v0.csv:2"][0] == "video_id" and "300 characters" in fails["v0.csv:2"][1]
+    assert "control character" in fails["v0.csv:3"][1] and "control character" in fails["v0.csv:4"][1]
+    assert list(recs) == ["v0.csv:5"]
+
+
+def test_csv_header_with_a_second_bom_and_duplicate_columns(tmp_path):
+    (tmp_path / "results_1.csv").write_bytes(
+        "\ufeff\ufeffvideoid, page_dir ,name,videoid\n5,d,a kite,6\n".encode())
+    [rec] = read("webvid", [tmp_path / "results_1.csv"])
+    assert rec.video_id == "5"  # the first of two columns of one name wins

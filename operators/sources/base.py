@@ -134,7 +134,7 @@ def _decode(text: str, i: int, depth: int) -> tuple[Any, int]:
         pass
     if depth < _DESCEND:
         return _container(text, i, depth)
-    return Unreadable(f"nested deeper than {sys.getrecursionlimit()} levels"), _skip(text, i)
+    return Unreadable("nested deeper than Python's JSON parser goes"), _skip(text, i)
 
 
 def _container(text: str, i: int, depth: int) -> tuple[Any, int]:
@@ -217,6 +217,8 @@ def expand_paths(paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
         p = str(p)
         if p.startswith("file://"):
             p = p[len("file://") :]
+        if "\x00" in p:
+            raise MetadataError(f"{p!r}: not a valid metadata path (it holds a NUL character)")
         if is_remote(p) and p.endswith("/"):  # an S3 prefix: its objects matching the patterns
             out.extend(_expand_s3(p, patterns))
             continue
@@ -359,6 +361,10 @@ def show(value: Any) -> str:
         return _REPR.repr(value)
     except Exception:  # noqa: BLE001 - a message must never fail
         return f"<{type(value).__name__}>"
+
+
+def _cut(message: str, n: int = 300) -> str:
+    return message if len(message) <= n else message[:n] + "..."
 
 
 def json_type(value: Any) -> str:
@@ -755,7 +761,7 @@ def run_row(source: str, row: Row) -> list[Item]:
     except BadValue as e:
         return [make_failure(source, row.origin, e.field, e.reason, video_id=e.video_id)]
     except Exception as e:  # noqa: BLE001 - one row's unforeseen problem is that row's failure, never the job's
-        return [make_failure(source, row.origin, "row", f"unreadable row ({type(e).__name__}: {show(str(e))})")]
+        return [make_failure(source, row.origin, "row", f"unreadable row ({type(e).__name__}: {_cut(str(e))})")]
 
 
 class Adapter:
@@ -791,7 +797,7 @@ class Adapter:
             except Exception as e:  # noqa: BLE001 - reading a file failed in a way no row explains: that file
                 where = f"after {last}" if last else "at the start"
                 raise MetadataError(f"{self.name}: cannot read the metadata {where}: {type(e).__name__}: "
-                                    f"{show(str(e))}") from e
+                                    f"{_cut(str(e))}") from e
             if isinstance(row, Row):
                 last = row.origin
                 yield from run_row(self.name, row)
@@ -815,15 +821,13 @@ class Adapter:
         for name, (typ, default, smallest) in self.options_spec.items():
             v = options.get(name, default)
             if v is not None and typ is float:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                    raise ConfigError(f"source_options.{name}: {self.name} option {name!r} must be a non-negative "
-                                      f"number, got {show(v)}")
+                # (int/float comparisons are exact: a 400-digit int or nan is refused here, never converted)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_SECONDS:
+                    raise ConfigError(f"source_options.{name}: {self.name} option {name!r} must be a number from 0 "
+                                      f"to {MAX_SECONDS:g}, got {show(v)}")
                 if smallest is not None and 0 < v < smallest:
                     raise ConfigError(f"source_options.{name}: {self.name} option {name!r} must be 0 or at least "
                                       f"{smallest:g}, got {show(v)}")
-                if v > MAX_SECONDS:
-                    raise ConfigError(f"source_options.{name}: {self.name} option {name!r} must be at most "
-                                      f"{MAX_SECONDS:g}, got {show(v)}")
                 v = float(v)
             out[name] = v
         return out
