@@ -116,6 +116,23 @@ def test_hostile_value_in_any_field_is_a_config_error_naming_it(cls, niah_set, d
         _assert_sound(cfg)
 
 
+@FUZZ
+@given(source_option=st.sampled_from([("ego4d", "window_sec"), ("ego4d", "min_window_sec"),
+                                      ("howto100m", "max_asr_span_sec"), ("webvid", "dedupe")]), value=HOSTILE)
+def test_hostile_source_option_names_the_option(source_option, value):
+    """Source options are the adapter's (operators/sources check_options); a bad one is a ConfigError naming it."""
+    source, option = source_option
+    base = {"source": source, "metadata": ["m.csv"], "videos": "v", "out": "o"}
+    try:
+        cfg = load_config(IngestConfig, {**base, "source_options": {option: value}}, source="job.yaml")
+    except ConfigError as e:
+        assert str(e).startswith(f"job.yaml: source_options.{option}: "), str(e)
+    else:
+        v = cfg.source_options[option]
+        assert isinstance(v, bool) if option == "dedupe" else v is None or (  # None: the adapter's default
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0), v
+
+
 @pytest.mark.parametrize("cls", [IngestConfig, EncodeConfig, PlanConfig, NiahBuildConfig, StageConfig],
                          ids=lambda c: c.__name__)
 def test_each_classic_mistake_names_its_field(cls, niah_set):
