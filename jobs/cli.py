@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Callable
 
 from longvid import __version__
 
@@ -68,18 +69,26 @@ class _Stderr(logging.StreamHandler):
         super().emit(record)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str) -> Callable[[], None]:
     """`--log-level`: LongVid's messages (every `longvid.*` logger, the jobs' progress lines among them) go to
-    stderr as plain lines at and above `level`; other libraries' messages at warning and above."""
-    lv = getattr(logging, level.upper())
+    stderr as plain lines at and above `level` (other libraries' warnings reach stderr as Python prints them).
+    Returns the function that undoes this, for callers of `main` in a longer-lived process."""
     log = logging.getLogger("longvid")
-    log.setLevel(lv)
-    if not any(isinstance(h, _Stderr) for h in log.handlers):
-        h = _Stderr()
-        h.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(h)
-    log.propagate = False
-    logging.basicConfig(level=max(lv, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    saved = log.level
+    handler = next((h for h in log.handlers if isinstance(h, _Stderr)), None)
+    added = handler is None
+    if added:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(getattr(logging, level.upper()))
+
+    def undo() -> None:
+        log.setLevel(saved)
+        if added:
+            log.removeHandler(handler)
+
+    return undo
 
 
 def _one_line(e: BaseException) -> str:
@@ -89,13 +98,13 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from longvid.operators.errors import ConfigError
     from longvid.operators.storage import StorageError
 
+    undo_logging = setup_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
@@ -109,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlongvid {args.command}: interrupted. Committed work is kept; re-run the same command to resume.",
               file=sys.stderr)
         return 130
+    finally:
+        undo_logging()
 
 
 if __name__ == "__main__":

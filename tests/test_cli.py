@@ -107,16 +107,17 @@ def test_log_level_anywhere_and_it_filters_progress(capsys):
     assert parser.parse_args(["plan", "--log-level", "debug"]).log_level == "debug"
     assert parser.parse_args(["niah", "eval", "--log-level", "warning"]).log_level == "warning"
     assert parser.parse_args(["plan"]).log_level == "info"
-    try:
-        setup_logging("warning")
-        job_log("ingest")("[ingest] unit 0: quiet please")
-        setup_logging("info")
-        job_log("ingest")("[ingest] unit 1: shown")
-        err = capsys.readouterr().err
-        assert "unit 1: shown" in err and "quiet please" not in err
-    finally:
-        setup_logging("info")
-        logging.getLogger("longvid").setLevel(logging.NOTSET)
+    log = logging.getLogger("longvid")
+    before = (log.level, list(log.handlers))
+    undo = setup_logging("warning")
+    job_log("ingest")("[ingest] unit 0: quiet please")
+    undo()
+    undo = setup_logging("info")
+    job_log("ingest")("[ingest] unit 1: shown")
+    undo()
+    err = capsys.readouterr().err
+    assert "unit 1: shown" in err and "quiet please" not in err
+    assert (log.level, list(log.handlers)) == before  # main() leaves the process's logging as it found it
 
 
 # ------------------------------------------------------------------------------------------------ user mistakes
