@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any, Callable
 import yaml
 
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.settings import DTYPE_NAMES, TORCH_DTYPES, check_fields, field_types, label, show
+from longvid.pipelines.settings import (DTYPE_NAMES, INT_MAX, TORCH_DTYPES, check_fields, field_types, label,
+                                       show)
 
 __all__ = ["ConfigError", "load_config", "read_yaml"]
 
@@ -128,8 +130,9 @@ def _coerce(value: Any, tp: Any) -> Any:
                 return float(s)
         except ValueError:  # not a number, or an integer of more than 4300 digits
             return value
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    if tp is str and (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT_MAX
+                      or isinstance(value, float) and math.isfinite(value)):
+        return str(value)  # a name or path YAML read as a number: `name: 7`
     return value
 
 

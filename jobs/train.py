@@ -36,7 +36,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
-    from longvid.pipelines.settings import label
+    from longvid.pipelines.settings import label, show
     from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig
 
     raw = dict(raw)
@@ -58,7 +58,7 @@ def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             if isinstance(e, str):
                 e = {"shards": [e]}
             if not isinstance(e, dict):
-                raise ConfigError(f"{at}.data[{j}]: must be a mapping or a glob, got {e!r}")
+                raise ConfigError(f"{at}.data[{j}]: must be a mapping or a glob, got {show(e)}")
             if isinstance(e.get("shards"), str):
                 e = {**e, "shards": [e["shards"]]}
             data.append(load_config(DataEntry, e, source=f"{at}.data[{j}]"))
