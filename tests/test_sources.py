@@ -775,3 +775,12 @@ def test_csv_header_with_a_second_bom_and_duplicate_columns(tmp_path):
         "\ufeff\ufeffvideoid, page_dir ,name,videoid\n5,d,a kite,6\n".encode())
     [rec] = read("webvid", [tmp_path / "results_1.csv"])
     assert rec.video_id == "5"  # the first of two columns of one name wins
+
+
+def test_duplicates_of_several_clips_of_one_row_have_distinct_failure_keys(tmp_path):
+    """Found by the fuzz suite: a line repeating an earlier line's two clips gave two failures of one key."""
+    line = '{"video_id": "QMi8x8o55Ns", "clip": [{"span": ["0:00:01", "0:00:05"]}, {"span": ["0:00:06", "0:00:09"]}]}'
+    (tmp_path / "hdvila_part0.jsonl").write_text(line + "\n" + line + "\n")
+    recs, fails = split(read("hdvila", [tmp_path]))
+    assert len(recs) == 2 and len(fails) == 2 and all("duplicate" in f.reason for f in fails)
+    assert len({i.key for i in recs + fails}) == 4

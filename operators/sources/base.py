@@ -573,9 +573,10 @@ def make_failure(
     end: float | None = None,
 ) -> Failure:
     """A metadata-stage Failure. Its key is unique per input item and independent of where the metadata
-    directory lives (file name, line and field are hashed into it)."""
+    directory lives (file name, line and field are hashed into it, and the span when there is one: one row
+    gives several clips or windows)."""
     where = origin.rsplit("/", 1)[-1]
-    key = sample_key(source, f"{video_id or 'unknown'}@{where}#{field}", None, None)
+    key = sample_key(source, f"{video_id or 'unknown'}@{where}#{field}", start, end)
     return Failure(
         source=source,
         video_id=video_id or "",
