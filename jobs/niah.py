@@ -6,11 +6,14 @@
         --out /data/niah/multi --multi-hop --frames 1000,2000,3000 --encoder ckpt/
     longvid niah eval --set /data/niah/single --checkpoint ckpt/ [--visual-dropout released]
 
-build: the haystack (an ingest job folder, a folder of shards, one .tar, or a video decoded at 1 fps) is encoded
-once with the HiCo encoder (16 tokens per frame; above 7,500 frames half the longest length is taken and repeated),
-each needle image as a 4-frame clip (64 tokens); index.parquet lists every (item, length, depth, positions).
-eval: scores every input on Ray (one actor per GPU, else one CPU actor) by teacher-forced option scoring; writes
-results.parquet, summary.json and heatmap.png under <set>/eval (or --out).
+build: the haystack (a long video: every round(fps)-th frame from frame 0, as the reference; or, not
+reference-exact, an ingest job folder, a folder of shards or one .tar) is encoded once with the HiCo encoder, each
+frame padded to a square (16 tokens per frame; above 7,500 frames the reference's 5,016-frame period repeats),
+each needle image padded to a square as a 4-frame clip (64 tokens); index.parquet lists every (item, length,
+depth, positions).
+eval: scores every input on Ray (one actor per GPU, else one CPU actor); --scoring greedy (default, the released
+rule: greedy decoding, the decoded answer compared with the answer letter) or options (argmax over the option
+letters); writes results.parquet, summary.json and heatmap.png under <set>/eval (or --out).
 """
 from __future__ import annotations
 
@@ -54,6 +57,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder, or 'test' (tiny model); default: the checkpoint folder")
     p.add_argument("--visual-dropout", help="off (default), released, or MODE[:LAYERS[:RATIOS]], "
                                             "e.g. uniform0_attention:4,18:1,0.75,0.25")
+    p.add_argument("--scoring", help="greedy (default: greedy decoding over the whole vocabulary, correct when the "
+                                     "decoded answer matches the letter, as the released eval) | options "
+                                     "(teacher-forced argmax over the option letters)")
+    p.add_argument("--max-new-tokens", type=int, help="greedy decoding stops at EOS or after N tokens (default 16)")
     p.add_argument("--num-actors", type=int, help="scoring actors (default: one per GPU, else 1)")
     p.add_argument("--rows-per-task", type=int, help="inputs per actor call (default 4)")
     p.add_argument("--limit", type=int, help="only the first N inputs of the index")

@@ -1,9 +1,11 @@
-"""NIAH build: a haystack (ingest shards or one long video) + a released needle spec + needle images -> a NIAH set.
+"""NIAH build: a haystack (a long video, or ingest shards) + a released needle spec + needle images -> a NIAH set.
 
-    haystack frames (1 fps video, or the frames stored in ingest shards, in shard/sample order)
-        └─ first U frames (U = longest length, or half of it above 7,500 frames) ─▶ HiCo, 4-frame clips
+    haystack frames (a video: every round(fps)-th frame from frame 0; shards: the stored frames in order)
+        └─ first U frames (U = longest length; above 7,500 frames the reference's repeat period, 5,016 frames
+           for 10,000) ─▶ each padded to a square ─▶ HiCo, 4-frame clips
            ─▶ haystack/tokens.npy [U, 16, D]   (16 tokens per frame slot; frame i of any haystack = slot i mod U)
-    needle images (each repeated to a 4-frame clip) ─▶ HiCo ─▶ needles/tokens.npy [images, 64, D]
+    needle images (each padded to a square, repeated to a 4-frame clip) ─▶ HiCo
+           ─▶ needles/tokens.npy [images, 64, D]
     spec items x lengths x depths ─▶ placement rules (operators/niah.py) ─▶ index.parquet
 
 Why tokens and not frames: the haystack of the longest length is encoded once (U frames) and every input of
@@ -20,9 +22,15 @@ Output (a local folder):
     haystack/tokens.npy    float16 [U, 16, D]; haystack/frames.parquet: provenance of each slot (file, key, frame)
     needles/tokens.npy     float16 [images, 64, D]; needles/images.parquet: name, file, size, sha256
 
-Ingest frames are sampled by the dynamic VideoChat-Flash rule (not exactly 1 fps): each stored frame counts as
-one haystack frame. A plain video file is decoded at 1 fps (indices round(k * fps)). Frames are padded to a
-square with the mean colour and resized (the reference's `image_aspect_ratio = "pad"`).
+The haystack steps are the reference's (`produce_haystack_embedding.py`, transcribed in operators/niah.py) only
+for a video file: frames `video_1fps_indices` (every round(fps)-th from frame 0), `haystack_unique_frames` of them,
+each padded to a square with the mean colour (`expand2square`) and resized by the encoder's preprocessing; the
+frames are encoded in whole 4-frame clips from frame 0, as the reference's 8-frame batches are, and the last clip
+takes the video's next frames when there are any (set.json `haystack.reference_exact` true). Ingest shards are
+accepted as a haystack but are not the reference's input (`reference_exact` false, with the reasons in
+`haystack.deviation`): their frames were sampled by the dynamic VideoChat-Flash rule (not every round(fps)-th
+frame), resized to a square by ingest (stretched, not padded: padding a square frame changes nothing) and stored as
+lossy mp4. Each stored frame counts as one haystack frame, shard by shard in name order, samples in tar order.
 """
 from __future__ import annotations
 
@@ -158,7 +166,11 @@ def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
 
 
 def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameChunk]:
-    """A video decoded at 1 fps (indices round(k * fps)), `chunk` frames at a time, up to `limit` frames."""
+    """The haystack frames of a video as the reference reads them: every round(fps)-th frame from frame 0
+    (`operators.niah.video_1fps_indices`; 29.97 fps -> frames 0, 30, 60, ...), the first `limit` of them, decoded
+    `chunk` at a time, uint8 RGB at the video's own size (the encoder pads each to a square). When the container
+    does not state an exact frame count, frames in the last second of the estimate are left out (they may not
+    exist)."""
     from longvid.operators.decode import decode_frames
     from longvid.operators.probe import probe
 
@@ -178,8 +190,13 @@ def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameC
         yield frames, [{"file": path, "key": "", "frame": i, "time": round(i / info.fps, 3)} for i in part]
 
 
-def haystack_source(haystack: str) -> tuple[str, int | None, Any]:
-    """('shards', None, uris) or ('video', frames at 1 fps, path)."""
+SHARD_DEVIATION = ("ingest shards are not the reference's haystack: their frames were sampled by the dynamic "
+                   "VideoChat-Flash rule (not every round(fps)-th frame), resized to a square by ingest (stretched, "
+                   "not padded) and stored as lossy mp4; give the long video file itself for the reference's steps")
+
+
+def haystack_source(haystack: str) -> tuple[str, int | None, Any, float | None]:
+    """('shards', None, uris, None) or ('video', its haystack frames (every round(fps)-th), path, fps)."""
     if not storage.is_s3(haystack) and Path(haystack).is_file() and not haystack.endswith(".tar"):
         from longvid.operators.probe import probe
 
@@ -187,11 +204,11 @@ def haystack_source(haystack: str) -> tuple[str, int | None, Any]:
             info = probe(haystack)
         except RecordError as e:
             raise ConfigError(f"haystack: {haystack}: {e.reason}") from None
-        return "video", len(niah.video_1fps_indices(info.num_frames, info.fps)), haystack
+        return "video", len(niah.video_1fps_indices(info.num_frames, info.fps)), haystack, float(info.fps)
     uris = shard_uris(haystack)
     if not uris:
         raise ConfigError(f"haystack: {haystack}: not a video file and no .tar shards found there (or in shards/)")
-    return "shards", None, uris
+    return "shards", None, uris, None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -236,7 +253,8 @@ def make_encoder(preset: str, img_size: int, weights: str, seed: int, device) ->
 
 
 class ClipEncoder:
-    """Feeds frames through the HiCo encoder in whole 4-frame clips; returns [frames, 16, D] slot tokens."""
+    """Feeds frames, each padded to a square with the mean colour (LLaVA's `expand2square`, never stretched) and
+    resized, through the HiCo encoder in whole 4-frame clips from the first frame; returns [frames, 16, D]."""
 
     def __init__(self, enc, device, clips_per_pass: int, dtype: str):
         self.enc, self.device, self.cpp, self.dtype = enc, device, clips_per_pass, np.dtype(dtype)
@@ -397,18 +415,22 @@ def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
             image_where.append(where)
             image_rows[name] = len(image_rows)
     longest = max(cfg.frames)
-    src_kind, available, src = haystack_source(cfg.haystack)
+    src_kind, available, src, fps = haystack_source(cfg.haystack)
     unique = niah.haystack_unique_frames(longest, available)
     out = Path(cfg.out)
     _prepare_out(out)
     device = pick_device(cfg.device)
     enc, ident = make_encoder(cfg.model, cfg.img_size, cfg.encoder, cfg.seed, device)
 
-    # haystack: the first `unique` frames, encoded once
+    # haystack: the first `unique` frames, encoded once, in whole clips from frame 0 as the reference's 8-frame
+    # batches are: the last clip takes the source's next frames when it has them (their tokens are dropped)
     t1 = time.time()
     ce = ClipEncoder(enc, device, cfg.clips_per_pass, cfg.dtype)
+    read = -(-unique // ce.per_clip) * ce.per_clip
+    if available is not None:
+        read = min(read, available)
     prov: list[dict[str, Any]] = []
-    frames_iter = iter_video_frames(src, unique) if src_kind == "video" else iter_shard_frames(src, unique)
+    frames_iter = iter_video_frames(src, read) if src_kind == "video" else iter_shard_frames(src, read)
     next_log = 512
     for frames, p in frames_iter:
         ce.add(frames)
@@ -419,8 +441,9 @@ def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
     hay = ce.finish()
     if len(prov) == 0:
         raise ConfigError(f"haystack: {cfg.haystack}: no frames")
-    unique = len(prov)  # a shard source may hold fewer frames than wanted: tiled below
-    assert hay.shape[0] == unique, (hay.shape, unique)
+    assert hay.shape[0] == len(prov), (hay.shape, len(prov))
+    unique = min(unique, len(prov))  # a source may hold fewer frames than wanted: tiled (frame i = slot i mod U)
+    hay, prov = hay[:unique], prov[:unique]
     _save_npy(out / "haystack" / "tokens.npy", hay)
     _write_parquet(out / "haystack" / "frames.parquet", pa.Table.from_pylist(
         [{"slot": i, "file": storage.redact(r["file"]), "key": r["key"], "frame": r["frame"],
@@ -466,7 +489,15 @@ def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
         "images": {"folder": os.path.abspath(cfg.images), "count": len(image_paths)},
         "haystack": {"source": storage.redact(cfg.haystack), "type": src_kind, "unique_frames": unique,
                      "longest": longest, "repeated": longest > unique,
-                     "rule": "frame i = unique frame i mod U; U = longest // 2 above 7500 frames, else longest"},
+                     "rule": "frame i = unique frame i mod U; U = longest, or above 7,500 frames the reference's "
+                             "repeat period (operators.niah.haystack_unique_frames: 5,016 for 10,000); at most the "
+                             "frames the source has",
+                     "frames": (f"frames 0, {round(fps)}, {2 * round(fps)}, ...: every round(fps) = {round(fps)} "
+                                f"frames at {fps:g} fps" if fps is not None
+                                else "the frames stored in the shards, in order"),
+                     "pad_to_square": True,
+                     "reference_exact": src_kind == "video",
+                     "deviation": None if src_kind == "video" else SHARD_DEVIATION},
         "encoder": ident,
         "tokens_per_frame": tpf,
         "needle_tokens": needle_tokens,
@@ -484,6 +515,8 @@ def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
             + (f" x {len(cfg.depths)} depths" if kind == "single" else "")
             + f" = {len(rows)} inputs; haystack {unique} unique frames ({src_kind}) for up to {longest}; "
             f"{len(image_paths)} needle images; {summary['seconds']['total']:.1f} s -> {out}")
+    if src_kind != "video":
+        log(f"[niah build] note: {SHARD_DEVIATION}")
     return summary
 
 

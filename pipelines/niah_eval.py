@@ -1,16 +1,33 @@
-"""NIAH eval: score a checkpoint on a NIAH set (pipelines/niah_build.py) with teacher-forced option scoring, on Ray.
+"""NIAH eval: score a checkpoint on a NIAH set (pipelines/niah_build.py) as the released evaluation does, on Ray.
 
     index.parquet rows ──chunks──▶ Ray actor pool (one actor per GPU, num_gpus=1; one CPU actor without GPUs)
         each actor: loads the VideoLLM once, memory-maps haystack/needle tokens, and per row splices the needle
         tokens into the haystack slice at the row's positions (operators.niah.splice_tokens), builds the prompt
-            <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<image>{question}<|im_end|>\\n
-            <|im_start|>assistant\\n
-        (the question ends with "Best option: ("), and scores every option letter with `VideoLLM.score_options`
-        (optionally with visual-token dropout); the best-scoring letter is the prediction, exact match = correct
+            <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>{question}<|im_end|>\n
+            <|im_start|>assistant\n
+        (the question ends with "Best option: (") and answers it (`--scoring`, below; optionally with visual-token
+        dropout)
     driver ──▶ results.parquet (one row per question), summary.json, heatmap.png
 
-Single hop: accuracy per (length, depth), heat map depth x length. Multi hop: per length the caption score
-(question1), the QA score (question2) and their mean (the reference "Score"), heat map caption/QA/score x length.
+Scoring (`scoring`, recorded in summary.json and in every results.parquet row):
+- "greedy" (default), the released scripts' rule (`single_eval_vision_niah.py` / `multi_eval_vision_niah.py`,
+  `eval_forward`): the answer is decoded greedily over the whole vocabulary (argmax, no sampling), stopping at
+  EOS (`<|im_end|>` / `<|endoftext|>`) or after `max_new_tokens`. The reference takes as many argmax tokens as the
+  answer has tokens (one for an option letter), decodes them and counts the question correct when that text,
+  lower-cased and with every "(" and ")" removed, equals the lower-cased decoded answer (`reference_match`): the
+  texts "B", "b", "B)" and "(B" match the answer "B"; " B", "B." and an EOS token do not. What follows the first
+  N tokens does not count ("B. A cat" is right when "B" is its own first token). `predicted` is the text of the
+  first N generated tokens (N = the answer's tokens), `generated` the whole greedy continuation without the stop
+  token. The
+  reference feeds the answer tokens under teacher forcing; with a one-token answer (every released spec) the two
+  are the same token, with longer answers they agree as long as the earlier tokens are right.
+- "options": teacher-forced log-probabilities of the option letters only (`VideoLLM.score_options`), the best one
+  is `predicted`, correct when it equals the answer letter; `scores` holds the log-probabilities. It can only
+  score higher than "greedy" (a model that would answer another token still gets its best letter counted).
+
+Single hop: accuracy per (length, depth), heat map depth x length. Multi hop, as the reference: per length the
+caption score (question1), the QA score (question2) and "Score" = (caption correct + QA correct) / (2 x inputs),
+with the both / only-caption / only-QA / both-wrong counts; heat map caption/QA/score x length.
 
 Checkpoints: a VideoChat-Flash (LLaVA-style) safetensors checkpoint (file, folder or shards; projector + LLM, the
 vision tower is not used here: the set holds encoder tokens), a `longvid train` stage model
@@ -19,15 +36,13 @@ vision tower is not used here: the set holds encoder tokens), a `longvid train` 
 weights (demos, pipeline tests). The set's tokens come from the encoder that built it (set.json `encoder`): score
 a checkpoint on a set built with that checkpoint's own vision tower. The tokenizer is `--tokenizer PATH`, `test`
 (the built-in test tokenizer, for the tiny preset) or, by default, the checkpoint folder when it holds one.
-
-Scoring differs from the reference script in one way, on purpose: the reference takes the greedy token over the
-whole vocabulary at the answer position and compares its text with the answer letter; here the candidates are only
-the option letters (teacher-forced log-probabilities, argmax), so a model that would answer with another token
-still gets its best option counted. With a model that answers with a letter, both agree.
+A set built from ingest shards is not the reference's haystack (set.json `haystack.reference_exact`); the summary
+repeats that flag.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -47,6 +62,9 @@ from longvid.pipelines.ray_session import ensure_ray
 from longvid.pipelines.settings import check_fields, model_presets, setting
 
 
+SCORING = ("greedy", "options")
+
+
 @dataclass
 class NiahEvalConfig:
     """The settings of `longvid niah eval`; each field's constraints are declared here (pipelines/settings.py)."""
@@ -57,6 +75,8 @@ class NiahEvalConfig:
     model: str = setting("", choices=lambda: ("", *model_presets()))  # default: the preset that built the set
     tokenizer: str = ""  # "test", a tokenizer folder, or "" = the checkpoint folder
     visual_dropout: str = "off"  # off | released | MODE[:LAYERS[:RATIOS]], e.g. uniform0_attention:4,18:1,0.75,0.25
+    scoring: str = setting("greedy", choices=SCORING)  # greedy: the released eval's rule; options: letter argmax
+    max_new_tokens: int = setting(16, ge=1, le=4096)  # greedy decoding stops here (or at EOS)
     num_actors: int = setting(0, ge=0, le=65536)  # 0: one per GPU, else 1 on CPU
     rows_per_task: int = setting(4, ge=1, le=65536)
     limit: int = setting(0, ge=0)  # only the first N inputs of the index (0: all)
@@ -141,7 +161,8 @@ class NiahSet:
 
 
 def build_prompts(tokenizer, items: dict[int, dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
-    """(item id, question name) -> prompt ids (one `<image>`), option letters, option token ids, answer."""
+    """(item id, question name) -> prompt ids (one `<image>`), option letters, option token ids, the answer letter,
+    its token ids and its decoded text (what the released eval compares with)."""
     from longvid.model.tokenizer import format_chat
 
     out = {}
@@ -150,15 +171,85 @@ def build_prompts(tokenizer, items: dict[int, dict[str, Any]]) -> dict[tuple[int
             ids, _ = format_chat([{"from": "human", "value": "<image>" + q["text"]}], tokenizer,
                                  add_generation_prompt=True)
             opts = [list(tokenizer(letter, add_special_tokens=False)["input_ids"]) for letter in q["options"]]
-            out[(iid, qname)] = {"ids": ids, "letters": list(q["options"]), "options": opts, "answer": q["answer"]}
+            answer_ids = list(tokenizer(q["answer"], add_special_tokens=False)["input_ids"])
+            out[(iid, qname)] = {"ids": ids, "letters": list(q["options"]), "options": opts, "answer": q["answer"],
+                                 "answer_ids": answer_ids, "answer_text": tokenizer.decode(answer_ids)}
     return out
 
 
-def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any]], dropout=None,
-               device: str = "cpu") -> list[dict[str, Any]]:
-    """Score index rows with `model.score_options` (any object with that method): one result per question."""
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end greedy decoding: the tokenizer's EOS, `<|im_end|>` and `<|endoftext|>` (those it has)."""
+    ids = {tokenizer.eos_token_id}
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if tid is not None and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(int(i) for i in ids if i is not None)
+
+
+def reference_match(predicted: str, answer: str) -> bool:
+    """The released NIAH eval's comparison: the predicted text lower-cased with every "(" and ")" removed equals
+    the answer text lower-cased. Nothing else is normalised: no strip, no first character only."""
+    return predicted.lower().replace("(", "").replace(")", "") == answer.lower()
+
+
+def greedy_decode(model, prompt_ids, visual, *, max_new_tokens: int, stop_ids=(), dropout=None) -> list[int]:
+    """Greedy decoding with a `VideoLLM`: the argmax over the whole vocabulary at each step, from the prompt (one
+    image placeholder, `visual` [n, D] spliced there) until a token of `stop_ids` (kept as the last id) or
+    `max_new_tokens` tokens. Without dropout the prompt is prefilled once and each token reuses the KV cache; with
+    visual-token dropout (model/dropout.py) every step runs the dropout prefill over prompt + tokens so far, the
+    last prompt token scoring the visual tokens as in `VideoLLM.score_options`."""
     import torch
 
+    from longvid.model.dropout import prefill
+
+    if max_new_tokens < 1:
+        raise ValueError(f"greedy_decode: max_new_tokens must be >= 1, got {max_new_tokens}")
+    stop = {int(t) for t in stop_ids}
+    dev = model.projector.mlp[0].weight.device
+    prompt = torch.as_tensor(list(prompt_ids), device=dev)
+    out_ids: list[int] = []
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        s = model.splice(prompt[None], [visual])
+        emb = s.inputs_embeds
+        p_len = emb.shape[1]
+        start, n_vis = s.visual_spans[0]
+        if dropout is None:
+            out = model.llm(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
+        else:
+            out = prefill(model.llm, emb, dropout=dropout, visual_start=start, visual_len=n_vis,
+                          query_index=p_len - 1, logits_to_keep=1)
+        while True:
+            nxt = int(out.logits[0, -1].argmax())
+            out_ids.append(nxt)
+            if nxt in stop or len(out_ids) >= max_new_tokens:
+                return out_ids
+            if dropout is None:
+                pos = torch.tensor([[p_len + len(out_ids) - 1]], device=dev)
+                out = model.llm(input_ids=torch.tensor([[nxt]], device=dev), cache=out.cache, position_ids=pos,
+                                use_cache=True)
+            else:
+                tail = model.llm.get_input_embeddings()(torch.tensor([out_ids], device=dev)).to(emb.dtype)
+                out = prefill(model.llm, torch.cat([emb, tail], dim=1), dropout=dropout, visual_start=start,
+                              visual_len=n_vis, query_index=p_len - 1, logits_to_keep=1)
+
+
+def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any]], dropout=None,
+               device: str = "cpu", *, scoring: str = "greedy", tokenizer=None, max_new_tokens: int = 16,
+               generate=None) -> list[dict[str, Any]]:
+    """Answer every question of the index rows: one result per question (see the module docstring for `scoring`).
+
+    "options" calls `model.score_options`. "greedy" decodes with `generate(prompt_ids, visual, max_new_tokens=,
+    stop_ids=, dropout=)` (default: `greedy_decode` with `model`) and needs `tokenizer` to decode the tokens."""
+    import torch
+
+    if scoring not in SCORING:
+        raise ValueError(f"score_rows: scoring must be one of {', '.join(SCORING)}, got {scoring!r}")
+    if scoring == "greedy":
+        if tokenizer is None:
+            raise ValueError("score_rows: greedy scoring needs the tokenizer")
+        stops = stop_token_ids(tokenizer)
+        generate = generate or functools.partial(greedy_decode, model)
     results = []
     for row in rows:
         t0 = time.time()
@@ -167,14 +258,23 @@ def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any
         item = niah_set.items[int(row["item_id"])]
         for qname in item["questions"]:
             pr = prompts[(int(row["item_id"]), qname)]
-            scores = model.score_options(pr["ids"], visual, pr["options"], dropout=dropout)
-            scores = [float(x) for x in torch.as_tensor(scores).flatten().tolist()]
-            best = int(np.argmax(scores))
-            pred = pr["letters"][best]
+            scores, generated = None, None
+            if scoring == "options":
+                scores = model.score_options(pr["ids"], visual, pr["options"], dropout=dropout)
+                scores = [float(x) for x in torch.as_tensor(scores).flatten().tolist()]
+                pred = pr["letters"][int(np.argmax(scores))]
+                correct = pred == pr["answer"]
+            else:
+                out_ids = [int(t) for t in generate(pr["ids"], visual, max_new_tokens=max_new_tokens,
+                                                    stop_ids=stops, dropout=dropout)]
+                pred = tokenizer.decode(out_ids[: len(pr["answer_ids"])])  # as many tokens as the answer has
+                shown = out_ids[:-1] if out_ids and out_ids[-1] in stops else out_ids
+                generated = tokenizer.decode(shown)
+                correct = reference_match(pred, pr["answer_text"])
             results.append({
                 "row": int(row["row"]), "item_id": int(row["item_id"]), "kind": row["kind"],
-                "length": int(row["length"]), "depth": row["depth"], "question": qname,
-                "answer": pr["answer"], "predicted": pred, "correct": pred == pr["answer"],
+                "length": int(row["length"]), "depth": row["depth"], "question": qname, "scoring": scoring,
+                "answer": pr["answer"], "predicted": pred, "correct": bool(correct), "generated": generated,
                 "options": pr["letters"], "scores": scores, "visual_tokens": int(vis_np.shape[0]),
                 "seconds": 0.0,
             })
@@ -310,23 +410,25 @@ class NiahScorer:
     """One Ray actor: the model and the set loaded once, then `score(rows)` per task."""
 
     def __init__(self, set_dir: str, preset: str, img_size: int, checkpoint: str, tokenizer: str, dropout,
-                 device: str, threads: int = 0):
+                 device: str, threads: int = 0, scoring: str = "greedy", max_new_tokens: int = 16):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.device = device
         self.set = NiahSet(set_dir)
-        tok = load_tokenizer_for(tokenizer, checkpoint)
-        self.model, self.load_summary = load_model(preset, img_size, checkpoint, tok, device)
-        self.prompts = build_prompts(tok, self.set.items)
+        self.tok = load_tokenizer_for(tokenizer, checkpoint)
+        self.model, self.load_summary = load_model(preset, img_size, checkpoint, self.tok, device)
+        self.prompts = build_prompts(self.tok, self.set.items)
         self.dropout = dropout
+        self.scoring, self.max_new_tokens = scoring, max_new_tokens
 
     def info(self) -> str:
         return self.load_summary
 
     def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return score_rows(self.model, self.set, self.prompts, rows, self.dropout, self.device)
+        return score_rows(self.model, self.set, self.prompts, rows, self.dropout, self.device, scoring=self.scoring,
+                          tokenizer=self.tok, max_new_tokens=self.max_new_tokens)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -455,10 +557,21 @@ def heatmap_grid(agg: dict[str, Any], kind: str) -> tuple[list[list[float | None
 # The job
 # --------------------------------------------------------------------------------------------------------------
 
+SCORING_RULES = {
+    "greedy": {"rule": "greedy decoding over the whole vocabulary (stop at EOS or max_new_tokens); correct when the "
+                       "text of the first N tokens (N = the answer's tokens), lower-cased with '(' and ')' removed, "
+                       "equals the lower-cased answer (the released NIAH eval scripts)"},
+    "options": {"rule": "teacher-forced log-probability of each option letter; the argmax letter is the prediction, "
+                        "correct when it equals the answer letter (not the released rule: it can only score higher)"},
+}
+
 RESULT_SCHEMA = pa.schema([
     ("row", pa.int64()), ("item_id", pa.int64()), ("kind", pa.string()), ("length", pa.int64()),
-    ("depth", pa.float64()), ("question", pa.string()), ("answer", pa.string()), ("predicted", pa.string()),
-    ("correct", pa.bool_()), ("options", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())),
+    ("depth", pa.float64()), ("question", pa.string()), ("scoring", pa.string()), ("answer", pa.string()),
+    ("predicted", pa.string()), ("correct", pa.bool_()),
+    ("generated", pa.string()),  # greedy: the whole decoded continuation (null with options scoring)
+    ("options", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float64())),  # options: log-probability of each option letter (null with greedy)
     ("visual_tokens", pa.int64()), ("seconds", pa.float64()),
 ])
 
@@ -481,7 +594,7 @@ def _score_on_ray(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows
         n = max(1, min(n, len(rows)))
         actor_cls = ray.remote(**opts)(NiahScorer)
         actors = [actor_cls.remote(str(Path(cfg.set).resolve()), preset, img_size, cfg.checkpoint, cfg.tokenizer,
-                                   dropout, device, threads) for _ in range(n)]
+                                   dropout, device, threads, cfg.scoring, cfg.max_new_tokens) for _ in range(n)]
         load_summary = ray.get(actors[0].info.remote())
         chunks = [rows[i : i + cfg.rows_per_task] for i in range(0, len(rows), cfg.rows_per_task)]
         pool = ActorPool(actors)
@@ -508,7 +621,7 @@ def _score_here(cfg: NiahEvalConfig, preset: str, img_size: int, dropout, rows: 
     before = torch.get_num_threads()
     try:
         scorer = NiahScorer(str(Path(cfg.set).resolve()), preset, img_size, cfg.checkpoint, cfg.tokenizer, dropout,
-                            device, cfg.threads)
+                            device, cfg.threads, cfg.scoring, cfg.max_new_tokens)
         return scorer.score(rows), {"actors": 0, "device": device, "load": scorer.info()}
     finally:
         torch.set_num_threads(before)
@@ -547,7 +660,7 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
     agg = aggregate(results, nset.kind)
     grid, rlab, clab = heatmap_grid(agg, nset.kind)
     name = Path(cfg.checkpoint).name if not cfg.checkpoint.startswith("random:") else cfg.checkpoint
-    title = f"{'Single' if nset.kind == 'single' else 'Multi'}-hop NIAH accuracy: {name} ({preset})"
+    title = f"{'Single' if nset.kind == 'single' else 'Multi'}-hop NIAH accuracy: {name} ({preset}, {cfg.scoring})"
     heat = draw_heatmap(grid, rlab, clab, out / "heatmap.png", title,
                         y_title="Depth" if nset.kind == "single" else "")
     summary = {
@@ -557,6 +670,9 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
         "checkpoint": cfg.checkpoint,
         "model": preset,
         "visual_dropout": dataclasses.asdict(dropout) if dropout else None,
+        "scoring": {"mode": cfg.scoring, **SCORING_RULES[cfg.scoring],
+                    **({"max_new_tokens": cfg.max_new_tokens} if cfg.scoring == "greedy" else {})},
+        "haystack_reference_exact": bool(meta.get("haystack", {}).get("reference_exact", False)),
         "inputs": len(rows),
         "questions": len(results),
         "correct": sum(bool(r["correct"]) for r in results),
@@ -571,17 +687,19 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not cfg.quiet:
         if nset.kind == "single":
-            log(f"[niah eval] single hop: accuracy {summary['overall']:.3f} over {len(results)} questions")
+            log(f"[niah eval] single hop: accuracy {summary['overall']:.3f} over {len(results)} questions "
+                f"({cfg.scoring} scoring)")
         else:
             log(f"[niah eval] multi hop: score {summary['overall']:.3f} (caption {summary['caption']:.3f}, "
-                f"QA {summary['qa']:.3f}) over {len(rows)} inputs")
+                f"QA {summary['qa']:.3f}) over {len(rows)} inputs ({cfg.scoring} scoring)")
         log(f"[niah eval] heat map: {heat.resolve()}; results: {out / 'results.parquet'}")
     return summary
 
 
 def run_niah_demo(out: str | Path, haystack: str, checkpoint: str = "random:0", tokenizer: str = "test",
                   frames: tuple[int, ...] = (16, 32), depths: tuple[float, ...] = (0.0, 0.5, 1.0), items: int = 3,
-                  multi_hop: bool = False, use_ray: bool = True, threads: int = 0, log=print) -> dict[str, Any]:
+                  multi_hop: bool = False, use_ray: bool = True, threads: int = 0, scoring: str = "greedy",
+                  log=print) -> dict[str, Any]:
     """A tiny NIAH round for `longvid demo`: generated needles (pipelines.niah_build.make_demo_needles), a set
     built on `haystack` (e.g. a demo ingest folder) with the tiny encoder, scored with `checkpoint` (a tiny
     `longvid train` stage model, or seeded random weights). Returns {"build", "eval", "heatmap"}."""
@@ -593,8 +711,9 @@ def run_niah_demo(out: str | Path, haystack: str, checkpoint: str = "random:0", 
                                            out=str(root / "set"), frames=list(frames), depths=list(depths),
                                            multi_hop=multi_hop, model="tiny", threads=threads, quiet=True), log=log)
     ev = run_niah_eval(NiahEvalConfig(set=str(root / "set"), checkpoint=checkpoint, tokenizer=tokenizer,
-                                      out=str(root / "eval"), use_ray=use_ray, threads=threads, quiet=True), log=log)
+                                      out=str(root / "eval"), use_ray=use_ray, threads=threads, scoring=scoring,
+                                      quiet=True), log=log)
     log(f"[niah] {build['kind']}-hop set of {build['inputs']} inputs ({build['items']} items x lengths {build['lengths']}"
         + (f" x depths {build['depths']}" if build["depths"] else "") + f"): accuracy {ev['overall']:.2f} "
-        f"(meaningless for an untrained model); heat map: {ev['heatmap']}")
+        f"with {scoring} scoring (meaningless for an untrained model); heat map: {ev['heatmap']}")
     return {"build": build, "eval": ev, "heatmap": ev["heatmap"]}

@@ -270,6 +270,66 @@ def test_aggregate_single_and_multi():
     assert agg["caption"] == 2 / 3 and agg["qa"] == 1 / 3 and agg["overall"] == 0.5
 
 
+def _ref_correct(predict_str: str, answer_str: str) -> bool:
+    """single_eval_vision_niah.py / multi_eval_vision_niah.py `eval_forward`, transcribed: both texts decoded
+    from token ids, lower-cased; the prediction's parentheses removed; compared as they are."""
+    predict_str = str(predict_str).lower()
+    answer_str = str(answer_str).lower()
+    return predict_str.replace("(", "").replace(")", "") == answer_str
+
+
+def test_reference_match_is_the_released_comparison():
+    import itertools
+
+    from longvid.pipelines.niah_eval import reference_match
+
+    for pred, ok in [("B", True), ("b", True), ("(B)", True), ("B)", True), ("((b", True), (" B", False),
+                     ("B ", False), ("B.", False), ("", False), ("BB", False), ("A", False), ("<|im_end|>", False),
+                     ("\nB", False), ("Best option: (B", False)]:
+        assert reference_match(pred, "B") is ok, pred
+    alphabet = ["", "a", "A", "b", "B", "(", ")", " ", ".", "\n"]
+    for parts in itertools.product(alphabet, repeat=3):
+        pred = "".join(parts)
+        for answer in ("A", "b", "B"):
+            assert reference_match(pred, answer) == _ref_correct(pred, answer), (pred, answer)
+
+
+def _ref_multi_length(cap_accuracies: list[int], qa_accuracies: list[int]) -> dict:
+    """multi_eval_vision_niah.py's per-length result, transcribed (1 = correct)."""
+    both = only_cap = only_qa = wrong = 0
+    for cap, qa in zip(cap_accuracies, qa_accuracies):
+        if cap == 1 and qa == 1:
+            both += 1
+        elif cap == 1 and qa == 0:
+            only_cap += 1
+        elif cap == 0 and qa == 1:
+            only_qa += 1
+        else:
+            wrong += 1
+    return {"Score": (sum(cap_accuracies) + sum(qa_accuracies)) / (len(cap_accuracies) + len(qa_accuracies)),
+            "Caption Score": sum(cap_accuracies) / len(cap_accuracies),
+            "QA Score": sum(qa_accuracies) / len(qa_accuracies), "Total question pair": len(qa_accuracies),
+            "Both correct": both, "Only cap correct": only_cap, "Only qa correct": only_qa, "Both wrong": wrong}
+
+
+def test_multi_hop_scores_are_the_released_ones():
+    from longvid.pipelines.niah_eval import aggregate
+
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 20):
+        res, per_len = [], {}
+        for L in (1000, 2000):
+            cap, qa = rng.integers(0, 2, n).tolist(), rng.integers(0, 2, n).tolist()
+            per_len[L] = _ref_multi_length(cap, qa)
+            for i in range(n):
+                row = len(res) // 2
+                res += [_result(row, i, L, None, "caption", bool(cap[i])), _result(row, i, L, None, "qa", bool(qa[i]))]
+        for got in aggregate(res, "multi")["by_length"]:
+            ref = per_len[got["length"]]
+            assert (got["score"], got["caption"], got["qa"], got["pairs"], got["both_correct"], got["only_caption"],
+                    got["only_qa"], got["both_wrong"]) == pytest.approx(tuple(ref.values()))
+
+
 def test_heatmap_png_colours_cells_by_score(tmp_path):
     from PIL import Image
 
