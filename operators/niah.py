@@ -17,8 +17,9 @@ Plain functions, no Ray and no model. The rules are those of the released VideoC
 - Multi hop: the n images of an item are spread evenly: interval = length / (n - 1); image 0 first, then for
   k = 1..n-1 haystack[int((k-1) * interval):int(k * interval)] + image k. So image k sits in front of haystack
   frame int(k * interval), the first at 0 and the last at the very end (the float arithmetic is kept as is).
-- Scoring: the prompt ends with "Best option: (", the candidates are the option letters, the best one under
-  teacher forcing is the prediction, exact match with the answer letter.
+- Scoring (pipelines/niah_eval.py): the prompt ends with "Best option: ("; the answer is decoded greedily over the
+  whole vocabulary and compared with the answer letter as the released eval does (`reference_match`); the
+  option-letter argmax under teacher forcing is a labelled option (`--scoring options`).
 
 The spec files are the released JSON lists: single hop `{question, answer, image, id}`, multi hop
 `{images, question1, answer1, question2, answer2}` (question1 asks for the caption of the final frame, question2
