@@ -5,10 +5,11 @@ is the sample's precomputed HiCo tokens, clips flattened: [n_i, D] with n_i = 64
 `splice` projects them (`Projector`: D -> H) and puts them where the placeholder was, so the sequence grows by
 n_i - 1; the labels there are -100 and the attention mask 1. Rows are then right-padded to the longest.
 
-Training uses `forward` (HF loss: next-token cross-entropy, mean over labelled tokens). NIAH and multiple-choice
-evaluation use `score_options`: the summed log-probability of each candidate answer under teacher forcing (the
-prompt is run once, then each candidate on a cropped KV cache; with visual-token dropout each candidate runs
-the full prefill of model/dropout.py).
+Training uses `forward` (HF loss: next-token cross-entropy, mean over labelled tokens). NIAH scores by greedy
+decoding over the whole vocabulary by default (pipelines/niah_eval.py, as the released eval); its labelled
+`--scoring options` mode and multiple-choice evaluation use `score_options`: the summed log-probability of each
+candidate answer under teacher forcing (the prompt is run once, then each candidate on a cropped KV cache; with
+visual-token dropout each candidate runs the full prefill of model/dropout.py).
 """
 from __future__ import annotations
 
