@@ -20,10 +20,10 @@ Ray that is private to this driver. Never silently attach to, or look up, a clus
 Output folders (`claim_out` / `release_out`): a job holds an exclusive lock on `DIR/.longvid-owner.json` while it
 runs, and writes there who it is (pid, host) and which processes are its own: every process of its embedded Ray
 (gcs, raylet, dashboard and agents, task workers, decoder children) inherits LONGVID_RAY_OWNER=<token of this
-driver>, and the GCS and raylet pids are recorded. A second job on the same folder while the first runs exits 2
+driver> and keeps its logs open in the cluster's session dir, which is recorded with the GCS and raylet pids. A second job on the same folder while the first runs exits 2
 naming its pid. A job that finds the lock free but the record of a driver that did not end cleanly (a SIGKILL)
-first stops that driver's leftover processes, found by their token or recorded pid (and start time), never by
-name and never anyone else's, so units still in flight cannot race with the re-run. (For an `s3://` output the
+first stops that driver's leftover processes, found by their token, session dir or recorded pid (and start
+time), never by name and never anyone else's, so units still in flight cannot race with the re-run. (For an `s3://` output the
 lock file lives in the local temp dir, keyed by the URI: it guards this host only.)
 """
 from __future__ import annotations
@@ -330,23 +330,40 @@ def _ancestors() -> set[int]:
     return out
 
 
-def processes_of(token: str, recorded: dict | None = None) -> dict[int, str]:
-    """pid -> command line of the live processes carrying LONGVID_RAY_OWNER=<token>, plus recorded [pid, start]
-    pairs whose process is still the same one (same start time); never this process or its ancestors."""
+def _has_open_file_under(pid: int, folder: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def processes_of(token: str, recorded: dict | None = None, session_dir: str = "") -> dict[int, str]:
+    """pid -> command line of the live processes of a driver: those carrying LONGVID_RAY_OWNER=<token>, the
+    recorded [pid, start] pairs that are still the same process (same start time), and those with a file open
+    in its Ray session dir (its logs: gcs, raylet, agents, workers and their children; Ray's agents rename
+    themselves over their environment, so the token alone misses them); never this process or its ancestors."""
     tag = f"{TOKEN_VAR}={token}".encode()
     skip = _ancestors()
     found: dict[int, str] = {}
-    cands = {int(d) for d in os.listdir("/proc") if d.isdigit()}
     want = {int(p): s for p, s in (recorded or {}).values() if p}
-    for pid in cands - skip:
+    session = session_dir.rstrip("/") + "/" if os.path.basename(session_dir.rstrip("/")).startswith("session_") else ""
+    for pid in {int(d) for d in os.listdir("/proc") if d.isdigit()} - skip:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
+                ok = tag in f.read().split(b"\0")
         except OSError:
-            env = []
-        ok = tag in env
+            ok = False
         if not ok and pid in want:
             ok = want[pid] is not None and proc_start(pid) == want[pid]
+        if not ok and session:
+            ok = _has_open_file_under(pid, session)
         if not ok or proc_start(pid) is None:
             continue
         try:
@@ -365,8 +382,8 @@ def stop_leftovers(old: dict, prefix: str = "", log: Callable[[str], None] = pri
         log(f"{prefix} note: the output folder was last used by pid {old.get('pid')} on {old['host']}, which did not "
             "end cleanly; its processes there (if any) are not stopped from this host")
         return []
-    recorded = (old.get("ray") or {}).get("pids") or {}
-    procs = processes_of(old["token"], recorded)
+    ray_info = old.get("ray") or {}
+    procs = processes_of(old["token"], ray_info.get("pids") or {}, str(ray_info.get("session_dir") or ""))
     if not procs:
         return []
     log(f"{prefix} the earlier run on this output folder (driver pid {old.get('pid')}) did not end cleanly; "
