@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -29,7 +30,8 @@ from longvid.operators.sample import PROFILES
 from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines import outputs
-from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.progress import Progress
+from longvid.pipelines.ray_session import ensure_ray, release_out
 from longvid.pipelines.settings import check_fields, setting
 
 # Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
@@ -345,7 +347,9 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     items = _check_inputs(cfg)
     _check_out(cfg)
     t0 = time.time()
-    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus)
+    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus, out=cfg.out, job="ingest", log=log)
+    prog = Progress("ingest", "inputs", desc=f"[ingest {cfg.source}]", out=cfg.out, console=log, quiet=cfg.quiet)
+    counting = _count_inputs(cfg, prog)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         max_in_flight = cfg.max_in_flight or 2 * cpus
@@ -355,9 +359,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                               resize=cfg.resize,
                               decoder_threads=cfg.decoder_threads or None)
         schedule = cfg.unit_schedule()
-        if not cfg.quiet:
-            log(f"[ingest {cfg.source}] units: {schedule.describe()}; up to {max_in_flight} units in flight on "
-                f"{cpus} CPUs; decoder threads {cfg.decoder_threads or 'auto'}")
+        prog.write(f"[ingest {cfg.source}] units: {schedule.describe()}; up to {max_in_flight} units in flight on "
+                   f"{cpus} CPUs; decoder threads {cfg.decoder_threads or 'auto'}")
         # a killed worker (system failure) or a storage outage (TransientError) re-runs the unit from scratch
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[TransientError])(run_unit)
         shard_bytes = int(cfg.shard_size_mb * 2**20)
@@ -378,14 +381,16 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                         if _no_space(e) is not None:  # reported once, when the units in flight have ended
                             full.append(_no_space(e))
                             continue
-                        log(f"[ingest {cfg.source}] unit {unit} NOT committed after retries: "
-                            f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}")
+                        prog.write(f"[ingest {cfg.source}] unit {unit} NOT committed after retries: "
+                                   f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}",
+                                   important=True)
                         continue
                     done["units"] += 1
                     for k in ("inputs", "samples", "failures", "seconds", "cpu_s"):
                         done[k] += st.get(k, 0.0)
-                    if not cfg.quiet:
-                        log(progress_line(cfg.source, st, done, time.time() - t_work, cpus))
+                    prog.update(st.get("inputs", 0))
+                    prog.emit(progress_line(cfg.source, st, done, time.time() - t_work, cpus, prog.meter()),
+                              postfix=f"{done['samples']} samples, {done['failures']} failures")
 
         read = [0]
 
@@ -400,6 +405,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                 break
             if manifest_name(unit).rsplit("/", 1)[-1] in committed:
                 done["skipped"] += 1
+                prog.skip(len(unit_items))
                 continue
             ref = task.remote(cfg.out, unit, unit_items, opts, shard_bytes, cfg.decode_timeout_s,
                               cfg.decoder_memory_mb, s3, REUSE_DECODER)
@@ -417,25 +423,51 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                                           "unit_cpu_seconds": round(done["cpu_s"], 3),
                                           "inputs_read": min(read[0], cfg.limit) if cfg.limit else read[0]})
         if not summary["complete"]:
-            log(f"[ingest] INCOMPLETE: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
+            prog.write(f"[ingest] INCOMPLETE: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
                 f"{summary['failures']} failures committed; units not committed: {sorted(uncommitted)}. "
-                "Re-run the same command: committed units are skipped, the others are retried.")
+                "Re-run the same command: committed units are skipped, the others are retried.", important=True)
     finally:
+        counting.set()
+        prog.close()
         if started_here:
             ray.shutdown()
+        release_out(cfg.out)
     if not cfg.quiet:
         log(outputs.format_summary(summary))
     return summary
 
 
-def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed: float, cpus: int) -> str:
-    """One line per committed unit: the unit, the running totals and the rates since the first unit started."""
+def _count_inputs(cfg: IngestConfig, prog: Progress) -> threading.Event:
+    """The progress total: the input rows, counted by a second pass of the adapter in a background thread (the
+    job streams the metadata and knows the total only at its end). Returns the event that stops the count."""
+    stop = threading.Event()
+
+    def count() -> None:
+        n = 0
+        try:
+            for _ in get_adapter(cfg.source).read(list(cfg.metadata), dict(cfg.source_options)):
+                n += 1
+                if stop.is_set() or (cfg.limit and n >= cfg.limit):
+                    break
+        except Exception:  # noqa: BLE001 - the job reports bad metadata itself; the bar just has no total
+            return
+        if not stop.is_set():
+            prog.set_total(n)
+
+    threading.Thread(target=count, name="ingest-count", daemon=True).start()
+    return stop
+
+
+def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed: float, cpus: int,
+                  meter: str = "") -> str:
+    """One line per committed unit: the unit, the running totals, and the progress meter (done/total inputs
+    [elapsed<ETA, inputs/s], see pipelines/progress.py) with the other rates since the first unit started."""
     el = max(elapsed, 1e-9)
+    meter = meter or f"{done['inputs'] / el:.1f} inputs/s"
     return (f"[ingest {source}] unit {st['unit']}: {st['samples']} samples, {st['failures']} failures in"
             f" {st.get('elapsed', 0.0):.1f} s ({st.get('cpu_s', 0.0):.1f} CPU-s)"
             f" | total {done['samples']} samples, {done['failures']} failures, {done['units']} units"
-            f" | {done['inputs'] / el:.1f} inputs/s, {done['seconds'] / el:.2f} video-h/h,"
-            f" CPU {100 * done['cpu_s'] / (el * cpus):.0f}% of {cpus}")
+            f" | {meter}, {done['seconds'] / el:.2f} video-h/h, CPU {100 * done['cpu_s'] / (el * cpus):.0f}% of {cpus}")
 
 
 def _public_config(cfg: IngestConfig) -> dict[str, Any]:
