@@ -36,7 +36,6 @@ import fcntl
 import hashlib
 import io
 import json
-import logging
 import os
 import shutil
 import tarfile
@@ -58,7 +57,8 @@ from longvid.operators.mp4 import decode_mp4
 from longvid.operators.records import Failure
 from longvid.operators.write import MANIFESTS, UnitWriter, sample_members
 from longvid.pipelines import outputs
-from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.progress import Progress
+from longvid.pipelines.ray_session import ensure_ray, ray_log_path, release_out, route_ray_logs
 from longvid.pipelines.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, model_presets, setting
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
@@ -388,8 +388,10 @@ class _Unit:
 class Assembler:
     """Driver side: clip rows -> complete samples (spilled to scratch) -> committed units, in manifest order."""
 
-    def __init__(self, cfg: EncodeConfig, resolution: int, dim: int, scratch: str, log, t0: float) -> None:
+    def __init__(self, cfg: EncodeConfig, resolution: int, dim: int, scratch: str, log, t0: float,
+                 progress: Progress | None = None) -> None:
         self.cfg, self.resolution, self.dim, self.scratch, self.log, self.t0 = cfg, resolution, dim, scratch, log, t0
+        self.progress = progress or Progress("encode", "samples", console=log, quiet=cfg.quiet)
         self.units: dict[int, _Unit] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
         self.futures: list[Future] = []
@@ -490,11 +492,12 @@ class Assembler:
             t["failures"] += stats["failures"]
             t["frames"] += stats["frames"]
             t["clips"] += clips
-            if not self.cfg.quiet:
-                el = max(time.time() - self.t0, 1e-9)
-                self.log(f"[encode] unit {u.unit}: {stats['samples']} samples, {stats['failures']} failures | total "
-                         f"{t['samples']} samples, {t['failures']} failures, {t['units']} units | "
-                         f"{t['frames'] / el:.1f} frames/s, {t['clips'] / el:.2f} clips/s")
+            el = max(time.time() - self.t0, 1e-9)
+            self.progress.update(stats["samples"] + stats["failures"])
+            self.progress.emit(f"[encode] unit {u.unit}: {stats['samples']} samples, {stats['failures']} failures | "
+                               f"total {t['samples']} samples, {t['failures']} failures, {t['units']} units | "
+                               f"{self.progress.meter()}, {t['frames'] / el:.1f} frames/s, "
+                               f"{t['clips'] / el:.2f} clips/s", postfix=f"{t['samples']} samples, {t['failures']} failures")
         return stats
 
     def close(self) -> None:
@@ -647,33 +650,33 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
     from longvid.model.config import get_config
 
     dim = get_config(cfg.model, img_size=resolution).encoder_dim
-    if not cfg.checkpoint:
-        log(f"[encode] WARNING: no --checkpoint: the {cfg.model} encoder has RANDOM weights (seed {cfg.seed}); "
-            "the tokens are only good for tests and benchmarks")
     t0 = time.time()
-    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus)
+    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus, out=cfg.out, job="encode", log=log)
+    prog = Progress("encode", "samples", total=ingest_rows, out=cfg.out, console=log, quiet=cfg.quiet)
+    prog.skip(ingest_rows - sum(p.rows for p in todo))
+    if not cfg.checkpoint:
+        prog.write(f"[encode] WARNING: no --checkpoint: the {cfg.model} encoder has RANDOM weights (seed {cfg.seed}); "
+                   "the tokens are only good for tests and benchmarks")
     scratch = tempfile.mkdtemp(prefix="longvid-encode-", dir=cfg.scratch_dir or None)
     asm = None
     try:
         res = ray.cluster_resources()
         cpus, gpus = max(1, int(res.get("CPU", 1))), float(res.get("GPU", 0))
         n_actors, actor_gpus, actor_cpus = _actors(cfg, cpus, gpus)
-        asm = Assembler(cfg, resolution, dim, scratch, log, t0)
+        asm = Assembler(cfg, resolution, dim, scratch, log, t0, prog)
         items = []
         for p in todo:
             asm.add_unit(p.unit, p.manifest, p.rows)
             for rel in p.shards:
                 items.append({"unit": p.unit, "shard": rel, "manifest": p.manifest})
-        if not cfg.quiet:
-            log(f"[encode] {len(todo)} units to encode ({skipped} already committed), {len(items)} input shards, "
-                f"{sum(p.rows for p in todo)} samples | {n_actors} encoder actors on "
-                f"{'GPU x %g' % actor_gpus if actor_gpus else 'CPU'}, {cfg.batch_clips} clips per batch, "
-                f"{cfg.model} at {resolution} px, {cfg.dtype}")
+        prog.write(f"[encode] {len(todo)} units to encode ({skipped} already committed), {len(items)} input shards, "
+                   f"{sum(p.rows for p in todo)} samples | {n_actors} encoder actors on "
+                   f"{'GPU x %g' % actor_gpus if actor_gpus else 'CPU'}, {cfg.batch_clips} clips per batch, "
+                   f"{cfg.model} at {resolution} px, {cfg.dtype}")
         if items:
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = not cfg.quiet
-            if cfg.quiet:
-                logging.getLogger("ray.data").setLevel(logging.WARNING)
+            ctx.enable_progress_bars = False  # LongVid's progress (above) counts committed samples
+            route_ray_logs(ray_log_path(cfg.out))  # Ray Data's own console handler (set up on its import)
             ds = ray.data.from_items(items, override_num_blocks=len(items))
             ds = ds.flat_map(read_shard, fn_kwargs={"shards_root": cfg.shards, "resolution": resolution, "s3": s3},
                              num_cpus=1)
@@ -703,8 +706,10 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         if asm is not None:
             asm.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
+        prog.close()
         if started_here:
             ray.shutdown()
+        release_out(cfg.out)
     if not cfg.quiet:
         log(outputs.format_summary(summary))
     return summary

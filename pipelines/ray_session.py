@@ -78,7 +78,7 @@ def _ensure_ray(address: str, num_cpus: int, dashboard: bool, out: str) -> bool:
             _record_ray(out)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or ""
-    route_ray_logs(_ray_log_path(out))
+    route_ray_logs(ray_log_path(out))
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -158,7 +158,8 @@ def start_embedded(num_cpus: int = 0, dashboard: bool = False) -> None:
 _HANDLER_NAME = "longvid-ray-log"
 
 
-def _ray_log_path(out: str) -> str:
+def ray_log_path(out: str) -> str:
+    """Where Ray's driver-side logs of a job go: DIR/logs/ray.log (a local file for an s3:// output)."""
     if out and not storage.is_s3(out):
         return os.path.join(out, "logs", RAY_LOG)
     return os.path.join(ray_temp_dir(), f"driver-{os.getpid()}.log")
