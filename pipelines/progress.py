@@ -58,24 +58,26 @@ def meter(n: float, total: float | None, elapsed: float, unit: str, initial: flo
 class Progress:
     """One job's progress: `update(n)` then `emit(line)` per unit of work; `write(line)` for any other line.
 
-    console: where lines go when there is no bar (print by default; None: nothing on the console, the log file
-    only). tty: draw a tqdm bar on `stream` (default: when stderr is a terminal and console is print).
+    console: where lines go when there is no bar (print by default). quiet: no progress on the console (the log
+    file only), and only the lines written with `important=True`. tty: draw a tqdm bar on `stream` (default: when
+    stderr is a terminal and console is print).
     """
 
     def __init__(self, job: str, unit: str, total: float | None = None, *, desc: str = "", out: str = "",
-                 console: Callable[[str], None] | None = print, tty: bool | None = None,
+                 console: Callable[[str], None] = print, quiet: bool = False, tty: bool | None = None,
                  stream: TextIO | None = None):
         self.job, self.unit, self.total, self.desc = job, unit, total, desc or f"[{job}]"
         self.n: float = 0
         self.initial: float = 0
         self.t0 = time.time()
         self.console = console
+        self.quiet = quiet
         self._lock = threading.RLock()
         self._stream = stream or sys.stderr
         if tty is None:
             tty = console is print and _isatty(self._stream)
         self._bar = None
-        if tty and console is not None:
+        if tty and not quiet:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=self.desc, unit=f" {unit}", file=self._stream, smoothing=0,
@@ -89,7 +91,8 @@ class Progress:
     # ------------------------------------------------------------------------------------------ log file
 
     def _open_log(self) -> None:
-        head = f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')} {self.job} started (pid {os.getpid()})"
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        head = f"# {now} {self.job} started (pid {os.getpid()})"
         if storage.is_s3(self._log_uri):
             self._buffer = [head]
             return
@@ -151,7 +154,7 @@ class Progress:
         `echo`) or as the bar's postfix."""
         with self._lock:
             self._log(line)
-            if self.console is None:
+            if self.quiet:
                 return
             if self._bar is not None:
                 if postfix:
@@ -159,11 +162,12 @@ class Progress:
             elif echo:
                 self.console(line)
 
-    def write(self, line: str) -> None:
-        """Any other line of the job: to the log file and the console (above the bar on a terminal)."""
+    def write(self, line: str, important: bool = False) -> None:
+        """Any other line of the job: to the log file and the console (above the bar on a terminal); when quiet,
+        on the console only if `important` (an error, a unit not committed)."""
         with self._lock:
             self._log(line)
-            if self.console is None:
+            if self.quiet and not important:
                 return
             if self._bar is not None:
                 self._bar.write(line, file=sys.stdout)
@@ -185,8 +189,7 @@ class Progress:
                 try:
                     storage.write_text(uri, "\n".join(self._buffer) + "\n")
                 except Exception as e:  # noqa: BLE001 - a log file never fails a job
-                    if self.console is not None:
-                        self.console(f"{self.desc} cannot write the log file {storage.redact(uri)}: {e}")
+                    self.console(f"{self.desc} cannot write the log file {storage.redact(uri)}: {e}")
                 self._buffer = None
 
     def __enter__(self) -> "Progress":

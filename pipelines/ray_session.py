@@ -20,11 +20,12 @@ Ray that is private to this driver. Never silently attach to, or look up, a clus
 Output folders (`claim_out` / `release_out`): a job holds an exclusive lock on `DIR/.longvid-owner.json` while it
 runs, and writes there who it is (pid, host) and which processes are its own: every process of its embedded Ray
 (gcs, raylet, dashboard and agents, task workers, decoder children) inherits LONGVID_RAY_OWNER=<token of this
-driver> and keeps its logs open in the cluster's session dir, which is recorded with the GCS and raylet pids. A second job on the same folder while the first runs exits 2
-naming its pid. A job that finds the lock free but the record of a driver that did not end cleanly (a SIGKILL)
-first stops that driver's leftover processes, found by their token, session dir or recorded pid (and start
-time), never by name and never anyone else's, so units still in flight cannot race with the re-run. (For an `s3://` output the
-lock file lives in the local temp dir, keyed by the URI: it guards this host only.)
+driver> and keeps its logs open in the cluster's session dir, which is recorded with the GCS and raylet pids.
+A second job on the same folder while the first runs exits 2 naming its pid. A job that finds the lock free but
+the record of a driver that did not end cleanly (a SIGKILL) first stops that driver's leftover processes, found
+by their token, session dir or recorded pid (and start time), never by name and never anyone else's, so units
+still in flight cannot race with the re-run. (For an `s3://` output the lock file lives in the local temp dir,
+keyed by the URI: it guards this host only.)
 """
 from __future__ import annotations
 
