@@ -1,14 +1,18 @@
 """Train: the short-to-long curriculum on Ray Train, streaming token shards (read top to bottom).
 
     recipe (TrainConfig: model, tokenizer, out, stages in order)
-    driver  run_train(cfg): plan every stage's data (globs -> per-shard sample ranges, durations), check `out`,
+    driver  run_train(cfg): plan every stage's data (globs -> per-shard sample ranges, durations; the shards'
+            ingest frame bounds against the stage's), accumulation and step counts, check `out`,
             then one TorchTrainer run (DDP over gloo on CPU / NCCL on GPU, or FSDP) with FailureConfig
     worker  train_worker(): for each stage from the last checkpoint on:
               build the model (preset or local LLM) and load the previous stage's final weights
-              freeze what the stage does not train; AdamW with a learning rate per part; warmup + cosine
-              StageLoader streams this worker's own shards (pipelines/train_data.py)
-              steps: forward (projected tokens spliced at <image>; the encoder runs first on frame stages),
-                     loss on assistant tokens, backward, clip, step; metrics.jsonl (rank 0)
+              freeze what the stage does not train; AdamW with a learning rate per part; warmup + cosine as
+                     HF Trainer counts them, in optimizer steps
+              StageLoader streams this worker's own shards (pipelines/train_data.py) in the stage's template
+                     (plain / qwen_2) and labels, batches grouped as the stage says (group_by)
+              steps: `accum` micro-steps (global_batch_size / (workers x batch_size)), each a forward (projected
+                     tokens spliced at <image>; the encoder runs first on frame stages) and a backward of the loss
+                     scaled per loss_average, gradients synchronised on the last; clip, step; metrics.jsonl (rank 0)
               every `checkpoint_every` steps: trainable weights, optimizer, scheduler, step, and every rank's
                      loader position, reported to Ray Train (restored after a worker failure or with --resume)
               end of stage: the full model to out/stages/<stage>/model.safetensors and a loss plot (PNG)
@@ -27,6 +31,7 @@ trains the encoder must read frame shards (`input: frames`), and then runs the e
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -43,8 +48,9 @@ from typing import Any
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.ray_session import ensure_ray
-from longvid.pipelines.settings import check_fields, model_presets, setting, show
+from longvid.pipelines.settings import check_fields, label, model_presets, setting, show
 from longvid.pipelines.train_data import (
+    GROUP_BY,
     DataError,
     LoaderConfig,
     Sampling,
@@ -104,18 +110,33 @@ class StageConfig:
     lr_projector: float = setting(0.0, ge=0)  # 0: lr
     lr_llm: float = setting(0.0, ge=0)
     lr_encoder: float = setting(0.0, ge=0)
-    steps: int = setting(0, ge=0)  # exactly one of steps / epochs
+    steps: int = setting(0, ge=0)  # optimizer steps; exactly one of steps / epochs
     epochs: float = setting(0.0, ge=0, le=1e6)
-    batch_size: int = setting(1, ge=1, le=65536)  # per worker
+    batch_size: int = setting(1, ge=1, le=65536)  # per worker and micro-step (the reference's per_device batch)
+    # samples per optimizer step over all workers; accumulation = global / (workers x batch_size); 0: no accumulation
+    global_batch_size: int = setting(0, ge=0, le=2**24)
     warmup_ratio: float = setting(0.03, ge=0, lt=1)
     schedule: str = setting("cosine", choices=("cosine", "constant"))
+    # micro_batch: each micro-batch's mean over its label tokens, averaged over micro-steps and workers (the
+    # reference: HF Trainer with a model whose forward takes no num_items_in_batch); tokens: one mean over all
+    # label tokens of the global batch (HF Trainer >= 4.46 for models that take it, average_tokens_across_devices)
+    loss_average: str = setting("micro_batch", choices=("micro_batch", "tokens"))
     weight_decay: float = setting(0.0, ge=0)
     grad_clip: float = setting(1.0, ge=0)
     # duration: weights are shares of video seconds | samples: of samples | concat: weight x count
     mix: str = setting("duration", choices=("duration", "samples", "concat"))
     shuffle_buffer: int = setting(256, ge=1, le=2**24)
     resolution: int = setting(0, ge=0, le=4096)  # frames stages: encoder input side (0: the model preset's)
-    label_mode: str = setting("assistant", choices=("assistant", "llava"))
+    # the reference's conversation template (--version): plain (stage 1) | qwen_2 (stages 2-4)
+    template: str = setting("qwen_2", choices=("qwen_2", "plain"))
+    # reference: the template's own labels (qwen_2: assistant turns + every <|im_start|>, <|im_end|>, newline;
+    # plain: everything after <image>) | assistant: qwen_2 with the answer text and its <|im_end|> only
+    label_mode: str = setting("reference", choices=("reference", "assistant"),
+                              aliases={"qwen_2": "reference", "llava": "reference"})
+    # how a shuffle window becomes batches: none (random, stage 1) | length | modality_length (stages 2-4)
+    group_by: str = setting("length", choices=GROUP_BY)
+    # shards ingested with other frame bounds than [min_frames, max_frames]: error (stop, exit 2) | ignore (warn)
+    frame_bounds: str = setting("error", choices=("error", "ignore"))
     checkpoint_every: int = setting(0, ge=0)  # 0: the run's checkpoint_every
     exclude: list[str] = field(default_factory=list)
 
@@ -133,9 +154,35 @@ class StageConfig:
             raise ConfigError(f"min_frames/max_frames: need min <= max, got {self.min_frames}, {self.max_frames}")
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError("steps/epochs: give exactly one of them (positive)")
+        if self.template == "plain" and self.label_mode == "assistant":
+            raise ConfigError("label_mode: assistant applies to the qwen_2 template; plain has its own labels "
+                              "(everything after <image>)")
+        if self.global_batch_size and self.global_batch_size % self.batch_size:
+            raise ConfigError(f"global_batch_size: {self.global_batch_size} is not a multiple of batch_size "
+                              f"{self.batch_size}")
 
     def part_lr(self, part: str) -> float:
         return float(getattr(self, f"lr_{part}") or self.lr)
+
+    def chat_mode(self) -> str:
+        """model.tokenizer.format_chat's label_mode for this stage's template and labels."""
+        if self.template == "plain":
+            return "plain"
+        return "qwen_2" if self.label_mode == "reference" else "assistant"
+
+    def accumulation(self, world: int) -> int:
+        """Micro-steps per optimizer step on `world` workers: global_batch_size / (world x batch_size), which
+        must be a whole number (ConfigError naming global_batch_size otherwise); 1 without a global batch."""
+        if not self.global_batch_size:
+            return 1
+        per_step = max(1, world) * self.batch_size
+        if self.global_batch_size % per_step:
+            ok = [w for w in range(1, self.global_batch_size // self.batch_size + 1)
+                  if self.global_batch_size % (w * self.batch_size) == 0]
+            raise ConfigError(f"global_batch_size: {self.global_batch_size} is not a multiple of workers x "
+                              f"batch_size = {max(1, world)} x {self.batch_size} = {per_step}; worker counts that "
+                              f"divide it: {show(ok, 80)}")
+        return self.global_batch_size // per_step
 
 
 @dataclass
@@ -230,9 +277,18 @@ def read_mixture(uri: str) -> list[tuple[str, str]]:
 
 
 def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
-    """Per stage: its sources planned (counts, ranges, durations) and the step count. ConfigError names the stage."""
+    """Per stage: its sources planned (counts, ranges, durations, frame bounds checked), the accumulation and the
+    optimizer step count. ConfigError names the stage.
+
+    Steps from epochs as HF Trainer counts them (dataloader_drop_last, as the released scripts): micro-batches per
+    worker and epoch = samples // (workers x batch_size), optimizer steps per epoch = that // accumulation (at
+    least 1), steps = ceil(epochs x steps per epoch)."""
     out = []
     for i, st in enumerate(cfg.stages):
+        try:
+            accum = st.accumulation(world)
+        except ConfigError as e:
+            raise ConfigError(f"stages[{i}] ({label(st.name)}): {e}") from None
         sources = []
         for j, e in enumerate(st.data):
             if e.mixture:
@@ -242,7 +298,8 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
                 items = [(e.name or f"{st.name}.data[{j}]", list(e.shards), e.sampling)]
             for name, globs, samp in items:
                 try:
-                    sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root)
+                    sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root,
+                                     frame_bounds=(st.min_frames, st.max_frames), bounds_policy=st.frame_bounds)
                 except DataError as err:
                     if e.mixture and e.missing == "skip" and "no shard matches" in str(err):
                         log.warning("stage %s: mixture dataset %s has no shards; skipped", st.name, name)
@@ -252,8 +309,10 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
         if not sources:
             raise ConfigError(f"stages[{i}] ({st.name}): data: no source has any shard")
         total = sum(s.nsamples for s in sources)
-        steps = st.steps or max(1, math.ceil(st.epochs * total / (max(1, world) * st.batch_size)))
-        out.append({"stage": st.name, "sources": [s.to_dict() for s in sources], "samples": total, "steps": steps})
+        per_epoch = max(1, total // (max(1, world) * st.batch_size) // accum)
+        steps = st.steps or math.ceil(st.epochs * per_epoch)
+        out.append({"stage": st.name, "sources": [s.to_dict() for s in sources], "samples": total, "steps": steps,
+                    "accum": accum, "global_batch": max(1, world) * st.batch_size * accum})
     return out
 
 
@@ -499,16 +558,24 @@ def _load_optim(wrapped, optim, optim_sd) -> None:
     set_optimizer_state_dict(wrapped, optim, optim_sd, options=_sd_options())
 
 
-def _lr_lambda(total: int, warmup_ratio: float, schedule: str):
-    warm = math.ceil(total * warmup_ratio)
+def warmup_steps(total: int, warmup_ratio: float) -> int:
+    """HF TrainingArguments.get_warmup_steps: ceil(warmup_ratio x total optimizer steps)."""
+    return math.ceil(total * warmup_ratio)
 
-    def f(step: int) -> float:  # step = optimizer steps taken so far
-        if warm and step < warm:
-            return (step + 1) / warm
+
+def _lr_lambda(total: int, warmup_ratio: float, schedule: str):
+    """The learning-rate factor after `step` optimizer steps, as HF's get_cosine_schedule_with_warmup (cosine) and
+    get_constant_schedule_with_warmup (constant) give it: linear from 0 over the warmup steps (the first step runs
+    at 0), then a half cosine from 1 down to 0 at `total` (never below 0)."""
+    warm = warmup_steps(total, warmup_ratio)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return step / max(1, warm)
         if schedule == "constant":
             return 1.0
         prog = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, prog)))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * prog)))
 
     return f
 
@@ -560,6 +627,7 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
     st = cfg.stages[si]
     rank, world = sess.rank, sess.world
     total = int(plan["steps"])
+    accum = int(plan.get("accum", 1))
     every = st.checkpoint_every or cfg.checkpoint_every
     sdir = _stage_dir(cfg, st)
     os.makedirs(sdir, exist_ok=True)
@@ -612,8 +680,8 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
     lcfg = LoaderConfig(sources=plan["sources"], batch_size=st.batch_size, buffer=st.shuffle_buffer, mix=st.mix,
                         seed=cfg.seed + (1000003 * start_step if restore and loader_state is None else 0),
                         stage_index=si, kind=st.input, dim=mcfg.encoder_dim, min_frames=st.min_frames,
-                        max_frames=st.max_frames, max_len=st.max_len, label_mode=st.label_mode,
-                        prefetch=cfg.prefetch)
+                        max_frames=st.max_frames, max_len=st.max_len, label_mode=st.chat_mode(),
+                        group_by=st.group_by, accum=accum, prefetch=cfg.prefetch)
     loader = StageLoader(lcfg, rank, world, tokenizer, exclude, state=loader_state)
     if loader.shared_sources and rank == 0:
         log.warning("stage %s: fewer samples than workers in %s: workers share samples", st.name,
@@ -637,11 +705,7 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
                  st.name, total, start_step, st.train, {k: v for k, v in counts.items() if v}, plan["samples"],
                  len(plan["sources"]), world)
     for step in range(start_step + 1, total + 1):
-        batch = next(it)
-        visual = [v.to(dev) for v in batch.visual]
-        loss = wrapped(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.labels.to(dev), visual,
-                       st.input, side)
-        loss.backward()
+        loss, stats, batch, keys = _accumulate(wrapped, it, accum, st, side, world, dev)
         params = [p for g in optim.param_groups for p in g["params"]]
         if st.grad_clip > 0:
             if hasattr(wrapped, "clip_grad_norm_"):
@@ -654,7 +718,6 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         sched.step()
         optim.zero_grad(set_to_none=True)
         # ---- metrics: summed over workers
-        stats = torch.tensor([float(loss.detach()), len(batch), batch.n_tokens, batch.n_visual], dtype=torch.float64)
         if world > 1 and dist.is_initialized():
             stats = stats.to(dev)
             dist.all_reduce(stats)
@@ -665,7 +728,7 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         last_loss = float(stats[0]) / world
         if cfg.record_keys:
             with open(os.path.join(sdir, f"keys-rank{rank}.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step, "keys": batch.keys}) + "\n")
+                f.write(json.dumps({"step": step, "keys": keys}) + "\n")
         if rank == 0:
             counters = batch.state.get("counters_now", {})
             rec = {"stage": st.name, "step": step, "steps": total, "loss": round(last_loss, 6),
@@ -709,7 +772,9 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         summary = stage_summary(mpath)
         summary.update({"stage": st.name, "train": st.train, "input": st.input,
                         "encoder": "trained" if "encoder" in st.train else "frozen",
-                        "model": final, "elapsed_s": round(time.time() - t_stage, 2), "workers": world})
+                        "model": final, "elapsed_s": round(time.time() - t_stage, 2), "workers": world,
+                        "accumulation": accum, "global_batch": world * st.batch_size * accum,
+                        "template": st.template, "labels": st.chat_mode(), "group_by": st.group_by})
         try:
             plot_loss(mpath, os.path.join(sdir, "loss.png"), title=f"{cfg.name} / {st.name}")
             summary["plot"] = os.path.join(sdir, "loss.png")
@@ -718,6 +783,55 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
         Path(os.path.join(sdir, "done.json")).write_text(json.dumps(summary, indent=2))
     _checkpoint(cfg, si, st, total, total, sess, wrapped, optim, sched, trainable, None, done=True)
     return {"stage": st.name, "loss": last_loss}
+
+
+def _accumulate(wrapped, it, accum: int, st: StageConfig, side: int, world: int, dev):
+    """One optimizer step's forward and backward passes over `accum` micro-batches -> (this worker's share of the
+    step loss, per-worker stats [loss share, samples, tokens, visual tokens] as float64, the last micro-batch (its
+    loader state is the step's), every sample key).
+
+    Gradients are synchronised once, on the last micro-step (DDP / FSDP `no_sync` before it). The loss is scaled so
+    that the gradient the workers average is the step's (`loss_average`):
+      micro_batch  loss_k / accum: the mean over micro-batches and workers of each micro-batch's mean over its label
+                   tokens. This is what the reference gets: its model's forward takes no num_items_in_batch, so HF
+                   Trainer divides each micro-batch's mean loss by the accumulation and DeepSpeed / DDP average
+                   the gradients over the workers.
+      tokens       loss_k x n_k x world / N: one mean over the N label tokens of the global batch (n_k: those of
+                   micro-batch k, N summed over micro-batches and workers first, one all_reduce per step); the
+                   micro-batches are read before the first forward pass.
+    The label tokens counted are those the loss predicts: labels[:, 1:] != -100."""
+    import torch
+    import torch.distributed as dist
+
+    def counted(b) -> int:
+        return int((b.labels[:, 1:] != -100).sum())
+
+    micro = [next(it) for _ in range(accum)] if st.loss_average == "tokens" else None
+    denom = 1.0
+    if micro is not None:
+        n = torch.tensor([float(sum(counted(b) for b in micro))], dtype=torch.float64)
+        if world > 1 and dist.is_initialized():
+            n = n.to(dev)
+            dist.all_reduce(n)
+        denom = max(1.0, float(n.cpu()[0]))
+    share = 0.0
+    stats = torch.zeros(4, dtype=torch.float64)
+    keys: list[str] = []
+    batch = None
+    for k in range(accum):
+        batch = micro[k] if micro is not None else next(it)
+        sync = k == accum - 1 or not hasattr(wrapped, "no_sync")
+        with contextlib.nullcontext() if sync else wrapped.no_sync():
+            visual = [v.to(dev) for v in batch.visual]
+            loss = wrapped(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.labels.to(dev), visual,
+                           st.input, side)
+            scale = counted(batch) * world / denom if micro is not None else 1.0 / accum
+            (loss * scale).backward()
+        share += float(loss.detach()) * scale
+        stats += torch.tensor([0.0, len(batch), batch.n_tokens, batch.n_visual], dtype=torch.float64)
+        keys += batch.keys
+    stats[0] = share
+    return share, stats, batch, keys
 
 
 def _dedupe(sd: dict) -> dict:

@@ -3,7 +3,8 @@
     recipe data entry {shards: globs, weight, sampling}            (one "source" of a stage's mixture)
       plan_source(): expand the globs (local or s3://), count samples per shard (index.json, else manifests/,
                      else the tar headers), cut the sampling strategy (all | first:N | first:N% | end:N | end:N%)
-                     into per-shard sample ranges, mean duration (manifests, else the first samples' json)
+                     into per-shard sample ranges, mean duration (manifests, else the first samples' json),
+                     and compare the frame bounds the shards were ingested with to the stage's (check_frame_bounds)
       rank_pieces(): this worker's disjoint part: whole shards when there are at least as many as workers, else
                      shards cut into sample ranges (more workers than shards); balanced by sample count
     per worker:
@@ -11,10 +12,12 @@
                      (never a whole shard), skips drop-listed keys without reading them, cycles epochs forever
       decode_sample  json + tokens.npy (or mp4) -> checked sample (malformed: counted warning, skipped),
                      frame bounds (whole 4-frame clips dropped evenly, timestamp message rewritten),
-                     Qwen2 chat tokens with assistant-only labels, cut to max_len
-      StageLoader    blocks of `buffer` samples drawn across sources by the mixture (by sample count or by
-                     video duration), each block sorted by length and cut into batches (length bucketing),
-                     batches in shuffled order; a background thread prefetches
+                     chat tokens and labels of the stage's template (model.tokenizer.format_chat: plain, qwen_2
+                     with the reference's labels, or assistant-only), cut to max_len
+      StageLoader    blocks of `buffer` samples (whole optimizer steps: accum x batch_size) drawn across sources by
+                     the mixture (by sample count or by video duration), each block cut into micro-batches by
+                     `group_by`: random (none), sorted by length (length), or the reference's
+                     group_by_modality_length over the block (modality_length); a background thread prefetches
     Every batch carries the loader state after it: (block number, every source's cursor at the block start,
     batches already taken from the block, counters). Restoring re-reads one block at most, so a resumed run
     sees exactly the batches an uninterrupted one would.
@@ -224,11 +227,15 @@ def count_tar_samples(uri: str) -> int:
 
 
 def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
-                sampling: str = "all", root: str = "") -> SourcePlan:
-    """Expand, count and cut one data entry (raises DataError naming what is wrong)."""
+                sampling: str = "all", root: str = "", frame_bounds: tuple[int, int] | None = None,
+                bounds_policy: str = "error") -> SourcePlan:
+    """Expand, count and cut one data entry (raises DataError naming what is wrong). `frame_bounds`: the stage's
+    (min_frames, max_frames), compared with the shards' ingest bounds (check_frame_bounds, `bounds_policy`)."""
     shards = expand_shards(patterns, root)
     if not shards:
         raise DataError(f"{name}: no shard matches {', '.join(storage.redact(p) for p in patterns)}")
+    if frame_bounds is not None:
+        check_frame_bounds(name, shards, frame_bounds[0], frame_bounds[1], bounds_policy)
     counts: dict[str, int] = {}
     durations: dict[str, tuple[float, int]] = {}
     how = set()
@@ -284,22 +291,70 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
     return SourcePlan(name, kind, float(weight), pieces, float(mean), "+".join(sorted(how)))
 
 
-def _json_mean_duration(uri: str, limit: int = 8) -> float:
-    vals = []
+def _shard_infos(uri: str, limit: int = 8) -> Iterator[dict[str, Any]]:
+    """The parsed json members of the first `limit` samples of a shard (unreadable ones skipped: the loader counts
+    them when it reads them; a corrupt tar ends the walk)."""
     with storage.open_read(uri) as f:
         try:
-            for g in iter_groups(f, 0, want=lambda k: True, exts=(JSON_EXT,)):
+            for n, g in enumerate(iter_groups(f, 0, want=lambda k: True, exts=(JSON_EXT,))):
+                if n >= limit:
+                    return
                 try:
-                    v = float(_load_info(g.members[JSON_EXT])["duration"])
-                except (KeyError, ValueError, TypeError, OverflowError):
-                    continue  # no usable duration: the loader counts the sample when it reads it
-                if math.isfinite(v) and v >= 0:
-                    vals.append(v)
-                if len(vals) >= limit:
-                    break
+                    info = _load_info(g.members[JSON_EXT]) if JSON_EXT in g.members else None
+                except ValueError:
+                    continue
+                if isinstance(info, dict):
+                    yield info
         except TarError:
-            pass  # the samples before the damage give the mean; the loader counts the rest
+            return
+
+
+def _json_mean_duration(uri: str, limit: int = 8) -> float:
+    vals = []
+    for info in _shard_infos(uri, limit):
+        try:
+            v = float(info["duration"])
+        except (KeyError, ValueError, TypeError, OverflowError):
+            continue  # no usable duration: the loader counts the sample when it reads it
+        if math.isfinite(v) and v >= 0:
+            vals.append(v)
     return float(np.mean(vals)) if vals else 1.0
+
+
+def ingest_bounds(info: dict[str, Any]) -> tuple[int, int, str] | None:
+    """(lo, hi, profile) of the frame bounds a video sample was ingested with, from the `profile` its json records
+    (ingest writes it, encode keeps it); None for image and text samples and when no known profile is recorded."""
+    from longvid.operators.sample import PROFILES
+
+    if info.get("media_type") in ("image", "text"):
+        return None
+    name = info.get("profile")
+    p = PROFILES.get(name) if isinstance(name, str) else None
+    return (p.lo, p.hi, p.name) if p is not None else None
+
+
+def check_frame_bounds(name: str, shards: list[str], lo: int, hi: int, policy: str = "error") -> list[str]:
+    """Compare the frame bounds the shards were ingested with to a stage's [lo, hi]. One shard per job folder is
+    read (a folder is written with one profile: its job.json fingerprint says so), every loose shard otherwise.
+    policy "error": DataError naming the first shard that differs, its bounds and the stage's; "ignore": each
+    difference is logged as a warning. Returns the differences found."""
+    by_job: dict[str | None, list[str]] = {}
+    for s in shards:
+        by_job.setdefault(_job_dir(s), []).append(s)
+    found = []
+    for job, members in by_job.items():
+        for uri in members[:1] if job else members:
+            got = next((b for b in map(ingest_bounds, list(_shard_infos(uri, 4))) if b is not None), None)
+            if got is None or (got[0], got[1]) == (lo, hi):
+                continue
+            msg = (f"{name}: shard {storage.redact(uri)} was ingested with frame bounds {got[0]}-{got[1]} (profile "
+                   f"{got[2]}), this stage's are {lo}-{hi} (min_frames-max_frames)")
+            if policy == "error":
+                raise DataError(msg + "; ingest with the stage's profile, or set frame_bounds: ignore to train on "
+                                      "them as they are (whole clips dropped evenly above max_frames)")
+            log.warning("%s; frame_bounds: ignore: trained as they are", msg)
+            found.append(msg)
+    return found
 
 
 def rank_pieces(pieces: list[Piece], rank: int, world: int) -> tuple[list[Piece], bool]:
@@ -885,6 +940,8 @@ class TrainSample:
     num_frames: int
     duration: float
     unscanned: np.ndarray | None = None  # tokens still to be checked for NaN/inf (decode_sample(defer_scan=True))
+    modality: str = "video"  # video | image | text (sample_modality)
+    words: int = 1  # the reference's modality length: whitespace-split words of the annotation's turns
 
     @property
     def length(self) -> int:
@@ -899,7 +956,7 @@ class DecodeOptions:
     min_frames: int = 1
     max_frames: int = 512
     max_len: int = 32768
-    label_mode: str = "assistant"
+    label_mode: str = "assistant"  # model.tokenizer.format_chat's: assistant | qwen_2 | plain
     image_token_id: int = -1
     check_finite: bool = True  # False: the NaN/inf scan is left to the consumer (see LoaderConfig.check_finite)
 
@@ -1047,6 +1104,7 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
 def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np.ndarray, n_clips: int,
              duration: float, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
     """decode_sample after the member checks: frame bounds, chat tokens and labels, length limit."""
+    modality, words = sample_modality(info, conv), modality_words(info, conv)  # of the conversation as stored
     frames = n_clips * CLIP_FRAMES
     max_clips = max(1, opts.max_frames // CLIP_FRAMES)
     n_kept = min(n_clips, max_clips)
@@ -1063,7 +1121,8 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
         pad = _padded_frames(info)
         if isinstance(times, list) and times and pad:
             times = times + [times[-1]] * pad
-        if isinstance(old, str) and old and old in conv[0]["value"]:
+        turn = next((k for k, t in enumerate(conv) if isinstance(old, str) and old and old in t["value"]), None)
+        if turn is not None:
             kept_times = None
             if isinstance(times, list) and len(times) == n_clips * CLIP_FRAMES:
                 kept_times = [times[c * CLIP_FRAMES + j] for c in kept for j in range(CLIP_FRAMES)]
@@ -1072,7 +1131,7 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
                 raise SampleError("bad json", "frame_times holds a value that is not a finite number")
             new = _time_msg(duration, frames, kept_times, long)
             conv = [dict(t) for t in conv]
-            conv[0]["value"] = conv[0]["value"].replace(old, new, 1)
+            conv[turn]["value"] = conv[turn]["value"].replace(old, new, 1)
     visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" else arr
     n_visual = n_kept * TOKENS_PER_CLIP
 
@@ -1090,13 +1149,44 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
         if cut <= ids.index(opts.image_token_id) + 1:
             raise SampleError("too long", f"{n_visual} visual tokens alone exceed max_len {opts.max_len}")
         ids, labels = ids[:cut], labels[:cut]
-        if labels.count(IGNORE_INDEX) == len(labels):
+        if not _predicted(labels):
             raise SampleError("too long", f"no answer token left within max_len {opts.max_len}")
-    if labels.count(IGNORE_INDEX) == len(labels):
+    if not _predicted(labels):
         raise SampleError("no answer", "no assistant turn to train on")
     src = info.get("source", "")
     return TrainSample(g.key, "" if isinstance(src, (list, dict)) else str(src), np.array(ids, dtype=np.int64),
-                       np.array(labels, dtype=np.int64), visual, n_visual, frames, duration)
+                       np.array(labels, dtype=np.int64), visual, n_visual, frames, duration,
+                       modality=modality, words=words)
+
+
+def _predicted(labels: list[int]) -> int:
+    """Labelled tokens the loss predicts: the first token never is (qwen_2 labels the leading <|im_start|>)."""
+    return len(labels) - labels.count(IGNORE_INDEX) - (labels[0] != IGNORE_INDEX if labels else 0)
+
+
+MODALITIES = ("video", "image", "text")
+
+
+def sample_modality(info: dict[str, Any], conv: list[dict[str, Any]]) -> str:
+    """video | image | text: the json's `media_type` (mixture ingests write it), else inferred: an `image` key
+    without a `video` key is an image sample, no `<image>` in any turn a text-only one, anything else a video."""
+    mt = info.get("media_type")
+    if mt in MODALITIES:
+        return mt
+    if not any("<image>" in t["value"] for t in conv):
+        return "text"
+    return "image" if "image" in info and "video" not in info else "video"
+
+
+def modality_words(info: dict[str, Any], conv: list[dict[str, Any]]) -> int:
+    """The length `group_by_modality_length` sorts by: the words (whitespace split) of every turn's value as the
+    annotation has them, so without the timestamp message the ingest inserted (the reference counts before
+    inserting it). At least 1."""
+    n = sum(len(t["value"].split()) for t in conv)
+    msg = info.get("time_msg")
+    if isinstance(msg, str) and msg.strip() and any(msg in t["value"] for t in conv):
+        n -= len(msg.split())
+    return max(1, n)
 
 
 _FORMAT_CHAT: list[Callable[..., Any]] = []
@@ -1302,6 +1392,9 @@ def collate(samples: list[TrainSample], pad_id: int) -> Batch:
                  sum(s.n_visual for s in samples))
 
 
+GROUP_BY = ("none", "length", "modality_length")
+
+
 @dataclass
 class LoaderConfig:
     """What one worker's loader for one stage needs (JSON-friendly); constraints as in pipelines/settings.py."""
@@ -1317,7 +1410,10 @@ class LoaderConfig:
     min_frames: int = setting(1, ge=1)
     max_frames: int = setting(512, ge=1)
     max_len: int = setting(32768, ge=1, le=2**24)
-    label_mode: str = setting("assistant", choices=("assistant", "llava"))
+    label_mode: str = setting("assistant", choices=("assistant", "qwen_2", "plain"), aliases={"llava": "qwen_2"})
+    # how a shuffle window is cut into batches (see StageLoader._batches): none | length | modality_length
+    group_by: str = setting("length", choices=GROUP_BY)
+    accum: int = setting(1, ge=1, le=65536)  # micro-batches per optimizer step (gradient accumulation)
     prefetch: int = setting(2, ge=0, le=1024)
     # False: samples are not scanned for NaN/inf here (the scan is most of the loader's CPU time); the consumer
     # must check the batch itself, e.g. on the device after the copy. Not used by the trainer: an evaluation knob.
@@ -1349,7 +1445,9 @@ class StageLoader:
                                   image_token_id if image_token_id is not None else _img(tokenizer),
                                   cfg.check_finite)
         self.plans = [SourcePlan.from_dict(d) for d in cfg.sources]
-        self.block_size = max(1, math.ceil(cfg.buffer / cfg.batch_size)) * cfg.batch_size
+        # a window holds whole optimizer steps (accum x batch_size samples), so a step never spans two windows
+        step = cfg.accum * cfg.batch_size
+        self.block_size = max(1, math.ceil(cfg.buffer / step)) * step
         self.counters: Counter = Counter()
         self.shared_sources: list[str] = []
         self.streams: list[SourceStream] = []
@@ -1462,10 +1560,23 @@ class StageLoader:
         return self._read_samples(choice, False, None)
 
     def _batches(self, block: int, samples: list[TrainSample]) -> list[list[TrainSample]]:
+        """The window's samples cut into micro-batches, in the order they are trained (`group_by`):
+        none             random batches (the reference without grouping: stage 1);
+        length           the window sorted by sequence length (text + visual tokens), cut into batches, the batches
+                         in random order (least padding; not a reference mode);
+        modality_length  `group_by_modality_length` over the window (modality_length_batches): each optimizer step's
+                         `accum` micro-batches hold one modality, sorted by length (stages 2-4)."""
         rng = np.random.default_rng([self.cfg.seed, self.cfg.stage_index, self.rank, block, 2])
+        bs = self.cfg.batch_size
+        if self.cfg.group_by == "modality_length":
+            idx = modality_length_batches([s.modality == "text" for s in samples], [s.words for s in samples],
+                                          bs, self.cfg.accum, rng)
+            return [[samples[i] for i in b] for b in idx]
+        if self.cfg.group_by == "none":
+            order = [int(i) for i in rng.permutation(len(samples))]
+            return [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
         tie = rng.random(len(samples))
         order = sorted(range(len(samples)), key=lambda i: (samples[i].length, tie[i]))
-        bs = self.cfg.batch_size
         batches = [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -1500,6 +1611,45 @@ class StageLoader:
     def close(self) -> None:
         for s in self.streams:
             s.close()
+
+
+def modality_length_batches(text_only: list[bool], lengths: list[int], batch_size: int, accum: int,
+                            rng: np.random.Generator) -> list[list[int]]:
+    """`group_by_modality_length` (LLaVA's LengthGroupedSampler with group_by_modality) over one shuffle window of
+    one worker -> micro-batches of indices, in training order; every `accum` consecutive ones are one optimizer step.
+
+    As the reference: samples are split into multimodal (video or image) and text-only; each part is shuffled and cut
+    into mega-batches of one step's samples (the reference: a global batch, workers x accumulation x batch); the
+    leftovers of both parts form one mixed mega-batch that comes last (the reference: one per epoch; here at most
+    one per window); the others are shuffled together. Each mega-batch is sorted by length, longest first, and dealt
+    into `accum` micro-batches of `batch_size` with balanced total length (each to the lightest micro-batch that
+    still has room; a mega-batch that does not divide evenly is dealt round-robin). `lengths` are the reference's
+    modality lengths (words of the turns, `modality_words`)."""
+    mega = batch_size * accum
+    full: list[list[int]] = []
+    rest: list[int] = []
+    for part in (False, True):  # multimodal, then text-only: a fixed order, so the draws are reproducible
+        idx = [i for i, t in enumerate(text_only) if t == part]
+        idx = [idx[int(j)] for j in rng.permutation(len(idx))]
+        cut = len(idx) // mega * mega
+        full += [idx[k:k + mega] for k in range(0, cut, mega)]
+        rest += idx[cut:]
+    megas = [full[int(j)] for j in rng.permutation(len(full))] + ([rest] if rest else [])
+    out: list[list[int]] = []
+    for m in megas:
+        m = sorted(m, key=lambda i: -lengths[i])  # stable: equal lengths keep their shuffled order
+        if len(m) % accum:
+            out += [m[c::accum] for c in range(accum) if m[c::accum]]
+            continue
+        room = len(m) // accum
+        chunks: list[list[int]] = [[] for _ in range(accum)]
+        load = [0] * accum
+        for i in m:
+            c = min((c for c in range(accum) if len(chunks[c]) < room), key=lambda c: (load[c], c))
+            chunks[c].append(i)
+            load[c] += lengths[i]
+        out += chunks
+    return out
 
 
 def _prefetch(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
@@ -1591,13 +1741,16 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
                                  frames: tuple[int, int] = (4, 16), duration: tuple[float, float] = (4.0, 20.0),
                                  per_shard: int = 8, dtype: str = "float16", seed: int = 0,
                                  key_prefix: str | None = None, write_index: bool = True,
-                                 corrupt: dict[str, str] | None = None, long_msg: bool = False) -> list[str]:
+                                 corrupt: dict[str, str] | None = None, long_msg: bool = False,
+                                 profile: str | None = None, text_only: int = 0) -> list[str]:
     """Write a small encode-style token job (shards/, manifests/, index.json) for tests and benchmarks.
 
     Each sample's tokens are a label-specific pattern plus noise, and its answer names the label, so a model
     can learn it. `corrupt` maps a sample key to a defect: "shape" (wrong token width), "nan", "nan_end" / "inf_end"
     (NaN / -inf in the last token of the last clip), "missing_json", "missing_tokens", "bad_json", "clips"
-    (num_clips disagrees). Returns the keys in write order.
+    (num_clips disagrees). `profile`: the ingest profile the jsons record (none by default). `text_only`: every
+    text_only-th sample (1-based) is marked `media_type: text` (the grouping tests; the tokens stay). Returns the
+    keys in write order.
     """
     from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
     from longvid.operators.write import UnitWriter, sample_members
@@ -1621,6 +1774,10 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
             tok = protos[label][None] + 0.3 * rng.standard_normal((c, TOKENS_PER_CLIP, dim)).astype(np.float32)
             tok = tok.astype(dtype)
             info.update({"encoder": "synthetic", "resolution": 224, "tokens_per_frame": 16, "num_clips": c})
+            if profile is not None:
+                info["profile"] = profile
+            if text_only and (n + 1) % text_only == 0:
+                info["media_type"] = "text"
             defect = corrupt.get(key)
             if defect == "shape":
                 tok = tok[:, :, : dim // 2].copy()

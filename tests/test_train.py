@@ -22,9 +22,11 @@ MINI = {
     "stages": [
         {"name": "s1", "input": "tokens", "encoder": "frozen", "train": ["projector"], "max_frames": 4,
          "max_len": 1024, "lr": 1e-3, "steps": 4, "batch_size": 2, "shuffle_buffer": 4, "mix": "samples",
-         "data": [{"shards": ["tokens/*/shards/*.tar"]}]},
+         "template": "plain", "group_by": "none", "data": [{"shards": ["tokens/*/shards/*.tar"]}]},
+        # global batch 8: 4 micro-steps in-process, 2 on two workers (test_train_fsdp)
         {"name": "s2", "input": "tokens", "encoder": "frozen", "train": ["projector", "llm"], "max_frames": 16,
-         "max_len": 1024, "lr": 1e-3, "steps": 7, "batch_size": 2, "shuffle_buffer": 6,
+         "max_len": 1024, "lr": 1e-3, "steps": 7, "batch_size": 2, "global_batch_size": 8, "shuffle_buffer": 6,
+         "template": "qwen_2", "label_mode": "reference", "group_by": "modality_length",
          "data": [{"name": "short", "shards": ["tokens/webvid/shards/*.tar"]},
                   {"name": "long", "shards": ["tokens/ego4d/shards/*.tar"], "sampling": "first:75%"}]},
     ],
@@ -63,19 +65,73 @@ def _keys_seen(out: Path, stage: str) -> list[str]:
 
 
 def test_shipped_recipes_follow_the_paper():
-    for name in ("7b", "2b"):
+    names = ["stage1-connector", "stage2-short", "stage3-short-long", "stage4-highres"]
+    for name, n in (("7b", 4), ("2b", 3)):  # 2B: the three released scripts (stages 1-3), all at 448
         cfg = load_recipe(name)
-        assert [s.name for s in cfg.stages] == ["stage1-connector", "stage2-short", "stage3-short-long", "stage4-highres"]
-        s1, s2, s3, s4 = cfg.stages
+        assert [s.name for s in cfg.stages] == names[:n]
+        s1, s2, s3 = cfg.stages[:3]
         assert (s1.train, s1.lr, s1.max_frames, s1.max_len) == (["projector"], 1e-3, 4, 8192)
         assert (s2.lr, s2.max_frames, s2.max_len) == (1e-5, 8, 32768) and "llm" in s2.train
         assert (s3.min_frames, s3.max_frames, s3.lr) == (64, 512, 1e-5)
-        assert s4.input == "frames" and set(s4.train) == {"encoder", "projector"} and s4.resolution == 448
-        assert all(s.input == "tokens" and s.encoder == "frozen" for s in (s1, s2, s3))
-        assert all(s.warmup_ratio == 0.03 and s.schedule == "cosine" and s.epochs == 1 for s in cfg.stages)
+        assert all(s.input == "tokens" and s.encoder == "frozen" for s in (s1, s2, s3))  # the stated deviation
+        assert all(s.warmup_ratio == 0.03 and s.schedule == "cosine" and s.epochs == 1 and s.weight_decay == 0
+                   for s in cfg.stages)
+        # templates and labels, batches and grouping as the released scripts
+        assert (s1.template, s1.chat_mode(), s1.group_by) == ("plain", "plain", "none")
+        assert all((s.template, s.chat_mode(), s.group_by) == ("qwen_2", "qwen_2", "modality_length")
+                   for s in cfg.stages[1:])
+        assert [s.global_batch_size for s in cfg.stages] == [512, 256, 256, 256][:n]
+        assert [s.batch_size for s in cfg.stages] == [16, 1, 1, 1][:n]
+        assert [s.accumulation(8) for s in cfg.stages] == [4, 32, 32, 32][:n]  # 16 x 4 x 8; 1 x 8 x 32 GPUs
+        assert [s.accumulation(32) for s in cfg.stages] == [1, 8, 8, 8][:n]
+        assert all(s.frame_bounds == "error" for s in cfg.stages)
+    s4 = load_recipe("7b").stages[3]
+    assert s4.input == "frames" and set(s4.train) == {"encoder", "projector"} and s4.resolution == 448
+    assert (s4.part_lr("encoder"), s4.part_lr("projector")) == (2e-6, 1e-5)
     assert load_recipe("7b").model == "videochat-flash-7b" and load_recipe("2b").model == "videochat-flash-2b"
     tiny = load_recipe("tiny")
     assert len(tiny.stages) == 4 and tiny.stages[-1].input == "frames" and tiny.model == "tiny"
+    assert tiny.stages[0].chat_mode() == "plain" and all(s.chat_mode() == "qwen_2" for s in tiny.stages[1:])
+
+
+def test_lr_schedule_is_hf_cosine_with_warmup():
+    """Conformance: HF TrainingArguments.get_warmup_steps and get_cosine_schedule_with_warmup (num_cycles 0.5),
+    transcribed here, and the installed transformers' own scheduler, against _lr_lambda."""
+    import math
+
+    import torch
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    from longvid.pipelines.train import _lr_lambda, warmup_steps
+
+    def ref(step, warm, total):  # the HF rule: linear from 0 during warmup, then half a cosine to 0
+        if step < warm:
+            return float(step) / float(max(1, warm))
+        progress = float(step - warm) / float(max(1, total - warm))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+    for total in (1, 2, 7, 33, 100, 1000, 4877):
+        for ratio in (0.0, 0.03, 0.1, 0.5):
+            warm = math.ceil(total * ratio)
+            assert warmup_steps(total, ratio) == warm
+            f = _lr_lambda(total, ratio, "cosine")
+            opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            hf = get_cosine_schedule_with_warmup(opt, warm, total)
+            for step in range(total + 1):
+                assert f(step) == pytest.approx(ref(step, warm, total), abs=1e-12)
+                assert f(step) == pytest.approx(hf.get_last_lr()[0], abs=1e-12)
+                opt.step()
+                hf.step()
+            assert f(0) == (0.0 if warm else 1.0)  # the first optimizer step runs at lr 0 when warming up
+            assert total == warm or f(total) == pytest.approx(0.0, abs=1e-12)
+            opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            hc = get_constant_schedule_with_warmup(opt, warm)
+            g = _lr_lambda(total, ratio, "constant")
+            for step in range(total + 1):
+                assert g(step) == pytest.approx(hc.get_last_lr()[0], abs=1e-12)
+                opt.step()
+                hc.step()
+    assert warmup_steps(4877, 0.03) == 147  # ceil(146.31): the reference counts up
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "training").is_dir(), reason="needs ../shared")
@@ -144,6 +200,123 @@ def test_run_errors(tmp_path, data):
         run_train(cfg)
 
 
+def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
+    from longvid.pipelines.train import plan_stages
+
+    body = json.loads(json.dumps(MINI))
+    body["stages"] = [body["stages"][1]]
+    body["stages"][0].update({"steps": 0, "epochs": 1, "global_batch_size": 12, "batch_size": 2})
+    recipe = _recipe(tmp_path, body)
+    cfg = load_recipe(recipe, out=str(tmp_path / "o"), data_root=str(data["root"]))
+    cfg.data_root = str(data["root"])
+    # samples 18 + 6 (first:75% of 8), 1 worker: 24 // 2 = 12 micro-batches, // 6 accumulation = 2 steps
+    plan = plan_stages(cfg, 1)[0]
+    assert (plan["samples"], plan["accum"], plan["global_batch"], plan["steps"]) == (24, 6, 12, 2)
+    assert plan_stages(cfg, 3)[0]["accum"] == 2 and plan_stages(cfg, 6)[0]["steps"] == 2  # 24 // 12 // 1
+    cfg.stages[0].epochs = 0.1
+    assert plan_stages(cfg, 1)[0]["steps"] == 1  # ceil(0.1 x 2)
+    cfg.stages[0].epochs = 1
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(s2\): global_batch_size: 12 is not a multiple of workers x "
+                                          r"batch_size = 4 x 2 = 8; worker counts that divide it: \[1, 2, 3, 6\]"):
+        plan_stages(cfg, 4)
+    # the command: exit 2 with one line naming the setting, before any work
+    code = main(["--config", str(recipe), "--data-root", str(data["root"]), "--out", str(tmp_path / "o2"),
+                 "--num-workers", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "global_batch_size" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "o2").exists()
+    body["stages"][0]["global_batch_size"] = 7
+    with pytest.raises(ConfigError, match="global_batch_size: 7 is not a multiple of batch_size 2"):
+        load_recipe(_recipe(tmp_path, body))
+
+
+def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, caplog):
+    from longvid.pipelines.train import plan_stages
+
+    root = tmp_path / "d"
+    write_synthetic_token_shards(str(root / "tokens/short"), 4, dim=64, per_shard=2, profile="short")  # 1-8
+    write_synthetic_token_shards(str(root / "tokens/long"), 4, dim=64, per_shard=2, profile="long", seed=3)
+    body = json.loads(json.dumps(MINI))
+    body["stages"] = [body["stages"][1]]
+    body["stages"][0].update({"min_frames": 64, "max_frames": 512, "global_batch_size": 0,
+                              "data": [{"name": "ok", "shards": ["tokens/long/shards/*.tar"]},
+                                       {"name": "short", "shards": ["tokens/short/shards/*.tar"]}]})
+    recipe = _recipe(tmp_path, body)
+    cfg = load_recipe(recipe, out=str(tmp_path / "o"), data_root=str(root))
+    cfg.data_root = str(root)
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(s2\): data\[1\]: short: shard .*tokens/short/shards/"
+                                          r"shard-[\d-]+\.tar was ingested with frame bounds 1-8 \(profile short\), "
+                                          r"this stage's are 64-512"):
+        plan_stages(cfg, 1)
+    code = main(["--config", str(recipe), "--data-root", str(root), "--out", str(tmp_path / "o2"),
+                 "--num-workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "frame bounds 1-8" in err[0] and not (tmp_path / "o2").exists()
+    # frame_bounds: ignore trains on them, never silently
+    cfg.stages[0].frame_bounds = "ignore"
+    with caplog.at_level("WARNING", logger="longvid.train.data"):
+        plan = plan_stages(cfg, 1)[0]
+    assert [s["name"] for s in plan["sources"]] == ["ok", "short"]
+    assert any("frame bounds 1-8 (profile short), this stage's are 64-512" in r.message and "ignore" in r.message
+               for r in caplog.records)
+    # shards that record no profile (older jobs, the fixtures) are not checked
+    cfg = load_recipe(_recipe(tmp_path, MINI), out=str(tmp_path / "o3"), data_root=str(data["root"]))
+    cfg.data_root = str(data["root"])
+    assert len(plan_stages(cfg, 1)) == 2
+
+
+def test_accumulation_syncs_once_and_averages_as_the_reference():
+    """_accumulate over a stand-in model whose loss is the mean of per-token values times a weight: the gradient is
+    the reference's (mean over micro-batches of each micro-batch's token mean) or the global token mean, and the
+    wrapper's no_sync covers every micro-step but the last."""
+    import contextlib
+
+    import torch
+
+    from longvid.pipelines.train import StageConfig, _accumulate
+    from longvid.pipelines.train_data import Batch
+
+    class Plain(torch.nn.Module):  # one worker: the model is not wrapped
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.synced = []
+            self._sync = True
+
+        def forward(self, ids, mask, labels, visual, kind, side):
+            self.synced.append(self._sync)
+            keep = labels[:, 1:] != -100
+            return (self.w * labels[:, 1:].float())[keep].mean()
+
+    class Wrapped(Plain):  # DDP / FSDP: gradients are synchronised unless inside no_sync
+        @contextlib.contextmanager
+        def no_sync(self):
+            self._sync = False
+            yield
+            self._sync = True
+
+    def batch(rows):  # labels: -100 then the token values
+        width = max(len(r) for r in rows) + 1
+        lab = torch.full((len(rows), width), -100)
+        for i, r in enumerate(rows):
+            lab[i, 1:1 + len(r)] = torch.tensor(r)
+        return Batch(lab.clone(), torch.ones_like(lab), lab, [torch.zeros(1, 2)] * len(rows),
+                     [f"k{i}" for i in range(len(rows))], 3 * len(rows), len(rows), {"n": len(rows)})
+
+    micro = [batch([[1, 2, 3]]), batch([[10]]), batch([[4, 4], [6]])]
+    for mode, want in (("micro_batch", (2 + 10 + 14 / 3) / 3), ("tokens", (6 + 10 + 14) / 7)):
+        st = StageConfig(name="s", data=[], loss_average=mode)
+        m = Wrapped()
+        loss, stats, last, keys = _accumulate(m, iter(micro), 3, st, 224, 1, torch.device("cpu"))
+        assert m.synced == [False, False, True]
+        assert m.w.grad.item() == pytest.approx(want) and loss == pytest.approx(want)
+        assert stats.tolist() == pytest.approx([want, 4, 12, 4]) and last is micro[2]
+        assert keys == ["k0", "k0", "k0", "k1"]
+    m = Plain()
+    _accumulate(m, iter(micro[:1]), 1, StageConfig(name="s", data=[]), 224, 1, torch.device("cpu"))
+    assert m.synced == [True]
+
+
 # ---------------------------------------------------------------------------------------------------- in-process
 
 
@@ -188,6 +361,9 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
     assert skipped.get("excluded") and skipped.get("skipped") == sum(
         skipped.get(r, 0) for r in ("non-finite tokens", "wrong shape", "missing json"))
     rows = read_metrics(str(a / "stages/s2/metrics.jsonl"))
+    # s2: global batch 8 on one worker = 4 micro-batches of 2 per optimizer step, resumed exactly (above)
+    assert summary["stages"]["s2"]["accumulation"] == 4 and all(r["samples"] == 8 for r in rows)
+    assert summary["stages"]["s1"]["labels"] == "plain" and summary["stages"]["s2"]["labels"] == "qwen_2"
     assert all(r["tokens_per_s"] > 0 and r["samples_per_s"] > 0 and r["visual_tokens_per_sample"] >= 64 for r in rows)
     assert all(r["visual_tokens_per_sample"] <= 4 * 64 for r in rows)  # 16 frames at most: 4 clips
     assert (a / "stages/s2/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -212,7 +388,7 @@ def test_tiny_recipe_on_two_ray_workers_with_a_killed_worker(tmp_path, data):
     for st in cfg.stages:
         rows = read_metrics(str(out / "stages" / st.name / "metrics.jsonl"))
         assert [r["step"] for r in rows] == list(range(1, st.steps + 1))
-        assert all(r["samples"] == 2 * st.batch_size for r in rows)  # both workers, every step
+        assert all(r["samples"] == st.global_batch_size for r in rows)  # both workers x accumulation, every step
         assert (out / "stages" / st.name / "loss.png").is_file()
         assert (out / "stages" / st.name / "model.safetensors").is_file()
         seen = [set(_keys_seen(out, st.name))]

@@ -317,6 +317,84 @@ def test_decode_frame_bounds_rewrite_time_msg_and_labels(tok):
     assert ", ".join(str(t) for t in kept_times) in tok.decode(s.input_ids)
 
 
+def test_templates_feed_plain_bare_and_qwen2_with_the_time_message(tok):
+    """plain (stage 1): the bare <image> + answer + newline, no system turn, question or timestamp message, labels
+    everything after <image>. qwen_2 (stages 2-4): the chat with the timestamp message where the reference puts it
+    (right after the leading <image>, its frame count rewritten to the frames kept), the reference's labels."""
+    from longvid.model.tokenizer import format_chat
+
+    info = synthetic_sample_info("s_1_full", "webvid", 16, 12.5, label=2)
+    tokens = np.zeros((4, 64, 64), np.float16)
+    answer = "A green door moves across the scene."
+    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, max_frames=8, image_token_id=3,
+                                                               label_mode="plain"))
+    want = [3] + tok(answer + "\n", add_special_tokens=False)["input_ids"]
+    assert s.input_ids.tolist() == want and s.labels.tolist() == [IGNORE_INDEX] + want[1:]
+    assert s.n_visual == 128 and s.length == len(want) - 1 + 128
+    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, max_frames=8, image_token_id=3,
+                                                               label_mode="qwen_2"))
+    prompt = ("<image>\nThe video lasts for 12.50 seconds, and 8 frames are uniformly sampled from it. \n"
+              "What happens in this video?")
+    assert tok.decode(s.input_ids) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                       f"{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n")
+    ids, labels = format_chat([{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}], tok,
+                              label_mode="qwen_2")
+    assert s.input_ids.tolist() == ids and s.labels.tolist() == labels
+    assert (s.modality, s.words) == ("video", 6 + 7)  # "<image>" + 5 + 7: the timestamp message not counted
+    # plain takes exactly two turns (preprocess_plain): a multi-turn sample is a counted skip
+    multi = dict(info, conversations=info["conversations"] + [{"from": "human", "value": "And then?"},
+                                                               {"from": "gpt", "value": "Nothing."}])
+    with pytest.raises(SampleError, match="bad conversations.*exactly 2 turns"):
+        decode_sample(_group(multi, tokens), tok, DecodeOptions(dim=64, image_token_id=3, label_mode="plain"))
+
+
+def test_modality_length_batches_group_sort_and_balance():
+    from longvid.pipelines.train_data import modality_length_batches
+
+    rng = np.random.default_rng(0)
+    text = [bool(x) for x in rng.random(40) < 0.3]
+    lengths = [int(x) for x in rng.integers(1, 100, 40)]
+    out = modality_length_batches(text, lengths, 2, 3, np.random.default_rng(1))
+    assert sorted(i for b in out for i in b) == list(range(40)) and all(len(b) == 2 for b in out[:-3])
+    steps = [out[k:k + 3] for k in range(0, len(out), 3)]
+    n_text = sum(text)
+    mixed = [st for st in steps if len({text[i] for b in st for i in b}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] is steps[-1])  # leftovers of both: one step, last
+    assert n_text % 6 or not mixed
+    for st in steps:
+        idx = [i for b in st for i in b]
+        loads = [sum(lengths[i] for i in b) for b in st]
+        assert max(loads) - min(loads) <= max(lengths[i] for i in idx)  # balanced deal of the sorted mega-batch
+        assert [lengths[b[0]] for b in st] == sorted((lengths[b[0]] for b in st), reverse=True) or len(idx) % 3
+    # the same draws give the same batches (exact resume); another window, another order
+    assert modality_length_batches(text, lengths, 2, 3, np.random.default_rng(1)) == out
+    assert modality_length_batches(text, lengths, 2, 3, np.random.default_rng(2)) != out
+    # one modality only: every step is pure, whole mega-batches
+    assert len(modality_length_batches([False] * 12, [1] * 12, 2, 3, rng)) == 6
+
+
+def test_loader_grouping_modes_and_exact_resume_with_accumulation(tmp_path, tok):
+    write_synthetic_token_shards(str(tmp_path / "m"), 30, dim=64, per_shard=5, text_only=3)
+    plan = plan_source("m", [str(tmp_path / "m/shards/*.tar")])
+    lo = _loader(plan, tok, batch=2, buffer=10, group_by="modality_length", accum=2)
+    assert lo.block_size == 12  # whole optimizer steps: 3 of 2 x 2
+    full = _take(lo, 18)
+    steps = [full[k:k + 2] for k in range(0, 18, 2)]
+    pure = [len({int(k[8:14]) % 3 == 2 for b in st for k in b.keys}) == 1 for st in steps]  # every 3rd: text
+    assert all(p for k, p in enumerate(pure) if k % 3 != 2)  # only a window's last step is mixed
+    assert sum(pure) >= 6
+    for st in steps:  # a step's micro-batches come from one window
+        assert len({b.state["block"] - (b.state["batch"] == 0) for b in st}) == 1
+    for cut in (1, 3, 8):  # inside a step, at a step boundary, inside a later window
+        resumed = _take(_loader(plan, tok, batch=2, buffer=10, group_by="modality_length", accum=2,
+                                state=json.loads(json.dumps(full[cut - 1].state))), 18 - cut)
+        assert [b.keys for b in resumed] == [b.keys for b in full[cut:]]
+    # none: random batches (the reference's stage 1); the same seed, the same batches
+    a = [b.keys for b in _take(_loader(plan, tok, batch=3, buffer=9, group_by="none"), 6)]
+    assert a == [b.keys for b in _take(_loader(plan, tok, batch=3, buffer=9, group_by="none"), 6)]
+    assert a != [b.keys for b in _take(_loader(plan, tok, batch=3, buffer=9), 6)]  # length: sorted windows
+
+
 def test_decode_accepts_encoder_padded_frames(tok):
     info = synthetic_sample_info("s_1_full", "webvid", 6, 6.0, label=1)
     info["frame_times"] = info["frame_times"][:6]
