@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,8 @@ from typing import Any
 
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.ray_session import ensure_ray
+from longvid.pipelines.progress import Progress
+from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
 from longvid.pipelines.settings import check_fields, label, model_presets, setting, show
 from longvid.pipelines.train_data import (
     GROUP_BY,
@@ -740,9 +742,9 @@ def _run_stage(cfg: TrainConfig, si: int, plan: dict[str, Any], sess: _Session, 
                    "time": round(now, 3)}
             with open(mpath, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            if not cfg.quiet and (step == total or step % max(1, total // 10) == 0 or step == start_step + 1):
-                log.info("[%s] step %d/%d loss %.4f | %.1f samples/s %.0f tokens/s", st.name, step, total,
-                         last_loss, rec["samples_per_s"], rec["tokens_per_s"])
+            # the driver's progress (StepProgress) reports steps from metrics.jsonl
+            log.debug("[%s] step %d/%d loss %.4f | %.1f samples/s %.0f tokens/s", st.name, step, total,
+                      last_loss, rec["samples_per_s"], rec["tokens_per_s"])
         if fault and fault[0] == st.name and int(fault[1]) == step and int(fault[2]) == rank:
             marker = os.path.join(cfg.out, f".fault-{st.name}-{step}-{rank}")
             if not os.path.exists(marker):
@@ -994,6 +996,77 @@ def _check_out(cfg: TrainConfig) -> None:
     Path(run_json).write_text(json.dumps({"job": "train", "fingerprint": fp}, indent=2, sort_keys=True))
 
 
+class StepProgress:
+    """The driver's view of training progress: rank 0 writes one metrics.jsonl line per step into each stage's
+    folder; a thread follows those files (a resumed or restarted stage truncates its file back to its checkpoint,
+    and the count follows). Every step is a line in DIR/logs/train.log; the console gets a tqdm bar on a terminal,
+    else the first step of a stage, every tenth of it and its last. Steps done by an earlier run are not timed."""
+
+    def __init__(self, cfg: TrainConfig, plans: list[dict[str, Any]], log_fn, interval_s: float = 0.5):
+        self.paths = [os.path.join(_stage_dir(cfg, st), "metrics.jsonl") for st in cfg.stages]
+        self.totals = [int(p["steps"]) for p in plans]
+        self.seen = [(0, 0)] * len(self.paths)  # (bytes read, last step) per stage
+        self.interval_s = interval_s
+        self.prog = Progress("train", "steps", total=sum(self.totals), out=cfg.out, console=log_fn, quiet=cfg.quiet)
+        self.prog.skip(self._scan(emit=False))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _scan(self, emit: bool = True) -> int:
+        """Read what the stages' metrics files gained; returns the steps done over all stages."""
+        for i, path in enumerate(self.paths):
+            off, last = self.seen[i]
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            if size < off:  # truncated back to a checkpoint (resume, a restarted worker group)
+                off, last = 0, 0
+            if size == off:
+                continue
+            with open(path, "rb") as f:
+                f.seek(off)
+                data = f.read(size - off)
+            end = data.rfind(b"\n") + 1  # complete lines only
+            for ln in data[:end].splitlines():
+                try:
+                    rec = json.loads(ln)
+                    step = int(rec["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if emit:
+                    self.prog.set_n(sum(s for _, s in self.seen[:i]) + step + sum(s for _, s in self.seen[i + 1:]))
+                    total = self.totals[i]
+                    echo = step in (1, total) or step % max(1, total // 10) == 0
+                    self.prog.emit(f"[train {rec.get('stage', '')}] step {step}/{total} loss {rec.get('loss', 0):.4f} | "
+                                   f"{rec.get('samples_per_s', 0):.1f} samples/s {rec.get('tokens_per_s', 0):.0f} "
+                                   f"tokens/s | {self.prog.meter()}", postfix=f"{rec.get('stage', '')} loss "
+                                   f"{rec.get('loss', 0):.4f}", echo=echo)
+                last = step
+            self.seen[i] = (off + end, last)
+        n = sum(s for _, s in self.seen)
+        if emit:
+            self.prog.set_n(n)
+        return n
+
+    def start(self) -> "StepProgress":
+        def follow() -> None:
+            while not self._stop.wait(self.interval_s):
+                self._scan()
+
+        self._thread = threading.Thread(target=follow, name="train-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self._scan()
+        self.prog.close()
+
+
 def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
     """Run a recipe end to end (Ray Train, or in-process with num_workers=0). Returns the summary dict.
 
@@ -1009,6 +1082,15 @@ def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
             raise ConfigError(f"exclude: drop list not found: {cfg.resolve(p)}")
     world = max(1, cfg.num_workers)
     plans = plan_stages(cfg, world)
+    claim_out(cfg.out, "train", log_fn)  # a run still going on there: exit 2
+    try:
+        return _run_claimed(cfg, plans, log_fn)
+    finally:
+        release_out(cfg.out)
+
+
+def _run_claimed(cfg: TrainConfig, plans: list[dict[str, Any]], log_fn) -> dict[str, Any]:
+    world = max(1, cfg.num_workers)
     _check_out(cfg)
     run_dir = os.path.join(cfg.out, "ray", cfg.name)
     done = list_checkpoints(run_dir)
@@ -1018,12 +1100,16 @@ def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
         for p in plans:
             log_fn(f"[train] stage {p['stage']}: {p['samples']} samples in {len(p['sources'])} sources, "
                    f"{p['steps']} steps")
-    if cfg.num_workers == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        sess = _LocalSession(run_dir, cfg.keep_checkpoints, payload["resume_dir"])
-        train_worker(payload, sess)
-    else:
-        _fit_ray(cfg, payload)
+    steps = StepProgress(cfg, plans, log_fn).start()
+    try:
+        if cfg.num_workers == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            sess = _LocalSession(run_dir, cfg.keep_checkpoints, payload["resume_dir"])
+            train_worker(payload, sess)
+        else:
+            _fit_ray(cfg, payload)
+    finally:
+        steps.close()
     summary = {"job": "train", "name": cfg.name, "out": cfg.out, "workers": world, "elapsed_s": round(time.time() - t0, 2),
                "stages": {}}
     for st in cfg.stages:
@@ -1047,7 +1133,8 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True)  # Ray Train queries the State API
+    # the dashboard serves the State API, which Ray Train queries
+    started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True, out=cfg.out, job="train")
     try:
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
@@ -1068,3 +1155,4 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     finally:
         if started:
             ray.shutdown()
+        release_out(cfg.out)
