@@ -230,7 +230,7 @@ def _audit(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
     from longvid.pipelines.audit import audit
 
     bench = _demo_benchmark(out)
-    res = audit([str(out / "ingest" / s) for s in sources], [str(bench)], out / "audit")
+    res = audit([str(out / "ingest" / s) for s in sources], [str(bench)], out / "audit", log=log, quiet=True)
     by = res.leakage.to_pandas().groupby(["benchmark", "method"]).size().to_dict() if res.leakage.num_rows else {}
     log(f"\n[demo] audit: {res.rows} samples checked against {bench} (planted leaks): "
         f"{res.leakage.num_rows} findings {by}, {res.duplicates.num_rows} duplicate pairs, "

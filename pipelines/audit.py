@@ -10,10 +10,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from longvid.manifests.audit.benchmarks import scan_benchmarks
 from longvid.manifests.audit.core import AuditConfig, AuditResult, run_audit
 from longvid.manifests.readers import find_jobs
+from longvid.pipelines.progress import Progress
 
 
 def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None) -> pafs.S3FileSystem:
@@ -36,8 +38,10 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, pr
 
 def audit(manifests: list[str], benchmarks: list[str], out: str | Path, cfg: AuditConfig | None = None,
           benchmark_videos: str | None = None, s3: pafs.FileSystem | None = None,
-          strict_benchmarks: bool = False) -> AuditResult:
-    """Run `longvid audit`: find the jobs, read the benchmarks, audit, write the outputs into `out`."""
+          strict_benchmarks: bool = False, log=print, quiet: bool = False) -> AuditResult:
+    """Run `longvid audit`: find the jobs, read the benchmarks, audit, write the outputs into `out`.
+
+    Progress (pipelines/progress.py): rows of all manifests, one line per batch, kept in `out`/logs/audit.log."""
     if any(m.startswith("s3://") for m in manifests) and s3 is None:
         s3 = s3_filesystem()
     jobs = [j for m in manifests for j in find_jobs(m, s3 if m.startswith("s3://") else None)]
@@ -46,4 +50,29 @@ def audit(manifests: list[str], benchmarks: list[str], out: str | Path, cfg: Aud
         raise ValueError("benchmark files not recognised: " + "; ".join(f"{p}: {w}" for p, w in bench.unknown))
     if not bench.files:
         raise ValueError(f"--benchmarks {' '.join(map(str, benchmarks))}: no benchmark file recognised")
-    return run_audit(jobs, bench, out, cfg, benchmark_videos)
+    prog = Progress("audit", "rows", total=_manifest_rows(jobs), out=str(out), console=log, quiet=quiet)
+    batches = [0]
+
+    def progress(rows: int, findings: int) -> None:
+        prog.update(rows)
+        prog.emit(f"[audit] batch {batches[0]}: {rows} rows | {findings} findings so far | {prog.meter()}",
+                  postfix=f"{findings} findings")
+        batches[0] += 1
+
+    try:
+        return run_audit(jobs, bench, out, cfg, benchmark_videos, progress=progress)
+    finally:
+        prog.close()
+
+
+def _manifest_rows(jobs: list) -> int | None:
+    """The rows of every manifest part (their parquet footers), for the progress total; None when unknown."""
+    n = 0
+    try:
+        for job in jobs:
+            for f in job.manifest_files:
+                with job.filesystem.open_input_file(f) as fh:
+                    n += pq.ParquetFile(fh).metadata.num_rows
+    except Exception:  # noqa: BLE001 - a bad part is reported by the audit itself; the bar just has no total
+        return None
+    return n

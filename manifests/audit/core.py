@@ -17,6 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -223,8 +224,10 @@ def _r(x: float | None) -> float | None:
 
 def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg: AuditConfig | None = None,
               benchmark_videos: str | Path | None = None, write_report: bool = True,
-              benchmark_frames: BenchFrames | None = None) -> AuditResult:
-    """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed)."""
+              benchmark_frames: BenchFrames | None = None,
+              progress: Callable[[int, int], None] | None = None) -> AuditResult:
+    """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed).
+    `progress(rows, findings)` is called after each manifest batch (rows of the batch, findings so far)."""
     cfg = cfg or AuditConfig()
     cfg.check()
     # Parts that cannot be read are reported and left out; with no usable manifest part at all, nothing is audited.
@@ -345,6 +348,8 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
                 prev = where.get(keys[r])
                 where[keys[r]] = (job_i, shards[r], sorted(set(fr) | set(prev[2] if prev else [])))
         dups.add(b, idkeys)
+        if progress is not None:
+            progress(b.num_rows, len(findings))
 
     for job_i, b in iter_batches(jobs, FAILURE_COLUMNS, 65536, failures=True, problems=part_problems, checked=True):
         stats.add_failures(b)
