@@ -6,8 +6,10 @@
     ray job submit --working-dir . -- longvid train --config ...     # the same, as a Ray job (RAY_ADDRESS)
 
 The recipe lists stages in order; each names its data (shard globs with weights and LLaVA sampling
-strategies), frame bounds, max_len, learning rates, trainable parts and steps or epochs. Flags override the
-recipe's top-level fields. A recipe file's relative paths are taken from --data-root (default: the cwd).
+strategies), frame bounds, max_len, template and labels, learning rates, trainable parts, per-worker and global
+batch (gradient accumulation = global / (workers x per-worker batch): --num-workers must divide it), batch grouping
+and steps or epochs. Flags override the recipe's top-level fields. A recipe file's relative paths are taken from
+--data-root (default: the cwd).
 Shipped recipes: jobs/configs/train-tiny.yaml (`--config tiny`), jobs/configs/train-7b.yaml, jobs/configs/train-2b.yaml.
 """
 from __future__ import annotations

@@ -816,7 +816,7 @@ def _accumulate(wrapped, it, accum: int, st: StageConfig, side: int, world: int,
             n = n.to(dev)
             dist.all_reduce(n)
         denom = max(1.0, float(n.cpu()[0]))
-    share = 0.0
+    share = torch.zeros((), dtype=torch.float64, device=dev)  # on the device: no host sync per micro-step
     stats = torch.zeros(4, dtype=torch.float64)
     keys: list[str] = []
     batch = None
@@ -829,11 +829,11 @@ def _accumulate(wrapped, it, accum: int, st: StageConfig, side: int, world: int,
                            st.input, side)
             scale = counted(batch) * world / denom if micro is not None else 1.0 / accum
             (loss * scale).backward()
-        share += float(loss.detach()) * scale
+        share += loss.detach().double() * scale
         stats += torch.tensor([0.0, len(batch), batch.n_tokens, batch.n_visual], dtype=torch.float64)
         keys += batch.keys
-    stats[0] = share
-    return share, stats, batch, keys
+    stats[0] = float(share)
+    return float(stats[0]), stats, batch, keys
 
 
 def _dedupe(sd: dict) -> dict:
