@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -261,9 +262,11 @@ def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
 
 
 def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "long",
-             stages: tuple[str, ...] = STAGES, log=print) -> dict[str, Any]:
+             stages: tuple[str, ...] = STAGES, log=print, native_stderr: bool = False) -> dict[str, Any]:
+    """The demo into `out` (see DemoFolder for what happens to an existing folder). native_stderr: what native
+    code writes to this process's stderr while Ray runs goes to out/logs/ray.log (for the command's console)."""
     from longvid.pipelines.demo_corpus import make_demo_corpus
-    from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
+    from longvid.pipelines.ray_session import claim_out, ensure_ray, native_stderr_to, release_out
 
     out = Path(out).resolve()
     folder = DemoFolder(out)
@@ -291,34 +294,37 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
         with folder.stage("corpus"):
             corpus = make_demo_corpus(out / "corpus", per_source=per_source)
         log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
-        # the dashboard serves the State API, which Ray Train's placement group cleaner queries
-        started = bool(stages) and ensure_ray(num_cpus=num_cpus, dashboard="train" in stages, out=str(out),
-                                              job="demo")
         result: dict[str, Any] = {"out": str(out)}
         timings: dict[str, float] = {}
-        try:
-            for stage in stages:
-                t = time.time()
-                with folder.stage(stage):
-                    if stage == "ingest":
-                        result["ingest"] = _ingest(out, corpus, profile, log)
-                    elif stage == "encode":
-                        result["encode"] = _encode(out, list(corpus), log)
-                    elif stage == "audit":
-                        result["audit"] = _audit(out, list(corpus), log)
-                    elif stage == "train":
-                        result["train"] = _train(out, log)
-                    elif stage == "niah":
-                        ckpt = result.get("train", {}).get("checkpoint") or "random:0"
-                        result["niah"] = _niah(out, ckpt, log)
-                timings[stage] = round(time.time() - t, 1)
-        finally:
-            if started:
-                import ray
+        # the console is LongVid's: Ray's driver-side logs, and what its C++ core writes to this process's stderr,
+        # go to logs/ray.log (errors of Python code, LongVid's and Ray's, are still printed)
+        with native_stderr_to(str(out / "logs" / "ray.log")) if native_stderr else contextlib.nullcontext():
+            # the dashboard serves the State API, which Ray Train's placement group cleaner queries
+            started = bool(stages) and ensure_ray(num_cpus=num_cpus, dashboard="train" in stages, out=str(out),
+                                                  job="demo")
+            try:
+                for stage in stages:
+                    t = time.time()
+                    with folder.stage(stage):
+                        if stage == "ingest":
+                            result["ingest"] = _ingest(out, corpus, profile, log)
+                        elif stage == "encode":
+                            result["encode"] = _encode(out, list(corpus), log)
+                        elif stage == "audit":
+                            result["audit"] = _audit(out, list(corpus), log)
+                        elif stage == "train":
+                            result["train"] = _train(out, log)
+                        elif stage == "niah":
+                            ckpt = result.get("train", {}).get("checkpoint") or "random:0"
+                            result["niah"] = _niah(out, ckpt, log)
+                    timings[stage] = round(time.time() - t, 1)
+            finally:
+                if started:
+                    import ray
 
-                ray.shutdown()
-            if stages:
-                release_out(str(out))  # the claim ensure_ray took
+                    ray.shutdown()
+                if stages:
+                    release_out(str(out))  # the claim ensure_ray took
         result["elapsed_s"] = round(time.time() - t0, 1)
         result["stage_seconds"] = timings
         log(f"\n[demo] done in {result['elapsed_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})."
@@ -343,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     res = run_demo(Path(args.out), per_source=args.per_source, num_cpus=args.num_cpus or 0, profile=args.profile,
-                   stages=stages)
+                   stages=stages, native_stderr=True)
     bad = [s for s, v in res.get("ingest", {}).items() if not v["samples"] or not v.get("complete", True)]
     return 1 if bad else 0
 

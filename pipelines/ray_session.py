@@ -41,8 +41,9 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
@@ -188,6 +189,38 @@ def route_ray_logs(path: str) -> None:
             fh.setLevel(logging.INFO)
             fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             lg.addHandler(fh)
+
+
+@contextmanager
+def native_stderr_to(path: str) -> Iterator[None]:
+    """Writes of native code to this process's stderr (file descriptor 2: the C++ core worker of a Ray driver logs
+    there, e.g. Ray Data's `core_worker.cc: Actor ... has constructor arguments in the object store`, ray#57733)
+    go to `path` while the block runs; Python's sys.stderr, and the logging handlers that wrote to it, stay on
+    the console. For a command's console (`longvid demo`), not for library use."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    old = sys.stderr
+    console = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                        errors="backslashreplace")
+    moved = [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+             for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler) and h.stream is old]
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = console
+    for h in moved:
+        h.setStream(console)
+    try:
+        yield
+    finally:
+        console.flush()
+        for h in moved:
+            h.setStream(old)
+        sys.stderr = old
+        os.dup2(saved, 2)
+        os.close(saved)
+        console.close()
 
 
 # ------------------------------------------------------------------------------------------------ output folders

@@ -147,6 +147,22 @@ def test_rays_driver_logs_go_to_a_file_and_errors_stay_on_the_console(tmp_path):
     assert "View the dashboard" in text and "deprecation" in text
 
 
+def test_native_stderr_goes_to_the_file_and_python_stderr_stays(tmp_path):
+    path = tmp_path / "logs" / "ray.log"
+    code = ("import logging, os, sys\n"
+            "from longvid.pipelines.ray_session import native_stderr_to\n"
+            "logging.basicConfig(format='%(message)s')\n"
+            f"with native_stderr_to({str(path)!r}):\n"
+            "    os.write(2, b'[E core_worker.cc] native line\\n')\n"
+            "    print('python line', file=sys.stderr)\n"
+            "    logging.warning('logging line')\n"
+            "os.write(2, b'native after\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env("x"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["python line", "logging line", "native after"]
+    assert path.read_text() == "[E core_worker.cc] native line\n"
+
+
 # ------------------------------------------------------------------------------------------------- with Ray
 
 _PROBE = r"""
