@@ -16,6 +16,7 @@ The rate counts the work done since this run started: units skipped because an e
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 import threading
@@ -58,9 +59,10 @@ def meter(n: float, total: float | None, elapsed: float, unit: str, initial: flo
 class Progress:
     """One job's progress: `update(n)` then `emit(line)` per unit of work; `write(line)` for any other line.
 
-    console: where lines go when there is no bar (print by default). quiet: no progress on the console (the log
-    file only), and only the lines written with `important=True`. tty: draw a tqdm bar on `stream` (default: when
-    stderr is a terminal and console is print).
+    console: where lines go (print by default, or a logger's method, e.g. the `longvid.<job>` logger's info that
+    `--log-level` filters). quiet: no progress on the console (the log file only), and only the lines written with
+    `important=True`. tty: draw a tqdm bar on `stream` (default: when stderr is a terminal and the console shows
+    info lines); the unit lines then update the bar, and other lines are printed above it.
     """
 
     def __init__(self, job: str, unit: str, total: float | None = None, *, desc: str = "", out: str = "",
@@ -75,7 +77,7 @@ class Progress:
         self._lock = threading.RLock()
         self._stream = stream or sys.stderr
         if tty is None:
-            tty = console is print and _isatty(self._stream)
+            tty = _shows_info(console) and _isatty(self._stream)
         self._bar = None
         if tty and not quiet:
             from tqdm import tqdm
@@ -170,7 +172,8 @@ class Progress:
             if self.quiet and not important:
                 return
             if self._bar is not None:
-                self._bar.write(line, file=sys.stdout)
+                with self._bar.external_write_mode(file=self._stream):  # the bar is cleared, then drawn again
+                    self.console(line)
             else:
                 self.console(line)
 
@@ -197,6 +200,14 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _shows_info(console: Callable[[str], None]) -> bool:
+    """Whether `console` prints an info line: print does; a logger's method does when info is enabled."""
+    owner = getattr(console, "__self__", None)
+    if isinstance(owner, logging.Logger):
+        return owner.isEnabledFor(logging.INFO)
+    return console is print
 
 
 def _isatty(stream: TextIO) -> bool:

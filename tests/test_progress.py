@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 from longvid.pipelines import progress
 from longvid.pipelines.progress import Progress, meter
@@ -36,14 +37,14 @@ def test_lines_without_a_terminal_and_the_log_file(tmp_path):
     assert log[0].startswith("# ") and "ingest started" in log[0] and log[-1].startswith("# ingest ended")
     assert log[1:-1] == lines + ["[ingest] a unit the console does not show"]
     # a second run appends to the same file, with its own header
-    with Progress("ingest", "inputs", total=1, out=str(out), console=None) as p:
+    with Progress("ingest", "inputs", total=1, out=str(out), quiet=True) as p:
         p.update(1)
         p.emit("[ingest] unit 5: again")
     log2 = (out / "logs" / "ingest.log").read_text().splitlines()
     assert log2[: len(log)] == log and log2[len(log) + 1] == "[ingest] unit 5: again"
 
 
-def test_a_bar_on_a_terminal(tmp_path, capsys):
+def test_a_bar_on_a_terminal(tmp_path):
     stream = io.StringIO()
     lines: list[str] = []
     p = Progress("encode", "samples", total=8, out=str(tmp_path), console=lines.append, tty=True, stream=stream)
@@ -53,19 +54,39 @@ def test_a_bar_on_a_terminal(tmp_path, capsys):
     p.close()
     drawn = stream.getvalue()
     assert "[encode]" in drawn and "4/8" in drawn and "8/8" not in drawn and "4 samples, 0 failures" in drawn
-    assert lines == []  # unit lines are the bar's, not console lines
-    assert "[encode] a job line" in capsys.readouterr().out  # other lines are printed above the bar
+    assert lines == ["[encode] a job line"]  # unit lines update the bar; other lines are printed (above it)
     assert "[encode] unit 0: 4 samples" in (tmp_path / "logs" / "encode.log").read_text()
 
 
-def test_quiet_writes_the_log_file_only(tmp_path, capsys):
-    p = Progress("audit", "rows", total=None, out=str(tmp_path), console=None)
+def test_a_bar_only_where_the_console_shows_info_lines():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = logging.getLogger("longvid.test-progress")
+    try:
+        log.setLevel(logging.WARNING)  # e.g. --log-level warning
+        assert Progress("ingest", "inputs", console=log.info, stream=Tty())._bar is None
+        log.setLevel(logging.INFO)
+        p = Progress("ingest", "inputs", console=log.info, stream=Tty())
+        assert p._bar is not None
+        p.close()
+    finally:
+        log.setLevel(logging.NOTSET)
+    assert Progress("ingest", "inputs", console=print, stream=io.StringIO())._bar is None  # not a terminal
+
+
+def test_quiet_writes_the_log_file_only_but_errors(tmp_path, capsys):
+    p = Progress("audit", "rows", total=None, out=str(tmp_path), quiet=True)
     p.update(3)
     p.emit("[audit] batch 0")
     p.write("[audit] done")
-    p.close()
     assert capsys.readouterr() == ("", "")
-    assert "[audit] batch 0" in (tmp_path / "logs" / "audit.log").read_text()
+    p.write("[audit] a file could not be read", important=True)
+    p.close()
+    assert capsys.readouterr().out == "[audit] a file could not be read\n"
+    log = (tmp_path / "logs" / "audit.log").read_text()
+    assert "[audit] batch 0" in log and "[audit] done" in log and "could not be read" in log
 
 
 def test_log_location():
