@@ -39,6 +39,14 @@ def test_demo_runs_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "longvid-demo"
+    # the console is LongVid's: Ray's own logs (banners, INFO lines, its C++ core's lines, worker output) are in
+    # logs/ray.log and the session logs, and nothing crashed
+    console = r.stdout + r.stderr
+    for noise in ("View the dashboard", "INFO worker.py", "core_worker.cc", "(pid=", "RayTrainWorker", "Traceback",
+                  "Mutex", "SIGABRT", "multiple active Ray instances"):
+        assert noise not in console, (noise, console[-3000:])
+    assert (out / "logs" / "ray.log").is_file() and (out / ".longvid-demo.json").is_file()
+    assert "[ingest " in (out / "ingest" / "webvid" / "logs" / "ingest.log").read_text()
     res = json.loads((out / "demo-summary.json").read_text())
     assert set(res["ingest"]) == {"ego4d", "howto100m", "hdvila", "miradata", "webvid"}
     for source, s in res["ingest"].items():
