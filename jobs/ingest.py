@@ -2,17 +2,24 @@
 
     longvid ingest --source webvid --metadata results_2M_val.csv --videos /data/webvid/videos --out /data/corpus/webvid
     longvid ingest --config jobs/configs/ingest-webvid.yaml --limit 1000     # flags override the file
+    longvid ingest --mixture stage3.yaml --roots roots.yaml --out /data/corpus/stage3   # a released mixture
     python -m longvid ingest ...                                             # the same, without the console script
 
 Shipped job files: jobs/configs/ingest-{ego4d,hdvila,howto100m,miradata,webvid}.yaml. Before any work the metadata
 files and the video root must be readable and --out writable (exit 2 naming the setting otherwise).
+
+With --mixture (a VideoChat-Flash annotation mixture: `datasets: [{json_path, sampling_strategy, data_root, ...}]`)
+every dataset becomes DIR/<json stem>/ and DIR/summary.json adds them up (pipelines/mixture.py). Every dataset is
+planned before any work: a data_root without a --roots mapping that is not a readable folder, a missing annotation
+file or a `random` strategy exits 2 naming the dataset.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, module_main
+from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, load_config, module_main, read_yaml
+from longvid.operators.errors import ConfigError
 from longvid.operators.sample import PROFILES
 from longvid.operators.sources import available
 
@@ -20,6 +27,13 @@ from longvid.operators.sources import available
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML job file (fields as the long flags, with underscores); flags override it")
     p.add_argument("--source", help=f"source dataset: {', '.join(available())}")
+    p.add_argument("--mixture",
+                   help="a released annotation mixture (YAML `datasets:` list, local or s3://) instead of --source, "
+                        "--metadata and --videos: every dataset becomes DIR/<json stem>/")
+    p.add_argument("--roots", help="with --mixture: YAML mapping each data_root string of the mixture to a local "
+                                   "folder or s3:// prefix (relative folders: to this file)")
+    p.add_argument("--annotations", help="with --mixture: the folder json_path is relative to (default: the "
+                                         "mixture's folder)")
     p.add_argument("--metadata", action="append", help="metadata file (local or s3://); repeat for several")
     p.add_argument("--videos", help="folder or s3://bucket/prefix holding the videos in the source's own layout")
     p.add_argument("--out", help="output folder or s3://bucket/prefix")
@@ -44,16 +58,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cluster_arguments(p)
 
 
+RAW_ONLY = ("source", "metadata", "videos", "decode_mode")  # flags of a raw-source ingest
+MIXTURE_ONLY = ("mixture", "roots", "annotations")
+
+
 def run(args: argparse.Namespace) -> int:
     from longvid.jobs import preflight
     from longvid.pipelines.ingest import IngestConfig, run_ingest
 
+    file_values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    if getattr(args, "mixture", None) is not None or "mixture" in file_values:
+        return run_mixture_job(args, file_values)
+    given = [k for k in MIXTURE_ONLY if getattr(args, k, None) is not None]
+    if given:
+        raise ConfigError(f"{given[0]}: only with --mixture (a raw-source ingest reads --metadata and --videos)")
     cfg = config_from_args(IngestConfig, args)
     preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
     preflight.readable("metadata", cfg.metadata)
     preflight.readable("videos", cfg.videos, folder=True)
     preflight.writable("out", cfg.out)
     summary = run_ingest(cfg, log=job_log("ingest"))
+    return 0 if summary["complete"] else 1
+
+
+def run_mixture_job(args: argparse.Namespace, file_values: dict) -> int:
+    """`longvid ingest --mixture ...`: the flags and the job file as a MixtureConfig, pre-flight, run."""
+    from longvid.jobs import preflight
+    from longvid.pipelines.mixture import MixtureConfig, run_mixture
+
+    given = [k for k in RAW_ONLY if getattr(args, k, None) is not None or k in file_values]
+    if given:
+        raise ConfigError(f"{given[0]}: not used with --mixture (the mixture names its annotation files and data "
+                          "roots; give --roots to map the data roots)")
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "log_level")}
+    cfg = load_config(MixtureConfig, file_values, overrides, source=args.config or "")
+    preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
+    preflight.readable("mixture", cfg.mixture)
+    if cfg.roots:
+        preflight.readable("roots", cfg.roots)
+    if cfg.annotations:
+        preflight.readable("annotations", cfg.annotations, folder=True)
+    preflight.writable("out", cfg.out)
+    summary = run_mixture(cfg, log=job_log("ingest"))
     return 0 if summary["complete"] else 1
 
 

@@ -3,7 +3,8 @@
     adapter.read()  ──▶ item stream (SourceRecord | Failure), deterministic order
     cut into units by a fixed schedule of sizes (8 x 8 units, 16 x 8, 32 x 8, ... up to a shard-filling size,
     or a fixed --records-per-unit): unit N's rows depend only on N     ◀── resume: committed units are skipped
-    Ray task per unit: each record through process_record in an isolated child (crash/timeout = one failure),
+    Ray task per unit: each record through process_record (a mixture's: process_annotation, pipelines/mixture.py)
+                       in an isolated child (crash/timeout = one failure),
                        UnitWriter commits shards, failures, manifest (last)
     driver: bounded number of units in flight, progress line, then index.json + summary.json
 
@@ -21,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from longvid.operators import storage
+from longvid.operators.annotation import AnnotatedSample, media_field, process_annotation, record_video_id
 from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
 from longvid.operators.frames import RESIZE_METHODS
 from longvid.operators.isolate import IsolatedRunner
+from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
 from longvid.operators.sample import PROFILES
@@ -176,11 +179,26 @@ def cut_units(items: Iterator[SourceRecord | Failure], schedule: int | UnitSched
         yield n_unit, unit
 
 
-def _process_in_child(item: SourceRecord, opts: ProcessOptions, s3: dict) -> Any:
-    """process_record in the isolated child: a spawned process starts with default S3 options, so set them first
-    (the same options again keep the cached client)."""
+def _process_in_child(item: SourceRecord | AnnotationRecord, opts: ProcessOptions, s3: dict) -> Any:
+    """process_record (a raw source's record) or process_annotation (a mixture's annotation record) in the isolated
+    child: a spawned process starts with default S3 options, so set them first (the same options again keep the
+    cached client)."""
     storage.configure_s3(s3 or None)
+    if isinstance(item, AnnotationRecord):
+        return process_annotation(item, opts)
     return process_record(item, opts)
+
+
+def _item_failure(item: SourceRecord | AnnotationRecord, uri: str, stage: str, reason: str, file: str = "",
+                  field: str = "", span: bool = True) -> Failure:
+    """The failure row of an item that gave no sample. A raw record's names `file` (else its metadata row); an
+    annotation record's always names its annotation file and line, and the annotation field at fault (the media
+    path when the processing named no field)."""
+    start, end = (item.start, item.end) if span else (None, None)
+    if isinstance(item, AnnotationRecord):
+        return Failure(item.dataset, record_video_id(item), uri, stage, reason, item.origin,
+                       field or media_field(item), item.key, start, end)
+    return Failure(item.source, item.video_id, uri, stage, reason, file or item.origin, field, item.key, start, end)
 
 
 # The decoder child of a task worker (operators.isolate) outlives a unit: starting one (spawn, importing av, numpy,
@@ -241,21 +259,23 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
                 try:
                     sample = runner.run(_process_in_child, item, opts, s3, what=item.origin)
                 except RecordError as e:
-                    writer.fail(Failure(item.source, item.video_id, storage.redact(e.file or ""), e.stage,
-                                        storage.redact(e.reason), e.file and storage.redact(e.file) or item.origin,
-                                        e.field, item.key, item.start, item.end))
+                    writer.fail(_item_failure(item, storage.redact(e.file or ""), e.stage, storage.redact(e.reason),
+                                              e.file and storage.redact(e.file), e.field))
                     continue
+                uri = sample.info.get("uri", "")
                 try:  # a sample that cannot be written is its own failure row; the rest of the unit is written
-                    members = sample_members(sample.info, {"mp4": sample.mp4})
-                    added = writer.add(sample.key, members, manifest_row(sample, "", unit))
+                    if isinstance(sample, AnnotatedSample):  # an annotation's: mp4, images or json only
+                        payload, row = sample.payload, sample.manifest_row(unit)
+                    else:
+                        payload, row = {"mp4": sample.mp4}, manifest_row(sample, "", unit)
+                    added = writer.add(sample.key, sample_members(sample.info, payload), row)
                 except SampleWriteError as e:
-                    writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
-                                        f"cannot write the sample: {e.reason}", item.origin, e.field, item.key,
-                                        item.start, item.end))
+                    writer.fail(_item_failure(item, uri, "write", f"cannot write the sample: {e.reason}",
+                                              item.origin, e.field))
                     continue
                 if not added:
-                    writer.fail(Failure(item.source, item.video_id, sample.info["uri"], "write",
-                                        "duplicate key inside the unit", item.origin, "video_id", item.key))
+                    writer.fail(_item_failure(item, uri, "write", "duplicate key inside the unit", item.origin,
+                                              "video_id", span=False))
         finally:
             if reuse_decoder:
                 _decoder["served"] = _decoder.get("served", 0) + len(items)
@@ -324,17 +344,31 @@ def _check_inputs(cfg: IngestConfig) -> Iterator[SourceRecord | Failure]:
 
 
 def _check_out(cfg: IngestConfig) -> None:
-    job_uri = storage.join(cfg.out, "job.json")
     fp = cfg.fingerprint()
-    if storage.exists(job_uri):
-        old = json.loads(storage.read_text(job_uri)).get("fingerprint")
-        if old != json.loads(json.dumps(fp)):
-            diff = sorted(k for k in set(old or {}) | set(fp) if (old or {}).get(k) != json.loads(json.dumps(fp)).get(k))
-            raise ConfigError(f"out: {storage.redact(cfg.out)} holds a job with other settings ({', '.join(diff)}); "
-                              "use a new --out to ingest with these settings")
-    else:
-        storage.makedirs(cfg.out)
-        storage.write_text(job_uri, json.dumps({"job": "ingest", "fingerprint": fp}, indent=2, sort_keys=True))
+    if not check_job_folder(cfg.out, fp):
+        write_job_folder(cfg.out, fp)
+
+
+def check_job_folder(out: str, fp: dict[str, Any], what: str = "out") -> bool:
+    """True when `out` holds a job.json of these settings, False when it holds none; ConfigError naming `what` and
+    the settings that differ when it holds another job's. Writes nothing."""
+    job_uri = storage.join(out, "job.json")
+    if not storage.exists(job_uri):
+        return False
+    old = json.loads(storage.read_text(job_uri)).get("fingerprint")
+    new = json.loads(json.dumps(fp))
+    if old != new:
+        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
+        raise ConfigError(f"{what}: {storage.redact(out)} holds a job with other settings ({', '.join(diff)}); "
+                          "use a new --out to ingest with these settings")
+    return True
+
+
+def write_job_folder(out: str, fp: dict[str, Any]) -> None:
+    """Create `out` with the job.json of these settings (what check_job_folder compares a re-run with)."""
+    storage.makedirs(out)
+    storage.write_text(storage.join(out, "job.json"), json.dumps({"job": "ingest", "fingerprint": fp}, indent=2,
+                                                                 sort_keys=True))
 
 
 def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
