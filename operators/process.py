@@ -17,11 +17,11 @@ from longvid.operators import storage
 from longvid.operators.errors import RecordError, TransientError
 from longvid.operators.frames import dhash64
 from longvid.operators.mp4 import encode_mp4
-from longvid.operators.probe import probe
+from longvid.operators.probe import VideoInfo, probe
 from longvid.operators.decode import decode
 from longvid.operators.prompt import build_conversations, sample_text, time_msg
 from longvid.operators.records import Sample, SourceRecord, TextSpan
-from longvid.operators.sample import PROFILES, Profile, plan_span
+from longvid.operators.sample import PROFILES, Profile, SpanPlan, plan_span, span_times
 from longvid.operators.sources.base import texts_in_span
 
 
@@ -133,17 +133,36 @@ def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
         raise RecordError("read", f"storage error: {cause.reason}", "uri", cause.uri) from None
 
 
+def plan_record(record: SourceRecord, info: VideoInfo, profile: Profile, uri: str = "") -> SpanPlan:
+    """The frames a record takes from its probed video (operators.sample.plan_span): a whole video by the
+    whole-video rule, a record with `start`/`end` (HD-VILA and MiraData clips, Ego4D windows) by the reference's
+    span rule (frame count from the span's seconds, `get_index` positions from the span's first frame). A span the
+    rule cannot take (empty, shorter than one second, past the end of the video) is RecordError stage "sample"."""
+    spanned = record.start is not None or record.end is not None
+    try:
+        return plan_span(info.num_frames, info.fps, profile, record.start, record.end)
+    except ValueError as e:
+        raise RecordError("sample", str(e), "span" if spanned else "duration", uri or record.origin) from None
+
+
+def frame_times(plan: SpanPlan, indices: list[int], fps: float, spanned: bool) -> list[float]:
+    """Times of the decoded frames (the plan's, or the keyframes `decode_mode=keyframe` snapped to): a whole video's
+    round(index / fps, 1) from frame 0, a span's relative to its first frame (`span_times`; a keyframe before the
+    span's first frame has a negative time)."""
+    if spanned:
+        return list(span_times([i - plan.start_index for i in indices], fps))
+    return [round(i / fps, 1) for i in indices]
+
+
 def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
     profile = opts.profile_obj
     uri = locate(record, opts.videos_root)
     key = record.key
+    spanned = record.start is not None or record.end is not None
     src = _open(uri)
     try:
         info = probe(src)
-        try:
-            plan = plan_span(info.num_frames, info.fps, profile, record.start, record.end)
-        except ValueError as e:
-            raise RecordError("sample", str(e), "span" if record.start is not None else "duration", uri) from None
+        plan = plan_record(record, info, profile, uri)
         # only text that belongs to the sampled span (subtitles and narrations cover the whole video)
         sidecar = _sidecar_texts(record, opts.videos_root)
         texts = texts_in_span(list(record.texts) + sidecar, plan.start, plan.end)
@@ -157,7 +176,7 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         if hasattr(src, "close"):
             src.close()
     indices = [int(i) for i in res.indices]
-    times = [round(i / info.fps, 1) for i in indices]
+    times = frame_times(plan, indices, info.fps, spanned)
     n = len(indices)
     frames = res.frames
     try:

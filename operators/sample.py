@@ -1,11 +1,14 @@
-"""Frame sampling by duration: the VideoChat-Flash rule (`dynamic_fps1` + `middle`, or plain `middle`).
+"""Frame sampling by duration: the VideoChat-Flash rules, one for whole videos and one for spans.
 
 All indices are frame numbers in the source video. See ../shared/reference/videochat-flash.md.
 
-- whole videos: `frame_indices` / `plan_span(num_frames, fps, profile)` (`get_frame_indices`);
-- the decord clip path for a span: `plan_span(..., start, end)` (kept for callers that use it);
-- the reference's SPAN rule, which training applies to every record with `start`/`end`: `plan_span_seconds`
-  (frame count from the span's seconds, positions by `get_index`; the whole-second quirk not copied).
+- a whole video (`get_frame_indices`: `dynamic_fps1` + `middle`, or plain `middle`): `frame_indices`;
+- a SPAN (a record with `start`/`end`: the reference's `process_video` sends it to `lazy_load_s3video`):
+  `plan_span_seconds`: frame count from the span's seconds, positions by `get_index` from the span's first frame,
+  frame times relative to the span's start (the reference's whole-second timestamp quirk not copied);
+- `plan_span(num_frames, fps, profile, start, end)`: the plan of a record, the first rule for a whole video
+  (start = end = None), the second for a span. There is no other span rule (the decord `clip` path, which counted a
+  span's frames, is not what training does and is gone). `SPAN_RULE` names the span rule in the ingest fingerprint.
 """
 from __future__ import annotations
 
@@ -83,41 +86,33 @@ class SpanPlan:
     start_index: int
     vlen: int
     indices: tuple[int, ...]  # absolute frame indices in the source video
-    times: tuple[float, ...]  # round(index / fps, 1); plan_span_seconds: index counted from the span's first frame
+    times: tuple[float, ...]  # round(index / fps, 1); a span: `span_times`, index counted from the span's first frame
+
+
+SPAN_RULE = "reference-seconds"  # the ingest fingerprint records it: change it whenever the span rule changes
 
 
 def plan_span(num_frames: int, fps: float, profile: Profile, start: float | None = None, end: float | None = None) -> SpanPlan:
-    """Apply the rule to a whole video (start=end=None) or to a span, as the decord `clip` path does.
+    """The frames of one record: the whole video (start = end = None, `frame_indices`) or a span (`plan_span_seconds`).
 
-    `num_frames` and `fps` describe the whole source video (its duration is num_frames / fps).
-    Raises ValueError with a message naming the problem when the span is empty or outside the video.
+    `num_frames` and `fps` describe the whole source video (its duration is num_frames / fps). A span with one
+    bound only runs from 0 s or to the end of the video. Raises ValueError naming the problem (a bad fps, no frames,
+    a span that is empty, shorter than one second, or past the end of the video).
     """
     if fps <= 0 or not math.isfinite(fps):
         raise ValueError(f"fps must be a positive number, got {fps}")
     if num_frames <= 0:
         raise ValueError(f"the video has no frames (num_frames={num_frames})")
     video_duration = num_frames / fps
-    if start is None and end is None:
-        s, e = 0.0, float(video_duration)
-        vlen = int(num_frames)
-        start_index = 0
-        duration = video_duration
-    else:
-        s = max(0.0, float(start or 0.0))
-        e = min(video_duration - 0.1, float(video_duration if end is None else end))
+    if start is not None or end is not None:
+        s = 0.0 if start is None else float(start)
+        e = video_duration if end is None else float(end)
         if s >= video_duration:
             raise ValueError(f"span start {s:.3f}s is past the end of the video ({video_duration:.3f}s)")
-        if e <= s:
-            raise ValueError(f"span [{start}, {end}] is empty inside a {video_duration:.3f}s video")
-        duration = e - s
-        vlen = int(duration * fps)
-        start_index = int(s * fps)
-    if vlen <= 0:
-        raise ValueError(f"span [{s:.3f}, {e:.3f}] holds no frame at {fps} fps")
-    rel = frame_indices(vlen, fps, profile)
-    idx = tuple(i + start_index for i in rel)
+        return plan_span_seconds(fps, profile, s, e, num_frames=num_frames)
+    idx = tuple(frame_indices(int(num_frames), fps, profile))
     times = tuple(round(i / fps, 1) for i in idx)
-    return SpanPlan(s, e, duration, start_index, vlen, idx, times)
+    return SpanPlan(0.0, float(video_duration), video_duration, 0, int(num_frames), idx, times)
 
 
 def num_frames_for_span(duration: float, profile: Profile, local_num_frames: int = LOCAL_NUM_FRAMES) -> int:
@@ -160,8 +155,8 @@ def plan_span_seconds(
 ) -> SpanPlan:
     """The reference SPAN rule, for a record with `start` and `end` (seconds) in a longer video.
 
-    Training does not take the decord clip path (`plan_span`) for such records: the reference reads them with
-    `lazy_load_s3video`, which
+    Training does not take the decord `clip` path (which counts the span's frames) for such records: the reference
+    reads them with `lazy_load_s3video`, which
     - counts the frames from the span's seconds (`num_frames_for_span(end - start, ...)`, no clamping to the video),
     - spreads them by `get_index(int(end - start) * fps, N)` (`span_positions`), counted from the span's first
       frame, i.e. the first frame at or after `start` (index ceil(start * fps)),
@@ -199,5 +194,10 @@ def plan_span_seconds(
         raise ValueError(
             f"span [{start}, {end}] runs past the end of the video ({num_frames} frames, {num_frames / fps_f:.3f}s)"
         )
-    times = tuple(float(np.round(k / fps_f, 1)) for k in rel)  # numpy's rounding, as the reference's np.int64 / fps
-    return SpanPlan(s, e, duration, first, int(total), idx, times)
+    return SpanPlan(s, e, duration, first, int(total), idx, span_times(rel, fps_f))
+
+
+def span_times(positions, fps: float) -> tuple[float, ...]:
+    """Frame times of a span: round(k / fps, 1) for positions k counted from the span's first frame, with numpy's
+    rounding (the reference divides numpy integers: 4.35 -> 4.4 where Python's round gives 4.3)."""
+    return tuple(float(np.round(int(k) / float(fps), 1)) for k in positions)

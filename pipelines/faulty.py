@@ -130,9 +130,10 @@ def corrupt_mdat(data: bytes, frac: float = 0.2, seed: int = 0) -> bytes:
 
 
 def make_corpus(root: str | Path, n_videos: int = 60, clips_per_video: int = 3, bad_per_kind: int = 3,
-                kinds: tuple[str, ...] | None = None, seconds: float = 3.0, fps: float = 25.0, width: int = 160,
+                kinds: tuple[str, ...] | None = None, seconds: float = 3.5, fps: float = 25.0, width: int = 160,
                 height: int = 120, cache: str | Path | None = None, seed: int = 0) -> Corpus:
-    """Write videos + miradata_v1.csv under `root`. Rows are shuffled (seeded) so bad rows land in many units."""
+    """Write videos + miradata_v1.csv under `root`. Rows are shuffled (seeded) so bad rows land in many units.
+    Clips are (seconds - 0.2) / clips_per_video long: keep that >= 1 s (the span rule refuses shorter spans)."""
     root = Path(root)
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from longvid.operators.isolate import IsolatedRunner
 from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
-from longvid.operators.sample import PROFILES
+from longvid.operators.sample import PROFILES, SPAN_RULE
 from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines import outputs
@@ -136,6 +136,7 @@ class IngestConfig:
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
         d["videos"] = storage.redact(self.videos)
+        d["span_rule"] = SPAN_RULE  # spans by the reference's seconds rule: a folder written before (no key) is refused
         sched = self.unit_schedule()
         d["records_per_unit"] = sched.first if not sched.repeat else 0  # a fixed size reads as it always did
         if sched.repeat:

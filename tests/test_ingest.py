@@ -19,7 +19,7 @@ from longvid.operators.isolate import IsolatedRunner
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import SourceRecord, TextSpan
-from longvid.operators.sample import PROFILES, plan_span
+from longvid.operators.sample import PROFILES, plan_span_seconds
 from longvid.pipelines.synth_video import make_audio_only, make_video, read_frame_number
 
 
@@ -65,7 +65,8 @@ def test_process_record_frames_follow_the_plan(tmp_path):
     rec = SourceRecord("webvid", "v", ("v.mp4",), 10.0, 30.0,
                        texts=(TextSpan("a bird", None, None, "caption"), TextSpan("it lands", 12.0, 14.5, "narration")))
     s = process_record(rec, ProcessOptions(videos_root=str(tmp_path), profile="short"))
-    plan = plan_span(1200, 30.0, PROFILES["short"], 10.0, 30.0)
+    plan = plan_span_seconds(30.0, PROFILES["short"], 10.0, 30.0, num_frames=1200)  # the reference's span rule
+    assert plan.indices[0] > 300 and plan.indices[-1] < 900  # spread over the span, not consecutive from its start
     assert s.info["frame_indices"] == list(plan.indices)
     assert s.info["num_frames"] == 8 and s.info["resolution"] == 224
     frames = decode_mp4(s.mp4)
@@ -74,7 +75,7 @@ def test_process_record_frames_follow_the_plan(tmp_path):
     assert s.info["time_msg"] == "\nThe video lasts for 20.00 seconds, and 8 frames are uniformly sampled from it. "
     first = s.info["conversations"][0]["value"]
     assert first.startswith("<image>" + s.info["time_msg"])
-    assert s.info["frame_times"] == [round(i / 30.0, 1) for i in plan.indices]
+    assert s.info["frame_times"] == list(plan.times) == [round((i - 300) / 30.0, 1) for i in plan.indices]  # from 10 s
     assert len(s.frame_hashes) == 8
     # the timed narration appears relative to the span start (12.0 - 10.0 = 2.0)
     assert any("2.0" in t["value"] for t in s.info["conversations"][1:])

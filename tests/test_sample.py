@@ -1,4 +1,4 @@
-"""The frame-index rule against a direct transcription of VideoChat-Flash's get_frame_indices / clip path."""
+"""The frame rules (whole video: get_frame_indices; span: the seconds rule) and that the ingest plans by them."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longvid.operators.sample import PROFILES, Profile, frame_indices, num_frames_for_span, plan_span, plan_span_seconds
+from longvid.operators.errors import ConfigError, RecordError
+from longvid.operators.probe import VideoInfo
+from longvid.operators.process import frame_times, plan_record
+from longvid.operators.records import SourceRecord
+from longvid.operators.sample import (
+    PROFILES,
+    SPAN_RULE,
+    Profile,
+    frame_indices,
+    num_frames_for_span,
+    plan_span,
+    plan_span_seconds,
+)
 
 
 def reference_indices(vlen: int, fps: float, sample: str, lo: int, hi: int, local_num_frames: int = 4) -> list[int]:
@@ -66,25 +78,28 @@ def test_worked_examples():
     assert len(frame_indices(300, 30, PROFILES["stage1"])) == 4
 
 
-def test_span_follows_clip_path():
-    # a span [10, 20] of a 60 s video at 30 fps: vlen = int(10 * 30), start_index = int(10 * 30)
-    plan = plan_span(1800, 30.0, PROFILES["short"], 10.0, 20.0)
-    assert plan.start_index == 300 and plan.vlen == 300 and plan.duration == pytest.approx(10.0)
-    rel = reference_indices(300, 30.0, "dynamic_fps1", 1, 8)
-    assert list(plan.indices) == [i + 300 for i in rel]
-    assert list(plan.times) == [round(i / 30.0, 1) for i in plan.indices]
+def test_a_span_takes_the_seconds_rule_not_the_clip_path():
+    # a 30 s span [10, 40] of a 60 s video at 30 fps: the plan of the span rule (the decord clip path is gone)
+    plan = plan_span(1800, 30.0, PROFILES["long"], 10.0, 40.0)
+    assert plan == plan_span_seconds(30.0, PROFILES["long"], 10.0, 40.0, num_frames=1800)
+    assert len(plan.indices) == 28  # the clip path counted the span's 900 frames: 64
+    assert plan.times[0] == round(plan.indices[0] / 30.0 - 10.0, 1)  # relative to the span's start
 
 
-def test_span_end_clamped_to_video_minus_tenth():
-    plan = plan_span(300, 30.0, PROFILES["short"], 5.0, 99.0)  # 10 s video
-    assert plan.end == pytest.approx(9.9)
-    assert plan.vlen == int((9.9 - 5.0) * 30)
-    assert max(plan.indices) < 300
+def test_a_span_with_one_bound_runs_from_zero_or_to_the_end():
+    assert plan_span(300, 30.0, PROFILES["short"], 5.0, None) == plan_span_seconds(30.0, PROFILES["short"], 5.0, 10.0)
+    assert plan_span(300, 30.0, PROFILES["short"], None, 6.0) == plan_span_seconds(30.0, PROFILES["short"], 0.0, 6.0)
 
 
-@pytest.mark.parametrize("start,end", [(50.0, 60.0), (5.0, 5.0), (7.0, 3.0)])
-def test_bad_spans_are_errors(start, end):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("start,end,msg", [
+    (50.0, 60.0, "past the end of the video"),  # starts after the 10 s video
+    (5.0, 99.0, "runs past the end of the video"),  # no clamping to the video (the clip path clamped to 9.9 s)
+    (5.0, 5.0, "empty"),
+    (7.0, 3.0, "empty"),
+    (5.0, 5.5, "shorter than one second"),
+])
+def test_bad_spans_are_errors(start, end, msg):
+    with pytest.raises(ValueError, match=msg):
         plan_span(300, 30.0, PROFILES["long"], start, end)
 
 
@@ -143,3 +158,85 @@ def test_span_rule_refuses_bad_spans(fps, start, end, frames, msg):
     # the same span inside a long enough video is fine (when the span itself is)
     if msg == "runs past the end of the video":
         assert len(plan_span_seconds(fps, PROFILES["long"], start, end, num_frames=2101).indices) == 20
+
+
+# ------------------------------------------------------- the ingest plans by these rules (operators.process, no Ray)
+
+
+def _info(fps: float, num_frames: int) -> VideoInfo:
+    return VideoInfo(fps=fps, num_frames=num_frames, duration=num_frames / fps, width=320, height=240, codec="h264",
+                     has_audio=False)
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_ingest_plan_of_a_span_record_is_the_span_rule(name):
+    """operators.process.plan_record (what process_record decodes) over a grid of spans and frame rates equals
+    plan_span_seconds; the spans the rule refuses are the record's failure (stage "sample", field "span")."""
+    profile = PROFILES[name]
+    checked = refused = 0
+    for fps in (1.0, 10.0, 23.976023976, 25.0, 29.97002997, 30.0, 59.94, 60.0):
+        num_frames = int(round(700 * fps))  # a 700 s video
+        info = _info(fps, num_frames)
+        for start in (0.0, 0.4, 3.0, 12.3, 100.0, 650.5):
+            for length in (0.5, 1.0, 3.9, 4.0, 10.0, 30.0, 37.5, 63.9, 100.0, 512.3, 640.0):
+                rec = SourceRecord("hdvila", "v", ("v.mp4",), start, start + length, origin="m.jsonl:3")
+                try:
+                    want = plan_span_seconds(fps, profile, start, start + length, num_frames=num_frames)
+                except ValueError as e:
+                    with pytest.raises(RecordError) as got:
+                        plan_record(rec, info, profile, "v.mp4")
+                    assert (got.value.stage, got.value.field, got.value.reason) == ("sample", "span", str(e))
+                    refused += 1
+                    continue
+                plan = plan_record(rec, info, profile, "v.mp4")
+                assert plan == want
+                assert len(plan.indices) == num_frames_for_span(length, profile)
+                assert frame_times(plan, list(plan.indices), fps, True) == list(want.times)
+                checked += 1
+    assert checked > 300 and refused > 20
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.integers(0, 20_000).map(lambda x: x / 8), length=st.integers(8, 8_000).map(lambda x: x / 8),
+       fps=st.sampled_from([8.0, 24.0, 25.0, 29.97002997, 30.0, 60.0]), name=st.sampled_from(list(PROFILES)))
+def test_ingest_plan_of_a_span_record_fuzz(start, length, fps, name):
+    info = _info(fps, int(round(3600 * fps)))
+    rec = SourceRecord("ego4d", "v", ("v.mp4",), start, start + length)
+    plan = plan_record(rec, info, PROFILES[name])
+    assert plan == plan_span_seconds(fps, PROFILES[name], start, start + length, num_frames=info.num_frames)
+    assert plan.start_index <= plan.indices[0] and plan.indices[-1] < plan.start_index + int(length) * fps
+
+
+def test_ingest_plan_of_a_whole_video_is_unchanged():
+    for fps, n in ((25.0, 1234), (30.0, 900), (29.97002997, 27_000), (1.0, 3)):
+        for profile in PROFILES.values():
+            plan = plan_record(SourceRecord("webvid", "v", ("v.mp4",)), _info(fps, n), profile)
+            assert list(plan.indices) == reference_indices(n, fps, profile.sample_type, profile.lo, profile.hi)
+            assert frame_times(plan, list(plan.indices), fps, False) == [round(i / fps, 1) for i in plan.indices]
+    # the worked example of the README's migration note: a 30 s window of a long video at the long profile
+    rec = SourceRecord("miradata", "v", ("v.mp4",), 100.0, 130.0)
+    assert len(plan_record(rec, _info(30.0, 30 * 600), PROFILES["long"]).indices) == 28
+    assert len(plan_record(SourceRecord("webvid", "v", ("v.mp4",)), _info(30.0, 900), PROFILES["long"]).indices) == 64
+
+
+def test_an_output_folder_written_with_the_old_span_rule_is_refused(tmp_path):
+    """job.json of a folder written before the span rule has no `span_rule`: a re-run into it is refused, naming the
+    setting, before any work; a folder written with this rule is accepted."""
+    import json
+
+    from longvid.pipelines.ingest import IngestConfig, _check_out
+
+    cfg = IngestConfig(source="hdvila", metadata=["m.jsonl"], videos=str(tmp_path / "v"), out=str(tmp_path / "old"))
+    fp = cfg.fingerprint()
+    assert fp["span_rule"] == SPAN_RULE == "reference-seconds"
+    old = {k: v for k, v in json.loads(json.dumps(fp)).items() if k != "span_rule"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "job.json").write_text(json.dumps({"job": "ingest", "fingerprint": old}))
+    with pytest.raises(ConfigError) as e:
+        _check_out(cfg)
+    assert str(e.value).startswith("out: ") and "other settings (span_rule)" in str(e.value)
+    assert "use a new --out" in str(e.value)
+    new = IngestConfig(source="hdvila", metadata=["m.jsonl"], videos=str(tmp_path / "v"), out=str(tmp_path / "new"))
+    _check_out(new)  # writes job.json with the rule
+    assert json.loads((tmp_path / "new" / "job.json").read_text())["fingerprint"]["span_rule"] == SPAN_RULE
+    _check_out(new)  # and accepts it on resume
