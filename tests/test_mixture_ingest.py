@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from longvid.operators.annotation import (
@@ -366,6 +368,57 @@ def test_process_annotation_reads_media_from_s3(mix, s3):
             drop = ("uri", "uris", "annotation")
             assert {k: v for k, v in a.info.items() if k not in drop} == \
                 {k: v for k, v in b.info.items() if k not in drop}
+
+
+def _image_seeds() -> list[bytes]:
+    out = []
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        buf = io.BytesIO()
+        Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.sampled_from(_image_seeds()), cut=st.integers(0, 400), junk=st.binary(max_size=40),
+       at=st.integers(0, 400))
+def test_fuzz_image_files_give_a_sample_or_a_record_error(mix, tmp_path, seed, cut, junk, at):
+    """Any bytes under an image path: a sample whose stored image reads back, or a RecordError naming the field."""
+    data = seed[:cut] if cut < len(seed) else seed
+    data = data[:at] + junk + data[at + len(junk):]
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    rec = [r for r in _records(mix, "images") if isinstance(r, AnnotationRecord)][0]
+    rec = AnnotationRecord(**{**rec.__dict__, "media": ("x.jpg",), "media_paths": (str(path),)})
+    try:
+        s = process_annotation(rec, ProcessOptions(videos_root="", profile="short"))
+    except RecordError as e:
+        assert e.field == "image" and e.stage in ("decode", "locate") and e.reason
+        return
+    (member,) = s.info["image_members"]
+    assert list(Image.open(io.BytesIO(s.payload[member])).convert("RGB").size) == s.info["image_sizes"][0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(0, 500, allow_nan=False), length=st.floats(0.01, 500, allow_nan=False),
+       count=st.integers(1, 400), fps=st.sampled_from([1.0, 3.0]), profile=st.sampled_from(sorted(PROFILES)))
+def test_fuzz_frame_folder_span_rule(start, length, count, fps, profile):
+    """Any span over any folder: frames inside the folder (a multiple of 4, as the encoder's clips need), or a
+    ValueError the ingest turns into a failure row."""
+    try:
+        idx, duration = frame_folder_span_indices(start, start + length, count, fps, PROFILES[profile])
+    except ValueError as e:
+        assert "folder" in str(e)
+        return
+    assert idx and all(0 <= i < count for i in idx) and len(idx) % 4 == 0 and duration > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=12) | st.from_regex(r"[a-z]{0,3}_[0-9]{1,3}\.(jpg|png|jpeg)", fullmatch=True),
+                max_size=12))
+def test_fuzz_frame_names(names):
+    got = sort_frame_names(names)
+    assert sorted(got) == sorted(n for n in names if n.endswith((".jpg", ".jpeg", ".png")))
 
 
 # ---------------------------------------------------------------------------------- plan errors: exit 2, no work
