@@ -9,7 +9,7 @@ Layout under `root/<source>/`: `metadata/` (what the adapter reads) and the vide
 - ego4d      videos/v2/full_scale/<uid>.mp4 (the last one under v1/), metadata v2/ego4d.json +
              v2/annotations/narration.json (both passes, #C/#O tags, a summary); options window_sec=20
 - howto100m  videos/<video_id>.mp4; HowTo100M_v1.csv, task_ids.csv, caption.json (rolling, overlapping ASR)
-- hdvila     download_videos/<video_id>.mp4 (+ one <video_id>.en.vtt); hdvila_part0.jsonl, two clips a video
+- hdvila     download_videos/<video_id>.mp4 + <video_id>.en.vtt; hdvila_part0.jsonl, two clips a video
 - miradata   videos/<id//1000:09d>/<id:012d>.mp4; miradata_v1.csv with the real v1 header
 - webvid     videos/<page_dir>/<videoid>.mp4; results_2M_val.csv with a shuffled column order
 Bad inputs: a WebVid row whose video file is missing, a zero-byte HowTo100M video, a malformed HD-VILA line.
@@ -186,9 +186,8 @@ def make_demo_corpus(root: Path, per_source: int = 3, seed: int = 0) -> dict[str
         lines.append(json.dumps({"video_id": vid, "url": f"https://www.youtube.com/watch?v={vid}", "clip": [
             {"clip_id": f"{vid}.1.mp4", "span": [_hms(a), _hms(b)]},
             {"clip_id": f"{vid}.2.mp4", "span": [_hms(c), _hms(d)]}]}))
-        if i == 0:
-            vroot.mkdir(parents=True, exist_ok=True)
-            (vroot / f"{vid}.en.vtt").write_text(_youtube_vtt(dur))
+        vroot.mkdir(parents=True, exist_ok=True)  # subtitles beside every video: a clip's text is its cues
+        (vroot / f"{vid}.en.vtt").write_text(_youtube_vtt(dur))
     bad_line = len(lines) + 1
     lines.append('{"video_id": "%s", "url": "https://www.youtube.com/watch?v=%s", "clip": [{"clip_id": ' % (
         ids.youtube("hdvila", 999), ids.youtube("hdvila", 999)))  # truncated download: malformed JSON
@@ -305,10 +304,9 @@ def _youtube_vtt(dur: float) -> str:
     """A WebVTT auto-caption file: rolling two-line cues, 10 ms repeat cues, inline word timings."""
     out = ["WEBVTT", "Kind: captions", "Language: en", ""]
     lines = [" ".join(SPEECH[i : i + 4]) for i in range(0, 40, 4)]
-    t, prev = 0.5, ""
-    for line in lines:
-        if t + 2.0 > dur:
-            break
+    t, prev, k = 0.5, "", 0
+    while t + 2.0 <= dur:  # cues over the whole video, the speech repeated
+        line, k = lines[k % len(lines)], k + 1
         words = line.split()
         timed = words[0] + "".join(f"<{_hms(t + 0.3 * (j + 1))}><c> {w}</c>" for j, w in enumerate(words[1:]))
         out += [f"{_hms(t)} --> {_hms(t + 2.0)} align:start position:0%", prev if prev else " ", timed, ""]
