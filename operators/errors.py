@@ -1,5 +1,9 @@
-"""One exception type for "this record cannot become a sample": the pipeline turns it into a Failure row."""
+"""The project's exceptions (a record that cannot become a sample, a metadata file that cannot be read, a bad
+setting, a transient outage) and `show`, the one safe repr of a value for their messages."""
 from __future__ import annotations
+
+import reprlib
+from typing import Any
 
 
 class RecordError(Exception):
@@ -36,3 +40,18 @@ class TransientError(Exception):
     It is not the record's fault, so it must not become a failure row: the unit is abandoned uncommitted and
     retried (by Ray, then by re-running the job).
     """
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother, _REPR.maxlevel = 80, 40, 80, 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 6
+
+
+def show(value: Any, limit: int = 0) -> str:
+    """A short, safe repr of a value for an error message (long strings, huge ints and deep lists cut; the whole
+    cut to `limit` characters when given). Never raises."""
+    try:
+        r = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a message must never fail
+        r = f"<{type(value).__name__}>"
+    return r if not limit or len(r) <= limit else r[: limit - 3] + "..."

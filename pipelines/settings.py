@@ -22,7 +22,7 @@ import types
 import typing
 from typing import Any, Callable, Iterable
 
-from longvid.operators.errors import ConfigError
+from longvid.operators.errors import ConfigError, show  # noqa: F401 - show: re-exported for the jobs
 
 __all__ = ["DTYPE_NAMES", "DTYPE_ALIASES", "INT_MAX", "TORCH_DTYPES", "check_fields", "field_types", "label",
            "model_presets", "setting", "show"]
@@ -54,15 +54,6 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, aliases=aliases,
                                    required=required or None).items() if v is not None}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """A value for an error message: its repr, cut to one short line."""
-    try:
-        r = repr(value)
-    except Exception:  # noqa: BLE001 - e.g. a recursion error on a self-referencing value
-        r = f"<{type(value).__name__}>"
-    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def label(value: Any, limit: int = 40) -> str:

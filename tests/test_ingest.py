@@ -163,7 +163,7 @@ def ingested(tmp_path_factory):
     r = run_cli("ingest", "--source", "webvid", "--metadata", str(meta), "--videos", str(videos), "--out", str(out),
                 "--profile", "long", "--records-per-unit", "3", "--num-cpus", "2", "--shard-size-mb", "0.05")
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"out": out, "meta": meta, "videos": videos, "n_good": n_good, "stdout": r.stdout, "n_rows": 11}
+    return {"out": out, "meta": meta, "videos": videos, "n_good": n_good, "stdout": r.stdout, "stderr": r.stderr, "n_rows": 11}
 
 
 def test_contract_counts_and_failures(ingested):
@@ -181,7 +181,7 @@ def test_contract_counts_and_failures(ingested):
     assert (fails.reason.str.len() > 0).all() and (fails.file.str.len() > 0).all()
     dup = fails[fails.video_id == "11"]
     assert len(dup) == 1 and "duplicate" in dup.reason.iloc[0]
-    assert "samples written" in ingested["stdout"]
+    assert "samples written" in ingested["stderr"]  # the job's lines go to stderr (logging, see --log-level)
 
 
 def test_manifest_rows_match_shards(ingested):
@@ -301,7 +301,7 @@ def test_resize_setting_is_validated_and_part_of_the_fingerprint():
         (["--profile", "huge"], "--profile"),
         (["--shard-size-mb", "-1"], "shard_size_mb"),
         (["--source", "youtube8m"], "source"),
-        (["--resize", "nearest"], "--resize"),
+        (["--resize", "nearest"], "resize"),
         (["--max-in-flight", "-2"], "max_in_flight"),
         (["--decoder-threads", "-1"], "decoder_threads"),
     ],

@@ -244,7 +244,7 @@ def test_all_outputs_in_s3_and_counts_add_up(s3_server, clean_run):
     index = json.loads(files["index.json"].read_text())
     assert {s["url"] for s in index["shardlist"]} == set(shards)
     assert sum(s["nsamples"] for s in index["shardlist"]) == len(GOOD)
-    assert "samples written" in clean_run["r"].stdout
+    assert "samples written" in clean_run["r"].stderr
 
 
 def test_shards_read_with_plain_webdataset_after_download(clean_run):

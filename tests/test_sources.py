@@ -523,16 +523,17 @@ def test_demo_corpus_formats_are_the_real_ones(demo):
     assert words[:6] == "hello everyone and welcome back to".split()
     assert all(a != b or a in ("the",) for a, b in zip(words, words[1:]))
     assert [t.kind for t in recs[1].texts] == ["task"]
-    # HD-VILA: one subtitle sidecar next to its video, parsed into non-repeating spans
+    # HD-VILA: a subtitle sidecar next to every video, parsed into non-repeating spans; every clip has cues
     entry = corpus["hdvila"]
     vtts = sorted(Path(entry["videos"]).glob("*.en.vtt"))
-    assert len(vtts) == 1
-    rec = next(i for i in get_adapter("hdvila").read(entry["metadata"], {}) if isinstance(i, SourceRecord))
-    assert rec.meta_dict()["subtitle_paths"] == (vtts[0].name,)
-    subs = parse_vtt(vtts[0].read_text())
-    text = " ".join(t.text for t in subs).split()
-    assert text[:8] == "hello everyone and welcome back to my channel".split()
-    assert len(texts_in_span(subs, rec.start, rec.end)) >= 2
+    assert len(vtts) == len(list(Path(entry["videos"]).glob("*.mp4")))
+    recs = [i for i in get_adapter("hdvila").read(entry["metadata"], {}) if isinstance(i, SourceRecord)]
+    for rec in recs:
+        vtt = Path(entry["videos"]) / rec.meta_dict()["subtitle_paths"][0]
+        subs = parse_vtt(vtt.read_text())
+        text = " ".join(t.text for t in subs).split()
+        assert text[:8] == "hello everyone and welcome back to my channel".split()
+        assert len(texts_in_span(subs, rec.start, rec.end)) >= 2
 
 
 # ------------------------------------------------------------------------------------------------ hostile input

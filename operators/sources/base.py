@@ -22,13 +22,12 @@ import json
 import math
 import os
 import re
-import reprlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-from longvid.operators.errors import ConfigError, MetadataError
+from longvid.operators.errors import ConfigError, MetadataError, show
 from longvid.operators.records import Failure, SourceRecord, TextSpan, sample_key
 
 Item = SourceRecord | Failure
@@ -348,19 +347,6 @@ class BadValue(ValueError):
 
 def _bad(field: str, reason: str) -> Any:
     raise BadValue(field, reason)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxlong, _REPR.maxother, _REPR.maxlevel = 80, 40, 80, 3
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 6
-
-
-def show(value: Any) -> str:
-    """A short, safe repr of a value for an error message (long strings, huge ints and deep lists cut)."""
-    try:
-        return _REPR.repr(value)
-    except Exception:  # noqa: BLE001 - a message must never fail
-        return f"<{type(value).__name__}>"
 
 
 def _cut(message: str, n: int = 300) -> str:
@@ -820,7 +806,9 @@ class Adapter:
             raise ConfigError(f"source_options.dedupe: expected true/false, got {show(dedupe_opt)}")
         out: dict[str, Any] = {"dedupe": dedupe_opt}
         for name, (typ, default, smallest) in self.options_spec.items():
-            v = options.get(name, default)
+            v = options.get(name)
+            if v is None:  # not given, or given as null: the default
+                v = default
             if v is not None and typ is float:
                 # (int/float comparisons are exact: a 400-digit int or nan is refused here, never converted)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_SECONDS:
