@@ -110,7 +110,7 @@ def test_lr_schedule_is_hf_cosine_with_warmup():
         progress = float(step - warm) / float(max(1, total - warm))
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
 
-    for total in (1, 2, 7, 33, 100, 1000, 4877):
+    for total in (1, 2, 7, 33, 100, 677):
         for ratio in (0.0, 0.03, 0.1, 0.5):
             warm = math.ceil(total * ratio)
             assert warmup_steps(total, ratio) == warm
