@@ -6,9 +6,9 @@ flag and YAML spellings to the annotated types, checks every field's declared co
 `validate()` for the rules that tie fields together. Any mistake is one ConfigError naming the file and field,
 which the CLI prints as one line and exit status 2, before any work starts.
 
-`read_yaml` reads a job file with a loader that refuses what a job file never needs and an attacker would use: a
-file bigger than MAX_YAML_BYTES, anchors and aliases (a "billion laughs" file expands exponentially), explicit tags,
-nesting deeper than MAX_YAML_DEPTH and keys given twice.
+`read_yaml` reads a job file with operators/safe_yaml.py, which refuses what a job file never needs and an attacker
+would use (anchors and aliases: a "billion laughs" file expands exponentially; tags; deep nesting; keys given
+twice), and files bigger than MAX_YAML_BYTES.
 """
 from __future__ import annotations
 
@@ -20,52 +20,14 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from longvid.operators.errors import ConfigError
+from longvid.operators.safe_yaml import YamlRefused, parse_yaml
 from longvid.pipelines.settings import (DTYPE_NAMES, INT_MAX, TORCH_DTYPES, check_fields, field_types, label,
                                        show)
 
 __all__ = ["ConfigError", "load_config", "read_yaml"]
 
 MAX_YAML_BYTES = 1 << 20  # the shipped recipes are a few kB
-MAX_YAML_DEPTH = 32  # mappings and lists nested deeper than this are refused
-
-
-class _Refused(Exception):
-    """A YAML construct a job file may not use."""
-
-
-class _JobFileLoader(yaml.SafeLoader):
-    """SafeLoader without anchors, aliases, tags, duplicate keys or deep nesting (see the module doc)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        ev = self.peek_event()
-        line = ev.start_mark.line + 1
-        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
-            raise _Refused(f"line {line}: YAML anchors and aliases (&name, *name) are not allowed in a job file")
-        if getattr(ev, "tag", None) is not None:
-            raise _Refused(f"line {line}: YAML tags ({show(ev.tag)}) are not allowed in a job file")
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise _Refused(f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node, deep=False):
-        seen: set[str] = set()
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    raise _Refused(f"line {key.start_mark.line + 1}: key {show(key.value)} is given twice")
-                seen.add(key.value)
-        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -78,20 +40,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: config file not found") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"{p}: config file larger than {MAX_YAML_BYTES >> 10} kB; a job file is a few kB")
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.load(text, Loader=_JobFileLoader)  # noqa: S506 - a SafeLoader subclass
-    except _Refused as e:
+        data = parse_yaml(raw, MAX_YAML_BYTES)
+    except YamlRefused as e:
         raise ConfigError(f"{p}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
-    except (ValueError, OverflowError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, a bad date
-        raise ConfigError(f"{p}: a value cannot be read: {show(str(e), 120)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

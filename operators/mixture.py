@@ -41,8 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import yaml
 
+from longvid.operators.safe_yaml import YamlRefused, parse_yaml
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.records import Failure, sample_key
@@ -136,28 +136,9 @@ def parse_strategy(value: Any, where: str = "sampling_strategy") -> Strategy:
 # -------------------------------------------------------------------------------------------- mixture files
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping with another value (the last one would win
-    silently). The same key and value twice is accepted: the released stage-3 mixture repeats a data_root."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                prev = seen.get(key_node.value)
-                if prev is not None and not (
-                    isinstance(prev, yaml.ScalarNode) and isinstance(value_node, yaml.ScalarNode)
-                    and (prev.tag, prev.value) == (value_node.tag, value_node.value)
-                ):
-                    raise MixtureError(f"line {key_node.start_mark.line + 1}: key {key_node.value!r} given twice, "
-                                       "with different values")
-                seen[key_node.value] = value_node
-        return super().construct_mapping(node, deep)
-
-
 def load_yaml(uri: str, what: str) -> Any:
-    """A small YAML file (local or s3://) read safely: safe types only, no anchors, aliases or tags, no repeated
-    keys, at most MAX_YAML_BYTES. MixtureError names the file (and line)."""
+    """A small YAML file (local or s3://) read by operators/safe_yaml.py (no anchors, aliases, tags or deep nesting;
+    a key repeated only with the same value), at most MAX_YAML_BYTES. MixtureError names the file (and line)."""
     try:
         if storage.is_s3(uri):
             data = storage.read_bytes(uri)
@@ -175,25 +156,10 @@ def load_yaml(uri: str, what: str) -> Any:
         raise MixtureError(f"{uri}: {what} is a folder, not a file") from None
     except PermissionError:
         raise MixtureError(f"{uri}: {what} cannot be read (permission denied)") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise MixtureError(f"{uri}: {what} is larger than {MAX_YAML_BYTES} bytes")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MixtureError(f"{uri}: {what} is not UTF-8 text (byte {e.start})") from None
-    try:
-        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(tok, (yaml.AnchorToken, yaml.AliasToken, yaml.TagToken)):
-                raise MixtureError(f"{uri}: line {tok.start_mark.line + 1}: YAML anchors, aliases and tags are "
-                                   "not accepted in a " + what)
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except MixtureError as e:
-        msg = str(e)
-        raise MixtureError(msg if msg.startswith(f"{uri}:") else f"{uri}: {msg}") from None
-    except yaml.YAMLError as e:
-        raise MixtureError(f"{uri}: not valid YAML: {show(str(e).replace(chr(10), ' '))}") from None
-    except RecursionError:
-        raise MixtureError(f"{uri}: {what} is nested too deeply") from None
+        return parse_yaml(data, MAX_YAML_BYTES, repeats="equal")
+    except YamlRefused as e:
+        raise MixtureError(f"{uri}: {what}: {e}") from None
 
 
 def read_roots(uri: str) -> dict[str, str]:

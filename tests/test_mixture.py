@@ -232,8 +232,8 @@ GOOD = "datasets:\n  - json_path: a.jsonl\n    sampling_strategy: all\n    data_
     (GOOD + "    sampling_stratgy: all\n", "datasets[0]: unknown field(s) 'sampling_stratgy'"),
     (GOOD + "  - json_path: other/a.json\n", "datasets[1] (a): json_path: 'other/a.json' has the same name as datasets[0]"),
     (GOOD + "    data_root: elsewhere\n", "line 5: key 'data_root' given twice, with different values"),
-    ("datasets:\n  - &d {json_path: a.jsonl}\n  - *d\n", "anchors, aliases and tags are not accepted"),
-    ("datasets:\n  - !!python/object:os.system {json_path: a.jsonl}\n", "anchors, aliases and tags are not accepted"),
+    ("datasets:\n  - &d {json_path: a.jsonl}\n  - *d\n", "anchors and aliases"),
+    ("datasets:\n  - !!python/object:os.system {json_path: a.jsonl}\n", "tags"),
     ("datasets: [\n", "not valid YAML"),
 ])
 def test_bad_mixtures_name_file_dataset_and_field(tmp_path, body, msg):
