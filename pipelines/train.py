@@ -48,6 +48,7 @@ from typing import Any
 
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
+from longvid.operators.mixture import parse_strategy, read_mixture
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
 from longvid.pipelines.settings import check_fields, label, model_presets, setting, show
@@ -55,7 +56,6 @@ from longvid.pipelines.train_data import (
     GROUP_BY,
     DataError,
     LoaderConfig,
-    Sampling,
     StageLoader,
     plan_source,
     read_exclude,
@@ -74,14 +74,16 @@ CKPT_PREFIX = "ckpt-"
 class DataEntry:
     """One source of a stage's mixture: shard globs (local or s3://), its weight, LLaVA sampling strategy.
 
-    Or a whole released LLaVA-style mixture: `mixture` names its YAML (`datasets: [{json_path,
-    sampling_strategy}]`) and `shards` are templates with `{name}` (the json file's stem), one source per
-    dataset with that dataset's sampling strategy; `missing: skip` drops datasets without shards.
+    Or a whole released LLaVA-style mixture: `mixture` names its YAML (read by operators.mixture.read_mixture, as
+    `ingest --mixture` reads it) and `shards` are templates with `{name}` (the json file's stem), one source per
+    dataset with that dataset's sampling strategy; `missing: skip` drops datasets without shards. A dataset folder
+    written by `ingest --mixture` (or encoded from one) has the strategy applied already: all its samples are
+    taken, never selected twice.
     """
 
     shards: list[str] = setting(required=True)
     weight: float = setting(1.0, ge=0)
-    sampling: str = "all"  # all | first:N | first:N% | end:N | end:N%
+    sampling: str = "all"  # operators.mixture.parse_strategy: all | first:N[%] | first2:N .. first4:N | end:N[%]
     name: str = ""
     mixture: str = ""
     missing: str = setting("error", choices=("error", "skip"))  # error | skip (a dataset of a mixture with no shard)
@@ -90,10 +92,7 @@ class DataEntry:
         check_fields(self)
         if self.mixture and not any("{name}" in s for s in self.shards):
             raise ConfigError("shards: with a mixture, the globs need a {name} placeholder")
-        try:
-            Sampling.parse(self.sampling)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        parse_strategy(self.sampling, "sampling")
 
 
 @dataclass
@@ -256,26 +255,14 @@ class TrainConfig:
 # ======================================================================================================== planning
 
 
-def read_mixture(uri: str) -> list[tuple[str, str]]:
-    """A LLaVA-style data mixture YAML -> [(dataset name = json file stem, sampling strategy)]."""
-    import yaml
-
+def mixture_datasets(uri: str) -> list[tuple[str, str]]:
+    """A LLaVA-style data mixture YAML (operators.mixture.read_mixture: safe YAML, validated) -> [(dataset name =
+    json file stem, sampling strategy)]. ConfigError names the mixture file, the dataset and the field."""
     try:
-        d = yaml.safe_load(storage.read_text(uri))
-    except (FileNotFoundError, storage.StorageError, yaml.YAMLError) as e:
-        raise ConfigError(f"mixture: {storage.redact(uri)}: cannot read ({e})") from None
-    if not isinstance(d, dict) or not isinstance(d.get("datasets"), list):
-        raise ConfigError(f"mixture: {storage.redact(uri)}: needs a 'datasets' list")
-    out = []
-    for k, ds in enumerate(d["datasets"]):
-        if not isinstance(ds, dict) or not isinstance(ds.get("json_path"), str):
-            raise ConfigError(f"mixture: {storage.redact(uri)}: datasets[{k}].json_path is missing")
-        stem = ds["json_path"].rstrip("/").rsplit("/", 1)[-1]
-        for ext in (".jsonl", ".json"):
-            if stem.endswith(ext):
-                stem = stem[: -len(ext)]
-        out.append((stem, str(ds.get("sampling_strategy", "all")).strip()))
-    return out
+        mix = read_mixture(uri)
+    except ConfigError as e:
+        raise ConfigError(f"mixture: {e}") from None
+    return [(ds.name, str(ds.strategy)) for ds in mix.datasets]
 
 
 def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
@@ -293,20 +280,26 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
             raise ConfigError(f"stages[{i}] ({label(st.name)}): {e}") from None
         sources = []
         for j, e in enumerate(st.data):
+            applied: list[str] | None = None
             if e.mixture:
                 items = [(n, [g.replace("{name}", n) for g in e.shards], samp)
-                         for n, samp in read_mixture(cfg.resolve(e.mixture))]
+                         for n, samp in mixture_datasets(cfg.resolve(e.mixture))]
+                applied = []
             else:
                 items = [(e.name or f"{st.name}.data[{j}]", list(e.shards), e.sampling)]
             for name, globs, samp in items:
                 try:
                     sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root,
-                                     frame_bounds=(st.min_frames, st.max_frames), bounds_policy=st.frame_bounds)
+                                     frame_bounds=(st.min_frames, st.max_frames), bounds_policy=st.frame_bounds,
+                                     applied=applied)
                 except DataError as err:
                     if e.mixture and e.missing == "skip" and "no shard matches" in str(err):
                         log.warning("stage %s: mixture dataset %s has no shards; skipped", st.name, name)
                         continue
                     raise ConfigError(f"stages[{i}] ({st.name}): data[{j}]: {err}") from None
+                if applied and applied[-1] == name:
+                    log.info("stage %s: mixture dataset %s: sampling_strategy %s was applied at ingest; all %d "
+                             "samples taken", st.name, name, samp, sp.nsamples)
                 sources.append(sp)
         if not sources:
             raise ConfigError(f"stages[{i}] ({st.name}): data: no source has any shard")

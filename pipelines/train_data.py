@@ -2,8 +2,10 @@
 
     recipe data entry {shards: globs, weight, sampling}            (one "source" of a stage's mixture)
       plan_source(): expand the globs (local or s3://), count samples per shard (index.json, else manifests/,
-                     else the tar headers), cut the sampling strategy (all | first:N | first:N% | end:N | end:N%)
-                     into per-shard sample ranges, mean duration (manifests, else the first samples' json),
+                     else the tar headers), cut the sampling strategy (operators.mixture.parse_strategy: all |
+                     first:N[%] | first2:N .. first4:N | end:N[%]; a mixture's dataset written by `ingest --mixture`
+                     has it applied already: all of it is taken) into per-shard sample ranges, mean duration
+                     (manifests, else the first samples' json),
                      and compare the frame bounds the shards were ingested with to the stage's (check_frame_bounds)
       rank_pieces(): this worker's disjoint part: whole shards when there are at least as many as workers, else
                      shards cut into sample ranges (more workers than shards); balanced by sample count
@@ -45,6 +47,7 @@ import numpy as np
 
 from longvid.operators import native, storage
 from longvid.operators.errors import ConfigError
+from longvid.operators.mixture import parse_strategy
 from longvid.pipelines.settings import check_fields, setting
 
 _native = native.load()  # the C kernels (operators/_native.c) when built; numpy and Python otherwise
@@ -71,38 +74,6 @@ class SampleError(Exception):
 
 
 # ======================================================================================================== planning
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """LLaVA data-mixture sampling strategy over a source's samples in shard order: all | first | end."""
-
-    how: str = "all"
-    n: float = 0.0
-    percent: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> "Sampling":
-        t = str(text).strip()
-        if t == "all":
-            return cls()
-        m = re.fullmatch(r"(first|end):(\d+(?:\.\d+)?)(%?)", t)
-        if not m:
-            raise ValueError(f"sampling: {text!r} is not all | first:N | first:N% | end:N | end:N%")
-        n, pct = float(m.group(2)), bool(m.group(3))
-        if pct and not 0 < n <= 100:
-            raise ValueError(f"sampling: {text!r}: a percentage must be in (0, 100]")
-        if not pct and (n < 1 or n != int(n)):
-            raise ValueError(f"sampling: {text!r}: a count must be a positive integer")
-        return cls(m.group(1), n, pct)
-
-    def window(self, total: int) -> tuple[int, int]:
-        """[lo, hi) of the kept samples among `total` (the released code rounds percentages up)."""
-        if self.how == "all":
-            return 0, total
-        k = math.ceil(self.n * total / 100) if self.percent else int(self.n)
-        k = min(k, total)
-        return (0, k) if self.how == "first" else (total - k, total)
 
 
 @dataclass(frozen=True)
@@ -211,6 +182,46 @@ def _read_manifests(job: str) -> Any:
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
+def _job_json(folder: str) -> dict[str, Any] | None:
+    uri = storage.join(folder, "job.json")
+    try:
+        if not storage.exists(uri):
+            return None
+        d = json.loads(storage.read_text(uri))
+    except (ValueError, RecursionError, storage.StorageError) as e:
+        log.warning("%s: unreadable job.json (%s)", storage.redact(uri), e)
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def applied_strategy(folder: str, depth: int = 2) -> str | None:
+    """The sampling_strategy `ingest --mixture` applied to the samples of a job folder (its job.json fingerprint's
+    dataset), following an encode job's job.json to the ingest folder it read; None when none is recorded."""
+    d = _job_json(folder)
+    fp = d.get("fingerprint") if d else None
+    if not isinstance(fp, dict):
+        return None
+    ds = fp.get("dataset")
+    if d.get("job") == "ingest" and isinstance(ds, dict) and isinstance(ds.get("sampling_strategy"), str):
+        return ds["sampling_strategy"]
+    src = fp.get("shards")
+    if d.get("job") == "encode" and isinstance(src, str) and src and depth > 0:
+        return applied_strategy(src, depth - 1)
+    return None
+
+
+def ingest_strategy(shards: list[str]) -> str | None:
+    """The strategy applied at ingest to these shards (applied_strategy of their job folders): None when no folder
+    records one; DataError when folders record different ones, or only some of them one."""
+    found = {job: applied_strategy(job) if job else None for job in {_job_dir(s) for s in shards}}
+    kinds = set(found.values())
+    if len(kinds) > 1:
+        raise DataError("the shards come from job folders ingested with different sampling strategies: " + ", ".join(
+            f"{storage.redact(j or '(loose shards)')}: {v or 'not recorded'}" for j, v in sorted(
+                found.items(), key=lambda kv: kv[0] or "")))
+    return kinds.pop() if kinds else None
+
+
 def count_tar_samples(uri: str) -> int:
     """Samples (member groups) in a tar, reading headers only. A corrupt or truncated tar counts the samples
     before the damage and one more for the damage itself (a warning names the shard): the loader reads those
@@ -228,9 +239,12 @@ def count_tar_samples(uri: str) -> int:
 
 def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
                 sampling: str = "all", root: str = "", frame_bounds: tuple[int, int] | None = None,
-                bounds_policy: str = "error") -> SourcePlan:
+                bounds_policy: str = "error", applied: list[str] | None = None) -> SourcePlan:
     """Expand, count and cut one data entry (raises DataError naming what is wrong). `frame_bounds`: the stage's
-    (min_frames, max_frames), compared with the shards' ingest bounds (check_frame_bounds, `bounds_policy`)."""
+    (min_frames, max_frames), compared with the shards' ingest bounds (check_frame_bounds, `bounds_policy`).
+    `sampling`: operators.mixture.parse_strategy's strings. `applied` (a mixture's datasets): when the shards' job
+    folders say `ingest --mixture` already applied the strategy (ingest_strategy), every sample is taken, the
+    name is appended to `applied`, and a different recorded strategy is a DataError."""
     shards = expand_shards(patterns, root)
     if not shards:
         raise DataError(f"{name}: no shard matches {', '.join(storage.redact(p) for p in patterns)}")
@@ -269,11 +283,20 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
                 counts[s] = count_tar_samples(s)
                 how.add("tar")
     try:
-        samp = Sampling.parse(sampling)
-    except ValueError as e:
+        samp = parse_strategy(sampling, "sampling")
+    except ConfigError as e:
         raise DataError(f"{name}: {e}") from None
+    if applied is not None:
+        done = ingest_strategy(shards)
+        if done is not None:
+            if done != str(samp):
+                raise DataError(f"{name}: the shards were ingested with sampling_strategy {done}, the mixture says "
+                                f"{samp}; ingest the mixture again, or train it as ingested")
+            samp = parse_strategy("all")  # applied at ingest: never twice
+            applied.append(name)
     total = sum(counts[s] for s in shards)
-    lo, hi = samp.window(total)
+    sel = samp.select(total)
+    lo, hi = sel.start, sel.stop
     pieces, pos = [], 0
     for s in shards:
         n = counts[s]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from longvid.jobs.train import load_recipe, main, parse_recipe
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.train import FaultInjected, read_metrics, read_mixture, run_train
+from longvid.pipelines.train import FaultInjected, mixture_datasets, read_metrics, run_train
 from longvid.pipelines.train_data import write_synthetic_frame_shards, write_synthetic_token_shards
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -136,16 +136,16 @@ def test_lr_schedule_is_hf_cosine_with_warmup():
 
 @pytest.mark.skipif(not (SHARED / "data" / "training").is_dir(), reason="needs ../shared")
 def test_released_mixtures_expand_with_their_sampling():
-    m3 = read_mixture(str(SHARED / "data/training/stage3_short-long_mix_sft.yaml"))
+    m3 = mixture_datasets(str(SHARED / "data/training/stage3_short-long_mix_sft.yaml"))
     assert len(m3) == 104
     names = dict(m3)
     assert names["textcaps"] == "all" and names["tallyqa(cauldron,llava_format)_fix"] == "first:10%"
-    m4 = read_mixture(str(SHARED / "data/training/stage4_highres_postsft.yaml"))
+    m4 = mixture_datasets(str(SHARED / "data/training/stage4_highres_postsft.yaml"))
     assert sum(s == "first:25%" for _, s in m4) == 101
-    from longvid.pipelines.train_data import Sampling
+    from longvid.operators.mixture import parse_strategy
 
     for _, s in m3 + m4:
-        Sampling.parse(s)  # every released strategy is understood
+        assert str(parse_strategy(s)) == s  # every released strategy is understood, one spelling
 
 
 def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):

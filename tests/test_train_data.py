@@ -22,7 +22,6 @@ from longvid.pipelines.train_data import (
     collate,
     LoaderConfig,
     Piece,
-    Sampling,
     SampleError,
     StageLoader,
     count_tar_samples,
@@ -69,17 +68,29 @@ def _take(loader, n):
 # ---------------------------------------------------------------------------------------------------- planning
 
 
-def test_sampling_strategies():
-    assert Sampling.parse("all").window(10) == (0, 10)
-    assert Sampling.parse("first:30%").window(10) == (0, 3)
-    assert Sampling.parse("first:25%").window(10) == (0, 3)  # rounded up, like the released code
-    assert Sampling.parse("first:4").window(10) == (0, 4)
-    assert Sampling.parse("end:4").window(10) == (6, 10)
-    assert Sampling.parse("end:50%").window(10) == (5, 10)
-    assert Sampling.parse("first:40").window(10) == (0, 10)
+def test_plan_source_cuts_with_the_mixture_strategies(corpus):
+    """plan_source cuts the shared operators.mixture strategy (one parser for ingest and train) over the samples in
+    shard order; a bad strategy is a DataError naming the entry."""
+    root, _ = corpus
+    from longvid.operators.mixture import parse_strategy
+
+    def ranges(samp):
+        plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=samp)
+        return [(p.url.rsplit("/", 1)[-1], p.lo, p.hi) for p in plan.pieces]
+
+    flat = [(u, i) for u, lo, hi in ranges("all") for i in range(lo, hi)]
+    assert len(flat) == 20
+    for samp in ("all", "first:30%", "first:25%", "first:4", "first2:4", "first4:6", "end:4", "end:50%", "first:40"):
+        sel = parse_strategy(samp).select(20)
+        want = flat[sel.start:sel.stop]
+        got = [(u, i) for u, lo, hi in ranges(samp) for i in range(lo, hi)]
+        assert got == want, samp
+    assert len([1 for u, lo, hi in ranges("first:25%") for _ in range(lo, hi)]) == 5  # rounded up
     for bad in ("some", "first:", "first:0", "first:1.5", "end:120%", "random:10"):
-        with pytest.raises(ValueError, match="sampling"):
-            Sampling.parse(bad)
+        with pytest.raises(DataError, match=r"^w: sampling"):
+            plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=bad)
+    with pytest.raises(DataError, match="selects no sample"):
+        plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="first4:10")
 
 
 def test_plan_counts_ranges_and_durations(corpus):
