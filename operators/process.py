@@ -16,7 +16,7 @@ from typing import Any
 from longvid.operators import storage
 from longvid.operators.errors import RecordError, TransientError
 from longvid.operators.frames import dhash64
-from longvid.operators.mp4 import encode_mp4
+from longvid.operators.mp4 import DEFAULT_CRF, encode_mp4
 from longvid.operators.probe import VideoInfo, probe
 from longvid.operators.decode import decode
 from longvid.operators.prompt import build_conversations, sample_text, time_msg
@@ -33,7 +33,7 @@ class ProcessOptions:
     profile: str = "long"
     backend: str = "pyav"
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
-    crf: int = 27
+    crf: int = DEFAULT_CRF  # of the stored mp4's coding (operators.mp4)
     decoder_threads: int | None = 1  # one CPU per Ray task
     resize: str = "torch"  # torch: antialiased bicubic, 1-2/255 off pil on ~0.1% of values, much faster; pil: exact
     long_time_msg: bool = False  # use the per-frame-times variant of the timestamp message

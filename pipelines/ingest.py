@@ -26,6 +26,7 @@ from longvid.operators.annotation import AnnotatedSample, media_field, process_a
 from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
 from longvid.operators.frames import RESIZE_METHODS
 from longvid.operators.isolate import IsolatedRunner
+from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
@@ -89,7 +90,7 @@ class IngestConfig:
     limit: int = setting(0, ge=0)  # 0: all input rows
     backend: str = setting("pyav", choices=("pyav", "decord"))
     decode_mode: str = setting("auto", choices=("auto", "keyframe"))
-    crf: int = setting(27, ge=0, le=51)
+    crf: int = setting(DEFAULT_CRF, ge=0, le=51)  # of the stored mp4 (BENCHMARKS.md "Stored frame fidelity")
     # torch: antialiased bicubic, 1-2/255 off the exact PIL resize on ~0.1% of values; pil: exact
     resize: str = setting("torch", choices=RESIZE_METHODS)
     long_time_msg: bool = False
@@ -136,6 +137,7 @@ class IngestConfig:
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
         d["videos"] = storage.redact(self.videos)
+        d["mp4_coding"] = coding_id()  # a folder written with another coding (before: yuv420p, no key) is refused
         d["span_rule"] = SPAN_RULE  # spans by the reference's seconds rule: a folder written before (no key) is refused
         sched = self.unit_schedule()
         d["records_per_unit"] = sched.first if not sched.repeat else 0  # a fixed size reads as it always did

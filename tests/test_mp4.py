@@ -1,15 +1,19 @@
-"""encode_mp4 / decode_mp4: one H.264 frame per input frame, in order, readable by plain PyAV and decord."""
+"""encode_mp4 / decode_mp4: one H.264 frame per input frame, in order, readable by plain PyAV and decord; the default
+coding stays within the fidelity bound (BENCHMARKS.md "Stored frame fidelity") and re-encodes byte for byte."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 
-from longvid.operators.errors import RecordError
+from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.frames import resize_square
-from longvid.operators.mp4 import decode_mp4, encode_mp4
+from longvid.operators.mp4 import DEFAULT_CRF, coding_id, decode_mp4, encode_mp4
 from longvid.pipelines.synth_video import _frame, read_frame_number
 
 
@@ -61,7 +65,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError):
         encode_mp4(np.zeros((0, 224, 224, 3), np.uint8))
     with pytest.raises(ValueError):
-        encode_mp4(np.zeros((2, 223, 224, 3), np.uint8))  # odd size
+        encode_mp4(np.zeros((2, 223, 224, 3), np.uint8), pix_fmt="yuv420p")  # odd size
+    with pytest.raises(ValueError, match="pix_fmt"):
+        encode_mp4(np.zeros((2, 224, 224, 3), np.uint8), pix_fmt="nv12")
+    with pytest.raises(ValueError, match="tune"):
+        encode_mp4(np.zeros((2, 224, 224, 3), np.uint8), tune="fast")
     with pytest.raises(ValueError):
         encode_mp4(np.zeros((2, 224, 224, 3), np.float32))
     with pytest.raises(ValueError):
@@ -70,3 +78,74 @@ def test_bad_inputs():
         decode_mp4(b"")
     with pytest.raises(RecordError):
         decode_mp4(b"definitely not an mp4" * 10)
+
+
+def test_odd_sizes_are_fine_without_chroma_subsampling():
+    frames = stamped(range(3), size=225)
+    back = decode_mp4(encode_mp4(frames))
+    assert back.shape == (3, 225, 225, 3) and [read_frame_number(f) for f in back] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------ fidelity and determinism
+
+
+def colourful(n: int = 8, size: int = 224, seed: int = 0) -> np.ndarray:
+    """Saturated moving discs over fast colour waves (chroma detail everywhere), PIL-resized from 480x270 as the
+    ingest's reference frames are."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:270, 0:480].astype(np.float32)
+    discs = [(rng.uniform(0, 480), rng.uniform(0, 270), rng.uniform(8, 60), rng.integers(0, 256, 3),
+              rng.uniform(-6, 6, 2)) for _ in range(40)]
+    out = []
+    for i in range(n):
+        img = np.stack([128 + 100 * np.sin(xs / 37 + i / 5), 128 + 100 * np.sin(ys / 23 - i / 7),
+                        128 + 100 * np.cos((xs + ys) / 51 + i / 3)], axis=-1)
+        for cx, cy, r, col, v in discs:
+            img[(xs - cx - v[0] * i) ** 2 + (ys - cy - v[1] * i) ** 2 < r * r] = col
+        out.append(resize_square(np.clip(img, 0, 255).astype(np.uint8), size))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def colour_frames():
+    return colourful()
+
+
+def _error(frames, **coding):
+    e = np.abs(decode_mp4(encode_mp4(frames, **coding)).astype(np.int16) - frames.astype(np.int16))
+    return float(e.mean()), float(np.percentile(e, 99))
+
+
+def test_default_coding_meets_the_fidelity_bound(colour_frames):
+    mae, p99 = _error(colour_frames)
+    assert mae <= 1.0 and p99 <= 8, (mae, p99)
+    # the frames are hard enough to tell: 4:2:0 chroma misses the bound even losslessly coded, as the old default did
+    assert _error(colour_frames, crf=0, pix_fmt="yuv420p", tune="")[1] > 8
+    assert _error(colour_frames, crf=27, pix_fmt="yuv420p", tune="")[0] > 1.0
+
+
+def test_reencoding_is_byte_identical(colour_frames, tmp_path):
+    first = encode_mp4(colour_frames, fps=2.0)
+    encode_mp4(colourful(5, 448, seed=1), fps=30.0)  # other work in between (sizes, rates, codings)
+    encode_mp4(colour_frames[::-1], crf=30, pix_fmt="yuv420p", tune="")
+    assert encode_mp4(colour_frames, fps=2.0) == first
+    np.save(tmp_path / "f.npy", colour_frames)  # and in a fresh interpreter that encoded nothing before
+    code = ("import sys, numpy as np; from longvid.operators.mp4 import encode_mp4; "
+            "sys.stdout.buffer.write(encode_mp4(np.load(sys.argv[1]), fps=2.0))")
+    fresh = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.npy")], capture_output=True, check=True)
+    assert fresh.stdout == first
+
+
+def test_a_folder_written_with_another_coding_is_refused(tmp_path):
+    from longvid.pipelines.ingest import IngestConfig, _check_out
+
+    cfg = IngestConfig(source="webvid", metadata=["m.csv"], videos="v", out=str(tmp_path / "out"))
+    assert cfg.crf == DEFAULT_CRF and cfg.fingerprint()["mp4_coding"] == coding_id()
+    _check_out(cfg)  # a new folder: job.json written with the current coding
+    _check_out(cfg)  # the same settings resume
+    job = tmp_path / "out" / "job.json"
+    old = json.loads(job.read_text())
+    del old["fingerprint"]["mp4_coding"]  # as written before the coding was part of it (yuv420p), same crf
+    job.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="mp4_coding"):
+        _check_out(cfg)
