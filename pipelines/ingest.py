@@ -26,8 +26,8 @@ from longvid.operators.annotation import AnnotatedSample, media_field, process_a
 from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
 from longvid.operators.frames import RESIZE_METHODS
 from longvid.operators.isolate import IsolatedRunner
-from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.mixture import AnnotationRecord
+from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
 from longvid.operators.sample import PROFILES, SPAN_RULE
@@ -38,9 +38,10 @@ from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, release_out
 from longvid.pipelines.settings import check_fields, setting
 
-# Typical stored bytes per sample (H.264 224px frames at crf 23), used to choose records per unit so that a unit
-# fills about one shard. Measured on the demo corpus; a guess only sets the unit size, never correctness.
-BYTES_PER_FRAME = {224: 6_000, 448: 20_000}
+# Typical stored bytes per frame at the default coding (4:4:4 crf 15: 15-18 KB at 224, 48-67 KB at 448 on real
+# footage, BENCHMARKS.md "Stored frame fidelity"), used to choose records per unit so that a unit fills about one
+# shard. A guess only sets the unit size, never correctness.
+BYTES_PER_FRAME = {224: 18_000, 448: 60_000}
 
 # The default unit schedule (bench/ingest_scale.py, BENCHMARKS.md "Ingest concurrency"): RAMP_REPEAT units of
 # RAMP_FIRST rows, then RAMP_REPEAT of twice that, ... up to the shard-filling size. It depends on the row position
@@ -119,7 +120,7 @@ class IngestConfig:
         if self.records_per_unit:
             return self.records_per_unit
         p = PROFILES[self.profile]
-        per_sample = p.hi * BYTES_PER_FRAME.get(p.resolution, 6_000)
+        per_sample = p.hi * BYTES_PER_FRAME.get(p.resolution, 18_000)
         return int(min(4096, max(8, self.shard_size_mb * 2**20 // per_sample)))
 
     def unit_schedule(self) -> UnitSchedule:
@@ -137,8 +138,8 @@ class IngestConfig:
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
         d["videos"] = storage.redact(self.videos)
-        d["mp4_coding"] = coding_id()  # a folder written with another coding (before: yuv420p, no key) is refused
         d["span_rule"] = SPAN_RULE  # spans by the reference's seconds rule: a folder written before (no key) is refused
+        d["mp4_coding"] = coding_id()  # a folder written with another coding (before: yuv420p, no key) is refused
         sched = self.unit_schedule()
         d["records_per_unit"] = sched.first if not sched.repeat else 0  # a fixed size reads as it always did
         if sched.repeat:
