@@ -238,3 +238,14 @@ def test_s3_endpoint_unreachable(s3, user_files, capsys):
     assert main(_s3_ingest(user_files, s3.uri("videos"), s3_endpoint_url=f"http://127.0.0.1:{port}")) == 2
     err = capsys.readouterr().err
     assert "videos:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_drop_list_exits_2_before_ray(tmp_path):
+    """train reads every drop list in the driver: two words on a line is one line naming the file and line, exit 2."""
+    dl = tmp_path / "drop.txt"
+    dl.write_text("key1  # inline comments are fine\nkey2 key3\n")
+    r = subprocess.run([sys.executable, "-m", "longvid", "train", "--config", str(ROOT / "jobs/configs/train-tiny.yaml"),
+                        "--out", str(tmp_path / "run"), "--exclude", str(dl)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{dl}: line 2: one key per line" in r.stderr and len(r.stderr.strip().splitlines()) == 1
