@@ -1070,9 +1070,10 @@ def run_train(cfg: TrainConfig, log_fn=print) -> dict[str, Any]:
     cfg.validate()
     for st in cfg.stages:
         st.validate()
-    for p in list(cfg.exclude) + [p for s in cfg.stages for p in s.exclude]:
-        if not storage.exists(cfg.resolve(p)):
-            raise ConfigError(f"exclude: drop list not found: {cfg.resolve(p)}")
+    try:  # every drop list read once here: a missing or malformed one stops the run before Ray starts
+        read_exclude([cfg.resolve(p) for p in list(cfg.exclude) + [p for s in cfg.stages for p in s.exclude]])
+    except DataError as e:
+        raise ConfigError(str(e)) from None
     world = max(1, cfg.num_workers)
     plans = plan_stages(cfg, world)
     claim_out(cfg.out, "train", log_fn)  # a run still going on there: exit 2
