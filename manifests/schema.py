@@ -77,6 +77,7 @@ TOKEN_MANIFEST_SCHEMA = pa.schema(
         ("dtype", pa.string()),
         ("bytes", pa.int64()),
         ("text", pa.string()),
+        ("media_type", pa.string()),  # video | image (num_clips = tiles) | text (no tokens); null in older outputs: video
     ]
 )
 

@@ -81,14 +81,16 @@ def tile_boxes(size: tuple[int, int], patch: int) -> tuple[tuple[int, int], list
     return (cw, ch), boxes
 
 
-def anyres_tiles(image, patch: int) -> list:
-    """A PIL image -> [base tile, grid tiles...], each a patch x patch RGB PIL image."""
+def anyres_tiles(image, patch: int, grid_size: tuple[int, int] | None = None) -> list:
+    """A PIL image -> [base tile, grid tiles...], each a patch x patch RGB PIL image. `grid_size` (width, height):
+    the size the grid is chosen from when the pixels are a resized copy of a larger original (default: the
+    image's own size)."""
     from PIL import Image
 
     if patch not in PATCH_SIZES:
         raise ValueError(f"anyres_tiles: patch must be one of {PATCH_SIZES}, got {patch}")
     img = image.convert("RGB")
-    resized_size, boxes = tile_boxes(img.size, patch)
+    resized_size, boxes = tile_boxes(tuple(grid_size) if grid_size else img.size, patch)
     resized = img.resize(resized_size, Image.BICUBIC)
     base = img.resize((patch, patch), Image.BICUBIC)
     return [base] + [resized.crop(b) for b in boxes]

@@ -18,16 +18,30 @@ Why this shape:
   The token values of a re-run match to float rounding, not bit for bit: a batched matmul may round differently
   with another batch composition (keys, order, json and shapes are identical).
 - Failures are data: a sample whose tar members are missing or unreadable (`read`), whose mp4 does not decode or
-  holds another number of frames than the manifest says (`decode`), or whose tokens are not finite (`encode`)
-  becomes one failure row. Inputs of the encode job = rows of the ingest manifests = samples + failures.
+  holds another number of frames than the manifest says, or whose image does not decode (truncated, not an image,
+  beyond PIL's MAX_IMAGE_PIXELS; field = the member, e.g. `1.png`) (`decode`), whose tokens are not finite
+  (`encode`), or that the writer refuses (`write`, naming the field) becomes one failure row. Inputs of the
+  encode job = rows of the ingest manifests = samples + failures.
+- Sample kinds, by the ingest json's `media_type` (`longvid ingest --mixture` writes all three; raw-source shards
+  are videos without one):
+  video  `<key>.mp4` -> clips of 4 frames -> `<key>.tokens.npy` [num_frames / 4, 64, D];
+  image  `<key>.0.jpg`, `<key>.1.png`, ... (json `image_members`) -> tiles (image_tiles: `anyres_nopad` = base
+         tile + grid tiles chosen from `image_sizes`, `pad` = one padded square per image) -> `<key>.tokens.npy`
+         [num_tiles, 64, D]; each tile is encoded as the reference's `encode_video_image` encodes an image: ONE
+         frame (T = 1, the ViT's image position table), its 196 (784 at 448) tokens merged to 64. Tiles are rows of
+         the same stream as clips (mode "image"), so they share the actor's batches with the clips of videos.
+         The json says num_tiles, tiles_per_image, image_grids ([cols, rows] per image, null for `pad`),
+         tile_order, tile_size, tokens_per_tile, image_encoding; num_clips = num_tiles.
+  text   json only: written as it is, no tokens (a written sample; manifest media_type "text").
 - A sample whose frame count is not a multiple of 4 (ingest never writes one: the sampling rule gives multiples of
   4) is padded by repeating its last frame, as the reference sampler repeats its last index; its json says
   `padded_frames`.
 - Precision: bf16/fp16 autocast only on CUDA; on CPU the encoder runs in fp32. Tokens are stored as float16 for
   bf16 and fp16 runs, float32 for fp32 runs. `encode_clips` is called under our own autocast so that fp16 and fp32
   runs on CUDA are possible (HiCoEncoder.forward always autocasts to bf16 on CUDA).
-- Decoding happens in-process: the mp4s are the ingest job's own H.264 output (untrusted sources were decoded
-  in isolated children there); a corrupt file raises and becomes a failure row.
+- Decoding happens in-process: the mp4s are the ingest job's own H.264 output and the images were decoded once by
+  ingest (untrusted sources were decoded in isolated children there); a corrupt file raises and becomes a failure
+  row.
 """
 from __future__ import annotations
 
@@ -55,7 +69,7 @@ from longvid.operators import storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.records import Failure
-from longvid.operators.write import MANIFESTS, UnitWriter, sample_members
+from longvid.operators.write import MANIFESTS, SampleWriteError, UnitWriter, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, ray_log_path, release_out, route_ray_logs
@@ -63,6 +77,13 @@ from longvid.pipelines.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields,
 
 LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
 TOKENS_PER_FRAME = 16
+TOKENS_PER_TILE = 64  # an image tile: one T = 1 "clip" merged to 64 tokens
+MEDIA_TYPES = ("video", "image", "text")
+IMAGE_MODES = ("anyres_nopad", "pad")
+# the json's `tile_order` per image_mode: where each tile of `<key>.tokens.npy` comes from
+TILE_ORDER = {"anyres_nopad": "base_then_rows",  # per image: the base tile, then the grid tiles row by row, left to right
+              "pad": "one_per_image"}  # per image: one tile, the image padded to a square with the mean colour
+IMAGE_ENCODING = "single_frame"  # each tile encoded alone (T = 1, the image position table), as encode_video_image
 DTYPES = {"bf16": "float16", "fp16": "float16", "fp32": "float32"}  # --dtype -> stored numpy dtype
 INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames",
                   "resolution", "text"]
@@ -118,7 +139,23 @@ class EncodeConfig:
 def _fail_row(unit: int, key: str, stage: str, reason: str, fld: str, size: int) -> dict[str, Any]:
     """A failure travelling through the pipeline (zero frames of the right shape keep the columns uniform)."""
     return {"unit": unit, "key": key, "clip": 0, "num_clips": 0, "status": stage, "reason": storage.redact(reason)[:2000],
-            "field": fld, "info": "", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+            "field": fld, "info": "", "mode": "none", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+
+
+def _rows(unit: int, key: str, info: dict[str, Any], units: list[np.ndarray], mode: str, size: int
+          ) -> Iterator[dict[str, Any]]:
+    """The rows of one decoded sample: one per encoder unit (`mode` "clip": 4 frames; "image": one tile, repeated
+    in the 4 frame slots so that every row has the same shape), the sample json on the first; a sample without
+    units (text) is one row with num_clips 0 that carries only its json."""
+    info_s = json.dumps(info, sort_keys=True, ensure_ascii=False)
+    if not units:
+        yield {"unit": unit, "key": key, "clip": 0, "num_clips": 0, "status": "ok", "reason": "", "field": "",
+               "info": info_s, "mode": "text", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+        return
+    for c, x in enumerate(units):
+        frames = np.repeat(x[None], LOCAL_NUM_FRAMES, axis=0) if mode == "image" else x
+        yield {"unit": unit, "key": key, "clip": c, "num_clips": len(units), "status": "ok", "reason": "", "field": "",
+               "info": info_s if c == 0 else "", "mode": mode, "frames": np.ascontiguousarray(frames)}
 
 
 def _member_key(name: str) -> tuple[str, str]:
@@ -130,14 +167,16 @@ def _member_key(name: str) -> tuple[str, str]:
 def read_shard(item: dict[str, Any], shards_root: str, resolution: int, s3: dict | None = None
                ) -> Iterator[dict[str, Any]]:
     """One work item (unit, shard relative to `shards_root`, manifest = uri of the ingest manifest part) -> one
-    row per sample of that shard in the manifest: json + mp4 bytes, or a failure row."""
+    row per sample of that shard in the manifest, or a failure row: `json`, `mp4` (b"" when the sample has none),
+    `media_names` / `media` (its other members, e.g. the `0.jpg` of an image sample) and `num_frames` (-1 when the
+    manifest has none: image and text samples). Which members a sample needs is decode_sample's check."""
     storage.configure_s3(s3 or None)
     unit, rel, size = int(item["unit"]), str(item["shard"]), int(resolution)
     table = pq.read_table(io.BytesIO(storage.read_bytes(item["manifest"])), columns=["key", "shard", "num_frames"])
     expected: dict[str, int] = {}
     for k, s, n in zip(*(table.column(c).to_pylist() for c in ("key", "shard", "num_frames"))):
         if s == rel:
-            expected[k] = int(n)
+            expected[k] = -1 if n is None else int(n)
     uri = storage.join(shards_root, rel)
     seen: set[str] = set()
     error = ""
@@ -148,10 +187,11 @@ def read_shard(item: dict[str, Any], shards_root: str, resolution: int, s3: dict
         if current is None or current not in expected or current in seen:
             return None
         seen.add(current)
-        if "json" not in members or "mp4" not in members:
-            missing = ", ".join(e for e in ("json", "mp4") if e not in members)
-            return _fail_row(unit, current, "read", f"{rel}: sample has no {missing} member", missing.split(",")[0], size)
-        return {"unit": unit, "key": current, "json": members["json"], "mp4": members["mp4"],
+        if "json" not in members:
+            return _fail_row(unit, current, "read", f"{rel}: sample has no json member", "json", size)
+        names = sorted(e for e in members if e not in ("json", "mp4"))
+        return {"unit": unit, "key": current, "json": members["json"], "mp4": members.get("mp4", b""),
+                "media_names": names, "media": [members[e] for e in names],
                 "num_frames": expected[current], "shard": rel}
 
     try:
@@ -192,10 +232,13 @@ def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, Any]]:
-    """One sample row -> its clip rows (4 decoded frames each, uint8 [4, S, S, 3]) or one failure row.
+    """One sample row -> its encoder rows, or one failure row. By the json's `media_type`:
 
-    Checks: the json parses, the mp4 decodes, it holds exactly the manifest's num_frames frames, the frames are
-    square and at least `resolution` wide (larger ones are resized down: a 448 ingest can be encoded at 224).
+    - video (or none: raw-source shards): the mp4's frames in 4-frame clips (uint8 [4, S, S, 3]). Checks: the mp4
+      decodes, holds exactly the manifest's num_frames frames, square and at least `resolution` wide (larger ones
+      are resized down: a 448 ingest can be encoded at 224);
+    - image: its tiles (image_tiles), one row each;
+    - text: one row without frames to encode (num_clips 0): the json passes through.
     """
     unit, key = int(row["unit"]), str(row["key"])
     if "status" in row:  # a failure from read_shard passes through
@@ -209,6 +252,27 @@ def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, An
     except (ValueError, UnicodeDecodeError) as e:
         yield _fail_row(unit, key, "read", f"{where}.json: not a JSON object: {e}", "json", resolution)
         return
+    media = info.get("media_type") or "video"
+    if media not in MEDIA_TYPES:
+        yield _fail_row(unit, key, "read", f"{where}.json: media_type {str(media)[:80]!r} is not one of "
+                        f"{', '.join(MEDIA_TYPES)}", "media_type", resolution)
+        return
+    if media == "text":
+        yield from _rows(unit, key, info, [], "text", resolution)
+        return
+    if media == "image":
+        members = dict(zip(row.get("media_names") or [], row.get("media") or []))
+        try:
+            tiles, layout = image_tiles(info, members, resolution, where)
+        except RecordError as e:
+            yield _fail_row(unit, key, e.stage, e.reason, e.field, resolution)
+            return
+        info.update(layout)
+        yield from _rows(unit, key, info, tiles, "image", resolution)
+        return
+    if not row.get("mp4"):
+        yield _fail_row(unit, key, "read", f"{where}: sample has no mp4 member", "mp4", resolution)
+        return
     try:
         frames = decode_mp4(bytes(row["mp4"]))
     except RecordError as e:
@@ -217,7 +281,8 @@ def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, An
     expected = int(row["num_frames"])
     t, h, w = frames.shape[:3]
     if t != expected:
-        yield _fail_row(unit, key, "decode", f"{where}.mp4: decoded {t} frames, the manifest says num_frames={expected}",
+        said = f"num_frames={expected}" if expected >= 0 else "no num_frames for this video sample"
+        yield _fail_row(unit, key, "decode", f"{where}.mp4: decoded {t} frames, the manifest says {said}",
                         "num_frames", resolution)
         return
     if h != w or h < resolution:
@@ -229,15 +294,125 @@ def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, An
     pad = (-t) % LOCAL_NUM_FRAMES
     if pad:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-    n_clips = frames.shape[0] // LOCAL_NUM_FRAMES
     info["padded_frames"] = pad
     if h != resolution:
         info["source_resolution"] = h
-    info_s = json.dumps(info, sort_keys=True, ensure_ascii=False)
-    for c in range(n_clips):
-        yield {"unit": unit, "key": key, "clip": c, "num_clips": n_clips, "status": "ok", "reason": "", "field": "",
-               "info": info_s if c == 0 else "",
-               "frames": np.ascontiguousarray(frames[c * LOCAL_NUM_FRAMES:(c + 1) * LOCAL_NUM_FRAMES])}
+    clips = [frames[c:c + LOCAL_NUM_FRAMES] for c in range(0, frames.shape[0], LOCAL_NUM_FRAMES)]
+    yield from _rows(unit, key, info, clips, "clip", resolution)
+
+
+def _size_pair(v: Any) -> tuple[int, int] | None:
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(type(x) is int and x > 0 for x in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def _pad_square(img, fill: tuple[int, int, int]):
+    """LLaVA's `expand2square`: the image centred on a square of its longest side, the rest `fill`."""
+    from PIL import Image
+
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new("RGB", (side, side), fill)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def image_tiles(info: dict[str, Any], members: dict[str, bytes], size: int, where: str = ""
+                ) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """An image sample's json and members -> (tiles, layout): tiles uint8 [size, size, 3] in the order they are
+    stored in `<key>.tokens.npy`, and the json fields that say where each came from.
+
+    Each image `image_members[k]` is decoded as the reference's `process_image` does (PIL, `.convert("RGB")`, no
+    EXIF rotation), then, by `image_mode`:
+    - `anyres_nopad`: the base tile (the whole image resized to size x size) and the grid tiles row by row, left to
+      right (model.anyres), the grid chosen from the ORIGINAL size `image_sizes[k]` (ingest stores images larger
+      than 2688 px resized; their tiles are resized from the stored pixels);
+    - `pad`: one tile, the image padded to a square with the ImageNet-mean colour (`expand2square` with the UMT
+      processor's image_mean, int(m * 255)) then resized to size x size.
+    Resizes are PIL bicubic, the UMT processor's, so the tiles are the reference's pixels before /255 and mean/std.
+
+    Raises RecordError naming the member or json field: stage "read" for a json field or member that is missing
+    or malformed, "decode" for an image that does not decode (truncated, not an image, larger than PIL's
+    MAX_IMAGE_PIXELS: a decompression bomb) or whose size differs from `stored_sizes`.
+    """
+    import warnings
+
+    from PIL import Image
+
+    from longvid.model.anyres import anyres_grid, anyres_tiles
+    from longvid.model.umt import IMAGENET_MEAN
+    from longvid.operators.frames import resize_one
+
+    at = f"{where}.json: " if where else ""
+    names = info.get("image_members")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise RecordError("read", f"{at}image_members must be a non-empty list of member names", "image_members")
+    n_img = len(names)
+    mode = info.get("image_mode")
+    if mode not in IMAGE_MODES:
+        raise RecordError("read", f"{at}image_mode {str(mode)[:80]!r} is not one of {', '.join(IMAGE_MODES)}",
+                          "image_mode")
+    if info.get("num_images", n_img) != n_img:
+        raise RecordError("read", f"{at}num_images={info.get('num_images')!r} but image_members lists {n_img}",
+                          "num_images")
+    sizes = info.get("image_sizes")
+    if mode == "anyres_nopad" and (not isinstance(sizes, list) or len(sizes) != n_img
+                                   or any(_size_pair(v) is None for v in sizes)):
+        raise RecordError("read", f"{at}image_sizes must list [width, height] (positive integers) of each of the "
+                          f"{n_img} images", "image_sizes")
+    stored = info.get("stored_sizes")
+    if stored is not None and (not isinstance(stored, list) or len(stored) != n_img):
+        raise RecordError("read", f"{at}stored_sizes must list [width, height] of each of the {n_img} images",
+                          "stored_sizes")
+    fill = tuple(int(m * 255) for m in IMAGENET_MEAN)
+    limit = Image.MAX_IMAGE_PIXELS
+    tiles: list[np.ndarray] = []
+    per_image: list[int] = []
+    grids: list[list[int] | None] = []
+    for k, name in enumerate(names):
+        what = f"{where}.{name}" if where else name
+        data = members.get(name)
+        if not data:
+            why = "zero-byte image member" if data is not None else f"the sample has no {name} member (listed in " \
+                "image_members)"
+            raise RecordError("read", f"{what}: {why}", name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
+                with Image.open(io.BytesIO(data)) as img:
+                    w, h = img.size
+                    if limit and w * h > limit:
+                        raise RecordError("decode", f"{what}: {w}x{h} image ({w * h} pixels) is larger than PIL's "
+                                          f"MAX_IMAGE_PIXELS ({limit}): refused as a decompression bomb", name)
+                    rgb = img.convert("RGB")  # decodes the whole image: a truncated file fails here
+        except RecordError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise RecordError("decode", f"{what}: refused as a decompression bomb: {e}", name) from None
+        except Exception as e:  # noqa: BLE001 - PIL's decoders raise many types for a damaged file
+            raise RecordError("decode", f"{what}: cannot read the image: {type(e).__name__}: {e}", name) from None
+        if stored is not None and _size_pair(stored[k]) != rgb.size:
+            raise RecordError("decode", f"{what}: the image is {rgb.size[0]}x{rgb.size[1]}, stored_sizes[{k}] says "
+                              f"{stored[k]!r}", f"stored_sizes[{k}]")
+        try:
+            if mode == "anyres_nopad":
+                orig = _size_pair(sizes[k])
+                mine = [np.asarray(t) for t in anyres_tiles(rgb, size, grid_size=orig)]
+                grids.append(list(anyres_grid(orig, size)))
+            else:
+                mine = [resize_one(np.asarray(_pad_square(rgb, fill)), size)]
+                grids.append(None)
+        except ValueError as e:  # an encoder resolution the tiling does not know
+            raise RecordError("encode", f"{what}: {e}", "resolution") from None
+        tiles += mine
+        per_image.append(len(mine))
+    layout = {"num_tiles": len(tiles), "tiles_per_image": per_image, "image_grids": grids,
+              "tile_order": TILE_ORDER[mode], "tile_size": size, "tokens_per_tile": TOKENS_PER_TILE,
+              "image_encoding": IMAGE_ENCODING}
+    return tiles, layout
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -330,36 +505,45 @@ class HiCoActor:
         self.store = np.dtype(DTYPES[dtype])
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype) if self.device.type == "cuda" else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [k, F, S, S, 3] (F = 4: clips; F = 1: image tiles) -> tokens [k, 64, D] in the stored dtype."""
         import torch
 
         from longvid.model.umt import preprocess
 
+        k, f, s = frames.shape[0], frames.shape[1], frames.shape[2]
+        x = preprocess(np.ascontiguousarray(frames).reshape(k * f, s, s, 3), self.resolution)  # [3, k*F, S, S]
+        clips = x.reshape(3, k, f, self.resolution, self.resolution).permute(1, 0, 2, 3, 4).contiguous()
+        with torch.inference_mode():
+            clips = clips.to(self.device, non_blocking=True)
+            if self.autocast is not None:
+                with torch.autocast("cuda", dtype=self.autocast):
+                    tokens, _ = self.enc.encode_clips(clips)
+            else:
+                tokens, _ = self.enc.encode_clips(clips)
+        return tokens.float().cpu().numpy().astype(self.store)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = np.asarray(batch["status"]).astype(object)
         reason = np.asarray(batch["reason"]).astype(object)
         fld = np.asarray(batch["field"]).astype(object)
         n = len(status)
+        mode = np.asarray(batch["mode"]).astype(object) if "mode" in batch else np.full(n, "clip", dtype=object)
+        todo = (status == "ok") & (np.asarray(batch["num_clips"]) > 0)  # text rows carry no frames to encode
         out = np.zeros((n, self.enc.tokens_per_clip, self.enc.out_dim), dtype=self.store)
-        ok = np.flatnonzero(status == "ok")
-        if ok.size:
-            frames = np.asarray(batch["frames"])[ok]  # [n, 4, S, S, 3] uint8
-            k, f, s = frames.shape[0], frames.shape[1], frames.shape[2]
-            x = preprocess(frames.reshape(k * f, s, s, 3), self.resolution)  # [3, k*4, S, S]
-            clips = x.reshape(3, k, f, self.resolution, self.resolution).permute(1, 0, 2, 3, 4).contiguous()
-            with torch.inference_mode():
-                clips = clips.to(self.device, non_blocking=True)
-                if self.autocast is not None:
-                    with torch.autocast("cuda", dtype=self.autocast):
-                        tokens, _ = self.enc.encode_clips(clips)
-                else:
-                    tokens, _ = self.enc.encode_clips(clips)
-            tok = tokens.float().cpu().numpy().astype(self.store)
-            finite = np.isfinite(tok).reshape(k, -1).all(axis=1)
-            out[ok] = tok
+        frames = np.asarray(batch["frames"])  # [n, 4, S, S, 3] uint8
+        # clips of videos and tiles of images share the batch: one forward pass for each kind present
+        for kind, f, what in (("clip", LOCAL_NUM_FRAMES, "clip"), ("image", 1, "tile")):
+            idx = np.flatnonzero(todo & (mode == kind))
+            if not idx.size:
+                continue
+            tok = self._encode(frames[idx][:, :f])  # an image tile is one frame (T = 1), as the reference encodes it
+            out[idx] = tok
+            finite = np.isfinite(tok).reshape(idx.size, -1).all(axis=1)
             for j in np.flatnonzero(~finite):
-                i = ok[j]
+                i = idx[j]
                 status[i], fld[i] = "encode", "tokens"
-                reason[i] = f"non-finite tokens (NaN/Inf) in clip {int(batch['clip'][i])} as {self.store.name}"
+                reason[i] = f"non-finite tokens (NaN/Inf) in {what} {int(batch['clip'][i])} as {self.store.name}"
         return {"unit": batch["unit"], "key": batch["key"], "clip": batch["clip"], "num_clips": batch["num_clips"],
                 "status": status, "reason": reason, "field": fld, "info": batch["info"], "tokens": out}
 
@@ -396,7 +580,7 @@ class Assembler:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
         self.futures: list[Future] = []
         self.lock = threading.Lock()
-        self.totals = {"units": 0, "samples": 0, "failures": 0, "frames": 0, "clips": 0}
+        self.totals = {"units": 0, "samples": 0, "failures": 0, "frames": 0, "clips": 0, "tiles": 0}
         self.encoder = f"{cfg.model}/{_weights_name(cfg)}"
 
     def add_unit(self, unit: int, manifest: str, expected: int) -> None:
@@ -416,8 +600,11 @@ class Assembler:
                 continue
             status = str(batch["status"][i])
             n = int(batch["num_clips"][i])
-            if n == 0:  # failed before decoding into clips
-                self._finish(u, key, None, (status, str(batch["reason"][i]), str(batch["field"][i])))
+            if n == 0:
+                if status == "ok":  # nothing to encode (text-only): the json passes through
+                    self._finish(u, key, _Sample(0, info=str(batch["info"][i])), None)
+                else:  # failed before decoding into clips
+                    self._finish(u, key, None, (status, str(batch["reason"][i]), str(batch["field"][i])))
                 continue
             s = u.samples.setdefault(key, _Sample(n))
             s.received += 1
@@ -436,15 +623,17 @@ class Assembler:
             if len(s.clips) != s.num_clips or not s.info:
                 failure = ("encode", f"clips missing from the encoder output ({len(s.clips)} of {s.num_clips})", "tokens")
             else:
-                tokens = np.stack([s.clips[c] for c in range(s.num_clips)])
                 d = Path(self.scratch, f"unit-{u.unit:06d}")
                 d.mkdir(exist_ok=True)
-                np.save(d / f"{key}.tokens.npy", tokens)
                 info = json.loads(s.info)
-                info.update({"encoder": self.encoder, "model": self.cfg.model, "resolution": self.resolution,
-                             "dtype": self.cfg.store_dtype, "compute_dtype": self.cfg.dtype,
-                             "tokens_per_frame": TOKENS_PER_FRAME, "num_clips": s.num_clips, "dim": self.dim,
-                             "tokens_shape": list(tokens.shape)})
+                if s.num_clips:  # a text sample has no tokens: its json is written as the ingest wrote it
+                    tokens = np.stack([s.clips[c] for c in range(s.num_clips)])
+                    np.save(d / f"{key}.tokens.npy", tokens)
+                    info.update({"encoder": self.encoder, "model": self.cfg.model, "resolution": self.resolution,
+                                 "dtype": self.cfg.store_dtype, "compute_dtype": self.cfg.dtype,
+                                 "num_clips": s.num_clips, "dim": self.dim, "tokens_shape": list(tokens.shape)})
+                    if info.get("media_type") != "image":
+                        info["tokens_per_frame"] = TOKENS_PER_FRAME
                 (d / f"{key}.json").write_text(json.dumps(info, sort_keys=True, ensure_ascii=False))
         u.done[key] = failure
         if len(u.done) == u.expected:
@@ -454,28 +643,42 @@ class Assembler:
         u = self.units[unit]
         self.futures.append(self.pool.submit(self._commit_now, u))
 
+    def _token_row(self, r: dict[str, Any], info: dict[str, Any], npy: bytes | None) -> dict[str, Any]:
+        """The token manifest row of a written sample (ingest identity columns + what the encoder did). Image
+        samples: num_clips = tiles, no num_frames / tokens_per_frame; text samples: no encoder columns."""
+        media = info.get("media_type") or "video"
+        row = {"key": r["key"], "source": r["source"], "video_id": r["video_id"], "start": r["start"], "end": r["end"],
+               "duration": r["duration"], "num_frames": r["num_frames"], "num_clips": 0, "text": r["text"],
+               "bytes": len(npy) if npy is not None else 0, "media_type": media}
+        if npy is not None:
+            row.update({"num_clips": info["num_clips"], "dim": self.dim, "encoder": self.encoder,
+                        "resolution": self.resolution, "dtype": self.cfg.store_dtype,
+                        "tokens_per_frame": TOKENS_PER_FRAME if media == "video" else None})
+        return row
+
     def _commit_now(self, u: _Unit) -> dict[str, Any]:
         man = pq.read_table(io.BytesIO(storage.read_bytes(u.manifest)), columns=INGEST_COLUMNS).to_pylist()
         d = Path(self.scratch, f"unit-{u.unit:06d}")
         writer = UnitWriter(self.cfg.out, u.unit, int(self.cfg.shard_size_mb * 2**20), TOKEN_MANIFEST_SCHEMA)
-        clips = 0
+        clips = tiles = 0
         try:
             for r in man:
                 key = r["key"]
                 failure = u.done.get(key, ("encode", "no output for this sample (lost in the pipeline)", "tokens"))
                 if failure is None:
-                    npy = (d / f"{key}.tokens.npy").read_bytes()
+                    npy_path = d / f"{key}.tokens.npy"
+                    npy = npy_path.read_bytes() if npy_path.exists() else None
                     info = json.loads((d / f"{key}.json").read_text())
-                    members = sample_members(info, {"tokens.npy": npy})
-                    row = {"key": key, "source": r["source"], "video_id": r["video_id"], "start": r["start"],
-                           "end": r["end"], "duration": r["duration"], "num_frames": r["num_frames"],
-                           "num_clips": info["num_clips"], "tokens_per_frame": TOKENS_PER_FRAME, "dim": self.dim,
-                           "encoder": self.encoder, "resolution": self.resolution, "dtype": self.cfg.store_dtype,
-                           "bytes": len(npy), "text": r["text"]}
-                    if writer.add(key, members, row):
-                        clips += info["num_clips"]
-                        continue
-                    failure = ("write", "duplicate key inside the unit", "key")
+                    try:
+                        members = sample_members(info, {"tokens.npy": npy} if npy is not None else {})
+                        if writer.add(key, members, self._token_row(r, info, npy)):
+                            n = int(info.get("num_clips") or 0) if npy is not None else 0
+                            clips += n
+                            tiles += n if info.get("media_type") == "image" else 0
+                            continue
+                        failure = ("write", "duplicate key inside the unit", "key")
+                    except SampleWriteError as e:  # nothing of the sample was written; the unit goes on
+                        failure = ("write", e.reason, e.field or "")
                 stage, reason, fld = failure
                 shard = storage.redact(storage.join(self.cfg.shards, r["shard"] or ""))
                 writer.fail(Failure(r["source"], r["video_id"], r["uri"], stage, reason, f"{shard}#{key}", fld, key,
@@ -492,6 +695,7 @@ class Assembler:
             t["failures"] += stats["failures"]
             t["frames"] += stats["frames"]
             t["clips"] += clips
+            t["tiles"] += tiles
             el = max(time.time() - self.t0, 1e-9)
             self.progress.update(stats["samples"] + stats["failures"])
             self.progress.emit(f"[encode] unit {u.unit}: {stats['samples']} samples, {stats['failures']} failures | "
@@ -528,7 +732,7 @@ class _Pending:
     manifest: str
     rows: int
     shards: list[str]
-    resolution: set[int]
+    resolution: set[int]  # of the video frames
 
 
 def _unit_of(uri: str) -> int | None:
@@ -559,7 +763,9 @@ def _read_pending(uri: str, unit: int) -> _Pending:
         raise ConfigError(f"shards: {storage.redact(uri)}: not an ingest manifest (need columns shard, "
                           f"resolution, num_frames; see manifests/schema.py): {e}") from None
     shards = sorted({s for s in t.column("shard").to_pylist() if s})
-    res = {int(r) for r in t.column("resolution").to_pylist() if r is not None}
+    # the frames' resolution, of video rows (num_frames set): images are stored at their own size, text has none
+    res = {int(r) for r, n in zip(t.column("resolution").to_pylist(), t.column("num_frames").to_pylist())
+           if r is not None and n is not None}
     return _Pending(unit, uri, t.num_rows, shards, res)
 
 
@@ -630,10 +836,10 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
         if not resolution:
             if len(have) > 1:
                 raise ConfigError(f"resolution: the ingest frames have several resolutions {sorted(have)}; choose one")
-            resolution = have.pop() if have else 224
             from longvid.model.config import get_config
 
             native = get_config(cfg.model).umt.img_size
+            resolution = have.pop() if have else native  # no video frames (images, text): the encoder's own
             if native > resolution:
                 raise ConfigError(f"resolution: the {cfg.model} encoder runs at {native} px but the ingest frames are "
                                   f"{resolution} px; ingest with a {native} px profile (highres), or pass "
@@ -700,7 +906,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
                    "encoder": asm.encoder, "random_weights": not cfg.checkpoint, "resolution": resolution,
                    "dim": dim, "dtype": cfg.store_dtype, "tokens_per_frame": TOKENS_PER_FRAME,
                    "actors": n_actors, "gpus_per_actor": actor_gpus, "gpus": gpus,
-                   "clips_encoded": asm.totals["clips"],
+                   "clips_encoded": asm.totals["clips"], "image_tiles_encoded": asm.totals["tiles"],
+                   "samples_by_media_type": samples_by_media_type(cfg.out),
                    "frames_per_s": round(asm.totals["frames"] / elapsed, 3) if elapsed > 0 else None})
     finally:
         if asm is not None:
@@ -713,6 +920,19 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict[str, Any]:
     if not cfg.quiet:
         log(outputs.format_summary(summary))
     return summary
+
+
+def samples_by_media_type(out: str) -> dict[str, int]:
+    """Written samples per media type, from every committed manifest part (parts written before the column
+    existed hold videos only)."""
+    t = outputs.read_parts(out, MANIFESTS, ["key", "media_type"])
+    if t is None:
+        return {}
+    kinds = t.column("media_type").to_pylist() if "media_type" in t.column_names else [None] * t.num_rows
+    counts: dict[str, int] = {}
+    for k in kinds:
+        counts[k or "video"] = counts.get(k or "video", 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _public_config(cfg: EncodeConfig, resolution: int) -> dict[str, Any]:

@@ -45,8 +45,9 @@ def tiny_encoder(size: int = 224, seed: int = 0) -> HiCoEncoder:
 
 
 def clip_batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    cols = ["unit", "key", "clip", "num_clips", "status", "reason", "field", "info"]
-    b = {c: np.array([r[c] for r in rows], dtype=object if c in ("key", "status", "reason", "field", "info") else None)
+    cols = ["unit", "key", "clip", "num_clips", "status", "reason", "field", "info", "mode"]
+    b = {c: np.array([r[c] for r in rows], dtype=object if c in ("key", "status", "reason", "field", "info", "mode")
+                     else None)
          for c in cols}
     b["frames"] = np.stack([r["frames"] for r in rows])
     return b
@@ -119,7 +120,9 @@ def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
             if ti.name != "b.mp4":
                 t.addfile(ti, io.BytesIO(data))
     rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
-    assert rows["b"]["status"] == "read" and "no mp4" in rows["b"]["reason"]
+    assert rows["b"]["mp4"] == b"" and rows["a"]["mp4"]  # which members a sample needs is decode_sample's check
+    (f,) = decode_sample(rows["b"], 64)
+    assert (f["status"], f["field"]) == ("read", "mp4") and "no mp4" in f["reason"]
     tar_path.write_bytes(tar_path.read_bytes()[:700])
     rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
     assert rows["a"]["status"] == "read" and "unreadable" in rows["a"]["reason"]
@@ -189,21 +192,17 @@ def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
     assert fetch_checkpoint("/local/path.pt") == "/local/path.pt"
 
 
-def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
-    """The same functions Ray Data runs, composed by hand: S3 ingest shards in, S3 token shards out; clips arrive
-    shuffled and in small batches, the unit is still written in manifest order."""
+def _encode_by_hand(src: str, dst: str, scratch: str) -> dict:
+    """The same functions Ray Data runs, composed by hand (tiny encoder, fp32, 224 px): clips arrive shuffled and
+    two at a time. Returns the summary."""
     import random
 
-    from longvid.operators import storage
     from longvid.pipelines import outputs
     from longvid.pipelines.encode import Assembler, EncodeConfig, _read_pending, ingest_units
 
-    src, dst = s3.uri("ingest"), s3.uri("tokens")
-    _write_ingest_unit(src, 0, {"b": 8, "a": 4}, size=224)
-    _write_ingest_unit(src, 1, {"c": 4}, size=224, bad=("c",))
     cfg = EncodeConfig(shards=src, out=dst, model="tiny", dtype="fp32", quiet=True)
     actor = HiCoActor("tiny", 224, "", "fp32", seed=0, cache_dir="", s3=None)
-    asm = Assembler(cfg, 224, 64, str(tmp_path), print, 0.0)
+    asm = Assembler(cfg, 224, 64, scratch, print, 0.0)
     clips = []
     for unit, uri in ingest_units(src).items():
         p = _read_pending(uri, unit)
@@ -215,7 +214,17 @@ def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
     for i in range(0, len(clips), 2):
         asm.feed(actor(clip_batch(clips[i:i + 2])))
     asm.close()
-    summary = outputs.finalize(dst, job="encode", config={}, elapsed=1.0, cpus=1)
+    return outputs.finalize(dst, job="encode", config={}, elapsed=1.0, cpus=1)
+
+
+def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
+    """S3 ingest shards in, S3 token shards out, by hand; the unit is written in manifest order."""
+    from longvid.operators import storage
+
+    src, dst = s3.uri("ingest"), s3.uri("tokens")
+    _write_ingest_unit(src, 0, {"b": 8, "a": 4}, size=224)
+    _write_ingest_unit(src, 1, {"c": 4}, size=224, bad=("c",))
+    summary = _encode_by_hand(src, dst, str(tmp_path))
     assert (summary["inputs"], summary["samples"], summary["failures"]) == (3, 2, 1)
     tar = storage.read_bytes(storage.join(dst, "shards/shard-000000-000.tar"))
     names = tarfile.open(fileobj=io.BytesIO(tar)).getnames()
@@ -227,6 +236,29 @@ def test_stages_and_driver_without_ray_on_s3(s3, tmp_path):
         tok = np.load(io.BytesIO(t.extractfile("b.tokens.npy").read()))
     assert tok.shape == (2, 64, 64) and tok.dtype == np.float32
     assert not list(tmp_path.iterdir())  # scratch emptied after the commits
+
+
+def test_a_sample_the_writer_refuses_is_a_write_failure_and_the_unit_goes_on(tmp_path):
+    """operators.write refuses a token sample (SampleWriteError: here an ingest json holding an integer JSON
+    readers cannot hold, from a writer other than ours): one failure row ("write", reason, field), the rest of
+    the unit is written."""
+    from longvid.manifests.schema import MANIFEST_SCHEMA
+
+    src, dst = tmp_path / "ingest", tmp_path / "tokens"
+    w = UnitWriter(str(src), 0, 1 << 30, MANIFEST_SCHEMA)
+    for i, key in enumerate(("a", "b", "c")):
+        info = {"key": key, "num_frames": 4, "conversations": [], **({"note": 2**70} if key == "b" else {})}
+        w.add(key, {"json": json.dumps(info).encode(), "mp4": encode_mp4(frames(4, 224, seed=i))},
+              {"key": key, "source": "webvid", "video_id": key, "num_frames": 4, "resolution": 224, "bytes": 1})
+    w.commit()
+    (tmp_path / "scratch").mkdir()
+    s = _encode_by_hand(str(src), str(dst), str(tmp_path / "scratch"))
+    assert (s["inputs"], s["samples"], s["failures"], s["failures_by_stage"]) == (3, 2, 1, {"write": 1})
+    (f,) = pq.read_table(dst / "failures" / "part-000000.parquet").to_pylist()
+    assert (f["key"], f["stage"], f["field"]) == ("b", "write", "note") and "64-bit" in f["reason"]
+    assert f["file"].endswith("shards/shard-000000-000.tar#b")
+    with tarfile.open(dst / "shards" / "shard-000000-000.tar") as t:
+        assert t.getnames() == ["a.json", "a.tokens.npy", "c.json", "c.tokens.npy"]
 
 
 # ------------------------------------------------------------------------------------------- ingest -> encode on Ray
@@ -421,8 +453,9 @@ def test_bad_config_is_an_error_before_work(tmp_path, capsys, args, field):
 
 def test_model_resolution_must_match_the_frames_unless_asked(tmp_path, capsys):
     _write_ingest_unit(tmp_path / "ingest", 0, {"a": 4}, size=224)
+    (tmp_path / "umt.pt").write_bytes(b"")  # readable (the pre-flight's check): the resolution is refused first
     rc = cli_main(["encode", "--shards", str(tmp_path / "ingest"), "--out", str(tmp_path / "out"),
-                   "--model", "videochat-flash-2b", "--checkpoint", str(tmp_path / "none.pt")])
+                   "--model", "videochat-flash-2b", "--checkpoint", str(tmp_path / "umt.pt")])
     err = capsys.readouterr().err
     assert rc == 2 and "resolution" in err and "448" in err and "224" in err
 
