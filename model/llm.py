@@ -100,7 +100,10 @@ class VideoLLM(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> Spliced:
         """input_ids [B, L] with one placeholder per row, visual[i] [n_i, D] -> embeddings with the projected
-        visual tokens in place of the placeholder (rows right-padded to the longest; pad embeddings are 0)."""
+        visual tokens in place of the placeholder (rows right-padded to the longest; pad embeddings are 0).
+        A row may also hold no placeholder (visual[i] with 0 rows: a text-only sample) or several (visual[i] a
+        sequence of [n_ij, D], one per placeholder in order: a multi-image sample); its span is then (first
+        placeholder, all its visual tokens)."""
         if input_ids.ndim != 2:
             raise ValueError(f"VideoLLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         b, seq = input_ids.shape
@@ -111,22 +114,31 @@ class VideoLLM(nn.Module):
         text = embed(input_ids.masked_fill(input_ids == self.image_token_id, 0))  # placeholder rows get replaced
         rows_e, rows_m, rows_l, spans = [], [], [], []
         for i in range(b):
-            where = (input_ids[i] == self.image_token_id).nonzero().flatten()
-            if where.numel() != 1:
-                raise ValueError(f"VideoLLM: sample {i} has {where.numel()} image tokens (id {self.image_token_id}); need 1")
-            p = int(where[0])
-            if not bool(mask[i, p]):
-                raise ValueError(f"VideoLLM: sample {i}: the image token at {p} is under attention_mask 0")
+            where = (input_ids[i] == self.image_token_id).nonzero().flatten().tolist()
             v = visual[i]
-            if v.ndim != 2 or v.shape[1] != self.cfg.encoder_dim:
-                raise ValueError(f"VideoLLM: visual[{i}] must be [n, {self.cfg.encoder_dim}], got {tuple(v.shape)}")
-            proj = self.projector(v.to(device=text.device, dtype=self.projector.mlp[0].weight.dtype)).to(text.dtype)
-            n = proj.shape[0]
-            rows_e.append(torch.cat([text[i, :p], proj, text[i, p + 1 :]]))
-            rows_m.append(torch.cat([mask[i, :p], mask.new_ones(n), mask[i, p + 1 :]]))
+            # one tensor: one placeholder (or none, with no rows: a text-only sample); a sequence: one per placeholder
+            parts = list(v) if isinstance(v, (list, tuple)) else ([v] if where or v.shape[0] else [])
+            if len(where) != len(parts):
+                raise ValueError(f"VideoLLM: sample {i} has {len(where)} image tokens (id {self.image_token_id}) for "
+                                 f"{len(parts)} visual inputs")
+            e, m, lab, at = [], [], [], 0
+            for p, part in zip(where, parts):
+                if not bool(mask[i, p]):
+                    raise ValueError(f"VideoLLM: sample {i}: the image token at {p} is under attention_mask 0")
+                if part.ndim != 2 or part.shape[1] != self.cfg.encoder_dim:
+                    raise ValueError(f"VideoLLM: visual[{i}] must be [n, {self.cfg.encoder_dim}], got {tuple(part.shape)}")
+                proj = self.projector(part.to(device=text.device, dtype=self.projector.mlp[0].weight.dtype)).to(text.dtype)
+                n = proj.shape[0]
+                e += [text[i, at:p], proj]
+                m += [mask[i, at:p], mask.new_ones(n)]
+                if labels is not None:
+                    lab += [labels[i, at:p], labels.new_full((n,), IGNORE_INDEX)]
+                at = p + 1
+            rows_e.append(torch.cat(e + [text[i, at:]]))
+            rows_m.append(torch.cat(m + [mask[i, at:]]))
             if labels is not None:
-                rows_l.append(torch.cat([labels[i, :p], labels.new_full((n,), IGNORE_INDEX), labels[i, p + 1 :]]))
-            spans.append((p, n))
+                rows_l.append(torch.cat(lab + [labels[i, at:]]))
+            spans.append((where[0], sum(int(x.shape[0]) for x in parts)) if where else (0, 0))
         width = max(r.shape[0] for r in rows_e)
         emb = torch.stack([F.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows_e])
         att = torch.stack([F.pad(r, (0, width - r.shape[0])) for r in rows_m])

@@ -383,14 +383,26 @@ def _module_classes():
 
             out = []
             for v in visual:
+                if v.ndim == 2:  # a text-only sample: no frames, no tokens [0, D]
+                    out.append(v.float())
+                    continue
                 x = preprocess(v, side).to(next(self.encoder.parameters()).device)  # [3, T, S, S]
                 tok = self.encoder(x[None])  # [1, C, 64, D]
                 out.append(tok.reshape(-1, tok.shape[-1]))
             return out
 
-        def forward(self, input_ids, attention_mask, labels, visual, kind: str = "tokens", side: int = 224):
+        def forward(self, input_ids, attention_mask, labels, visual, kind: str = "tokens", side: int = 224,
+                    splits=None):
             vis = self.visual_tokens(visual, kind, side)
-            return self.vlm(input_ids, vis, attention_mask=attention_mask, labels=labels).loss
+            if splits:  # a multi-image sample: one part per <image>, in order (VideoLLM.splice)
+                vis = [v if sp is None or len(sp) < 2 else list(v.split(list(sp))) for v, sp in zip(vis, splits)]
+            loss = self.vlm(input_ids, vis, attention_mask=attention_mask, labels=labels).loss
+            if all(v.shape[0] == 0 for v in visual if v.ndim == 2) and all(v.ndim == 2 for v in visual):
+                # text-only micro-batch: the visual parts take part with a zero gradient, as the reference's
+                # cur_image_features[0:0], so DDP finds every trained parameter used
+                parts = [self.vlm.projector] + ([self.encoder] if self.encoder is not None else [])
+                loss = loss + 0.0 * sum(p.sum() for m in parts for p in m.parameters() if p.requires_grad)
+            return loss
 
     return _TrainModel
 
@@ -819,7 +831,7 @@ def _accumulate(wrapped, it, accum: int, st: StageConfig, side: int, world: int,
         with contextlib.nullcontext() if sync else wrapped.no_sync():
             visual = [v.to(dev) for v in batch.visual]
             loss = wrapped(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.labels.to(dev), visual,
-                           st.input, side)
+                           st.input, side, batch.splits)
             scale = counted(batch) * world / denom if micro is not None else 1.0 / accum
             (loss * scale).backward()
         share += loss.detach().double() * scale

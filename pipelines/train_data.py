@@ -965,11 +965,13 @@ class TrainSample:
     unscanned: np.ndarray | None = None  # tokens still to be checked for NaN/inf (decode_sample(defer_scan=True))
     modality: str = "video"  # video | image | text (sample_modality)
     words: int = 1  # the reference's modality length: whitespace-split words of the annotation's turns
+    # visual tokens per <image> in order: None = one <image> (a video), () = none (text-only), one per image
+    splits: tuple[int, ...] | None = None
 
     @property
     def length(self) -> int:
-        """Sequence length in the LLM: text tokens with the placeholder replaced by the visual tokens."""
-        return int(self.input_ids.shape[0]) - 1 + self.n_visual
+        """Sequence length in the LLM: text tokens with the placeholders replaced by the visual tokens."""
+        return int(self.input_ids.shape[0]) - (1 if self.splits is None else len(self.splits)) + self.n_visual
 
 
 @dataclass(frozen=True)
@@ -1061,8 +1063,6 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
     if JSON_EXT not in m:
         raise SampleError("missing json")
     payload_ext = TOKEN_EXT if opts.kind == "tokens" else FRAME_EXT
-    if payload_ext not in m:
-        raise SampleError(f"missing {payload_ext}")
     try:
         info = _load_info(m[JSON_EXT])
         if not isinstance(info, dict):
@@ -1074,14 +1074,17 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
         raise SampleError("no conversations")
     if not all(type(t.get("from")) is str and type(t.get("value")) is str and _is_text(t["value"]) for t in conv):
         raise SampleError("bad conversations", "every turn needs text 'from' and 'value' (valid Unicode)")
-    if sum(t["value"].count("<image>") for t in conv) != 1:
+    n_ph = sum(t["value"].count("<image>") for t in conv)
+    mt = info.get("media_type")  # mixture samples say it; a json-only sample without <image> is text too
+    if mt == "text" or (mt is None and not n_ph and payload_ext not in m and TOKEN_EXT not in m):
+        return _text_only(g, info, conv, n_ph, tokenizer, opts)
+    if payload_ext not in m:
+        raise SampleError(f"missing {payload_ext}")
+    if mt == "image":
+        return _image(g, info, conv, n_ph, tokenizer, opts, defer_scan)
+    if n_ph != 1:
         raise SampleError("image placeholder", "need exactly one <image> in the conversations")
-    try:
-        duration = float(info.get("duration") or 0.0)
-    except (TypeError, ValueError, OverflowError):
-        raise SampleError("bad json", "duration is not a number") from None
-    if not (math.isfinite(duration) and duration >= 0):
-        raise SampleError("bad json", f"duration {duration} is not a finite number of seconds")
+    duration = _duration(info)
 
     if opts.kind == "tokens":
         arr = _npy(m[TOKEN_EXT])
@@ -1124,13 +1127,70 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
     return _prepare(g, info, conv, arr, n_clips, duration, tokenizer, opts)
 
 
+def _duration(info: dict[str, Any]) -> float:
+    try:
+        duration = float(info.get("duration") or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        raise SampleError("bad json", "duration is not a number") from None
+    if not (math.isfinite(duration) and duration >= 0):
+        raise SampleError("bad json", f"duration {duration} is not a finite number of seconds")
+    return duration
+
+
+def _text_only(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int, tokenizer: Any,
+               opts: DecodeOptions) -> TrainSample:
+    """A text-only sample (json only): the LLM sees its text alone, no visual token; labels by the stage's
+    template. The plain template (stage 1) needs an <image> (the reference's preprocess_plain does): refused."""
+    if n_ph:
+        raise SampleError("image placeholder", f"a text-only sample has {n_ph} <image> in its conversations")
+    if opts.label_mode == "plain":
+        raise SampleError("text-only in plain", "the plain template (stage 1) needs an <image>; text-only samples "
+                                                "train in qwen_2 stages")
+    empty = np.zeros((0, opts.dim), dtype=np.float32)
+    return _prepare(g, info, conv, empty, 0, _duration(info), tokenizer, opts, splits=())
+
+
+def _image(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int, tokenizer: Any,
+           opts: DecodeOptions, defer_scan: bool) -> TrainSample:
+    """An image sample's tiles (encode: `<key>.tokens.npy` [num_tiles, 64, D], json `tiles_per_image`, each
+    image's tiles in the reference order: `anyres_nopad` the base tile, then the grid tiles row by row; `pad` one
+    tile). Image j's tiles go in place of the j-th <image>, with no newline token (the released scripts:
+    mm_patch_merge_type spatial_nopad, mm_newline_position nothing). Never cut by the stage's frame bounds."""
+    if opts.kind != "tokens":
+        raise SampleError("image in frames stage", "an encoder-in-the-loop stage reads mp4 frames; image samples "
+                                                   "train from token shards")
+    arr = _npy(g.members[TOKEN_EXT])
+    if arr.ndim != 3 or arr.shape[1] != TOKENS_PER_CLIP or arr.shape[2] != opts.dim or arr.shape[0] < 1:
+        raise SampleError("wrong shape", f"tokens {tuple(arr.shape)}, need [tiles, {TOKENS_PER_CLIP}, {opts.dim}]")
+    if arr.dtype not in (np.float16, np.float32):
+        raise SampleError("wrong dtype", f"tokens are {arr.dtype}, need float16 or float32")
+    per = info.get("tiles_per_image")
+    if not isinstance(per, list) or not per or not all(type(t) is int and t >= 1 for t in per):
+        raise SampleError("bad json", "tiles_per_image must be a list of positive whole numbers (encode writes it)")
+    if sum(per) != arr.shape[0] or info.get("num_tiles", sum(per)) != sum(per):
+        raise SampleError("tile count mismatch", f"tokens hold {arr.shape[0]} tiles, json says tiles_per_image="
+                                                 f"{per}, num_tiles={info.get('num_tiles')}")
+    if len(per) != n_ph:
+        raise SampleError("image placeholder", f"{n_ph} <image> for {len(per)} images")
+    if len(per) > 1 and opts.label_mode == "plain":
+        raise SampleError("multi-image in plain", "the plain template (stage 1) keeps one <image> (the reference's "
+                                                  "preprocess_plain); multi-image samples train in qwen_2 stages")
+    if opts.check_finite and non_finite(arr):
+        raise SampleError("non-finite tokens")
+    splits = tuple(t * TOKENS_PER_CLIP for t in per)
+    return _prepare(g, info, conv, arr, arr.shape[0], _duration(info), tokenizer, opts, splits=splits)
+
+
 def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np.ndarray, n_clips: int,
-             duration: float, tokenizer: Any, opts: DecodeOptions) -> TrainSample:
-    """decode_sample after the member checks: frame bounds, chat tokens and labels, length limit."""
+             duration: float, tokenizer: Any, opts: DecodeOptions,
+             splits: tuple[int, ...] | None = None) -> TrainSample:
+    """decode_sample after the member checks: frame bounds (videos), chat tokens and labels, length limit.
+    `splits`: visual tokens per <image> of an image (one entry per image) or text-only (none) sample; None for a
+    video (one <image>, its clips cut to the stage's frame bounds)."""
     modality, words = sample_modality(info, conv), modality_words(info, conv)  # of the conversation as stored
-    frames = n_clips * CLIP_FRAMES
+    frames = n_clips * CLIP_FRAMES if splits is None else 0
     max_clips = max(1, opts.max_frames // CLIP_FRAMES)
-    n_kept = min(n_clips, max_clips)
+    n_kept = min(n_clips, max_clips) if splits is None else n_clips
     if n_kept < n_clips:
         kept = keep_clips(n_clips, max_clips)
         if opts.kind == "tokens":
@@ -1155,8 +1215,9 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
             new = _time_msg(duration, frames, kept_times, long)
             conv = [dict(t) for t in conv]
             conv[turn]["value"] = conv[turn]["value"].replace(old, new, 1)
-    visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" else arr
+    visual = arr.reshape(-1, arr.shape[-1]) if opts.kind == "tokens" or splits is not None else arr
     n_visual = n_kept * TOKENS_PER_CLIP
+    want = 1 if splits is None else len(splits)
 
     try:
         ids, labels = _format_chat()(conv, tokenizer, label_mode=opts.label_mode)
@@ -1164,12 +1225,13 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
         raise SampleError("bad conversations", str(e)) from None
     # the checks on the token lists (C-speed list methods), then one array each
     n_img = ids.count(opts.image_token_id)
-    if n_img != 1:
-        raise SampleError("image placeholder", f"{n_img} image tokens after tokenization")
-    length = len(ids) - 1 + n_visual
+    if n_img != want:
+        raise SampleError("image placeholder", f"{n_img} image tokens after tokenization, need {want}")
+    length = len(ids) - n_img + n_visual
     if length > opts.max_len:
-        cut = opts.max_len - (n_visual - 1)
-        if cut <= ids.index(opts.image_token_id) + 1:
+        cut = opts.max_len - (n_visual - n_img)
+        last = len(ids) - 1 - ids[::-1].index(opts.image_token_id) if n_img else -1
+        if cut <= last + 1:
             raise SampleError("too long", f"{n_visual} visual tokens alone exceed max_len {opts.max_len}")
         ids, labels = ids[:cut], labels[:cut]
         if not _predicted(labels):
@@ -1179,7 +1241,7 @@ def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np
     src = info.get("source", "")
     return TrainSample(g.key, "" if isinstance(src, (list, dict)) else str(src), np.array(ids, dtype=np.int64),
                        np.array(labels, dtype=np.int64), visual, n_visual, frames, duration,
-                       modality=modality, words=words)
+                       modality=modality, words=words, splits=splits)
 
 
 def _predicted(labels: list[int]) -> int:
@@ -1383,6 +1445,7 @@ class Batch:
     n_tokens: int  # LLM positions carrying data (text + visual)
     n_visual: int
     state: dict[str, Any] = field(default_factory=dict)
+    splits: list[tuple[int, ...] | None] = field(default_factory=list)  # TrainSample.splits per sample
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -1412,7 +1475,7 @@ def collate(samples: list[TrainSample], pad_id: int) -> Batch:
         ids, labels, mask = torch.from_numpy(ids_a), torch.from_numpy(lab_a), torch.from_numpy(mask_a)
     visual = [torch.from_numpy(s.visual) for s in samples]
     return Batch(ids, mask, labels, visual, [s.key for s in samples], sum(s.length for s in samples),
-                 sum(s.n_visual for s in samples))
+                 sum(s.n_visual for s in samples), splits=[s.splits for s in samples])
 
 
 GROUP_BY = ("none", "length", "modality_length")
@@ -1539,7 +1602,7 @@ class StageLoader:
         for si in choice:
             s = self._next_sample(int(si), defer, pending)
             out.append(s)
-            if s.num_frames < self.cfg.min_frames:
+            if s.splits is None and s.num_frames < self.cfg.min_frames:  # videos only: tiles and text have none
                 self.counters["below min frames"] += 1
         return out
 
@@ -1772,7 +1835,7 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
     can learn it. `corrupt` maps a sample key to a defect: "shape" (wrong token width), "nan", "nan_end" / "inf_end"
     (NaN / -inf in the last token of the last clip), "missing_json", "missing_tokens", "bad_json", "clips"
     (num_clips disagrees). `profile`: the ingest profile the jsons record (none by default). `text_only`: every
-    text_only-th sample (1-based) is marked `media_type: text` (the grouping tests; the tokens stay). Returns the
+    text_only-th sample (1-based) is a text-only sample (`media_type: text`, json only, no <image>). Returns the
     keys in write order.
     """
     from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
@@ -1799,8 +1862,13 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
             info.update({"encoder": "synthetic", "resolution": 224, "tokens_per_frame": 16, "num_clips": c})
             if profile is not None:
                 info["profile"] = profile
-            if text_only and (n + 1) % text_only == 0:
+            text = bool(text_only and (n + 1) % text_only == 0)
+            if text:  # as encode writes a text-only sample: json only, no <image>, no time message
+                info = {k: v for k, v in info.items() if k not in ("time_msg", "frame_times", "num_clips",
+                                                                   "num_frames", "tokens_per_frame")}
                 info["media_type"] = "text"
+                info["conversations"] = [{"from": "human", "value": "Which thing moves across the scene?"},
+                                         info["conversations"][1]]
             defect = corrupt.get(key)
             if defect == "shape":
                 tok = tok[:, :, : dim // 2].copy()
@@ -1814,7 +1882,7 @@ def write_synthetic_token_shards(out: str, n_samples: int, *, source: str = "web
                 info["num_clips"] = c + 1
             buf = io.BytesIO()
             np.save(buf, tok, allow_pickle=False)
-            members = sample_members(info, {TOKEN_EXT: buf.getvalue()})
+            members = sample_members(info, {} if text else {TOKEN_EXT: buf.getvalue()})
             if defect == "missing_json":
                 members.pop(JSON_EXT)
             elif defect == "missing_tokens":

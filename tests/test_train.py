@@ -196,7 +196,7 @@ def test_run_errors(tmp_path, data):
         run_train(cfg)
     cfg = load_recipe(_recipe(tmp_path, MINI), out=str(tmp_path / "o"), data_root=str(data["root"]))
     cfg.exclude = ["no_such_drop_list.txt"]
-    with pytest.raises(ConfigError, match="drop list not found"):
+    with pytest.raises(ConfigError, match="no_such_drop_list.txt: cannot read the drop list"):
         run_train(cfg)
 
 
@@ -283,7 +283,7 @@ def test_accumulation_syncs_once_and_averages_as_the_reference():
             self.synced = []
             self._sync = True
 
-        def forward(self, ids, mask, labels, visual, kind, side):
+        def forward(self, ids, mask, labels, visual, kind, side, splits=None):
             self.synced.append(self._sync)
             keep = labels[:, 1:] != -100
             return (self.w * labels[:, 1:].float())[keep].mean()
