@@ -212,14 +212,20 @@ def applied_strategy(folder: str, depth: int = 2) -> str | None:
 
 def ingest_strategy(shards: list[str]) -> str | None:
     """The strategy applied at ingest to these shards (applied_strategy of their job folders): None when no folder
-    records one; DataError when folders record different ones, or only some of them one."""
+    records one; DataError when folders record different ones, or only some of them one; "" (applied, strategy
+    unknown) when no job.json says it but the first sample's json names its mixture dataset and annotation line."""
     found = {job: applied_strategy(job) if job else None for job in {_job_dir(s) for s in shards}}
     kinds = set(found.values())
     if len(kinds) > 1:
         raise DataError("the shards come from job folders ingested with different sampling strategies: " + ", ".join(
             f"{storage.redact(j or '(loose shards)')}: {v or 'not recorded'}" for j, v in sorted(
                 found.items(), key=lambda kv: kv[0] or "")))
-    return kinds.pop() if kinds else None
+    done = kinds.pop() if kinds else None
+    if done is None and shards:  # no job.json to say it (moved, or an encode of a relative --shards): the samples
+        first = next(_shard_infos(shards[0], 1), {})  # of ingest --mixture name their dataset and annotation line
+        if isinstance(first.get("dataset"), str) and isinstance(first.get("annotation"), str):
+            return ""
+    return done
 
 
 def count_tar_samples(uri: str) -> int:
@@ -289,7 +295,7 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
     if applied is not None:
         done = ingest_strategy(shards)
         if done is not None:
-            if done != str(samp):
+            if done and done != str(samp):
                 raise DataError(f"{name}: the shards were ingested with sampling_strategy {done}, the mixture says "
                                 f"{samp}; ingest the mixture again, or train it as ingested")
             samp = parse_strategy("all")  # applied at ingest: never twice

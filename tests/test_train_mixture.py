@@ -98,6 +98,12 @@ def mix(tmp_path_factory):
         "txt": _dataset(root, "txt", "end:50%", [_text("txt_a"), _text("txt_b")]),
         "two": _dataset(root, "two", "first:2", [_text("two_a"), _video("two_b", 3)]),
     }
+    # no job.json says the strategy (an ingest folder moved away): the samples' json names their mixture dataset
+    # and annotation line, so they came from ingest --mixture, strategy applied
+    lost = [_text("lost_a"), _text("lost_b")]
+    for j, (info, _) in enumerate(lost):
+        info.update({"dataset": "lost", "annotation": f"annotations/lost.json:{j + 1}"})
+    keys["lost"] = _dataset(root, "lost", None, lost)
     (root / "annotations").mkdir()
     datasets = [{"json_path": "annotations/video/vid.json", "sampling_strategy": "first2:2"},
                 {"json_path": "annotations/image/img.json", "sampling_strategy": "first:50%"},
@@ -128,6 +134,16 @@ def test_mixture_is_planned_by_json_stem_with_the_strategy_applied_once(mix, tmp
     counts = {s["name"]: sum(b - a for _, a, b in s["pieces"]) for s in plan["sources"]}
     assert counts == {"vid": 2, "img": 2, "txt": 2, "two": 2}  # every ingested sample, not the strategy again
     assert plan["samples"] == 8
+    lost = mix["root"] / "lost.yaml"
+    lost.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/lost.json", "sampling_strategy": "first:50%"}]}))
+    cfg = _cfg(mix["root"], tmp_path / "o", {"steps": 1})
+    cfg.stages[0].data[0].mixture = "lost.yaml"
+    assert plan_stages(cfg, 1)[0]["samples"] == 2  # not 1 of 2
+    # a plain data entry (no mixture) applies its `sampling` as written
+    cfg.stages[0].data[0].mixture = ""
+    cfg.stages[0].data[0].shards = ["tok/lost/shards/*.tar"]
+    cfg.stages[0].data[0].sampling = "first:50%"
+    assert plan_stages(cfg, 1)[0]["samples"] == 1
     # a folder ingested with another strategy than the mixture's is refused, naming both
     other = mix["root"] / "other.yaml"
     other.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/two.json", "sampling_strategy": "first:3"}]}))
@@ -148,7 +164,7 @@ def test_video_image_and_text_samples_of_one_mixture_train(mix, tmp_path):
     run_train(_cfg(mix["root"], out, {"steps": 8}), log_fn=lambda *a: None)
     seen = _seen(out)
     assert len(seen) == 16
-    assert set(seen) == {k for ks in mix["keys"].values() for k in ks}  # all three kinds reach the batches
+    assert set(seen) == {k for n, ks in mix["keys"].items() if n != "lost" for k in ks}  # all three kinds
     rows = read_metrics(str(out / "stages/s/metrics.jsonl"))
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert not any(r.get("rank0_skipped") for r in rows)  # nothing refused in a qwen_2 stage
