@@ -58,6 +58,7 @@ from longvid.pipelines.train_data import (
     LoaderConfig,
     StageLoader,
     plan_source,
+    source_media_type,
     read_exclude,
 )
 
@@ -297,6 +298,10 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
                         log.warning("stage %s: mixture dataset %s has no shards; skipped", st.name, name)
                         continue
                     raise ConfigError(f"stages[{i}] ({st.name}): data[{j}]: {err}") from None
+                if e.mixture and st.mix == "duration" and source_media_type(sp) != "video":
+                    raise ConfigError(f"stages[{i}] ({st.name}): mix: duration weighs sources by video seconds, but "
+                                      f"mixture dataset {name} holds {source_media_type(sp)} samples; use mix: "
+                                      "concat (the reference concatenates a mixture's datasets)")
                 if applied and applied[-1] == name:
                     log.info("stage %s: mixture dataset %s: sampling_strategy %s was applied at ingest; all %d "
                              "samples taken", st.name, name, samp, sp.nsamples)

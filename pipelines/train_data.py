@@ -350,6 +350,13 @@ def _json_mean_duration(uri: str, limit: int = 8) -> float:
     return float(np.mean(vals)) if vals else 1.0
 
 
+def source_media_type(plan: SourcePlan) -> str:
+    """video | image | text: the media_type of a source's first selected shard's first sample (video when unsaid)."""
+    first = next(_shard_infos(plan.pieces[0].url, 1), {}) if plan.pieces else {}
+    mt = first.get("media_type")
+    return mt if mt in ("image", "text") else "video"
+
+
 def ingest_bounds(info: dict[str, Any]) -> tuple[int, int, str] | None:
     """(lo, hi, profile) of the frame bounds a video sample was ingested with, from the `profile` its json records
     (ingest writes it, encode keeps it); None for image and text samples and when no known profile is recorded."""

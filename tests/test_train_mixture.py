@@ -144,6 +144,10 @@ def test_mixture_is_planned_by_json_stem_with_the_strategy_applied_once(mix, tmp
     cfg.stages[0].data[0].shards = ["tok/lost/shards/*.tar"]
     cfg.stages[0].data[0].sampling = "first:50%"
     assert plan_stages(cfg, 1)[0]["samples"] == 1
+    # video seconds cannot weigh image or text datasets
+    with pytest.raises(ConfigError, match=r"mix: duration weighs sources by video seconds, but mixture dataset img "
+                                          r"holds image samples; use mix: concat"):
+        plan_stages(_cfg(mix["root"], tmp_path / "o", {"steps": 1, "mix": "duration"}), 1)
     # a folder ingested with another strategy than the mixture's is refused, naming both
     other = mix["root"] / "other.yaml"
     other.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/two.json", "sampling_strategy": "first:3"}]}))
