@@ -1091,10 +1091,13 @@ def decode_sample(g: Group, tokenizer: Any, opts: DecodeOptions, defer_scan: boo
     mt = info.get("media_type")  # mixture samples say it; a json-only sample without <image> is text too
     if mt == "text" or (mt is None and not n_ph and payload_ext not in m and TOKEN_EXT not in m):
         return _text_only(g, info, conv, n_ph, tokenizer, opts)
+    if mt == "image" and opts.kind == "tokens" and payload_ext in m:
+        return _image(g, info, conv, n_ph, tokenizer, opts, defer_scan)
+    if mt == "image" and opts.kind != "tokens":
+        raise SampleError("image in frames stage", "an encoder-in-the-loop stage reads mp4 frames; image samples "
+                                                   "train from token shards")
     if payload_ext not in m:
         raise SampleError(f"missing {payload_ext}")
-    if mt == "image":
-        return _image(g, info, conv, n_ph, tokenizer, opts, defer_scan)
     if n_ph != 1:
         raise SampleError("image placeholder", "need exactly one <image> in the conversations")
     duration = _duration(info)
@@ -1169,9 +1172,6 @@ def _image(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int
     image's tiles in the reference order: `anyres_nopad` the base tile, then the grid tiles row by row; `pad` one
     tile). Image j's tiles go in place of the j-th <image>, with no newline token (the released scripts:
     mm_patch_merge_type spatial_nopad, mm_newline_position nothing). Never cut by the stage's frame bounds."""
-    if opts.kind != "tokens":
-        raise SampleError("image in frames stage", "an encoder-in-the-loop stage reads mp4 frames; image samples "
-                                                   "train from token shards")
     arr = _npy(g.members[TOKEN_EXT])
     if arr.ndim != 3 or arr.shape[1] != TOKENS_PER_CLIP or arr.shape[2] != opts.dim or arr.shape[0] < 1:
         raise SampleError("wrong shape", f"tokens {tuple(arr.shape)}, need [tiles, {TOKENS_PER_CLIP}, {opts.dim}]")

@@ -219,6 +219,14 @@ def test_text_only_has_no_visual_tokens_and_images_splice_in_order():
     # never cut by a stage's frame bounds (tiles are not clips)
     assert decode_sample(_group(*_image("i", [2, 1])), tok, DecodeOptions(
         dim=DIM, image_token_id=3, label_mode="qwen_2", max_frames=4)).n_visual == 192
+    with pytest.raises(SampleError, match="image in frames stage"):  # an ingest shard: jpg members, no mp4
+        decode_sample(_group(_image("i", [1])[0], {"0.jpg": b"\xff\xd8"}), tok, DecodeOptions(
+            kind="frames", dim=DIM, image_token_id=3, label_mode="qwen_2"))
+    frames_text = decode_sample(_group(*_text("t")), tok, DecodeOptions(kind="frames", dim=DIM, image_token_id=3,
+                                                                        label_mode="qwen_2"))
+    assert frames_text.n_visual == 0 and frames_text.visual.shape == (0, DIM)  # text trains in a frames stage too
+    with pytest.raises(SampleError, match="missing tokens.npy"):
+        decode_sample(_group(_image("i", [1])[0], {}), tok, opts)
     wrong = _image("i", [2, 1])
     wrong[0]["tiles_per_image"] = [1, 1]
     with pytest.raises(SampleError, match="tile count mismatch"):
