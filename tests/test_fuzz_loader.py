@@ -9,13 +9,11 @@ shards; every example runs under an alarm that fails the test when it rings. Reg
 from __future__ import annotations
 
 import atexit
-import contextlib
 import io
 import json
 import logging
 import os
 import shutil
-import signal
 import tarfile
 import tempfile
 from collections import Counter
@@ -27,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.bounds import bounded as _bounded
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
 from longvid.pipelines import train_data as td
 
@@ -37,22 +36,8 @@ SHARD_LOSS = ("corrupt tar", "short shard")  # counters of a shard's unread rest
 NOT_SKIPS = {"skipped", "excluded", "below min frames", *SHARD_LOSS}
 
 
-class Hang(BaseException):
-    """The alarm: a BaseException, so no `except Exception` in the code under test can swallow it."""
-
-
-@contextlib.contextmanager
 def bounded(seconds: float = BOUND):
-    def ring(signum, frame):
-        raise Hang(f"no result within {seconds} s: a loop without progress")
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return _bounded(seconds)
 
 
 @lru_cache(maxsize=1)

@@ -14,13 +14,11 @@ duplicated CSV columns. Then it checks the adapter's promises:
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
-import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -29,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.bounds import bounded
 from longvid.operators.errors import ConfigError, MetadataError
 from longvid.operators.records import Failure, SourceRecord, TextSpan
 from longvid.operators.sources import available, get_adapter
@@ -105,18 +104,8 @@ def overrides(fields: list[str], values) -> st.SearchStrategy:
 # ------------------------------------------------------------------------------------------------ the checks
 
 
-@contextlib.contextmanager
 def no_hang(seconds: float = HANG_S):
-    def alarm(signum, frame):
-        raise TimeoutError(f"an adapter ran for more than {seconds} s on one example")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return bounded(seconds)
 
 
 def strings(obj):
