@@ -17,7 +17,6 @@ decode it; most browsers do not play High 4:4:4.
 from __future__ import annotations
 
 import io
-import math
 from fractions import Fraction
 
 import av

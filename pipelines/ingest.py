@@ -284,10 +284,10 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
             if reuse_decoder:
                 _decoder["served"] = _decoder.get("served", 0) + len(items)
             if reuse_decoder:
-                pid1, child1 = _child_cpu(runner)
+                _, child1 = _child_cpu(runner)
             else:  # closed: reaped, so its CPU is in RUSAGE_CHILDREN
                 runner.close()
-                pid1, child1 = 0, 0.0
+                child1 = 0.0
         stats = writer.commit()
     except BaseException as e:
         writer.abort()

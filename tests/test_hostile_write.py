@@ -6,7 +6,6 @@ pre-flight checks raise typed one-line errors.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import math
 import os

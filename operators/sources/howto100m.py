@@ -18,6 +18,7 @@ from longvid.operators.records import TextSpan
 from longvid.operators.sources.base import (
     Adapter,
     BadValue,
+    Item,
     MAX_SECONDS,
     Row,
     check_id,
