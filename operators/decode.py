@@ -70,6 +70,8 @@ NONREF_WINDOW = 4.0  # frames before a target (in grid units) that are always fu
 MAX_FALLBACKS = 3
 MAX_PACKET_ERRORS = 64
 MAX_PENDING = 3  # full-resolution frames waiting for conversion (bounds memory when the converter lags)
+USE_CLOSURE = True  # H.264 with trustworthy timestamps: send only the packets the targets depend on (see _run_closure)
+MAX_GOP_PACKETS = 3000  # the closure path holds one GOP's packets (demuxed, not decoded); longer GOPs: general path
 
 
 @dataclass
@@ -84,6 +86,8 @@ class DecodeStats:
     fallbacks: int = 0
     packet_errors: int = 0
     ranges: int = 1  # decoders that ran in parallel over ranges of GOPs
+    closure: bool = False  # served by the closure path (only the packets the targets depend on were sent)
+    closure_fallback: str = ""  # why the closure path gave the stream back to the general path ("" = it did not)
     sent_pts: list[int] = field(default_factory=list)  # pts of every packet sent, in order
 
 
@@ -179,6 +183,10 @@ class _Unserved(Exception):
     """GOP-parallel mode: a range's decoder reached its stop keyframe with targets left."""
 
 
+class _NotUnderstood(Exception):
+    """The closure path met something it cannot prove safe (the general path takes over from the start)."""
+
+
 class _PyAVDecoder:
     def __init__(self, src: Source, info: VideoInfo, size: int | None, threads: int | None, track: bool,
                  resize_method: str = "pil", stop_g: float | None = None):
@@ -254,6 +262,19 @@ class _PyAVDecoder:
                 if self.kf_ts:
                     return self._run_keyframes(indices)
                 mode = "auto"  # no index: exact frames are the best we can do cheaply
+            if mode in ("auto", "seek") and USE_CLOSURE:
+                nal_len = self._closure_nal_length()
+                if nal_len is not None:
+                    try:
+                        return self._run_closure(indices, nal_len)
+                    except (_NotUnderstood, RecordError, av.error.FFmpegError) as e:
+                        # start over with the general path: the same frames, and a damaged file gets its errors
+                        self.stats.closure_fallback = str(e) or type(e).__name__
+                        self.stats.closure = False
+                        if self.pool is not None:
+                            self.pool.shutdown(wait=True, cancel_futures=True)
+                            self.pool = None
+                        self._seek_start()
             return self._run_exact(indices, mode)
         except RecordError:
             raise
@@ -511,6 +532,134 @@ class _PyAVDecoder:
         for jj in range(j, n):
             self._deliver(jj, fr, g)
 
+    # -- closure path (H.264, closed GOPs, frame-rate-grid timestamps)
+    def _closure_nal_length(self) -> int | None:
+        """The NAL length-prefix size of an H.264 stream (0: Annex-B start codes), or None when the closure path
+        does not apply (another codec). Without a keyframe index the GOPs are read in order (no seek)."""
+        if self.cc.name != "h264":
+            return None
+        extra = self.cc.extradata or b""
+        if extra[:1] == b"\x01":  # avcC: lengthSizeMinusOne in the low bits of byte 4
+            return (extra[4] & 3) + 1 if len(extra) > 4 else None
+        return 0
+
+    def _closure_next(self):
+        """The next packet of the stream in decode order (None at the end of the stream)."""
+        if self._peek is not None:
+            pkt, self._peek = self._peek, None
+            return pkt
+        for pkt in self._it:
+            if pkt.size == 0 and pkt.pts is None:
+                return None
+            return pkt
+        return None
+
+    def _closure_gop(self, nal_len: int):
+        """One GOP from the current position: [(packet, grid position, is_reference)] in decode order, and the grid
+        position of the next keyframe (inf at the end). The packets are demuxed and held, not decoded."""
+        first = self._closure_next()
+        if first is None:
+            return [], math.inf
+        gop = []
+        pkt = first
+        while pkt is not None:
+            if gop and pkt.is_keyframe:
+                self._peek = pkt
+                break
+            if pkt.pts is None:  # (decode order is the packet order: no DTS needed; Matroska has none)
+                raise _NotUnderstood("a packet without a timestamp")
+            g = self.g_of(pkt.pts)
+            if abs(g - round(g)) > 0.01 + 0.5 * self.tb * self.fps:  # on the grid, up to the time base's rounding
+                raise _NotUnderstood(f"a timestamp off the frame-rate grid ({g:.3f})")
+            kind = h264_packet_kind(bytes(pkt), nal_len)
+            if kind is None:
+                raise _NotUnderstood("an H.264 packet that could not be parsed")
+            is_ref, is_idr = kind
+            if not gop and not (pkt.is_keyframe and is_idr):
+                raise _NotUnderstood("a GOP that does not start with an IDR picture")
+            gop.append((pkt, int(round(g)), is_ref))
+            if len(gop) > MAX_GOP_PACKETS:
+                raise _NotUnderstood(f"a GOP longer than {MAX_GOP_PACKETS} packets")
+            pkt = self._closure_next()
+        gs = [g for _, g, _ in gop]
+        if min(gs) != gs[0] or len(set(gs)) != len(gs):
+            raise _NotUnderstood("pictures shown before their keyframe (open GOP) or a repeated timestamp")
+        if gs[0] <= self._closure_last_g:
+            raise _NotUnderstood("GOPs whose timestamps do not increase")
+        self._closure_last_g = max(gs)
+        nxt = math.inf
+        if self._peek is not None:
+            if self._peek.pts is None:
+                raise _NotUnderstood("a keyframe without a timestamp")
+            nxt = self.g_of(self._peek.pts)
+            if nxt <= max(gs):
+                raise _NotUnderstood("GOPs that overlap in presentation time")
+        return gop, nxt
+
+    def _run_closure(self, indices: list[int], nal_len: int) -> DecodeResult:
+        """Send the decoder exactly the packets the targets depend on: in each GOP that serves a target, every
+        reference packet up to the last serving packet (decode order) plus the serving packets; then drain and go
+        to the next needed keyframe (a seek when it is not the next one). Applies to H.264 streams whose GOPs start
+        with an IDR picture, show nothing before it and whose timestamps sit on the frame-rate grid; anything else
+        raises _NotUnderstood before a wrong frame could be served. Non-reference pictures are never referenced
+        and an IDR picture resets the references, so the frames are those of a full decode, bit for bit."""
+        targets = sorted(set(indices))
+        n = len(targets)
+        self._begin_output(indices, targets)
+        self._skip_state = "DEFAULT"
+        self._first_error = None
+        self._prime()
+        self.stats.closure = True
+        self._it = self._packets()
+        self._peek = None
+        self._closure_last_g = -math.inf
+        j = 0
+        last_seek = None
+        first_gop = True
+        while j < n:
+            t = targets[j]
+            nxt_g = self.g_of(self._peek.pts) if self._peek is not None and self._peek.pts is not None else None
+            k = bisect.bisect_right(self.kf_g, t + 0.5) - 1 if self.kf_g else -1
+            if (k > 0 or (k == 0 and not first_gop)) and (nxt_g is None or self.kf_g[k] > nxt_g + 0.5) and k != last_seek:
+                self._seek(k)  # the needed GOP is not the next one: jump (its packets are never read)
+                self._it, self._peek, last_seek = self._packets(), None, k
+                self._closure_last_g = -math.inf
+                first_gop = False
+            gop, nxt = self._closure_gop(nal_len)
+            if not gop:
+                raise _NotUnderstood("a target past the last frame")
+            g0 = gop[0][1]
+            if self.stop_g is not None and g0 >= self.stop_g - 0.5:
+                raise _Unserved()
+            if t < g0 and not first_gop:  # before the first picture of the stream, the first picture serves
+                raise _NotUnderstood("a seek that landed after its target")
+            first_gop = False
+            m = bisect.bisect_left(targets, nxt - 0.5, lo=j)  # targets shown before the next keyframe
+            if m == n and nxt == math.inf and targets[-1] > max(g for _, g, _ in gop):
+                raise _NotUnderstood("a target past the last frame")
+            if m == j:
+                continue
+            serving = serve_in_gop([g for _, g, _ in gop], targets[j:m])
+            order = gop_closure([r for _, _, r in gop], set(serving))
+            frames = []
+            for i in order:
+                frames.extend(self._send(gop[i][0], False))
+            frames.extend(self._send(None, False))  # drain: the pictures held for reordering come out
+            self.cc.flush_buffers()
+            by_pts: dict[int, list[int]] = {}
+            for jj, i in enumerate(serving):
+                by_pts.setdefault(int(gop[i][0].pts), []).append(j + jj)
+            done = 0
+            for fr in frames:
+                self.stats.frames_out += 1
+                for jj in by_pts.get(fr.pts, ()) if fr.pts is not None else ():
+                    self._deliver(jj, fr, self.g_of(fr.pts))
+                    done += 1
+            if done != m - j:
+                raise _NotUnderstood(f"{m - j - done} target pictures did not come out of the decoder")
+            j = m
+        return self._end_output(indices, targets)
+
     # -- seeking
     def _seek(self, k: int) -> None:
         self._pushback = []
@@ -574,6 +723,60 @@ class _PyAVDecoder:
             if eof or sent >= max_packets:
                 break
         return None
+
+
+# ------------------------------------------------------------------------------------- closure helpers (H.264)
+
+
+def h264_packet_kind(data: bytes, nal_len: int) -> tuple[bool, bool] | None:
+    """(is_reference, is_idr) of an H.264 access unit from its NAL headers; None when it cannot be parsed.
+
+    `nal_len`: the size of the NAL length prefixes (avcC, 1-4) or 0 for Annex-B start codes. A picture is a
+    reference when any of its slices has nal_ref_idc != 0; non-reference pictures are never used by another."""
+    heads = []
+    if nal_len:
+        i, size = 0, len(data)
+        while i < size:
+            if i + nal_len > size:
+                return None
+            ln = int.from_bytes(data[i : i + nal_len], "big")
+            i += nal_len
+            if ln <= 0 or i + ln > size:
+                return None
+            heads.append(data[i])
+            i += ln
+    else:
+        i = data.find(b"\x00\x00\x01")
+        while i >= 0 and i + 3 < len(data):
+            heads.append(data[i + 3])
+            i = data.find(b"\x00\x00\x01", i + 3)
+    if any(h & 0x80 for h in heads):
+        return None  # forbidden_zero_bit set: not H.264 as we know it
+    vcl = [h for h in heads if 1 <= (h & 0x1F) <= 5]
+    if not vcl:
+        return None
+    return any(h & 0x60 for h in vcl), any((h & 0x1F) == 5 for h in vcl)
+
+
+def serve_in_gop(gs: list[int], targets: list[int]) -> list[int]:
+    """Decode-order positions of the pictures (grid positions `gs`, integers, distinct) serving sorted `targets`:
+    the picture at the target's position, else the last one shown before it (else the first one)."""
+    shown = sorted(range(len(gs)), key=lambda i: gs[i])
+    order = [gs[i] for i in shown]
+    out = []
+    for t in targets:
+        k = bisect.bisect_right(order, t) - 1
+        out.append(shown[max(k, 0)])
+    return out
+
+
+def gop_closure(refs: list[bool], serving: set[int]) -> list[int]:
+    """Decode-order positions of one closed GOP the decoder needs for the `serving` ones: every reference picture up
+    to the last serving one, plus the serving ones (nothing after the last serving picture is sent)."""
+    if not serving:
+        return []
+    last = max(serving)
+    return [i for i in range(last + 1) if refs[i] or i in serving]
 
 
 # ----------------------------------------------------------------------------------- GOP-parallel (PyAV)
@@ -682,6 +885,8 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
                   "packet_errors"):
             setattr(stats, f, getattr(stats, f) + getattr(res.stats, f))
         stats.sent_pts.extend(res.stats.sent_pts)
+        stats.closure = stats.closure or res.stats.closure
+        stats.closure_fallback = stats.closure_fallback or res.stats.closure_fallback
     stats.ranges = len(results)
     return DecodeResult(frames, tuple(used), tuple(times), stats)
 

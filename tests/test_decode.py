@@ -61,7 +61,9 @@ def vids(tmp_path_factory):
         "gop5": make_video(d / "gop5.mp4", seconds=12, fps=30, width=W, height=H, gop=150, bframes=3),
         "ntsc": make_video(d / "ntsc.mp4", seconds=6, fps=30000 / 1001, width=W, height=H, gop=60, bframes=2, audio=True),
     }
+    v["gop10"] = make_video(d / "gop10.mp4", seconds=21, fps=30, width=W, height=H, gop=300, bframes=3)
     v["mkv"] = _remux(v["gop1"], d / "gop1.mkv")
+    v["ts"] = _remux(v["gop1"], d / "gop1.ts")  # Annex-B H.264, no keyframe index, a start offset
     v["faststart"] = _remux(v["gop1"], d / "faststart.mp4", {"movflags": "faststart"})
     data = v["faststart"].read_bytes()
     (d / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])  # header intact, media data cut
@@ -363,6 +365,9 @@ def test_misplaced_keyframe_estimate_falls_back(vids, monkeypatch):
 
     monkeypatch.setattr(dec._PyAVDecoder, "_learn_offset", skewed)
     info = probe(vids["gop5"])
+    r = decode(vids["gop5"], [200, 330, 20], info)  # the closure path checks where it lands and hands over
+    assert stamps(r.frames) == [200, 330, 20] and "landed after" in r.stats.closure_fallback
+    monkeypatch.setattr(dec, "USE_CLOSURE", False)
     r = decode(vids["gop5"], [200, 330, 20], info)
     assert stamps(r.frames) == [200, 330, 20]
     assert r.stats.fallbacks >= 1
@@ -475,6 +480,9 @@ def test_gop_parallel_open_gop_falls_back_to_serial(tmp_path, monkeypatch):
             out.mux(pkt)
     info = probe(p)
     idx = [5, 40, 75, 105]
+    r = decode(p, idx, info, threads=2, size=48)  # the closure path sees a non-IDR keyframe and hands over
+    assert stamps(r.frames) == idx and "IDR" in r.stats.closure_fallback
+    monkeypatch.setattr(dec, "USE_CLOSURE", False)
     r = decode(p, idx, info, threads=2, size=48, track=True)
     assert stamps(r.frames) == idx and r.stats.ranges == 2
     assert len(r.stats.sent_pts) == len(set(r.stats.sent_pts))
@@ -482,3 +490,189 @@ def test_gop_parallel_open_gop_falls_back_to_serial(tmp_path, monkeypatch):
     for idx in (list(range(24, 30)) + [31, 33], list(range(20, 30)) + [31, 58, 59, 61, 88, 89, 95]):
         r = decode(p, idx, info, threads=2, size=48)  # leading pictures of the open GOPs are targets
         assert stamps(r.frames) == idx
+
+
+# ------------------------------------------------------------------------------------- closure path (H.264)
+
+
+def _oracle_closure(path, targets: list[int]) -> list[int]:
+    """pts of the packets an oracle decoder needs for `targets` (CFR grid positions), computed from a full scan:
+    per GOP, the reference pictures decoded before the GOP's last target picture, plus the target pictures."""
+    from longvid.operators.decode import h264_packet_kind
+
+    info = probe(path)
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        extra = st.codec_context.extradata or b""
+        nal = (extra[4] & 3) + 1 if extra[:1] == b"\x01" else 0
+        gops: list[list[tuple[int, int, bool]]] = []
+        for p in c.demux(st):
+            if p.pts is None:
+                continue
+            g = round((float(p.pts * st.time_base) - info.start_time) * info.fps)
+            if p.is_keyframe or not gops:
+                gops.append([])
+            gops[-1].append((int(p.pts), g, h264_packet_kind(bytes(p), nal)[0]))
+    want = set(targets)
+    out = []
+    for gop in gops:
+        hits = [i for i, (_, g, _) in enumerate(gop) if g in want]
+        if hits:
+            out += [pts for i, (pts, g, ref) in enumerate(gop) if i <= hits[-1] and (ref or g in want)]
+    return out
+
+
+CLOSURE_SETS = {
+    "gop1": [5, 31, 64, 65, 250, 251, 252, 299],
+    "gop5": [0, 7, 8, 9, 149, 150, 151, 200, 359],
+    "gop10": [1, 2, 3, 150, 299, 300, 301, 450, 629],
+    "ntsc": [0, 1, 59, 60, 61, 100, 179],
+    "mkv": [3, 0, 45, 46, 200, 299],
+    "offset": [0, 1, 24, 25, 26, 60, 99],
+    "ts": [0, 29, 30, 31, 100, 299],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSURE_SETS))
+def test_closure_sends_exactly_the_oracle_packets_and_equals_the_general_path(vids, name, monkeypatch):
+    from longvid.operators import decode as dec
+
+    info = probe(vids[name])
+    idx = CLOSURE_SETS[name]
+    r = decode(vids[name], idx, info, threads=1, track=True)
+    assert r.stats.closure and not r.stats.closure_fallback
+    assert stamps(r.frames) == idx
+    oracle = _oracle_closure(vids[name], idx)
+    assert sorted(r.stats.sent_pts) == sorted(oracle)  # every packet sent once, no packet beyond the closure
+    assert r.stats.frames_out == len(oracle)
+    par = decode(vids[name], idx, info, threads=2)  # GOP-parallel ranges use the closure path too
+    monkeypatch.setattr(dec, "USE_CLOSURE", False)
+    old = decode(vids[name], idx, info, threads=1, track=True)
+    assert not old.stats.closure and set(r.stats.sent_pts) <= set(old.stats.sent_pts)
+    np.testing.assert_array_equal(r.frames, old.frames)  # bit-identical to the general path
+    np.testing.assert_array_equal(par.frames, old.frames)
+    assert r.indices == old.indices and r.times == old.times
+
+
+@pytest.mark.parametrize("name", ["gop1", "gop10", "ntsc"])
+def test_closure_equals_decord(vids, name):
+    decord = pytest.importorskip("decord")
+    info = probe(vids[name])
+    idx = sorted({0, 1, 29, 30, 31, 75, 149, 150, 151, 299, 300, 301, info.num_frames // 2, info.num_frames - 1})
+    idx = [i for i in idx if i < info.num_frames]
+    r = decode(vids[name], idx, info, threads=1)
+    assert r.stats.closure
+    ref = decord.VideoReader(str(vids[name]), ctx=decord.cpu(0)).get_batch(idx).asnumpy()
+    np.testing.assert_array_equal(r.frames, ref)
+
+
+def test_closure_hands_odd_timestamps_to_the_general_path(vids, monkeypatch):
+    """Variable frame rate (timestamps off the frame grid): the general path serves it, with the same frames."""
+    from longvid.operators import decode as dec
+
+    info = probe(vids["vfr"])
+    idx = [0, 5, 41, 43, 60]
+    r = decode(vids["vfr"], idx, info, threads=1)
+    assert not r.stats.closure and "grid" in r.stats.closure_fallback
+    monkeypatch.setattr(dec, "USE_CLOSURE", False)
+    old = decode(vids["vfr"], idx, info, threads=1)
+    np.testing.assert_array_equal(r.frames, old.frames)
+    assert r.indices == old.indices and r.times == old.times
+
+
+def test_closure_property_equals_general_path(vids, monkeypatch):
+    """Any target multiset on a 3-B-frame 5 s-GOP file: the closure path's frames are the general path's, byte for
+    byte, and it never sends a packet the general path does not."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+    from longvid.operators import decode as dec
+
+    info = probe(vids["gop5"])
+
+    @hyp.settings(max_examples=15, deadline=None, derandomize=True)
+    @hyp.given(idx=st.lists(st.integers(0, info.num_frames - 1), min_size=1, max_size=10))
+    def check(idx):
+        monkeypatch.setattr(dec, "USE_CLOSURE", True)
+        a = decode(vids["gop5"], idx, info, threads=1, size=48, track=True)
+        monkeypatch.setattr(dec, "USE_CLOSURE", False)
+        b = decode(vids["gop5"], idx, info, threads=1, size=48, track=True)
+        assert a.stats.closure
+        np.testing.assert_array_equal(a.frames, b.frames)
+        assert set(a.stats.sent_pts) <= set(b.stats.sent_pts) and len(a.stats.sent_pts) <= len(b.stats.sent_pts)
+
+    check()
+
+
+def test_h264_packet_kind_parses_avcc_and_annexb():
+    from longvid.operators.decode import h264_packet_kind
+
+    idr, pslice, bnonref = bytes([0x65, 0x88]), bytes([0x41, 0x9A]), bytes([0x01, 0x9E])
+    sei = bytes([0x06, 0x05])
+    avcc = lambda *nals: b"".join(len(n).to_bytes(4, "big") + n for n in nals)  # noqa: E731
+    assert h264_packet_kind(avcc(sei, idr), 4) == (True, True)
+    assert h264_packet_kind(avcc(pslice), 4) == (True, False)
+    assert h264_packet_kind(avcc(bnonref, bnonref), 4) == (False, False)
+    assert h264_packet_kind(b"\x00\x00\x00\x01" + sei + b"\x00\x00\x01" + bnonref, 0) == (False, False)
+    assert h264_packet_kind(avcc(sei), 4) is None  # no picture
+    assert h264_packet_kind(avcc(idr)[:-1], 4) is None  # truncated
+    assert h264_packet_kind(bytes([0x85, 0]), 0) is None
+
+
+def test_h264_packet_kind_fuzz():
+    hyp = pytest.importorskip("hypothesis")
+    from longvid.operators.decode import h264_packet_kind
+
+    @hyp.settings(max_examples=300, deadline=None, derandomize=True)
+    @hyp.given(data=hyp.strategies.binary(max_size=64), nal=hyp.strategies.sampled_from([0, 1, 2, 4]))
+    def check(data, nal):
+        r = h264_packet_kind(data, nal)
+        assert r is None or (isinstance(r, tuple) and len(r) == 2)
+
+    check()
+
+
+def test_serve_in_gop_and_gop_closure():
+    from longvid.operators.decode import gop_closure, serve_in_gop
+
+    # decode order I0 P4 B2(ref) b1 b3 P8 b6: shown 0..8 with 5 and 7 missing
+    gs = [0, 4, 2, 1, 3, 8, 6]
+    refs = [True, True, True, False, False, True, False]
+    assert serve_in_gop(gs, [1, 5, 7]) == [3, 1, 6]  # 5 -> the picture at 4, 7 -> the one at 6
+    assert gop_closure(refs, {3}) == [0, 1, 2, 3]
+    assert gop_closure(refs, {0}) == [0]
+    assert gop_closure(refs, {4, 6}) == [0, 1, 2, 4, 5, 6]
+    assert gop_closure(refs, set()) == []
+
+
+def test_closure_damaged_files_get_the_general_paths_result(vids, tmp_path_factory, monkeypatch):
+    """Bytes flipped or the file cut in its media data: frames or error, the same as the general path's."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+    from longvid.operators import decode as dec
+
+    data = vids["faststart"].read_bytes()
+    start = data.find(b"mdat") + 8
+    d = tmp_path_factory.mktemp("damaged")
+
+    def outcome(p, info, idx, closure):
+        monkeypatch.setattr(dec, "USE_CLOSURE", closure)
+        try:
+            r = decode(p, idx, info, threads=1, size=32)
+            return r.frames.tobytes(), r.indices
+        except RecordError as e:
+            return "error", e.field
+
+    @hyp.settings(max_examples=12, deadline=None, derandomize=True)
+    @hyp.given(at=st.integers(start, len(data) - 1), n=st.integers(1, 2000), cut=st.booleans(),
+               idx=st.lists(st.integers(0, 299), min_size=1, max_size=6))
+    def check(at, n, cut, idx):
+        bad = data[:at] if cut else data[:at] + bytes(min(n, len(data) - at)) + data[at + n:]
+        p = d / "bad.mp4"
+        p.write_bytes(bad)
+        try:
+            info = probe(p)
+        except RecordError:
+            return  # refused before decoding: nothing to compare
+        assert outcome(p, info, idx, True) == outcome(p, info, idx, False)
+
+    check()
