@@ -37,6 +37,9 @@ PROFILES: dict[str, Profile] = {
     "short": Profile("short", "dynamic_fps1", 1, 8, 224),
     "long": Profile("long", "dynamic_fps1", 64, 512, 224),
     "highres": Profile("highres", "dynamic_fps1", 64, 512, 448),
+    # the 2B recipe trains every stage at 448 px: its stage 1 (4 frames) and stage 2 (1-8 frames) at 448
+    "stage1_448": Profile("stage1_448", "middle", 4, 4, 448),
+    "short_448": Profile("short_448", "dynamic_fps1", 1, 8, 448),
 }
 
 
