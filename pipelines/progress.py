@@ -84,11 +84,9 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=self.desc, unit=f" {unit}", file=self._stream, smoothing=0,
                              dynamic_ncols=True, leave=True)
-        self._log_uri = log_uri(out, job) if out else ""
-        self._log_file: TextIO | None = None
+        self._log_uri = log_uri(out, job) if out else ""  # opened with the first line: a job refused before any
+        self._log_file: TextIO | None = None               # work leaves no folder behind
         self._buffer: list[str] | None = None
-        if self._log_uri:
-            self._open_log()
 
     # ------------------------------------------------------------------------------------------ log file
 
@@ -108,6 +106,8 @@ class Progress:
             self.write(f"{self.desc} cannot write the log file: {e}")
 
     def _log(self, line: str) -> None:
+        if self._log_uri and self._log_file is None and self._buffer is None:
+            self._open_log()
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")
@@ -182,7 +182,8 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-            self._log(f"# {self.job} ended after {time.time() - self.t0:.1f} s: {self.meter()}")
+            if self._log_file is not None or self._buffer is not None:  # a log was started: end it
+                self._log(f"# {self.job} ended after {time.time() - self.t0:.1f} s: {self.meter()}")
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
