@@ -7,7 +7,16 @@ falls in that window (variable frame rate, dropped frames), by the frame on scre
 before it). For a CFR file `g` is an integer and frame `i` is the i-th frame in presentation order, which is
 what `decord.VideoReader.get_batch` returns.
 
-Cost model of the PyAV backend (mode "auto"):
+The closure path (modes "auto" and "seek", H.264): per GOP that holds a target, the decoder gets exactly the
+reference pictures (nal_ref_idc != 0, read from the packet's NAL headers) up to the GOP's last target in decode
+order, plus the target pictures; it is then drained and the next needed keyframe is read next (a seek when it is
+not the next GOP; the tail of a GOP is demuxed, never decoded). It applies where that is provably exact: GOPs that
+start with an IDR picture and show nothing before it, timestamps on the frame-rate grid (within the time base's
+rounding), GOPs in increasing time. Anything else (another codec, an open GOP, variable frame rate, a damaged
+file, a target past the last frame) makes it start over on the general path below, so the frames and errors are
+the same whatever the stream (`stats.closure`, `stats.closure_fallback` say which path served).
+
+Cost model of the general path of the PyAV backend (mode "auto"):
 - unique targets are sorted and served in one forward pass; decoding stops after the last target;
 - before each target, the keyframe that precedes it is looked up in the container index; when that keyframe is
   beyond every packet sent to the decoder so far and more than `SEEK_MIN_FRAMES` frames ahead, we seek to it,
@@ -89,6 +98,7 @@ class DecodeStats:
     closure: bool = False  # served by the closure path (only the packets the targets depend on were sent)
     closure_fallback: str = ""  # why the closure path gave the stream back to the general path ("" = it did not)
     sent_pts: list[int] = field(default_factory=list)  # pts of every packet sent, in order
+    sent_skip: list[bool] = field(default_factory=list)  # for each of them: sent with a skip_frame level (NONREF...)
 
 
 @dataclass
@@ -354,6 +364,7 @@ class _PyAVDecoder:
         self.stats.packets_sent += 1
         if self.track and pkt is not None and pkt.pts is not None:
             self.stats.sent_pts.append(int(pkt.pts))
+            self.stats.sent_skip.append(want != "DEFAULT")
         try:
             return self.cc.decode(pkt)
         except av.error.EOFError:
@@ -885,6 +896,7 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
                   "packet_errors"):
             setattr(stats, f, getattr(stats, f) + getattr(res.stats, f))
         stats.sent_pts.extend(res.stats.sent_pts)
+        stats.sent_skip.extend(res.stats.sent_skip)
         stats.closure = stats.closure or res.stats.closure
         stats.closure_fallback = stats.closure_fallback or res.stats.closure_fallback
     stats.ranges = len(results)
