@@ -25,7 +25,6 @@ import numpy as np
 PATCH_SIZES = (224, 448)  # the encoder resolutions of the released stages
 MAX_GRID = 6
 GRID_PINPOINTS = "(1x1),...,(6x6)"  # the released scripts' image_grid_pinpoints (first and last pair bound the grid)
-TOKENS_PER_TILE = 64
 
 _PAIR = re.compile(r"\((\d+)x(\d+)\)")
 

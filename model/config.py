@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from longvid.model.constants import TOKENS_PER_FRAME
 from longvid.model.umt import UMTConfig
 
 # Qwen2-7B-Instruct and Qwen2.5-1.5B-Instruct architecture numbers (their config.json files).
@@ -41,7 +42,7 @@ class ModelConfig:
     name: str
     umt: UMTConfig
     llm: dict[str, Any] = field(default_factory=dict)
-    tokens_per_frame: int = 16
+    tokens_per_frame: int = TOKENS_PER_FRAME
     image_token_id: int | None = None  # set from the tokenizer (`model.tokenizer.image_token_id`)
 
     @property

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from longvid.model.constants import TOKENS_PER_FRAME
 from longvid.model.tome import merge_tokens
 from longvid.model.umt import UMT, UMTConfig
 
@@ -32,7 +33,7 @@ class HiCoEncoder(nn.Module):
     stand-alone `UMT-L_f4_vision.pt` layout (with `vision_layernorm` for its `norm`).
     """
 
-    def __init__(self, cfg: UMTConfig, tokens_per_frame: int = 16) -> None:
+    def __init__(self, cfg: UMTConfig, tokens_per_frame: int = TOKENS_PER_FRAME) -> None:
         super().__init__()
         self.cfg = cfg
         self.tokens_per_frame = tokens_per_frame

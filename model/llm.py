@@ -25,7 +25,7 @@ from transformers import Qwen2ForCausalLM
 from longvid.model.config import ModelConfig
 from longvid.model.dropout import DropoutConfig, prefill
 from longvid.model.projector import Projector
-from longvid.model.tokenizer import IGNORE_INDEX
+from longvid.model.constants import IGNORE_INDEX
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Literal
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-IGNORE_INDEX = -100
+from longvid.model.constants import IGNORE_INDEX
+
 IMAGE_TOKEN = "<image>"
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"

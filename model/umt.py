@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longvid.model.constants import FRAMES_PER_CLIP
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,7 +51,7 @@ class UMTConfig:
     select_layer: int = -2  # -1 = output of the last block, -2 = of the one before (the released choice)
     heads: int = 16
     mlp_ratio: float = 4.0
-    num_frames: int = 4  # frames per clip (mm_local_num_frames)
+    num_frames: int = FRAMES_PER_CLIP  # frames per clip (mm_local_num_frames)
     tubelet: int = 1
     ln_eps: float = 1e-6  # block LayerNorms
     final_ln_eps: float = 1e-12  # vision_layernorm

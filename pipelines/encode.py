@@ -65,6 +65,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
+from longvid.model.constants import FRAMES_PER_CLIP, TOKENS_PER_CLIP, TOKENS_PER_FRAME
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.mp4 import decode_mp4
@@ -75,9 +76,6 @@ from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, ray_log_path, release_out, route_ray_logs
 from longvid.pipelines.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, model_presets, setting
 
-LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
-TOKENS_PER_FRAME = 16
-TOKENS_PER_TILE = 64  # an image tile: one T = 1 "clip" merged to 64 tokens
 MEDIA_TYPES = ("video", "image", "text")
 IMAGE_MODES = ("anyres_nopad", "pad")
 # the json's `tile_order` per image_mode: where each tile of `<key>.tokens.npy` comes from
@@ -87,7 +85,6 @@ IMAGE_ENCODING = "single_frame"  # each tile encoded alone (T = 1, the image pos
 DTYPES = {"bf16": "float16", "fp16": "float16", "fp32": "float32"}  # --dtype -> stored numpy dtype
 INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames",
                   "resolution", "text"]
-LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.encoder."
 
 
 @dataclass
@@ -139,7 +136,7 @@ class EncodeConfig:
 def _fail_row(unit: int, key: str, stage: str, reason: str, fld: str, size: int) -> dict[str, Any]:
     """A failure travelling through the pipeline (zero frames of the right shape keep the columns uniform)."""
     return {"unit": unit, "key": key, "clip": 0, "num_clips": 0, "status": stage, "reason": storage.redact(reason)[:2000],
-            "field": fld, "info": "", "mode": "none", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+            "field": fld, "info": "", "mode": "none", "frames": np.zeros((FRAMES_PER_CLIP, size, size, 3), np.uint8)}
 
 
 def _rows(unit: int, key: str, info: dict[str, Any], units: list[np.ndarray], mode: str, size: int
@@ -150,10 +147,10 @@ def _rows(unit: int, key: str, info: dict[str, Any], units: list[np.ndarray], mo
     info_s = json.dumps(info, sort_keys=True, ensure_ascii=False)
     if not units:
         yield {"unit": unit, "key": key, "clip": 0, "num_clips": 0, "status": "ok", "reason": "", "field": "",
-               "info": info_s, "mode": "text", "frames": np.zeros((LOCAL_NUM_FRAMES, size, size, 3), np.uint8)}
+               "info": info_s, "mode": "text", "frames": np.zeros((FRAMES_PER_CLIP, size, size, 3), np.uint8)}
         return
     for c, x in enumerate(units):
-        frames = np.repeat(x[None], LOCAL_NUM_FRAMES, axis=0) if mode == "image" else x
+        frames = np.repeat(x[None], FRAMES_PER_CLIP, axis=0) if mode == "image" else x
         yield {"unit": unit, "key": key, "clip": c, "num_clips": len(units), "status": "ok", "reason": "", "field": "",
                "info": info_s if c == 0 else "", "mode": mode, "frames": np.ascontiguousarray(frames)}
 
@@ -291,13 +288,13 @@ def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, An
         return
     if h != resolution:
         frames = _resize_square(frames, resolution)
-    pad = (-t) % LOCAL_NUM_FRAMES
+    pad = (-t) % FRAMES_PER_CLIP
     if pad:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     info["padded_frames"] = pad
     if h != resolution:
         info["source_resolution"] = h
-    clips = [frames[c:c + LOCAL_NUM_FRAMES] for c in range(0, frames.shape[0], LOCAL_NUM_FRAMES)]
+    clips = [frames[c:c + FRAMES_PER_CLIP] for c in range(0, frames.shape[0], FRAMES_PER_CLIP)]
     yield from _rows(unit, key, info, clips, "clip", resolution)
 
 
@@ -410,7 +407,7 @@ def image_tiles(info: dict[str, Any], members: dict[str, bytes], size: int, wher
         tiles += mine
         per_image.append(len(mine))
     layout = {"num_tiles": len(tiles), "tiles_per_image": per_image, "image_grids": grids,
-              "tile_order": TILE_ORDER[mode], "tile_size": size, "tokens_per_tile": TOKENS_PER_TILE,
+              "tile_order": TILE_ORDER[mode], "tile_size": size, "tokens_per_tile": TOKENS_PER_CLIP,
               "image_encoding": IMAGE_ENCODING}
     return tiles, layout
 
@@ -453,11 +450,13 @@ def fetch_checkpoint(uri: str, cache_dir: str = "") -> str:
                 by_name = {f.rsplit("/", 1)[-1]: f for f in files}
                 index_name = "model.safetensors.index.json"
                 if index_name in by_name:
+                    from longvid.model.checkpoint import encoder_weight_map
+
                     index = json.loads(storage.read_text(by_name[index_name]))
-                    wm = {k: v for k, v in index.get("weight_map", {}).items() if k.startswith(LLAVA_VISION_PREFIX)}
+                    wm = encoder_weight_map(index.get("weight_map", {}))
                     if not wm:
-                        raise ConfigError(f"checkpoint: {storage.redact(by_name[index_name])} maps no "
-                                          f"{LLAVA_VISION_PREFIX}* key (no vision tower in this checkpoint)")
+                        raise ConfigError(f"checkpoint: {storage.redact(by_name[index_name])} maps no vision-tower "
+                                          "key (no vision tower in this checkpoint)")
                     wanted = sorted(set(wm.values()))
                     for s in wanted:
                         if s not in by_name:
@@ -484,23 +483,17 @@ class HiCoActor:
                  s3: dict | None, cpu_threads: int = 1) -> None:
         import torch
 
-        from longvid.model.config import get_config
-        from longvid.model.hico import HiCoEncoder
+        from longvid.model.build import build_encoder
 
         storage.configure_s3(s3 or None)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(cpu_threads)))
-        cfg = get_config(model, img_size=resolution)
-        torch.manual_seed(seed)  # random weights (no checkpoint) are identical in every actor
-        enc = HiCoEncoder(cfg.umt, tokens_per_frame=TOKENS_PER_FRAME).eval()
-        self.report = ""
-        if checkpoint:
-            from longvid.model.checkpoint import load_encoder  # imports transformers: only when needed
-
-            rep = load_encoder(enc, fetch_checkpoint(checkpoint, cache_dir), strict=True)
-            self.report = rep.summary()
-        self.enc = enc.to(self.device)
+        # random weights (no checkpoint) are seeded: identical in every actor; a checkpoint must fit exactly
+        enc, rep = build_encoder(model, img_size=resolution, seed=seed, strict=True,
+                                 weights=fetch_checkpoint(checkpoint, cache_dir) if checkpoint else None)
+        self.report = rep.summary() if rep is not None else ""
+        self.enc = enc.eval().to(self.device)
         self.resolution = resolution
         self.store = np.dtype(DTYPES[dtype])
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype) if self.device.type == "cuda" else None
@@ -533,7 +526,7 @@ class HiCoActor:
         out = np.zeros((n, self.enc.tokens_per_clip, self.enc.out_dim), dtype=self.store)
         frames = np.asarray(batch["frames"])  # [n, 4, S, S, 3] uint8
         # clips of videos and tiles of images share the batch: one forward pass for each kind present
-        for kind, f, what in (("clip", LOCAL_NUM_FRAMES, "clip"), ("image", 1, "tile")):
+        for kind, f, what in (("clip", FRAMES_PER_CLIP, "clip"), ("image", 1, "tile")):
             idx = np.flatnonzero(todo & (mode == kind))
             if not idx.size:
                 continue

@@ -228,22 +228,16 @@ def pick_device(device: str):
 
 def make_encoder(preset: str, img_size: int, weights: str, seed: int, device) -> tuple[Any, dict[str, Any]]:
     """The HiCo encoder of a preset with loaded (or seeded random) weights, and what it is (for set.json)."""
-    import torch
+    from longvid.model.build import build_encoder
+    from longvid.model.checkpoint import CheckpointError
 
-    from longvid.model.checkpoint import CheckpointError, load_encoder
-    from longvid.model.config import get_config
-    from longvid.model.hico import HiCoEncoder
-
-    cfg = get_config(preset, img_size=img_size or None)
-    torch.manual_seed(seed)
-    enc = HiCoEncoder(cfg.umt, cfg.tokens_per_frame)
-    ident: dict[str, Any] = {"preset": preset, "img_size": cfg.umt.img_size, "dim": cfg.encoder_dim,
-                             "tokens_per_frame": cfg.tokens_per_frame}
-    if weights:
-        try:
-            rep = load_encoder(enc, weights)
-        except CheckpointError as e:
-            raise ConfigError(f"encoder: {e}") from None
+    try:
+        enc, rep = build_encoder(preset, img_size=img_size or None, weights=weights or None, seed=seed)
+    except CheckpointError as e:
+        raise ConfigError(f"encoder: {e}") from None
+    ident: dict[str, Any] = {"preset": preset, "img_size": enc.cfg.img_size, "dim": enc.out_dim,
+                             "tokens_per_frame": enc.tokens_per_frame}
+    if rep is not None:
         if rep.missing:
             raise ConfigError(f"encoder: {weights}: encoder weights missing: {rep.summary()}")
         ident.update(weights=os.path.abspath(weights), load_report=rep.summary())

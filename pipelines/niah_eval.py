@@ -32,7 +32,8 @@ with the both / only-caption / only-QA / both-wrong counts; heat map caption/QA/
 Checkpoints: a VideoChat-Flash (LLaVA-style) safetensors checkpoint (file, folder or shards; projector + LLM, the
 vision tower is not used here: the set holds encoder tokens), a `longvid train` stage model
 (`stages/<stage>/model.safetensors`: `vlm.llm.*`, `vlm.projector.*`, `encoder.*` unused) or a bare
-`VideoLLM.state_dict()` (`llm.*`, `projector.*`) as .safetensors / .pt; `random:SEED` gives seeded untrained
+`VideoLLM.state_dict()` (`llm.*`, `projector.*`) as .safetensors / .pt, or an exported folder (`llm/` +
+`vision.safetensors`, model/checkpoint.py `export_checkpoint`); `random:SEED` gives seeded untrained
 weights (demos, pipeline tests). The set's tokens come from the encoder that built it (set.json `encoder`): score
 a checkpoint on a set built with that checkpoint's own vision tower. The tokenizer is `--tokenizer PATH`, `test`
 (the built-in test tokenizer, for the tiny preset) or, by default, the checkpoint folder when it holds one.
@@ -289,23 +290,6 @@ def score_rows(model, niah_set: NiahSet, prompts: dict, rows: list[dict[str, Any
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _checkpoint_keys(path: str) -> list[str]:
-    from longvid.model.checkpoint import checkpoint_files
-
-    keys: list[str] = []
-    for f in checkpoint_files(path):
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt", device="cpu") as sf:
-                keys += list(sf.keys())
-        else:
-            from longvid.model.checkpoint import iter_tensors
-
-            return [k for k, _, _ in iter_tensors(path)]
-    return keys
-
-
 def load_tokenizer_for(spec: str, checkpoint: str):
     from longvid.model.tokenizer import build_test_tokenizer, load_tokenizer
 
@@ -316,67 +300,41 @@ def load_tokenizer_for(spec: str, checkpoint: str):
             return load_tokenizer(spec)
         except (OSError, ValueError) as e:
             raise ConfigError(f"tokenizer: {spec}: {e}") from None
-    p = Path(checkpoint)
-    if p.is_dir() and (p / "tokenizer_config.json").is_file():
+    from longvid.model.checkpoint import tokenizer_dir
+
+    p = tokenizer_dir(checkpoint)
+    if p is not None:
         return load_tokenizer(p)
     raise ConfigError(f"tokenizer: {checkpoint} holds no tokenizer; give --tokenizer PATH (or 'test' for the tiny model)")
 
 
 def load_model(preset: str, img_size: int, checkpoint: str, tokenizer, device: str = "cpu"):
-    """A VideoLLM of `preset` with the checkpoint's projector + LLM; returns (model, load summary).
+    """A VideoLLM of `preset` with the checkpoint's projector + LLM (any layout model/checkpoint.py reads; a
+    vision tower or encoder in it is not used: the set holds the tokens); returns (model, load summary).
 
-    `checkpoint` "random:SEED" gives seeded random weights (demos and tests only).
+    `checkpoint` "random:SEED" gives seeded random weights (demos and tests only). `img_size` is the set's encoder
+    resolution (the VideoLLM does not depend on it).
     """
     import torch
 
-    from longvid.model.checkpoint import CheckpointError, load_videochat_flash
-    from longvid.model.config import get_config
-    from longvid.model.llm import VideoLLM
+    from longvid.model.build import build_vlm
+    from longvid.model.checkpoint import CheckpointError, CheckpointMismatch
     from longvid.model.tokenizer import image_token_id
 
-    cfg = get_config(preset, img_size=img_size or None)
-    tid = image_token_id(tokenizer)
-    seed = int(checkpoint.split(":", 1)[1] or 0) if checkpoint.startswith("random:") else 0
-    torch.manual_seed(seed)
-    model = VideoLLM(cfg, image_token_id=tid)
-    if tid >= model.llm.config.vocab_size:
-        model.llm.resize_token_embeddings(tid + 1)
-    if checkpoint.startswith("random:"):
+    rand = checkpoint.startswith("random:")
+    seed = int(checkpoint.split(":", 1)[1] or 0) if rand else 0
+    try:
+        model, rep = build_vlm(preset, image_token_id(tokenizer), checkpoint=None if rand else checkpoint, seed=seed)
+    except CheckpointMismatch as e:
+        raise ConfigError(f"checkpoint: {checkpoint}: does not fit preset {preset}: {e}") from None
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint: {e}") from None
+    if rep is None:
         summary = f"random weights (seed {seed})"
+    elif rep.missing:
+        raise ConfigError(f"checkpoint: {checkpoint}: weights missing for preset {preset}: {rep.summary()}")
     else:
-        try:
-            keys = _checkpoint_keys(checkpoint)
-        except CheckpointError as e:
-            raise ConfigError(f"checkpoint: {e}") from None
-        if any(k.startswith(("model.mm_projector.", "model.layers.", "model.embed_tokens.")) for k in keys):
-            try:
-                rep = load_videochat_flash(model, checkpoint)
-            except CheckpointError as e:
-                raise ConfigError(f"checkpoint: {e}") from None
-            if rep.missing:
-                raise ConfigError(f"checkpoint: {checkpoint}: weights missing for preset {preset}: {rep.summary()}")
-            summary = rep.summary()
-        elif any(k.startswith(("llm.", "projector.", "vlm.llm.", "vlm.projector.")) for k in keys):
-            from longvid.model.checkpoint import iter_tensors
-
-            sd = {}
-            for k, v, _ in iter_tensors(checkpoint):  # pipelines/train saves `vlm.*` (+ `encoder.*`, not used here)
-                k = k[len("vlm."):] if k.startswith("vlm.") else k
-                if k.startswith(("llm.", "projector.")):
-                    sd[k] = v
-            try:
-                res = model.load_state_dict(sd, strict=False)
-            except RuntimeError as e:  # shape mismatches
-                raise ConfigError(f"checkpoint: {checkpoint}: does not fit preset {preset}: {e}") from None
-            tied = bool(getattr(model.llm.config, "tie_word_embeddings", False))
-            missing = [k for k in res.missing_keys if not (tied and k == "llm.lm_head.weight")]
-            if missing or res.unexpected_keys:
-                raise ConfigError(f"checkpoint: {checkpoint}: missing {missing[:5]}, "
-                                  f"unexpected {res.unexpected_keys[:5]} for preset {preset}")
-            summary = f"{checkpoint}: {len(sd)} tensors loaded (LongVid VideoLLM layout)"
-        else:
-            raise ConfigError(f"checkpoint: {checkpoint}: neither a VideoChat-Flash (model.mm_projector.*, "
-                              f"model.layers.*) nor a LongVid VideoLLM (llm.*, projector.*) checkpoint")
+        summary = rep.summary()
     model.eval()
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -391,15 +349,12 @@ def write_random_checkpoint(path: str | Path, preset: str = "tiny", seed: int = 
     import torch
     from safetensors.torch import save_file
 
+    from longvid.model.checkpoint import released_state_dict
     from longvid.model.config import get_config
     from longvid.model.llm import VideoLLM
 
     torch.manual_seed(seed)
-    m = VideoLLM(get_config(preset))
-    sd = {k: v.contiguous() for k, v in m.llm.state_dict().items()}
-    sd.update({"model.mm_projector." + k: v.contiguous() for k, v in m.projector.state_dict().items()})
-    if m.llm.config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
+    sd = released_state_dict(VideoLLM(get_config(preset)))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(p))
