@@ -118,10 +118,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{index}: shard files not found: {', '.join(missing)}")
         return [p / s for s in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in ("model.safetensors", "pytorch_model.bin", VISION_FILE):  # VISION_FILE: an export's encoder only
         if (p / name).is_file():
             return [p / name]
-    raise CheckpointError(f"{p}: no {INDEX_FILE}, model.safetensors or pytorch_model.bin in this directory")
+    raise CheckpointError(f"{p}: no {INDEX_FILE}, model.safetensors, pytorch_model.bin or {VISION_FILE} in this "
+                          "directory")
 
 
 def iter_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor, Path]]:

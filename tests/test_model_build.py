@@ -1,6 +1,8 @@
 """model/build.py (preset + weights -> parts) and model/checkpoint.py's layouts and export, at tiny sizes."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -94,6 +96,12 @@ def test_export_loads_in_transformers_and_round_trips(tmp_path, parts, tied):
     assert rep.ok and not rep.skipped
     _same(fresh, vlm)
     _same(fresh_enc, enc)
+    # the encode job needs only the vision file (it fetches no LLM from S3): a folder holding just that reads too
+    (tmp_path / "vision_only").mkdir()
+    shutil.copy(out / "vision.safetensors", tmp_path / "vision_only" / "vision.safetensors")
+    alone, rep = build_encoder("tiny", weights=tmp_path / "vision_only", strict=False)
+    assert not rep.missing and not rep.unused and all(k.startswith(LLAVA_PROJECTOR_PREFIX) for k in rep.skipped)
+    _same(alone, enc)
     # the exported LLM also serves as a local LLM folder for a new run
     again, _ = build_vlm("tiny", TID, llm_path=out / "llm", checkpoint=out)
     _same(again, vlm)
