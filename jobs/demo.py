@@ -1,8 +1,11 @@
 """`longvid demo`: the whole system on a fresh machine, on an embedded Ray, in a few minutes.
 
     synthetic corpus (real H.264 videos, metadata in the real formats of all five sources, a few bad inputs)
+    and a small annotation mixture in the released LLaVA format (video with and without spans, multi-turn, a frame
+    folder, images, text-only, one missing video)    ./longvid-demo/corpus/
       -> ingest, one job per source          ./longvid-demo/ingest/<source>/
-      -> encode with a tiny HiCo encoder     ./longvid-demo/tokens/<source>/
+         and ingest --mixture                ./longvid-demo/ingest/mixture/<json stem>/
+      -> encode with a tiny HiCo encoder     ./longvid-demo/tokens/<source>/, ./longvid-demo/tokens/mixture/<json stem>/
       -> audit against a small planted benchmark file   ./longvid-demo/audit/ (report.html, drop_list.txt)
       -> train the tiny short-to-long recipe on the token shards, honouring the drop list   ./longvid-demo/train/
       -> build and score a tiny NIAH set      ./longvid-demo/niah/ (heat map)
@@ -186,6 +189,39 @@ def _ingest(out: Path, corpus: dict, profile: str, log: Callable) -> dict[str, A
     return summaries
 
 
+def _ingest_mixture(out: Path, mixture: dict, profile: str, log: Callable) -> dict[str, Any]:
+    """`longvid ingest --mixture` of the demo's own mixture into out/ingest/mixture/<json stem>/."""
+    from longvid.pipelines.mixture import MixtureConfig, run_mixture
+
+    cfg = MixtureConfig(mixture=mixture["mixture"], roots=mixture["roots"], out=str(out / "ingest" / "mixture"),
+                        profile=profile, records_per_unit=2, quiet=True)
+    s = run_mixture(cfg, log=log)
+    by = s["samples_by_media_type"]
+    log(f"[demo] mixture: {len(s['datasets'])} datasets, {s['samples']} samples (video {by.get('video', 0)}, image "
+        f"{by.get('image', 0)}, text {by.get('text', 0)}) + {s['failures']} failures = {s['inputs']} records "
+        f"selected ({', '.join(d['name'] + ' ' + d['sampling_strategy'] for d in s['datasets'])}); "
+        f"reasons in {out / 'ingest' / 'mixture' / '<dataset>' / 'failures'}")
+    return {"datasets": {d["name"]: {k: d[k] for k in ("media_type", "sampling_strategy", "selected", "samples",
+                                                          "failures", "failures_by_stage", "complete")}
+                         for d in s["datasets"]},
+            **{k: s[k] for k in ("inputs", "samples", "failures", "samples_by_media_type", "complete")}}
+
+
+def _encode_mixture(out: Path, names: list[str], log: Callable) -> dict[str, Any]:
+    """`longvid encode` of every dataset folder of the mixture into out/tokens/mixture/<json stem>/."""
+    from longvid.pipelines.encode import EncodeConfig, run_encode
+
+    res = {}
+    for name in names:
+        s = run_encode(EncodeConfig(shards=str(out / "ingest" / "mixture" / name),
+                                    out=str(out / "tokens" / "mixture" / name), model="tiny", quiet=True), log=log)
+        res[name] = {"samples": s["samples"], "failures": s["failures"]}
+    counts = ", ".join(f"{n} {r['samples']}" for n, r in res.items())
+    log(f"[demo] mixture encode: {counts} samples "
+        f"({sum(r['failures'] for r in res.values())} failures)")
+    return res
+
+
 def _encode(out: Path, sources: list[str], log: Callable) -> dict[str, Any]:
     from longvid.pipelines.encode import EncodeConfig, run_encode
 
@@ -245,12 +281,40 @@ def _train(out: Path, log: Callable) -> dict[str, Any]:
     from longvid.pipelines.train import run_train
 
     cfg = load_recipe("tiny", data_root=str(out), out=str(out / "train"), num_workers=2)
+    cfg.record_keys = True  # stages/<stage>/keys-rank*.jsonl: which samples each step trained (the mixture line)
     if (out / "audit" / "drop_list.txt").exists():
         cfg.exclude = ["audit/drop_list.txt"]  # the audit's drop list: those keys never reach a batch
     log("")
     s = run_train(cfg, log_fn=log)
     log(f"[demo] loss plots: {out / 'train' / 'stages' / '<stage>' / 'loss.png'}; metrics: .../metrics.jsonl")
     return s
+
+
+def _mixture_trained(out: Path, datasets: dict[str, Any], log: Callable) -> dict[str, Any]:
+    """Per stage of the tiny recipe: how many of the mixture's samples (by media type) its steps trained, from the
+    recorded keys, and the samples the stage skipped by reason (rank 0's counters)."""
+    import pandas as pd
+
+    from longvid.pipelines.train import read_metrics
+
+    kind = {}  # sample key -> media type, from the token manifests of each mixture dataset
+    for name, d in datasets.items():
+        folder = out / "tokens" / "mixture" / name / "manifests"
+        if folder.is_dir():
+            kind.update({k: d["media_type"] for k in pd.read_parquet(folder, columns=["key"]).key})
+    total = {m: sum(1 for v in kind.values() if v == m) for m in ("video", "image", "text")}
+    res = {}
+    for stage in sorted(p for p in (out / "train" / "stages").iterdir() if p.is_dir()):
+        seen = {k for f in stage.glob("keys-rank*.jsonl") for row in read_metrics(str(f)) for k in row["keys"]}
+        got = {m: len({k for k in seen if kind.get(k) == m}) for m in total}
+        if not any(got.values()):
+            continue
+        rows = read_metrics(str(stage / "metrics.jsonl"))
+        res[stage.name] = {"trained": got, "samples": total, "skipped": rows[-1].get("rank0_skipped", {}) if rows
+                           else {}}
+        log(f"[demo] mixture in {stage.name}: trained " + ", ".join(f"{m} {got[m]}/{total[m]}" for m in total)
+            + f" of its samples; skipped (rank 0): {json.dumps(res[stage.name]['skipped'])}")
+    return res
 
 
 def _niah(out: Path, checkpoint: str, log: Callable) -> dict[str, Any]:
@@ -265,7 +329,7 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
              stages: tuple[str, ...] = STAGES, log=print, native_stderr: bool = False) -> dict[str, Any]:
     """The demo into `out` (see DemoFolder for what happens to an existing folder). native_stderr: what native
     code writes to this process's stderr while Ray runs goes to out/logs/ray.log (for the command's console)."""
-    from longvid.pipelines.demo_corpus import make_demo_corpus
+    from longvid.pipelines.demo_corpus import make_demo_corpus, make_demo_mixture
     from longvid.pipelines.ray_session import claim_out, ensure_ray, native_stderr_to, release_out
 
     out = Path(out).resolve()
@@ -293,7 +357,9 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
         log(f"[demo] generating a synthetic corpus under {out / 'corpus'} ...")
         with folder.stage("corpus"):
             corpus = make_demo_corpus(out / "corpus", per_source=per_source)
-        log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}")
+            mixture = make_demo_mixture(out / "corpus" / "mixture")
+        log(f"[demo] corpus ready in {time.time() - t0:.1f} s: {', '.join(corpus)}, and a mixture of "
+            f"{len(mixture['expect'])} datasets ({mixture['mixture']})")
         result: dict[str, Any] = {"out": str(out)}
         timings: dict[str, float] = {}
         # the console is LongVid's: Ray's driver-side logs, and what its C++ core writes to this process's stderr,
@@ -308,12 +374,19 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
                     with folder.stage(stage):
                         if stage == "ingest":
                             result["ingest"] = _ingest(out, corpus, profile, log)
+                            result["mixture"] = {"ingest": _ingest_mixture(out, mixture, profile, log)}
                         elif stage == "encode":
                             result["encode"] = _encode(out, list(corpus), log)
+                            if "mixture" in result:
+                                result["mixture"]["encode"] = _encode_mixture(
+                                    out, list(result["mixture"]["ingest"]["datasets"]), log)
                         elif stage == "audit":
                             result["audit"] = _audit(out, list(corpus), log)
                         elif stage == "train":
                             result["train"] = _train(out, log)
+                            if "mixture" in result:
+                                result["mixture"]["train"] = _mixture_trained(
+                                    out, result["mixture"]["ingest"]["datasets"], log)
                         elif stage == "niah":
                             ckpt = result.get("train", {}).get("checkpoint") or "random:0"
                             result["niah"] = _niah(out, ckpt, log)
@@ -351,6 +424,8 @@ def run(args: argparse.Namespace) -> int:
     res = run_demo(Path(args.out), per_source=args.per_source, num_cpus=args.num_cpus or 0, profile=args.profile,
                    stages=stages, native_stderr=True)
     bad = [s for s, v in res.get("ingest", {}).items() if not v["samples"] or not v.get("complete", True)]
+    if not res.get("mixture", {}).get("ingest", {}).get("complete", True):
+        bad.append("mixture")
     return 1 if bad else 0
 
 

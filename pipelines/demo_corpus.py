@@ -14,6 +14,7 @@ Layout under `root/<source>/`: `metadata/` (what the adapter reads) and the vide
 - webvid     videos/<page_dir>/<videoid>.mp4; results_2M_val.csv with a shuffled column order
 Bad inputs: a WebVid row whose video file is missing, a zero-byte HowTo100M video, a malformed HD-VILA line.
 `expect` gives what the adapter and the ingest should find: records, metadata failures, bad video paths.
+`make_demo_mixture` writes a small annotation mixture in the released LLaVA format (for `ingest --mixture`).
 """
 from __future__ import annotations
 
@@ -257,6 +258,89 @@ def make_demo_corpus(root: Path, per_source: int = 3, seed: int = 0) -> dict[str
         list(ex.map(lambda j: make_video(j["path"], seconds=j["seconds"], fps=j["fps"], width=j["width"],
                                          height=j["height"], seed=j["seed"]), jobs))
     return out
+
+
+def make_demo_mixture(root: Path, seed: int = 0) -> dict[str, Any]:
+    """A small annotation mixture in the released LLaVA format under `root` (for `longvid ingest --mixture`):
+
+    - clips.json (video, `all`): a whole video, two `start`/`end` spans, a multi-turn record, a record whose
+      video is missing (a failure row);
+    - frames.json (frame folders, `video_read_type: img`, `first:2` of 3);
+    - pictures.jsonl (images, `end:2` of 3): one image, a two-image record;
+    - chat.json (text-only, `first:50%` of 4).
+    `data_root`s are web pages (as in the released files) mapped to media/ by roots.yaml, or a relative folder.
+    Returns {"mixture", "roots", "expect": {dataset: {"selected", "samples", "failures", "media_type"}}}."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = random.Random(seed)
+    web = "https://example.org/longvid-demo"
+    media = root / "media"
+    vids = {"kitchen.mp4": 12.0, "street.mp4": 10.0}
+    for j, (name, sec) in enumerate(vids.items()):
+        make_video(media / "videos" / name, seconds=sec, fps=10.0, width=160, height=120, seed=seed * 101 + 500 + j)
+
+    def conv(*turns: str) -> list[dict]:
+        return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(turns)]
+
+    clips = [
+        {"id": "whole", "video": "kitchen.mp4", "conversations": conv("<image>\nWhat happens in the video?",
+                                                                       SCENES[1][1])},
+        {"id": "span-a", "video": "kitchen.mp4", "start": 1.0, "end": 6.5,
+         "conversations": conv("<image>\nDescribe this part.", "A chef slices vegetables.")},
+        {"id": "span-b", "video": "street.mp4", "start": 4, "end": 9,
+         "conversations": conv("What do you see? <image>", "Headlights on a wet street.")},  # <image> moves first
+        {"id": "multi-turn", "video": "street.mp4",
+         "conversations": conv("<image>\nWhere is this?", "A city street at night.", "Is it raining?",
+                               "The street is wet, so it may have rained.")},
+        {"id": "missing", "video": "never-downloaded.mp4",
+         "conversations": conv("<image>\nWhat happens?", "Something happens.")},
+    ]
+    frames = []
+    for c, n in (("clip01", 8), ("clip02", 6), ("clip03", 5)):
+        d = media / "frames" / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(_noise(rng, 90, 120, 40 + 20 * i)).save(d / f"{c}_{i + 1}.jpg")
+        frames.append({"id": c, "video": c, "conversations": conv("<image>\nWhat is shown?", SCENES[n % 4][0])})
+    (media / "images").mkdir(parents=True, exist_ok=True)
+    for k, (h, w) in enumerate([(96, 128), (128, 80), (64, 64)]):
+        Image.fromarray(_noise(rng, h, w, 60 * (k + 1))).save(media / "images" / f"{k}.jpg")
+    pictures = [
+        {"id": "not-selected", "image": "2.jpg", "conversations": conv("<image>\nWhat is this?", "Noise.")},
+        {"id": "one", "image": "0.jpg", "conversations": conv("<image>\nWhat is in the picture?", "A kite.")},
+        {"id": "two", "image": ["1.jpg", "2.jpg"],
+         "conversations": conv("<image>\n<image>\nHow do the pictures differ?", "The second is smaller.")},
+    ]
+    chat = [{"id": f"t{i}", "conversations": conv(q, a)} for i, (q, a) in enumerate([
+        ("Name a fruit.", "An apple."), ("What is two plus two?", "Four."), ("Say hello.", "Hello."),
+        ("Name a colour.", "Blue.")])]
+    ann = root / "annotations"
+    _write_json(ann / "clips.json", clips)
+    _write_json(ann / "frames.json", frames)
+    (ann / "pictures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pictures))
+    _write_json(ann / "chat.json", chat)
+    (root / "mixture.yaml").write_text(
+        "# the demo's mixture in the released format (json_path relative to this folder)\n"
+        "datasets:\n"
+        f"  - {{json_path: annotations/clips.json, sampling_strategy: all, data_root: {web}/videos}}\n"
+        "  - {json_path: annotations/frames.json, sampling_strategy: \"first:2\", data_root: media/frames,"
+        " video_read_type: img}\n"
+        f"  - {{json_path: annotations/pictures.jsonl, sampling_strategy: \"end:2\", data_root: {web}/images}}\n"
+        "  - {json_path: annotations/chat.json, sampling_strategy: \"first:50%\"}\n")
+    (root / "roots.yaml").write_text(f"# data_root strings of mixture.yaml -> local folders (relative to this file)\n"
+                                     f"{web}: media\n")
+    expect = {"clips": (5, 4, 1, "video"), "frames": (2, 2, 0, "video"), "pictures": (2, 2, 0, "image"),
+              "chat": (2, 2, 0, "text")}
+    return {"mixture": str(root / "mixture.yaml"), "roots": str(root / "roots.yaml"),
+            "expect": {k: dict(zip(("selected", "samples", "failures", "media_type"), v)) for k, v in expect.items()}}
+
+
+def _noise(rng: random.Random, h: int, w: int, level: int):
+    import numpy as np
+
+    base = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 60, (h, w, 3), dtype=np.uint8)
+    return (base + level).clip(0, 255).astype(np.uint8)
 
 
 def _entry(metadata, vroot: Path, options: dict, records: int, malformed=(), missing_videos=(), empty_videos=()):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from longvid.jobs.config import ConfigError, load_config, read_yaml
@@ -31,6 +32,48 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(IngestConfig, {"source": "webvid"}, {})
     assert "metadata" in str(e.value)
+
+
+def test_2b_profiles_sample_stages_1_and_2_at_448(tmp_path):
+    """The 2B recipe trains stages 1-2 at 448 px: `stage1_448` is `stage1` (4 frames, middle) and `short_448` is
+    `short` (1-8 frames) at 448; ingest --profile accepts them."""
+    from longvid.jobs.cli import build_parser
+    from longvid.operators.sample import PROFILES, plan_span
+
+    for name, like in (("stage1_448", "stage1"), ("short_448", "short")):
+        p, q = PROFILES[name], PROFILES[like]
+        assert (p.sample_type, p.lo, p.hi, p.resolution) == (q.sample_type, q.lo, q.hi, 448)
+        for frames, fps in ((300, 30.0), (90, 10.0), (5, 1.0)):
+            assert list(plan_span(frames, fps, p).indices) == list(plan_span(frames, fps, q).indices)
+        base = {"source": "webvid", "metadata": ["m.csv"], "videos": "v", "out": "o"}
+        assert load_config(IngestConfig, {**base, "profile": name}, {}).profile == name
+        args = build_parser().parse_args(["ingest", "--source", "webvid", "--metadata", "m", "--videos", "v",
+                                          "--out", str(tmp_path), "--profile", name])
+        assert args.profile == name
+    assert len(plan_span(300, 30.0, PROFILES["stage1_448"]).indices) == 4
+    assert "stage1_448" in (CONFIGS / "train-2b.yaml").read_text() and "short_448" in (
+        CONFIGS / "train-2b.yaml").read_text()
+
+
+def test_demo_mixture_plans_every_record_kind(tmp_path):
+    """The demo's own mixture reads as the released files do (no Ray): the strategies select what `expect` says,
+    every record kind is there, and the missing video is among the selected records."""
+    from longvid.operators.mixture import iter_records, plan_dataset, read_mixture, read_roots
+    from longvid.pipelines.demo_corpus import make_demo_mixture
+
+    mix = make_demo_mixture(tmp_path / "mixture")
+    m = read_mixture(mix["mixture"], roots=read_roots(mix["roots"]))
+    plans = {d.name: plan_dataset(d) for d in m.datasets}
+    assert set(plans) == set(mix["expect"]) and len(plans) >= 4
+    for name, plan in plans.items():
+        assert len(plan.selected) == mix["expect"][name]["selected"], name
+        assert plan.media_type == mix["expect"][name]["media_type"], name
+    assert {str(d.strategy) for d in m.datasets} >= {"all", "first:2", "end:2"}
+    assert next(d for d in m.datasets if d.name == "frames").video_read_type == "img"
+    clips = json.loads(Path(tmp_path / "mixture" / "annotations" / "clips.json").read_text())
+    assert any("start" in r for r in clips) and any(len(r["conversations"]) > 2 for r in clips)
+    assert any(not (tmp_path / "mixture" / "media" / "videos" / r["video"]).exists() for r in clips)
+    assert sum(1 for _ in iter_records(plans["clips"])) == mix["expect"]["clips"]["selected"]
 
 
 @pytest.mark.slow
@@ -64,3 +107,20 @@ def test_demo_runs_end_to_end(tmp_path):
     assert res["audit"]["drop"] == len(dropped) >= 1
     assert res["train"]["checkpoint"] and Path(res["train"]["checkpoint"]).exists()
     assert (Path(res["niah"]["heatmap"])).exists() and res["niah"]["inputs"] > 0
+    # the demo's own mixture: ingest --mixture into one folder per json stem, encoded per dataset, trained in stage 2
+    mix = res["mixture"]
+    ds = mix["ingest"]["datasets"]
+    assert set(ds) == {"clips", "frames", "pictures", "chat"} and mix["ingest"]["complete"]
+    assert {d["media_type"] for d in ds.values()} == {"video", "image", "text"}
+    for name, d in ds.items():
+        assert d["selected"] == d["samples"] + d["failures"] and d["samples"] > 0, name
+        assert (out / "ingest" / "mixture" / name / "index.json").exists(), name
+        assert mix["encode"][name]["samples"] == d["samples"], name
+    assert ds["clips"]["failures"] == 1 and ds["clips"]["failures_by_stage"] == {"locate": 1}
+    fails = pd.read_parquet(out / "ingest" / "mixture" / "clips" / "failures")
+    assert len(fails) == 1 and "clips.json" in fails.iloc[0]["file"] and "never-downloaded.mp4" in fails.iloc[0]["uri"]
+    assert "[demo] mixture: 4 datasets" in r.stdout and "+ 1 failures" in r.stdout
+    trained = mix["train"]["stage2-short"]
+    assert all(trained["trained"][m] > 0 for m in ("video", "image", "text")), trained
+    assert not any(("image" in k or "text" in k) for k in trained["skipped"]), trained  # none refused
+    assert "[demo] mixture in stage2-short: trained" in r.stdout
