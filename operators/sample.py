@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
-LOCAL_NUM_FRAMES = 4  # frames per HiCo clip
+from longvid.model.constants import FRAMES_PER_CLIP as LOCAL_NUM_FRAMES  # frames per HiCo clip
 
 
 @dataclass(frozen=True)

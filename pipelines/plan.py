@@ -52,7 +52,7 @@ LLMS: dict[str, tuple[str, dict[str, Any]]] = {  # model preset -> (LLM name, Qw
     "videochat-flash-7b": ("Qwen2-7B", QWEN2_7B),
     "videochat-flash-2b": ("Qwen2.5-1.5B", QWEN25_1_5B),
 }
-TOKENS_PER_FRAME = 16  # HiCo
+from longvid.model.constants import TOKENS_PER_FRAME  # noqa: E402 - HiCo
 STORE_BYTES = 2  # fp16 tokens
 KV_BYTES = 2  # bf16 cache
 

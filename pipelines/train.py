@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvid.model.constants import ENCODER_PREFIX, IGNORE_INDEX, LLM_PREFIX, PROJECTOR_PREFIX, VLM_PREFIX
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.operators.mixture import parse_strategy, read_mixture
@@ -217,6 +218,7 @@ class TrainConfig:
     num_cpus: int = setting(0, ge=0)  # embedded Ray only
     fault_injection: str = ""  # testing: "stage:step:rank" kills that worker once at that step
     record_keys: bool = False  # every rank writes the sample keys of each step to stages/<stage>/keys-rank<r>.jsonl
+    export: bool = True  # the final weights also in the Hugging Face layout, out/export/ (export_final)
     quiet: bool = False
 
     def validate(self) -> None:
@@ -332,40 +334,43 @@ def needs_encoder(cfg: TrainConfig) -> bool:
 
 
 def _init_module(cfg: TrainConfig, tokenizer) -> Any:
-    """The stage-0 model: preset (random, seeded) or local LLM, optional released checkpoint and encoder."""
-    import torch
-
+    """The stage-0 model (model/build.py): preset (random, seeded) or local LLM, optional released checkpoint and
+    encoder."""
+    from longvid.model.build import build_encoder, build_vlm
+    from longvid.model.checkpoint import load_vlm
     from longvid.model.config import get_config
     from longvid.model.tokenizer import image_token_id
 
     mcfg = get_config(cfg.model)
     tid = image_token_id(tokenizer)
-    torch.manual_seed(cfg.seed)
-    from longvid.model.llm import VideoLLM
-
-    if cfg.llm_path:
-        vlm = VideoLLM.from_pretrained(mcfg, cfg.resolve(cfg.llm_path), tid, dtype=torch.float32)
-    else:
-        if tid >= mcfg.llm["vocab_size"]:
-            raise ConfigError(f"tokenizer: image token id {tid} is outside the {cfg.model} vocabulary")
-        vlm = VideoLLM(mcfg, image_token_id=tid)
+    if not cfg.llm_path and tid >= mcfg.llm["vocab_size"]:
+        raise ConfigError(f"tokenizer: image token id {tid} is outside the {cfg.model} vocabulary")
+    vlm, _ = build_vlm(cfg.model, tid, llm_path=cfg.resolve(cfg.llm_path) if cfg.llm_path else None, seed=cfg.seed)
     encoder = None
     if needs_encoder(cfg):
-        from longvid.model.hico import HiCoEncoder
-
         side = max([s.resolution for s in cfg.stages if s.input == "frames"] + [0]) or mcfg.umt.img_size
-        encoder = HiCoEncoder(mcfg.umt.with_img_size(side) if side != mcfg.umt.img_size else mcfg.umt,
-                              mcfg.tokens_per_frame)
-        if cfg.encoder_checkpoint:
-            from longvid.model.checkpoint import load_encoder
-
-            load_encoder(encoder, cfg.resolve(cfg.encoder_checkpoint))
+        weights = cfg.resolve(cfg.encoder_checkpoint) if cfg.encoder_checkpoint else None
+        encoder, _ = build_encoder(cfg.model, img_size=side, weights=weights)
     if cfg.init_checkpoint:
-        from longvid.model.checkpoint import load_videochat_flash
-
-        rep = load_videochat_flash(vlm, cfg.resolve(cfg.init_checkpoint), encoder=encoder)
+        rep = load_vlm(vlm, cfg.resolve(cfg.init_checkpoint), encoder=encoder)
         log.info("init checkpoint: %s", rep.summary())
     return TrainModel(vlm, encoder)
+
+
+def export_final(cfg: TrainConfig, model_path: str) -> str:
+    """The run's final weights as a checkpoint other trainers load (model/checkpoint.py export_checkpoint):
+    `out/export/llm/` in the Hugging Face layout and `out/export/vision.safetensors` under the released names.
+    An export an earlier run of this recipe wrote is kept as it is (an export never overwrites)."""
+    from longvid.model.checkpoint import export_checkpoint, load_vlm
+
+    dest = os.path.join(cfg.out, "export")
+    if os.path.isdir(dest) and os.listdir(dest):
+        return dest
+    tok = build_tokenizer(cfg)
+    model = _init_module(cfg, tok)
+    load_vlm(model.vlm, model_path, encoder=model.encoder, strict=True)
+    return str(export_checkpoint(model.vlm, dest, encoder=model.encoder,
+                                 tokenizer=None if cfg.tokenizer == "test" else tok))
 
 
 @functools.lru_cache(maxsize=None)
@@ -417,11 +422,11 @@ def TrainModel(vlm, encoder=None):  # noqa: N802 - a class built lazily (torch i
 
 
 def part_of(name: str) -> str:
-    if name.startswith("vlm.projector."):
+    if name.startswith(VLM_PREFIX + PROJECTOR_PREFIX):
         return "projector"
-    if name.startswith("vlm.llm."):
+    if name.startswith(VLM_PREFIX + LLM_PREFIX):
         return "llm"
-    if name.startswith("encoder."):
+    if name.startswith(ENCODER_PREFIX):
         return "encoder"
     raise ValueError(f"parameter {name} belongs to no part")
 
@@ -811,12 +816,12 @@ def _accumulate(wrapped, it, accum: int, st: StageConfig, side: int, world: int,
       tokens       loss_k x n_k x world / N: one mean over the N label tokens of the global batch (n_k: those of
                    micro-batch k, N summed over micro-batches and workers first, one all_reduce per step); the
                    micro-batches are read before the first forward pass.
-    The label tokens counted are those the loss predicts: labels[:, 1:] != -100."""
+    The label tokens counted are those the loss predicts: labels[:, 1:] != IGNORE_INDEX."""
     import torch
     import torch.distributed as dist
 
     def counted(b) -> int:
-        return int((b.labels[:, 1:] != -100).sum())
+        return int((b.labels[:, 1:] != IGNORE_INDEX).sum())
 
     micro = [next(it) for _ in range(accum)] if st.loss_average == "tokens" else None
     denom = 1.0
@@ -1129,12 +1134,17 @@ def _run_claimed(cfg: TrainConfig, plans: list[dict[str, Any]], log_fn) -> dict[
             summary["stages"][st.name] = json.loads(Path(dj).read_text())
     last = summary["stages"].get(cfg.stages[-1].name)
     summary["checkpoint"] = last["model"] if last else None  # the final weights (vlm.* [+ encoder.*] names)
+    if last and cfg.export:
+        summary["export"] = export_final(cfg, last["model"])
     Path(os.path.join(cfg.out, "summary.json")).write_text(json.dumps(summary, indent=2))
     if not cfg.quiet:
         for name, s in summary["stages"].items():
             log_fn(f"[train] {name}: {s.get('steps')} steps, loss {s.get('loss_first')} -> {s.get('loss_last')}, "
                    f"{s.get('samples_per_s')} samples/s, {s.get('tokens_per_s')} tokens/s, "
                    f"{s.get('visual_tokens_per_sample')} visual tokens/sample; model {s.get('model')}")
+        if summary.get("export"):
+            log_fn(f"[train] exported for other trainers: {summary['export']} (llm/ loads with transformers' "
+                   "from_pretrained; vision.safetensors has the encoder and projector under the released names)")
         log_fn(f"[train] done in {summary['elapsed_s']:.1f} s; summary {os.path.join(cfg.out, 'summary.json')}")
     return summary
 

@@ -54,9 +54,8 @@ _native = native.load()  # the C kernels (operators/_native.c) when built; numpy
 
 log = logging.getLogger("longvid.train.data")
 
-CLIP_FRAMES = 4  # frames per HiCo clip (mm_local_num_frames)
-TOKENS_PER_CLIP = 64  # 16 tokens per frame after merging
-IGNORE_INDEX = -100
+from longvid.model.constants import FRAMES_PER_CLIP as CLIP_FRAMES  # noqa: E402
+from longvid.model.constants import IGNORE_INDEX, TOKENS_PER_CLIP  # noqa: E402,F401 - IGNORE_INDEX: re-exported
 TOKEN_EXT, FRAME_EXT, JSON_EXT = "tokens.npy", "mp4", "json"
 
 

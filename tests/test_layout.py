@@ -20,6 +20,7 @@ ALLOWED = {
     "manifests": set(),
     "model": set(),
 }
+SHARED = {"longvid.model.constants"}  # the shared numbers (no imports of their own): every layer may read them
 # generators of synthetic corpora (tests, benchmarks, the demo): who may import them
 GENERATORS = {"longvid.pipelines.faulty", "longvid.pipelines.synth_video", "longvid.pipelines.demo_corpus"}
 MAY_IMPORT_GENERATORS = {"jobs/demo.py", "pipelines/demo_corpus.py", "pipelines/faulty.py", "pipelines/synth_video.py"}
@@ -53,10 +54,28 @@ def test_no_layer_imports_upward_or_outside_the_namespace(layer):
             top = mod.split(".")[0]
             if top in ALLOWED:  # a bare `import operators...`: outside the longvid namespace
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {mod} (use longvid.{mod})")
-            elif top == "longvid" and mod.count(".") >= 1:
+            elif top == "longvid" and mod.count(".") >= 1 and not any(mod.startswith(m) for m in SHARED):
                 target = mod.split(".")[1]
                 if target in ALLOWED and target != layer and target not in ALLOWED[layer]:
                     bad.append(f"{path.relative_to(ROOT)}:{line}: {layer} imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_shared_constants_have_one_home():
+    """FRAMES_PER_CLIP, TOKENS_PER_FRAME, IGNORE_INDEX and the checkpoint prefixes are assigned in model/constants.py
+    only (everyone else imports them)."""
+    names = {"FRAMES_PER_CLIP", "LOCAL_NUM_FRAMES", "CLIP_FRAMES", "TOKENS_PER_FRAME", "TOKENS_PER_CLIP",
+             "IGNORE_INDEX", "LLAVA_VISION_PREFIX", "LLAVA_PROJECTOR_PREFIX"}
+    bad = []
+    for layer in ALLOWED:
+        for path in _modules(layer):
+            if path == ROOT / "model" / "constants.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {t.id}" for t in targets
+                            if isinstance(t, ast.Name) and t.id in names]
     assert not bad, "\n".join(bad)
 
 

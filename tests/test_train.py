@@ -357,6 +357,16 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
     summary = json.loads((a / "summary.json").read_text())
     assert set(summary["stages"]) == {"s1", "s2"}
     assert summary["checkpoint"] == str(a / "stages/s2/model.safetensors")
+    # the final weights exported for other trainers: transformers loads llm/ as the trained LLM, the released names
+    # hold the projector, and a re-run (b resumed above) keeps the export it finds
+    from transformers import AutoModelForCausalLM
+
+    export = Path(summary["export"])
+    assert export == a / "export" and (b / "export" / "llm" / "config.json").is_file()
+    llm = AutoModelForCausalLM.from_pretrained(export / "llm")
+    assert (llm.model.norm.weight.detach() == s2["vlm.llm.model.norm.weight"]).all()
+    vision = load_file(str(export / "vision.safetensors"))
+    assert (vision["model.mm_projector.mlp.0.weight"] == s2["vlm.projector.mlp.0.weight"]).all()
     skipped = summary["stages"]["s1"]["rank0_skipped"]
     assert skipped.get("excluded") and skipped.get("skipped") == sum(
         skipped.get(r, 0) for r in ("non-finite tokens", "wrong shape", "missing json"))
