@@ -103,8 +103,9 @@ def owner_token() -> str:
 
 
 def ray_temp_dir() -> str:
-    """Ray's temp dir for embedded clusters of this user: short (Ray's socket paths must fit in 107 bytes)."""
-    base = tempfile.gettempdir()
+    """Ray's temp dir for embedded clusters of this user, under RAY_TMPDIR when set (Ray's own setting), else the
+    temp dir; short (Ray's socket paths must fit in 107 bytes)."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
     if len(base) > 40 or not os.access(base, os.W_OK):
         base = "/tmp"
     return os.path.join(base, f"longvid-ray-{os.getuid()}")

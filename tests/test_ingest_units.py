@@ -90,7 +90,7 @@ def test_a_small_corpus_makes_enough_units_for_every_cpu(profile, rows):
         assert len(units) >= ingest.RAMP_REPEAT
     old = list(cut_units(iter(range(rows)), cfg(profile=profile).unit_size()))
     if profile in ("long", "highres"):
-        assert len(old) <= 3  # what the ramp fixes (1 unit at the long profile, 3 at highres for 300 rows)
+        assert len(old) <= 9  # what the ramp fixes (3 units at the long profile, 9 at highres for 300 rows)
 
 
 def test_largest_unit_of_a_small_corpus_is_a_small_share_of_it():
