@@ -7,8 +7,9 @@ falls in that window (variable frame rate, dropped frames), by the frame on scre
 before it). For a CFR file `g` is an integer and frame `i` is the i-th frame in presentation order, which is
 what `decord.VideoReader.get_batch` returns.
 
-The closure path (modes "auto" and "seek", H.264): per GOP that holds a target, the decoder gets exactly the
-reference pictures (nal_ref_idc != 0, read from the packet's NAL headers) up to the GOP's last target in decode
+The closure path (modes "auto" and "seek", H.264 and single-layer HEVC): per GOP that holds a target, the decoder
+gets exactly the reference pictures (H.264 nal_ref_idc != 0, HEVC not a sub-layer non-reference type, read from the
+packet's NAL headers) up to the GOP's last target in decode
 order, plus the target pictures; it is then drained and the next needed keyframe is read next (a seek when it is
 not the next GOP; the tail of a GOP is demuxed, never decoded). It applies where that is provably exact: GOPs that
 start with an IDR picture and show nothing before it, timestamps on the frame-rate grid (within the time base's
@@ -79,7 +80,7 @@ NONREF_WINDOW = 4.0  # frames before a target (in grid units) that are always fu
 MAX_FALLBACKS = 3
 MAX_PACKET_ERRORS = 64
 MAX_PENDING = 3  # full-resolution frames waiting for conversion (bounds memory when the converter lags)
-USE_CLOSURE = True  # H.264 with trustworthy timestamps: send only the packets the targets depend on (see _run_closure)
+USE_CLOSURE = True  # H.264/HEVC with trustworthy timestamps: send only the packets the targets depend on (see _run_closure)
 MAX_GOP_PACKETS = 3000  # the closure path holds one GOP's packets (demuxed, not decoded); longer GOPs: general path
 
 
@@ -543,16 +544,20 @@ class _PyAVDecoder:
         for jj in range(j, n):
             self._deliver(jj, fr, g)
 
-    # -- closure path (H.264, closed GOPs, frame-rate-grid timestamps)
+    # -- closure path (H.264/HEVC, closed GOPs, frame-rate-grid timestamps)
     def _closure_nal_length(self) -> int | None:
-        """The NAL length-prefix size of an H.264 stream (0: Annex-B start codes), or None when the closure path
-        does not apply (another codec). Without a keyframe index the GOPs are read in order (no seek)."""
-        if self.cc.name != "h264":
-            return None
+        """The NAL length-prefix size of an H.264/HEVC stream (0: Annex-B start codes), or None when the closure
+        path does not apply (another codec). Without a keyframe index the GOPs are read in order (no seek)."""
         extra = self.cc.extradata or b""
-        if extra[:1] == b"\x01":  # avcC: lengthSizeMinusOne in the low bits of byte 4
-            return (extra[4] & 3) + 1 if len(extra) > 4 else None
-        return 0
+        if self.cc.name == "h264":
+            if extra[:1] == b"\x01":  # avcC: lengthSizeMinusOne in the low bits of byte 4
+                return (extra[4] & 3) + 1 if len(extra) > 4 else None
+            return 0
+        if self.cc.name == "hevc":
+            if extra[:1] == b"\x01":  # hvcC: lengthSizeMinusOne in the low bits of byte 21
+                return (extra[21] & 3) + 1 if len(extra) > 22 else None
+            return 0
+        return None
 
     def _closure_next(self):
         """The next packet of the stream in decode order (None at the end of the stream)."""
@@ -582,9 +587,9 @@ class _PyAVDecoder:
             g = self.g_of(pkt.pts)
             if abs(g - round(g)) > 0.01 + 0.5 * self.tb * self.fps:  # on the grid, up to the time base's rounding
                 raise _NotUnderstood(f"a timestamp off the frame-rate grid ({g:.3f})")
-            kind = h264_packet_kind(bytes(pkt), nal_len)
+            kind = PACKET_KINDS[self.cc.name](bytes(pkt), nal_len)
             if kind is None:
-                raise _NotUnderstood("an H.264 packet that could not be parsed")
+                raise _NotUnderstood(f"a {self.cc.name} packet that could not be parsed")
             is_ref, is_idr = kind
             if not gop and not (pkt.is_keyframe and is_idr):
                 raise _NotUnderstood("a GOP that does not start with an IDR picture")
@@ -610,7 +615,7 @@ class _PyAVDecoder:
     def _run_closure(self, indices: list[int], nal_len: int) -> DecodeResult:
         """Send the decoder exactly the packets the targets depend on: in each GOP that serves a target, every
         reference packet up to the last serving packet (decode order) plus the serving packets; then drain and go
-        to the next needed keyframe (a seek when it is not the next one). Applies to H.264 streams whose GOPs start
+        to the next needed keyframe (a seek when it is not the next one). Applies to H.264/HEVC streams whose GOPs start
         with an IDR picture, show nothing before it and whose timestamps sit on the frame-rate grid; anything else
         raises _NotUnderstood before a wrong frame could be served. Non-reference pictures are never referenced
         and an IDR picture resets the references, so the frames are those of a full decode, bit for bit."""
@@ -736,17 +741,17 @@ class _PyAVDecoder:
         return None
 
 
-# ------------------------------------------------------------------------------------- closure helpers (H.264)
+# ------------------------------------------------------------------------------- closure helpers (H.264, HEVC)
 
 
-def h264_packet_kind(data: bytes, nal_len: int) -> tuple[bool, bool] | None:
-    """(is_reference, is_idr) of an H.264 access unit from its NAL headers; None when it cannot be parsed.
+def _nal_headers(data: bytes, nal_len: int) -> list[bytes] | None:
+    """The first two bytes of each NAL unit of a packet; None when the framing cannot be parsed.
 
-    `nal_len`: the size of the NAL length prefixes (avcC, 1-4) or 0 for Annex-B start codes. A picture is a
-    reference when any of its slices has nal_ref_idc != 0; non-reference pictures are never used by another."""
+    `nal_len`: the size of the NAL length prefixes (avcC/hvcC, 1-4) or 0 for Annex-B start codes."""
     heads = []
+    size = len(data)
     if nal_len:
-        i, size = 0, len(data)
+        i = 0
         while i < size:
             if i + nal_len > size:
                 return None
@@ -754,19 +759,46 @@ def h264_packet_kind(data: bytes, nal_len: int) -> tuple[bool, bool] | None:
             i += nal_len
             if ln <= 0 or i + ln > size:
                 return None
-            heads.append(data[i])
+            heads.append(data[i : i + min(ln, 2)])
             i += ln
     else:
         i = data.find(b"\x00\x00\x01")
-        while i >= 0 and i + 3 < len(data):
-            heads.append(data[i + 3])
+        while i >= 0 and i + 3 < size:
+            heads.append(data[i + 3 : i + 5])
             i = data.find(b"\x00\x00\x01", i + 3)
-    if any(h & 0x80 for h in heads):
+    return heads
+
+
+def h264_packet_kind(data: bytes, nal_len: int) -> tuple[bool, bool] | None:
+    """(is_reference, is_idr) of an H.264 access unit from its NAL headers; None when it cannot be parsed.
+
+    A picture is a reference when any of its slices has nal_ref_idc != 0; non-reference pictures are never used by
+    another."""
+    heads = _nal_headers(data, nal_len)
+    if heads is None or any(h[0] & 0x80 for h in heads):
         return None  # forbidden_zero_bit set: not H.264 as we know it
-    vcl = [h for h in heads if 1 <= (h & 0x1F) <= 5]
+    vcl = [h[0] for h in heads if 1 <= (h[0] & 0x1F) <= 5]
     if not vcl:
         return None
     return any(h & 0x60 for h in vcl), any((h & 0x1F) == 5 for h in vcl)
+
+
+def hevc_packet_kind(data: bytes, nal_len: int) -> tuple[bool, bool] | None:
+    """(is_reference, is_idr) of an HEVC access unit; None when it cannot be parsed or is not a single-layer,
+    single-temporal-layer stream (a sub-layer non-reference picture may serve a higher sub-layer).
+
+    Non-reference: every slice is TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N or a reserved _N type (even types < 16)."""
+    heads = _nal_headers(data, nal_len)
+    if heads is None or any(len(h) < 2 or h[0] & 0x80 for h in heads):
+        return None
+    vcl = [h for h in heads if (h[0] >> 1) & 0x3F < 32]
+    if not vcl or any((h[0] & 1) or (h[1] >> 3) or (h[1] & 7) != 1 for h in vcl):
+        return None  # no picture, nuh_layer_id != 0 or TemporalId != 0
+    types = [(h[0] >> 1) & 0x3F for h in vcl]
+    return any(t >= 16 or t % 2 for t in types), any(t in (19, 20) for t in types)
+
+
+PACKET_KINDS = {"h264": h264_packet_kind, "hevc": hevc_packet_kind}
 
 
 def serve_in_gop(gs: list[int], targets: list[int]) -> list[int]:

@@ -498,13 +498,16 @@ def test_gop_parallel_open_gop_falls_back_to_serial(tmp_path, monkeypatch):
 def _oracle_closure(path, targets: list[int]) -> list[int]:
     """pts of the packets an oracle decoder needs for `targets` (CFR grid positions), computed from a full scan:
     per GOP, the reference pictures decoded before the GOP's last target picture, plus the target pictures."""
-    from longvid.operators.decode import h264_packet_kind
+    from longvid.operators.decode import PACKET_KINDS
 
     info = probe(path)
     with av.open(str(path)) as c:
         st = c.streams.video[0]
         extra = st.codec_context.extradata or b""
-        nal = (extra[4] & 3) + 1 if extra[:1] == b"\x01" else 0
+        name = st.codec_context.name
+        at = 4 if name == "h264" else 21
+        nal = (extra[at] & 3) + 1 if extra[:1] == b"\x01" else 0
+        kind_of = PACKET_KINDS[name]
         gops: list[list[tuple[int, int, bool]]] = []
         for p in c.demux(st):
             if p.pts is None:
@@ -512,7 +515,7 @@ def _oracle_closure(path, targets: list[int]) -> list[int]:
             g = round((float(p.pts * st.time_base) - info.start_time) * info.fps)
             if p.is_keyframe or not gops:
                 gops.append([])
-            gops[-1].append((int(p.pts), g, h264_packet_kind(bytes(p), nal)[0]))
+            gops[-1].append((int(p.pts), g, kind_of(bytes(p), nal)[0]))
     want = set(targets)
     out = []
     for gop in gops:
@@ -618,14 +621,15 @@ def test_h264_packet_kind_parses_avcc_and_annexb():
     assert h264_packet_kind(bytes([0x85, 0]), 0) is None
 
 
-def test_h264_packet_kind_fuzz():
+def test_packet_kind_fuzz():
     hyp = pytest.importorskip("hypothesis")
-    from longvid.operators.decode import h264_packet_kind
+    from longvid.operators.decode import PACKET_KINDS
 
     @hyp.settings(max_examples=300, deadline=None, derandomize=True)
-    @hyp.given(data=hyp.strategies.binary(max_size=64), nal=hyp.strategies.sampled_from([0, 1, 2, 4]))
-    def check(data, nal):
-        r = h264_packet_kind(data, nal)
+    @hyp.given(data=hyp.strategies.binary(max_size=64), nal=hyp.strategies.sampled_from([0, 1, 2, 4]),
+               codec=hyp.strategies.sampled_from(sorted(PACKET_KINDS)))
+    def check(data, nal, codec):
+        r = PACKET_KINDS[codec](data, nal)
         assert r is None or (isinstance(r, tuple) and len(r) == 2)
 
     check()
@@ -676,3 +680,40 @@ def test_closure_damaged_files_get_the_general_paths_result(vids, tmp_path_facto
         assert outcome(p, info, idx, True) == outcome(p, info, idx, False)
 
     check()
+
+
+@pytest.mark.parametrize("open_gop", [0, 1])
+def test_closure_hevc_closed_gops_and_open_gops_fall_back(tmp_path, open_gop, monkeypatch):
+    if "libx265" not in av.codecs_available:
+        pytest.skip("libx265 not in this PyAV build")
+    from longvid.operators import decode as dec
+
+    params = f"bframes=3:keyint=25:min-keyint=25:scenecut=0:open-gop={open_gop}:log-level=error"
+    p = _encode_codec(tmp_path / f"hevc{open_gop}.mp4", "libx265", opts={"preset": "ultrafast", "x265-params": params})
+    info = probe(p)
+    idx = [3, 0, 24, 25, 26, 60, 61, 99]
+    r = decode(p, idx, info, threads=1, track=True)
+    assert stamps(r.frames) == idx
+    monkeypatch.setattr(dec, "USE_CLOSURE", False)
+    old = decode(p, idx, info, threads=1)
+    np.testing.assert_array_equal(r.frames, old.frames)
+    if open_gop:  # CRA keyframes with leading pictures: the general path serves
+        assert not r.stats.closure and r.stats.closure_fallback
+    else:
+        assert r.stats.closure, r.stats.closure_fallback
+        assert sorted(r.stats.sent_pts) == sorted(_oracle_closure(p, idx))
+
+
+def test_hevc_packet_kind():
+    from longvid.operators.decode import hevc_packet_kind
+
+    def nal(t, tid=0):
+        return bytes([t << 1, tid + 1, 0xAF])
+
+    avcc = lambda *nals: b"".join(len(n).to_bytes(4, "big") + n for n in nals)  # noqa: E731
+    assert hevc_packet_kind(avcc(nal(32), nal(19)), 4) == (True, True)  # VPS + IDR_W_RADL
+    assert hevc_packet_kind(avcc(nal(1)), 4) == (True, False)  # TRAIL_R
+    assert hevc_packet_kind(avcc(nal(0), nal(0)), 4) == (False, False)  # TRAIL_N
+    assert hevc_packet_kind(b"\x00\x00\x01" + nal(21), 0) == (True, False)  # CRA: not an IDR
+    assert hevc_packet_kind(avcc(nal(0, tid=1)), 4) is None  # temporal sub-layers: not handled
+    assert hevc_packet_kind(avcc(nal(39)), 4) is None  # SEI only
