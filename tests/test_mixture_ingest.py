@@ -396,7 +396,9 @@ def test_fuzz_image_files_give_a_sample_or_a_record_error(mix, tmp_path, seed, c
         assert e.field == "image" and e.stage in ("decode", "locate") and e.reason
         return
     (member,) = s.info["image_members"]
-    assert list(Image.open(io.BytesIO(s.payload[member])).convert("RGB").size) == s.info["image_sizes"][0]
+    stored = list(Image.open(io.BytesIO(s.payload[member])).convert("RGB").size)
+    assert stored == s.info["stored_sizes"][0]  # an image over MAX_IMAGE_SIDE is stored resized: its original
+    assert max(stored) <= MAX_IMAGE_SIDE and stored[0] <= s.info["image_sizes"][0][0]  # size stays in image_sizes
 
 
 @settings(max_examples=200, deadline=None)

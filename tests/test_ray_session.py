@@ -210,7 +210,8 @@ def test_an_embedded_ray_next_to_another_users_ray(tmp_path):
         # without RAY_API_SERVER_ADDRESS each State API call replaced the worker's process-wide GCS client (with
         # one of the other cluster) while other threads used it: the "Mutex corrupt" SIGABRT of Ray Train's actors
         assert got["look"]["same_gcs_client"]
-        assert got["session"].startswith(got["temp_dir"] + "/") and not got["session"].startswith(str(tmp))
+        # its own temp dir: under RAY_TMPDIR (the user's choice of disk) but never the other Ray's folder there
+        assert got["session"].startswith(got["temp_dir"] + "/") and not got["session"].startswith(str(tmp / "ray"))
         assert "multiple active Ray instances" not in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert "View the dashboard" not in p.stderr  # Ray's banner went to the log file
         assert "View the dashboard" in (tmp_path / "out" / "logs" / "ray.log").read_text()
