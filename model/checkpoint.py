@@ -398,6 +398,10 @@ def export_checkpoint(
         raise CheckpointError(f"{out}: already exists and is not empty (an export never overwrites)")
     tmp = out.with_name(f".{out.name}.export-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar is not the job's progress
     try:
         model.llm.save_pretrained(str(tmp / LLM_DIR), safe_serialization=True)
         if tokenizer is not None:
@@ -406,4 +410,6 @@ def export_checkpoint(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bar:
+            hf_logging.enable_progress_bar()
     return out

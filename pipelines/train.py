@@ -282,6 +282,7 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
         except ConfigError as e:
             raise ConfigError(f"stages[{i}] ({label(st.name)}): {e}") from None
         sources = []
+        differ: list[str] = []
         for j, e in enumerate(st.data):
             applied: list[str] | None = None
             if e.mixture:
@@ -294,7 +295,7 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
                 try:
                     sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root,
                                      frame_bounds=(st.min_frames, st.max_frames), bounds_policy=st.frame_bounds,
-                                     applied=applied)
+                                     applied=applied, bounds_found=differ)
                 except DataError as err:
                     if e.mixture and e.missing == "skip" and "no shard matches" in str(err):
                         log.warning("stage %s: mixture dataset %s has no shards; skipped", st.name, name)
@@ -305,11 +306,15 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
                                       f"mixture dataset {name} holds {source_media_type(sp)} samples; use mix: "
                                       "concat (the reference concatenates a mixture's datasets)")
                 if applied and applied[-1] == name:
-                    log.info("stage %s: mixture dataset %s: sampling_strategy %s was applied at ingest; all %d "
+                    log.debug("stage %s: mixture dataset %s: sampling_strategy %s was applied at ingest; all %d "
                              "samples taken", st.name, name, samp, sp.nsamples)
                 sources.append(sp)
         if not sources:
             raise ConfigError(f"stages[{i}] ({st.name}): data: no source has any shard")
+        if differ:  # frame_bounds: ignore (an error otherwise): said once, the shards at --log-level debug
+            log.warning("stage %s: %d shard folder(s) were ingested with other frame bounds than the stage's %d-%d; "
+                        "frame_bounds: ignore: trained as they are (--log-level debug names them)", st.name,
+                        len(differ), st.min_frames, st.max_frames)
         total = sum(s.nsamples for s in sources)
         per_epoch = max(1, total // (max(1, world) * st.batch_size) // accum)
         steps = st.steps or math.ceil(st.epochs * per_epoch)

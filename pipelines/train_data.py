@@ -244,17 +244,21 @@ def count_tar_samples(uri: str) -> int:
 
 def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
                 sampling: str = "all", root: str = "", frame_bounds: tuple[int, int] | None = None,
-                bounds_policy: str = "error", applied: list[str] | None = None) -> SourcePlan:
+                bounds_policy: str = "error", applied: list[str] | None = None,
+                bounds_found: list[str] | None = None) -> SourcePlan:
     """Expand, count and cut one data entry (raises DataError naming what is wrong). `frame_bounds`: the stage's
     (min_frames, max_frames), compared with the shards' ingest bounds (check_frame_bounds, `bounds_policy`).
     `sampling`: operators.mixture.parse_strategy's strings. `applied` (a mixture's datasets): when the shards' job
     folders say `ingest --mixture` already applied the strategy (ingest_strategy), every sample is taken, the
-    name is appended to `applied`, and a different recorded strategy is a DataError."""
+    name is appended to `applied`, and a different recorded strategy is a DataError. `bounds_found` collects the
+    frame-bound differences that policy "ignore" let through."""
     shards = expand_shards(patterns, root)
     if not shards:
         raise DataError(f"{name}: no shard matches {', '.join(storage.redact(p) for p in patterns)}")
     if frame_bounds is not None:
-        check_frame_bounds(name, shards, frame_bounds[0], frame_bounds[1], bounds_policy)
+        found = check_frame_bounds(name, shards, frame_bounds[0], frame_bounds[1], bounds_policy)
+        if bounds_found is not None:
+            bounds_found += found
     counts: dict[str, int] = {}
     durations: dict[str, tuple[float, int]] = {}
     how = set()
@@ -372,7 +376,7 @@ def check_frame_bounds(name: str, shards: list[str], lo: int, hi: int, policy: s
     """Compare the frame bounds the shards were ingested with to a stage's [lo, hi]. One shard per job folder is
     read (a folder is written with one profile: its job.json fingerprint says so), every loose shard otherwise.
     policy "error": DataError naming the first shard that differs, its bounds and the stage's; "ignore": each
-    difference is logged as a warning. Returns the differences found."""
+    difference is logged at debug level (the caller says how many, once per stage). Returns the differences found."""
     by_job: dict[str | None, list[str]] = {}
     for s in shards:
         by_job.setdefault(_job_dir(s), []).append(s)
@@ -387,7 +391,7 @@ def check_frame_bounds(name: str, shards: list[str], lo: int, hi: int, policy: s
             if policy == "error":
                 raise DataError(msg + "; ingest with the stage's profile, or set frame_bounds: ignore to train on "
                                       "them as they are (whole clips dropped evenly above max_frames)")
-            log.warning("%s; frame_bounds: ignore: trained as they are", msg)
+            log.debug("%s; frame_bounds: ignore: trained as they are", msg)
             found.append(msg)
     return found
 
