@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.test_train_data import _tar
 from tests.bounds import bounded as _bounded
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
 from longvid.pipelines import train_data as td
@@ -91,13 +92,7 @@ def sample(key: str, label: int = 0, info: bytes | None = None, toks: bytes | No
 
 
 def tar_bytes(members: list[tuple[str, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            t.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+    return _tar(members, fmt).getvalue()
 
 
 def header(name: bytes, size_field: bytes, kind: bytes = b"0") -> bytes:
