@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longvid.manifests.audit.benchmarks import scan_benchmarks  # noqa: E402
-from longvid.manifests.audit.core import AuditConfig, BenchFrames, run_audit  # noqa: E402
-from longvid.manifests.audit.phash import HashIndex  # noqa: E402
+from longvid.operators.audit.benchmarks import scan_benchmarks  # noqa: E402
+from longvid.operators.audit.core import AuditConfig, BenchFrames, run_audit  # noqa: E402
+from longvid.operators.audit.phash import HashIndex  # noqa: E402
 from longvid.manifests.readers import find_jobs  # noqa: E402
 from longvid.manifests.schema import MANIFEST_SCHEMA  # noqa: E402
 

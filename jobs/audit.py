@@ -56,7 +56,7 @@ def register(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from longvid.manifests.audit.core import AuditConfig
+    from longvid.operators.audit.core import AuditConfig
 
     file_values = read_yaml(args.config) if args.config else {}
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
@@ -81,7 +81,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from longvid.jobs import preflight
-    from longvid.manifests.audit.benchmarks import BenchmarkFormatError
+    from longvid.operators.audit.benchmarks import BenchmarkFormatError
     from longvid.manifests.readers import ManifestError
     from longvid.pipelines.audit import audit, s3_filesystem
 

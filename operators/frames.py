@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 # dhash64 is the manifest's `frame_hashes` contract: one definition, in the lower layer, used by ingest and audit.
-from longvid.manifests.audit.phash import dhash64  # noqa: F401  (re-exported)
+from longvid.operators.audit.phash import dhash64  # noqa: F401  (re-exported)
 
 _BICUBIC = Image.Resampling.BICUBIC
 

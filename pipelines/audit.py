@@ -1,4 +1,4 @@
-"""Audit glue: S3 access for manifests and shards, then the audit itself (manifests/audit/core.py).
+"""Audit glue: S3 access for manifests and shards, then the audit itself (operators/audit/core.py).
 
 The audit is one streaming pass in this process (pyarrow reads row groups; numpy does the matching): it needs no
 Ray cluster. This module only decides which filesystem serves each --manifests path.
@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from longvid.manifests.audit.benchmarks import scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, AuditResult, run_audit
+from longvid.operators.audit.benchmarks import scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, AuditResult, run_audit
 from longvid.manifests.readers import find_jobs
 from longvid.pipelines.progress import Progress
 

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from longvid.manifests.audit import ids
-from longvid.manifests.audit.benchmarks import scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, read_drop_list, run_audit
-from longvid.manifests.audit.ngrams import NgramIndex, normalise_text
-from longvid.manifests.audit.phash import HashIndex, dhash64
-from longvid.manifests.audit.videos import frames_at_rate
+from longvid.operators.audit import ids
+from longvid.operators.audit.benchmarks import scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, read_drop_list, run_audit
+from longvid.operators.audit.ngrams import NgramIndex, normalise_text
+from longvid.operators.audit.phash import HashIndex, dhash64
+from longvid.operators.audit.videos import frames_at_rate
 from longvid.manifests.readers import ManifestError, find_jobs, read_failures, read_manifests
 from test_audit_util import FIXTURES, make_job, random_hashes, row
 
@@ -112,7 +112,7 @@ def test_ngram_normalisation_short_questions_and_templates():
     d = ix.describe()
     assert d["short_texts_used_whole"] >= 1 and d["texts_too_short"] >= 1
     # a sequence shared by many benchmark videos is a template
-    from longvid.manifests.audit.benchmarks import BenchText
+    from longvid.operators.audit.benchmarks import BenchText
 
     tmpl = [BenchText("B", "", f"r{i}", f"v{i}", "question", "what is the action performed by the person in the video") for i in range(9)]
     ix2 = NgramIndex(tmpl, max_videos=5)

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longvid.manifests.audit.benchmarks import scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, run_audit
-from longvid.manifests.audit.duplicates import DuplicateFinder
+from longvid.operators.audit.benchmarks import scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, run_audit
+from longvid.operators.audit.duplicates import DuplicateFinder
 from longvid.manifests.readers import find_jobs
 from test_audit_util import FIXTURES, make_job, random_hashes, row
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longvid.manifests.audit.benchmarks import read_benchmark_file, scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, run_audit
+from longvid.operators.audit.benchmarks import read_benchmark_file, scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, run_audit
 from longvid.manifests.droplist import DropListError, parse_drop_list, read_drop_list
 from longvid.manifests.readers import ManifestError, find_jobs, iter_batches
 from test_audit import EGO_UID, clean_rows, planted_rows

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from longvid.manifests.audit.benchmarks import scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, run_audit
+from longvid.operators.audit.benchmarks import scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, run_audit
 from longvid.manifests.readers import find_jobs
 from test_audit import clean_rows
 from test_audit_util import SHARED, make_job, row

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from longvid.manifests.audit.benchmarks import scan_benchmarks
-from longvid.manifests.audit.core import AuditConfig, run_audit
-from longvid.manifests.audit.phash import dhash64
-from longvid.manifests.audit.videos import frames_at_rate
+from longvid.operators.audit.benchmarks import scan_benchmarks
+from longvid.operators.audit.core import AuditConfig, run_audit
+from longvid.operators.audit.phash import dhash64
+from longvid.operators.audit.videos import frames_at_rate
 from longvid.manifests.readers import find_jobs
 from test_audit import clean_rows, planted_rows
 from test_audit_util import FIXTURES, make_job

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from longvid.manifests.audit.core import read_drop_list
+from longvid.operators.audit.core import read_drop_list
 from test_audit import planted_rows
 from test_audit_util import FIXTURES, make_job
 

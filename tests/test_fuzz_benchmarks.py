@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longvid.manifests.audit.benchmarks import read_benchmark_file
+from longvid.operators.audit.benchmarks import read_benchmark_file
 from longvid.manifests.droplist import DropListError, format_drop_list, parse_drop_list, valid_key
 
 FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from longvid.jobs.config import MAX_YAML_BYTES, ConfigError, load_config, read_yaml
 from longvid.jobs.train import parse_recipe
-from longvid.manifests.audit.core import AuditConfig
+from longvid.operators.audit.core import AuditConfig
 from longvid.pipelines.encode import EncodeConfig
 from longvid.pipelines.ingest import IngestConfig
 from longvid.pipelines.niah_build import NiahBuildConfig

@@ -688,7 +688,7 @@ def test_niah_haystack_reads_long_keys_and_skips_corrupt_members(tmp_path, caplo
 def test_audit_reads_long_key_members_and_never_hangs_on_a_negative_size():
     """The audit's shard reader: 150-character keys in PAX and GNU shards; a member size that points backwards
     (which makes the seeking tarfile reader of Python 3.11 loop for ever) is an error, within the bound."""
-    from longvid.manifests.audit.videos import read_members
+    from longvid.operators.audit.videos import read_members
 
     keys = [k for k, _ in _long_key_members()]
     for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):

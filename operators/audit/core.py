@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..droplist import format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list: re-exported)
-from ..readers import JobDir, ManifestError, iter_batches, usable_parts
+from longvid.manifests.droplist import format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list: re-exported)
+from longvid.manifests.readers import JobDir, ManifestError, iter_batches, usable_parts
 from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
 from .duplicates import DuplicateFinder
