@@ -39,7 +39,7 @@ def find_recipe(name_or_path: str) -> Path:
 def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
     from longvid.pipelines.settings import label, show
-    from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig
+    from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 
     raw = dict(raw)
     where = f"{source}: " if source else ""

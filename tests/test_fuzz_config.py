@@ -26,7 +26,7 @@ from longvid.pipelines.niah_build import NiahBuildConfig
 from longvid.pipelines.niah_eval import NiahEvalConfig
 from longvid.pipelines.plan import PlanConfig
 from longvid.pipelines.settings import INT_MAX, MAX_STR, check_fields, field_types, label
-from longvid.pipelines.train import DataEntry, StageConfig, TrainConfig
+from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 from longvid.pipelines.train_data import LoaderConfig
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

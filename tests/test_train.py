@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from longvid.jobs.train import load_recipe, main, parse_recipe
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.train import FaultInjected, mixture_datasets, read_metrics, run_train
+from longvid.pipelines.train import FaultInjected, read_metrics, run_train
+from longvid.pipelines.train_config import mixture_datasets
 from longvid.pipelines.train_data import write_synthetic_frame_shards, write_synthetic_token_shards
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -159,7 +160,7 @@ def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):
     body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["tokens/{name}/shards/*.tar"], "missing": "skip"}]
     body["stages"][0]["mix"] = "concat"
     cfg = parse_recipe(body, {"out": str(tmp_path / "o"), "data_root": str(data["root"])})
-    from longvid.pipelines.train import plan_stages
+    from longvid.pipelines.train_config import plan_stages
 
     cfg.data_root = str(data["root"])
     plan = plan_stages(cfg, 1)[0]
@@ -201,7 +202,7 @@ def test_run_errors(tmp_path, data):
 
 
 def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
-    from longvid.pipelines.train import plan_stages
+    from longvid.pipelines.train_config import plan_stages
 
     body = json.loads(json.dumps(MINI))
     body["stages"] = [body["stages"][1]]
@@ -231,7 +232,7 @@ def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
 
 
 def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, caplog):
-    from longvid.pipelines.train import plan_stages
+    from longvid.pipelines.train_config import plan_stages
 
     root = tmp_path / "d"
     write_synthetic_token_shards(str(root / "tokens/short"), 4, dim=64, per_shard=2, profile="short")  # 1-8
