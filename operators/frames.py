@@ -11,9 +11,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# dhash64 is the manifest's `frame_hashes` contract: one definition, in the lower layer, used by ingest and audit.
-from longvid.operators.audit.phash import dhash64  # noqa: F401  (re-exported)
-
 _BICUBIC = Image.Resampling.BICUBIC
 
 
@@ -22,6 +19,26 @@ def _check_frame(a: np.ndarray) -> None:
         raise ValueError(f"frames must be uint8, got {a.dtype}")
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"a frame must be [H, W, 3] RGB, got shape {a.shape}")
+
+
+def dhash64(frame: np.ndarray) -> int:
+    """64-bit difference hash of an RGB (or grey) uint8 frame: the manifest's `frame_hashes` (ingest writes them,
+    the audit compares them).
+
+    The frame is turned to grey (PIL "L": ITU-R 601 luma) and box-averaged to 9 columns x 8 rows. Bit for
+    (row r, column c), c < 8, is 1 when grey[r, c + 1] > grey[r, c] (brightness rises to the right).
+    Bits are packed row-major with (0, 0) as the most significant bit: bit index 63 - (8 * r + c).
+    Equal frames give equal hashes; near-duplicates differ in a few bits (compare with Hamming distance).
+    """
+    a = np.asarray(frame)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3):
+        raise ValueError(f"dhash64 needs a uint8 [H, W] or [H, W, 3] frame, got {a.dtype} {a.shape}")
+    img = Image.fromarray(np.ascontiguousarray(a))
+    if img.mode != "L":
+        img = img.convert("L")
+    g = np.asarray(img.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (g[:, 1:] > g[:, :-1]).reshape(-1).astype(np.uint64)
+    return int((bits << np.arange(63, -1, -1, dtype=np.uint64)).sum())
 
 
 RESIZE_METHODS = ("pil", "torch")

@@ -13,7 +13,8 @@ from longvid.operators.audit import ids
 from longvid.operators.audit.benchmarks import scan_benchmarks
 from longvid.operators.audit.core import AuditConfig, read_drop_list, run_audit
 from longvid.operators.audit.ngrams import NgramIndex, normalise_text
-from longvid.operators.audit.phash import HashIndex, dhash64
+from longvid.operators.audit.phash import HashIndex
+from longvid.operators.frames import dhash64
 from longvid.operators.audit.videos import frames_at_rate
 from longvid.manifests.readers import ManifestError, find_jobs, read_failures, read_manifests
 from test_audit_util import FIXTURES, make_job, random_hashes, row

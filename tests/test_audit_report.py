@@ -10,7 +10,7 @@ import pytest
 
 from longvid.operators.audit.benchmarks import scan_benchmarks
 from longvid.operators.audit.core import AuditConfig, run_audit
-from longvid.operators.audit.phash import dhash64
+from longvid.operators.frames import dhash64
 from longvid.operators.audit.videos import frames_at_rate
 from longvid.manifests.readers import find_jobs
 from test_audit import clean_rows, planted_rows

@@ -1,8 +1,7 @@
 """64-bit dHash of frames, and a Hamming-radius index that does not compare all pairs.
 
-`dhash64` is the one definition of the manifest's `frame_hashes` (ingest imports it through operators/frames.py):
-grey (PIL "L"), box-resized to 9 x 8, bit (r, c) = grey[r, c+1] > grey[r, c], row-major with (0, 0) the most
-significant bit.
+The hashes are the manifest's `frame_hashes`, made by `operators/frames.py::dhash64` (one definition, for ingest
+and the audit).
 
 `HashIndex` is multi-index hashing. Cut the 64 bits into `threshold + 1` bands: two hashes within Hamming
 distance `threshold` agree exactly on at least one band (pigeonhole). Cut them into `threshold + 2` bands: they
@@ -17,26 +16,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
-
-
-def dhash64(frame: np.ndarray) -> int:
-    """64-bit difference hash of an RGB (or grey) uint8 frame.
-
-    The frame is turned to grey (PIL "L": ITU-R 601 luma) and box-averaged to 9 columns x 8 rows. Bit for
-    (row r, column c), c < 8, is 1 when grey[r, c + 1] > grey[r, c] (brightness rises to the right).
-    Bits are packed row-major with (0, 0) as the most significant bit: bit index 63 - (8 * r + c).
-    Equal frames give equal hashes; near-duplicates differ in a few bits (compare with Hamming distance).
-    """
-    a = np.asarray(frame)
-    if a.dtype != np.uint8 or a.ndim not in (2, 3):
-        raise ValueError(f"dhash64 needs a uint8 [H, W] or [H, W, 3] frame, got {a.dtype} {a.shape}")
-    img = Image.fromarray(np.ascontiguousarray(a))
-    if img.mode != "L":
-        img = img.convert("L")
-    g = np.asarray(img.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
-    bits = (g[:, 1:] > g[:, :-1]).reshape(-1).astype(np.uint64)
-    return int((bits << np.arange(63, -1, -1, dtype=np.uint64)).sum())
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
