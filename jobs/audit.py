@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from longvid.jobs import preflight
     from longvid.operators.audit.benchmarks import BenchmarkFormatError
     from longvid.manifests.readers import ManifestError
-    from longvid.pipelines.audit import audit, s3_filesystem
+    from longvid.pipelines.audit import audit
 
     cfg = config_from_args(args)
     preflight.use_s3(args.s3_endpoint_url or "", args.s3_profile or "", args.s3_region or "")
@@ -92,11 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark_videos:
         preflight.readable("benchmark_videos", args.benchmark_videos, folder=True)
     preflight.writable("out", args.out)
-    s3 = None
-    if any(m.startswith("s3://") for m in args.manifests):
-        s3 = s3_filesystem(args.s3_endpoint_url, args.s3_region, args.s3_profile)
-    try:
-        res = audit(args.manifests, args.benchmarks, args.out, cfg, args.benchmark_videos, s3, args.strict_benchmarks)
+    try:  # S3 settings: this process's, set by preflight.use_s3 above (storage.configure_s3)
+        res = audit(args.manifests, args.benchmarks, args.out, cfg, args.benchmark_videos,
+                    strict_benchmarks=args.strict_benchmarks)
     except (ManifestError, BenchmarkFormatError, FileNotFoundError, ValueError) as e:
         print(f"longvid audit: {e}", file=sys.stderr)
         return 2

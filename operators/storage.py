@@ -2,8 +2,12 @@
 
 Plain functions over URIs: a URI is either a local path (optionally `file://...`) or `s3://bucket/key`.
 
-- Reads: `exists`, `size`, `list_files`, `open_read` (seekable; on S3 a ranged-GET reader with a bounded readahead
-  buffer, usable by PyAV `av.open(fileobj)` and by `io.TextIOWrapper`), `read_bytes`, `read_text`.
+- Reads: `exists`, `is_folder`, `size`, `list_files`, `open_read` (seekable; on S3 a ranged-GET reader with a
+  bounded readahead buffer, usable by PyAV `av.open(fileobj)`, `io.TextIOWrapper` and pyarrow), `read_bytes`,
+  `read_text`.
+- Parquet: `open_parquet`, `read_parquet` (pyarrow.parquet over `open_read`), `write_parquet` (atomic). The one
+  storage stack of the project: no other module talks to boto3/botocore, and none uses pyarrow.fs, fsspec or s3fs
+  (tests/test_layout.py).
 - Writes are atomic: `write_bytes`, `put_file`. Local: temp name in the same folder + fsync + `os.replace`.
   S3: one PUT for small objects; a multipart upload completed only at the end for large ones (aborted on failure),
   so an object never shows under its final key half-written. A process killed mid-upload leaves an incomplete
@@ -20,6 +24,7 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -756,6 +761,57 @@ def read_text(uri: str, encoding: str = "utf-8") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
         raise StorageError(uri, f"read_text: not valid {encoding} at byte {e.start}") from None
+
+
+def is_folder(uri: str) -> bool:
+    """True for a local folder, or an S3 prefix with at least one object under `prefix/`."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        key = key if not key or key.endswith("/") else key + "/"
+        page = _retry(uri, "list", lambda: _client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1))
+        return bool(page.get("Contents"))
+    return os.path.isdir(_local(uri))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parquet: pyarrow.parquet over the handles above (ranged reads on S3: the footer and the column chunks asked
+# for, never the whole object), written through the atomic writes below
+# --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_parquet(uri: str, block_size: int = 4 * MiB):
+    """`with open_parquet(uri) as pf:` a pyarrow.parquet.ParquetFile over `open_read(uri)`, closed on exit.
+    pyarrow's own error for a file that is not parquet (ArrowInvalid) passes through."""
+    import pyarrow.parquet as pq
+
+    with open_read(uri, block_size=block_size) as f:
+        pf = pq.ParquetFile(f)
+        try:
+            yield pf
+        finally:
+            pf.close()
+
+
+def read_parquet(uri: str, columns: list[str] | None = None, **kwargs: Any):
+    """The whole table (or `columns`) of one parquet file, as `pyarrow.parquet.read_table` reads it."""
+    import pyarrow.parquet as pq
+
+    with open_read(uri) as f:
+        return pq.read_table(f, columns=columns, **kwargs)
+
+
+def write_parquet(uri: str, table, **kwargs: Any) -> None:
+    """`pyarrow.parquet.write_table(table, ..., **kwargs)`, atomically (local: streamed into a temp file; S3: one
+    object). The bytes are those write_table writes to a path."""
+    import pyarrow.parquet as pq
+
+    if is_s3(uri):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, **kwargs)
+        write_bytes(uri, buf.getbuffer())
+        return
+    _atomic_local(uri, lambda f: pq.write_table(table, f, **kwargs))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from longvid.operators import niah, storage
 from longvid.operators.errors import ConfigError, RecordError
@@ -326,9 +325,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    storage.write_parquet(str(path), table)
 
 
 def _write_json(path: Path, obj: Any) -> None:

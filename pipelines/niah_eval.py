@@ -54,9 +54,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from longvid.operators import niah
+from longvid.operators import niah, storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.outputs import versions
 from longvid.pipelines.ray_session import ensure_ray
@@ -144,7 +143,7 @@ class NiahSet:
         try:
             self.meta = json.loads((self.folder / "set.json").read_text())
             self.items = {int(it["id"]): it for it in json.loads((self.folder / "items.json").read_text())}
-            self.rows = pq.read_table(self.folder / "index.parquet").to_pylist()
+            self.rows = storage.read_parquet(str(self.folder / "index.parquet")).to_pylist()
             self.haystack = np.load(self.folder / "haystack" / "tokens.npy", mmap_mode="r")
             self.needles = np.load(self.folder / "needles" / "tokens.npy", mmap_mode="r")
         except (OSError, ValueError, KeyError) as e:
@@ -611,7 +610,7 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
     results.sort(key=lambda r: (r["row"], r["question"]))
     out = Path(cfg.out or Path(cfg.set) / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(results, schema=RESULT_SCHEMA), out / "results.parquet")
+    storage.write_parquet(str(out / "results.parquet"), pa.Table.from_pylist(results, schema=RESULT_SCHEMA))
     agg = aggregate(results, nset.kind)
     grid, rlab, clab = heatmap_grid(agg, nset.kind)
     name = Path(cfg.checkpoint).name if not cfg.checkpoint.startswith("random:") else cfg.checkpoint

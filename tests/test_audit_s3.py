@@ -28,10 +28,14 @@ def s3(monkeypatch):
     client.create_bucket(Bucket="corpus")
     yield url, client
     server.stop()
+    from longvid.operators import storage
+
+    storage.configure_s3()  # the next test gets the defaults back
 
 
 def test_audit_reads_jobs_on_s3(s3, tmp_path):
-    from longvid.pipelines.audit import audit, s3_filesystem
+    from longvid.operators import storage
+    from longvid.pipelines.audit import audit
 
     url, client = s3
     job = make_job(tmp_path / "howto", planted_rows([(1.0, 0), (2.0, 0), (3.0, 0), (4.0, 0)])[:2],
@@ -39,11 +43,11 @@ def test_audit_reads_jobs_on_s3(s3, tmp_path):
     for p in job.rglob("*"):
         if p.is_file():
             client.upload_file(str(p), "corpus", f"jobs/howto/{p.relative_to(job).as_posix()}")
-    res = audit(["s3://corpus/jobs"], [str(FIXTURES)], tmp_path / "out", s3=s3_filesystem(url))
+    res = audit(["s3://corpus/jobs"], [str(FIXTURES)], tmp_path / "out", s3=storage.S3Options(endpoint_url=url))
     assert res.rows == 2
     assert read_drop_list(tmp_path / "out" / "drop_list.txt") == {"howto100m_youtu-be-A_full", "charades_RPY8D_full"}
     assert res.summary["stats"]["sources"]["howto100m"]["failures"] == 1
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("<img alt='frames of") == 2  # contact sheets decoded from the shard on S3
     with pytest.raises(FileNotFoundError, match="s3://corpus/nothing"):
-        audit(["s3://corpus/nothing"], [str(FIXTURES)], tmp_path / "out2", s3=s3_filesystem(url))
+        audit(["s3://corpus/nothing"], [str(FIXTURES)], tmp_path / "out2", s3={"endpoint_url": url})

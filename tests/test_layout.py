@@ -21,6 +21,10 @@ ALLOWED = {
     "model": set(),
 }
 SHARED = {"longvid.model.constants"}  # the shared numbers (no imports of their own): every layer may read them
+# The floor every data layer stands on, manifests included: the one storage stack (local disk and S3, parquet
+# included, secrets redacted inside it) and the project's exceptions. They import nothing of the project but each
+# other (test_the_floor_imports_nothing_but_the_floor). model stands alone and does not use them.
+FLOOR = {"longvid.operators.storage", "longvid.operators.errors"}
 # generators of synthetic corpora (tests, benchmarks, the demo): who may import them
 GENERATORS = {"longvid.pipelines.faulty", "longvid.pipelines.synth_video", "longvid.pipelines.demo_corpus"}
 MAY_IMPORT_GENERATORS = {"jobs/demo.py", "pipelines/demo_corpus.py", "pipelines/faulty.py", "pipelines/synth_video.py"}
@@ -46,18 +50,63 @@ def _modules(layer: str) -> list[Path]:
     return sorted((ROOT / layer).rglob("*.py"))
 
 
+def _on_the_floor(layer: str, line: int, mod: str, found: list[tuple[int, str]]) -> bool:
+    """`mod` is a floor module (or a name in one), or the package of `from longvid.operators import storage`."""
+    if layer == "model":
+        return False
+    if any(mod == m or mod.startswith(m + ".") for m in FLOOR):
+        return True
+    return any(n == line and m.rpartition(".")[0] == mod for n, m in found if m in FLOOR)
+
+
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_no_layer_imports_upward_or_outside_the_namespace(layer):
     bad = []
     for path in _modules(layer):
-        for line, mod in _imports(path):
+        found = _imports(path)
+        for line, mod in found:
             top = mod.split(".")[0]
             if top in ALLOWED:  # a bare `import operators...`: outside the longvid namespace
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {mod} (use longvid.{mod})")
+            elif _on_the_floor(layer, line, mod, found):
+                continue
             elif top == "longvid" and mod.count(".") >= 1 and not any(mod.startswith(m) for m in SHARED):
                 target = mod.split(".")[1]
                 if target in ALLOWED and target != layer and target not in ALLOWED[layer]:
                     bad.append(f"{path.relative_to(ROOT)}:{line}: {layer} imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_floor_imports_nothing_but_the_floor():
+    """operators/storage.py and operators/errors.py import no project module but each other: every layer can
+    stand on them without pulling in the operators above."""
+    bad = []
+    for mod in FLOOR:
+        path = ROOT / (mod.removeprefix("longvid.").replace(".", "/") + ".py")
+        for line, name in _imports(path):
+            if name.startswith("longvid") and not any(name == m or name.startswith(m + ".") for m in FLOOR):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    assert not bad, "\n".join(bad)
+
+
+STORAGE_CLIENTS = ("boto3", "botocore", "pyarrow.fs", "fsspec", "s3fs")
+
+
+def test_one_storage_stack():
+    """Only operators/storage.py talks to storage libraries: every read and write of the project (parquet included,
+    through its open_read / read_parquet / write_parquet) goes through its retries, atomic writes and redaction."""
+    bad = []
+    for layer in ALLOWED:
+        for path in _modules(layer):
+            if path == ROOT / "operators" / "storage.py":
+                continue
+            rel = path.relative_to(ROOT)
+            bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path)
+                    if any(mod == c or mod.startswith(c + ".") for c in STORAGE_CLIENTS)]
+            for node in ast.walk(ast.parse(path.read_text())):  # `import pyarrow as pa` ... `pa.fs.S3FileSystem`
+                if (isinstance(node, ast.Attribute) and node.attr == "fs" and isinstance(node.value, ast.Name)
+                        and node.value.id in ("pa", "pyarrow")):
+                    bad.append(f"{rel}:{node.lineno}: {node.value.id}.fs")
     assert not bad, "\n".join(bad)
 
 

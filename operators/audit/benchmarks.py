@@ -510,7 +510,7 @@ def _load(path: Path) -> _Doc:
     if data[:4] == b"PAR1":
         import pyarrow.parquet as pq
 
-        return _Doc("table", pq.read_table(path).to_pylist())
+        return _Doc("table", pq.read_table(io.BytesIO(data)).to_pylist())  # the bytes read above
     text = _decode_text(data)
     if text is None:
         return _Doc("binary")

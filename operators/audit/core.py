@@ -22,10 +22,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from longvid.manifests.droplist import format_drop_list, read_drop_list, valid_key  # noqa: F401  (read_drop_list: re-exported)
 from longvid.manifests.readers import JobDir, ManifestError, iter_batches, usable_parts
+from longvid.operators import storage
 from longvid.operators.frames import dhash64
 from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
@@ -360,8 +360,8 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     dup_table = dups.finish()
     leak = pa.Table.from_pylist(findings, schema=LEAK_SCHEMA) if findings else LEAK_SCHEMA.empty_table()
     leak = leak.sort_by([("benchmark", "ascending"), ("method", "ascending"), ("key", "ascending")])
-    pq.write_table(leak, out / "leakage.parquet")
-    pq.write_table(dup_table, out / "duplicates.parquet")
+    storage.write_parquet(str(out / "leakage.parquet"), leak)
+    storage.write_parquet(str(out / "duplicates.parquet"), dup_table)
 
     leak_keys = sorted(set(leak.column("key").to_pylist()))
     dmeth = dup_table.column("method").to_pylist()

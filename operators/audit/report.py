@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from longvid.operators import storage
+
 from .videos import decode_all, frame_at, read_members
 
 log = logging.getLogger("longvid.audit")
@@ -129,7 +131,7 @@ def _load_sheets(keys: list[str], jobs, where, frames_by_key) -> dict[str, str]:
                 out[k] = "! manifest row has no shard"
             continue
         try:
-            with job.filesystem.open_input_file(job.path(shard)) as f:
+            with storage.open_read(job.path(shard)) as f:
                 got = read_members(f, {k + ".mp4" for k in ks})
         except Exception as e:
             for k in ks:
