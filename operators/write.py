@@ -5,7 +5,8 @@
               manifests/part-N.parquet                          (written last: its presence = unit committed)
 
 Tars are POSIX (ustar headers; a PAX header only for a member name longer than 100 characters) and deterministic
-(sorted-key JSON, zeroed mtimes/owners, in the PAX headers too), so re-running a unit rewrites the same bytes.
+(sorted-key JSON, zeroed mtimes/owners, in the PAX headers too), so re-running a unit rewrites the same bytes; the
+tar bytes themselves are operators.shards' (tar_member_header, TarPartWriter).
 A sample goes into a tar whole or not at all: its json, key and manifest row are checked before any byte is written,
 and a sample that cannot be written (`SampleWriteError`, stage "write", naming the field) is the caller's failure
 row while the rest of the unit is written. An I/O error (e.g. a full disk: `storage.NoSpace`) fails the unit.
@@ -27,7 +28,6 @@ import os
 import re
 import shutil
 import socket
-import tarfile
 import tempfile
 from typing import Any
 
@@ -38,6 +38,7 @@ from longvid.manifests.schema import FAILURE_SCHEMA, MANIFEST_SCHEMA, rows_to_ta
 from longvid.operators import storage
 from longvid.operators.errors import RecordError
 from longvid.operators.records import Failure
+from longvid.operators.shards import TarPartWriter, tar_member_header
 
 SHARDS, MANIFESTS, FAILURES = "shards", "manifests", "failures"
 # A member name `<key>.<ext>` must stay a valid file name (255 bytes: tools unpack shards, encode spills samples to
@@ -67,52 +68,6 @@ class SampleWriteError(RecordError):
         super().__init__("write", reason, field)
 
 
-def _tar_header(name: str, size: int) -> bytes:
-    """The header block(s) of a member: ustar, preceded by a PAX header when the name does not fit ustar."""
-    ti = tarfile.TarInfo(name)
-    ti.size = size
-    ti.mtime = 0
-    ti.mode = 0o644
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
-
-
-class _TarPart:
-    """One tar part being written, a whole sample at a time (tarfile's layout: 512-byte blocks, two zero blocks
-    and padding to a 10240-byte record at the end). The file is fsynced at close, so a late ENOSPC shows there."""
-
-    def __init__(self, tmp: str):
-        self.tmp = tmp
-        self.f = open(tmp, "wb")
-        self.offset = 0
-
-    def write(self, header: bytes, data: bytes) -> None:
-        pad = -len(data) % tarfile.BLOCKSIZE
-        self.f.write(header)
-        self.f.write(data)
-        if pad:
-            self.f.write(tarfile.NUL * pad)
-        self.offset += len(header) + len(data) + pad
-
-    def close(self) -> None:
-        if self.f.closed:
-            return
-        try:
-            end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
-            self.f.write(end + tarfile.NUL * (-(self.offset + len(end)) % tarfile.RECORDSIZE))
-            self.f.flush()
-            os.fsync(self.f.fileno())
-        finally:
-            self.f.close()
-
-    def discard(self) -> None:
-        try:
-            self.f.close()
-        except OSError:  # the unflushed tail of a full disk: the file is removed anyway
-            pass
-
-
 def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -136,7 +91,7 @@ class UnitWriter:
         self.failures: list[dict[str, Any]] = []
         self.keys: set[str] = set()
         self._parts: list[tuple[str, str]] = []  # (temp path, final relative name)
-        self._tar: _TarPart | None = None
+        self._tar: TarPartWriter | None = None
         self._tar_bytes = 0
         self._remote = storage.is_s3(self.out)
         self._scratch = scratch
@@ -196,7 +151,7 @@ class UnitWriter:
             raise storage.os_error(d, "write", e) from None
         self._parts.append((tmp, final))
         try:
-            self._tar = _TarPart(tmp)
+            self._tar = TarPartWriter(tmp)
         except OSError as e:
             raise storage.os_error(self._where(), "write", e) from None
         self._tar_bytes = 0
@@ -223,7 +178,7 @@ class UnitWriter:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise SampleWriteError(f"member {ext}: expected bytes, got {type(data).__name__}", ext)
             try:
-                headers.append((_tar_header(f"{key}.{ext}", len(data)), data))
+                headers.append((tar_member_header(f"{key}.{ext}", len(data)), data))
             except (ValueError, UnicodeError) as e:
                 raise SampleWriteError(f"member {key}.{ext}: no valid tar header: {e}", "key") from None
         size = sum(len(d) for _, d in headers)

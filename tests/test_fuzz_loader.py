@@ -25,9 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_train_data import _tar
+from tests.test_shards import _tar
 from tests.bounds import bounded as _bounded
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
+from longvid.operators import shards as sd
 from longvid.pipelines import train_data as td
 
 DIM = 8  # token width of the test shards: one clip is 1 KiB of float16
@@ -201,15 +202,15 @@ def test_valid_tars_of_every_format_read_exactly_what_was_written(keys, fmt):
     with bounded():
         with tarfile.open(fileobj=io.BytesIO(raw)) as t:  # the names tarfile reads: ours must be the same
             assert [m.name for m in t] == [n for n, _ in members]
-        for f in (td.MappedTar(path), open(path, "rb")):
+        for f in (sd.MappedTar(path), open(path, "rb")):
             with f:
-                groups = list(td.iter_groups(f, 0, want=lambda k: True))
+                groups = list(sd.iter_groups(f, 0, want=lambda k: True))
                 assert [g.key for g in groups] == keys
                 got = [(f"{g.key}.{e}", bytes(v)) for g in groups for e, v in g.members.items()]
                 assert got == members
                 for i, g in enumerate(groups):  # resuming at a group's start or end sees the same names
-                    assert next(td.iter_groups(f, g.start, want=lambda k: True)).key == g.key
-                    assert [x.key for x in td.iter_groups(f, g.end, want=lambda k: False)] == keys[i + 1:]
+                    assert next(sd.iter_groups(f, g.start, want=lambda k: True)).key == g.key
+                    assert [x.key for x in sd.iter_groups(f, g.end, want=lambda k: False)] == keys[i + 1:]
         assert td.count_tar_samples(path) == len(keys)
         plan, out, c, err = read_epoch(path, max_frames=4)
     assert not err and plan.count_from == "tar"
@@ -247,7 +248,7 @@ def test_gnu_name_cut_inside_a_utf8_character():
     'L' header: the cut header name is never decoded on its own (it crashed the loader)."""
     keys = ["a" * 99 + "é", "é" * 70]
     raw = tar_bytes([m for i, k in enumerate(keys) for m in sample(k, label=i)], tarfile.GNU_FORMAT)
-    assert [g.key for g in td.iter_groups(io.BytesIO(raw), 0, want=lambda k: True)] == keys
+    assert [g.key for g in sd.iter_groups(io.BytesIO(raw), 0, want=lambda k: True)] == keys
 
 
 def test_pax_size_record_and_base256_size():
@@ -259,7 +260,7 @@ def test_pax_size_record_and_base256_size():
     glob = b"16 path=gg.json\n"
     raw += header(b"pax_global_header", b"%011o\0" % len(glob), b"g") + glob.ljust(512, b"\0")
     raw += header(b"yy.json", b"\x80" + (3).to_bytes(11, "big")) + b"abc".ljust(512, b"\0") + bytes(1024)
-    groups = list(td.iter_groups(io.BytesIO(raw), 0, want=lambda k: True))
+    groups = list(sd.iter_groups(io.BytesIO(raw), 0, want=lambda k: True))
     assert [(g.key, {e: bytes(v) for e, v in g.members.items()}) for g in groups] == [
         ("zz", {"json": b"1234567"}), ("yy", {"json": b"abc"})]
     assert groups[0].start == 0 and groups[1].start == 2048  # the 'g' header starts the second member's chain
@@ -273,7 +274,7 @@ def test_signed_checksum_of_old_tars_is_accepted():
     signed = sum(x - 256 if x > 127 else x for x in h)
     assert signed != sum(h)
     h[148:156] = b"%06o\0 " % signed
-    groups = list(td.iter_groups(io.BytesIO(bytes(h) + b"{}".ljust(512, b"\0")), 0, want=lambda k: True))
+    groups = list(sd.iter_groups(io.BytesIO(bytes(h) + b"{}".ljust(512, b"\0")), 0, want=lambda k: True))
     assert [(g.key, bytes(g.members["json"])) for g in groups] == [("é", b"{}")]
 
 
@@ -313,8 +314,8 @@ def test_tar_damage_is_a_tar_error_and_costs_only_the_rest_of_the_shard(what, ra
     data = GOOD + raw
     with bounded():
         groups = []
-        with pytest.raises(td.TarError, match=message):
-            for g in td.iter_groups(io.BytesIO(data), 0, want=lambda k: True):
+        with pytest.raises(sd.TarError, match=message):
+            for g in sd.iter_groups(io.BytesIO(data), 0, want=lambda k: True):
                 groups.append(g.key)
         assert groups == ["a"]  # the sample before the damage is whole
         plan, out, c, err = read_epoch(shard_file(data))
@@ -422,12 +423,12 @@ def test_mutated_shards_never_crash_hang_or_lose_uncounted_samples(fmt, ops):
     raw = mutate(fmt, ops)
     path = shard_file(raw)
     with bounded():
-        for f in (td.MappedTar(path), open(path, "rb")):  # the parser raises TarError and nothing else
+        for f in (sd.MappedTar(path), open(path, "rb")):  # the parser raises TarError and nothing else
             with f:
                 try:
-                    for _ in td.iter_groups(f, 0, want=lambda k: True):
+                    for _ in sd.iter_groups(f, 0, want=lambda k: True):
                         pass
-                except td.TarError:
+                except sd.TarError:
                     pass
         plan, out, c, err = read_epoch(path, max_frames=4)
     if plan is None:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longvid.operators import storage, write
+from longvid.operators import shards, storage
 from longvid.operators.errors import RecordError
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import Failure, SourceRecord, TextSpan
@@ -380,7 +380,7 @@ def test_disk_full_fails_the_unit_cleanly_and_a_rerun_writes_the_same(tmp_path, 
     _write_unit(str(ref))
     budget = [5000]
     real_open = open
-    monkeypatch.setattr(write, "open", lambda p, m="r", *a, **k: _Full(real_open(p, m, *a, **k), budget),
+    monkeypatch.setattr(shards, "open", lambda p, m="r", *a, **k: _Full(real_open(p, m, *a, **k), budget),
                         raising=False)
     scratch = tmp_path / "scratch"
     scratch.mkdir()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from longvid.model.tokenizer import build_test_tokenizer
+from longvid.operators import shards as sd
 from longvid.pipelines import train_data as td
 from longvid.pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards
 
@@ -125,7 +126,7 @@ def test_tar_checksum_same_as_tarfile():
         headers.append(ti.tobuf(tarfile.GNU_FORMAT)[-512:])
     for h in headers:
         want = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
-        assert td._tar_checksum_py(h) == want
+        assert sd._tar_checksum_py(h) == want
         if native is not None:
             assert native.tar_checksum(h) == want
     if native is not None:
@@ -158,15 +159,15 @@ def test_tar_parsing_same_with_and_without_kernels(monkeypatch):
     def parse(raw: bytes) -> list:
         out: list = []
         try:
-            for g in td.iter_groups(io.BytesIO(raw), 0, want=lambda k: True):
+            for g in sd.iter_groups(io.BytesIO(raw), 0, want=lambda k: True):
                 out.append((g.key, {e: bytes(v) for e, v in g.members.items()}, g.start, g.end))
-        except td.TarError as e:
+        except sd.TarError as e:
             out.append(str(e))
         return out
 
     kernels = [parse(r) for r in shards]
     assert kernels[0][0][0] == "k" * 150 and any(isinstance(x[-1], str) for x in kernels)
-    monkeypatch.setattr(td, "_native", None)
+    monkeypatch.setattr(sd, "_native", None)
     assert [parse(r) for r in shards] == kernels
 
 
@@ -183,11 +184,11 @@ def test_in_page_cache_probe(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(os.urandom(4 << 20))
     p.read_bytes()
-    assert td.in_page_cache(str(p)) is True
+    assert sd.in_page_cache(str(p)) is True
     _evict(str(p))
-    assert td.in_page_cache(str(p)) is False
+    assert sd.in_page_cache(str(p)) is False
     (tmp_path / "empty").write_bytes(b"")
-    assert td.in_page_cache(str(tmp_path / "empty")) is True
+    assert sd.in_page_cache(str(tmp_path / "empty")) is True
 
 
 def _flat(groups):
@@ -201,19 +202,19 @@ def test_cold_shards_are_pulled_into_the_page_cache_ahead_of_the_mapping(tmp_pat
     keys = write_synthetic_token_shards(str(tmp_path / "t"), 6, per_shard=6, frames=(4, 16), dim=64)
     shard = str(next((tmp_path / "t" / "shards").glob("*.tar")))
     open(shard, "rb").read()
-    warm = td.open_shard(shard)
-    assert isinstance(warm, td.MappedTar) and warm._fd < 0
-    flat = [_flat(td.iter_groups(warm, 0, want=lambda k: True))]  # bytes: no view keeps the pages mapped
+    warm = sd.open_shard(shard)
+    assert isinstance(warm, sd.MappedTar) and warm._fd < 0
+    flat = [_flat(sd.iter_groups(warm, 0, want=lambda k: True))]  # bytes: no view keeps the pages mapped
     warm.close()
     del warm
     pulls = []
     real = os.sendfile
     monkeypatch.setattr(os, "sendfile", lambda o, i, off, n: (pulls.append((off, n)), real(o, i, off, n))[1])
     _evict(shard)
-    cold = td.open_shard(shard)
-    assert cold._fd >= 0 and td.in_page_cache(shard) is False
-    groups = list(td.iter_groups(cold, 0, want=lambda k: k != keys[2], exts=("json", "tokens.npy")))
-    assert td.in_page_cache(shard) is True
+    cold = sd.open_shard(shard)
+    assert cold._fd >= 0 and sd.in_page_cache(shard) is False
+    groups = list(sd.iter_groups(cold, 0, want=lambda k: k != keys[2], exts=("json", "tokens.npy")))
+    assert sd.in_page_cache(shard) is True
     skipped = [g for g in groups if "__skipped__" in g.members][0]
     inside = [(off, n) for off, n in pulls if skipped.start <= off < skipped.end]
     assert inside and all(n <= 512 for _, n in inside)  # its headers were read, its members not
@@ -226,8 +227,8 @@ def test_cold_shards_are_pulled_into_the_page_cache_ahead_of_the_mapping(tmp_pat
 
     monkeypatch.setattr(os, "sendfile", broken)
     _evict(shard)
-    nosf = td.open_shard(shard)
-    flat.append(_flat(td.iter_groups(nosf, 0, want=lambda k: True)))
+    nosf = sd.open_shard(shard)
+    flat.append(_flat(sd.iter_groups(nosf, 0, want=lambda k: True)))
     assert nosf._fd == -1
     nosf.close()
     assert flat[0] == flat[2] and [k for k, *_ in flat[0]] == keys
@@ -250,6 +251,7 @@ def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, cap
     runs = []
     for kernels, cold in ((native, False), (native, True), (None, False)):
         monkeypatch.setattr(td, "_native", kernels)
+        monkeypatch.setattr(sd, "_native", kernels)
         for f in shards:
             _evict(f) if cold else open(f, "rb").read()
         cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=2, buffer=6, mix="samples", dim=64,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from longvid.pipelines.train_data import (
     DecodeOptions,
     FastTokenizer,
     Group,
-    MappedTar,
-    TarError,
     TrainSample,
     collate,
     LoaderConfig,
@@ -27,7 +24,6 @@ from longvid.pipelines.train_data import (
     count_tar_samples,
     decode_sample,
     expand_shards,
-    iter_groups,
     keep_clips,
     non_finite,
     plan_source,
@@ -142,63 +138,6 @@ def test_rank_pieces_are_disjoint_and_cover_everything(shards, world):
 def test_rank_pieces_share_only_when_fewer_samples_than_workers():
     mine, shared = rank_pieces([Piece("a.tar", 0, 2)], 2, 3)
     assert shared and mine[0].n == 1
-
-
-# ---------------------------------------------------------------------------------------------------- tar reading
-
-
-def _tar(members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            t.addfile(ti, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
-
-def test_iter_groups_reads_groups_skips_unwanted_and_long_names():
-    long_key = "k" * 150
-    members = [("a.json", b"{}"), ("a.tokens.npy", b"x" * 700), ("dir/b.json", b"[1]"), ("b.mp4", b"m"),
-               (f"{long_key}.json", b"{}")]
-    f = _tar(members, tarfile.PAX_FORMAT)
-    groups = list(iter_groups(f, 0, want=lambda k: k != "b", exts=("json", "tokens.npy")))
-    assert [g.key for g in groups] == ["a", "b", long_key]
-    assert bytes(groups[0].members["tokens.npy"]) == b"x" * 700
-    assert "__skipped__" in groups[1].members  # excluded: data never read
-    # restarting at a group's end offset continues with the next group
-    f.seek(0)
-    again = list(iter_groups(f, groups[0].end, want=lambda k: True))
-    assert [g.key for g in again] == ["b", long_key] and set(again[0].members) == {"json", "mp4"}
-
-
-def test_iter_groups_rejects_corrupt_headers():
-    raw = bytearray(_tar([("a.json", b"{}"), ("b.json", b"{}")]).getvalue())
-    raw[1024 + 130] ^= 0x55  # second header's size field: checksum no longer matches
-    from longvid.pipelines.train_data import TarError
-
-    with pytest.raises(TarError, match="checksum"):
-        list(iter_groups(io.BytesIO(bytes(raw)), 0, want=lambda k: True))
-
-
-def test_iter_groups_ustar_prefix_and_mapped_members(tmp_path):
-    # a name longer than 100 characters in ustar form goes into the prefix field (bytes 345..500): the checksum
-    # covers it, and the member is found under its whole path
-    deep = "d" * 90 + "/" + "e" * 60 + "/k1.json"
-    raw = _tar([(deep, b'{"a": 1}'), ("k1.tokens.npy", b"n" * 1500), ("k2.json", b"{}")]).getvalue()
-    (tmp_path / "s.tar").write_bytes(raw)
-    groups = list(iter_groups(MappedTar(str(tmp_path / "s.tar")), 0, want=lambda k: True))
-    assert [g.key for g in groups] == ["k1", "k2"]
-    assert bytes(groups[0].members["json"]) == b'{"a": 1}' and bytes(groups[0].members["tokens.npy"]) == b"n" * 1500
-    bad = bytearray(raw)
-    bad[400] ^= 0x01  # inside the prefix field: the checksum must catch it
-    with pytest.raises(TarError, match="checksum"):
-        list(iter_groups(io.BytesIO(bytes(bad)), 0, want=lambda k: True))
-    # a member cut short inside its data: the mapped reader says so instead of handing out a short view
-    (tmp_path / "cut.tar").write_bytes(raw[:512 + 512 + 700])
-    with pytest.raises(TarError, match="truncated member"):
-        list(iter_groups(MappedTar(str(tmp_path / "cut.tar")), 0, want=lambda k: True))
 
 
 # ---------------------------------------------------------------------------------------------------- samples
