@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from longvid.operators.decode import decode  # noqa: E402
 from longvid.operators.probe import probe  # noqa: E402
 from longvid.operators.sample import PROFILES, plan_span  # noqa: E402
-from longvid.pipelines.synth_video import make_video  # noqa: E402
+from longvid.synthetic.videos import make_video  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -459,7 +459,7 @@ def write_md(cmd, lines, extra, proc, args, elapsed, load) -> None:
         "## Decode",
         "",
         f"Command: `{cmd.strip()}` ({elapsed:.0f} s, plus video generation on the first run; {os.cpu_count()} cores "
-        f"shared with other work: {load}, so wall times are noisy and CPU times are the steadier figure). Videos: `pipelines.synth_video.make_video`, 30 fps H.264, {args.bframes} B-frames, "
+        f"shared with other work: {load}, so wall times are noisy and CPU times are the steadier figure). Videos: `synthetic.videos.make_video`, 30 fps H.264, {args.bframes} B-frames, "
         f"x264 preset {args.preset}, keyframe every 2 s or 10 s; each {args.minutes:g}-minute video is a generated 30 s clip of its "
         f"format repeated by stream copy (real H.264, the same GOP structure throughout), the 1-hour video the 1080p "
         f"2 s-GOP clip x120. Decoder threads: {args.threads} for all three.",

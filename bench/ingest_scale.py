@@ -5,7 +5,7 @@
     python bench/ingest_scale.py --write-md      # also print the markdown table for BENCHMARKS.md
     python bench/ingest_scale.py --variants ramp8x8,fixed4 --repeats 3
 
-Corpus (pipelines.faulty.make_corpus + pipelines.synth_video.make_video): 90 short clips of 30 small H.264 videos
+Corpus (synthetic.faulty_corpus.make_corpus + synthetic.videos.make_video): 90 short clips of 30 small H.264 videos
 (160x120, 3 s) + 9 bad rows (one per kind) + 8 longer videos (4 x 640x360 60 s, 4 x 1280x720 30 s, 2 s GOPs,
 B-frames) spread through the metadata: 107 MiraData v1 rows, profile long (64 frames from each longer video).
 
@@ -76,9 +76,9 @@ DEFAULT_ORDER = ["old", "ramp8x8", "child_per_unit", "fixed4", "fixed16", "infli
 
 def make_corpus(root: Path, keep: bool) -> dict:
     """The benchmark corpus under `root` (reused when --keep and complete)."""
-    from longvid.pipelines.faulty import extra_key, extra_row, make_corpus as faulty_corpus
+    from longvid.synthetic.faulty_corpus import extra_key, extra_row, make_corpus as faulty_corpus
     from longvid.operators.sources.miradata import raw_video_path
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     done = root / "corpus.json"
     if keep and done.exists():

@@ -3,7 +3,7 @@
     python bench/peers.py               # install video2dataset into bench/out/peers/venv once, then run both
     python bench/peers.py --write-md    # also rewrite the "## Peers" section of BENCHMARKS.md
 
-Corpus: pipelines.faulty.make_corpus(n_videos=80, clips_per_video=3, bad_per_kind=3, seed=11), the one
+Corpus: synthetic.faulty_corpus.make_corpus(n_videos=80, clips_per_video=3, bad_per_kind=3, seed=11), the one
 tests/test_fault_injection.py uses: 240 good clips of 80 small H.264 videos (160x120, 3 s, 25 fps) and 27 bad rows
 of nine kinds, in MiraData v1 layout.
 
@@ -268,7 +268,7 @@ def _median_run(runs: list[dict]) -> dict | None:
 def markdown(args, corpus, v2d: dict | None, ours: dict | None, why_not: str, patched: list[str]) -> str:
     cmd = "python bench/peers.py --write-md"
     lines = ["## Peers", "", f"Command: `{cmd}` (2-core box shared with other jobs; {time.strftime('%Y-%m-%d')}).", "",
-             f"Input: the fault-injection corpus (`pipelines.faulty.make_corpus`, seed 11): {corpus.rows} MiraData v1 "
+             f"Input: the fault-injection corpus (`synthetic.faulty_corpus.make_corpus`, seed 11): {corpus.rows} MiraData v1 "
              f"rows = {len(corpus.good_keys)} good clips of 80 small H.264 videos (160x120, 3 s) + {len(corpus.bad)} "
              "bad rows of nine kinds.", ""]
     if v2d is None:
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from bench.memory import write_section
-    from longvid.pipelines.faulty import make_corpus
+    from longvid.synthetic.faulty_corpus import make_corpus
 
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(OUT / "corpus", n_videos=80, clips_per_video=3, bad_per_kind=3, seed=11,

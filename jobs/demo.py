@@ -295,7 +295,7 @@ def _mixture_trained(out: Path, datasets: dict[str, Any], log: Callable) -> dict
     recorded keys, and the samples the stage skipped by reason (rank 0's counters)."""
     import pandas as pd
 
-    from longvid.pipelines.train import read_metrics
+    from longvid.pipelines.train_report import read_metrics
 
     kind = {}  # sample key -> media type, from the token manifests of each mixture dataset
     for name, d in datasets.items():
@@ -329,7 +329,7 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
              stages: tuple[str, ...] = STAGES, log=print, native_stderr: bool = False) -> dict[str, Any]:
     """The demo into `out` (see DemoFolder for what happens to an existing folder). native_stderr: what native
     code writes to this process's stderr while Ray runs goes to out/logs/ray.log (for the command's console)."""
-    from longvid.pipelines.demo_corpus import make_demo_corpus, make_demo_mixture
+    from longvid.synthetic.demo_corpus import make_demo_corpus, make_demo_mixture
     from longvid.pipelines.ray_session import claim_out, ensure_ray, native_stderr_to, release_out
 
     out = Path(out).resolve()

@@ -175,7 +175,7 @@ def test_readers_layouts_and_schema_errors(tmp_path):
 @pytest.fixture(scope="module")
 def bench_videos(tmp_path_factory):
     """A 'Video-MME' video on disk (named by its YouTube id) and the dHash of its frames at 1 fps."""
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     d = tmp_path_factory.mktemp("bench_videos")
     make_video(d / "fFjv93ACGo8.mp4", seconds=6, fps=10, width=96, height=96, seed=5)

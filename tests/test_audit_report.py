@@ -29,7 +29,7 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     d = tmp_path_factory.mktemp("report")
     make_video(d / "videos" / "fFjv93ACGo8.mp4", seconds=6, fps=10, width=96, height=96, seed=5)

@@ -42,7 +42,7 @@ def make_job(root: Path, rows: list[dict], failures: list[dict] = (), shards: bo
     (root / "failures").mkdir(parents=True, exist_ok=True)
     shard = f"shards/shard-{unit:06d}-000.tar"
     if shards:
-        from longvid.pipelines.synth_video import make_video
+        from longvid.synthetic.videos import make_video
 
         (root / "shards").mkdir(exist_ok=True)
         tmp = root / "_tmp.mp4"

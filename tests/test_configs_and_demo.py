@@ -59,7 +59,7 @@ def test_demo_mixture_plans_every_record_kind(tmp_path):
     """The demo's own mixture reads as the released files do (no Ray): the strategies select what `expect` says,
     every record kind is there, and the missing video is among the selected records."""
     from longvid.operators.mixture import iter_records, plan_dataset, read_mixture, read_roots
-    from longvid.pipelines.demo_corpus import make_demo_mixture
+    from longvid.synthetic.demo_corpus import make_demo_mixture
 
     mix = make_demo_mixture(tmp_path / "mixture")
     m = read_mixture(mix["mixture"], roots=read_roots(mix["roots"]))

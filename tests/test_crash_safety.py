@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from longvid.pipelines.faulty import base_videos, extra_key, extra_row, make_corpus
+from longvid.synthetic.faulty_corpus import base_videos, extra_key, extra_row, make_corpus
 from longvid.operators.sources.miradata import raw_video_path
 from tests.faults import LeaseHolder, children, kill_marked, lease_break_time, marked_procs, wait_gone
 

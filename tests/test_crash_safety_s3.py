@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from longvid.pipelines.faulty import make_corpus
+from longvid.synthetic.faulty_corpus import make_corpus
 from tests.faults import children, marked_procs, wait_gone
 from tests.s3_server import BUCKET, FaultProxy, boto_client, is_upload_part, list_multipart_uploads
 from tests.test_crash_safety import TIMING_COLUMNS, Run, is_core

@@ -13,7 +13,7 @@ from longvid.operators.decode import decode, decode_frames
 from longvid.operators.errors import RecordError
 from longvid.operators.frames import resize_square
 from longvid.operators.probe import probe
-from longvid.pipelines.synth_video import _frame, make_audio_only, make_video, read_frame_number
+from longvid.synthetic.videos import _frame, make_audio_only, make_video, read_frame_number
 
 W, H = 192, 144
 

@@ -21,7 +21,7 @@ from longvid.model.umt import preprocess
 from longvid.operators.mp4 import decode_mp4, encode_mp4
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.encode import HiCoActor, decode_sample, fetch_checkpoint, read_shard
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 
 # ------------------------------------------------------------------------------------------- helpers
 

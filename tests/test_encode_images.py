@@ -29,7 +29,7 @@ from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.encode import HiCoActor, decode_sample, image_tiles, read_shard
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 from test_encode import clip_batch, tiny_encoder
 
 S = 224

@@ -1,7 +1,7 @@
 """Fault injection: `longvid ingest` over 267 generated inputs of which 27 (10%) are bad in nine ways.
 
 Zero lost, zero duplicated: every input key ends as exactly one manifest row or one failure row; every failure has
-the stage its kind must be reported at (pipelines.faulty.BAD_KINDS), a reason, and names the culprit file/field.
+the stage its kind must be reported at (synthetic.faulty_corpus.BAD_KINDS), a reason, and names the culprit file/field.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from longvid.pipelines.faulty import BAD_KINDS, make_corpus
+from longvid.synthetic.faulty_corpus import BAD_KINDS, make_corpus
 from longvid.operators.sources.miradata import raw_video_path
 
 ROOT = Path(__file__).resolve().parents[1]

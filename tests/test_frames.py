@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from longvid.operators.frames import dhash64, hamming, resize_square
-from longvid.pipelines.synth_video import _frame
+from longvid.synthetic.videos import _frame
 
 
 def _img(h=240, w=320, seed=0):

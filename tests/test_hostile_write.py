@@ -24,7 +24,7 @@ from longvid.operators.errors import RecordError
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import Failure, SourceRecord, TextSpan
 from longvid.operators.write import MAX_JSON_DEPTH, MAX_KEY_BYTES, SampleWriteError, UnitWriter, sample_members
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -444,7 +444,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_ingest_on_a_full_disk_one_line_no_debris_and_the_rerun_completes(tiny_disk, tmp_path):
-    from longvid.pipelines.faulty import make_corpus
+    from longvid.synthetic.faulty_corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "c", n_videos=5, clips_per_video=2, bad_per_kind=0, kinds=(), seed=3)
     out = tiny_disk / "out"

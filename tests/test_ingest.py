@@ -20,7 +20,7 @@ from longvid.operators.mp4 import decode_mp4
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import SourceRecord, TextSpan
 from longvid.operators.sample import PROFILES, plan_span_seconds
-from longvid.pipelines.synth_video import make_audio_only, make_video, read_frame_number
+from longvid.synthetic.videos import make_audio_only, make_video, read_frame_number
 
 
 # ------------------------------------------------------------------------------------------- a small corpus

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 from tests.s3_server import BUCKET, FaultProxy, boto_client, list_multipart_uploads
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from longvid.operators.errors import RecordError, TransientError
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import SourceRecord, TextSpan
 from longvid.pipelines.ingest import run_unit
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 from tests.s3_server import configure_storage_for
 
 

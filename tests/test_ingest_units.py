@@ -170,7 +170,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_default_schedule_end_to_end_and_resume(tmp_path):
     """81 rows with the default schedule: 8 units of 8 and then 16-row units; every row is in the unit the
     schedule says; deleting one committed unit and re-running redoes only it, byte for byte."""
-    from longvid.pipelines.faulty import make_corpus
+    from longvid.synthetic.faulty_corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "c", n_videos=24, clips_per_video=3, bad_per_kind=1, seed=5)
     assert corpus.rows == 81
@@ -221,7 +221,7 @@ def test_worker_keeps_its_decoder_child_across_units(tmp_path, monkeypatch):
     """run_unit (no Ray) twice: the second unit reuses the first unit's decoder child (its start-up costs about
     2 CPU-seconds), counts its CPU, and a recycled child is a new process; the output does not depend on it."""
     from longvid.operators.process import ProcessOptions
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     make_video(tmp_path / "v" / "a.mp4", seconds=2, fps=10, width=64, height=48, seed=1)
     recs = [SourceRecord(source="webvid", video_id=f"a{i}", video_paths=("a.mp4",), start=0.1 * i, end=1.5,

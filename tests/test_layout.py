@@ -1,5 +1,5 @@
 """The house rules (README "The data flow"): one `longvid` namespace, layers that never import upward, test and demo
-generators that production jobs never import."""
+generators (synthetic/) that production jobs never import, the audit's methods used by the audit only."""
 from __future__ import annotations
 
 import ast
@@ -25,9 +25,11 @@ SHARED = {"longvid.model.constants"}  # the shared numbers (no imports of their 
 # included, secrets redacted inside it) and the project's exceptions. They import nothing of the project but each
 # other (test_the_floor_imports_nothing_but_the_floor). model stands alone and does not use them.
 FLOOR = {"longvid.operators.storage", "longvid.operators.errors"}
-# generators of synthetic corpora (tests, benchmarks, the demo): who may import them
-GENERATORS = {"longvid.pipelines.faulty", "longvid.pipelines.synth_video", "longvid.pipelines.demo_corpus"}
-MAY_IMPORT_GENERATORS = {"jobs/demo.py", "pipelines/demo_corpus.py", "pipelines/faulty.py", "pipelines/synth_video.py"}
+# synthetic/: the test and demo generators (videos, corpora with planted faults, token shards). They may import every
+# room; no production module imports them (the demo job is their one user outside tests and benchmarks).
+GENERATORS = "synthetic"
+ROOMS = {**ALLOWED, GENERATORS: set(ALLOWED)}
+MAY_IMPORT_GENERATORS = {"jobs/demo.py"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -59,20 +61,20 @@ def _on_the_floor(layer: str, line: int, mod: str, found: list[tuple[int, str]])
     return any(n == line and m.rpartition(".")[0] == mod for n, m in found if m in FLOOR)
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
+@pytest.mark.parametrize("layer", sorted(ROOMS))
 def test_no_layer_imports_upward_or_outside_the_namespace(layer):
     bad = []
     for path in _modules(layer):
         found = _imports(path)
         for line, mod in found:
             top = mod.split(".")[0]
-            if top in ALLOWED:  # a bare `import operators...`: outside the longvid namespace
+            if top in ROOMS:  # a bare `import operators...`: outside the longvid namespace
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {mod} (use longvid.{mod})")
             elif _on_the_floor(layer, line, mod, found):
                 continue
             elif top == "longvid" and mod.count(".") >= 1 and not any(mod.startswith(m) for m in SHARED):
                 target = mod.split(".")[1]
-                if target in ALLOWED and target != layer and target not in ALLOWED[layer]:
+                if target in ALLOWED and target != layer and target not in ROOMS[layer]:  # synthetic: below
                     bad.append(f"{path.relative_to(ROOT)}:{line}: {layer} imports {mod}")
     assert not bad, "\n".join(bad)
 
@@ -116,7 +118,7 @@ def test_the_shared_constants_have_one_home():
     names = {"FRAMES_PER_CLIP", "LOCAL_NUM_FRAMES", "CLIP_FRAMES", "TOKENS_PER_FRAME", "TOKENS_PER_CLIP",
              "IGNORE_INDEX", "LLAVA_VISION_PREFIX", "LLAVA_PROJECTOR_PREFIX"}
     bad = []
-    for layer in ALLOWED:
+    for layer in ROOMS:
         for path in _modules(layer):
             if path == ROOT / "model" / "constants.py":
                 continue
@@ -129,13 +131,26 @@ def test_the_shared_constants_have_one_home():
 
 
 def test_production_code_never_imports_the_generators():
+    """jobs (but the demo), pipelines, operators, model and manifests never import longvid.synthetic."""
     bad = []
     for layer in ALLOWED:
         for path in _modules(layer):
-            rel = str(path.relative_to(ROOT))
+            rel = path.relative_to(ROOT).as_posix()
             if rel in MAY_IMPORT_GENERATORS:
                 continue
-            bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path) if mod in GENERATORS]
+            bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path)
+                    if mod == f"longvid.{GENERATORS}" or mod.startswith(f"longvid.{GENERATORS}.")]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_audit_methods_serve_the_audit_only():
+    """operators/audit/ is the audit's: the other operators (frames.py's hash included) never import it."""
+    bad = []
+    for path in _modules("operators"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("operators/audit/"):
+            continue
+        bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path) if mod.startswith("longvid.operators.audit")]
     assert not bad, "\n".join(bad)
 
 
@@ -144,16 +159,16 @@ def test_everything_installs_under_one_namespace():
     packages = cfg["packages"]
     assert packages and all(p == "longvid" or p.startswith("longvid.") for p in packages)
     # every folder of a layer with modules is a listed package (nothing left out of a wheel)
-    for layer in [*ALLOWED, "synthetic"]:
+    for layer in ROOMS:
         for init in (ROOT / layer).rglob("__init__.py"):
             sub = init.parent.relative_to(ROOT).as_posix().replace("/", ".")
             assert f"longvid.{sub}" in packages, f"{sub} is not installed as longvid.{sub}"
-    assert cfg["package-dir"] == {f"longvid.{layer}": layer for layer in [*ALLOWED, "synthetic"]}
+    assert cfg["package-dir"] == {f"longvid.{layer}": layer for layer in ROOMS}
 
 
 def test_a_users_own_modules_named_like_our_folders_do_not_shadow_longvid(tmp_path):
     """`model.py` or `jobs/` in the user's working directory: `python -m longvid` still runs ours."""
-    for name in ALLOWED:
+    for name in ROOMS:
         (tmp_path / f"{name}.py").write_text("raise SystemExit('the user module was imported')\n")
     r = subprocess.run([sys.executable, "-m", "longvid", "--version"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=60)

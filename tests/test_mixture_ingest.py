@@ -33,7 +33,7 @@ from longvid.operators.process import ProcessOptions
 from longvid.operators.prompt import insert_time_msg, time_msg
 from longvid.operators.records import Failure
 from longvid.operators.sample import PROFILES, plan_span, plan_span_seconds
-from longvid.pipelines.synth_video import make_video, read_frame_number
+from longvid.synthetic.videos import make_video, read_frame_number
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "mixture"
 FPS = 5.0

@@ -14,7 +14,7 @@ import pytest
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.frames import resize_square
 from longvid.operators.mp4 import DEFAULT_CRF, coding_id, decode_mp4, encode_mp4
-from longvid.pipelines.synth_video import _frame, read_frame_number
+from longvid.synthetic.videos import _frame, read_frame_number
 
 
 def stamped(numbers, size=224):

@@ -46,7 +46,7 @@ def make_images(spec: Path, folder: Path, seed: int = 0) -> int:
 def make_shards(folder: Path, counts=(6, 8)) -> Path:
     """An ingest-style shard: <key>.json + <key>.mp4 per sample, frames stamped with a global number."""
     from longvid.operators.mp4 import encode_mp4
-    from longvid.pipelines.synth_video import _frame
+    from longvid.synthetic.videos import _frame
 
     folder.mkdir(parents=True, exist_ok=True)
     tar_path = folder / "shard-000000-000.tar"
@@ -68,7 +68,7 @@ def make_shards(folder: Path, counts=(6, 8)) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     root = tmp_path_factory.mktemp("niah")
     video = make_video(root / "haystack.mp4", seconds=20, fps=FPS, width=96, height=64, seed=3)
@@ -223,7 +223,7 @@ def test_build_bad_inputs(assets, tmp_path):
 
 class FakeEncoder:
     """Stands in for the HiCo encoder (make_encoder patched): records the frames the build feeds it, de-normalised
-    to uint8, and the frame stamps (pipelines.synth_video) read in `stamp_rows`; every token of the k-th frame fed
+    to uint8, and the frame stamps (synthetic.videos) read in `stamp_rows`; every token of the k-th frame fed
     is k, so tokens.npy tells which fed frame each slot holds. Images (T = 1) are recorded with their image_mode.
     `stamp_rows` None and `keep` False: frames are only counted (fast)."""
 
@@ -243,7 +243,7 @@ class FakeEncoder:
 
     def __call__(self, x, *, image_mode="repeat", clips_per_pass=None):
         from longvid.model.umt import IMAGENET_MEAN, IMAGENET_STD
-        from longvid.pipelines.synth_video import read_frame_number
+        from longvid.synthetic.videos import read_frame_number
 
         b, t = x.shape[0], x.shape[2]
         if t == 1 or self.keep or self.rows is not None:
@@ -276,7 +276,7 @@ def test_build_feeds_the_encoder_the_reference_haystack_and_padded_needles(tmp_p
     from longvid.model.umt import IMAGENET_MEAN
     from longvid.operators.decode import decode_frames
     from longvid.operators.probe import probe
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     video = make_video(tmp_path / "v.mp4", seconds=12, fps=2.5, width=96, height=72, seed=5, crf=18)
     spec, images = make_demo_needles(tmp_path / "needles", items=2)  # 96x72 images
@@ -329,7 +329,7 @@ def test_build_above_7500_frames_repeats_the_reference_period(tmp_path, monkeypa
     every 10,000-frame input maps frame i to slot i mod 5,016."""
     from test_reference_rules import ref_haystack
 
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     video = make_video(tmp_path / "long.mp4", seconds=5100, fps=1.0, width=16, height=16, seed=2)
     spec, images = make_demo_needles(tmp_path / "needles", items=1)

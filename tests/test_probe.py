@@ -10,7 +10,7 @@ import pytest
 
 from longvid.operators.errors import RecordError
 from longvid.operators.probe import VideoInfo, probe
-from longvid.pipelines.synth_video import make_audio_only, make_video
+from longvid.synthetic.videos import make_audio_only, make_video
 
 
 @pytest.fixture(scope="module")

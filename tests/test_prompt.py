@@ -126,7 +126,7 @@ def test_sample_text():
 
 @pytest.fixture(scope="module")
 def video_root(tmp_path_factory):
-    from longvid.pipelines.synth_video import make_video
+    from longvid.synthetic.videos import make_video
 
     root = tmp_path_factory.mktemp("videos")
     make_video(root / "QMi8x8o55Ns.mp4", seconds=12, fps=10, width=64, height=48, seed=1)

@@ -239,7 +239,7 @@ def _sleeper(env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_rerun_after_a_killed_driver_stops_its_leftovers_first(tmp_path):
-    from longvid.pipelines.faulty import make_corpus
+    from longvid.synthetic.faulty_corpus import make_corpus
     from tests.test_crash_safety import Run, assert_complete, ingest_args
 
     corpus = make_corpus(tmp_path / "c", n_videos=16, clips_per_video=2, bad_per_kind=1,

@@ -456,7 +456,7 @@ def test_s3_metadata_through_storage(monkeypatch):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from longvid.pipelines.demo_corpus import make_demo_corpus
+    from longvid.synthetic.demo_corpus import make_demo_corpus
 
     root = tmp_path_factory.mktemp("demo")
     return root, make_demo_corpus(root, per_source=3, seed=0)

@@ -223,7 +223,7 @@ def test_ranged_reader_text_and_csv(s3):
 
 def test_av_decodes_through_ranged_reader_with_bounded_buffer(s3, tmp_path):
     av = pytest.importorskip("av")
-    from longvid.pipelines.synth_video import make_video, read_frame_number
+    from longvid.synthetic.videos import make_video, read_frame_number
 
     path = make_video(tmp_path / "v.mp4", seconds=4, fps=15, width=640, height=480, seed=3, crf=10)
     local_bytes = path.read_bytes()

@@ -6,7 +6,7 @@
     corpus.good_keys  # keys that must come out as samples
     corpus.bad        # key -> (kind, expected failure stage)
 
-Good videos are a few small H.264 clips (pipelines.synth_video, 160x120) generated once and hard-linked under
+Good videos are a few small H.264 clips (synthetic.videos, 160x120) generated once and hard-linked under
 many download ids, so hundreds of inputs cost a few seconds to make. Each bad kind is a realistic way an input
 goes wrong; `BAD_KINDS` maps it to the stage that must report it:
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from longvid.operators.records import sample_key
 from longvid.operators.sources.miradata import raw_video_path
-from longvid.pipelines.synth_video import make_audio_only, make_video
+from longvid.synthetic.videos import make_audio_only, make_video
 
 SOURCE = "miradata"
 

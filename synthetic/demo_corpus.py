@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from longvid.pipelines.synth_video import make_video
+from longvid.synthetic.videos import make_video
 
 SOURCES = ("ego4d", "howto100m", "hdvila", "miradata", "webvid")
 
@@ -412,7 +412,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         wr.writerows(rows)
 
 
-if __name__ == "__main__":  # python -m pipelines.demo_corpus /tmp/demo
+if __name__ == "__main__":  # python -m synthetic.demo_corpus /tmp/demo
     import sys
     import time
 
