@@ -39,13 +39,23 @@ stalls at every seek; ranges of GOPs do not. Ingest workers use one thread by de
 
 Mode "sequential" never seeks; mode "seek" seeks whenever the target's keyframe is ahead; mode "keyframe"
 snaps each target to its nearest keyframe and decodes only those keyframes (for very sparse sampling) and
-returns the indices it actually used.
+returns the indices it actually used (`snap_error_s` measures how far they are from the targets). Every other mode
+returns exact frames.
+
+Hardware decoding (`hwaccel`, PyAV backend): "none" decodes in software; "auto" decodes with NVDEC (PyAV's
+HWAccel, CUDA) only when the frames need not be exact (mode "keyframe") and this process can open a CUDA device,
+else in software, so exact frames are always the software decoder's bytes; "cuda" always asks for NVDEC and is the
+record's RecordError (field "hwaccel") where no CUDA device can be opened. The choice is made by the decoding process
+itself (per node); `stats.decoder` says which decoder produced the frames. Frames downloaded from the device are
+repacked into the stream's own pixel format (NV12 -> yuv420p, a lossless copy) before the same RGB conversion as
+the software path.
 
 Sources: a local path or a seekable binary file-like object (never read whole).
 """
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 from collections import deque
@@ -73,6 +83,8 @@ from longvid.operators.probe import (
 
 BACKENDS = ("pyav", "decord")
 MODES = ("auto", "sequential", "seek", "keyframe")
+HWACCELS = ("none", "auto", "cuda")  # see the module doc
+EXACT_MODES = ("auto", "sequential", "seek")  # modes whose frames are the rule's frames, bit for bit
 DEFAULT_BACKEND = "pyav"
 
 SEEK_MIN_FRAMES = 8  # a seek (demuxer reposition + decoder flush) costs about this many frame decodes
@@ -100,6 +112,8 @@ class DecodeStats:
     closure_fallback: str = ""  # why the closure path gave the stream back to the general path ("" = it did not)
     sent_pts: list[int] = field(default_factory=list)  # pts of every packet sent, in order
     sent_skip: list[bool] = field(default_factory=list)  # for each of them: sent with a skip_frame level (NONREF...)
+    decoder: str = "software"  # which decoder produced the frames: "software" or "cuda" (NVDEC)
+    hw_fallback: str = ""  # why hwaccel "auto" decoded in software on a node with a CUDA device ("" = it did not)
 
 
 @dataclass
@@ -119,6 +133,7 @@ def decode_frames(
     mode: str = "auto",
     threads: int | None = None,
     resize_method: str = "pil",
+    hwaccel: str = "none",
 ):
     """Frames `indices` of `src` as uint8 [len(indices), H, W, 3] RGB, in the order of `indices`.
 
@@ -126,9 +141,11 @@ def decode_frames(
     Mode "keyframe" returns `(frames, actual_indices)` instead (each target snapped to its nearest keyframe).
     `threads`: decoder threads (None: libav's automatic choice; 1: single-threaded, for one-CPU workers).
     `resize_method`: "pil" (exactly the UMT preprocessor) or "torch" (faster; 1-2/255 off on ~0.1% of values).
+    `hwaccel`: "none", "auto" or "cuda" (the module doc).
     Raises RecordError(stage="decode", ...) for a bad file or an index past the end.
     """
-    res = decode(src, indices, info, size=size, backend=backend, mode=mode, threads=threads, resize_method=resize_method)
+    res = decode(src, indices, info, size=size, backend=backend, mode=mode, threads=threads, resize_method=resize_method,
+                 hwaccel=hwaccel)
     if mode == "keyframe":
         return res.frames, list(res.indices)
     return res.frames
@@ -144,6 +161,7 @@ def decode(
     threads: int | None = None,
     track: bool = False,
     resize_method: str = "pil",
+    hwaccel: str = "none",
 ) -> DecodeResult:
     """Like `decode_frames` but always returns a DecodeResult (frames, used indices and times, stats).
 
@@ -155,6 +173,10 @@ def decode(
         raise ValueError(f"unknown decode mode {mode!r}; expected one of {MODES}")
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {resize_method!r}; expected one of {RESIZE_METHODS}")
+    if hwaccel not in HWACCELS:
+        raise ValueError(f"unknown hwaccel {hwaccel!r}; expected one of {HWACCELS}")
+    if hwaccel != "none" and backend != "pyav":
+        raise ValueError(f"hwaccel {hwaccel!r} needs the pyav backend (got {backend!r})")
     if size is not None and (not isinstance(size, (int, np.integer)) or size <= 0):
         raise ValueError(f"size must be a positive int or None, got {size!r}")
     name = source_name(src)
@@ -171,16 +193,61 @@ def decode(
                 "indices",
                 name,
             )
+    hw = ""  # the hwaccel setting when this process decodes on the GPU, "" in software
+    if decoder_choice(hwaccel, mode) == "cuda":
+        why = cuda_unavailable()
+        if why:
+            raise RecordError("decode", f"hwaccel cuda: {why} on this node (--hwaccel auto decodes in software where "
+                              "there is no device)", "hwaccel", name)
+        hw = hwaccel
     h, w = (size, size) if size else (info.height, info.width)  # displayed size (after rotation)
     if not idx:
         return DecodeResult(np.empty((0, h, w, 3), np.uint8), (), (), DecodeStats())
     if backend == "decord":
         return _decode_decord(src, idx, info, size, threads, resize_method)
     if mode in ("auto", "seek") and is_path(src) and threads != 1:
-        res = _decode_gop_parallel(src, idx, info, size, threads, track, resize_method, mode)
+        res = _decode_gop_parallel(src, idx, info, size, threads, track, resize_method, mode, hw)
         if res is not None:
             return res
-    return _PyAVDecoder(src, info, size, threads, track, resize_method).run(idx, mode)
+    return _PyAVDecoder(src, info, size, threads, track, resize_method, hw=hw).run(idx, mode)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_unavailable() -> str:
+    """"" when this process can open a CUDA device for decoding (NVDEC through PyAV's HWAccel), else why not.
+
+    Asked once per process: the answer is the node's (an ingest decodes in processes on every node)."""
+    try:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError:
+        return "this PyAV has no hardware acceleration (av.codec.hwaccel)"
+    try:
+        if "cuda" not in hwdevices_available():
+            return "the FFmpeg of this PyAV was built without CUDA"
+        HWAccel("cuda").create(av.codec.Codec("h264", "r"))  # opens (and, when dropped, releases) the device
+    except Exception as e:  # noqa: BLE001 - no driver, no device, no permission: each has its own error type
+        return f"no CUDA device could be opened ({type(e).__name__}: {e})"
+    return ""
+
+
+def decoder_choice(hwaccel: str, mode: str) -> str:
+    """The decoder `hwaccel` asks for in `mode`: "cuda" or "software". "auto" is "cuda" only where the frames need
+    not be exact (mode "keyframe") and this process can open a CUDA device; "cuda" is "cuda" even without a device
+    (decode() then fails the record, field "hwaccel")."""
+    if hwaccel == "cuda" or (hwaccel == "auto" and mode not in EXACT_MODES and not cuda_unavailable()):
+        return "cuda"
+    return "software"
+
+
+def snap_error_s(rule: Sequence[int], used: Sequence[int], fps: float) -> tuple[float, float]:
+    """(max, mean) of |used frame - rule frame| in seconds, pairwise: how far mode "keyframe"'s frames lie from the
+    frames the rule asked for (0.0, 0.0 for exact frames)."""
+    if len(rule) != len(used):
+        raise ValueError(f"{len(rule)} rule frames but {len(used)} used frames")
+    if not rule:
+        return 0.0, 0.0
+    err = [abs(int(u) - int(r)) / float(fps) for r, u in zip(rule, used)]
+    return max(err), sum(err) / len(err)
 
 
 # ----------------------------------------------------------------------------------------------- PyAV
@@ -200,8 +267,9 @@ class _NotUnderstood(Exception):
 
 class _PyAVDecoder:
     def __init__(self, src: Source, info: VideoInfo, size: int | None, threads: int | None, track: bool,
-                 resize_method: str = "pil", stop_g: float | None = None):
+                 resize_method: str = "pil", stop_g: float | None = None, hw: str = ""):
         self.src, self.info, self.size, self.track = src, info, size, track
+        self.hw = hw  # "auto" or "cuda": decode with NVDEC (decode() checked the device); "": software
         self.stop_g = stop_g  # a keyframe where another decoder takes over (GOP-parallel mode): drain and stop there
         self.resize_method = resize_method
         self.name = source_name(src)
@@ -212,7 +280,7 @@ class _PyAVDecoder:
     def _open(self):
         if not is_path(self.src):
             self.src.seek(0)
-        self.container = open_container(self.src, "decode")
+        self.container = self._open_container()
         c = self.container
         st = next((s for s in c.streams.video if s.index == self.info.stream_index), None)
         try:
@@ -247,6 +315,43 @@ class _PyAVDecoder:
             self.kf_pos.append(pos)
         self.kf_g: list[float] | None = None  # set once the index-timestamp -> pts offset is known
         self.kf_off = 0
+
+    def _open_container(self):
+        """The container, its video decoder on the CUDA device when `self.hw` is set. A video the device's decoder
+        cannot open is decoded in software under "auto" (`stats.hw_fallback` says why) and fails the record, field
+        "hwaccel", under "cuda"; a file that does not open in software either gets the file's own error."""
+        if not self.hw:
+            return open_container(self.src, "decode")
+        from av.codec.hwaccel import HWAccel
+
+        try:
+            return open_container(self.src, "decode", hwaccel=HWAccel("cuda", allow_software_fallback=True))
+        except RecordError as e:
+            if e.stage == "locate":
+                raise
+            cause = e.__cause__
+            why = f"the CUDA decoder could not open this video ({type(cause).__name__}: {cause})" if cause else e.reason
+        if not is_path(self.src):
+            self.src.seek(0)
+        c = open_container(self.src, "decode")
+        if self.hw == "cuda":
+            c.close()
+            raise RecordError("decode", f"hwaccel cuda: {why}", "hwaccel", self.name)
+        self.stats.hw_fallback, self.hw = why, ""
+        return c
+
+    def _decoder_used(self) -> str:
+        """"cuda" when the frames came out of NVDEC (the codec context negotiated the device's pixel format); PyAV
+        decodes in software when the device has no decoder for the stream (`stats.hw_fallback` then says so)."""
+        if not self.hw:
+            return "software"
+        try:
+            on_device = bool(self.cc.is_hwaccel) and getattr(self.cc.format, "name", "") == "cuda"
+        except (AttributeError, ValueError, av.error.FFmpegError):
+            on_device = False
+        if not on_device and not self.stats.hw_fallback:
+            self.stats.hw_fallback = f"the CUDA device did not decode this {self.cc.name} stream"
+        return "cuda" if on_device else "software"
 
     def g_of(self, pts: int) -> float:
         return (pts * self.tb - self.start) * self.fps
@@ -300,6 +405,10 @@ class _PyAVDecoder:
     def _convert(self, frame) -> np.ndarray:
         self.stats.frames_converted += 1
         try:
+            if self.hw and self.info.pix_fmt and frame.format.name != self.info.pix_fmt:
+                # downloaded from the device (NV12, P010): repack losslessly into the stream's own layout first, so
+                # the RGB conversion below is the software path's
+                frame = frame.reformat(format=self.info.pix_fmt)
             rgb = frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, ValueError) as e:
             raise RecordError("decode", f"undecodable frame: {e}", "stream", self.name) from e
@@ -349,6 +458,7 @@ class _PyAVDecoder:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
                 self.pool = None
+        self.stats.decoder = self._decoder_used()
         pos = {t: k for k, t in enumerate(targets)}
         used = tuple(int(round(self.used_g[pos[i]])) for i in indices)
         times = tuple(round(self.used_g[pos[i]] / self.fps, 6) for i in indices)
@@ -878,7 +988,7 @@ def split_by_gop(targets: list[int], kf_g: list[float], workers: int) -> list[tu
     return out
 
 
-def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, track, resize_method, mode):
+def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, track, resize_method, mode, hw=""):
     """Sparse targets spread over several GOPs of a local file: one single-threaded decoder per range of GOPs, in
     parallel threads (libavcodec releases the GIL). Frame threading inside one decoder stalls at every seek; ranges
     of GOPs do not, and each range's decoder stops at the keyframe where the next begins (no packet is decoded by
@@ -900,7 +1010,7 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
 
     def one(rng):
         tg, stop = rng
-        return _PyAVDecoder(src, info, size, 1, track, resize_method, stop_g=stop).run(tg, mode)
+        return _PyAVDecoder(src, info, size, 1, track, resize_method, stop_g=stop, hw=hw).run(tg, mode)
 
     try:
         with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
@@ -931,6 +1041,8 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
         stats.sent_skip.extend(res.stats.sent_skip)
         stats.closure = stats.closure or res.stats.closure
         stats.closure_fallback = stats.closure_fallback or res.stats.closure_fallback
+        stats.hw_fallback = stats.hw_fallback or res.stats.hw_fallback
+    stats.decoder = "+".join(sorted({res.stats.decoder for res in results}))  # "cuda+software": ranges differed
     stats.ranges = len(results)
     return DecodeResult(frames, tuple(used), tuple(times), stats)
 

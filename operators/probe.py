@@ -64,6 +64,7 @@ class VideoInfo:
     format_name: str = ""
     stream_index: int = 0
     rotation: int = 0  # counter-clockwise display rotation applied to decoded frames (width/height are as displayed)
+    pix_fmt: str = ""  # the software decoder's pixel format (yuv420p...); frames from a GPU are repacked into it
 
 
 def source_name(src: Source) -> str:
@@ -105,13 +106,17 @@ def _looks_like_container(head: bytes) -> bool:
     return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
 
 
-def open_container(src: Source, stage: str = "probe"):
-    """av.open with the bad-file cases turned into RecordError. The caller closes the container."""
+def open_container(src: Source, stage: str = "probe", hwaccel=None):
+    """av.open with the bad-file cases turned into RecordError. The caller closes the container.
+
+    `hwaccel`: PyAV's HWAccel for the decoders (operators.decode), None for software."""
     name = source_name(src)
     size, head = _size_and_head(src, stage)
     if size == 0:
         raise RecordError(stage, "zero-byte file", "size", name)
     try:
+        if hwaccel is not None:
+            return av.open(os.fspath(src) if is_path(src) else src, mode="r", hwaccel=hwaccel)
         return av.open(os.fspath(src) if is_path(src) else src, mode="r")
     except av.error.FileNotFoundError as e:
         raise RecordError("locate", "video file not found", "path", name) from e
@@ -251,6 +256,13 @@ def _scan_end(container, stream, end_guess: float, fps: float, max_packets: int 
         return None
 
 
+def _pix_fmt(cc) -> str:
+    try:
+        return str(cc.format.name) if cc is not None and cc.format is not None else ""
+    except (AttributeError, ValueError):
+        return ""
+
+
 def probe(src: Source) -> VideoInfo:
     """Container-level facts about the video stream of `src` (a path or a seekable binary file-like)."""
     name = source_name(src)
@@ -309,6 +321,7 @@ def probe(src: Source) -> VideoInfo:
             format_name=str(container.format.name or ""),
             stream_index=int(stream.index),
             rotation=rotation,
+            pix_fmt=_pix_fmt(cc),
         )
     finally:
         container.close()

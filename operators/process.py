@@ -18,7 +18,7 @@ from longvid.operators.errors import RecordError, TransientError
 from longvid.operators.frames import dhash64
 from longvid.operators.mp4 import DEFAULT_CRF, encode_mp4
 from longvid.operators.probe import VideoInfo, probe
-from longvid.operators.decode import decode
+from longvid.operators.decode import decode, snap_error_s
 from longvid.operators.prompt import build_conversations, sample_text, time_msg
 from longvid.operators.records import Sample, SourceRecord, TextSpan
 from longvid.operators.sample import PROFILES, Profile, SpanPlan, plan_span, span_times
@@ -33,6 +33,7 @@ class ProcessOptions:
     profile: str = "long"
     backend: str = "pyav"
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
+    hwaccel: str = "none"  # none | auto | cuda (operators/decode.py: NVDEC where the node has a CUDA device)
     crf: int = DEFAULT_CRF  # of the stored mp4's coding (operators.mp4)
     decoder_threads: int | None = 1  # one CPU per Ray task
     resize: str = "torch"  # torch: antialiased bicubic, 1-2/255 off pil on ~0.1% of values, much faster; pil: exact
@@ -171,7 +172,7 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
             raise RecordError("prompt", reason, field, uri)
         mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
         res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
-                     threads=opts.decoder_threads, resize_method=opts.resize)
+                     threads=opts.decoder_threads, resize_method=opts.resize, hwaccel=opts.hwaccel)
     finally:
         if hasattr(src, "close"):
             src.close()
@@ -211,12 +212,27 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         "texts": [{"text": t.text, "start": t.start, "end": t.end, "kind": t.kind} for t in texts],
         "meta": meta,
     }
+    sample_info.update(decode_knobs(opts, plan.indices, indices, info.fps, res.stats.decoder))
     return Sample(
         info=sample_info,
         mp4=mp4,
         text=sample_text(texts),
         frame_hashes=[dhash64(f) for f in frames],
     )
+
+
+def decode_knobs(opts: ProcessOptions, rule: list[int], used: list[int], fps: float, decoder: str) -> dict[str, Any]:
+    """What a sample's json records of the opt-in decode knobs; nothing at the defaults (the json is unchanged):
+    with --decode-mode keyframe the mode and how far the snapped frames lie from the rule's (seconds, max and mean
+    over the sample's frames); with --hwaccel other than none the decoder that produced the frames."""
+    out: dict[str, Any] = {}
+    if opts.decode_mode != "auto":
+        mx, mean = snap_error_s(rule, used, fps)
+        out["decode_mode"] = opts.decode_mode
+        out["snap_error_s"] = {"max": round(mx, 6), "mean": round(mean, 6)}
+    if opts.hwaccel != "none":
+        out["decoder"] = decoder
+    return out
 
 
 def _jsonable(v: Any) -> bool:
