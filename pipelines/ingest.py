@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from longvid.operators import storage
 from longvid.operators.annotation import AnnotatedSample, media_field, process_annotation, record_video_id
+from longvid.operators.decode import HWACCELS
 from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
 from longvid.operators.frames import RESIZE_METHODS
 from longvid.operators.isolate import IsolatedRunner
@@ -90,7 +91,9 @@ class IngestConfig:
     records_per_unit: int = setting(0, ge=0)  # 0: the ramp schedule (UnitSchedule); N: every unit has N rows
     limit: int = setting(0, ge=0)  # 0: all input rows
     backend: str = setting("pyav", choices=("pyav", "decord"))
+    # keyframe: each frame snapped to its nearest keyframe, exactness traded for speed (README "Decode knobs")
     decode_mode: str = setting("auto", choices=("auto", "keyframe"))
+    hwaccel: str = setting("none", choices=HWACCELS)  # auto: NVDEC where a node has a CUDA device, never for exact frames
     crf: int = setting(DEFAULT_CRF, ge=0, le=51)  # of the stored mp4 (BENCHMARKS.md "Stored frame fidelity")
     # torch: antialiased bicubic, 1-2/255 off the exact PIL resize on ~0.1% of values; pil: exact
     resize: str = setting("torch", choices=RESIZE_METHODS)
@@ -109,6 +112,9 @@ class IngestConfig:
 
     def validate(self) -> None:
         check_fields(self)
+        for name in ("decode_mode", "hwaccel"):
+            if getattr(self, name) != IngestConfig.__dataclass_fields__[name].default and self.backend != "pyav":
+                raise ConfigError(f"{name}: {getattr(self, name)} needs --backend pyav (got {self.backend})")
         try:  # the adapter knows its options: ConfigError naming source_options.<name>
             get_adapter(self.source).check_options(dict(self.source_options))
         except ValueError as e:
@@ -135,6 +141,8 @@ class IngestConfig:
         keys = ("source", "metadata", "profile", "shard_size_mb", "limit", "backend", "decode_mode", "crf",
                 "long_time_msg", "source_options")
         d = {k: getattr(self, k) for k in keys}
+        if self.hwaccel != "none":  # jobs from before the setting decoded in software: their fingerprint stays valid
+            d["hwaccel"] = self.hwaccel
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
         d["videos"] = storage.redact(self.videos)
@@ -393,7 +401,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         max_in_flight = cfg.max_in_flight or 2 * cpus
         committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
         opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
-                              decode_mode=cfg.decode_mode, crf=cfg.crf, long_time_msg=cfg.long_time_msg,
+                              decode_mode=cfg.decode_mode, hwaccel=cfg.hwaccel, crf=cfg.crf,
+                              long_time_msg=cfg.long_time_msg,
                               resize=cfg.resize,
                               decoder_threads=cfg.decoder_threads or None)
         schedule = cfg.unit_schedule()
