@@ -451,20 +451,26 @@ def iter_groups(f, offset: int, want: Callable[[str], bool], exts: tuple[str, ..
 
 # ======================================================================================================== decoding
 
-def iter_samples(src: str | IO[bytes], exts: tuple[str, ...] | None = None, *,
+def iter_samples(src: str | IO[bytes], exts: tuple[str, ...] | None = None, *, keys: set[str] | None = None,
                  mapped: bool = False) -> Iterator[Group]:
     """The samples of one shard front to back, streamed (never the whole shard in memory): Group(key, {ext: bytes}).
 
     `src`: a URI (local path, file:// or s3://, opened here and closed at the end) or a seekable binary file object
     (read/seek/tell; the caller closes it). `exts`: the extensions to read (None: all); the others are seeked over.
+    `keys`: only the samples with these keys (None: all); the others are seeked over and not yielded.
     mapped=True (local URIs): the loader's mode, members are zero-copy uint8 views of the mapped file instead of
     bytes. A corrupt or truncated tar raises TarError after the samples before the damage were yielded (the one
     hit by it with the members read before it)."""
+    want = _everything if keys is None else keys.__contains__
     if isinstance(src, str):
         with (open_shard(src) if mapped else storage.open_read(src)) as f:
-            yield from iter_groups(f, 0, want=_everything, exts=exts, as_bytes=not mapped)
+            yield from _wanted(iter_groups(f, 0, want=want, exts=exts, as_bytes=not mapped))
     else:
-        yield from iter_groups(src, 0, want=_everything, exts=exts, as_bytes=True)
+        yield from _wanted(iter_groups(src, 0, want=want, exts=exts, as_bytes=True))
+
+
+def _wanted(groups: Iterator[Group]) -> Iterator[Group]:
+    return (g for g in groups if "__skipped__" not in g.members)
 
 
 def _everything(key: str) -> bool:

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from longvid.operators import niah, storage
+from longvid.operators import niah, shards, storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.niah import SpecError
 from longvid.pipelines.outputs import versions
@@ -128,40 +127,32 @@ def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
     taken = 0
     for uri in uris:
         with storage.open_read(uri) as f:
+            got = samples = 0  # frames and samples of this shard
             try:
-                tar = tarfile.open(fileobj=f, mode="r|")
-                members = iter(tar)
-            except (tarfile.TarError, EOFError, ValueError) as e:
-                warn("haystack: %s: not a readable tar shard (%s: %s); skipped", uri, type(e).__name__, e)
-                continue
-            with tar:
-                got = 0  # frames of this shard
-                while True:
-                    # tarfile raises TarError, EOFError, OSError or (on some malformed PAX records) ValueError
+                for g in shards.iter_samples(f, exts=("mp4",)):
+                    samples += 1
+                    if "mp4" not in g.members:
+                        continue
                     try:
-                        m = next(members, None)
-                        if m is None:
-                            break
-                        if not m.isfile() or not m.name.endswith(".mp4"):
-                            continue
-                        data = tar.extractfile(m).read()
-                    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-                        warn("haystack: %s: unreadable after %d frames (%s: %s); the rest of this shard is skipped",
-                             uri, got, type(e).__name__, e)
-                        break
-                    key = m.name[: -len(".mp4")]
-                    try:
-                        frames = decode_mp4(data)
+                        frames = decode_mp4(g.members["mp4"])
                     except RecordError as e:
-                        warn("haystack: %s: member %s skipped: %s", uri, m.name, e.reason)
+                        warn("haystack: %s: member %s.mp4 skipped: %s", uri, g.key, e.reason)
                         continue
                     frames = frames[: limit - taken]
-                    prov = [{"file": uri, "key": key, "frame": i} for i in range(len(frames))]
+                    prov = [{"file": uri, "key": g.key, "frame": i} for i in range(len(frames))]
                     yield frames, prov
                     taken += len(frames)
                     got += len(frames)
                     if taken >= limit:
                         return
+                if not samples and f.seek(0, 2) == 0:
+                    raise shards.TarError("empty file")
+            except (shards.TarError, OSError) as e:  # OSError: StorageError too (a read failing part way)
+                if samples:
+                    warn("haystack: %s: unreadable after %d frames (%s: %s); the rest of this shard is skipped",
+                         uri, got, type(e).__name__, e)
+                else:
+                    warn("haystack: %s: not a readable tar shard (%s: %s); skipped", uri, type(e).__name__, e)
 
 
 def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameChunk]:

@@ -699,5 +699,5 @@ def test_audit_reads_long_key_members_and_never_hangs_on_a_negative_size():
     back = (-1024 & ((1 << 88) - 1)).to_bytes(11, "big")
     raw = member(b"a.mp4", b"x" * 10) + header(b"b.mp4", b"\xff" + back) + bytes(512) + member(b"c.mp4", b"y")
     with bounded():
-        with pytest.raises((tarfile.TarError, ValueError)):
+        with pytest.raises(sd.TarError):
             read_members(io.BytesIO(raw + bytes(1024)), {"c.mp4"})

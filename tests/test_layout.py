@@ -176,3 +176,23 @@ def test_a_users_own_modules_named_like_our_folders_do_not_shadow_longvid(tmp_pa
     r = subprocess.run([sys.executable, "-c", "import longvid.operators.decode, longvid.model.config"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+# the one module of the shard format (read and write); encode.py is being switched to operators.shards by its owner:
+# remove it from here then
+TAR_MODULES = {"operators/shards.py"}
+NOT_YET_ON_SHARDS = {"pipelines/encode.py"}
+
+
+def test_one_tar_parser():
+    """No module of the layers imports tarfile or webdataset except operators/shards.py (issue #13: one home for the
+    shard format; every reader uses its parser, every writer its header builder)."""
+    bad = []
+    for layer in ALLOWED:
+        for path in _modules(layer):
+            rel = str(path.relative_to(ROOT))
+            if rel in TAR_MODULES or rel in NOT_YET_ON_SHARDS:
+                continue
+            bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path)
+                    if mod.split(".")[0] in ("tarfile", "webdataset")]
+    assert not bad, "\n".join(bad)

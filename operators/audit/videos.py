@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import av
 import numpy as np
+
+from longvid.operators import shards
 
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv"}
 
@@ -52,19 +53,17 @@ def decode_all(data: bytes, limit: int = 10_000) -> list[np.ndarray]:
 
 
 def read_members(fileobj, names: set[str]) -> dict[str, bytes]:
-    """Members of a tar (a WebDataset shard: ustar, PAX or GNU long names) by base name; stops when all are found.
-    Read as a stream ("r|"): a member size that points backwards is an error there, where the seeking reader of
-    this Python loops on it forever (CVE-2025-8194). A corrupt tar raises tarfile.TarError or ValueError."""
+    """Members of a shard (a seekable file object; ustar, PAX or GNU long names) by base name (`<key>.<ext>`),
+    read with operators.shards' parser; stops when all are found. Samples of other keys are seeked over. A corrupt
+    tar raises shards.TarError (never hangs: a member size that points backwards is an error)."""
     out: dict[str, bytes] = {}
-    with tarfile.open(fileobj=fileobj, mode="r|") as tf:
-        for m in tf:
-            base = m.name.rsplit("/", 1)[-1]
-            if base in names and m.isfile():
-                f = tf.extractfile(m)
-                if f is not None:
-                    out[base] = f.read()
-                if len(out) == len(names):
-                    break
+    for g in shards.iter_samples(fileobj, keys={n.split(".", 1)[0] for n in names}):
+        for ext, data in g.members.items():
+            name = f"{g.key}.{ext}"
+            if name in names:
+                out[name] = data
+        if len(out) == len(names):
+            break
     return out
 
 
