@@ -17,6 +17,13 @@ Ray that is private to this driver. Never silently attach to, or look up, a clus
   dashboard banner, warnings) go to a log file (`DIR/logs/ray.log` of the job's output folder): the console
   shows LongVid's lines, progress and errors only. A joined cluster keeps Ray's defaults (`ray job logs`).
 
+Shared storage (`check_shared`, run by ensure_ray): on a cluster of several nodes, a local output folder (and the
+local inputs a job names) must be the same folder on every node. The driver writes a marker with a random token in
+`out`; a task pinned to each alive node reads it and writes a file of its own next to it, which the driver reads
+back; input paths are compared by a digest of what each node sees (folder listing, or file size and first MiB).
+Any difference stops the job before any work: ConfigError (exit 2) naming the setting, the path and the nodes,
+suggesting s3:// or a shared mount. s3:// paths and single-node clusters (the embedded Ray) are not checked.
+
 Output folders (`claim_out` / `release_out`): a job holds an exclusive lock on `DIR/.longvid-owner.json` while it
 runs, and writes there who it is (pid, host) and which processes are its own: every process of its embedded Ray
 (gcs, raylet, dashboard and agents, task workers, decoder children) inherits LONGVID_RAY_OWNER=<token of this
@@ -37,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -55,18 +63,26 @@ _token: str | None = None
 
 
 def ensure_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False, out: str = "", job: str = "",
-               log: Callable[[str], None] = print) -> bool:
+               log: Callable[[str], None] = print, inputs: dict[str, str | list[str]] | None = None) -> bool:
     """Initialise Ray unless it already is; returns True when this call started it (the caller shuts it down).
 
     out: the job's output folder: claimed first (see the module doc; the caller calls `release_out(out)` when the
     job ends) and home of the Ray log file. dashboard=True starts an embedded Ray with its dashboard, which serves
     the State API that Ray Train's placement group cleaner queries (about 1 s more to start). A cluster runs its own
-    dashboard."""
+    dashboard. On a cluster of several nodes, `out` and the local `inputs` (setting name -> folder or file, or a
+    list of them) must be the same on every node (`check_shared`); ConfigError before any work otherwise."""
     if out:
         claim_out(out, job or "job", log)
+    started = False
     try:
-        return _ensure_ray(address, num_cpus, dashboard, out)
+        started = _ensure_ray(address, num_cpus, dashboard, out)
+        check_shared(out, inputs or {}, log=lambda m: log(f"[{job or 'job'}] {m}"))
+        return started
     except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
         if out:
             release_out(out)
         raise
@@ -154,6 +170,164 @@ def start_embedded(num_cpus: int = 0, dashboard: bool = False) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ------------------------------------------------------------------------------------------------ shared storage
+
+SHARED_CHECK_TIMEOUT_S = 120.0  # for every node to run the check (a worker process start on each)
+SHARED_PREFIX = storage.TMP_PREFIX + "shared-check-"  # list_files hides it; removed at once anyway
+_shared_checked: set[tuple[str, str]] = set()  # (Ray job id, path) this driver has checked
+
+
+def path_signature(path: str) -> str:
+    """What this process sees at a local path: "missing: <why>", or a digest of a file's size and first MiB, or of
+    a folder's top-level listing (names, kinds, file sizes; temporary files and the owner file left out)."""
+    h = hashlib.sha256()
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(path) as it:
+                rows = []
+                for e in it:
+                    if e.name.startswith(storage.TMP_PREFIX) or e.name == OWNER_FILE:
+                        continue
+                    is_dir = e.is_dir()
+                    rows.append(f"{e.name}\0{'d' if is_dir else e.stat().st_size}")
+            h.update("\n".join(sorted(rows)).encode("utf-8", "surrogateescape"))
+            return f"folder of {len(rows)} entries {h.hexdigest()[:16]}"
+        with open(path, "rb") as f:
+            h.update(f.read(1 << 20))
+        return f"file of {st.st_size} bytes {h.hexdigest()[:16]}"
+    except OSError as e:
+        return f"missing: {e.strerror or e}"
+
+
+def _node_view(marker: str, token: str, inputs: dict[str, list[str]]) -> dict[str, Any]:
+    """On one node: does it see the driver's marker in the output folder (and can it write a file next to it that
+    the driver then reads), and what does it see at each input path."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    view: dict[str, Any] = {"node": node, "host": socket.gethostname(), "out": "", "inputs": {}}
+    if marker:
+        seen = ""
+        for _ in range(5):  # a shared filesystem may show a new file a moment late
+            try:
+                with open(marker) as f:
+                    seen = f.read().split("\n", 1)[0]
+                break
+            except OSError as e:
+                seen = f"missing: {e.strerror or e}"
+                time.sleep(0.5)
+        if seen == token:
+            try:  # only where the driver's folder is visible: a node never creates the folder itself
+                with open(f"{marker}-{node[:16]}", "w") as f:
+                    f.write(node)
+                view["out"] = "ok"
+            except OSError as e:
+                view["out"] = f"cannot write there: {e.strerror or e}"
+        else:
+            view["out"] = "does not see the marker file the driver wrote there" + (
+                f" ({seen})" if seen.startswith("missing") else " (another file by that name)")
+    for setting, paths in inputs.items():
+        view["inputs"][setting] = {p: path_signature(p) for p in paths}
+    return view
+
+
+def check_shared(out: str, inputs: dict[str, str | list[str]], timeout_s: float = SHARED_CHECK_TIMEOUT_S,
+                 log: Callable[[str], None] | None = None) -> None:
+    """On a Ray cluster of several nodes, every alive node must see the local output folder `out` and the local
+    `inputs` as the driver does: a folder or file not on shared storage would make each node read and write its
+    own copy (units written where the driver never looks, videos missing on some nodes). s3:// paths and a
+    single-node cluster are not checked.
+
+    The driver writes a marker with a random token in `out`; a task pinned to each node (NodeAffinity, no CPU)
+    reads it, writes a file of its own next to it (read back by the driver), and returns what it sees at each
+    input path (path_signature). Any difference: ConfigError naming the setting, the path and the nodes,
+    suggesting s3:// or a shared mount. The markers are removed. Each path is checked once per Ray job."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    job = ray.get_runtime_context().get_job_id()
+    local_out = os.path.abspath(out) if out and not storage.is_s3(out) else ""
+    if local_out and (job, local_out) in _shared_checked:
+        local_out = ""
+    paths: dict[str, list[str]] = {}
+    for setting, v in inputs.items():
+        ps = [os.path.abspath(p) for p in ([v] if isinstance(v, str) else v)
+              if p and not storage.is_s3(p) and (job, os.path.abspath(p)) not in _shared_checked]
+        if ps:
+            paths[setting] = sorted(set(ps))
+    if not local_out and not paths:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    token = uuid.uuid4().hex
+    marker = ""
+    if local_out:
+        os.makedirs(local_out, exist_ok=True)
+        marker = os.path.join(local_out, SHARED_PREFIX + token)
+        with open(marker, "w") as f:
+            f.write(f"{token}\nwritten by the longvid driver pid {os.getpid()} on {socket.gethostname()}; "
+                    "remove it if it outlived the job\n")
+    mine = {s: {p: path_signature(p) for p in ps} for s, ps in paths.items()}
+    check = ray.remote(num_cpus=0, max_retries=0)(_node_view)
+    refs = {check.options(name="longvid-shared-check", scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(marker, token, paths): n for n in nodes}
+    problems: dict[str, list[str]] = {}  # setting -> what differs, per node
+    try:
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in late:
+            ray.cancel(ref, force=True)
+            n = refs[ref]
+            problems.setdefault("out" if local_out else next(iter(paths)), []).append(
+                f"node {n['NodeID'][:12]} ({n.get('NodeManagerAddress', '?')}) did not run the check within "
+                f"{timeout_s:.0f} s, so it is not known what it sees there")
+        for ref in ready:
+            n = refs[ref]
+            try:
+                view = ray.get(ref)
+            except (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError,
+                    ray.exceptions.WorkerCrashedError):
+                continue  # the node left the cluster meanwhile: no task will run there
+            where = f"node {n['NodeID'][:12]} ({view['host']}, {n.get('NodeManagerAddress', '?')})"
+            if marker:
+                if view["out"] == "ok":
+                    try:
+                        with open(f"{marker}-{view['node'][:16]}") as f:
+                            ok = f.read() == view["node"]
+                    except OSError:
+                        ok = False
+                    if not ok:
+                        problems.setdefault("out", []).append(
+                            f"{where} wrote a file there that the driver does not see")
+                else:
+                    problems.setdefault("out", []).append(f"{where} {view['out']}")
+            for setting, sigs in view["inputs"].items():
+                for p, sig in sigs.items():
+                    if sig != mine[setting][p]:
+                        problems.setdefault(setting, []).append(
+                            f"{where} sees {p} as {sig}, the driver as {mine[setting][p]}")
+    finally:
+        if marker:
+            for name in os.listdir(local_out):
+                if name.startswith(SHARED_PREFIX + token):
+                    try:
+                        os.remove(os.path.join(local_out, name))
+                    except OSError:
+                        pass
+    if problems:
+        setting, what = next(iter(problems.items()))
+        path = local_out if setting == "out" else ", ".join(paths[setting])
+        raise ConfigError(
+            f"{setting}: {path} is not the same {'folder' if setting == 'out' else 'path'} on every node of the "
+            f"Ray cluster ({len(nodes)} nodes): {'; '.join(what)}. Use s3://bucket/prefix, or storage mounted at "
+            "the same path on every node (NFS, Lustre, ...)")
+    _shared_checked.update((job, p) for p in [local_out, *(p for ps in paths.values() for p in ps)] if p)
+    if log is not None:
+        names = (["out"] if local_out else []) + list(paths)
+        log(f"shared storage: {', '.join(names)} seen alike by all {len(nodes)} nodes")
 
 
 # ------------------------------------------------------------------------------------------------ Ray's logs
@@ -274,7 +448,8 @@ def _read_info(fd: int) -> dict:
 
 
 def _write_info(fd: int, info: dict) -> None:
-    data = json.dumps(info, indent=1, sort_keys=True).encode()
+    """The claim record, redacted (its `out` is the user's path)."""
+    data = json.dumps(storage.redact_json(info), indent=1, sort_keys=True).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
 
@@ -296,7 +471,7 @@ def claim_out(out: str, job: str, log: Callable[[str], None] = print) -> None:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise ConfigError(f"out: cannot lock {path}: {e}") from None
         who = f"pid {info.get('pid', '?')}" + (f" on {info['host']}" if info.get("host") else "")
-        raise ConfigError(f"out: {storage.redact(out)} is in use by a running longvid {info.get('job', 'job')} "
+        raise ConfigError(f"out: {out} is in use by a running longvid {info.get('job', 'job')} "
                           f"({who}); wait for it to end, or stop it (kill {info.get('pid', 'PID')}), or use another "
                           "--out") from None
     try:
@@ -304,7 +479,7 @@ def claim_out(out: str, job: str, log: Callable[[str], None] = print) -> None:
         if old.get("token") and not old.get("ended"):
             stop_leftovers(old, f"[{job}]", log)
         info = {"pid": os.getpid(), "start": proc_start(os.getpid()), "host": socket.gethostname(), "job": job,
-                "out": storage.redact(out), "token": owner_token(),
+                "out": out, "token": owner_token(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_info(fd, info)
     except BaseException:

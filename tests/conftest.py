@@ -9,3 +9,4 @@ if _ROOT not in sys.path:  # make `operators`, `pipelines`, `tests.*` importable
     sys.path.insert(0, _ROOT)
 
 from tests.s3_server import fault_proxy, s3, s3_server  # noqa: E402,F401  (S3: moto server on loopback)
+from tests.multinode import multinode_cluster  # noqa: E402,F401  (a head and two worker nodes on this machine)

@@ -1,0 +1,194 @@
+"""Jobs on a Ray cluster of three nodes on this machine (tests/multinode.py, fixture `multinode_cluster`): a head
+and two worker nodes, each its own `ray start --block` with 1 CPU, its own temp dir and ports and a custom resource
+naming it; token auth on.
+
+- `longvid ingest --ray-address` on the cluster writes the same bytes as a one-node run (embedded Ray), and its
+  units really ran on more than one node (the State API's task attempts, by node id);
+- a worker node whose processes are killed (SIGKILL, by pid) while it runs a unit: Ray re-runs the unit elsewhere
+  and the job completes with the same bytes;
+- a local --out that one node does not see is refused before any work (exit 2 naming the path, suggesting s3://
+  or a shared mount). How the node is made not to see it: worker node w2 runs in its own mount namespace
+  (`unshare -m --propagation private`, root only) with an empty tmpfs mounted over one folder, so its processes
+  see another, empty folder at that path, as a node without the shared mount would. Every other path is the
+  same folder for all three nodes. Without root (no unshare -m) that test is skipped, saying so.
+
+Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from longvid.synthetic.faulty_corpus import make_corpus
+from tests.multinode import LocalCluster, can_private_mount
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS_PER_UNIT = 2
+PRIVATE = can_private_mount()
+# written per run, not part of the job's output bytes: timings and settings (summary.json), the logs, the lock file
+RUN_FILES = ("summary.json", ".longvid-owner.json")
+RUN_FOLDERS = ("logs",)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mn-corpus")
+    return make_corpus(root, n_videos=8, clips_per_video=2, bad_per_kind=1, kinds=("missing", "corrupt_middle"),
+                       seed=11)
+
+
+def ingest_cmd(corpus, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longvid", "ingest", "--source", "miradata", "--metadata", str(corpus.metadata),
+            "--videos", str(corpus.videos), "--out", str(out), "--profile", "short", "--records-per-unit",
+            str(RECORDS_PER_UNIT), "--shard-size-mb", "4", *extra]
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = env or {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return subprocess.run(cmd, cwd=REPO, env={**env, "RAY_DEDUP_LOGS": "0"}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of a job's output folder but the per-run ones (summary, logs, owner lock file)."""
+    got = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out)
+        if p.is_file() and rel.parts[0] not in RUN_FOLDERS and str(rel) not in RUN_FILES:
+            got[str(rel)] = p.read_bytes()
+    return got
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The same job on one node: an embedded Ray of 2 CPUs."""
+    out = tmp_path_factory.mktemp("mn-ref") / "out"
+    r = run(ingest_cmd(corpus, out, "--num-cpus", "2"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    files = output_bytes(out)
+    assert any(k.startswith("shards/") and k.endswith(".tar") for k in files)
+    assert any(k.startswith("manifests/") for k in files) and any(k.startswith("failures/") for k in files)
+    return files
+
+
+def assert_same(out: Path, reference: dict[str, bytes]) -> None:
+    got = output_bytes(out)
+    assert sorted(got) == sorted(reference), (sorted(set(got) ^ set(reference)))
+    assert [k for k in got if got[k] != reference[k]] == [], "files differ from the one-node run"
+
+
+def unit_nodes(cluster: LocalCluster, names: dict[str, str], before: set[str]) -> dict[str, list[str]]:
+    """Our node name -> states of the run_unit task attempts it ran in the Ray jobs started since `before` (the
+    job ids then), from the State API (node id of every attempt)."""
+    by_id = {v: k for k, v in names.items()}
+    out: dict[str, list[str]] = {}
+    for t in cluster.tasks("run_unit"):
+        if t.get("job_id") not in before:
+            out.setdefault(by_id.get(t.get("node_id"), t.get("node_id") or "?"), []).append(t["state"])
+    return out
+
+
+def job_ids(cluster: LocalCluster) -> set[str]:
+    return {t.get("job_id") for t in cluster.tasks("run_unit")}
+
+
+# ----------------------------------------------------------------------------------------------------- tests
+
+
+def test_ingest_on_three_nodes_equals_one_node(multinode_cluster, corpus, reference, tmp_path):
+    names = multinode_cluster.node_ids()
+    assert set(names) == {"head", "w1", "w2"}
+    out = tmp_path / "out"
+    before = job_ids(multinode_cluster)
+    r = run(ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs), env=multinode_cluster.client_env())
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "seen alike by all 3 nodes" in r.stdout + r.stderr  # the shared-storage check ran, and passed
+    assert_same(out, reference)
+    assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
+    ran = unit_nodes(multinode_cluster, names, before)
+    finished = {n for n, states in ran.items() if "FINISHED" in states}
+    assert len(finished) >= 2, f"every unit ran on one node: {ran}"
+    assert finished <= {"head", "w1", "w2"}
+
+
+@pytest.mark.skipif(not PRIVATE, reason="needs `unshare -m` (root) to give one node a private view of a folder")
+def test_local_out_not_seen_by_every_node_is_refused_before_any_work(multinode_cluster, corpus):
+    out = multinode_cluster.hidden / "out"
+    t0 = time.monotonic()
+    r = run(ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs), env=multinode_cluster.client_env())
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    err = r.stderr.strip().splitlines()[-1]
+    w2 = multinode_cluster.node_ids()["w2"]
+    assert err.startswith(f"longvid ingest: configuration error: out: {out} is not the same folder on every node"), err
+    assert f"node {w2[:12]}" in err and "does not see the marker file" in err
+    assert "s3://" in err and "mounted at the same path on every node" in err
+    for other in ("head", "w1"):
+        assert multinode_cluster.node_ids()[other][:12] not in err
+    # nothing was ingested; the marker files are gone (the folder itself holds only what the driver made first)
+    assert not (out / "manifests").exists() and not (out / "shards").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
+    assert time.monotonic() - t0 < 120
+
+
+def test_worker_node_killed_mid_ingest_still_completes_identically(multinode_cluster, corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    names = multinode_cluster.node_ids()
+    victim = multinode_cluster.nodes["w1"]
+    log = tmp_path / "log.txt"
+    before = job_ids(multinode_cluster)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs), cwd=REPO,
+                                env={**multinode_cluster.client_env(), "RAY_DEDUP_LOGS": "0"}, stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    killed: list[int] = []
+    try:
+        # a task worker of w1 is "ray::run_unit" while it executes a unit: kill the whole node then
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 240 and not killed:
+            for pid in victim.pids():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"ray::run_unit"):
+                    killed = multinode_cluster.kill("w1")
+                    break
+            time.sleep(0.05)
+        assert killed, "no unit caught running on w1:\n" + log.read_text()[-3000:]
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert rc == 0, log.read_text()[-3000:]
+    assert victim.pids() == set()
+    assert "w1" not in multinode_cluster.node_ids()
+    assert_same(out, reference)
+    ran = unit_nodes(multinode_cluster, names, before)
+    assert "FAILED" in ran.get("w1", []), f"the killed node's unit attempt is not recorded as failed: {ran}"
+
+
+def test_path_signature_tells_folders_and_files_apart(tmp_path):
+    """What each node reports about an input path (no cluster needed)."""
+    from longvid.pipelines.ray_session import OWNER_FILE, SHARED_PREFIX, path_signature
+
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "x.mp4").write_bytes(b"1" * 10)
+    sig = path_signature(str(a))
+    assert sig.startswith("folder of 2 entries")
+    (a / (SHARED_PREFIX + "123")).write_text("t")  # temporary files and the owner file do not count
+    (a / OWNER_FILE).write_text("{}")
+    assert path_signature(str(a)) == sig
+    (a / "x.mp4").write_bytes(b"1" * 11)
+    assert path_signature(str(a)) != sig
+    assert path_signature(str(tmp_path / "nope")).startswith("missing: No such file")
+    f = a / "meta.csv"
+    f.write_text("a,b\n")
+    assert path_signature(str(f)).startswith("file of 4 bytes")
+    assert path_signature(str(f)) != path_signature(str(a))
