@@ -160,12 +160,3 @@ def config_from_args(cls: type, args: Any) -> Any:
     file_values = read_yaml(path) if path else {}
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "log_level")}
     return load_config(cls, file_values, overrides, source=path or "")
-
-
-def module_main(command: str, argv: list[str] | None = None) -> int:
-    """`python -m jobs.<command> ARGS` is `longvid <command> ARGS`."""
-    import sys
-
-    from longvid.jobs.cli import main
-
-    return main([command, *(sys.argv[1:] if argv is None else argv)])

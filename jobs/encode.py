@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from longvid.jobs.config import (MODEL_PRESETS, add_cluster_arguments, config_from_args, dtype_help, job_log,
-                                  module_main)
+from longvid.jobs.config import MODEL_PRESETS, add_cluster_arguments, config_from_args, dtype_help, job_log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,9 +66,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main("encode", argv)
+if __name__ == "__main__":  # `python -m longvid.jobs.encode ARGS` is `longvid encode ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["encode", *sys.argv[1:]]))

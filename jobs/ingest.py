@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, load_config, module_main, read_yaml
+from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, load_config, read_yaml
 from longvid.operators.errors import ConfigError
 from longvid.operators.sample import PROFILES
 from longvid.operators.sources import available
@@ -110,9 +110,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main("ingest", argv)
+if __name__ == "__main__":  # `python -m longvid.jobs.ingest ARGS` is `longvid ingest ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["ingest", *sys.argv[1:]]))

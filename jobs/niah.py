@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from longvid.jobs.config import MODEL_PRESETS, dtype_help, job_log, load_config, module_main, read_yaml
+from longvid.jobs.config import MODEL_PRESETS, dtype_help, job_log, load_config, read_yaml
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,9 +136,7 @@ def register(sub) -> None:
     _add_subcommands(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main("niah", argv)
+if __name__ == "__main__":  # `python -m longvid.jobs.niah ARGS` is `longvid niah ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["niah", *sys.argv[1:]]))

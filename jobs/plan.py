@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from longvid.jobs.config import MODEL_PRESETS, ConfigError, config_from_args, module_main
+from longvid.jobs.config import MODEL_PRESETS, ConfigError, config_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,9 +53,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main("plan", argv)
+if __name__ == "__main__":  # `python -m longvid.jobs.plan ARGS` is `longvid plan ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["plan", *sys.argv[1:]]))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longvid.jobs.config import ConfigError, job_log, load_config, module_main, read_yaml
+from longvid.jobs.config import ConfigError, job_log, load_config, read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -137,9 +137,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main("train", argv)
+if __name__ == "__main__":  # `python -m longvid.jobs.train ARGS` is `longvid train ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

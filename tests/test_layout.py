@@ -196,3 +196,66 @@ def test_one_tar_parser():
             bad += [f"{rel}:{line}: {mod}" for line, mod in _imports(path)
                     if mod.split(".")[0] in ("tarfile", "webdataset")]
     assert not bad, "\n".join(bad)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(["longvid", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def _project_imports(path: Path) -> set[str]:
+    """The project modules `path` imports, at module level or inside functions (a deferred import is still a
+    dependency), but not under `if __name__ == "__main__":` (the module run as a script) or `if TYPE_CHECKING:`.
+    jobs/cli.py also imports the job modules of its COMMANDS (by name, through importlib)."""
+    def walk(nodes):
+        for node in nodes:
+            if isinstance(node, ast.If) and any(isinstance(n, ast.Name) and n.id in ("__name__", "TYPE_CHECKING")
+                                                for n in ast.walk(node.test)):
+                yield from walk(node.orelse)
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                yield node
+            yield from walk(ast.iter_child_nodes(node))
+
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in walk(tree.body):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+            continue
+        base = node.module or ""
+        if node.level:
+            up = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join(up + ([base] if base else []))
+        out.update([base] + [f"{base}.{a.name}" for a in node.names])  # `from pkg import module` imports pkg.module
+    if me == "longvid.jobs.cli":
+        commands = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                        and any(isinstance(t, ast.Name) and t.id == "COMMANDS" for t in n.targets))
+        out.update(f"longvid.jobs.{c}" for c in commands)
+    return {m for m in out if m.startswith("longvid.")}
+
+
+def test_no_import_cycle_between_modules():
+    """The modules' imports form no cycle (jobs/config.py used to import jobs/cli.py, which loads the jobs that
+    import jobs/config.py): each module can be read, and imported, after the ones it uses."""
+    modules = {_module_name(p): p for layer in ROOMS for p in _modules(layer)}
+    graph = {m: sorted(n for n in _project_imports(p) if n in modules and n != m) for m, p in modules.items()}
+    cycles, state = [], {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = "open"
+        stack.append(m)
+        for n in graph[m]:
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, "\n".join(cycles)

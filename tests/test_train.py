@@ -9,7 +9,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from longvid.jobs.train import load_recipe, main, parse_recipe
+from longvid.jobs.cli import main as longvid
+from longvid.jobs.train import load_recipe, parse_recipe
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.train import FaultInjected, read_metrics, run_train
 from longvid.pipelines.train_config import mixture_datasets
@@ -221,8 +222,8 @@ def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
                                           r"batch_size = 4 x 2 = 8; worker counts that divide it: \[1, 2, 3, 6\]"):
         plan_stages(cfg, 4)
     # the command: exit 2 with one line naming the setting, before any work
-    code = main(["--config", str(recipe), "--data-root", str(data["root"]), "--out", str(tmp_path / "o2"),
-                 "--num-workers", "4"])
+    code = longvid(["train", "--config", str(recipe), "--data-root", str(data["root"]), "--out", str(tmp_path / "o2"),
+                   "--num-workers", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "global_batch_size" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "o2").exists()
@@ -249,8 +250,8 @@ def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, c
                                           r"shard-[\d-]+\.tar was ingested with frame bounds 1-8 \(profile short\), "
                                           r"this stage's are 64-512"):
         plan_stages(cfg, 1)
-    code = main(["--config", str(recipe), "--data-root", str(root), "--out", str(tmp_path / "o2"),
-                 "--num-workers", "0"])
+    code = longvid(["train", "--config", str(recipe), "--data-root", str(root), "--out", str(tmp_path / "o2"),
+                   "--num-workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "frame bounds 1-8" in err[0] and not (tmp_path / "o2").exists()
     # frame_bounds: ignore trains on them, never silently
@@ -329,7 +330,7 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
     common = ["--config", str(recipe), "--data-root", str(data["root"]), "--exclude", "drop_list.txt",
               "--num-workers", "0"]
     # uninterrupted
-    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert longvid(["train", *common, "--out", str(tmp_path / "a")]) == 0
     a = tmp_path / "a"
     # interrupted at s2 step 5 (checkpoint at 3), then --resume
     cfg = load_recipe(recipe, out=str(tmp_path / "b"), data_root=str(data["root"]), num_workers=0)
@@ -339,8 +340,8 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
         run_train(cfg)
     b = tmp_path / "b"
     assert [r["step"] for r in read_metrics(str(b / "stages/s2/metrics.jsonl"))] == [1, 2, 3, 4, 5]
-    assert main(common + ["--out", str(b)]) == 2  # an existing run is not overwritten without --resume
-    assert main(common + ["--out", str(b), "--resume"]) == 0
+    assert longvid(["train", *common, "--out", str(b)]) == 2  # an existing run is not overwritten without --resume
+    assert longvid(["train", *common, "--out", str(b), "--resume"]) == 0
     ma = read_metrics(str(a / "stages/s2/metrics.jsonl"))
     mb = read_metrics(str(b / "stages/s2/metrics.jsonl"))
     assert [r["step"] for r in mb] == list(range(1, 8))
