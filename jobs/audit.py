@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from longvid.jobs.config import ConfigError, load_config, read_yaml
-from longvid.pipelines.settings import show
+from longvid.operators.settings import show
 
 _FLAGS = {  # flag -> (AuditConfig field, type, help)
     "--ngram": ("ngram", int, "n of text n-grams (13)"),

@@ -1,10 +1,13 @@
-"""Configuration validated at the edge: YAML job files merged with command-line flags.
+"""Configuration at the edge: YAML job files and command-line flags -> a job's settings dataclass.
 
-Every job has one dataclass of settings whose fields declare their constraints (pipelines/settings.py).
-`load_config` takes the YAML mapping (if any), overrides it with the flags the user actually gave, converts
-flag and YAML spellings to the annotated types, checks every field's declared constraints, then runs the class's
-`validate()` for the rules that tie fields together. Any mistake is one ConfigError naming the file and field,
-which the CLI prints as one line and exit status 2, before any work starts.
+Every job has one dataclass of settings (operators/settings.py) whose fields are declared once: their defaults,
+rules, help texts and flag spellings. `add_flags` makes a job's parser from them (one flag per field: `--field-name`,
+its help, type and metavar; a bool that defaults to false is `--field-name`, one that defaults to true
+`--no-field-name`; a list's flag repeats or takes one separated value; a mapping's flag repeats as KEY=VALUE), and
+the YAML keys a job file may hold are the same fields. `load_config` takes the YAML mapping (if any), overrides it
+with the flags the user actually gave, converts flag and YAML spellings to the annotated types and runs the class's
+`validate()`: every field's declared rules, then its cross-field @rule methods. Any mistake is one ConfigError naming
+the file and field, which the CLI prints as one line and exit status 2, before any work starts.
 
 `read_yaml` reads a job file with operators/safe_yaml.py, which refuses what a job file never needs and an attacker
 would use (anchors and aliases: a "billion laughs" file expands exponentially; tags; deep nesting; keys given
@@ -22,10 +25,10 @@ from typing import Any, Callable
 
 from longvid.operators.errors import ConfigError
 from longvid.operators.safe_yaml import YamlRefused, parse_yaml
-from longvid.pipelines.settings import (DTYPE_NAMES, INT_MAX, TORCH_DTYPES, check_fields, field_types, label,
-                                       show)
+from longvid.operators.settings import INT_MAX, check_fields, field_types, label, show, static_choices
 
-__all__ = ["ConfigError", "load_config", "read_yaml"]
+__all__ = ["ConfigError", "add_config_flag", "add_flags", "config_from_args", "flag_values", "load_config",
+           "read_yaml"]
 
 MAX_YAML_BYTES = 1 << 20  # the shipped recipes are a few kB
 
@@ -92,8 +95,9 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
                 source: str = "") -> Any:
     """Build `cls` (a settings dataclass) from YAML values overridden by flags (None in overrides = not given).
 
-    Unknown keys and bad values raise ConfigError naming the field (and `source`, the file); then the declared
-    constraints of every field are checked (pipelines/settings.py) and `cls.validate()` runs if defined.
+    Unknown keys and bad values raise ConfigError naming the field (and `source`, the file); then `cfg.validate()`
+    checks every field's declared rules and the class's cross-field rules (operators/settings.py). A flag of a field
+    declared with `adds` adds its items to the file's list or mapping instead of replacing it.
     """
     where = f"{source}: " if source else ""
     hints = field_types(cls)
@@ -108,7 +112,14 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
         merged[kk] = v
     flags = {k for k, v in (overrides or {}).items() if v is not None and k in fields}
     for k in flags:
-        merged[k] = overrides[k]  # type: ignore[index]
+        v = overrides[k]  # type: ignore[index]
+        if fields[k].metadata.get("adds") and k in merged:
+            old = _coerce(merged[k], hints[k])
+            if isinstance(old, list) and isinstance(v, list):
+                v = old + v
+            elif isinstance(old, dict) and isinstance(v, dict):
+                v = {**old, **v}
+        merged[k] = v
     values = {}
     for name, f in fields.items():
         if name in merged:
@@ -117,26 +128,19 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
             raise ConfigError(f"{where}{name}: required field is missing")
     cfg = cls(**values)
     try:
-        check_fields(cfg)
         if hasattr(cfg, "validate"):
             cfg.validate()
+        else:
+            check_fields(cfg)
     except ConfigError as e:
-        field = str(e).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+        field = str(e).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].split("/", 1)[0]
         raise ConfigError(f"{'' if field in flags else where}{e}") from None  # a flag's value: not the file's
     return cfg
 
 
 # ---------------------------------------------------------------------------------------------------- CLI glue
 
-
-# model/config.py's preset names, for help texts: importing model/config.py imports torch, which --help must not
-# (tests/test_cli.py keeps the two equal).
-MODEL_PRESETS = ("tiny", "videochat-flash-7b", "videochat-flash-2b")
-
-
-def dtype_help(what: str, names: tuple[str, ...] = DTYPE_NAMES) -> str:
-    """Help of a --dtype flag: the one spelling of every command, with the torch names as aliases."""
-    return f"{what}: {' | '.join(names)} (or the torch names {', '.join(TORCH_DTYPES[n] for n in names)})"
+CONFIG_HELP = "YAML job file (its keys are the long flags, with underscores); flags override it"
 
 
 def job_log(job: str) -> Callable[[str], None]:
@@ -144,19 +148,115 @@ def job_log(job: str) -> Callable[[str], None]:
     return logging.getLogger(f"longvid.{job}").info
 
 
+def add_config_flag(p, help: str = CONFIG_HELP, required: bool = False) -> None:  # noqa: A002
+    """`--config FILE`: the one flag of a job that is not one of its settings."""
+    p.add_argument("--config", required=required, help=help)
+
+
+def flag_spellings(f: dataclasses.Field, tp: Any) -> tuple[str, ...]:
+    """A field's flag: `--field-name` (a bool that defaults to true: `--no-field-name`) unless it declares others."""
+    if "flags" in f.metadata:
+        return tuple(f.metadata["flags"])
+    name = f.name.replace("_", "-")
+    return (f"--no-{name}",) if tp is bool and f.default is True else (f"--{name}",)
+
+
+def _plain(tp: Any) -> Any:
+    """`X | None` -> X."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else tp
+    return tp
+
+
+def add_flags(p, *classes: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the settings classes, in their order (a field an earlier class has is not repeated;
+    `skip`: fields that get no flag here). Every flag defaults to None, "not given": the YAML file's value or the
+    field's default applies (see `flag_values`)."""
+    seen = {a.dest for a in p._actions} | set(skip)  # noqa: SLF001
+    for cls in classes:
+        hints = field_types(cls)
+        for f in dataclasses.fields(cls):
+            tp = _plain(hints[f.name])
+            names = flag_spellings(f, tp)
+            if f.name in seen or not names:
+                continue
+            seen.add(f.name)
+            meta = f.metadata
+            kw: dict[str, Any] = {"dest": f.name, "default": None,
+                                  "help": (meta.get("help") or "").replace("%", "%%")}
+            origin = typing.get_origin(tp)
+            if tp is bool:
+                kw["action"] = "store_false" if f.default is True else "store_true"
+            elif origin is dict or tp is dict:
+                kw.update(action="append", metavar=meta.get("metavar", "KEY=VALUE"))
+            elif origin in (list, tuple) or tp in (list, tuple):
+                if not meta.get("sep"):
+                    kw["action"] = "append"
+            elif tp in (int, float):
+                kw["type"] = tp
+            if "metavar" not in kw and tp is not bool:
+                choices = static_choices(meta)
+                if meta.get("metavar"):
+                    kw["metavar"] = meta["metavar"]
+                elif choices:
+                    kw["metavar"] = "{" + ",".join(str(c) for c in choices if c != "") + "}"
+            p.add_argument(*names, **kw)
+
+
+def _mapping(flag: str, items: list[str], value_type: Any, metavar: str) -> dict[str, Any]:
+    """The KEY=VALUE items of a repeated mapping flag; a value is read as YAML (a number, true, ...) unless the
+    mapping holds strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise ConfigError(f"{flag}: expected {metavar}, got {show(item)}")
+        if value_type is not str:
+            try:
+                v = parse_yaml(v.encode("utf-8", "surrogatepass"), MAX_YAML_BYTES)
+            except (YamlRefused, UnicodeError):
+                pass  # kept as text: the field's own check names what is wrong with it
+        out[k] = v
+    return out
+
+
+def flag_values(cls: type, args: Any) -> dict[str, Any]:
+    """The values the flags of `cls`'s fields were given in `args` (None: not given); mapping flags as dicts."""
+    hints = field_types(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        tp = _plain(hints[f.name])
+        if v is not None and (typing.get_origin(tp) is dict or tp is dict):
+            vt = (typing.get_args(tp) or (str, Any))[1]
+            v = _mapping(flag_spellings(f, tp)[0], v, vt, f.metadata.get("metavar", "KEY=VALUE"))
+        out[f.name] = v
+    return out
+
+
+def config_from_args(cls: type, args: Any, file_values: dict[str, Any] | None = None) -> Any:
+    """`cls` from `--config FILE` (if given; or its `file_values` read already) overridden by the flags the user
+    gave."""
+    path = getattr(args, "config", None)
+    if file_values is None:
+        file_values = read_yaml(path) if path else {}
+    return load_config(cls, file_values, flag_values(cls, args), source=path or "")
+
+
+# ------------------------------------------------------------- TEMPORARY: the old helpers until every job is converted
+from longvid.model.constants import MODEL_PRESETS  # noqa: E402,F401
+from longvid.operators.settings import DTYPE_NAMES, TORCH_DTYPES  # noqa: E402
+
+
+def dtype_help(what: str, names: tuple[str, ...] = DTYPE_NAMES) -> str:
+    return f"{what}: {' | '.join(names)} (or the torch names {', '.join(TORCH_DTYPES[n] for n in names)})"
+
+
 def add_cluster_arguments(p) -> None:
-    """The flags every Ray job shares: where Ray runs, S3 settings, progress output."""
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--s3-profile", help="AWS profile for S3")
     p.add_argument("--s3-region", help="AWS region for S3")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
-
-
-def config_from_args(cls: type, args: Any) -> Any:
-    """`cls` from `--config FILE` (if given) overridden by the flags the user gave (argparse leaves others None)."""
-    path = getattr(args, "config", None)
-    file_values = read_yaml(path) if path else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "log_level")}
-    return load_config(cls, file_values, overrides, source=path or "")

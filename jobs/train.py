@@ -38,7 +38,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
-    from longvid.pipelines.settings import label, show
+    from longvid.operators.settings import label, show
     from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 
     raw = dict(raw)

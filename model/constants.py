@@ -3,6 +3,8 @@
 - `FRAMES_PER_CLIP`: frames per HiCo clip (the released `mm_local_num_frames`); the UMT position table's length.
 - `TOKENS_PER_FRAME`: merged HiCo tokens per frame, so `TOKENS_PER_CLIP` = 64 per clip (and per image tile).
 - `IGNORE_INDEX`: the label of tokens the loss does not train on (-100: the transformers / torch default).
+- `MODEL_PRESETS`: the names of model/config.py's presets (the jobs' `model` settings accept them without importing
+  torch; tests/test_cli.py keeps the two equal).
 - Checkpoint key prefixes: the released (LLaVA-style) names of the vision tower and the projector, and the prefixes
   LongVid's own training checkpoints use. Only model/checkpoint.py reads checkpoints by these names.
 """
@@ -12,6 +14,7 @@ FRAMES_PER_CLIP = 4
 TOKENS_PER_FRAME = 16
 TOKENS_PER_CLIP = FRAMES_PER_CLIP * TOKENS_PER_FRAME
 IGNORE_INDEX = -100
+MODEL_PRESETS = ("tiny", "videochat-flash-7b", "videochat-flash-2b")
 
 # released VideoChat-Flash checkpoints (model/checkpoint.py; reference: videochat-flash.md "Checkpoint names")
 LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.encoder."
@@ -19,7 +22,7 @@ LLAVA_PROJECTOR_PREFIX = "model.mm_projector."
 LLAVA_LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")  # the Qwen2 names
 STANDALONE_ENCODER_PREFIX = "encoder."  # UMT-L_f4_vision.pt
 # LongVid's own checkpoints: VideoLLM.state_dict() (llm.*, projector.*) and the train job's stage weights (vlm.*,
-# encoder.*: pipelines/train.py TrainModel)
+# encoder.*: pipelines/train_model.py TrainModel)
 VLM_PREFIX = "vlm."
 LLM_PREFIX = "llm."
 PROJECTOR_PREFIX = "projector."

@@ -65,16 +65,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
-from longvid.model.constants import FRAMES_PER_CLIP, TOKENS_PER_CLIP, TOKENS_PER_FRAME
+from longvid.model.constants import FRAMES_PER_CLIP, MODEL_PRESETS, TOKENS_PER_CLIP, TOKENS_PER_FRAME
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.records import Failure
+from longvid.operators.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, setting
 from longvid.operators.write import MANIFESTS, SampleWriteError, UnitWriter, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, ray_log_path, release_out, route_ray_logs
-from longvid.pipelines.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, model_presets, setting
 
 MEDIA_TYPES = ("video", "image", "text")
 IMAGE_MODES = ("anyres_nopad", "pad")
@@ -89,12 +89,12 @@ INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "
 
 @dataclass
 class EncodeConfig:
-    """The settings of one encode job; each field's constraints are declared here (pipelines/settings.py)."""
+    """The settings of one encode job; each field's constraints are declared here (operators/settings.py)."""
 
     shards: str = setting(required=True)  # an ingest job's output folder (or s3://bucket/prefix): manifests/ + shards/
     out: str = setting(required=True)
     checkpoint: str = ""  # UMT .pt or LLaVA-style safetensors dir (local or s3://); "" = random weights (tests)
-    model: str = setting("videochat-flash-7b", choices=model_presets)  # encoder sizes (tiny: tests)
+    model: str = setting("videochat-flash-7b", choices=MODEL_PRESETS)  # encoder sizes (tiny: tests)
     resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the resolution of the ingest frames
     actors: int = setting(0, ge=0)  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor
     gpus_per_actor: float = setting(1.0, ge=0, le=1024)  # used only when the cluster has GPUs

@@ -32,12 +32,12 @@ from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
 from longvid.operators.sample import PROFILES, SPAN_RULE
+from longvid.operators.settings import check_fields, setting
 from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines import outputs
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, release_out
-from longvid.pipelines.settings import check_fields, setting
 
 # Typical stored bytes per frame at the default coding (4:4:4 crf 15: 15-18 KB at 224, 48-67 KB at 448 on real
 # footage, BENCHMARKS.md "Stored frame fidelity"), used to choose records per unit so that a unit fills about one
@@ -80,7 +80,7 @@ class UnitSchedule:
 
 @dataclass
 class IngestConfig:
-    """The settings of one ingest job; each field's constraints are declared here (pipelines/settings.py)."""
+    """The settings of one ingest job; each field's constraints are declared here (operators/settings.py)."""
 
     source: str = setting(choices=available)
     metadata: list[str] = setting(required=True)

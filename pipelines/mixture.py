@@ -27,12 +27,12 @@ from longvid.operators import storage
 from longvid.operators.errors import ConfigError, TransientError
 from longvid.operators.mixture import DatasetPlan, MixtureError, iter_records, plan_dataset, read_mixture, read_roots
 from longvid.operators.process import ProcessOptions
+from longvid.operators.settings import setting
 from longvid.operators.write import manifest_name
 from longvid.pipelines import outputs
 from longvid.pipelines import ingest as raw
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, release_out
-from longvid.pipelines.settings import setting
 
 MIXTURE_JOB = "ingest-mixture"  # DIR/job.json of a mixture ingest (each dataset folder's is an "ingest" job.json)
 # What the mixture ingest writes per record kind; part of every dataset folder's fingerprint: change it whenever the

@@ -48,18 +48,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import niah, shards, storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.niah import SpecError
+from longvid.operators.settings import TORCH_DTYPES, check_fields, setting, show
 from longvid.pipelines.outputs import versions
-from longvid.pipelines.settings import TORCH_DTYPES, check_fields, model_presets, setting, show
 
 DTYPES = ("float16", "float32")
 
 
 @dataclass
 class NiahBuildConfig:
-    """The settings of `longvid niah build`; each field's constraints are declared here (pipelines/settings.py)."""
+    """The settings of `longvid niah build`; each field's constraints are declared here (operators/settings.py)."""
 
     haystack: str = setting(required=True)  # ingest job folder / shards folder / one .tar / a video file
     needles: str = setting(required=True)  # spec JSON (released format)
@@ -68,7 +69,7 @@ class NiahBuildConfig:
     frames: list[int] = setting(default_factory=lambda: list(niah.DEFAULT_LENGTHS), ge=1, le=10_000_000)
     depths: list[float] = setting(default_factory=lambda: list(niah.DEFAULT_DEPTHS), ge=0, le=1)
     multi_hop: bool = False
-    model: str = setting("videochat-flash-7b", choices=model_presets)  # model preset whose encoder makes the tokens
+    model: str = setting("videochat-flash-7b", choices=MODEL_PRESETS)  # model preset whose encoder makes the tokens
     img_size: int = setting(0, ge=0, le=4096)  # 0: the preset's
     encoder: str = ""  # UMT .pt or VideoChat-Flash checkpoint; "" = random weights (tiny preset only)
     seed: int = setting(0, ge=0)  # random encoder weights

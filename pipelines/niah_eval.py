@@ -55,11 +55,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import niah, storage
 from longvid.operators.errors import ConfigError
+from longvid.operators.settings import check_fields, setting
 from longvid.pipelines.outputs import versions
 from longvid.pipelines.ray_session import ensure_ray
-from longvid.pipelines.settings import check_fields, model_presets, setting
 
 
 SCORING = ("greedy", "options")
@@ -67,12 +68,12 @@ SCORING = ("greedy", "options")
 
 @dataclass
 class NiahEvalConfig:
-    """The settings of `longvid niah eval`; each field's constraints are declared here (pipelines/settings.py)."""
+    """The settings of `longvid niah eval`; each field's constraints are declared here (operators/settings.py)."""
 
     set: str = setting(required=True)  # a NIAH set folder (niah build --out)
     checkpoint: str = setting(required=True)
     out: str = ""  # default: <set>/eval
-    model: str = setting("", choices=lambda: ("", *model_presets()))  # default: the preset that built the set
+    model: str = setting("", choices=("", *MODEL_PRESETS))  # default: the preset that built the set
     tokenizer: str = ""  # "test", a tokenizer folder, or "" = the checkpoint folder
     visual_dropout: str = "off"  # off | released | MODE[:LAYERS[:RATIOS]], e.g. uniform0_attention:4,18:1,0.75,0.25
     scoring: str = setting("greedy", choices=SCORING)  # greedy: the released eval's rule; options: letter argmax

@@ -42,7 +42,7 @@ from longvid.model.dropout import DropoutConfig
 from longvid.model.tome import merge_schedule
 from longvid.model.umt import UMTConfig
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.settings import check_fields, setting
+from longvid.operators.settings import check_fields, setting
 
 # Peak dense (no sparsity) bf16 tensor-core TFLOPs from the vendors' data sheets (SXM parts where both exist).
 GPUS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "L4": 121.0,
@@ -160,7 +160,7 @@ def scan_manifests(uri: str) -> Corpus:
 
 @dataclass
 class PlanConfig:
-    """The settings of `longvid plan`; each field's constraints are declared here (pipelines/settings.py)."""
+    """The settings of `longvid plan`; each field's constraints are declared here (operators/settings.py)."""
 
     manifests: str = ""  # "" = inference table only
     frames: int = setting(10000, ge=1, le=10**8)

@@ -14,10 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.operators.mixture import parse_strategy, read_mixture
-from longvid.pipelines.settings import check_fields, label, model_presets, setting, show
+from longvid.operators.settings import check_fields, label, setting, show
 from longvid.pipelines.train_data import GROUP_BY, DataError, plan_source, source_media_type
 
 log = logging.getLogger("longvid.train")
@@ -152,7 +153,7 @@ class TrainConfig:
     stages: list[StageConfig] = setting(required=True)
     name: str = "train"
     data_root: str = ""  # relative shard globs and drop lists are taken from here (default: the recipe's cwd)
-    model: str = setting("tiny", choices=model_presets)  # model.config preset
+    model: str = setting("tiny", choices=MODEL_PRESETS)  # model.config preset
     llm_path: str = ""  # local Qwen2 directory (weights); empty: randomly initialised LLM (tests, demo)
     tokenizer: str = "test"  # "test" (built-in) or a local tokenizer directory
     init_checkpoint: str = ""  # LLaVA-style VideoChat-Flash checkpoint to start from (projector + LLM [+ encoder])

@@ -48,8 +48,8 @@ import numpy as np
 from longvid.operators import native, storage
 from longvid.operators.errors import ConfigError
 from longvid.operators.mixture import parse_strategy
+from longvid.operators.settings import check_fields, setting
 from longvid.operators.shards import Group, TarError, iter_groups, open_shard, tune_malloc  # noqa: F401
-from longvid.pipelines.settings import check_fields, setting
 
 _native = native.load()  # the C kernels (operators/_native.c) when built; numpy and Python otherwise
 
@@ -1150,7 +1150,7 @@ GROUP_BY = ("none", "length", "modality_length")
 
 @dataclass
 class LoaderConfig:
-    """What one worker's loader for one stage needs (JSON-friendly); constraints as in pipelines/settings.py."""
+    """What one worker's loader for one stage needs (JSON-friendly); constraints as in operators/settings.py."""
 
     sources: list[dict[str, Any]]  # SourcePlan.to_dict()
     batch_size: int = setting(ge=1, le=65536)

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from longvid.jobs.config import MAX_YAML_BYTES, ConfigError, load_config, read_yaml
 from longvid.jobs.train import parse_recipe
 from longvid.operators.audit.core import AuditConfig
+from longvid.operators.settings import INT_MAX, MAX_STR, check_fields, field_types, label
 from longvid.pipelines.encode import EncodeConfig
 from longvid.pipelines.ingest import IngestConfig
 from longvid.pipelines.niah_build import NiahBuildConfig
 from longvid.pipelines.niah_eval import NiahEvalConfig
 from longvid.pipelines.plan import PlanConfig
-from longvid.pipelines.settings import INT_MAX, MAX_STR, check_fields, field_types, label
 from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 from longvid.pipelines.train_data import LoaderConfig
 

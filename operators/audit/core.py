@@ -54,7 +54,7 @@ FRAME_BINS = [0, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")]
 
 @dataclass
 class AuditConfig:
-    """Audit settings; `metadata` bounds are checked with every field's type by pipelines/settings.check_fields."""
+    """Audit settings; `metadata` bounds are checked with every field's type by operators/settings.check_fields."""
 
     ngram: int = 13  # n of the text n-grams
     min_question_tokens: int = 8  # a benchmark text shorter than ngram but at least this long is matched whole

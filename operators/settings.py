@@ -1,7 +1,12 @@
-"""Job settings: each field's constraints declared once, next to the field, and one checker for all of them.
+"""Job settings declared once: each field's default, rules, flag and help next to the field, one checker for all.
 
-    shard_size_mb: float = setting(1024.0, gt=0, le=2**20)
-    dtype: str = setting("bf16", choices=DTYPE_NAMES, aliases=DTYPE_ALIASES)
+    shard_size_mb: float = setting(1024.0, gt=0, le=2**20, help="target tar size in MB (default 1024)")
+    dtype: str = setting("bf16", choices=DTYPE_NAMES, aliases=DTYPE_ALIASES, help="compute dtype ...")
+
+A job's settings class is a dataclass deriving from `Settings`. Its fields are the keys of its YAML job file and
+its command-line flags (jobs/config.py generates the parser from them: `--field-name`, help, metavar); nothing else
+lists them. `Settings.validate()` checks every field (`check_fields`), then the class's `@rule` methods: the rules
+that tie fields together, each a small named method raising ConfigError "field: what is wrong".
 
 `check_fields(cfg)` enforces, for every field of a settings dataclass (declared or not):
   types     the annotation's type (a bool is never a number; a float field takes an int);
@@ -11,7 +16,11 @@
   lists     every item by the same rules (bounds and choices apply to the items); `required`: not empty;
   dicts     the key and value types of `dict[K, V]`.
 The first violation raises ConfigError "field: what is wrong, got VALUE". Values from YAML files and flags are
-converted to the annotated types by `jobs.config.load_config`, which then calls this and the class's validate().
+converted to the annotated types by `jobs.config.load_config`, which then calls `validate()`.
+
+Our own code (~150 lines), not pydantic or jsonargparse: those would replace the messages users and tests rely on
+("FILE: field: must be >= 0, got -1") and today's flag spellings with their own.
+This module sits in operators/ (it imports only operators/errors.py) so that every layer can declare settings.
 """
 from __future__ import annotations
 
@@ -24,8 +33,8 @@ from typing import Any, Callable, Iterable
 
 from longvid.operators.errors import ConfigError, show  # noqa: F401 - show: re-exported for the jobs
 
-__all__ = ["DTYPE_NAMES", "DTYPE_ALIASES", "INT_MAX", "TORCH_DTYPES", "check_fields", "field_types", "label",
-           "model_presets", "setting", "show"]
+__all__ = ["DTYPE_NAMES", "DTYPE_ALIASES", "INT_MAX", "TORCH_DTYPES", "Settings", "Shared", "check_fields",
+           "field_types", "label", "like", "ordered", "rule", "rules", "setting", "show"]
 
 INT_MAX = 2**63 - 1  # every int setting fits an int64 (numpy, Ray and the OS take no bigger)
 MAX_STR = 4096  # no path (PATH_MAX), name or spec setting is longer
@@ -39,21 +48,83 @@ _BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
            "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
 
-def model_presets() -> tuple[str, ...]:
-    """The model preset names (model/config.py; imported when a setting is checked, never for --help)."""
-    from longvid.model.config import PRESETS
-
-    return tuple(PRESETS)
-
-
 def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
             ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-            choices: Iterable[str] | Callable[[], Iterable[str]] | None = None, aliases: dict[str, str] | None = None,
-            required: bool = False) -> Any:
-    """A dataclass field whose constraints `check_fields` enforces (bounds are inclusive with ge/le)."""
+            choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None, aliases: dict[str, str] | None = None,
+            required: bool = False, help: str = "", flags: tuple[str, ...] | None = None,  # noqa: A002
+            metavar: str | None = None, sep: str | None = None, adds: bool = False) -> Any:
+    """A dataclass field with its rules (checked by `check_fields`; bounds are inclusive with ge/le) and its flag:
+
+    help      the flag's help text (every field of a job's settings has one);
+    flags     the flag's spellings when not `--field-name` (a bool field that defaults to true: `--no-field-name`);
+              `()`: no flag (a structure only a job file can give);
+    metavar   the value's name in --help (default: `{a,b}` from static choices);
+    sep       a list field whose flag takes one `sep`-separated value (`--frames 1000,2000`), else the flag repeats;
+    adds      a list or mapping field whose flag values are added to the job file's instead of replacing them.
+    """
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, aliases=aliases,
-                                   required=required or None).items() if v is not None}
+                                   required=required or None, help=help or None, flags=flags, metavar=metavar,
+                                   sep=sep, adds=adds or None).items() if v is not None}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def like(cls: type, name: str, **changes: Any) -> Any:
+    """The field `name` of the settings class `cls` declared again elsewhere: the same default, rules, flag and help
+    (`changes` replace metadata entries, e.g. help=...)."""
+    f = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return dataclasses.field(default=f.default, default_factory=f.default_factory,
+                             metadata={**f.metadata, **changes})
+
+
+def rule(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Marks a method of a settings class as one of its cross-field rules (run by `Settings.validate`, in the order
+    the class declares them, after every field's own checks): it raises ConfigError "field: what is wrong"."""
+    fn.settings_rule = True  # type: ignore[attr-defined]
+    return fn
+
+
+def ordered(low: str, high: str) -> Callable[[Any], None]:
+    """The rule `low <= high` for two fields ("min_frames/max_frames: need min <= max, got 8, 4")."""
+    def check(cfg: Any) -> None:
+        lo, hi = getattr(cfg, low), getattr(cfg, high)
+        if lo > hi:
+            raise ConfigError(f"{low}/{high}: need min <= max, got {lo}, {hi}")
+
+    check.__name__ = f"{low}_le_{high}"
+    return rule(check)
+
+
+@functools.lru_cache(maxsize=None)
+def rules(cls: type) -> tuple[Callable[[Any], None], ...]:
+    """The @rule methods of a settings class, base classes' first, each class's in declaration order."""
+    found: dict[str, Callable[[Any], None]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, v in vars(klass).items():
+            if getattr(v, "settings_rule", False):
+                found[name] = v
+    return tuple(found.values())
+
+
+class Settings:
+    """The base of a job's settings dataclass (see the module doc)."""
+
+    def validate(self) -> None:
+        """Every field's declared rules, then the class's @rule methods; the first violation raises ConfigError."""
+        check_fields(self)
+        for r in rules(type(self)):
+            r(self)
+
+
+@dataclasses.dataclass
+class Shared(Settings):
+    """Settings that several jobs have, declared once here; a job's class takes one with `like(Shared, name)`."""
+
+    num_cpus: int = setting(0, ge=0, help="CPUs of the embedded Ray (default: all)")
+    ray_address: str = setting("", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    s3_endpoint_url: str = setting("", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    s3_profile: str = setting("", help="AWS profile for S3")
+    s3_region: str = setting("", help="AWS region for S3")
+    quiet: bool = setting(False, help="no progress lines")
 
 
 def label(value: Any, limit: int = 40) -> str:
@@ -69,7 +140,13 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _choices(meta: dict) -> tuple[str, ...] | None:
+def static_choices(meta: Any) -> tuple[Any, ...] | None:
+    """A field's choices when they are declared as values (not a callable, which may import a heavy module)."""
+    c = meta.get("choices")
+    return None if c is None or callable(c) else tuple(c)
+
+
+def _choices(meta: dict) -> tuple[Any, ...] | None:
     c = meta.get("choices")
     if c is None:
         return None
