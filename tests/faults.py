@@ -10,6 +10,12 @@
   kernel (SIGIO) that someone is opening the file, sends SIGSEGV to the process of this run that is blocked in
   the open (its /proc/<pid>/wchan is `__break_lease`): the decoder dies of a segfault while reading that video.
   No hook in the project's code is needed.
+- `KillWorkerOnce` is a training hook (pipelines/train_recipe.py TrainHook, installed with
+  `run_train(cfg, hooks=[...])`): the worker of one rank dies once at one step of one stage, after that step's
+  metrics and before its checkpoint. On Ray Train it exits the process (`os._exit(1)`, as a SIGKILL: no cleanup,
+  nothing flushed), and Ray Train restarts the worker group from the last checkpoint; in-process (num_workers: 0)
+  it raises WorkerKilled, and the test resumes the run with --resume. A marker file in the run's `out` makes it
+  happen once (the restarted workers get a fresh copy of the hook).
 """
 from __future__ import annotations
 
@@ -160,3 +166,36 @@ def lease_break_time() -> float:
         return float(Path("/proc/sys/fs/lease-break-time").read_text())
     except (OSError, ValueError):
         return 0.0
+
+
+
+class WorkerKilled(RuntimeError):
+    """KillWorkerOnce in a run without Ray (num_workers: 0): raised where a Ray worker would exit."""
+
+
+class KillWorkerOnce:
+    """A TrainHook (duck-typed: the recipe calls the methods it has) that kills worker `rank` once at `step` of
+    `stage`; the marker `out/.fault-<stage>-<step>-<rank>` records that it did."""
+
+    def __init__(self, stage: str, step: int, rank: int = 0) -> None:
+        self.stage, self.step, self.rank = stage, int(step), int(rank)
+
+    def on_stage_start(self, recipe) -> None:
+        pass
+
+    def on_step_end(self, recipe, step: int, metrics) -> None:
+        if (recipe.stage.name, step, recipe.rank) != (self.stage, self.step, self.rank):
+            return
+        marker = Path(recipe.cfg.out) / f".fault-{self.stage}-{self.step}-{self.rank}"
+        if marker.exists():
+            return
+        marker.write_text("killed once by tests.faults.KillWorkerOnce\n")
+        if recipe.session.in_process:
+            raise WorkerKilled(f"worker {self.rank} killed at stage {self.stage} step {self.step}")
+        os._exit(1)
+
+    def on_checkpoint(self, recipe, step: int, done: bool) -> None:
+        pass
+
+    def on_stage_end(self, recipe) -> None:
+        pass

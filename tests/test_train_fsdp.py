@@ -7,9 +7,12 @@ import math
 
 import pytest
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from longvid.jobs.train import load_recipe
-from longvid.pipelines.train import read_metrics, run_train
+from longvid.pipelines.train import run_train
+from longvid.pipelines.train_report import read_metrics
+from tests.faults import KillWorkerOnce
 from tests.test_train import MINI, _keys_seen, _recipe, data  # noqa: F401  (data: the shared shard fixture)
 
 
@@ -19,8 +22,8 @@ def test_fsdp_two_workers_recovers_and_saves_full_weights(tmp_path, data):  # no
     recipe = _recipe(tmp_path, body)
     cfg = load_recipe(recipe, out=str(tmp_path / "fsdp"), data_root=str(data["root"]), num_workers=2, num_cpus=2)
     cfg.exclude = ["drop_list.txt"]
-    cfg.fault_injection = "s2:5:1"  # worker 1 dies once at step 5; Ray Train restarts both from the step-3 checkpoint
-    summary = run_train(cfg)
+    # worker 1 dies once at step 5; Ray Train restarts both from the step-3 checkpoint
+    summary = run_train(cfg, hooks=[KillWorkerOnce("s2", 5, rank=1)])
     out = tmp_path / "fsdp"
     assert summary["workers"] == 2 and list(summary["stages"]) == ["s1", "s2"]
     assert (out / ".fault-s2-5-1").exists()
@@ -31,6 +34,11 @@ def test_fsdp_two_workers_recovers_and_saves_full_weights(tmp_path, data):  # no
                    for r in rows)  # s2: 2 micro-steps under FSDP no_sync
         seen = set(_keys_seen(out, st.name))
         assert seen and not seen & data["drop"] and not seen & data["corrupt"]
+        # TensorBoard (rank 0) after the restart: each step once, the losses of metrics.jsonl
+        ea = EventAccumulator(str(out / "tensorboard" / st.name))
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("loss")] == [r["step"] for r in rows]
+        assert [e.value for e in ea.Scalars("loss")] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     # the same weights layout as an unwrapped (in-process) run: full tensors under plain names, no FSDP prefixes
     ref = load_recipe(recipe, out=str(tmp_path / "plain"), data_root=str(data["root"]), num_workers=0)
     run_train(ref)
