@@ -3,11 +3,14 @@
     longvid plan --manifests /data/corpus                       # every job dir below, streamed with pyarrow
     longvid plan --manifests /data/corpus/webvid --resolution 448 --gpu A100 --frames 10000
     longvid plan --frames 2048 --model videochat-flash-2b        # inference table only
+    longvid plan --manifests /data/corpus --nodes 8 --cpus 64 --gpus 8 --network-gbps 25   # + the cluster view
     python -m longvid plan ...                                       # the same
 
 Prints tokens per frame dense vs HiCo, token storage (fp16), encoder FLOPs and GPU-hours, then LLM prefill FLOPs
 and KV-cache memory at N frames with and without HiCo and with the released visual dropout. The formulas are in
-pipelines/plan.py.
+pipelines/plan.py. With --nodes (and --cpus, --gpus, --network-gbps per node; or the same fields in a --config
+YAML file): the predicted wall time of ingest and encode of the corpus on that cluster, stage by stage (CPU decode,
+GPU encode, CPU prep, network/S3, driver), the bottleneck, and which rates were measured here and which are estimates.
 """
 from __future__ import annotations
 
@@ -28,6 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, in (0, 1] (default 0.4)")
     p.add_argument("--text-tokens", type=int, help="text tokens added to the prompt (0)")
     p.add_argument("--json", help="also write every number to this JSON file")
+    g = p.add_argument_group("cluster view", "predicted wall time of ingest and encode of the corpus (--manifests) on "
+                                             "a cluster of --nodes nodes, and the bottleneck")
+    g.add_argument("--nodes", type=int, help="cluster view: number of nodes (0: no cluster view); needs --manifests")
+    g.add_argument("--cpus", type=int, help="cluster view: CPUs per node (default 32)")
+    g.add_argument("--gpus", type=int, help="cluster view: GPUs per node (default 8; 0: encode on the CPUs)")
+    g.add_argument("--network-gbps", type=float, help="cluster view: network of each node, Gbit/s each way "
+                                                      "(default 25)")
+    g.add_argument("--source-mbps", type=float, help="cluster view: bitrate of the source videos in Mbit/s (default "
+                                                     "5, an estimate: the manifests do not record it)")
+    g.add_argument("--gpu-fps", type=float, help="cluster view: HiCo frames/s of one GPU, if measured (default: an "
+                                                 "estimate from the FLOPs at 150 TFLOP/s sustained, ~1,200 at 224 px)")
 
 
 

@@ -28,6 +28,21 @@ layers 1-4 see all N visual tokens, layers 5-18 int(0.75 N), layers 19-28 int(0.
 tokens in the KV cache too. The attention-scoring pass that picks the tokens is not counted (< 0.1%).
 
 GPU-hours = FLOPs / (peak dense bf16 TFLOPs x MFU) with an assumed MFU (printed; --mfu to change it).
+
+Cluster view (--nodes N, with --cpus, --gpus, --network-gbps per node): the wall time of ingest and of encode of the
+corpus on that cluster, each stage's time at its rate, the largest being the bottleneck (the stages overlap):
+    ingest  CPU decode   video-hours / (38 video-h per core-hour, measured) + frames x 1 ms (the mp4 coding since)
+            network/S3   source bytes in (video-hours x --source-mbps, an estimate: manifests do not record it) and
+                         stored mp4 bytes out (per frame, measured), over every node's link
+            driver       units x 5 ms (an estimate; a unit's arguments and result are a few KiB)
+    encode  GPU encode   frames / (per-GPU frames/s: --gpu-fps if measured, else 150 TFLOP/s sustained / FLOPs per
+                         frame, an estimate: ~1,200 at 224 px; no GPU here) -- on CPUs (--gpus 0) ~0.5 frames/s per
+                         core at 224, measured
+            CPU prep     frames / (decode + resize of stored frames, per core, measured)
+            network/S3   stored mp4 bytes in, token bytes out (measured per frame), over every node's link
+            driver       token bytes through the driver's link (DRIVER_TOKEN_SHARE: 1 today, every token of every
+                         sample goes through the driver, issue 15) both ways (it receives and writes them)
+Every rate says whether it was measured here (BENCHMARKS.md) or is an estimate (CLUSTER_RATES).
 """
 from __future__ import annotations
 
@@ -170,13 +185,149 @@ class PlanConfig:
     mfu: float = setting(DEFAULT_MFU, gt=0, le=1)
     text_tokens: int = setting(0, ge=0, le=10**8)
     json: str = ""  # also write the numbers here
+    # the cluster view (nodes > 0; needs manifests): predicted wall time of ingest and encode of the corpus
+    nodes: int = setting(0, ge=0, le=10**6, help="cluster view: number of nodes (0: no cluster view); needs "
+                                                 "--manifests")
+    cpus: int = setting(32, ge=1, le=10**5, help="cluster view: CPUs per node (default 32)")
+    gpus: int = setting(8, ge=0, le=1024, help="cluster view: GPUs per node (default 8; 0: encode on the CPUs)")
+    network_gbps: float = setting(25.0, gt=0, le=10**5,
+                                  help="cluster view: network of each node, Gbit/s each way (default 25)")
+    source_mbps: float = setting(5.0, gt=0, le=10**5,
+                                 help="cluster view: bitrate of the source videos in Mbit/s (default 5, an estimate: "
+                                      "the manifests do not record it)")
+    gpu_fps: float = setting(0.0, ge=0, le=10**7,
+                             help="cluster view: HiCo frames/s of one GPU, if measured (default: an estimate from "
+                                  "the FLOPs at 150 TFLOP/s sustained, ~1,200 at 224 px)")
 
     def validate(self) -> None:
         check_fields(self)
+        if self.nodes and not self.manifests:
+            raise ConfigError("nodes: the cluster view plans a corpus: give --manifests (an ingest or encode job "
+                              "dir)")
 
 
 def gpu_hours(flops: float, gpu: str, mfu: float) -> float:
     return flops / (GPUS[gpu] * 1e12 * mfu) / 3600
+
+
+# ------------------------------------------------------------------------------------------------- cluster view
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One figure of the cluster view, and whether it was measured on this project's box or is an estimate."""
+
+    value: float
+    unit: str
+    measured: bool
+    where: str  # BENCHMARKS.md section, or how it is estimated
+
+
+# per resolution where it matters; every figure names its source (BENCHMARKS.md sections)
+CLUSTER_RATES: dict[str, Any] = {
+    "ingest_video_h_per_core_h": Rate(
+        38.0, "video-hours per core-hour", True,
+        "BENCHMARKS.md summary, 'whole ingest path, one core' (15-79 by video; old mp4 coding)"),
+    "ingest_coding_s_per_frame": Rate(
+        0.001, "CPU s per stored frame", True, "BENCHMARKS.md summary: the mp4 coding since costs ~1 ms more per "
+                                               "frame at 224 (not measured at 448)"),
+    "ingest_driver_s_per_unit": Rate(
+        0.005, "driver s per unit", False, "a unit's item list and stats are a few KiB (BENCHMARKS.md 'Ingest "
+                                          "concurrency': 5.2 KiB per unit, nothing in the object store)"),
+    "ingest_rows_per_unit": Rate(116.0, "rows per unit", False, "the shard-filling unit of the long profile at 1 GiB "
+                                                               "shards (README 'Concurrency')"),
+    "stored_bytes_per_frame": {
+        224: Rate(19_400, "B per stored frame", True, "BENCHMARKS.md 'Stored frame fidelity': 70 MB per "
+                                                     "video-hour at 1 frame/s"),
+        448: Rate(58_300, "B per stored frame", True, "BENCHMARKS.md 'Stored frame fidelity': 210 MB per "
+                                                     "video-hour at 1 frame/s")},
+    "token_bytes_per_frame": Rate(32_840, "B per frame", True, "BENCHMARKS.md 'Encode': shard B/frame (16 x 1024 "
+                                                              "fp16 + tar/npy/json)"),
+    "gpu_sustained_tflops": Rate(150.0, "TFLOP/s sustained per GPU", False,
+                                 "BENCHMARKS.md 'Encode': ~1,200 frames/s at 224, 220 at 448 from the FLOP count; no "
+                                 "GPU here; --gpu-fps for a measured rate"),
+    "cpu_encode_fps_per_core": {
+        224: Rate(0.5, "HiCo frames/s per core", True, "BENCHMARKS.md 'Encode': ~1.0 frame/s on the idle 2-core "
+                                                      "box"),
+        448: Rate(0.093, "HiCo frames/s per core", False, "the 224 rate / 5.4 (the FLOP ratio, BENCHMARKS.md "
+                                                         "'Encode')")},
+    "encode_prep_fps_per_core": {
+        224: Rate(90.0, "frames/s per core", True, "BENCHMARKS.md 'Encode': preprocess fps, one thread, at a load "
+                                                  "average of 37: a floor"),
+        448: Rate(38.0, "frames/s per core", True, "BENCHMARKS.md 'Encode': preprocess fps, one thread, at a load "
+                                                  "average of 12-30: a floor")},
+    "source_bitrate": Rate(5.0, "Mbit/s of the source videos", False, "--source-mbps: the manifests do not record "
+                                                                     "the sources' sizes"),
+}
+# Share of the token bytes that travel to the driver in an encode (issue 15: today the driver receives every token
+# of every sample and writes every token shard itself). A worker-side commit of the shards makes it ~0.
+DRIVER_TOKEN_SHARE = 1.0
+
+
+def _stage(name: str, hours: float, needs: str, capacity: str) -> dict[str, Any]:
+    return {"stage": name, "hours": hours, "needs": needs, "capacity": capacity}
+
+
+def _bound(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    worst = max(stages, key=lambda st: st["hours"])
+    return {"hours": worst["hours"], "bottleneck": worst["stage"], "stages": stages}
+
+
+def cluster_view(cfg: PlanConfig, corpus: Corpus, res: int, flops_per_frame: float) -> dict[str, Any]:
+    """Predicted wall time of ingest and encode of `corpus` on a cluster of cfg.nodes nodes, each of cfg.cpus CPUs,
+    cfg.gpus GPUs and a cfg.network_gbps link: each stage's hours at its rate (CLUSTER_RATES), the largest one the
+    bottleneck (the stages of a job overlap, so the wall time is about the slowest stage's)."""
+    r = CLUSTER_RATES
+    key = 448 if res >= 448 else 224
+    cores, gpus = cfg.nodes * cfg.cpus, cfg.nodes * cfg.gpus
+    link = cfg.network_gbps * 1e9 / 8  # bytes/s of one node, each way
+    vh, frames = corpus.seconds / 3600, corpus.frames
+    stored_bpf = r["stored_bytes_per_frame"][key].value
+    token_bpf = r["token_bytes_per_frame"].value
+
+    decode_core_h = vh / r["ingest_video_h_per_core_h"].value + frames * r["ingest_coding_s_per_frame"].value / 3600
+    src_bytes = corpus.seconds * cfg.source_mbps * 1e6 / 8
+    out_bytes = frames * stored_bpf
+    units = math.ceil(corpus.samples / r["ingest_rows_per_unit"].value) if corpus.samples else 0
+    ingest = _bound([
+        _stage("CPU decode", decode_core_h / cores, f"{decode_core_h:.3g} core-h", f"{cores} cores"),
+        _stage("network/S3", max(src_bytes, out_bytes) / (link * cfg.nodes) / 3600,
+               f"{_bytes(src_bytes)} in, {_bytes(out_bytes)} out", f"{cfg.nodes} x {cfg.network_gbps:g} Gbit/s"),
+        _stage("driver", units * r["ingest_driver_s_per_unit"].value / 3600, f"{units} units", "1 driver"),
+    ])
+
+    if cfg.gpu_fps:
+        gpu_rate = Rate(cfg.gpu_fps, "frames/s per GPU", True, "--gpu-fps")
+    else:
+        gpu_rate = Rate(r["gpu_sustained_tflops"].value * 1e12 / flops_per_frame, "frames/s per GPU", False,
+                        f"{r['gpu_sustained_tflops'].value:g} TFLOP/s sustained / {_si(flops_per_frame, 'FLOP')} "
+                        "per frame; no GPU here")
+    if gpus:
+        enc = _stage("GPU encode", frames / (gpu_rate.value * gpus) / 3600, f"{_si(frames)} frames",
+                     f"{gpus} GPUs x {gpu_rate.value:.0f} frames/s")
+    else:
+        cpu_fps = r["cpu_encode_fps_per_core"][key].value
+        enc = _stage("CPU encode", frames / (cpu_fps * cores) / 3600, f"{_si(frames)} frames",
+                     f"{cores} cores x {cpu_fps:g} frames/s (no GPUs)")
+    prep = r["encode_prep_fps_per_core"][key].value
+    tok_bytes = frames * token_bpf
+    driver_bytes = tok_bytes * DRIVER_TOKEN_SHARE
+    encode = _bound([
+        enc,
+        _stage("CPU prep", frames / (prep * cores) / 3600, f"{_si(frames)} frames", f"{cores} cores x {prep:g} "
+                                                                                    "frames/s"),
+        _stage("network/S3", max(out_bytes, tok_bytes) / (link * cfg.nodes) / 3600,
+               f"{_bytes(out_bytes)} in, {_bytes(tok_bytes)} out", f"{cfg.nodes} x {cfg.network_gbps:g} Gbit/s"),
+        _stage("driver", driver_bytes / link / 3600, f"{_bytes(driver_bytes)} in and out",
+               f"1 link of {cfg.network_gbps:g} Gbit/s"),
+    ])
+    rates = {k: (v[key] if isinstance(v, dict) else v) for k, v in r.items()}
+    rates["source_bitrate"] = dataclasses.replace(rates["source_bitrate"], value=cfg.source_mbps)
+    rates["gpu_frames_per_s"] = gpu_rate
+    return {"nodes": cfg.nodes, "cpus_per_node": cfg.cpus, "gpus_per_node": cfg.gpus,
+            "network_gbps": cfg.network_gbps, "resolution": key, "video_hours": vh, "frames": frames,
+            "ingest": ingest, "encode": encode, "driver_token_share": DRIVER_TOKEN_SHARE,
+            "rates": {k: dataclasses.asdict(v) for k, v in rates.items()}}
 
 
 def compute_plan(cfg: PlanConfig, corpus: Corpus | None = None) -> dict[str, Any]:
@@ -220,6 +371,8 @@ def compute_plan(cfg: PlanConfig, corpus: Corpus | None = None) -> dict[str, Any
             rows[mode] = r
         infer["llms"][name] = rows
     out["inference"] = infer
+    if cfg.nodes and corpus is not None:
+        out["cluster"] = cluster_view(cfg, corpus, res, enc["total"] / umt.num_frames)
     return out
 
 
@@ -276,7 +429,45 @@ def format_plan(p: dict[str, Any]) -> str:
     parts.append(_table(["LLM", "tokens", "tokens in", "prefill FLOPs", f"{gpu} s", "KV cache (bf16)"], rows))
     parts.append("dropout: released setting, layers (4, 18), ratios (1, 0.75, 0.25); FLOPs: 2 per multiply-add, "
                  "causal attention counted as half the T x T products, norms/activations not counted")
+    if p.get("cluster"):
+        parts.append(format_cluster(p["cluster"]))
     return "\n".join(parts)
+
+
+def _hours(h: float) -> str:
+    if h >= 48:
+        return f"{h / 24:.3g} days"
+    if h >= 1:
+        return f"{h:.3g} h"
+    return f"{h * 60:.3g} min" if h * 60 >= 1 else f"{h * 3600:.2g} s"
+
+
+def format_cluster(c: dict[str, Any]) -> str:
+    n = c["nodes"]
+    parts = [f"\nCluster: {n} node(s) x {c['cpus_per_node']} CPUs, {c['gpus_per_node']} GPUs, "
+             f"{c['network_gbps']:g} Gbit/s each ({n * c['cpus_per_node']} CPUs, {n * c['gpus_per_node']} GPUs); "
+             f"corpus {_num(c['video_hours'])} video-hours, {_si(c['frames'])} frames at {c['resolution']} px"]
+    for job in ("ingest", "encode"):
+        j = c[job]
+        parts.append(f"{job}: ~{_hours(j['hours'])}, bound by {j['bottleneck']}")
+        parts.append(_table(["stage", "needs", "capacity", "wall"],
+                            [[st["stage"], st["needs"], st["capacity"], _hours(st["hours"])] for st in j["stages"]]))
+    if c["driver_token_share"]:
+        cap = c["network_gbps"] * 1e9 / 8 / (c["rates"]["token_bytes_per_frame"]["value"] * c["driver_token_share"])
+        parts.append(f"encode driver: today every token of every sample goes through the driver, which writes every "
+                     f"token shard (issue 15): its one link caps the encode at {_num(cap)} frames/s (the link "
+                     "only: the driver's own CPU per byte is not measured here)")
+    rates = c["rates"]
+    for measured in (True, False):
+        rows = [f"  {k}: {_num(v['value'])} {v['unit']}; {v['where']}" for k, v in rates.items()
+                if v["measured"] == measured]
+        parts.append(("Measured here (BENCHMARKS.md, 2-core CPU box):" if measured else
+                      "Estimates (not measured here):") + ("\n" + "\n".join(rows) if rows else " none"))
+    return "\n".join(parts)
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def run_plan(cfg: PlanConfig, log=print) -> dict[str, Any]:

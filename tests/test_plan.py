@@ -140,3 +140,92 @@ def test_cli_errors_name_the_field(tmp_path, capsys):
     assert "gpu" in err and "p.yaml" in err
     assert cli_main(["plan", "--frames", "0"]) == 2
     assert "frames" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- cluster view
+
+HOUR_CORPUS = Corpus(samples=1000, frames=512_000, clips=128_000, seconds=1000 * 3600.0, resolutions={224: 1000},
+                     jobs=1)
+FLOPS_PER_FRAME_224 = 512_959_414_912 / 4
+
+
+def stages(job: dict) -> dict[str, float]:
+    return {st["stage"]: st["hours"] for st in job["stages"]}
+
+
+def test_cluster_view_by_hand():
+    p = compute_plan(PlanConfig(manifests="x", nodes=4, cpus=32, gpus=8, network_gbps=25), HOUR_CORPUS)
+    c = p["cluster"]
+    link = 25e9 / 8
+    ing = stages(c["ingest"])
+    assert ing["CPU decode"] == pytest.approx((1000 / 38 + 512_000 * 0.001 / 3600) / 128)
+    assert ing["network/S3"] == pytest.approx(max(1000 * 3600 * 5e6 / 8, 512_000 * 19_400) / (4 * link) / 3600)
+    assert ing["driver"] == pytest.approx(9 * 0.005 / 3600)  # ceil(1000 / 116) units
+    assert c["ingest"]["bottleneck"] == "CPU decode" and c["ingest"]["hours"] == ing["CPU decode"]
+    enc = stages(c["encode"])
+    gpu_fps = 150e12 / FLOPS_PER_FRAME_224
+    assert round(gpu_fps) == 1170  # BENCHMARKS.md's "~1,200 frames/s at 224"
+    assert enc["GPU encode"] == pytest.approx(512_000 / (gpu_fps * 32) / 3600)
+    assert enc["CPU prep"] == pytest.approx(512_000 / (90 * 128) / 3600)
+    assert enc["network/S3"] == pytest.approx(512_000 * 32_840 / (4 * link) / 3600)
+    assert enc["driver"] == pytest.approx(512_000 * 32_840 / link / 3600)  # every token byte through one link
+    assert c["encode"]["bottleneck"] == "CPU prep"
+    r = c["rates"]
+    assert r["gpu_frames_per_s"]["measured"] is False and r["gpu_sustained_tflops"]["measured"] is False
+    assert r["ingest_video_h_per_core_h"]["measured"] is True and r["token_bytes_per_frame"]["measured"] is True
+    assert r["source_bitrate"]["measured"] is False
+
+
+def test_cluster_view_bottlenecks_move_with_the_shape():
+    slow_net = compute_plan(PlanConfig(manifests="x", nodes=8, cpus=64, gpus=8, network_gbps=1), HOUR_CORPUS)
+    assert slow_net["cluster"]["ingest"]["bottleneck"] == "network/S3"
+    assert slow_net["cluster"]["encode"]["bottleneck"] == "driver"
+    few_gpus = compute_plan(PlanConfig(manifests="x", nodes=1, cpus=256, gpus=1), HOUR_CORPUS)["cluster"]
+    assert few_gpus["encode"]["bottleneck"] == "GPU encode"
+    cpu_only = compute_plan(PlanConfig(manifests="x", nodes=1, cpus=2, gpus=0), HOUR_CORPUS)["cluster"]
+    assert cpu_only["encode"]["bottleneck"] == "CPU encode"
+    assert stages(cpu_only["encode"])["CPU encode"] == pytest.approx(512_000 / (0.5 * 2) / 3600)
+    measured = compute_plan(PlanConfig(manifests="x", nodes=1, cpus=256, gpus=1, gpu_fps=600), HOUR_CORPUS)
+    gpu = measured["cluster"]["rates"]["gpu_frames_per_s"]
+    assert gpu["value"] == 600 and gpu["measured"] is True
+    assert stages(measured["cluster"]["encode"])["GPU encode"] == pytest.approx(512_000 / 600 / 3600)
+    more_src = compute_plan(PlanConfig(manifests="x", nodes=8, cpus=64, gpus=8, network_gbps=1, source_mbps=10),
+                            HOUR_CORPUS)["cluster"]
+    assert stages(more_src["ingest"])["network/S3"] == pytest.approx(2 * stages(slow_net["cluster"]["ingest"])
+                                                                      ["network/S3"])
+    at448 = compute_plan(PlanConfig(manifests="x", resolution=448, nodes=1, gpus=1), HOUR_CORPUS)["cluster"]
+    assert at448["resolution"] == 448 and round(at448["rates"]["gpu_frames_per_s"]["value"]) == 218  # "220 at 448"
+    assert compute_plan(PlanConfig(), HOUR_CORPUS).get("cluster") is None  # nodes 0: no cluster view
+
+
+def test_cli_cluster_view(tmp_path, capsys):
+    _job(tmp_path / "job", [512] * 10, [3600.0] * 10)
+    out = tmp_path / "plan.json"
+    assert cli_main(["plan", "--manifests", str(tmp_path / "job"), "--nodes", "2", "--cpus", "16", "--gpus", "4",
+                     "--network-gbps", "10", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for s in ("Cluster: 2 node(s) x 16 CPUs, 4 GPUs, 10 Gbit/s each (32 CPUs, 8 GPUs)", "ingest: ~", "encode: ~",
+              "bound by", "CPU decode", "GPU encode", "network/S3", "driver", "Measured here", "Estimates",
+              "1,170 frames/s per GPU", "Mbit/s of the source videos"):
+        assert s in text, s
+    measured, estimates = text.split("Measured here")[1].split("Estimates")
+    assert "38 video-hours per core-hour" in measured and "gpu_frames_per_s" in estimates
+    data = json.loads(out.read_text())
+    assert data["cluster"]["nodes"] == 2 and data["cluster"]["encode"]["bottleneck"] in {
+        "GPU encode", "CPU prep", "network/S3", "driver"}
+    # the shape from a YAML job file; flags override it
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(f"manifests: {tmp_path / 'job'}\nnodes: 3\ncpus: 8\ngpus: 0\nnetwork_gbps: 100\n")
+    assert cli_main(["plan", "--config", str(cfg), "--cpus", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "3 node(s) x 4 CPUs, 0 GPUs, 100 Gbit/s" in text and "CPU encode" in text
+
+
+def test_cli_cluster_view_errors(tmp_path, capsys):
+    assert cli_main(["plan", "--nodes", "2"]) == 2  # no corpus to plan
+    err = capsys.readouterr().err
+    assert "nodes" in err and "--manifests" in err
+    _job(tmp_path / "job", [8], [8.0])
+    for flag, value in (("--network-gbps", "0"), ("--cpus", "0"), ("--gpus", "-1"), ("--source-mbps", "nan")):
+        assert cli_main(["plan", "--manifests", str(tmp_path / "job"), "--nodes", "1", flag, value]) == 2
+        assert flag[2:].replace("-", "_") in capsys.readouterr().err, flag
