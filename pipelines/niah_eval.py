@@ -448,49 +448,54 @@ def _frames_label(x: int) -> str:
     return f"{x / 1000:.1f}K" if x >= 1000 else str(x)
 
 
-def draw_heatmap(grid: list[list[float | None]], row_labels: list[str], col_labels: list[str], path: str | Path,
-                 title: str, x_title: str = "Num. of frames", y_title: str = "Depth") -> Path:
-    """A PNG heat map (PIL): one cell per (row, column) coloured by its score in [0, 1], value written inside."""
-    from PIL import Image, ImageDraw, ImageFont
+def score_colormap():
+    """The reference's colour map (score_color's stops) as a matplotlib colormap; missing cells grey."""
+    from matplotlib.colors import LinearSegmentedColormap
 
-    def font(size):
-        try:
-            return ImageFont.load_default(size=size)
-        except TypeError:  # Pillow without FreeType
-            return ImageFont.load_default()
+    cmap = LinearSegmentedColormap.from_list("niah", [(v, tuple(x / 255 for x in c)) for v, c in _STOPS])
+    return cmap.with_extremes(bad=tuple(x / 255 for x in score_color(None)))
 
-    f_txt, f_small, f_title = font(14), font(12), font(16)
-    cw, ch = 64, 36
-    left, top = 90, 56
+
+def heatmap_figure(grid: list[list[float | None]], row_labels: list[str], col_labels: list[str], title: str,
+                   x_title: str = "Num. of frames", y_title: str = "Depth"):
+    """The heat map as a matplotlib figure (Agg): one cell per (row, column) coloured by its score in [0, 1] (grey:
+    no score), the value written inside, labelled axes, a colour bar. -> (figure, the cells' AxesImage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
     nr, nc = len(row_labels), len(col_labels)
-    width = max(left + nc * cw + 110, left + int(f_title.getlength(title)) + 20)
-    height = top + nr * ch + 60
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    d.text((left, 12), title, fill="black", font=f_title)
-    d.text((8, top - 22), y_title, fill="black", font=f_small)
-    for i, lab in enumerate(row_labels):
+    cells = np.ma.masked_invalid(np.array([[np.nan if v is None else float(v) for v in row] for row in grid],
+                                          dtype=float).reshape(nr, nc))
+    width = max(2.6 + 0.75 * nc, 1.0 + 0.085 * len(title))  # inches; the title fits
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.45 * nr), dpi=100)
+    im = ax.imshow(cells, cmap=score_colormap(), vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    for i in range(nr):
         for j in range(nc):
             v = grid[i][j]
-            x0, y0 = left + j * cw, top + i * ch
-            d.rectangle([x0, y0, x0 + cw - 2, y0 + ch - 2], fill=score_color(v))
-            txt = "-" if v is None else f"{v:.2f}"
-            d.text((x0 + cw // 2 - 1, y0 + ch // 2 - 1), txt, fill="black", font=f_small, anchor="mm")
-        d.text((left - 8, top + i * ch + ch // 2), lab, fill="black", font=f_txt, anchor="rm")
-    for j, lab in enumerate(col_labels):
-        d.text((left + j * cw + cw // 2, top + nr * ch + 6), lab, fill="black", font=f_small, anchor="mt")
-    d.text((left + nc * cw // 2, top + nr * ch + 30), x_title, fill="black", font=f_txt, anchor="mt")
-    # colour bar
-    bx, by, bh = left + nc * cw + 24, top, max(nr * ch - 2, 60)
-    for y in range(bh):
-        d.line([bx, by + y, bx + 16, by + y], fill=score_color(1 - y / (bh - 1)))
-    for v in (1.0, 0.5, 0.0):
-        yy = by + int((1 - v) * (bh - 1))
-        d.line([bx + 16, yy, bx + 20, yy], fill="black")
-        d.text((bx + 24, yy), f"{v:.1f}", fill="black", font=f_small, anchor="lm")
-    d.text((bx, by + bh + 8), "score", fill="black", font=f_small)
+            ax.text(j, i, "-" if v is None else f"{v:.2f}", ha="center", va="center", fontsize=9, color="black")
+    ax.set_xticks(range(nc), col_labels)
+    ax.set_yticks(range(nr), row_labels)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel(y_title)
+    ax.set_title(title, fontsize=11)
+    fig.colorbar(im, ax=ax, label="score", fraction=0.05, pad=0.03)
+    fig.tight_layout()
+    return fig, im
+
+
+def draw_heatmap(grid: list[list[float | None]], row_labels: list[str], col_labels: list[str], path: str | Path,
+                 title: str, x_title: str = "Num. of frames", y_title: str = "Depth") -> Path:
+    """The heat map (heatmap_figure) as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig, _ = heatmap_figure(grid, row_labels, col_labels, title, x_title, y_title)
     p = Path(path)
-    img.save(p)
+    try:
+        fig.savefig(p)
+    finally:
+        plt.close(fig)
     return p
 
 

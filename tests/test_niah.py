@@ -331,17 +331,43 @@ def test_multi_hop_scores_are_the_released_ones():
 
 
 def test_heatmap_png_colours_cells_by_score(tmp_path):
+    """matplotlib heat map: the cells carry the scores (a masked cell where there is none) through the reference's
+    colour map, the axes and colour bar are labelled, and the PNG decodes at a size that grows with the grid and
+    shows every cell's colour."""
+    import matplotlib.pyplot as plt
+    import numpy as np
     from PIL import Image
 
-    from longvid.pipelines.niah_eval import draw_heatmap, score_color
+    from longvid.pipelines.niah_eval import draw_heatmap, heatmap_figure, score_color
 
     assert score_color(0.0) == (0xF0, 0x49, 0x6E) and score_color(1.0) == (0x9A, 0xD5, 0xB3)
     assert score_color(0.5) == (0xEB, 0xB8, 0x39)
     grid = [[0.0, 1.0], [0.5, None]]
+    fig, im = heatmap_figure(grid, ["0%", "100%"], ["1.0K", "2.0K"], "a title")
+    try:
+        cells = im.get_array()
+        assert cells.mask.tolist() == [[False, False], [False, True]]
+        assert cells.filled(-1).tolist() == [[0.0, 1.0], [0.5, -1]]
+        rgb = {v: tuple(int(c) for c in im.to_rgba(np.array([v]), bytes=True)[0][:3]) for v in (0.0, 0.5, 1.0)}
+        assert len(set(rgb.values())) == 3  # cells differ by score
+        assert rgb[0.0] == score_color(0.0) and rgb[1.0] == score_color(1.0)
+        assert all(abs(a - b) <= 3 for a, b in zip(rgb[0.5], score_color(0.5)))  # a 256-entry map's middle
+        ax = im.axes
+        assert ax.get_xlabel() == "Num. of frames" and ax.get_ylabel() == "Depth" and ax.get_title() == "a title"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1.0K", "2.0K"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["0%", "100%"]
+        assert sorted(t.get_text() for t in ax.texts) == ["-", "0.00", "0.50", "1.00"]
+        bar = [a for a in fig.axes if a is not ax]
+        assert len(bar) == 1 and bar[0].get_ylabel() == "score"
+    finally:
+        plt.close(fig)
     p = draw_heatmap(grid, ["0%", "100%"], ["1.0K", "2.0K"], tmp_path / "h.png", "a title")
     img = Image.open(p).convert("RGB")
-    # cell (row 0, col 0) is at left=90, top=56, 64 x 36; sample a corner away from the text
-    assert img.getpixel((90 + 4, 56 + 4)) == score_color(0.0)
-    assert img.getpixel((90 + 64 + 4, 56 + 4)) == score_color(1.0)
-    assert img.getpixel((90 + 4, 56 + 36 + 4)) == score_color(0.5)
-    assert img.getpixel((90 + 64 + 4, 56 + 36 + 4)) == score_color(None)
+    assert 300 <= img.width <= 800 and 200 <= img.height <= 600
+    px = np.asarray(img).reshape(-1, 3)
+    for colour in (*rgb.values(), score_color(None)):  # every cell's colour fills a cell-sized area
+        assert (px == colour).all(axis=1).sum() > 500, colour
+    big = draw_heatmap([[0.5] * 12] * 10, [f"{d}%" for d in range(0, 100, 10)], [str(n) for n in range(12)],
+                       tmp_path / "big.png", "a title")
+    w, h = Image.open(big).size
+    assert w > img.width + 400 and h > img.height + 200
