@@ -191,7 +191,7 @@ def add_flags(p, *classes: type, skip: tuple[str, ...] = ()) -> None:
             elif origin is dict or tp is dict:
                 kw.update(action="append", metavar=meta.get("metavar", "KEY=VALUE"))
             elif origin in (list, tuple) or tp in (list, tuple):
-                if not meta.get("sep"):
+                if not meta.get("comma"):
                     kw["action"] = "append"
             elif tp in (int, float):
                 kw["type"] = tp

@@ -65,14 +65,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
-from longvid.model.constants import FRAMES_PER_CLIP, MODEL_PRESETS, TOKENS_PER_CLIP, TOKENS_PER_FRAME
+from longvid.model.constants import FRAMES_PER_CLIP, TOKENS_PER_CLIP, TOKENS_PER_FRAME
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.records import Failure
-from longvid.operators.settings import DTYPE_ALIASES, DTYPE_NAMES, check_fields, setting
 from longvid.operators.write import MANIFESTS, SampleWriteError, UnitWriter, sample_members
 from longvid.pipelines import outputs
+from longvid.pipelines.encode_config import DTYPES, EncodeConfig
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import ensure_ray, ray_log_path, release_out, route_ray_logs
 
@@ -82,52 +82,8 @@ IMAGE_MODES = ("anyres_nopad", "pad")
 TILE_ORDER = {"anyres_nopad": "base_then_rows",  # per image: the base tile, then the grid tiles row by row, left to right
               "pad": "one_per_image"}  # per image: one tile, the image padded to a square with the mean colour
 IMAGE_ENCODING = "single_frame"  # each tile encoded alone (T = 1, the image position table), as encode_video_image
-DTYPES = {"bf16": "float16", "fp16": "float16", "fp32": "float32"}  # --dtype -> stored numpy dtype
 INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames",
                   "resolution", "text"]
-
-
-@dataclass
-class EncodeConfig:
-    """The settings of one encode job; each field's constraints are declared here (operators/settings.py)."""
-
-    shards: str = setting(required=True)  # an ingest job's output folder (or s3://bucket/prefix): manifests/ + shards/
-    out: str = setting(required=True)
-    checkpoint: str = ""  # UMT .pt or LLaVA-style safetensors dir (local or s3://); "" = random weights (tests)
-    model: str = setting("videochat-flash-7b", choices=MODEL_PRESETS)  # encoder sizes (tiny: tests)
-    resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the resolution of the ingest frames
-    actors: int = setting(0, ge=0)  # encoder actors; 0 = one per gpus_per_actor GPUs, or (CPUs - 1) / cpus_per_actor
-    gpus_per_actor: float = setting(1.0, ge=0, le=1024)  # used only when the cluster has GPUs
-    cpus_per_actor: float = setting(1.0, gt=0, le=1024)
-    batch_clips: int = setting(16, ge=1, le=65536)  # 4-frame clips per encoder forward pass (across samples)
-    # bf16 | fp16 | fp32 (autocast on CUDA only; CPU computes in fp32); the torch names are aliases
-    dtype: str = setting("bf16", choices=DTYPE_NAMES, aliases=DTYPE_ALIASES)
-    shard_size_mb: float = setting(1024.0, gt=0, le=2**20)  # target size of a token tar part
-    limit_units: int = setting(0, ge=0)  # 0: every committed ingest unit; N: only the first N units (smoke runs)
-    seed: int = 0  # random weights when there is no checkpoint: the same in every actor
-    cache_dir: str = ""  # S3 checkpoints are downloaded here on each node (default ~/.cache/longvid/checkpoints)
-    scratch_dir: str = ""  # local folder for samples of units not yet committed (default: system temp)
-    ray_address: str = ""
-    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
-    s3_endpoint_url: str = ""
-    s3_profile: str = ""
-    s3_region: str = ""
-    quiet: bool = False
-
-    def validate(self) -> None:
-        check_fields(self)
-        if storage.join(self.shards, "") == storage.join(self.out, ""):
-            raise ConfigError("out: must differ from shards (the ingest output is read, never written)")
-
-    @property
-    def store_dtype(self) -> str:
-        return DTYPES[self.dtype]
-
-    def fingerprint(self, resolution: int) -> dict[str, Any]:
-        """Settings that change what is written: a re-run into the same --out must match them."""
-        return {"shards": storage.redact(self.shards), "checkpoint": storage.redact(self.checkpoint),
-                "model": self.model, "resolution": resolution, "dtype": self.dtype,
-                "shard_size_mb": self.shard_size_mb, "seed": self.seed if not self.checkpoint else None}
 
 
 # ------------------------------------------------------------------------------------------------- CPU stages

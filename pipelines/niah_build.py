@@ -41,59 +41,17 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import niah, shards, storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.niah import SpecError
-from longvid.operators.settings import TORCH_DTYPES, check_fields, setting, show
+from longvid.pipelines.niah_config import NiahBuildConfig
 from longvid.pipelines.outputs import versions
-
-DTYPES = ("float16", "float32")
-
-
-@dataclass
-class NiahBuildConfig:
-    """The settings of `longvid niah build`; each field's constraints are declared here (operators/settings.py)."""
-
-    haystack: str = setting(required=True)  # ingest job folder / shards folder / one .tar / a video file
-    needles: str = setting(required=True)  # spec JSON (released format)
-    images: str = setting(required=True)  # folder of needle images named as the spec's image fields
-    out: str = setting(required=True)
-    frames: list[int] = setting(default_factory=lambda: list(niah.DEFAULT_LENGTHS), ge=1, le=10_000_000)
-    depths: list[float] = setting(default_factory=lambda: list(niah.DEFAULT_DEPTHS), ge=0, le=1)
-    multi_hop: bool = False
-    model: str = setting("videochat-flash-7b", choices=MODEL_PRESETS)  # model preset whose encoder makes the tokens
-    img_size: int = setting(0, ge=0, le=4096)  # 0: the preset's
-    encoder: str = ""  # UMT .pt or VideoChat-Flash checkpoint; "" = random weights (tiny preset only)
-    seed: int = setting(0, ge=0)  # random encoder weights
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    clips_per_pass: int = setting(8, ge=1, le=65536)
-    # the stored token dtype, spelled as every --dtype (fp16 | fp32); kept as its numpy name
-    dtype: str = setting("float16", choices=DTYPES, aliases={n: TORCH_DTYPES[n] for n in ("fp16", "fp32")})
-    limit_items: int = setting(0, ge=0)  # only the first N spec items (0: all)
-    threads: int = setting(0, ge=0, le=4096)  # torch CPU threads while encoding (0: torch's default)
-    quiet: bool = False
-
-    def validate(self) -> None:
-        check_fields(self)
-        if storage.is_s3(self.out):
-            raise ConfigError(f"out: {self.out}: a NIAH set is written to a local folder (the eval memory-maps it)")
-        self.frames = niah.check_lengths(self.frames)
-        self.depths = niah.check_depths(self.depths)
-        if not self.encoder and self.model != "tiny":
-            raise ConfigError(f"encoder: give the encoder weights for model preset {self.model!r} (UMT-L_f4_vision.pt "
-                              "or a VideoChat-Flash checkpoint); random weights are only allowed with --model tiny")
-        n = self.device[5:] if self.device.startswith("cuda:") else "0"
-        if not (self.device in ("auto", "cpu", "cuda") or n.isascii() and n.isdigit() and len(n) <= 4):
-            raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {show(self.device)}")
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Haystack sources

@@ -48,87 +48,17 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import niah, storage
 from longvid.operators.errors import ConfigError
-from longvid.operators.settings import check_fields, setting
+from longvid.pipelines.niah_config import SCORING, NiahEvalConfig, parse_dropout
 from longvid.pipelines.outputs import versions
 from longvid.pipelines.ray_session import ensure_ray
-
-
-SCORING = ("greedy", "options")
-
-
-@dataclass
-class NiahEvalConfig:
-    """The settings of `longvid niah eval`; each field's constraints are declared here (operators/settings.py)."""
-
-    set: str = setting(required=True)  # a NIAH set folder (niah build --out)
-    checkpoint: str = setting(required=True)
-    out: str = ""  # default: <set>/eval
-    model: str = setting("", choices=("", *MODEL_PRESETS))  # default: the preset that built the set
-    tokenizer: str = ""  # "test", a tokenizer folder, or "" = the checkpoint folder
-    visual_dropout: str = "off"  # off | released | MODE[:LAYERS[:RATIOS]], e.g. uniform0_attention:4,18:1,0.75,0.25
-    scoring: str = setting("greedy", choices=SCORING)  # greedy: the released eval's rule; options: letter argmax
-    max_new_tokens: int = setting(16, ge=1, le=4096)  # greedy decoding stops here (or at EOS)
-    num_actors: int = setting(0, ge=0, le=65536)  # 0: one per GPU, else 1 on CPU
-    rows_per_task: int = setting(4, ge=1, le=65536)
-    limit: int = setting(0, ge=0)  # only the first N inputs of the index (0: all)
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
-    ray_address: str = ""
-    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
-    threads: int = setting(0, ge=0, le=4096)  # torch threads of a CPU actor; 0: Ray's default for a 1-CPU actor (1)
-    use_ray: bool = True  # False: score in this process (debugging, small sets)
-    quiet: bool = False
-
-    def validate(self) -> None:
-        import os
-
-        check_fields(self)
-        if not os.path.isfile(os.path.join(self.set, "set.json")):  # os.path: False for a name too long, no raise
-            raise ConfigError(f"set: {self.set}: no set.json (not a finished NIAH set; run `longvid niah build`)")
-        if not os.path.exists(self.checkpoint) and not self.checkpoint.startswith("random:"):
-            raise ConfigError(f"checkpoint: {self.checkpoint}: not found")
-        parse_dropout(self.visual_dropout)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------------------------
-
-
-def parse_dropout(spec: str, num_layers: int | None = None):
-    """`off` -> None; `released` -> DropoutConfig(); `MODE[:LAYERS[:RATIOS]]` -> DropoutConfig(MODE, ...)."""
-    from longvid.model.dropout import DropoutConfig
-
-    s = (spec or "off").strip()
-    if s in ("off", "none", ""):
-        return None
-    try:
-        if s == "released":
-            d = DropoutConfig()
-        else:
-            parts = s.split(":")
-            if len(parts) > 3:
-                raise ValueError("expected MODE[:LAYERS[:RATIOS]]")
-            kw: dict[str, Any] = {"mode": parts[0]}
-            if len(parts) > 1:
-                kw["layers"] = tuple(int(x) for x in parts[1].split(",") if x)
-            if len(parts) > 2:
-                kw["ratios"] = tuple(float(x) for x in parts[2].split(",") if x)
-            d = DropoutConfig(**kw)
-    except ValueError as e:
-        raise ConfigError(f"visual_dropout: {spec!r}: {e}") from None
-    if num_layers is not None and max(d.layers) >= num_layers:
-        raise ConfigError(f"visual_dropout: layers {d.layers} must stay below the LLM's {num_layers} layers")
-    return d
 
 
 # --------------------------------------------------------------------------------------------------------------
