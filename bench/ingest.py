@@ -8,7 +8,7 @@ Videos (issue #3's setting): 10-minute 720p and 1080p H.264 with 3 B-frames and 
 each made by repeating a generated 30 s clip of that format by stream copy (real H.264, built in seconds, the same
 GOP structure throughout), plus the 30 s 1080p clips themselves and a 1-hour 1080p video (the 30 s clip x120).
 For each video and profile (short: up to 8 frames; long: about 1 fps, 64..512 frames; the frame sets come from
-operators.sample.plan_span) it reports the seconds of:
+operators.frame_rule.select_frames) it reports the seconds of:
   ours   probe + operators.decode.decode(..., size=224, resize_method="torch"): the frames as ingest stores them
          (the last column: the same with the exact PIL resize)
   decord decord.VideoReader(path) + get_batch(indices).asnumpy(): full-resolution frames, no resize
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from longvid.operators.decode import decode  # noqa: E402
 from longvid.operators.probe import probe  # noqa: E402
-from longvid.operators.sample import PROFILES, plan_span  # noqa: E402
+from longvid.operators.frame_rule import PROFILES, select_frames  # noqa: E402
 from longvid.synthetic.videos import make_video  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -223,7 +223,7 @@ def closure_compare(vids, rounds: int) -> list[str]:
 
     for name, p in vids:
         info = probe(str(p))
-        idx = list(plan_span(info.num_frames, info.fps, PROFILES["long"]).indices)
+        idx = list(select_frames(info.num_frames, info.fps, PROFILES["long"]).indices)
         gops, tb = scan_gops(p)
         refs = {pts: ref for gop in gops for pts, ref in gop}
         plan = closure_plan(gops, tb, info, idx)
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
         info = probe(str(p))
         fw, fc = timed(lambda: full_decode(p, threads), 1) if with_full else (float("nan"), float("nan"))
         for prof in ("short", "long"):
-            idx = list(plan_span(info.num_frames, info.fps, PROFILES[prof]).indices)
+            idx = list(select_frames(info.num_frames, info.fps, PROFILES[prof]).indices)
             reps = args.repeats if with_full else 1
             ow, oc = timed(lambda: ours(p, idx, threads), reps)
             dw, dc = timed(lambda: decord_batch(p, idx, threads), reps)
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     # correctness spot check: our frames equal decord's for the long profile of the first video
     name0, p0 = vids[0]
     info0 = probe(str(p0))
-    idx0 = list(plan_span(info0.num_frames, info0.fps, PROFILES["long"]).indices)[:48]
+    idx0 = list(select_frames(info0.num_frames, info0.fps, PROFILES["long"]).indices)[:48]
     a = ours(p0, idx0, threads, size=None).frames.astype(np.int16)
     b = decord_batch(p0, idx0, threads).astype(np.int16)
     check = f"Frames equal decord's ({name0}, 48 long-profile frames): mean |diff| {np.abs(a - b).mean():.3f}, max {np.abs(a - b).max()}"
@@ -463,7 +463,7 @@ def write_md(cmd, lines, extra, proc, args, elapsed, load) -> None:
         f"x264 preset {args.preset}, keyframe every 2 s or 10 s; each {args.minutes:g}-minute video is a generated 30 s clip of its "
         f"format repeated by stream copy (real H.264, the same GOP structure throughout), the 1-hour video the 1080p "
         f"2 s-GOP clip x120. Decoder threads: {args.threads} for all three.",
-        "Frames: `operators.sample.plan_span` short (up to 8) and long (about 1 fps, 64..512). `ours` = probe + "
+        "Frames: `operators.frame_rule.select_frames` short (up to 8) and long (about 1 fps, 64..512). `ours` = probe + "
         "`decode(..., size=224, resize_method=\"torch\")`, the frames as ingest stores them (last column: CPU with "
         "the exact PIL resize); `decord` = `VideoReader` + `get_batch` at full resolution, no resize; `full` = every "
         "frame decoded by PyAV, no RGB conversion. With threads auto, ours splits targets spread over several GOPs "

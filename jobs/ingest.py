@@ -20,7 +20,7 @@ import sys
 
 from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, load_config, read_yaml
 from longvid.operators.errors import ConfigError
-from longvid.operators.sample import PROFILES
+from longvid.operators.frame_rule import PROFILES
 from longvid.operators.sources import available
 
 

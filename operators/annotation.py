@@ -10,8 +10,8 @@ caller (pipelines.ingest.run_unit) writes the failure row with the annotation fi
 not the record's fault is a TransientError (the unit is retried), as in operators.process.
 
 Video records (`media_type: video`):
-- the frames by the reference's rules: a whole video by the whole-video rule (`plan_span`), a record with
-  `start`/`end` by the span rule (`plan_span_seconds`), each resized to the profile's square and stored as the
+- the frames by the reference's rules: a whole video by the whole-video rule (`select_frames`), a record with
+  `start`/`end` by the span rule (`select_span_frames`), each resized to the profile's square and stored as the
   `mp4` member (one video frame per sampled frame), as the raw ingest does;
 - `video_read_type` says how the media is read: any container PyAV reads (default, `decord`, `av`: probe + decode in
   the isolated decoder child); `gif`: the GIF's frames at 1 fps, as the reference's `read_frames_gif` assumes (a GIF
@@ -67,7 +67,8 @@ from longvid.operators.mp4 import MAX_FPS, encode_mp4
 from longvid.operators.probe import probe
 from longvid.operators.process import ProcessOptions, _storage_cause
 from longvid.operators.prompt import insert_time_msg, time_msg
-from longvid.operators.sample import LOCAL_NUM_FRAMES, Profile, SpanPlan, frame_indices, plan_span, plan_span_seconds
+from longvid.operators.frame_rule import (LOCAL_NUM_FRAMES, FrameSelection, Profile, frame_indices, select_frames,
+                                          select_span_frames)
 
 MAX_IMAGE_SIDE = 6 * 448  # the largest anyres_nopad grid (6x6) at the largest encoder resolution
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as the original file bytes (within MAX_IMAGE_SIDE)
@@ -329,7 +330,7 @@ def _span_field(rec: AnnotationRecord, reason: str) -> str:
 
 
 def _read_container(rec: AnnotationRecord, uri: str, profile: Profile, opts: ProcessOptions) -> _Frames:
-    """A video file PyAV reads: probe, plan (whole-video rule or span rule), decode and resize."""
+    """A video file PyAV reads: probe, choose the frames (whole-video rule or span rule), decode and resize."""
     if not storage.is_s3(uri) and not os.path.exists(uri):
         raise RecordError("locate", f"video file not found: {storage.redact(uri)}", "video", uri)
     src: Any = storage.open_read(uri) if storage.is_s3(uri) else uri
@@ -341,22 +342,23 @@ def _read_container(rec: AnnotationRecord, uri: str, profile: Profile, opts: Pro
         try:
             if rec.start is not None:
                 assert rec.end is not None
-                plan: SpanPlan = plan_span_seconds(info.fps, profile, rec.start, rec.end, num_frames=info.num_frames)
+                chosen: FrameSelection = select_span_frames(info.fps, profile, rec.start, rec.end,
+                                                            num_frames=info.num_frames)
             else:
-                plan = plan_span(info.num_frames, info.fps, profile)
+                chosen = select_frames(info.num_frames, info.fps, profile)
         except ValueError as e:
             raise RecordError("sample", str(e), _span_field(rec, str(e)) if rec.start is not None else "video",
                               uri) from None
         try:
-            res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode="auto",
+            res = decode(src, chosen.indices, info, size=profile.resolution, backend=opts.backend, mode="auto",
                          threads=opts.decoder_threads, resize_method=opts.resize)
         except RecordError as e:
             raise _as_video_error(e, uri) from None
     finally:
         if hasattr(src, "close"):
             src.close()
-    return _Frames(res.frames, [int(i) for i in res.indices], list(plan.times), float(info.fps), plan.duration,
-                   plan.start, plan.end, info.width, info.height, info.duration, "container")
+    return _Frames(res.frames, [int(i) for i in res.indices], list(chosen.times), float(info.fps), chosen.duration,
+                   chosen.start, chosen.end, info.width, info.height, info.duration, "container")
 
 
 def _as_video_error(e: RecordError, uri: str) -> RecordError:
@@ -374,9 +376,9 @@ def _read_gif(rec: AnnotationRecord, uri: str, profile: Profile, opts: ProcessOp
     try:
         with Image.open(io.BytesIO(data)) as img:
             count = int(getattr(img, "n_frames", 1) or 1)
-            plan = plan_span(count, GIF_FPS, profile)
+            chosen = select_frames(count, GIF_FPS, profile)
             out: dict[int, np.ndarray] = {}
-            for i in sorted(set(plan.indices)):
+            for i in sorted(set(chosen.indices)):
                 img.seek(i)
                 out[i] = np.array(img.convert("RGB"))
             size = img.size
@@ -384,8 +386,8 @@ def _read_gif(rec: AnnotationRecord, uri: str, profile: Profile, opts: ProcessOp
         raise RecordError("sample", str(e), "video", uri) from None
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise RecordError("decode", f"cannot read the gif: {e}", "video", uri) from None
-    frames = np.stack([resize_one(out[i], profile.resolution, opts.resize) for i in plan.indices])
-    return _Frames(frames, list(plan.indices), list(plan.times), GIF_FPS, plan.duration, plan.start, plan.end,
+    frames = np.stack([resize_one(out[i], profile.resolution, opts.resize) for i in chosen.indices])
+    return _Frames(frames, list(chosen.indices), list(chosen.times), GIF_FPS, chosen.duration, chosen.start, chosen.end,
                    size[0], size[1], count / GIF_FPS, "gif")
 
 

@@ -1,10 +1,10 @@
-"""One SourceRecord -> one Sample: locate, probe, plan the frames, decode, resize, encode, prompt.
+"""One SourceRecord -> one Sample: locate, probe, choose the frames, decode, resize, encode, prompt.
 
 This is the per-record body of the ingest job. It raises `RecordError` (stage, reason, field, file) for any bad
 input; the caller (operators.isolate, pipelines.ingest) turns that into a Failure row.
 
 A sample always has text: a record whose span holds no text that makes a conversation is a failure of stage
-"prompt" (checked once the span is planned, before decoding), never a sample with empty conversations.
+"prompt" (checked once the frames are chosen, before decoding), never a sample with empty conversations.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from longvid.operators.probe import VideoInfo, probe
 from longvid.operators.decode import decode, snap_error_s
 from longvid.operators.prompt import build_conversations, sample_text, time_msg
 from longvid.operators.records import Sample, SourceRecord, TextSpan
-from longvid.operators.sample import PROFILES, Profile, SpanPlan, plan_span, span_times
+from longvid.operators.frame_rule import PROFILES, FrameSelection, Profile, select_frames, span_times
 from longvid.operators.sources.base import texts_in_span
 
 
@@ -134,24 +134,24 @@ def process_record(record: SourceRecord, opts: ProcessOptions) -> Sample:
         raise RecordError("read", f"storage error: {cause.reason}", "uri", cause.uri) from None
 
 
-def plan_record(record: SourceRecord, info: VideoInfo, profile: Profile, uri: str = "") -> SpanPlan:
-    """The frames a record takes from its probed video (operators.sample.plan_span): a whole video by the
+def select_record_frames(record: SourceRecord, info: VideoInfo, profile: Profile, uri: str = "") -> FrameSelection:
+    """The frames a record takes from its probed video (operators.frame_rule.select_frames): a whole video by the
     whole-video rule, a record with `start`/`end` (HD-VILA and MiraData clips, Ego4D windows) by the reference's
     span rule (frame count from the span's seconds, `get_index` positions from the span's first frame). A span the
     rule cannot take (empty, shorter than one second, past the end of the video) is RecordError stage "sample"."""
     spanned = record.start is not None or record.end is not None
     try:
-        return plan_span(info.num_frames, info.fps, profile, record.start, record.end)
+        return select_frames(info.num_frames, info.fps, profile, record.start, record.end)
     except ValueError as e:
         raise RecordError("sample", str(e), "span" if spanned else "duration", uri or record.origin) from None
 
 
-def frame_times(plan: SpanPlan, indices: list[int], fps: float, spanned: bool) -> list[float]:
-    """Times of the decoded frames (the plan's, or the keyframes `decode_mode=keyframe` snapped to): a whole video's
-    round(index / fps, 1) from frame 0, a span's relative to its first frame (`span_times`; a keyframe before the
-    span's first frame has a negative time)."""
+def frame_times(chosen: FrameSelection, indices: list[int], fps: float, spanned: bool) -> list[float]:
+    """Times of the decoded frames (the chosen frames, or the keyframes `decode_mode=keyframe` snapped to): a
+    whole video's round(index / fps, 1) from frame 0, a span's relative to its first frame (`span_times`; a keyframe
+    before the span's first frame has a negative time)."""
     if spanned:
-        return list(span_times([i - plan.start_index for i in indices], fps))
+        return list(span_times([i - chosen.start_index for i in indices], fps))
     return [round(i / fps, 1) for i in indices]
 
 
@@ -163,29 +163,29 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
     src = _open(uri)
     try:
         info = probe(src)
-        plan = plan_record(record, info, profile, uri)
+        chosen = select_record_frames(record, info, profile, uri)
         # only text that belongs to the sampled span (subtitles and narrations cover the whole video)
         sidecar = _sidecar_texts(record, opts.videos_root)
-        texts = texts_in_span(list(record.texts) + sidecar, plan.start, plan.end)
-        if not build_conversations(texts, plan.start, plan.end, plan.duration, "", key):
-            field, reason = _no_text(record, sidecar, texts, plan.start, plan.end)
+        texts = texts_in_span(list(record.texts) + sidecar, chosen.start, chosen.end)
+        if not build_conversations(texts, chosen.start, chosen.end, chosen.duration, "", key):
+            field, reason = _no_text(record, sidecar, texts, chosen.start, chosen.end)
             raise RecordError("prompt", reason, field, uri)
         mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
-        res = decode(src, plan.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
+        res = decode(src, chosen.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
                      threads=opts.decoder_threads, resize_method=opts.resize, hwaccel=opts.hwaccel)
     finally:
         if hasattr(src, "close"):
             src.close()
     indices = [int(i) for i in res.indices]
-    times = frame_times(plan, indices, info.fps, spanned)
+    times = frame_times(chosen, indices, info.fps, spanned)
     n = len(indices)
     frames = res.frames
     try:
-        mp4 = encode_mp4(frames, fps=max(n / plan.duration, 0.01) if plan.duration > 0 else 1.0, crf=opts.crf)
+        mp4 = encode_mp4(frames, fps=max(n / chosen.duration, 0.01) if chosen.duration > 0 else 1.0, crf=opts.crf)
     except ValueError as e:
         raise RecordError("encode", str(e), "frames", uri) from None
-    msg = time_msg(plan.duration, n, frame_times=times, long=opts.long_time_msg)
-    conversations = build_conversations(texts, plan.start, plan.end, plan.duration, msg, key)
+    msg = time_msg(chosen.duration, n, frame_times=times, long=opts.long_time_msg)
+    conversations = build_conversations(texts, chosen.start, chosen.end, chosen.duration, msg, key)
     if not conversations:  # the check above holds; this one guards the promise against a future change
         raise RecordError("prompt", f"{record.origin or record.key}: no conversation for this sample", "texts", uri)
     meta = {k: v for k, v in record.meta_dict().items() if _jsonable(v)}
@@ -194,9 +194,9 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         "source": record.source,
         "video_id": record.video_id,
         "uri": storage.redact(uri),
-        "start": plan.start,
-        "end": plan.end,
-        "duration": plan.duration,
+        "start": chosen.start,
+        "end": chosen.end,
+        "duration": chosen.duration,
         "fps": info.fps,
         "num_frames": n,
         "frame_indices": indices,
@@ -212,7 +212,7 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         "texts": [{"text": t.text, "start": t.start, "end": t.end, "kind": t.kind} for t in texts],
         "meta": meta,
     }
-    sample_info.update(decode_knobs(opts, plan.indices, indices, info.fps, res.stats.decoder))
+    sample_info.update(decode_knobs(opts, chosen.indices, indices, info.fps, res.stats.decoder))
     return Sample(
         info=sample_info,
         mp4=mp4,

@@ -31,7 +31,7 @@ from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
-from longvid.operators.sample import PROFILES, SPAN_RULE
+from longvid.operators.frame_rule import PROFILES, SPAN_RULE
 from longvid.operators.settings import check_fields, setting
 from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members

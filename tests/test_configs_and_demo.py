@@ -38,19 +38,19 @@ def test_2b_profiles_sample_stages_1_and_2_at_448(tmp_path):
     """The 2B recipe trains stages 1-2 at 448 px: `stage1_448` is `stage1` (4 frames, middle) and `short_448` is
     `short` (1-8 frames) at 448; ingest --profile accepts them."""
     from longvid.jobs.cli import build_parser
-    from longvid.operators.sample import PROFILES, plan_span
+    from longvid.operators.frame_rule import PROFILES, select_frames
 
     for name, like in (("stage1_448", "stage1"), ("short_448", "short")):
         p, q = PROFILES[name], PROFILES[like]
         assert (p.sample_type, p.lo, p.hi, p.resolution) == (q.sample_type, q.lo, q.hi, 448)
         for frames, fps in ((300, 30.0), (90, 10.0), (5, 1.0)):
-            assert list(plan_span(frames, fps, p).indices) == list(plan_span(frames, fps, q).indices)
+            assert list(select_frames(frames, fps, p).indices) == list(select_frames(frames, fps, q).indices)
         base = {"source": "webvid", "metadata": ["m.csv"], "videos": "v", "out": "o"}
         assert load_config(IngestConfig, {**base, "profile": name}, {}).profile == name
         args = build_parser().parse_args(["ingest", "--source", "webvid", "--metadata", "m", "--videos", "v",
                                           "--out", str(tmp_path), "--profile", name])
         assert args.profile == name
-    assert len(plan_span(300, 30.0, PROFILES["stage1_448"]).indices) == 4
+    assert len(select_frames(300, 30.0, PROFILES["stage1_448"]).indices) == 4
     assert "stage1_448" in (CONFIGS / "train-2b.yaml").read_text() and "short_448" in (
         CONFIGS / "train-2b.yaml").read_text()
 

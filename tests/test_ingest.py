@@ -19,7 +19,7 @@ from longvid.operators.isolate import IsolatedRunner
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.process import ProcessOptions, process_record
 from longvid.operators.records import SourceRecord, TextSpan
-from longvid.operators.sample import PROFILES, plan_span_seconds
+from longvid.operators.frame_rule import PROFILES, select_span_frames
 from longvid.synthetic.videos import make_audio_only, make_video, read_frame_number
 
 
@@ -60,22 +60,22 @@ def webvid_corpus(root: Path) -> tuple[Path, Path, int]:
 # ------------------------------------------------------------------------------------------- operators, no Ray
 
 
-def test_process_record_frames_follow_the_plan(tmp_path):
+def test_process_record_frames_follow_the_frame_rule(tmp_path):
     make_video(tmp_path / "v.mp4", seconds=40, fps=30, width=320, height=240)
     rec = SourceRecord("webvid", "v", ("v.mp4",), 10.0, 30.0,
                        texts=(TextSpan("a bird", None, None, "caption"), TextSpan("it lands", 12.0, 14.5, "narration")))
     s = process_record(rec, ProcessOptions(videos_root=str(tmp_path), profile="short"))
-    plan = plan_span_seconds(30.0, PROFILES["short"], 10.0, 30.0, num_frames=1200)  # the reference's span rule
-    assert plan.indices[0] > 300 and plan.indices[-1] < 900  # spread over the span, not consecutive from its start
-    assert s.info["frame_indices"] == list(plan.indices)
+    chosen = select_span_frames(30.0, PROFILES["short"], 10.0, 30.0, num_frames=1200)  # the reference's span rule
+    assert chosen.indices[0] > 300 and chosen.indices[-1] < 900  # spread over the span, not consecutive from its start
+    assert s.info["frame_indices"] == list(chosen.indices)
     assert s.info["num_frames"] == 8 and s.info["resolution"] == 224
     frames = decode_mp4(s.mp4)
     assert frames.shape == (8, 224, 224, 3)
-    assert [read_frame_number(f) for f in frames] == list(plan.indices)
+    assert [read_frame_number(f) for f in frames] == list(chosen.indices)
     assert s.info["time_msg"] == "\nThe video lasts for 20.00 seconds, and 8 frames are uniformly sampled from it. "
     first = s.info["conversations"][0]["value"]
     assert first.startswith("<image>" + s.info["time_msg"])
-    assert s.info["frame_times"] == list(plan.times) == [round((i - 300) / 30.0, 1) for i in plan.indices]  # from 10 s
+    assert s.info["frame_times"] == list(chosen.times) == [round((i - 300) / 30.0, 1) for i in chosen.indices]  # from 10 s
     assert len(s.frame_hashes) == 8
     # the timed narration appears relative to the span start (12.0 - 10.0 = 2.0)
     assert any("2.0" in t["value"] for t in s.info["conversations"][1:])

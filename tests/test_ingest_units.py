@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import longvid.pipelines.ingest as ingest
 from longvid.operators.errors import ConfigError
 from longvid.operators.records import Failure, SourceRecord, TextSpan
-from longvid.operators.sample import PROFILES
+from longvid.operators.frame_rule import PROFILES
 from longvid.operators.sources import get_adapter
 from longvid.pipelines.ingest import IngestConfig, UnitSchedule, cut_units
 

@@ -32,7 +32,7 @@ from longvid.operators.mp4 import decode_mp4
 from longvid.operators.process import ProcessOptions
 from longvid.operators.prompt import insert_time_msg, time_msg
 from longvid.operators.records import Failure
-from longvid.operators.sample import PROFILES, plan_span, plan_span_seconds
+from longvid.operators.frame_rule import PROFILES, select_frames, select_span_frames
 from longvid.synthetic.videos import make_video, read_frame_number
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "mixture"
@@ -192,9 +192,9 @@ def test_mixture_video_samples(ingested):
     short = PROFILES["short"]
     # a span: the reference's span rule, the time message with the span's duration, inserted as the reference does
     v2 = infos["v2"]
-    plan = plan_span_seconds(FPS, short, 10.0, 40.5, num_frames=int(42 * FPS))
+    chosen = select_span_frames(FPS, short, 10.0, 40.5, num_frames=int(42 * FPS))
     assert (v2["start"], v2["end"], v2["duration"], v2["annotation_duration"]) == (10.0, 40.5, 30.5, 120.0)
-    assert v2["frame_indices"] == list(plan.indices) and v2["frame_times"] == list(plan.times)
+    assert v2["frame_indices"] == list(chosen.indices) and v2["frame_times"] == list(chosen.times)
     msg = "\nThe video lasts for 30.50 seconds, and 8 frames are uniformly sampled from it. "
     assert v2["time_msg"] == msg == time_msg(30.5, 8)
     assert v2["conversations"] == [
@@ -206,10 +206,10 @@ def test_mixture_video_samples(ingested):
     key2 = recs["v2"].key
     frames = decode_mp4(samples[key2]["mp4"])
     assert frames.shape == (8, 224, 224, 3)
-    assert [read_frame_number(f) for f in frames] == list(plan.indices)
+    assert [read_frame_number(f) for f in frames] == list(chosen.indices)
     # a whole video, multi-turn: the whole-video rule, every turn kept
     v3 = infos[3]
-    whole = plan_span(int(6 * FPS), FPS, short)
+    whole = select_frames(int(6 * FPS), FPS, short)
     assert v3["frame_indices"] == list(whole.indices) and v3["num_frames"] == 4 and v3["duration"] == 6.0
     assert v3["conversations"] == insert_time_msg(recs[3].turns(), v3["time_msg"])
     assert [t["from"] for t in v3["conversations"]] == ["human", "gpt", "human", "gpt"]
@@ -311,7 +311,7 @@ def test_large_image_is_stored_within_the_grid_and_gif_at_one_fps(mix, tmp_path)
     v = next(r for r in _records(mix, "video_qa") if isinstance(r, AnnotationRecord))
     g = process_annotation(AnnotationRecord(**{**v.__dict__, "media_paths": (str(gif),), "video_read_type": "gif"}),
                            opts)
-    want = plan_span(10, 1.0, PROFILES["short"])
+    want = select_frames(10, 1.0, PROFILES["short"])
     assert g.info["frame_indices"] == list(want.indices) and g.info["duration"] == 10.0 and g.info["fps"] == 1.0
     got = [int(round(float(f.mean()) / 20)) for f in decode_mp4(g.payload["mp4"])]
     assert got == list(want.indices)

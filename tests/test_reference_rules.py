@@ -21,7 +21,7 @@ from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer, format_c
 from longvid.operators import niah
 from longvid.operators.mixture import iter_records, parse_strategy, plan_dataset, read_mixture
 from longvid.operators.prompt import insert_time_msg, time_msg
-from longvid.operators.sample import PROFILES, Profile, num_frames_for_span, plan_span_seconds
+from longvid.operators.frame_rule import PROFILES, Profile, num_frames_for_span, select_span_frames
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200
@@ -78,15 +78,15 @@ def _check_span(start, length, fps, bounds):
     end = start + length
     if int(end - start) == 0:  # the reference picks negative positions there; LongVid refuses such a span
         with pytest.raises(ValueError, match="shorter than one second"):
-            plan_span_seconds(fps, Profile("t", sample_type, lo, hi, 224), start, end)
+            select_span_frames(fps, Profile("t", sample_type, lo, hi, 224), start, end)
         return
     n, rel, sec, msg = ref_span({"start": start, "end": end}, fps, lo, hi, sample_type)
-    plan = plan_span_seconds(fps, Profile("t", sample_type, lo, hi, 224), start, end)
-    assert len(plan.indices) == n == num_frames_for_span(end - start, Profile("t", sample_type, lo, hi, 224))
-    assert [i - plan.start_index for i in plan.indices] == rel  # get_index, counted from the span's first frame
-    assert [str(t) for t in plan.times] == sec
-    assert time_msg(plan.duration, len(plan.indices)) == msg
-    assert plan.start_index == math.ceil(start * float(fps) - 1e-6)  # the first frame at or after start
+    chosen = select_span_frames(fps, Profile("t", sample_type, lo, hi, 224), start, end)
+    assert len(chosen.indices) == n == num_frames_for_span(end - start, Profile("t", sample_type, lo, hi, 224))
+    assert [i - chosen.start_index for i in chosen.indices] == rel  # get_index, counted from the span's first frame
+    assert [str(t) for t in chosen.times] == sec
+    assert time_msg(chosen.duration, len(chosen.indices)) == msg
+    assert chosen.start_index == math.ceil(start * float(fps) - 1e-6)  # the first frame at or after start
 
 
 @settings(max_examples=300, deadline=None)
@@ -106,7 +106,7 @@ def test_span_rule_grid_of_short_spans(bounds):
 def test_span_rule_worked_examples():
     long = PROFILES["long"]
     assert [num_frames_for_span(d, long) for d in (30, 10, 100, 900, 3.5)] == [28, 8, 100, 512, 4]
-    assert [len(plan_span_seconds(30.0, long, 100.0, 100.0 + d).indices) for d in (30, 10, 100)] == [28, 8, 100]
+    assert [len(select_span_frames(30.0, long, 100.0, 100.0 + d).indices) for d in (30, 10, 100)] == [28, 8, 100]
 
 
 # ===================================================================================== 2. sampling strategies

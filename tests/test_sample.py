@@ -1,4 +1,4 @@
-"""The frame rules (whole video: get_frame_indices; span: the seconds rule) and that the ingest plans by them."""
+"""The frame rules (whole video: get_frame_indices; span: the seconds rule) and that the ingest samples by them."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,16 +8,16 @@ from hypothesis import strategies as st
 
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.probe import VideoInfo
-from longvid.operators.process import frame_times, plan_record
+from longvid.operators.process import frame_times, select_record_frames
 from longvid.operators.records import SourceRecord
-from longvid.operators.sample import (
+from longvid.operators.frame_rule import (
     PROFILES,
     SPAN_RULE,
     Profile,
     frame_indices,
     num_frames_for_span,
-    plan_span,
-    plan_span_seconds,
+    select_frames,
+    select_span_frames,
 )
 
 
@@ -79,16 +79,16 @@ def test_worked_examples():
 
 
 def test_a_span_takes_the_seconds_rule_not_the_clip_path():
-    # a 30 s span [10, 40] of a 60 s video at 30 fps: the plan of the span rule (the decord clip path is gone)
-    plan = plan_span(1800, 30.0, PROFILES["long"], 10.0, 40.0)
-    assert plan == plan_span_seconds(30.0, PROFILES["long"], 10.0, 40.0, num_frames=1800)
-    assert len(plan.indices) == 28  # the clip path counted the span's 900 frames: 64
-    assert plan.times[0] == round(plan.indices[0] / 30.0 - 10.0, 1)  # relative to the span's start
+    # a 30 s span [10, 40] of a 60 s video at 30 fps: the span rule's frames (the decord clip path is gone)
+    chosen = select_frames(1800, 30.0, PROFILES["long"], 10.0, 40.0)
+    assert chosen == select_span_frames(30.0, PROFILES["long"], 10.0, 40.0, num_frames=1800)
+    assert len(chosen.indices) == 28  # the clip path counted the span's 900 frames: 64
+    assert chosen.times[0] == round(chosen.indices[0] / 30.0 - 10.0, 1)  # relative to the span's start
 
 
 def test_a_span_with_one_bound_runs_from_zero_or_to_the_end():
-    assert plan_span(300, 30.0, PROFILES["short"], 5.0, None) == plan_span_seconds(30.0, PROFILES["short"], 5.0, 10.0)
-    assert plan_span(300, 30.0, PROFILES["short"], None, 6.0) == plan_span_seconds(30.0, PROFILES["short"], 0.0, 6.0)
+    assert select_frames(300, 30.0, PROFILES["short"], 5.0, None) == select_span_frames(30.0, PROFILES["short"], 5.0, 10.0)
+    assert select_frames(300, 30.0, PROFILES["short"], None, 6.0) == select_span_frames(30.0, PROFILES["short"], 0.0, 6.0)
 
 
 @pytest.mark.parametrize("start,end,msg", [
@@ -100,16 +100,16 @@ def test_a_span_with_one_bound_runs_from_zero_or_to_the_end():
 ])
 def test_bad_spans_are_errors(start, end, msg):
     with pytest.raises(ValueError, match=msg):
-        plan_span(300, 30.0, PROFILES["long"], start, end)
+        select_frames(300, 30.0, PROFILES["long"], start, end)
 
 
 def test_whole_video_uses_all_frames():
-    plan = plan_span(1234, 25.0, PROFILES["long"])
-    assert plan.vlen == 1234 and plan.duration == pytest.approx(1234 / 25.0)
-    assert list(plan.indices) == reference_indices(1234, 25.0, "dynamic_fps1", 64, 512)
+    chosen = select_frames(1234, 25.0, PROFILES["long"])
+    assert chosen.vlen == 1234 and chosen.duration == pytest.approx(1234 / 25.0)
+    assert list(chosen.indices) == reference_indices(1234, 25.0, "dynamic_fps1", 64, 512)
 
 
-# ------------------------------------------------------------------------ the span rule (plan_span_seconds)
+# ------------------------------------------------------------------------ the span rule (select_span_frames)
 # (its conformance with the reference's process_video / get_index: tests/test_reference_rules.py)
 
 
@@ -123,23 +123,23 @@ def test_span_rule_counts_frames_from_the_span_seconds():
 
 
 def test_span_rule_positions_are_spread_over_the_span_from_its_first_frame():
-    plan = plan_span_seconds(30.0, PROFILES["long"], 100.0, 130.0, num_frames=30 * 600)
-    assert plan.start_index == 3000 and plan.duration == 30.0 and len(plan.indices) == 28
-    assert plan.indices[0] == 3000 + int(899 / 28 / 2) == 3016 and plan.indices[-1] < 3000 + 900  # inside the span, not at its start
-    gaps = np.diff(plan.indices)
+    chosen = select_span_frames(30.0, PROFILES["long"], 100.0, 130.0, num_frames=30 * 600)
+    assert chosen.start_index == 3000 and chosen.duration == 30.0 and len(chosen.indices) == 28
+    assert chosen.indices[0] == 3000 + int(899 / 28 / 2) == 3016 and chosen.indices[-1] < 3000 + 900  # inside the span, not at its start
+    gaps = np.diff(chosen.indices)
     assert gaps.min() >= 31 and gaps.max() <= 33  # about 899 / 28 frames apart
-    assert plan.times[0] == 0.5 and plan.times == tuple(float(np.round((i - 3000) / 30.0, 1)) for i in plan.indices)
+    assert chosen.times[0] == 0.5 and chosen.times == tuple(float(np.round((i - 3000) / 30.0, 1)) for i in chosen.indices)
     # a start between frames: the first frame at or after it
-    assert plan_span_seconds(30.0, PROFILES["short"], 10.01, 20.0).start_index == 301
-    assert plan_span_seconds(30.0, PROFILES["short"], 0.1, 20.0).start_index == 3  # 0.1 * 30 is 3.0000000000000004
+    assert select_span_frames(30.0, PROFILES["short"], 10.01, 20.0).start_index == 301
+    assert select_span_frames(30.0, PROFILES["short"], 0.1, 20.0).start_index == 3  # 0.1 * 30 is 3.0000000000000004
 
 
 def test_span_rule_with_a_fractional_frame_rate():
     from fractions import Fraction
 
-    plan = plan_span_seconds(Fraction(30000, 1001), PROFILES["short"], 3.3, 15.9)
-    assert plan.vlen == int(12 * Fraction(30000, 1001)) == 359 and len(plan.indices) == 8
-    assert plan.start_index == 99 and plan.indices == tuple(sorted(plan.indices))
+    chosen = select_span_frames(Fraction(30000, 1001), PROFILES["short"], 3.3, 15.9)
+    assert chosen.vlen == int(12 * Fraction(30000, 1001)) == 359 and len(chosen.indices) == 8
+    assert chosen.start_index == 99 and chosen.indices == tuple(sorted(chosen.indices))
 
 
 @pytest.mark.parametrize("fps,start,end,frames,msg", [
@@ -154,13 +154,13 @@ def test_span_rule_with_a_fractional_frame_rate():
 ])
 def test_span_rule_refuses_bad_spans(fps, start, end, frames, msg):
     with pytest.raises(ValueError, match=msg):
-        plan_span_seconds(fps, PROFILES["long"], start, end, num_frames=frames)
+        select_span_frames(fps, PROFILES["long"], start, end, num_frames=frames)
     # the same span inside a long enough video is fine (when the span itself is)
     if msg == "runs past the end of the video":
-        assert len(plan_span_seconds(fps, PROFILES["long"], start, end, num_frames=2101).indices) == 20
+        assert len(select_span_frames(fps, PROFILES["long"], start, end, num_frames=2101).indices) == 20
 
 
-# ------------------------------------------------------- the ingest plans by these rules (operators.process, no Ray)
+# ----------------------------------------------------- the ingest samples by these rules (operators.process, no Ray)
 
 
 def _info(fps: float, num_frames: int) -> VideoInfo:
@@ -169,9 +169,9 @@ def _info(fps: float, num_frames: int) -> VideoInfo:
 
 
 @pytest.mark.parametrize("name", list(PROFILES))
-def test_ingest_plan_of_a_span_record_is_the_span_rule(name):
-    """operators.process.plan_record (what process_record decodes) over a grid of spans and frame rates equals
-    plan_span_seconds; the spans the rule refuses are the record's failure (stage "sample", field "span")."""
+def test_ingest_frames_of_a_span_record_are_the_span_rule(name):
+    """operators.process.select_record_frames (what process_record decodes) over a grid of spans and frame rates equals
+    select_span_frames; the spans the rule refuses are the record's failure (stage "sample", field "span")."""
     profile = PROFILES[name]
     checked = refused = 0
     for fps in (1.0, 10.0, 23.976023976, 25.0, 29.97002997, 30.0, 59.94, 60.0):
@@ -181,17 +181,17 @@ def test_ingest_plan_of_a_span_record_is_the_span_rule(name):
             for length in (0.5, 1.0, 3.9, 4.0, 10.0, 30.0, 37.5, 63.9, 100.0, 512.3, 640.0):
                 rec = SourceRecord("hdvila", "v", ("v.mp4",), start, start + length, origin="m.jsonl:3")
                 try:
-                    want = plan_span_seconds(fps, profile, start, start + length, num_frames=num_frames)
+                    want = select_span_frames(fps, profile, start, start + length, num_frames=num_frames)
                 except ValueError as e:
                     with pytest.raises(RecordError) as got:
-                        plan_record(rec, info, profile, "v.mp4")
+                        select_record_frames(rec, info, profile, "v.mp4")
                     assert (got.value.stage, got.value.field, got.value.reason) == ("sample", "span", str(e))
                     refused += 1
                     continue
-                plan = plan_record(rec, info, profile, "v.mp4")
-                assert plan == want
-                assert len(plan.indices) == num_frames_for_span(length, profile)
-                assert frame_times(plan, list(plan.indices), fps, True) == list(want.times)
+                chosen = select_record_frames(rec, info, profile, "v.mp4")
+                assert chosen == want
+                assert len(chosen.indices) == num_frames_for_span(length, profile)
+                assert frame_times(chosen, list(chosen.indices), fps, True) == list(want.times)
                 checked += 1
     assert checked > 300 and refused > 20
 
@@ -199,24 +199,24 @@ def test_ingest_plan_of_a_span_record_is_the_span_rule(name):
 @settings(max_examples=150, deadline=None)
 @given(start=st.integers(0, 20_000).map(lambda x: x / 8), length=st.integers(8, 8_000).map(lambda x: x / 8),
        fps=st.sampled_from([8.0, 24.0, 25.0, 29.97002997, 30.0, 60.0]), name=st.sampled_from(list(PROFILES)))
-def test_ingest_plan_of_a_span_record_fuzz(start, length, fps, name):
+def test_ingest_frames_of_a_span_record_fuzz(start, length, fps, name):
     info = _info(fps, int(round(3600 * fps)))
     rec = SourceRecord("ego4d", "v", ("v.mp4",), start, start + length)
-    plan = plan_record(rec, info, PROFILES[name])
-    assert plan == plan_span_seconds(fps, PROFILES[name], start, start + length, num_frames=info.num_frames)
-    assert plan.start_index <= plan.indices[0] and plan.indices[-1] < plan.start_index + int(length) * fps
+    chosen = select_record_frames(rec, info, PROFILES[name])
+    assert chosen == select_span_frames(fps, PROFILES[name], start, start + length, num_frames=info.num_frames)
+    assert chosen.start_index <= chosen.indices[0] and chosen.indices[-1] < chosen.start_index + int(length) * fps
 
 
-def test_ingest_plan_of_a_whole_video_is_unchanged():
+def test_ingest_frames_of_a_whole_video_are_unchanged():
     for fps, n in ((25.0, 1234), (30.0, 900), (29.97002997, 27_000), (1.0, 3)):
         for profile in PROFILES.values():
-            plan = plan_record(SourceRecord("webvid", "v", ("v.mp4",)), _info(fps, n), profile)
-            assert list(plan.indices) == reference_indices(n, fps, profile.sample_type, profile.lo, profile.hi)
-            assert frame_times(plan, list(plan.indices), fps, False) == [round(i / fps, 1) for i in plan.indices]
+            chosen = select_record_frames(SourceRecord("webvid", "v", ("v.mp4",)), _info(fps, n), profile)
+            assert list(chosen.indices) == reference_indices(n, fps, profile.sample_type, profile.lo, profile.hi)
+            assert frame_times(chosen, list(chosen.indices), fps, False) == [round(i / fps, 1) for i in chosen.indices]
     # the worked example of the README's migration note: a 30 s window of a long video at the long profile
     rec = SourceRecord("miradata", "v", ("v.mp4",), 100.0, 130.0)
-    assert len(plan_record(rec, _info(30.0, 30 * 600), PROFILES["long"]).indices) == 28
-    assert len(plan_record(SourceRecord("webvid", "v", ("v.mp4",)), _info(30.0, 900), PROFILES["long"]).indices) == 64
+    assert len(select_record_frames(rec, _info(30.0, 30 * 600), PROFILES["long"]).indices) == 28
+    assert len(select_record_frames(SourceRecord("webvid", "v", ("v.mp4",)), _info(30.0, 900), PROFILES["long"]).indices) == 64
 
 
 def test_an_output_folder_written_with_the_old_span_rule_is_refused(tmp_path):

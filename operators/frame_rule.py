@@ -1,12 +1,13 @@
-"""Frame sampling by duration: the VideoChat-Flash rules, one for whole videos and one for spans.
+"""The frame rule: which frames of a video a sample takes, VideoChat-Flash's sampling by duration (one rule
+for whole videos, one for spans).
 
 All indices are frame numbers in the source video. See ../shared/reference/videochat-flash.md.
 
 - a whole video (`get_frame_indices`: `dynamic_fps1` + `middle`, or plain `middle`): `frame_indices`;
 - a SPAN (a record with `start`/`end`: the reference's `process_video` sends it to `lazy_load_s3video`):
-  `plan_span_seconds`: frame count from the span's seconds, positions by `get_index` from the span's first frame,
+  `select_span_frames`: frame count from the span's seconds, positions by `get_index` from the span's first frame,
   frame times relative to the span's start (the reference's whole-second timestamp quirk not copied);
-- `plan_span(num_frames, fps, profile, start, end)`: the plan of a record, the first rule for a whole video
+- `select_frames(num_frames, fps, profile, start, end)`: the frames of a record, the first rule for a whole video
   (start = end = None), the second for a span. There is no other span rule (the decord `clip` path, which counted a
   span's frames, is not what training does and is gone). `SPAN_RULE` names the span rule in the ingest fingerprint.
 """
@@ -80,7 +81,7 @@ def frame_indices(vlen: int, fps: float, profile: Profile) -> list[int]:
 
 
 @dataclass(frozen=True)
-class SpanPlan:
+class FrameSelection:
     """Where a sample's frames come from in the source video."""
 
     start: float  # seconds, clamped
@@ -95,8 +96,9 @@ class SpanPlan:
 SPAN_RULE = "reference-seconds"  # the ingest fingerprint records it: change it whenever the span rule changes
 
 
-def plan_span(num_frames: int, fps: float, profile: Profile, start: float | None = None, end: float | None = None) -> SpanPlan:
-    """The frames of one record: the whole video (start = end = None, `frame_indices`) or a span (`plan_span_seconds`).
+def select_frames(num_frames: int, fps: float, profile: Profile, start: float | None = None,
+                  end: float | None = None) -> FrameSelection:
+    """The frames of one record: the whole video (start = end = None, `frame_indices`) or a span (`select_span_frames`).
 
     `num_frames` and `fps` describe the whole source video (its duration is num_frames / fps). A span with one
     bound only runs from 0 s or to the end of the video. Raises ValueError naming the problem (a bad fps, no frames,
@@ -112,10 +114,10 @@ def plan_span(num_frames: int, fps: float, profile: Profile, start: float | None
         e = video_duration if end is None else float(end)
         if s >= video_duration:
             raise ValueError(f"span start {s:.3f}s is past the end of the video ({video_duration:.3f}s)")
-        return plan_span_seconds(fps, profile, s, e, num_frames=num_frames)
+        return select_span_frames(fps, profile, s, e, num_frames=num_frames)
     idx = tuple(frame_indices(int(num_frames), fps, profile))
     times = tuple(round(i / fps, 1) for i in idx)
-    return SpanPlan(0.0, float(video_duration), video_duration, 0, int(num_frames), idx, times)
+    return FrameSelection(0.0, float(video_duration), video_duration, 0, int(num_frames), idx, times)
 
 
 def num_frames_for_span(duration: float, profile: Profile, local_num_frames: int = LOCAL_NUM_FRAMES) -> int:
@@ -148,14 +150,14 @@ def span_positions(total: float, n: int) -> list[int]:
     return [first + int(round(seg_size * k)) for k in range(n)]
 
 
-def plan_span_seconds(
+def select_span_frames(
     fps: float | Fraction,
     profile: Profile,
     start: float,
     end: float,
     num_frames: int | None = None,
     local_num_frames: int = LOCAL_NUM_FRAMES,
-) -> SpanPlan:
+) -> FrameSelection:
     """The reference SPAN rule, for a record with `start` and `end` (seconds) in a longer video.
 
     Training does not take the decord `clip` path (which counts the span's frames) for such records: the reference
@@ -197,7 +199,7 @@ def plan_span_seconds(
         raise ValueError(
             f"span [{start}, {end}] runs past the end of the video ({num_frames} frames, {num_frames / fps_f:.3f}s)"
         )
-    return SpanPlan(s, e, duration, first, int(total), idx, span_times(rel, fps_f))
+    return FrameSelection(s, e, duration, first, int(total), idx, span_times(rel, fps_f))
 
 
 def span_times(positions, fps: float) -> tuple[float, ...]:
