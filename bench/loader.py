@@ -5,10 +5,10 @@
     python bench/loader.py --keep                # reuse the shards of the last run
     python bench/loader.py --keep --page-cache written   # shards as the writer left them in the page cache
     python bench/loader.py --keep --variants raw,loader,numpy   # with and without the C kernels
-    git show REV:pipelines/train_data.py > /tmp/old.py   # REV: the version to compare with
-    python bench/loader.py --keep --baseline /tmp/old.py --variants raw,baseline,loader   # before/after
+    git show REV:pipelines/loader.py > /tmp/old.py   # REV: the version to compare with (a module with LoaderConfig
+    python bench/loader.py --keep --baseline /tmp/old.py --variants raw,baseline,loader   # and StageLoader): before/after
 
-Shards are written by `pipelines.train_data.write_synthetic_token_shards` (encode layout: <key>.json +
+Shards are written by `synthetic.shards.write_synthetic_token_shards` (encode layout: <key>.json +
 <key>.tokens.npy [frames/4, 64, D]). Both sides read the same tar files. Where their pages are (--page-cache):
 - read (default): in the page cache as a trainer leaves them after reading them once: every shard is evicted,
   then read front to back, before timing. The kernel's readahead fills the cache with large folios, which make
@@ -23,7 +23,7 @@ Variants:
   i.e. tar parsing, json, npy header, NaN/inf scan of every token, frame bounds, Qwen2 chat tokenization with
   labels, length bucketing and collation to torch tensors;
 - loader+prefetch: the same behind its background thread;
-- baseline: the loader of another train_data.py (--baseline FILE), for before/after figures from the same rounds;
+- baseline: the loader of another loader module (--baseline FILE), for before/after figures from the same rounds;
 - numpy: the loader without its C kernels (operators/_native.c: NaN/inf scan, tar header checksum),
   i.e. on the numpy / Python fallback it uses where no C compiler was there at install;
 - nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
@@ -48,16 +48,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from longvid.model.tokenizer import build_test_tokenizer  # noqa: E402
-from longvid.pipelines import train_data  # noqa: E402
-from longvid.pipelines.train_data import plan_source, write_synthetic_token_shards  # noqa: E402
+from longvid.operators import shards, train_sample  # noqa: E402
+from longvid.pipelines import loader as train_loader  # noqa: E402
+from longvid.pipelines.train_sources import plan_source  # noqa: E402
+from longvid.synthetic.shards import write_synthetic_token_shards  # noqa: E402
 
 
 def load_baseline(path: str):
-    """Another version of pipelines/train_data.py (e.g. `git show HEAD~1:pipelines/train_data.py > old.py`),
+    """Another version of the loader (e.g. `git show HEAD~1:pipelines/loader.py > old.py`; before the split of
+    issue #13, pipelines/train_data.py),
     loaded side by side with the current one, for before/after figures from the same passes."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_data_baseline", path)
+    spec = importlib.util.spec_from_file_location("loader_baseline", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
@@ -102,19 +105,23 @@ def loader_pass(plan, n: int, tok, prefetch: int, dim: int, max_frames: int, mod
     check=False: no NaN/inf scan in the loader; with `staging` (a flat tensor) every visual tensor is then copied
     into it, as a pageable host-to-device copy would (the bytes must be read by someone)."""
     buffer = max(b for b in range(1, 33) if n % b == 0)
-    mod = module or train_data
+    mod = module or train_loader
     extra = {} if check else {"check_finite": False}
     cfg = mod.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=buffer, mix="samples", dim=dim,
                            max_frames=max_frames, max_len=1 << 20, prefetch=prefetch, **extra)
-    kernels = mod._native if hasattr(mod, "_native") else None
+    # the C kernels: the tar header checksum (operators.shards), the NaN/inf scan (operators.train_sample); an old
+    # single-module loader (--baseline) holds both itself
+    holders = [m for m in (mod, shards, train_sample) if hasattr(m, "_native")]
+    kernels = [m._native for m in holders]
     if not native:
-        mod._native = None
+        for m in holders:
+            m._native = None
     try:
         loader = mod.StageLoader(cfg, 0, 1, tok)
         return _timed(loader, n, staging)
     finally:
-        if hasattr(mod, "_native"):
-            mod._native = kernels
+        for m, k in zip(holders, kernels):
+            m._native = k
 
 
 def _timed(loader, n: int, staging) -> tuple[float, float]:
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page-cache", choices=("read", "written", "cold"), default="read",
                     help="read: evicted then read once before timing (default); written: as the writer left them; "
                          "cold: evicted before every pass")
-    ap.add_argument("--baseline", help="another train_data.py to run side by side (variant 'baseline')")
+    ap.add_argument("--baseline", help="another loader module to run side by side (variant 'baseline')")
     ap.add_argument("--variants", default="raw,loader,loader+prefetch",
                     help="comma-separated, in pass order: raw, loader, loader+prefetch, numpy, baseline (needs "
                          "--baseline), nocheck, nocheck+copy")
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": n, "shards": len(files), "bytes": nbytes, "mib_per_sample": round(nbytes / n / 2**20, 2),
         "frames": list(args.frames), "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats,
         "load_average": os.getloadavg()[0], "page_cache": args.page_cache,
-        "native_kernels": train_data._native is not None,
+        "native_kernels": train_sample._native is not None,
         "samples_per_s_best": {k: round(n / v, 1) for k, v in best.items()},
         "samples_per_s_median": {k: round(n / v, 1) for k, v in med.items()},
         "mib_per_s_best": {k: round(nbytes / v / 2**20, 1) for k, v in best.items()},

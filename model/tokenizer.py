@@ -18,12 +18,15 @@
     No system turn, no question, no timestamp message.
   `<image>` becomes the single image-token id that `VideoLLM` replaces with the visual tokens; a trained
   `<image>` is masked (the reference would train on the placeholder's id).
+- `FastTokenizer(tok)`: the training loader's wrapper, same ids, the Rust tokenizer called directly and the
+  constant pieces memoised; `chat_encoder(tok)`: format_chat bound to a tokenizer, as the loader's sample parser
+  takes it.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -199,3 +202,86 @@ def _mask_image(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list
     if img in labels:  # labels hold either the id or IGNORE_INDEX: only a trained <image> needs masking
         labels = [IGNORE_INDEX if t == img else lab for t, lab in zip(ids, labels)]
     return labels
+
+
+def chat_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[Mapping[str, str]], str],
+                                                                 tuple[list[int], list[int]]]:
+    """format_chat bound to a tokenizer: (conversations, label_mode) -> (input_ids, labels), what the training
+    loader's sample parser (operators/train_sample.py, which does not import the model) is handed."""
+
+    def chat(conversations: Sequence[Mapping[str, str]], label_mode: LabelMode) -> tuple[list[int], list[int]]:
+        return format_chat(conversations, tokenizer, label_mode=label_mode)
+
+    return chat
+
+
+class FastTokenizer:
+    """Wraps a transformers fast tokenizer so that `tok(text, add_special_tokens=False)["input_ids"]` (what
+    `model.tokenizer.format_chat` calls for every piece of a chat) goes straight to the Rust tokenizer, with the
+    constant pieces (system turn, role headers) memoised. Everything else is delegated. The fast path is used only
+    when it gives the same ids as the wrapped tokenizer on a probe text; otherwise calls go through unchanged."""
+
+    PROBE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nThe video "
+             "lasts for 37.50 seconds, and 36 frames are uniformly sampled from it. \nWhat happens? é 你好<|im_end|>\n")
+
+    def __init__(self, tok: Any):
+        self._tok = tok
+        self._cache: dict[str, list[int]] = {}
+        self._ids: dict[str, int] = {}
+        self.unk_token_id = tok.unk_token_id  # a transformers property that looks the token up on every read
+        rust = getattr(tok, "_tokenizer", None)
+        self._rust = None
+        self._encode: Callable[[str], list[int]] | None = None
+        if rust is not None and hasattr(rust, "encode"):
+            # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~25% less per call
+            fast = getattr(rust, "encode_batch_fast", None)
+            candidates: list[Callable[[str], list[int]]] = []
+            if fast is not None:
+                candidates.append(lambda t: fast([t], add_special_tokens=False)[0].ids)
+            candidates.append(lambda t: rust.encode(t, add_special_tokens=False).ids)
+            try:
+                want = list(tok(self.PROBE, add_special_tokens=False)["input_ids"])
+            except Exception:
+                want = None
+            for enc in candidates:
+                try:
+                    if want is not None and enc(self.PROBE) == want:
+                        self._rust, self._encode = rust, enc
+                        break
+                except Exception:  # any mismatch in API: try the next, else stay on the slow, exact path
+                    continue
+
+    def __call__(self, text: Any, add_special_tokens: bool = True, **kw: Any) -> Any:
+        if self._rust is None or add_special_tokens or kw or not isinstance(text, str):
+            return self._tok(text, add_special_tokens=add_special_tokens, **kw)
+        return {"input_ids": self.text_ids(text)}
+
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of `text` without special tokens (what format_chat asks for each piece of a chat). A new list
+        every call: callers may extend it."""
+        if self._rust is None:
+            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._encode(text)  # type: ignore[misc]
+            if len(text) <= 64 and len(self._cache) < 4096:
+                self._cache[text] = ids
+            else:
+                return ids
+        return list(ids)
+
+    def convert_tokens_to_ids(self, tokens: Any) -> Any:
+        """The wrapped tokenizer's lookup, memoised for single tokens it knows (format_chat asks for the image
+        token's id on every sample). Tokens it does not know are never memoised, so tokens added later still
+        resolve; known tokens keep their ids."""
+        if isinstance(tokens, str):
+            tid = self._ids.get(tokens)
+            if tid is None:
+                tid = self._tok.convert_tokens_to_ids(tokens)
+                if tid is not None and tid != self.unk_token_id and len(self._ids) < 1024:
+                    self._ids[tokens] = tid
+            return tid
+        return self._tok.convert_tokens_to_ids(tokens)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)

@@ -243,7 +243,8 @@ def test_drop_list_grammar():
 
 def test_train_and_audit_read_drop_lists_alike(tmp_path):
     """Issue #13: the audit's reader and train --exclude are one parser; inline comments mean the same on both sides."""
-    from longvid.pipelines.train_data import DataError, read_exclude
+    from longvid.pipelines.loader import read_exclude
+    from longvid.pipelines.train_sources import DataError
 
     p = tmp_path / "drop_list.txt"
     p.write_text(DROP, encoding="utf-8")

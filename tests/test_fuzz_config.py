@@ -27,7 +27,7 @@ from longvid.pipelines.niah_build import NiahBuildConfig
 from longvid.pipelines.niah_eval import NiahEvalConfig
 from longvid.pipelines.plan import PlanConfig
 from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
-from longvid.pipelines.train_data import LoaderConfig
+from longvid.pipelines.loader import LoaderConfig
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])

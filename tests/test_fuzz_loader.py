@@ -1,4 +1,4 @@
-"""Valid and hostile token shards against the training loader (pipelines/train_data.py), and our other tar readers.
+"""Valid and hostile token shards against the training loader (pipelines/loader.py), and our other tar readers.
 
 The promise (issue 12): PAX and GNU long-name tars, as tarfile and webdataset write them, are read exactly; on
 anything else a bad sample is skipped and counted by reason, a bad shard costs the rest of that shard (never the
@@ -29,7 +29,10 @@ from tests.test_shards import _tar
 from tests.bounds import bounded as _bounded
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
 from longvid.operators import shards as sd
-from longvid.pipelines import train_data as td
+from longvid.operators import train_sample as tsample
+from longvid.pipelines import loader as ld
+from longvid.pipelines import train_sources as ts
+from longvid.synthetic import shards as synth
 
 DIM = 8  # token width of the test shards: one clip is 1 KiB of float16
 BOUND = 8.0  # seconds one example may take; a loop without progress rings the alarm
@@ -78,7 +81,7 @@ def npy_raw(header: str, data: bytes = b"", version: bytes = b"\x01\x00") -> byt
 
 
 def sample_info(key: str, clips: int = 2, label: int = 0) -> dict:
-    info = td.synthetic_sample_info(key, "fz", 4 * clips, 8.0, label, long_msg=True)
+    info = synth.synthetic_sample_info(key, "fz", 4 * clips, 8.0, label, long_msg=True)
     info.update({"encoder": "synthetic", "resolution": 224, "tokens_per_frame": 16, "num_clips": clips})
     return info
 
@@ -125,15 +128,15 @@ class EpochEnd(Exception):
     pass
 
 
-def read_epoch(path: str, **cfg) -> tuple[td.SourcePlan | None, list[td.TrainSample], Counter, str]:
+def read_epoch(path: str, **cfg) -> tuple[ts.SourcePlan | None, list[tsample.TrainSample], Counter, str]:
     """Plan the shards of a path or glob without index.json (counts from the tar headers), then read one epoch
     through the loader's own sample path -> (plan, samples, counters, planning error)."""
     try:
-        plan = td.plan_source("fz", [path])
-    except td.DataError as e:
+        plan = ts.plan_source("fz", [path])
+    except ts.DataError as e:
         return None, [], Counter(), str(e)
-    lc = td.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=1, mix="samples", dim=DIM, prefetch=0, **cfg)
-    lo = td.StageLoader(lc, 0, 1, tokenizer())
+    lc = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=1, mix="samples", dim=DIM, prefetch=0, **cfg)
+    lo = ld.StageLoader(lc, 0, 1, tokenizer())
     stream = lo.streams[0]
     advance = stream._advance_piece
 
@@ -154,7 +157,7 @@ def read_epoch(path: str, **cfg) -> tuple[td.SourcePlan | None, list[td.TrainSam
     return plan, out, lo.counters, ""
 
 
-def assert_well_formed(s: td.TrainSample, max_len: int = 32768) -> None:
+def assert_well_formed(s: tsample.TrainSample, max_len: int = 32768) -> None:
     from longvid.model.tokenizer import image_token_id
 
     assert s.input_ids.dtype == np.int64 and s.input_ids.ndim == 1 and s.labels.shape == s.input_ids.shape
@@ -166,7 +169,7 @@ def assert_well_formed(s: td.TrainSample, max_len: int = 32768) -> None:
     assert isinstance(s.key, str) and s.key.encode("utf-8")
 
 
-def assert_accounted(plan: td.SourcePlan, out: list, c: Counter) -> None:
+def assert_accounted(plan: ts.SourcePlan, out: list, c: Counter) -> None:
     """Every group read is a sample or a counted skip; fewer than planned only with a counted shard loss."""
     read = len(out) + c["skipped"] + c["excluded"]
     assert read <= plan.nsamples
@@ -211,7 +214,7 @@ def test_valid_tars_of_every_format_read_exactly_what_was_written(keys, fmt):
                 for i, g in enumerate(groups):  # resuming at a group's start or end sees the same names
                     assert next(sd.iter_groups(f, g.start, want=lambda k: True)).key == g.key
                     assert [x.key for x in sd.iter_groups(f, g.end, want=lambda k: False)] == keys[i + 1:]
-        assert td.count_tar_samples(path) == len(keys)
+        assert ts.count_tar_samples(path) == len(keys)
         plan, out, c, err = read_epoch(path, max_frames=4)
     assert not err and plan.count_from == "tar"
     assert [s.key for s in out] == keys and not c["skipped"] and not sum(c[k] for k in SHARD_LOSS)
@@ -230,13 +233,13 @@ def test_webdataset_long_keys_and_resume_after_a_pax_member(tmp_path):
     with wds.TarWriter(str(tmp_path / "shards" / "shard-0.tar")) as w:
         for i, k in enumerate(keys):
             w.write({"__key__": k, "json": sample_info(k, label=i), "tokens.npy": npy(tokens(label=i))})
-    plan = td.plan_source("w", [str(tmp_path / "shards" / "*.tar")])
+    plan = ts.plan_source("w", [str(tmp_path / "shards" / "*.tar")])
     assert plan.nsamples == 6 and plan.count_from == "tar"
-    cfg = td.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
+    cfg = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
     with bounded():
-        it = iter(td.StageLoader(cfg, 0, 1, tokenizer()))
+        it = iter(ld.StageLoader(cfg, 0, 1, tokenizer()))
         full = [next(it) for _ in range(8)]
-        it2 = iter(td.StageLoader(cfg, 0, 1, tokenizer(), state=full[2].state))
+        it2 = iter(ld.StageLoader(cfg, 0, 1, tokenizer(), state=full[2].state))
         again = [next(it2) for _ in range(5)]
     assert sorted(k for b in full[:6] for k in b.keys) == sorted(keys)
     assert [b.keys for b in again] == [b.keys for b in full[3:8]]
@@ -465,7 +468,7 @@ def _orjson_reads(data: bytes) -> bool:
     """orjson (when installed) parses some nestings the standard parser cannot; the loader never recurses into
     a field it does not use, so such a sample is fine."""
     try:
-        return td._orjson is not None and isinstance(td._orjson.loads(data), dict)
+        return tsample._orjson is not None and isinstance(tsample._orjson.loads(data), dict)
     except ValueError:
         return False
 
@@ -583,14 +586,14 @@ def test_a_source_without_one_usable_sample_is_an_error_not_a_hang(tmp_path):
     the shards round and round for ever."""
     raw, want, _ = _hostile_shard([("deep json", "ok"), ("ok", "negative dims"), ("empty", "ok")])
     assert not want
-    plan = td.plan_source("bad", [shard_file(raw)])
-    cfg = td.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
-    with bounded(), pytest.raises(td.DataError, match="no usable sample"):
-        next(iter(td.StageLoader(cfg, 0, 1, tokenizer())))
-    good = td.plan_source("good", [shard_file(tar_bytes(sample("a") + sample("b", label=1)))])
-    cfg = td.LoaderConfig(sources=[good.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
-    with bounded(), pytest.raises(td.DataError, match="every sample .* is excluded"):
-        next(iter(td.StageLoader(cfg, 0, 1, tokenizer(), exclude=frozenset({"a", "b"}))))
+    plan = ts.plan_source("bad", [shard_file(raw)])
+    cfg = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
+    with bounded(), pytest.raises(ts.DataError, match="no usable sample"):
+        next(iter(ld.StageLoader(cfg, 0, 1, tokenizer())))
+    good = ts.plan_source("good", [shard_file(tar_bytes(sample("a") + sample("b", label=1)))])
+    cfg = ld.LoaderConfig(sources=[good.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
+    with bounded(), pytest.raises(ts.DataError, match="every sample .* is excluded"):
+        next(iter(ld.StageLoader(cfg, 0, 1, tokenizer(), exclude=frozenset({"a", "b"}))))
 
 
 def test_non_utf8_member_name_is_a_skipped_sample():
@@ -606,13 +609,13 @@ def test_non_utf8_member_name_is_a_skipped_sample():
 def test_index_json_with_hostile_counts_is_ignored(tmp_path, caplog):
     """An index.json with counts that are no usable integers: a warning, and the samples are counted another
     way."""
-    td.write_synthetic_token_shards(str(tmp_path / "j"), 4, per_shard=4, dim=DIM, write_index=False)
+    synth.write_synthetic_token_shards(str(tmp_path / "j"), 4, per_shard=4, dim=DIM, write_index=False)
     for bad in ('{"shardlist": [{"url": "shards/shard-000000-000.tar", "nsamples": 1e400}]}',
                 '{"shardlist": [{"url": "shards/shard-000000-000.tar", "nsamples": -3}]}',
                 "[" * 100_000, "\udcff"):
         (tmp_path / "j" / "index.json").write_bytes(bad.encode("utf-8", "surrogateescape"))
         with caplog.at_level(logging.WARNING, logger="longvid.train.data"):
-            plan = td.plan_source("j", [str(tmp_path / "j" / "shards" / "*.tar")])
+            plan = ts.plan_source("j", [str(tmp_path / "j" / "shards" / "*.tar")])
         assert plan.nsamples == 4 and "index.json" not in plan.count_from
 
 

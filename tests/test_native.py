@@ -16,10 +16,12 @@ import torch
 
 from longvid.model.tokenizer import build_test_tokenizer
 from longvid.operators import shards as sd
-from longvid.pipelines import train_data as td
-from longvid.pipelines.train_data import LoaderConfig, StageLoader, plan_source, write_synthetic_token_shards
+from longvid.operators import train_sample as tsample
+from longvid.pipelines.loader import LoaderConfig, StageLoader
+from longvid.pipelines.train_sources import plan_source
+from longvid.synthetic.shards import write_synthetic_token_shards
 
-native = td._native
+native = tsample._native
 
 
 def _compiler() -> bool:
@@ -96,12 +98,12 @@ def test_nonfinite_refuses_what_it_cannot_scan():
 
 @pytest.mark.parametrize("path", ["native", "numpy"])
 def test_non_finite_same_answer_on_either_path(path, monkeypatch):
-    """pipelines.train_data.non_finite: the kernel when it can, numpy otherwise (unaligned, strided, other
+    """operators.train_sample.non_finite: the kernel when it can, numpy otherwise (unaligned, strided, other
     dtypes, or no kernel), always the same answer."""
     if path == "native" and native is None:
         pytest.skip("operators._native is not built")
     if path == "numpy":
-        monkeypatch.setattr(td, "_native", None)
+        monkeypatch.setattr(tsample, "_native", None)
     rng = np.random.default_rng(3)
     for dt in (np.float16, np.float32, np.float64):
         a = rng.standard_normal(5000).astype(dt)
@@ -109,11 +111,11 @@ def test_non_finite_same_answer_on_either_path(path, monkeypatch):
         un = raw[1:].view(dt)  # the same values at an address that is not a multiple of the item size
         un[:] = a
         for arr in (a, un, a[::3], a.reshape(50, 100)):
-            assert td.non_finite(arr) is False
+            assert tsample.non_finite(arr) is False
             for bad in (np.nan, -np.inf):
                 b = arr.copy() if arr is not un else un
                 b.flat[len(b.flat) // 2] = bad
-                assert td.non_finite(b) is True
+                assert tsample.non_finite(b) is True
                 un[:] = a
 
 
@@ -250,7 +252,7 @@ def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, cap
     shards = [str(f) for f in tmp_path.glob("*/shards/*.tar")]
     runs = []
     for kernels, cold in ((native, False), (native, True), (None, False)):
-        monkeypatch.setattr(td, "_native", kernels)
+        monkeypatch.setattr(tsample, "_native", kernels)
         monkeypatch.setattr(sd, "_native", kernels)
         for f in shards:
             _evict(f) if cold else open(f, "rb").read()

@@ -1,5 +1,6 @@
-"""The streaming training loader: planning, worker partitioning, tar reading, sample checks, frame bounds,
-labels, exclusion, malformed shards, exact resume. No Ray."""
+"""The streaming training loader: planning (pipelines/train_sources.py), worker partitioning, sample checks
+(operators/train_sample.py), frame bounds, labels, exclusion, malformed shards, exact resume (pipelines/loader.py).
+No Ray. The tar parser itself: tests/test_shards.py."""
 from __future__ import annotations
 
 import io
@@ -9,29 +10,26 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer
-from longvid.pipelines.train_data import (
-    DataError,
-    DecodeOptions,
-    FastTokenizer,
-    Group,
-    TrainSample,
-    collate,
-    LoaderConfig,
-    Piece,
+from longvid.model.tokenizer import IGNORE_INDEX, FastTokenizer, build_test_tokenizer, chat_encoder
+from longvid.operators.shards import Group
+from longvid.operators.train_sample import (
+    ParseOptions,
     SampleError,
-    StageLoader,
-    count_tar_samples,
-    decode_sample,
-    expand_shards,
+    TrainSample,
     keep_clips,
     non_finite,
+    parse_train_sample,
+)
+from longvid.pipelines.loader import LoaderConfig, StageLoader, collate, read_exclude
+from longvid.pipelines.train_sources import (
+    DataError,
+    Piece,
+    count_tar_samples,
+    expand_shards,
     plan_source,
     rank_pieces,
-    read_exclude,
-    synthetic_sample_info,
-    write_synthetic_token_shards,
 )
+from longvid.synthetic.shards import synthetic_sample_info, write_synthetic_token_shards
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +178,7 @@ def test_non_finite_every_chunk_and_position(dt):
 
 
 def test_npy_views_cached_headers_and_fallback():
-    from longvid.pipelines.train_data import _npy
+    from longvid.operators.train_sample import _npy
 
     def blob(arr, version=None):
         b = io.BytesIO()
@@ -248,10 +246,11 @@ def test_keep_clips_even_whole_clips():
 
 
 def test_decode_frame_bounds_rewrite_time_msg_and_labels(tok):
+    chat = chat_encoder(tok)
     info = synthetic_sample_info("s_1_full", "webvid", 16, 12.5, label=2)
     tokens = np.stack([np.full((64, 64), c, np.float16) for c in range(4)])  # clip c holds value c
-    opts = DecodeOptions(dim=64, max_frames=8, image_token_id=3)
-    s = decode_sample(_group(info, tokens), tok, opts)
+    opts = ParseOptions(dim=64, max_frames=8, image_token_id=3)
+    s = parse_train_sample(_group(info, tokens), chat, opts)
     assert s.num_frames == 8 and s.n_visual == 128 and s.visual.shape == (128, 64)
     assert sorted(set(s.visual[:, 0].tolist())) == [1.0, 3.0]  # clips 1 and 3 of 4 kept (even spread)
     text = tok.decode(s.input_ids)
@@ -262,7 +261,7 @@ def test_decode_frame_bounds_rewrite_time_msg_and_labels(tok):
     assert s.length == len(s.input_ids) - 1 + 128
     # the long timestamp message lists the kept frames' times
     info_l = synthetic_sample_info("s_1_full", "webvid", 16, 16.0, label=2, long_msg=True)
-    s = decode_sample(_group(info_l, tokens), tok, opts)
+    s = parse_train_sample(_group(info_l, tokens), chat, opts)
     kept_times = [info_l["frame_times"][c * 4 + j] for c in (1, 3) for j in range(4)]
     assert ", ".join(str(t) for t in kept_times) in tok.decode(s.input_ids)
 
@@ -271,17 +270,18 @@ def test_templates_feed_plain_bare_and_qwen2_with_the_time_message(tok):
     """plain (stage 1): the bare <image> + answer + newline, no system turn, question or timestamp message, labels
     everything after <image>. qwen_2 (stages 2-4): the chat with the timestamp message where the reference puts it
     (right after the leading <image>, its frame count rewritten to the frames kept), the reference's labels."""
+    chat = chat_encoder(tok)
     from longvid.model.tokenizer import format_chat
 
     info = synthetic_sample_info("s_1_full", "webvid", 16, 12.5, label=2)
     tokens = np.zeros((4, 64, 64), np.float16)
     answer = "A green door moves across the scene."
-    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, max_frames=8, image_token_id=3,
+    s = parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, max_frames=8, image_token_id=3,
                                                                label_mode="plain"))
     want = [3] + tok(answer + "\n", add_special_tokens=False)["input_ids"]
     assert s.input_ids.tolist() == want and s.labels.tolist() == [IGNORE_INDEX] + want[1:]
     assert s.n_visual == 128 and s.length == len(want) - 1 + 128
-    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, max_frames=8, image_token_id=3,
+    s = parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, max_frames=8, image_token_id=3,
                                                                label_mode="qwen_2"))
     prompt = ("<image>\nThe video lasts for 12.50 seconds, and 8 frames are uniformly sampled from it. \n"
               "What happens in this video?")
@@ -295,11 +295,11 @@ def test_templates_feed_plain_bare_and_qwen2_with_the_time_message(tok):
     multi = dict(info, conversations=info["conversations"] + [{"from": "human", "value": "And then?"},
                                                                {"from": "gpt", "value": "Nothing."}])
     with pytest.raises(SampleError, match="bad conversations.*exactly 2 turns"):
-        decode_sample(_group(multi, tokens), tok, DecodeOptions(dim=64, image_token_id=3, label_mode="plain"))
+        parse_train_sample(_group(multi, tokens), chat, ParseOptions(dim=64, image_token_id=3, label_mode="plain"))
 
 
 def test_modality_length_batches_group_sort_and_balance():
-    from longvid.pipelines.train_data import modality_length_batches
+    from longvid.pipelines.loader import modality_length_batches
 
     rng = np.random.default_rng(0)
     text = [bool(x) for x in rng.random(40) < 0.3]
@@ -346,31 +346,35 @@ def test_loader_grouping_modes_and_exact_resume_with_accumulation(tmp_path, tok)
 
 
 def test_decode_accepts_encoder_padded_frames(tok):
+    chat = chat_encoder(tok)
     info = synthetic_sample_info("s_1_full", "webvid", 6, 6.0, label=1)
     info["frame_times"] = info["frame_times"][:6]
     tokens = np.zeros((2, 64, 64), np.float32)  # 6 frames padded to 2 clips by the encoder
     with pytest.raises(SampleError, match="clip count mismatch"):
-        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3))
+        parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, image_token_id=3))
     info["padded_frames"] = 2
-    s = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_frames=4))
+    s = parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, image_token_id=3, max_frames=4))
     assert s.num_frames == 4 and "and 4 frames are uniformly sampled" in tok.decode(s.input_ids)
 
 
 def test_decode_max_len_truncates_or_skips(tok):
+    chat = chat_encoder(tok)
     info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
     tokens = np.zeros((2, 64, 64), np.float32)
-    full = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3))
+    full = parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, image_token_id=3))
     # room for the prompt and part of the answer: truncated, still has labels
-    cut = decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_len=full.length - 3))
+    cut = parse_train_sample(_group(info, tokens), chat,
+                             ParseOptions(dim=64, image_token_id=3, max_len=full.length - 3))
     assert cut.length == full.length - 3 and (cut.labels != IGNORE_INDEX).any()
     with pytest.raises(SampleError, match="too long"):
-        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3, max_len=100))
+        parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, image_token_id=3, max_len=100))
 
 
 @pytest.mark.parametrize("defect,reason", [
     ("shape", "wrong shape"), ("nan", "non-finite tokens"), ("missing_json", "missing json"),
     ("missing_tokens", "missing tokens.npy"), ("bad_json", "bad json"), ("clips", "clip count mismatch")])
 def test_decode_rejects_malformed(tok, defect, reason):
+    chat = chat_encoder(tok)
     info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
     tokens = np.zeros((2, 64, 64), np.float16)
     if defect == "shape":
@@ -383,35 +387,36 @@ def test_decode_rejects_malformed(tok, defect, reason):
     if defect == "bad_json":
         g.members["json"] = bytearray(b"{oops")
     with pytest.raises(SampleError) as e:
-        decode_sample(g, tok, DecodeOptions(dim=64, image_token_id=3))
+        parse_train_sample(g, chat, ParseOptions(dim=64, image_token_id=3))
     assert e.value.reason == reason
 
 
 def test_decode_answer_checks_and_finite_scan_switch(tok):
+    chat = chat_encoder(tok)
     info = synthetic_sample_info("s_1_full", "webvid", 8, 8.0, label=1)
     tokens = np.zeros((2, 64, 64), np.float32)
-    opts = DecodeOptions(dim=64, image_token_id=3)
+    opts = ParseOptions(dim=64, image_token_id=3)
     only_q = dict(info, conversations=info["conversations"][:1])
     with pytest.raises(SampleError, match="no answer"):
-        decode_sample(_group(only_q, tokens), tok, opts)
-    full = decode_sample(_group(info, tokens), tok, opts)
+        parse_train_sample(_group(only_q, tokens), chat, opts)
+    full = parse_train_sample(_group(info, tokens), chat, opts)
     answer = int((full.labels != IGNORE_INDEX).sum())
     # cut inside the prompt, after the image token: nothing left to train on
     with pytest.raises(SampleError, match="no answer token left"):
-        decode_sample(_group(info, tokens), tok, DecodeOptions(dim=64, image_token_id=3,
+        parse_train_sample(_group(info, tokens), chat, ParseOptions(dim=64, image_token_id=3,
                                                                max_len=full.length - answer - 1))
     two = dict(info, conversations=[dict(info["conversations"][0]), dict(info["conversations"][1])])
     two["conversations"][1]["value"] = "<image> twice"
     with pytest.raises(SampleError, match="image placeholder"):
-        decode_sample(_group(two, tokens), tok, opts)
+        parse_train_sample(_group(two, tokens), chat, opts)
     # NaN in the last element of a sample larger than one scan chunk (512 KiB)
     wide = np.zeros((5, 64, 1024), np.float16)
     wide[-1, -1, -1] = np.nan
     info5 = synthetic_sample_info("s_1_full", "webvid", 20, 8.0, label=1)
     with pytest.raises(SampleError, match="non-finite"):
-        decode_sample(_group(info5, wide), tok, DecodeOptions(dim=1024, image_token_id=3))
+        parse_train_sample(_group(info5, wide), chat, ParseOptions(dim=1024, image_token_id=3))
     # check_finite=False leaves the scan to the consumer: the sample comes through, NaN and all
-    s = decode_sample(_group(info5, wide), tok, DecodeOptions(dim=1024, image_token_id=3, check_finite=False))
+    s = parse_train_sample(_group(info5, wide), chat, ParseOptions(dim=1024, image_token_id=3, check_finite=False))
     assert np.isnan(s.visual[-1, -1])
 
 
@@ -629,7 +634,7 @@ def test_prefetch_bounds_hands_errors_over_and_stops_on_close():
     import threading
     import time
 
-    from longvid.pipelines.train_data import _prefetch
+    from longvid.pipelines.loader import _prefetch
 
     made = []
 

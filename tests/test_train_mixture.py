@@ -15,21 +15,16 @@ import yaml
 
 from longvid.jobs.train import parse_recipe
 from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
-from longvid.model.tokenizer import build_test_tokenizer
+from longvid.model.tokenizer import build_test_tokenizer, chat_encoder
 from longvid.operators.errors import ConfigError
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.outputs import finalize
-from longvid.pipelines.train import run_train
+from longvid.pipelines.train import read_metrics, run_train
 from longvid.pipelines.train_config import plan_stages
-from longvid.pipelines.train_report import read_metrics
-from longvid.pipelines.train_data import (
-    DecodeOptions,
-    Group,
-    SampleError,
-    collate,
-    decode_sample,
-    synthetic_sample_info,
-)
+from longvid.operators.shards import Group
+from longvid.operators.train_sample import ParseOptions, SampleError, parse_train_sample
+from longvid.pipelines.loader import collate
+from longvid.synthetic.shards import synthetic_sample_info
 
 DIM = 64  # the tiny model's encoder width
 
@@ -203,40 +198,41 @@ def test_text_only_has_no_visual_tokens_and_images_splice_in_order():
     from longvid.model.llm import VideoLLM
 
     tok = build_test_tokenizer()
-    opts = DecodeOptions(dim=DIM, image_token_id=3, label_mode="qwen_2")
-    t = decode_sample(_group(*_text("t")), tok, opts)
+    chat = chat_encoder(tok)
+    opts = ParseOptions(dim=DIM, image_token_id=3, label_mode="qwen_2")
+    t = parse_train_sample(_group(*_text("t")), chat, opts)
     assert (t.n_visual, t.visual.shape, t.splits, t.modality) == (0, (0, DIM), (), "text")
     assert t.length == len(t.input_ids) and 3 not in t.input_ids.tolist()
     assert (t.labels != -100).any()
     with pytest.raises(SampleError, match="text-only in plain"):
-        decode_sample(_group(*_text("t")), tok, DecodeOptions(dim=DIM, image_token_id=3, label_mode="plain"))
+        parse_train_sample(_group(*_text("t")), chat, ParseOptions(dim=DIM, image_token_id=3, label_mode="plain"))
     bad = _text("t")
     bad[0]["conversations"][0]["value"] = "<image>\nName a fruit."
     with pytest.raises(SampleError, match="image placeholder"):
-        decode_sample(_group(*bad), tok, opts)
+        parse_train_sample(_group(*bad), chat, opts)
 
-    im = decode_sample(_group(*_image("i", [2, 1])), tok, opts)
+    im = parse_train_sample(_group(*_image("i", [2, 1])), chat, opts)
     assert im.splits == (128, 64) and im.n_visual == 192 and im.num_frames == 0
     assert im.length == len(im.input_ids) - 2 + 192
     # never cut by a stage's frame bounds (tiles are not clips)
-    assert decode_sample(_group(*_image("i", [2, 1])), tok, DecodeOptions(
+    assert parse_train_sample(_group(*_image("i", [2, 1])), chat, ParseOptions(
         dim=DIM, image_token_id=3, label_mode="qwen_2", max_frames=4)).n_visual == 192
     with pytest.raises(SampleError, match="image in frames stage"):  # an ingest shard: jpg members, no mp4
-        decode_sample(_group(_image("i", [1])[0], {"0.jpg": b"\xff\xd8"}), tok, DecodeOptions(
+        parse_train_sample(_group(_image("i", [1])[0], {"0.jpg": b"\xff\xd8"}), chat, ParseOptions(
             kind="frames", dim=DIM, image_token_id=3, label_mode="qwen_2"))
-    frames_text = decode_sample(_group(*_text("t")), tok, DecodeOptions(kind="frames", dim=DIM, image_token_id=3,
+    frames_text = parse_train_sample(_group(*_text("t")), chat, ParseOptions(kind="frames", dim=DIM, image_token_id=3,
                                                                         label_mode="qwen_2"))
     assert frames_text.n_visual == 0 and frames_text.visual.shape == (0, DIM)  # text trains in a frames stage too
     with pytest.raises(SampleError, match="missing tokens.npy"):
-        decode_sample(_group(_image("i", [1])[0], {}), tok, opts)
+        parse_train_sample(_group(_image("i", [1])[0], {}), chat, opts)
     wrong = _image("i", [2, 1])
     wrong[0]["tiles_per_image"] = [1, 1]
     with pytest.raises(SampleError, match="tile count mismatch"):
-        decode_sample(_group(*wrong), tok, opts)
+        parse_train_sample(_group(*wrong), chat, opts)
     wrong = _image("i", [2, 1])
     wrong[0]["conversations"][0]["value"] = "<image>\nWhat is shown?"
     with pytest.raises(SampleError, match="image placeholder"):
-        decode_sample(_group(*wrong), tok, opts)
+        parse_train_sample(_group(*wrong), chat, opts)
 
     # one batch of a two-image sample and a text-only one through the model's splice: image j's tiles (base tile
     # first, then the grid's, as stored) replace the j-th <image>, no newline token between or after them
