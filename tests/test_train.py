@@ -270,6 +270,32 @@ def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, c
     assert len(plan_stages(cfg, 1)) == 2
 
 
+def test_loss_plots_and_tensorboard_scalars(tmp_path):
+    """The plots decode at their sizes with and without steps (a missing or empty metrics file is "no steps", never
+    an error); a metrics record's TensorBoard scalars are its numbers, a mapping as one tag per key."""
+    from PIL import Image
+
+    from longvid.pipelines.train_report import plot_run_loss, plot_stage_loss, scalars
+
+    rec = {"stage": "s", "step": 3, "steps": 9, "loss": 2.5, "lr": {"projector": 1e-3, "llm": 1e-5}, "grad_norm": 0.7,
+           "samples": 8, "rank0_skipped": {"excluded": 2}, "time": 1.0}
+    assert scalars(rec) == {"loss": 2.5, "lr/projector": 1e-3, "lr/llm": 1e-5, "grad_norm": 0.7, "samples": 8.0,
+                            "rank0_skipped/excluded": 2.0}
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps({**rec, "step": i, "loss": 3 - i / 10}) + "\n" for i in range(1, 10)))
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rec) + "\n")
+    for png, size in ((plot_stage_loss(str(m), str(tmp_path / "a.png"), "t"), (800, 450)),
+                      (plot_stage_loss(str(one), str(tmp_path / "b.png")), (800, 450)),
+                      (plot_stage_loss(str(tmp_path / "none.jsonl"), str(tmp_path / "c.png")), (800, 450)),
+                      (plot_run_loss([("s1", str(m)), ("s2", str(one)), ("s3", str(tmp_path / "none.jsonl"))],
+                                     str(tmp_path / "run.png")), (960, 480)),
+                      (plot_run_loss([], str(tmp_path / "empty.png")), (960, 480))):
+        with Image.open(png) as img:
+            img.verify()
+        assert Image.open(png).size == size
+
+
 def test_accumulation_syncs_once_and_averages_as_the_reference():
     """_accumulate over a stand-in model whose loss is the mean of per-token values times a weight: the gradient is
     the reference's (mean over micro-batches of each micro-batch's token mean) or the global token mean, and the
