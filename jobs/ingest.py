@@ -21,6 +21,7 @@ import sys
 from longvid.jobs.config import add_cluster_arguments, config_from_args, job_log, load_config, read_yaml
 from longvid.operators.errors import ConfigError
 from longvid.operators.frame_rule import PROFILES
+from longvid.operators.settings import label
 from longvid.operators.sources import available
 
 
@@ -43,7 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N input rows")
     p.add_argument("--backend", choices=["pyav", "decord"], help="video decoder (default pyav)")
     p.add_argument("--decode-mode", choices=["auto", "keyframe"],
-                   help="keyframe: snap sparse targets to keyframes (true frame times are recorded)")
+                   help="keyframe: snap each frame to its nearest keyframe, much faster but not the rule's frames "
+                        "(the true times and the snap error are recorded; refused with --mixture)")
+    p.add_argument("--hwaccel", choices=["none", "auto", "cuda"],
+                   help="GPU decoding (NVDEC), chosen on each node: none (default, software); auto: NVDEC where the "
+                        "node has a CUDA device and frames need not be exact (--decode-mode keyframe), else software; "
+                        "cuda: NVDEC always (a record decoded where there is no device fails)")
     p.add_argument("--long-time-msg", action="store_true", default=None,
                    help="use the timestamp message that lists every frame time")
     p.add_argument("--decode-timeout-s", type=float, help="per-video limit before the decoder is killed (600)")
@@ -58,7 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cluster_arguments(p)
 
 
-RAW_ONLY = ("source", "metadata", "videos", "decode_mode")  # flags of a raw-source ingest
+RAW_ONLY = ("source", "metadata", "videos")  # flags of a raw-source ingest
+# The mixture ingest makes the paper's data: exact frames only. These settings are accepted there with the values
+# that keep the frames exact (they change nothing: it always decodes exactly, in software), refused otherwise.
+EXACT_FRAMES = {"decode_mode": ("auto",), "hwaccel": ("none", "auto")}
 MIXTURE_ONLY = ("mixture", "roots", "annotations")
 
 
@@ -73,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if given:
         raise ConfigError(f"{given[0]}: only with --mixture (a raw-source ingest reads --metadata and --videos)")
     cfg = config_from_args(IngestConfig, args)
+    if cfg.hwaccel == "cuda" and not cfg.ray_address:  # embedded Ray: the job decodes on this machine
+        from longvid.operators.decode import cuda_unavailable
+
+        why = cuda_unavailable()
+        if why:
+            raise ConfigError(f"hwaccel: cuda, but {why} on this machine, where the job decodes; use --hwaccel auto "
+                              "(NVDEC only where a device is present) or none")
     preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
     preflight.readable("metadata", cfg.metadata)
     preflight.readable("videos", cfg.videos, folder=True)
@@ -90,7 +106,16 @@ def run_mixture_job(args: argparse.Namespace, file_values: dict) -> int:
     if given:
         raise ConfigError(f"{given[0]}: not used with --mixture (the mixture names its annotation files and data "
                           "roots; give --roots to map the data roots)")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "log_level")}
+    for k, exact in EXACT_FRAMES.items():
+        v = getattr(args, k, None)
+        v = file_values.get(k) if v is None else v
+        if v is not None and v not in exact:
+            raise ConfigError(f"{k}: only {' or '.join(exact)} with --mixture, got {label(v)}: the mixture ingest "
+                              "makes the paper's data, which needs exact frames (keyframe snapping and GPU decoding "
+                              "are for a raw-source ingest)")
+    file_values = {k: v for k, v in file_values.items() if k not in EXACT_FRAMES}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "func", "command", "log_level", *EXACT_FRAMES)}
     cfg = load_config(MixtureConfig, file_values, overrides, source=args.config or "")
     preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
     preflight.readable("mixture", cfg.mixture)
