@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -35,9 +35,8 @@ from longvid.operators.frame_rule import PROFILES, SPAN_RULE
 from longvid.operators.settings import check_fields, setting
 from longvid.operators.sources import available, get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
-from longvid.pipelines import outputs
+from longvid.pipelines.outputs import JobOutput
 from longvid.pipelines.progress import Progress
-from longvid.pipelines.ray_session import ensure_ray, release_out
 
 # Typical stored bytes per frame at the default coding (4:4:4 crf 15: 15-18 KB at 224, 48-67 KB at 448 on real
 # footage, BENCHMARKS.md "Stored frame fidelity"), used to choose records per unit so that a unit fills about one
@@ -355,34 +354,6 @@ def _check_inputs(cfg: IngestConfig) -> Iterator[SourceRecord | Failure]:
     return chain()
 
 
-def _check_out(cfg: IngestConfig) -> None:
-    fp = cfg.fingerprint()
-    if not check_job_folder(cfg.out, fp):
-        write_job_folder(cfg.out, fp)
-
-
-def check_job_folder(out: str, fp: dict[str, Any], what: str = "out") -> bool:
-    """True when `out` holds a job.json of these settings, False when it holds none; ConfigError naming `what` and
-    the settings that differ when it holds another job's. Writes nothing."""
-    job_uri = storage.join(out, "job.json")
-    if not storage.exists(job_uri):
-        return False
-    old = json.loads(storage.read_text(job_uri)).get("fingerprint")
-    new = json.loads(json.dumps(fp))
-    if old != new:
-        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        raise ConfigError(f"{what}: {storage.redact(out)} holds a job with other settings ({', '.join(diff)}); "
-                          "use a new --out to ingest with these settings")
-    return True
-
-
-def write_job_folder(out: str, fp: dict[str, Any]) -> None:
-    """Create `out` with the job.json of these settings (what check_job_folder compares a re-run with)."""
-    storage.makedirs(out)
-    storage.write_text(storage.join(out, "job.json"), json.dumps({"job": "ingest", "fingerprint": fp}, indent=2,
-                                                                 sort_keys=True))
-
-
 def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     """Run the whole job on Ray (embedded when no cluster address is given). Returns the summary dict."""
     import ray
@@ -391,13 +362,11 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                                                 profile=cfg.s3_profile or None,
                                                 region=cfg.s3_region or None)).to_dict()
     items = _check_inputs(cfg)
-    _check_out(cfg)
-    t0 = time.time()
-    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus, out=cfg.out, job="ingest", log=log)
-    prog = Progress("ingest", "inputs", desc=f"[ingest {cfg.source}]", out=cfg.out, console=log, quiet=cfg.quiet)
-    counting = _count_inputs(cfg, prog)
-    try:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    job = JobOutput(cfg.out, "ingest", log=log, quiet=cfg.quiet)
+    job.prepare(cfg.fingerprint())
+    with job.running(cfg.ray_address, cfg.num_cpus, unit="inputs", desc=f"[ingest {cfg.source}]") as prog, \
+            _counting_inputs(cfg, prog):
+        cpus = job.cpus
         max_in_flight = cfg.max_in_flight or 2 * cpus
         committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
         opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
@@ -462,8 +431,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         if full:
             e = full[0]
             raise storage.NoSpace(e.uri, f"{e.reason} (the job stopped; {done['units']} units committed in this run)")
-        elapsed = time.time() - t0
-        summary = outputs.finalize(cfg.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
+        summary = job.finalize(_public_config(cfg),
                                    extra={"units_run": done["units"], "units_skipped": done["skipped"],
                                           "units_uncommitted": sorted(uncommitted),
                                           "unit_schedule": schedule.describe(), "max_in_flight": max_in_flight,
@@ -473,20 +441,14 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
             prog.write(f"[ingest] INCOMPLETE: {summary['inputs_read']} inputs read but {summary['samples']} samples + "
                 f"{summary['failures']} failures committed; units not committed: {sorted(uncommitted)}. "
                 "Re-run the same command: committed units are skipped, the others are retried.", important=True)
-    finally:
-        counting.set()
-        prog.close()
-        if started_here:
-            ray.shutdown()
-        release_out(cfg.out)
-    if not cfg.quiet:
-        log(outputs.format_summary(summary))
+    job.report(summary)
     return summary
 
 
-def _count_inputs(cfg: IngestConfig, prog: Progress) -> threading.Event:
+@contextmanager
+def _counting_inputs(cfg: IngestConfig, prog: Progress) -> Iterator[None]:
     """The progress total: the input rows, counted by a second pass of the adapter in a background thread (the
-    job streams the metadata and knows the total only at its end). Returns the event that stops the count."""
+    job streams the metadata and knows the total only at its end) while the block runs."""
     stop = threading.Event()
 
     def count() -> None:
@@ -502,7 +464,10 @@ def _count_inputs(cfg: IngestConfig, prog: Progress) -> threading.Event:
             prog.set_total(n)
 
     threading.Thread(target=count, name="ingest-count", daemon=True).start()
-    return stop
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed: float, cpus: int,

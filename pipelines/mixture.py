@@ -29,10 +29,8 @@ from longvid.operators.mixture import DatasetPlan, MixtureError, iter_records, p
 from longvid.operators.process import ProcessOptions
 from longvid.operators.settings import setting
 from longvid.operators.write import manifest_name
-from longvid.pipelines import outputs
 from longvid.pipelines import ingest as raw
-from longvid.pipelines.progress import Progress
-from longvid.pipelines.ray_session import ensure_ray, release_out
+from longvid.pipelines.outputs import JobOutput, versions
 
 MIXTURE_JOB = "ingest-mixture"  # DIR/job.json of a mixture ingest (each dataset folder's is an "ingest" job.json)
 # What the mixture ingest writes per record kind; part of every dataset folder's fingerprint: change it whenever the
@@ -134,16 +132,14 @@ def plan_mixture(cfg: MixtureConfig) -> list[_Dataset]:
             raise ConfigError(f"out: {storage.redact(cfg.out)} holds another kind of job ({job!r}, not a mixture "
                               "ingest); use a new --out")
     for d in datasets:
-        raw.check_job_folder(d.out, cfg.fingerprint(d.plan), what=f"out ({d.plan.dataset.where})")
+        JobOutput(d.out, "ingest").check(cfg.fingerprint(d.plan), what=f"out ({d.plan.dataset.where})")
     return datasets
 
 
 def _write_folders(cfg: MixtureConfig, datasets: list[_Dataset]) -> None:
     storage.makedirs(cfg.out)
     for d in datasets:
-        fp = cfg.fingerprint(d.plan)
-        if not raw.check_job_folder(d.out, fp):
-            raw.write_job_folder(d.out, fp)
+        JobOutput(d.out, "ingest").prepare(cfg.fingerprint(d.plan))
     top = {"job": MIXTURE_JOB, "mixture": storage.redact(cfg.mixture), "datasets": [d.name for d in datasets]}
     storage.write_text(storage.join(cfg.out, "job.json"), json.dumps(top, indent=2, sort_keys=True))
 
@@ -158,12 +154,10 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                                                 region=cfg.s3_region or None)).to_dict()
     datasets = plan_mixture(cfg)
     _write_folders(cfg, datasets)
-    t0 = time.time()
-    started_here = ensure_ray(cfg.ray_address, cfg.num_cpus, out=cfg.out, job="ingest", log=log)
-    prog = Progress("ingest", "records", total=sum(d.selected for d in datasets), desc="[ingest mixture]",
-                    out=cfg.out, console=log, quiet=cfg.quiet)
-    try:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    job = JobOutput(cfg.out, "ingest", log=log, quiet=cfg.quiet)
+    with job.running(cfg.ray_address, cfg.num_cpus, unit="records", total=sum(d.selected for d in datasets),
+                     desc="[ingest mixture]") as prog:
+        cpus = job.cpus
         max_in_flight = cfg.max_in_flight or 2 * cpus
         schedule = cfg.unit_schedule()
         opts = cfg.process_options()
@@ -222,27 +216,20 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
         if full:
             e = full[0]
             raise storage.NoSpace(e.uri, f"{e.reason} (the job stopped; {done['units']} units committed in this run)")
-        elapsed = time.time() - t0
         summaries = []
         for d in datasets:
-            summaries.append(outputs.finalize(
-                d.out, job="ingest", config=_public_config(cfg), elapsed=elapsed, cpus=cpus,
+            summaries.append(job.finalize(
+                _public_config(cfg), out=d.out,
                 extra={**per[d.name], "units_uncommitted": sorted(per[d.name]["units_uncommitted"]),
                        "unit_schedule": schedule.describe(), "max_in_flight": max_in_flight,
                        "dataset": _dataset_facts(d), "inputs_read": d.selected}))
-        summary = _mixture_summary(cfg, datasets, summaries, elapsed, cpus)
+        summary = _mixture_summary(cfg, datasets, summaries, job.elapsed(), cpus)
         storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2, default=str))
         if not summary["complete"]:
             bad = [s["name"] for s in summary["datasets"] if not s["complete"]]
             prog.write(f"[ingest mixture] INCOMPLETE: {', '.join(bad)} did not commit every unit. Re-run the same "
                        "command: committed units are skipped, the others are retried.", important=True)
-    finally:
-        prog.close()
-        if started_here:
-            ray.shutdown()
-        release_out(cfg.out)
-    if not cfg.quiet:
-        log(outputs.format_summary(summary))
+    job.report(summary)
     return summary
 
 
@@ -284,7 +271,7 @@ def _mixture_summary(cfg: MixtureConfig, datasets: list[_Dataset], summaries: li
         "samples_per_s": round(total["samples"] / elapsed, 3) if elapsed > 0 else None,
         "video_hours_per_core_hour": round(hours / (elapsed / 3600 * cpus), 3) if elapsed > 0 else None,
         "config": _public_config(cfg),
-        "versions": outputs.versions(),
+        "versions": versions(),
     }
 
 

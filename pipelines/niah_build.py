@@ -34,6 +34,7 @@ lossy mp4. Each stored frame counts as one haystack frame, shard by shard in nam
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,7 +52,8 @@ from longvid.operators import niah, shards, storage
 from longvid.operators.errors import ConfigError, RecordError
 from longvid.operators.niah import SpecError
 from longvid.pipelines.niah_config import NiahBuildConfig
-from longvid.pipelines.outputs import versions
+from longvid.pipelines.outputs import JobOutput, versions
+from longvid.pipelines.ray_session import OWNER_FILE
 
 # --------------------------------------------------------------------------------------------------------------
 # Haystack sources
@@ -306,16 +308,20 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path, job: JobOutput, stack: contextlib.ExitStack) -> None:
+    """Refuse a folder that holds anything but a NIAH set (before anything is written there), own it while the
+    build runs (a second build into it exits 2 naming the first), then remove the set it holds."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"out: {out} exists and is not a folder")
-        if any(out.iterdir()) and not (out / "set.json").is_file():
+        ours = (out / "set.json").is_file() or job.last_owner() == job.job  # a set, or a build killed before set.json
+        if not ours and any(p.name != OWNER_FILE for p in out.iterdir()):
             raise ConfigError(f"out: {out} is not empty and holds no NIAH set (set.json); use a new folder")
-        for sub in ("haystack", "needles"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("set.json", "items.json", "index.parquet"):
-            (out / name).unlink(missing_ok=True)
+    stack.enter_context(job.claimed())
+    for sub in ("haystack", "needles"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for name in ("set.json", "items.json", "index.parquet"):
+        (out / name).unlink(missing_ok=True)
     for sub in ("haystack", "needles"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
@@ -329,12 +335,13 @@ def run_niah_build(cfg: NiahBuildConfig, log=print) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _build(cfg, log)
+        with contextlib.ExitStack() as stack:  # the claim of --out, once the inputs are checked
+            return _build(cfg, log, stack)
     finally:
         torch.set_num_threads(before)
 
 
-def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
+def _build(cfg: NiahBuildConfig, log, stack: contextlib.ExitStack) -> dict[str, Any]:
     t0 = time.time()
     kind_req = "multi" if cfg.multi_hop else "single"
     kind, items = niah.read_spec(cfg.needles, kind_req)
@@ -359,7 +366,7 @@ def _build(cfg: NiahBuildConfig, log) -> dict[str, Any]:
     src_kind, available, src, fps = haystack_source(cfg.haystack)
     unique = niah.haystack_unique_frames(longest, available)
     out = Path(cfg.out)
-    _prepare_out(out)
+    _prepare_out(out, JobOutput(cfg.out, "niah-build", log=log, quiet=cfg.quiet), stack)
     device = pick_device(cfg.device)
     enc, ident = make_encoder(cfg.model, cfg.img_size, cfg.encoder, cfg.seed, device)
 

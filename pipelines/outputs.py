@@ -1,4 +1,20 @@
-"""The finishing step every job shares: index.json (wids descriptor) and summary.json from committed parts."""
+"""The output folder of a job, from the first check to the last line: one home for every job that writes one.
+
+    job = JobOutput(cfg.out, "encode", log=log, quiet=cfg.quiet)
+    job.prepare(cfg.fingerprint())       before any work: a folder of other settings -> ConfigError naming them;
+                                         a new folder gets its job.json (the settings a re-run must match)
+    with job.running(cfg.ray_address, cfg.num_cpus, unit="samples", total=n) as prog:
+                                         claim the folder (a second job on it exits 2), join or start Ray,
+                                         open the progress (DIR/logs/<job>.log)
+        ... units: prog.update / prog.emit ...
+        summary = job.finalize(config, extra)      index.json + summary.json from the committed parts
+                                         leaving the block: progress closed, the Ray it started shut down,
+                                         the claim released, whatever happened inside
+    job.report(summary)                  the summary line on the console (unless quiet)
+
+Ingest, the mixture ingest (one JobOutput per dataset folder for the settings, one for DIR's run), encode and the
+NIAH build (`claimed()`: the claim alone, no Ray) use it. `finalize` is also callable on its own.
+"""
 from __future__ import annotations
 
 import io
@@ -7,12 +23,120 @@ import platform
 import sys
 import time
 from collections import Counter
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longvid.operators import storage
+from longvid.operators.errors import ConfigError
+from longvid.pipelines.progress import Progress
+from longvid.pipelines.ray_session import claim_out, ensure_ray, owner_path, release_out
+
+JOB_FILE = "job.json"
+
+
+class JobOutput:
+    """The output folder of one job (see the module doc). `job` names the job in job.json, the claim, the progress
+    and its log file (ingest, encode, niah-build)."""
+
+    def __init__(self, out: str, job: str, *, log: Callable[[str], None] = print, quiet: bool = False):
+        self.out, self.job, self.log, self.quiet = out, job, log, quiet
+        self.t0 = time.time()
+        self.resources: dict[str, float] = {}  # the cluster's, once running
+        self.progress: Progress | None = None
+
+    # ------------------------------------------------------------------------------------- settings (job.json)
+
+    def previous(self) -> dict[str, Any] | None:
+        """The fingerprint of the job.json in the folder ({} when it has none), or None when there is no job.json."""
+        uri = storage.join(self.out, JOB_FILE)
+        if not storage.exists(uri):
+            return None
+        return json.loads(storage.read_text(uri)).get("fingerprint") or {}
+
+    def check(self, fingerprint: dict[str, Any], what: str = "out") -> bool:
+        """True when the folder holds a job.json of these settings, False when it holds none; ConfigError naming
+        `what` and the settings that differ when it holds another job's. Writes nothing."""
+        old = self.previous()
+        if old is None:
+            return False
+        new = storage.json_record(fingerprint)  # as job.json holds it (redacted)
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"{what}: {self.out} holds a job with other settings "
+                              f"({', '.join(diff)}); use a new --out to {self.job} with these settings")
+        return True
+
+    def prepare(self, fingerprint: dict[str, Any], what: str = "out") -> None:
+        """check(), then create the folder with the job.json of these settings when it has none."""
+        if not self.check(fingerprint, what):
+            storage.makedirs(self.out)
+            storage.write_json(storage.join(self.out, JOB_FILE), {"job": self.job, "fingerprint": fingerprint},
+                               indent=2, sort_keys=True)
+
+    # ------------------------------------------------------------------------------------- the run
+
+    def last_owner(self) -> str:
+        """The job named in the folder's claim record ("" when there is none): the job that ran here last, ended
+        or killed (a folder a killed job left half-written is that job's to clean)."""
+        try:
+            with open(owner_path(self.out), encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            return ""
+        return str(info.get("job") or "") if isinstance(info, dict) else ""
+
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Own the folder while the block runs (pipelines.ray_session.claim_out), without Ray."""
+        claim_out(self.out, self.job, self.log)
+        try:
+            yield
+        finally:
+            release_out(self.out)
+
+    @contextmanager
+    def running(self, ray_address: str = "", num_cpus: int = 0, *, unit: str, total: float | None = None,
+                desc: str = "", dashboard: bool = False) -> Iterator[Progress]:
+        """Claim the folder, join or start Ray (`resources`: the cluster's), and yield the job's progress."""
+        import ray
+
+        self.t0 = time.time()
+        started = ensure_ray(ray_address, num_cpus, dashboard=dashboard, out=self.out, job=self.job, log=self.log)
+        try:
+            self.resources = dict(ray.cluster_resources())
+            self.progress = Progress(self.job, unit, total=total, desc=desc, out=self.out, console=self.log,
+                                     quiet=self.quiet)
+            try:
+                yield self.progress
+            finally:
+                self.progress.close()
+        finally:
+            if started:
+                ray.shutdown()
+            release_out(self.out)
+
+    @property
+    def cpus(self) -> int:
+        return max(1, int(self.resources.get("CPU", 1)))
+
+    @property
+    def gpus(self) -> float:
+        return float(self.resources.get("GPU", 0))
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def finalize(self, config: dict[str, Any], extra: dict[str, Any] | None = None, *, out: str = "") -> dict[str, Any]:
+        """index.json + summary.json of the folder (or of `out`, a dataset folder of a mixture); the summary."""
+        return finalize(out or self.out, job=self.job, config=config, elapsed=self.elapsed(), cpus=self.cpus,
+                        extra=extra)
+
+    def report(self, summary: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.log(format_summary(summary))
 
 
 def read_parts(out: str, folder: str, columns: list[str] | None = None,

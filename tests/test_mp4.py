@@ -137,10 +137,12 @@ def test_reencoding_is_byte_identical(colour_frames, tmp_path):
 
 
 def test_a_folder_written_with_another_coding_is_refused(tmp_path):
-    from longvid.pipelines.ingest import IngestConfig, _check_out
+    from longvid.pipelines.ingest import IngestConfig
+    from longvid.pipelines.outputs import JobOutput
 
     cfg = IngestConfig(source="webvid", metadata=["m.csv"], videos="v", out=str(tmp_path / "out"))
     assert cfg.crf == DEFAULT_CRF and cfg.fingerprint()["mp4_coding"] == coding_id()
+    _check_out = lambda c: JobOutput(c.out, "ingest").prepare(c.fingerprint())  # noqa: E731
     _check_out(cfg)  # a new folder: job.json written with the current coding
     _check_out(cfg)  # the same settings resume
     job = tmp_path / "out" / "job.json"

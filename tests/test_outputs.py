@@ -28,3 +28,37 @@ def test_failures_of_an_uncommitted_unit_are_not_counted(tmp_path):
     assert s["complete"] is False  # 6 rows read, 3 accounted for: the re-run redoes unit 1
     index = json.loads((tmp_path / "index.json").read_text())
     assert index["shardlist"] == [{"url": "shards/shard-000000-0000.tar", "nsamples": 2}]
+
+
+def test_job_output_settings_claim_and_release(tmp_path):
+    """JobOutput: job.json written once and compared on every re-run; the claim refuses a second job on the folder
+    and is released when the block ends, an error included."""
+    import pytest
+
+    from longvid.operators.errors import ConfigError
+    from longvid.pipelines.outputs import JobOutput
+
+    out = tmp_path / "out"
+    job = JobOutput(str(out), "encode", quiet=True)
+    assert job.previous() is None and job.check({"a": 1}) is False and not out.exists()  # check writes nothing
+    job.prepare({"a": 1, "b": [1, 2]})
+    assert json.loads((out / "job.json").read_text()) == {"job": "encode", "fingerprint": {"a": 1, "b": [1, 2]}}
+    first = (out / "job.json").read_bytes()
+    JobOutput(str(out), "encode").prepare({"b": (1, 2), "a": 1})  # the same settings: nothing rewritten
+    assert (out / "job.json").read_bytes() == first and job.previous() == {"a": 1, "b": [1, 2]}
+    with pytest.raises(ConfigError, match=r"^out \(x\): .* other settings \(a, c\); use a new --out to encode"):
+        JobOutput(str(out), "encode").check({"a": 2, "b": [1, 2], "c": 0}, what="out (x)")
+    with pytest.raises(RuntimeError):
+        with job.claimed():
+            assert job.last_owner() == "encode"
+            with pytest.raises(ConfigError, match="in use by a running longvid encode"):
+                import subprocess
+                import sys
+
+                code = ("from longvid.pipelines.outputs import JobOutput\n"
+                        f"with JobOutput({str(out)!r}, 'encode').claimed(): pass\n")
+                r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+                raise ConfigError(r.stderr.strip().splitlines()[-1])
+            raise RuntimeError("the block fails")
+    with job.claimed():  # released by the failed block: free again
+        pass

@@ -224,7 +224,8 @@ def test_an_output_folder_written_with_the_old_span_rule_is_refused(tmp_path):
     setting, before any work; a folder written with this rule is accepted."""
     import json
 
-    from longvid.pipelines.ingest import IngestConfig, _check_out
+    from longvid.pipelines.ingest import IngestConfig
+    from longvid.pipelines.outputs import JobOutput
 
     cfg = IngestConfig(source="hdvila", metadata=["m.jsonl"], videos=str(tmp_path / "v"), out=str(tmp_path / "old"))
     fp = cfg.fingerprint()
@@ -233,10 +234,10 @@ def test_an_output_folder_written_with_the_old_span_rule_is_refused(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "job.json").write_text(json.dumps({"job": "ingest", "fingerprint": old}))
     with pytest.raises(ConfigError) as e:
-        _check_out(cfg)
+        JobOutput(cfg.out, "ingest").prepare(cfg.fingerprint())
     assert str(e.value).startswith("out: ") and "other settings (span_rule)" in str(e.value)
     assert "use a new --out" in str(e.value)
     new = IngestConfig(source="hdvila", metadata=["m.jsonl"], videos=str(tmp_path / "v"), out=str(tmp_path / "new"))
-    _check_out(new)  # writes job.json with the rule
+    JobOutput(new.out, "ingest").prepare(new.fingerprint())  # writes job.json with the rule
     assert json.loads((tmp_path / "new" / "job.json").read_text())["fingerprint"]["span_rule"] == SPAN_RULE
-    _check_out(new)  # and accepts it on resume
+    JobOutput(new.out, "ingest").prepare(new.fingerprint())  # and accepts it on resume
