@@ -525,7 +525,7 @@ class _PyAVDecoder:
         sent_max_g = -math.inf  # grid position of the furthest packet sent so far
         read_error = None
 
-        def plan() -> int | None:
+        def next_seek() -> int | None:
             """Keyframe ordinal to seek to before serving targets[j], or None to keep decoding sequentially."""
             if not can_seek or j >= n or self.kf_g is None:
                 return None
@@ -538,7 +538,7 @@ class _PyAVDecoder:
         self._pushback = []
         if can_seek:
             self._prime()
-            pending = plan()
+            pending = next_seek()
         check_landing = False
         stopped = False
         while j < n:
@@ -585,7 +585,7 @@ class _PyAVDecoder:
                     if j >= n or stopped:
                         break
                     if advanced:
-                        pending = plan()
+                        pending = next_seek()
                         if pending is not None:
                             break
                 else:

@@ -353,7 +353,8 @@ def _resolve_root(data_root: str, roots: dict[str, str] | None, folder: str) -> 
 
 @dataclass(frozen=True)
 class DatasetPlan:
-    """What `plan_dataset` learnt from one annotation file: record count, media type and the selection."""
+    """What `plan_dataset` learnt from one annotation file: record count, media type and the selection (the
+    dataset's reading plan: which records `iter_records` reads; the cost planner is `longvid plan`, another thing)."""
 
     dataset: MixtureDataset
     total: int  # records in the file

@@ -62,22 +62,22 @@ class MiraDataAdapter(Adapter):
     patterns = ("*.csv",)
 
     def _read(self, paths: list[str], options: dict) -> Iterator[Row]:
-        plan = []
+        tables = []
         for p in paths:
             header = read_csv_header(p)
             if "clip_id" in header and "timestamp" in header:
-                plan.append((open_csv(p, V1_REQUIRED, "MiraData v1"), _row_v1))
+                tables.append((open_csv(p, V1_REQUIRED, "MiraData v1"), _row_v1))
             elif "start_frame" in header or "index" in header:
-                plan.append((open_csv(p, V0_REQUIRED, "MiraData v0"), _row_v0))
+                tables.append((open_csv(p, V0_REQUIRED, "MiraData v0"), _row_v0))
             else:
                 raise MetadataError(
                     f"{p}: not a MiraData CSV: header needs clip_id,timestamp (v1) or "
                     f"index,video_id,start_frame,end_frame,fps (v0)"
                 )
-        return self._rows(plan)
+        return self._rows(tables)
 
-    def _rows(self, plan) -> Iterator[Row]:
-        for table, fn in plan:
+    def _rows(self, tables) -> Iterator[Row]:
+        for table, fn in tables:
             yield from table.parse_rows(fn)
 
 
