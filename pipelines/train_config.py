@@ -173,7 +173,6 @@ class TrainConfig:
     resume: bool = False
     ray_address: str = ""
     num_cpus: int = setting(0, ge=0)  # embedded Ray only
-    fault_injection: str = ""  # testing: "stage:step:rank" kills that worker once at that step
     record_keys: bool = False  # every rank writes the sample keys of each step to stages/<stage>/keys-rank<r>.jsonl
     export: bool = True  # the final weights also in the Hugging Face layout, out/export/ (export_final)
     quiet: bool = False
@@ -187,8 +186,6 @@ class TrainConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"stages: duplicate stage names {show(dup)}")
-        if self.fault_injection and len(self.fault_injection.split(":")) != 3:
-            raise ConfigError(f"fault_injection: expected stage:step:rank, got {show(self.fault_injection)}")
 
     # ------------------------------------------------------------------ (de)serialisation for workers
     def to_dict(self) -> dict[str, Any]:
@@ -278,3 +275,8 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
         out.append({"stage": st.name, "sources": [s.to_dict() for s in sources], "samples": total, "steps": steps,
                     "accum": accum, "global_batch": max(1, world) * st.batch_size * accum})
     return out
+
+
+def stage_dir(cfg: TrainConfig, st: StageConfig) -> str:
+    """out/stages/<stage>: the stage's metrics, plot, final weights and done.json."""
+    return os.path.join(cfg.out, "stages", st.name)

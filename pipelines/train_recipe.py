@@ -48,7 +48,7 @@ from longvid.pipelines.train_checkpoint import (
     write_checkpoint,
 )
 from longvid.pipelines.train_config import StageConfig, TrainConfig, stage_dir
-from longvid.pipelines.train_data import LoaderConfig, StageLoader, read_exclude
+from longvid.pipelines.loader import LoaderConfig, StageLoader, read_exclude
 from longvid.pipelines.train_model import build_model, build_tokenizer, clean_name, part_of, set_trainable, wrap
 from longvid.pipelines.train_report import MetricsFile, open_tensorboard, plot_stage_loss, stage_summary
 

@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 from longvid.jobs.cli import main as longvid
 from longvid.jobs.train import load_recipe, parse_recipe
 from longvid.operators.errors import ConfigError
-from longvid.pipelines.train import FaultInjected, read_metrics, run_train
+from longvid.pipelines.train import run_train
 from longvid.pipelines.train_config import mixture_datasets
 from longvid.synthetic.shards import write_synthetic_frame_shards, write_synthetic_token_shards
+from longvid.pipelines.train_report import read_metrics
+from tests.faults import KillWorkerOnce, WorkerKilled
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -98,13 +100,13 @@ def test_shipped_recipes_follow_the_paper():
 
 def test_lr_schedule_is_hf_cosine_with_warmup():
     """Conformance: HF TrainingArguments.get_warmup_steps and get_cosine_schedule_with_warmup (num_cycles 0.5),
-    transcribed here, and the installed transformers' own scheduler, against _lr_lambda."""
+    transcribed here, and the installed transformers' own scheduler, against lr_lambda."""
     import math
 
     import torch
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    from longvid.pipelines.train import _lr_lambda, warmup_steps
+    from longvid.pipelines.train_recipe import lr_lambda, warmup_steps
 
     def ref(step, warm, total):  # the HF rule: linear from 0 during warmup, then half a cosine to 0
         if step < warm:
@@ -116,7 +118,7 @@ def test_lr_schedule_is_hf_cosine_with_warmup():
         for ratio in (0.0, 0.03, 0.1, 0.5):
             warm = math.ceil(total * ratio)
             assert warmup_steps(total, ratio) == warm
-            f = _lr_lambda(total, ratio, "cosine")
+            f = lr_lambda(total, ratio, "cosine")
             opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
             hf = get_cosine_schedule_with_warmup(opt, warm, total)
             for step in range(total + 1):
@@ -128,7 +130,7 @@ def test_lr_schedule_is_hf_cosine_with_warmup():
             assert total == warm or f(total) == pytest.approx(0.0, abs=1e-12)
             opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
             hc = get_constant_schedule_with_warmup(opt, warm)
-            g = _lr_lambda(total, ratio, "constant")
+            g = lr_lambda(total, ratio, "constant")
             for step in range(total + 1):
                 assert g(step) == pytest.approx(hc.get_last_lr()[0], abs=1e-12)
                 opt.step()
@@ -297,14 +299,15 @@ def test_loss_plots_and_tensorboard_scalars(tmp_path):
 
 
 def test_accumulation_syncs_once_and_averages_as_the_reference():
-    """_accumulate over a stand-in model whose loss is the mean of per-token values times a weight: the gradient is
+    """accumulate over a stand-in model whose loss is the mean of per-token values times a weight: the gradient is
     the reference's (mean over micro-batches of each micro-batch's token mean) or the global token mean, and the
     wrapper's no_sync covers every micro-step but the last."""
     import contextlib
 
     import torch
 
-    from longvid.pipelines.train import StageConfig, _accumulate
+    from longvid.pipelines.train_config import StageConfig
+    from longvid.pipelines.train_recipe import accumulate
     from longvid.pipelines.loader import Batch
 
     class Plain(torch.nn.Module):  # one worker: the model is not wrapped
@@ -338,13 +341,13 @@ def test_accumulation_syncs_once_and_averages_as_the_reference():
     for mode, want in (("micro_batch", (2 + 10 + 14 / 3) / 3), ("tokens", (6 + 10 + 14) / 7)):
         st = StageConfig(name="s", data=[], loss_average=mode)
         m = Wrapped()
-        loss, stats, last, keys = _accumulate(m, iter(micro), 3, st, 224, 1, torch.device("cpu"))
+        loss, stats, last, keys = accumulate(m, iter(micro), 3, st, 224, 1, torch.device("cpu"))
         assert m.synced == [False, False, True]
         assert m.w.grad.item() == pytest.approx(want) and loss == pytest.approx(want)
         assert stats.tolist() == pytest.approx([want, 4, 12, 4]) and last is micro[2]
         assert keys == ["k0", "k0", "k0", "k1"]
     m = Plain()
-    _accumulate(m, iter(micro[:1]), 1, StageConfig(name="s", data=[]), 224, 1, torch.device("cpu"))
+    accumulate(m, iter(micro[:1]), 1, StageConfig(name="s", data=[]), 224, 1, torch.device("cpu"))
     assert m.synced == [True]
 
 
@@ -361,9 +364,8 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
     # interrupted at s2 step 5 (checkpoint at 3), then --resume
     cfg = load_recipe(recipe, out=str(tmp_path / "b"), data_root=str(data["root"]), num_workers=0)
     cfg.exclude = ["drop_list.txt"]
-    cfg.fault_injection = "s2:5:0"
-    with pytest.raises(FaultInjected):
-        run_train(cfg)
+    with pytest.raises(WorkerKilled):  # a hook the test installs kills the (only) worker after step 5
+        run_train(cfg, hooks=[KillWorkerOnce("s2", 5, rank=0)])
     b = tmp_path / "b"
     assert [r["step"] for r in read_metrics(str(b / "stages/s2/metrics.jsonl"))] == [1, 2, 3, 4, 5]
     assert longvid(["train", *common, "--out", str(b)]) == 2  # an existing run is not overwritten without --resume
@@ -407,7 +409,32 @@ def test_resume_gives_the_same_next_losses_and_drop_list_holds(tmp_path, data):
     assert summary["stages"]["s1"]["labels"] == "plain" and summary["stages"]["s2"]["labels"] == "qwen_2"
     assert all(r["tokens_per_s"] > 0 and r["samples_per_s"] > 0 and r["visual_tokens_per_sample"] >= 64 for r in rows)
     assert all(r["visual_tokens_per_sample"] <= 4 * 64 for r in rows)  # 16 frames at most: 4 clips
-    assert (a / "stages/s2/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the plots: each stage's loss (800 x 450) and the run's, one line per stage (960 x 480); they decode
+    from PIL import Image
+
+    assert summary["stages"]["s2"]["plot"] == str(a / "stages/s2/loss.png") and summary["plot"] == str(a / "loss.png")
+    for png, size in ((a / "stages/s1/loss.png", (800, 450)), (a / "stages/s2/loss.png", (800, 450)),
+                      (a / "loss.png", (960, 480)), (b / "loss.png", (960, 480))):
+        with Image.open(png) as img:
+            img.verify()
+        assert Image.open(png).size == size
+    # TensorBoard events beside metrics.jsonl (rank 0): every scalar of every step, once. In b, the resumed
+    # writer's purge marker hides the steps 4-5 the interrupted attempt wrote (one event file each)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((b / "tensorboard/s2").glob("events.out.tfevents.*"))) == 2
+    for out in (a, b):
+        for stage in ("s1", "s2"):
+            rows = read_metrics(str(out / "stages" / stage / "metrics.jsonl"))
+            ea = EventAccumulator(str(out / "tensorboard" / stage))
+            ea.Reload()
+            assert {"loss", "grad_norm", "tokens_per_s", "samples_per_s", "lr/projector"} <= set(ea.Tags()["scalars"])
+            for tag, want in (("loss", [r["loss"] for r in rows]), ("grad_norm", [r["grad_norm"] for r in rows]),
+                              ("tokens_per_s", [r["tokens_per_s"] for r in rows]),
+                              ("lr/projector", [r["lr"]["projector"] for r in rows])):
+                ev = ea.Scalars(tag)
+                assert [e.step for e in ev] == [r["step"] for r in rows], (out, stage, tag)
+                assert [e.value for e in ev] == pytest.approx(want, rel=1e-6), (out, stage, tag)  # float32 there
 
 
 # ---------------------------------------------------------------------------------------------------- Ray Train
@@ -420,9 +447,9 @@ def test_tiny_recipe_on_two_ray_workers_with_a_killed_worker(tmp_path, data):
     cfg.exclude = ["drop_list.txt"]
     cfg.record_keys = True
     cfg.quiet = True
-    cfg.fault_injection = "stage2-short:15:1"  # worker 1 dies once; Ray Train restarts from the step-10 checkpoint
     # the test corpus has 2 token sources; the tiny recipe's stage 3 also lists demo sources that may be absent
-    summary = run_train(cfg)
+    # worker 1 dies once at step 15; Ray Train restarts from the step-10 checkpoint
+    summary = run_train(cfg, hooks=[KillWorkerOnce("stage2-short", 15, rank=1)])
     out = tmp_path / "run"
     names = [s.name for s in cfg.stages]
     assert list(summary["stages"]) == names and summary["workers"] == 2

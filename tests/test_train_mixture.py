@@ -19,8 +19,9 @@ from longvid.model.tokenizer import build_test_tokenizer, chat_encoder
 from longvid.operators.errors import ConfigError
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.outputs import finalize
-from longvid.pipelines.train import read_metrics, run_train
+from longvid.pipelines.train import run_train
 from longvid.pipelines.train_config import plan_stages
+from longvid.pipelines.train_report import read_metrics
 from longvid.operators.shards import Group
 from longvid.operators.train_sample import ParseOptions, SampleError, parse_train_sample
 from longvid.pipelines.loader import collate
