@@ -13,17 +13,14 @@ An image is cut into tiles of the encoder's resolution `patch` (224 or 448) at t
   patch x patch. Order: base tile first, then the grid tiles.
 
 The reference sends images of a multi-image record through "pad" instead (one padded square each, no tiles):
-that choice belongs to the caller. Pure functions on sizes, plus a PIL / numpy tiler.
+that choice belongs to the caller. Pure functions on sizes, plus a PIL tiler.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 
-import numpy as np
-
 PATCH_SIZES = (224, 448)  # the encoder resolutions of the released stages
-MAX_GRID = 6
 GRID_PINPOINTS = "(1x1),...,(6x6)"  # the released scripts' image_grid_pinpoints (first and last pair bound the grid)
 
 _PAIR = re.compile(r"\((\d+)x(\d+)\)")
@@ -93,13 +90,3 @@ def anyres_tiles(image, patch: int, grid_size: tuple[int, int] | None = None) ->
     resized = img.resize(resized_size, Image.BICUBIC)
     base = img.resize((patch, patch), Image.BICUBIC)
     return [base] + [resized.crop(b) for b in boxes]
-
-
-def anyres_tiles_array(frame: np.ndarray, patch: int) -> np.ndarray:
-    """An [H, W, 3] uint8 image -> [1 + cols * rows, patch, patch, 3] uint8 tiles (base tile first)."""
-    from PIL import Image
-
-    a = np.asarray(frame)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"anyres_tiles_array: expected an [H, W, 3] uint8 image, got {a.shape} {a.dtype}")
-    return np.stack([np.asarray(t) for t in anyres_tiles(Image.fromarray(a), patch)])

@@ -40,7 +40,6 @@ import numpy as np
 from longvid.operators.errors import ConfigError
 
 from longvid.model.constants import TOKENS_PER_FRAME  # noqa: E402,F401 - re-exported
-NEEDLE_FRAMES = 4  # an image is repeated to one 4-frame clip
 DOUBLE_ABOVE = 7500  # more frames than this requested: half of them are asked for and repeated twice
 READ_BATCH = 8  # the reference reads (and encodes) the haystack 8 frames at a time
 DEFAULT_LENGTHS = tuple(range(1000, 10001, 1000))

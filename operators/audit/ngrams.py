@@ -59,10 +59,6 @@ def _window_hashes(tok: np.ndarray, m: int) -> np.ndarray:
     return h
 
 
-def _hash_tuple(ids: list[int]) -> int:
-    return int(_window_hashes(np.asarray(ids, np.uint64), len(ids))[0])
-
-
 @dataclass
 class TextHit:
     row: int  # row in the batch

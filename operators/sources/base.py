@@ -485,20 +485,6 @@ def check_id(value: Any, field: str) -> str:
     return v
 
 
-def require_str(obj: dict, name: str, field: str | None = None) -> str:
-    """A required, non-empty string field."""
-    field = field or name
-    if name not in obj or obj[name] is None:
-        raise BadValue(field, f"missing {field}")
-    v = obj[name]
-    if not isinstance(v, str):
-        raise BadValue(field, f"{field} must be a string, got {json_type(v)}")
-    v = v.strip()
-    if not v:
-        raise BadValue(field, f"empty {field}")
-    return v
-
-
 def check_span(start: float, end: float, field: str = "span") -> None:
     if not (math.isfinite(start) and math.isfinite(end)):
         raise BadValue(field, f"non-finite time in span [{start}, {end}]")
