@@ -210,7 +210,7 @@ def _mapping(flag: str, items: list[str], value_type: Any, metavar: str) -> dict
     out: dict[str, Any] = {}
     for item in items:
         k, eq, v = item.partition("=")
-        if not eq or not k:
+        if not eq or not k or (value_type is str and not v):
             raise ConfigError(f"{flag}: expected {metavar}, got {show(item)}")
         if value_type is not str:
             try:

@@ -91,7 +91,7 @@ def test_abandoned_finder_and_bad_budget(tmp_path):
     with pytest.raises(ValueError, match="memory_budget"):
         DuplicateFinder(memory_budget=0)
     with pytest.raises(ValueError, match="dup_memory_mb"):
-        AuditConfig(dup_memory_mb=0).check()
+        AuditConfig(dup_memory_mb=0).validate()
 
 
 def test_run_audit_tiny_dup_memory_same_duplicates_parquet(tmp_path):

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from longvid.operators import storage
 from longvid.operators.frames import dhash64
 from . import ids
 from .benchmarks import BenchmarkSet, BenchVideo
+from .config import AuditConfig
 from .duplicates import DuplicateFinder
 from .ngrams import NgramIndex
 from .phash import HashIndex, list_parts
@@ -50,45 +51,6 @@ MAX_LISTED_PROBLEMS = 1000  # unusable benchmark records listed in summary.json 
 MAX_LOGGED_PROBLEMS = 20  # ... and logged
 DURATION_BINS = [0, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf")]
 FRAME_BINS = [0, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")]
-
-
-@dataclass
-class AuditConfig:
-    """Audit settings; `metadata` bounds are checked with every field's type by operators/settings.check_fields."""
-
-    ngram: int = 13  # n of the text n-grams
-    min_question_tokens: int = 8  # a benchmark text shorter than ngram but at least this long is matched whole
-    # a sequence shared by more benchmark videos than this is a template: ignored
-    max_template_videos: int = field(default=5, metadata={"ge": 1})
-    phash_threshold: int = 4  # Hamming distance (bits of 64) for a benchmark-frame match
-    phash_min_frames: int = 2  # sample frames that must match one benchmark video (capped at the sample's count)
-    # hashes with fewer set (or unset) bits are flat frames: ignored
-    phash_min_bits: int = field(default=8, metadata={"ge": 0, "le": 32})
-    benchmark_fps: float = 1.0  # rate at which --benchmark-videos are hashed
-    benchmark_max_frames: int = field(default=2048, metadata={"ge": 1})  # per benchmark video
-    dup_threshold: int = 2  # Hamming distance for corpus near-duplicates
-    # frames per sample indexed for corpus near-duplicates
-    dup_frames_per_sample: int = field(default=8, metadata={"ge": 1})
-    dup_min_frames: int = field(default=2, metadata={"ge": 1})
-    dup_memory_mb: float = 256.0  # working set of one duplicate-finder partition (records spill to the temp dir)
-    batch_size: int = 16384
-    drop_near_duplicates: bool = False  # also drop video_id_span and frame_hash duplicates (sha256 always)
-    report_max_samples: int = field(default=40, metadata={"ge": 0})  # contact sheets in report.html
-    namespaces: dict[str, str] = field(default_factory=dict)  # manifest source -> id namespace overrides
-
-    def check(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        def need(cond: bool, name: str, msg: str):
-            if not cond:
-                raise ValueError(f"{name}: {msg}")
-        need(self.ngram >= 1, "ngram", "must be >= 1")
-        need(1 <= self.min_question_tokens <= self.ngram, "min_question_tokens", "must be in 1..ngram")
-        need(0 <= self.phash_threshold <= 31, "phash_threshold", "must be in 0..31")
-        need(0 <= self.dup_threshold <= 31, "dup_threshold", "must be in 0..31")
-        need(self.phash_min_frames >= 1, "phash_min_frames", "must be >= 1")
-        need(self.benchmark_fps > 0, "benchmark_fps", "must be > 0")
-        need(self.batch_size >= 1, "batch_size", "must be >= 1")
-        need(self.dup_memory_mb > 0, "dup_memory_mb", "must be > 0")
 
 
 @dataclass
@@ -230,7 +192,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed).
     `progress(rows, findings)` is called after each manifest batch (rows of the batch, findings so far)."""
     cfg = cfg or AuditConfig()
-    cfg.check()
+    cfg.validate()
     # Parts that cannot be read are reported and left out; with no usable manifest part at all, nothing is audited.
     jobs, part_problems = usable_parts(jobs, COLUMNS)
     if part_problems and not any(j.manifest_files for j in jobs):
