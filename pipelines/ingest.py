@@ -364,7 +364,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     items = _check_inputs(cfg)
     job = JobOutput(cfg.out, "ingest", log=log, quiet=cfg.quiet)
     job.prepare(cfg.fingerprint())
-    with job.running(cfg.ray_address, cfg.num_cpus, unit="inputs", desc=f"[ingest {cfg.source}]") as prog, \
+    with job.running(cfg.ray_address, cfg.num_cpus, unit="inputs", desc=f"[ingest {cfg.source}]",
+                     inputs={"videos": cfg.videos}) as prog, \
             _counting_inputs(cfg, prog):
         cpus = job.cpus
         max_in_flight = cfg.max_in_flight or 2 * cpus

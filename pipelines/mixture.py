@@ -155,8 +155,9 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
     datasets = plan_mixture(cfg)
     _write_folders(cfg, datasets)
     job = JobOutput(cfg.out, "ingest", log=log, quiet=cfg.quiet)
+    roots = sorted({d.plan.dataset.media_root for d in datasets if d.plan.dataset.media_root})
     with job.running(cfg.ray_address, cfg.num_cpus, unit="records", total=sum(d.selected for d in datasets),
-                     desc="[ingest mixture]") as prog:
+                     desc="[ingest mixture]", inputs={"data_root": roots}) as prog:
         cpus = job.cpus
         max_in_flight = cfg.max_in_flight or 2 * cpus
         schedule = cfg.unit_schedule()

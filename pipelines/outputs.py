@@ -99,12 +99,16 @@ class JobOutput:
 
     @contextmanager
     def running(self, ray_address: str = "", num_cpus: int = 0, *, unit: str, total: float | None = None,
-                desc: str = "", dashboard: bool = False) -> Iterator[Progress]:
-        """Claim the folder, join or start Ray (`resources`: the cluster's), and yield the job's progress."""
+                desc: str = "", dashboard: bool = False,
+                inputs: dict[str, str | list[str]] | None = None) -> Iterator[Progress]:
+        """Claim the folder, join or start Ray (`resources`: the cluster's), and yield the job's progress. On a
+        cluster of several nodes the folder and the local `inputs` (setting -> paths the tasks read) must be the
+        same on every node (ray_session.check_shared: exit 2 before any work otherwise)."""
         import ray
 
         self.t0 = time.time()
-        started = ensure_ray(ray_address, num_cpus, dashboard=dashboard, out=self.out, job=self.job, log=self.log)
+        started = ensure_ray(ray_address, num_cpus, dashboard=dashboard, out=self.out, job=self.job, log=self.log,
+                             inputs=inputs)
         try:
             self.resources = dict(ray.cluster_resources())
             self.progress = Progress(self.job, unit, total=total, desc=desc, out=self.out, console=self.log,

@@ -241,10 +241,15 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from longvid.operators import storage
     from longvid.pipelines.train_recipe import train_worker
 
-    # the dashboard serves the State API, which Ray Train queries
-    started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True, out=cfg.out, job="train")
+    # the dashboard serves the State API, which Ray Train queries; on several nodes, every node must see the
+    # shards' folders and out as the driver does
+    data = sorted({os.path.dirname(url) for plan in payload["plans"] for src in plan["sources"]
+                   for url, _, _ in src["pieces"] if not storage.is_s3(url)})
+    started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True, out=cfg.out, job="train",
+                         inputs={"data": data})
     try:
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:

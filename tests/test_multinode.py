@@ -6,8 +6,8 @@ naming it; token auth on.
   units really ran on more than one node (the State API's task attempts, by node id);
 - a worker node whose processes are killed (SIGKILL, by pid) while it runs a unit: Ray re-runs the unit elsewhere
   and the job completes with the same bytes;
-- a local --out that one node does not see is refused before any work (exit 2 naming the path, suggesting s3://
-  or a shared mount). How the node is made not to see it: worker node w2 runs in its own mount namespace
+- a local --out, or local --videos, that one node does not see is refused before any work (exit 2 naming the
+  path, suggesting s3:// or a shared mount). How the node is made not to see it: worker node w2 runs in its own mount namespace
   (`unshare -m --propagation private`, root only) with an empty tmpfs mounted over one folder, so its processes
   see another, empty folder at that path, as a node without the shared mount would. Every other path is the
   same folder for all three nodes. Without root (no unshare -m) that test is skipped, saying so.
@@ -133,6 +133,28 @@ def test_local_out_not_seen_by_every_node_is_refused_before_any_work(multinode_c
     assert not (out / "manifests").exists() and not (out / "shards").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
     assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.skipif(not PRIVATE, reason="needs `unshare -m` (root) to give one node a private view of a folder")
+def test_local_videos_not_seen_by_every_node_are_refused_before_any_work(multinode_cluster, corpus, tmp_path):
+    """--videos a symlink inside the folder w2 sees privately: the driver and the head and w1 see the videos, w2 an
+    empty folder without it. The job stops before any unit runs (units on w2 would fail as 'missing')."""
+    videos = multinode_cluster.hidden / "videos"
+    if not videos.is_symlink():
+        videos.symlink_to(corpus.videos, target_is_directory=True)
+    out = tmp_path / "out"
+    cmd = ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs)
+    cmd[cmd.index("--videos") + 1] = str(videos)
+    r = run(cmd, env=multinode_cluster.client_env())
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    err = r.stderr.strip().splitlines()[-1]
+    w2 = multinode_cluster.node_ids()["w2"]
+    assert err.startswith(f"longvid ingest: configuration error: videos: {videos} is not the same path on every "
+                          "node"), err
+    assert f"node {w2[:12]}" in err and f"sees {videos} as missing: No such file or directory" in err, err
+    assert "the driver as folder of" in err and "s3://" in err
+    assert not (out / "manifests").exists() and not (out / "shards").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
 
 
 def test_worker_node_killed_mid_ingest_still_completes_identically(multinode_cluster, corpus, reference, tmp_path):
