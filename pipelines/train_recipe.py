@@ -57,7 +57,8 @@ log = logging.getLogger("longvid.train")
 
 class TrainHook:
     """Called by StageRecipe at fixed points of a stage, on every worker (a hook that acts on one worker checks
-    `recipe.rank`). Every method does nothing here; a hook overrides those it needs."""
+    `recipe.rank`). Every method does nothing here; a hook overrides those it needs. Any object with these four
+    methods will do (tests/faults.py's KillWorkerOnce does not import this module, to stay light)."""
 
     def on_stage_start(self, recipe: "StageRecipe") -> None:
         """After setup, before the first step."""
