@@ -51,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # S3 settings: this process's, set by preflight.use_s3 above (storage.configure_s3)
         res = audit(args.manifests, args.benchmarks, args.out, cfg, args.benchmark_videos,
                     strict_benchmarks=args.strict_benchmarks)
-    except (ManifestError, BenchmarkFormatError, FileNotFoundError, ValueError) as e:
-        print(f"longvid audit: {e}", file=sys.stderr)
-        return 2
+    except (ManifestError, BenchmarkFormatError, FileNotFoundError, ValueError) as e:  # the CLI's error line, exit 2
+        raise ConfigError(str(e)) from None
     s = res.summary
     print(f"audited {res.rows:,} rows in {res.seconds:.1f} s ({s['rows_per_second']} rows/s)")
     for bm, c in s["leakage"].items():

@@ -62,7 +62,8 @@ def _log_level_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 class _Stderr(logging.StreamHandler):
-    """Writes to the sys.stderr of the moment (tests and embedding programs swap it)."""
+    """Writes to the sys.stderr of the moment (tests and embedding programs swap it), redacted (storage's
+    RedactFilter: a message may name a user's path or URL)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
@@ -78,8 +79,11 @@ def setup_logging(level: str) -> Callable[[], None]:
     handler = next((h for h in log.handlers if isinstance(h, _Stderr)), None)
     added = handler is None
     if added:
+        from longvid.operators.storage import RedactFilter
+
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(RedactFilter())
         log.addHandler(handler)
     log.setLevel(getattr(logging, level.upper()))
 
@@ -92,7 +96,10 @@ def setup_logging(level: str) -> Callable[[], None]:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """The error line's text: one line, redacted (the one place a job's error message reaches the console)."""
+    from longvid.operators.storage import redact
+
+    return redact(" ".join(str(e).split())) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def _check(setting: str, uri: str, check) -> None:
     except storage.StorageError as e:
         raise ConfigError(f"{setting}: {e}") from None
     except ValueError as e:  # a malformed URI (e.g. s3:// without a bucket)
-        raise ConfigError(f"{setting}: {storage.redact(uri)}: {e}") from None
+        raise ConfigError(f"{setting}: {uri}: {e}") from None
 
 
 def readable(setting: str, uris: str | Iterable[str], folder: bool = False) -> None:

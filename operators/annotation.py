@@ -237,8 +237,8 @@ def _image_sample(rec: AnnotationRecord, opts: ProcessOptions) -> AnnotatedSampl
         hashes.append(dhash64(np.asarray(rgb)))
     info = {
         **_base(rec, opts),
-        "uri": storage.redact(rec.media_paths[0]),
-        "uris": [storage.redact(u) for u in rec.media_paths],
+        "uri": rec.media_paths[0],  # uri, uris: redacted by the writer (operators/write.py)
+        "uris": list(rec.media_paths),
         "conversations": insert_time_msg(rec.turns(), ""),
         "image_mode": rec.image_mode,
         "num_images": len(members),
@@ -254,11 +254,11 @@ def _read_media(uri: str, where: str, what: str) -> bytes:
     """The bytes of one media file. RecordError naming the field: stage "locate" when it is missing, "read" when
     storage refuses it for good, "decode" when it is empty. A transient storage error passes (the unit is retried)."""
     if not storage.is_s3(uri) and os.path.isdir(uri):
-        raise RecordError("locate", f"{what} path {storage.redact(uri)} is a folder, not a file", where, uri)
+        raise RecordError("locate", f"{what} path {uri} is a folder, not a file", where, uri)
     try:
         data = storage.read_bytes(uri)
     except storage.ObjectNotFound:
-        raise RecordError("locate", f"{what} file not found: {storage.redact(uri)}", where, uri) from None
+        raise RecordError("locate", f"{what} file not found: {uri}", where, uri) from None
     except storage.StorageError as e:
         if e.transient:
             raise
@@ -305,7 +305,7 @@ def _video_sample(rec: AnnotationRecord, opts: ProcessOptions) -> AnnotatedSampl
     msg = time_msg(got.duration, n, frame_times=got.times, long=opts.long_time_msg)
     info = {
         **_base(rec, opts),
-        "uri": storage.redact(uri),
+        "uri": uri,  # redacted by the writer (operators/write.py)
         "start": got.start,
         "end": got.end,
         "duration": got.duration,
@@ -332,7 +332,7 @@ def _span_field(rec: AnnotationRecord, reason: str) -> str:
 def _read_container(rec: AnnotationRecord, uri: str, profile: Profile, opts: ProcessOptions) -> _Frames:
     """A video file PyAV reads: probe, choose the frames (whole-video rule or span rule), decode and resize."""
     if not storage.is_s3(uri) and not os.path.exists(uri):
-        raise RecordError("locate", f"video file not found: {storage.redact(uri)}", "video", uri)
+        raise RecordError("locate", f"video file not found: {uri}", "video", uri)
     src: Any = storage.open_read(uri) if storage.is_s3(uri) else uri
     try:
         try:
@@ -453,7 +453,7 @@ def _list_frames(uri: str) -> list[str]:
             raise RecordError("locate", "the path is a file, not a frame folder (video_read_type img/frame)",
                               "video", uri)
         if not os.path.isdir(uri):
-            raise RecordError("locate", f"frame folder not found: {storage.redact(uri)}", "video", uri)
+            raise RecordError("locate", f"frame folder not found: {uri}", "video", uri)
         try:
             with os.scandir(uri) as it:
                 names = [x.name for x in it if x.is_file()]

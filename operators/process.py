@@ -193,7 +193,7 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
         "key": key,
         "source": record.source,
         "video_id": record.video_id,
-        "uri": storage.redact(uri),
+        "uri": uri,  # redacted by the writer (operators/write.py)
         "start": chosen.start,
         "end": chosen.end,
         "duration": chosen.duration,

@@ -5,6 +5,9 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
 - Reads: `exists`, `is_folder`, `size`, `list_files`, `open_read` (seekable; on S3 a ranged-GET reader with a
   bounded readahead buffer, usable by PyAV `av.open(fileobj)`, `io.TextIOWrapper` and pyarrow), `read_bytes`,
   `read_text`.
+- Records of a run: `write_json` (job.json, summary.json: every string redacted), `json_record` (the form it
+  stores, to compare settings with). Logs: `RedactFilter` (a logging.Filter), `get_logger` (a logger that
+  redacts its records in any process).
 - Parquet: `open_parquet`, `read_parquet` (pyarrow.parquet over `open_read`), `write_parquet` (atomic). The one
   storage stack of the project: no other module talks to boto3/botocore, and none uses pyarrow.fs, fsspec or s3fs
   (tests/test_layout.py).
@@ -28,6 +31,8 @@ import contextlib
 import dataclasses
 import errno
 import io
+import json
+import logging
 import os
 import posixpath
 import random
@@ -87,6 +92,48 @@ def redact(text: Any) -> str:
     s = _SECRET_KV_RE.sub(lambda m: m.group("name") + m.group("sep") + REDACTED, s)
     s = _ACCESS_KEY_RE.sub(REDACTED, s)
     return s
+
+
+def redact_json(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, tuples, strings, numbers) with every string in it, dict keys included,
+    redacted; other values as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(k) if isinstance(k, str) else k: redact_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_json(v) for v in value]
+    return value
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that redacts each record's message (and its traceback) before any handler formats it.
+
+    On a handler it covers what that handler writes; on a logger, every record made by that logger wherever it goes
+    (a Ray worker's log files included): see `get_logger`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: the handler reports it as usual
+            return True
+        record.msg, record.args = redact(msg), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)` with a RedactFilter on the logger itself: its records are redacted in any process
+    and whatever handlers print them (for code that logs paths, e.g. in Ray workers)."""
+    log = logging.getLogger(name)
+    if not any(isinstance(f, RedactFilter) for f in log.filters):
+        log.addFilter(RedactFilter())
+    return log
 
 
 class StorageError(OSError):
@@ -877,6 +924,26 @@ def write_bytes(uri: str, data: bytes | bytearray | memoryview) -> None:
 
 def write_text(uri: str, text: str, encoding: str = "utf-8") -> None:
     write_bytes(uri, text.encode(encoding))
+
+
+def json_record(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """`value` as `write_json` stores it and `json.loads` reads it back: redacted, JSON types only (a settings
+    fingerprint is compared in this form with the one a job.json holds)."""
+    return json.loads(_record_text(value, default=default))
+
+
+def _record_text(value: Any, **kwargs: Any) -> str:
+    default = kwargs.pop("default", None)
+    if default is not None:  # what `default` makes of an object json cannot write is redacted too
+        kwargs["default"] = lambda o: redact_json(default(o))
+    return json.dumps(redact_json(value), **kwargs)
+
+
+def write_json(uri: str, value: Any, **kwargs: Any) -> None:
+    """Write a record of a run (job.json, summary.json, a NIAH set's set.json) atomically, with every string in it,
+    dict keys included, redacted. Keyword arguments are json.dumps's (indent, sort_keys, default, ...). Not for
+    data: a caption is stored as it is, whatever it says."""
+    write_text(uri, _record_text(value, **kwargs))
 
 
 def put_file(src: str | os.PathLike | io.BufferedIOBase, uri: str) -> None:

@@ -10,6 +10,8 @@ tar bytes themselves are operators.shards' (tar_member_header, TarPartWriter).
 A sample goes into a tar whole or not at all: its json, key and manifest row are checked before any byte is written,
 and a sample that cannot be written (`SampleWriteError`, stage "write", naming the field) is the caller's failure
 row while the rest of the unit is written. An I/O error (e.g. a full disk: `storage.NoSpace`) fails the unit.
+Credentials never reach a unit's files: the addresses in a sample's json and manifest row (`uri`, `uris`, the
+`encoder` weights) and the failure rows' `uri`, `reason` and `file` are redacted here (storage.redact).
 Local output: parts are written under temporary names in the destination folder and renamed at commit.
 S3 output: parts are written to a local scratch folder and uploaded at commit (an object appears only when
 complete, see operators.storage.put_file). Until the manifest part exists, nothing of the unit counts.
@@ -47,6 +49,8 @@ MAX_KEY_BYTES = 240
 MAX_JSON_DEPTH = 64  # a sample json nested deeper is refused (readers bound the depth they accept)
 _INT64 = 2**63
 _BAD_KEY_CHARS = re.compile(r"[./\\\x00-\x1f\x7f]")
+SOURCE_FIELDS = ("uri", "uris", "encoder")  # addresses a user gave: the sample's source, the encoder's weights
+FAILURE_TEXT = ("uri", "reason", "file")  # failure-row columns that may hold a user's path or an error message
 
 
 def shard_name(unit: int, part: int) -> str:
@@ -170,6 +174,7 @@ class UnitWriter:
         if key in self.keys:
             return False
         check_key(key)
+        row = _without_credentials(row)
         full = {**row, "shard": "", "unit": self.unit}
         check_row(full, self.schema)
         headers = []
@@ -289,6 +294,7 @@ def sample_members(info: dict[str, Any], payload: dict[str, bytes]) -> dict[str,
     Raises SampleWriteError naming the field (`conversations[1].value`, ...) when `info` holds a value standard
     JSON readers cannot read back as written (see check_json)."""
     check_json(info)
+    info = _without_credentials(info)
     return {"json": json.dumps(info, sort_keys=True, ensure_ascii=False, allow_nan=False).encode(), **payload}
 
 
@@ -368,15 +374,24 @@ def check_row(row: dict[str, Any], schema: pa.Schema) -> None:
             raise SampleWriteError(f"manifest column {f.name}: {str(e).splitlines()[0][:200]}", f.name) from None
 
 
+def _without_credentials(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` with its addresses (SOURCE_FIELDS) redacted: a path or URL a user gave may carry a key."""
+    if not any(k in d for k in SOURCE_FIELDS):
+        return d
+    return {**d, **{k: storage.redact_json(d[k]) for k in SOURCE_FIELDS if k in d}}
+
+
 def _storable_failure(row: dict[str, Any]) -> dict[str, Any]:
-    """A failure row that always fits FAILURE_SCHEMA: text with lone surrogates escaped, unusable numbers null."""
+    """A failure row that always fits FAILURE_SCHEMA: text with lone surrogates escaped, paths and messages
+    redacted (FAILURE_TEXT), unusable numbers null."""
     out: dict[str, Any] = {}
     for f in FAILURE_SCHEMA:
         v = row.get(f.name)
         if v is None:
             out[f.name] = None
         elif pa.types.is_string(f.type):
-            out[f.name] = str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+            v = storage.redact(v) if f.name in FAILURE_TEXT else str(v)
+            out[f.name] = v.encode("utf-8", "backslashreplace").decode("utf-8")
         elif pa.types.is_floating(f.type):
             try:
                 out[f.name] = float(v)

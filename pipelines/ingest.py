@@ -144,7 +144,7 @@ class IngestConfig:
             d["hwaccel"] = self.hwaccel
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
-        d["videos"] = storage.redact(self.videos)
+        d["videos"] = self.videos
         d["span_rule"] = SPAN_RULE  # spans by the reference's seconds rule: a folder written before (no key) is refused
         d["mp4_coding"] = coding_id()  # a folder written with another coding (before: yuv420p, no key) is refused
         sched = self.unit_schedule()
@@ -270,8 +270,7 @@ def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size:
                 try:
                     sample = runner.run(_process_in_child, item, opts, s3, what=item.origin)
                 except RecordError as e:
-                    writer.fail(_item_failure(item, storage.redact(e.file or ""), e.stage, storage.redact(e.reason),
-                                              e.file and storage.redact(e.file), e.field))
+                    writer.fail(_item_failure(item, e.file or "", e.stage, e.reason, e.file, e.field))
                     continue
                 uri = sample.info.get("uri", "")
                 try:  # a sample that cannot be written is its own failure row; the rest of the unit is written
@@ -334,7 +333,7 @@ def _check_inputs(cfg: IngestConfig) -> Iterator[SourceRecord | Failure]:
     """Fail before any work when a metadata file is missing or unreadable; returns the primed item stream."""
     for m in cfg.metadata:
         if not storage.exists(m):
-            raise ConfigError(f"metadata: file not found: {storage.redact(m)}")
+            raise ConfigError(f"metadata: file not found: {m}")
     adapter = get_adapter(cfg.source)
     try:
         it = iter(adapter.read(list(cfg.metadata), dict(cfg.source_options)))
@@ -399,7 +398,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                             full.append(_no_space(e))
                             continue
                         prog.write(f"[ingest {cfg.source}] unit {unit} NOT committed after retries: "
-                                   f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}",
+                                   f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}",
                                    important=True)
                         continue
                     done["units"] += 1
@@ -484,10 +483,6 @@ def progress_line(source: str, st: dict[str, Any], done: dict[str, Any], elapsed
 
 
 def _public_config(cfg: IngestConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    for k in ("metadata",):
-        d[k] = [storage.redact(m) for m in d[k]]
-    for k in ("videos", "out", "ray_address", "s3_endpoint_url"):
-        d[k] = storage.redact(d[k])
-    return d
+    """The settings summary.json records (storage.write_json redacts them)."""
+    return dataclasses.asdict(cfg)
 

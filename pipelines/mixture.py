@@ -88,10 +88,10 @@ class MixtureConfig:
         fp["dataset"] = {
             "name": ds.name,
             "json_path": ds.json_path,
-            "annotation": storage.redact(plan.annotation),
+            "annotation": plan.annotation,
             "sampling_strategy": str(ds.strategy),
             "data_root": ds.data_root,
-            "media_root": storage.redact(ds.media_root or ""),
+            "media_root": ds.media_root or "",
             "video_read_type": ds.video_read_type,
             "media_type": plan.media_type,
             "records": plan.total,
@@ -129,7 +129,7 @@ def plan_mixture(cfg: MixtureConfig) -> list[_Dataset]:
     if storage.exists(top):
         job = json.loads(storage.read_text(top)).get("job")
         if job != MIXTURE_JOB:
-            raise ConfigError(f"out: {storage.redact(cfg.out)} holds another kind of job ({job!r}, not a mixture "
+            raise ConfigError(f"out: {cfg.out} holds another kind of job ({job!r}, not a mixture "
                               "ingest); use a new --out")
     for d in datasets:
         JobOutput(d.out, "ingest").check(cfg.fingerprint(d.plan), what=f"out ({d.plan.dataset.where})")
@@ -140,8 +140,8 @@ def _write_folders(cfg: MixtureConfig, datasets: list[_Dataset]) -> None:
     storage.makedirs(cfg.out)
     for d in datasets:
         JobOutput(d.out, "ingest").prepare(cfg.fingerprint(d.plan))
-    top = {"job": MIXTURE_JOB, "mixture": storage.redact(cfg.mixture), "datasets": [d.name for d in datasets]}
-    storage.write_text(storage.join(cfg.out, "job.json"), json.dumps(top, indent=2, sort_keys=True))
+    top = {"job": MIXTURE_JOB, "mixture": cfg.mixture, "datasets": [d.name for d in datasets]}
+    storage.write_json(storage.join(cfg.out, "job.json"), top, indent=2, sort_keys=True)
 
 
 def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                             full.append(raw._no_space(e))
                             continue
                         prog.write(f"[ingest {d.name}] unit {unit} NOT committed after retries: "
-                                   f"{storage.redact(str(e).splitlines()[-1] if str(e) else type(e).__name__)}",
+                                   f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}",
                                    important=True)
                         continue
                     done["units"] += 1
@@ -225,7 +225,7 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                        "unit_schedule": schedule.describe(), "max_in_flight": max_in_flight,
                        "dataset": _dataset_facts(d), "inputs_read": d.selected}))
         summary = _mixture_summary(cfg, datasets, summaries, job.elapsed(), cpus)
-        storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2, default=str))
+        storage.write_json(storage.join(cfg.out, "summary.json"), summary, indent=2, default=str)
         if not summary["complete"]:
             bad = [s["name"] for s in summary["datasets"] if not s["complete"]]
             prog.write(f"[ingest mixture] INCOMPLETE: {', '.join(bad)} did not commit every unit. Re-run the same "
@@ -236,9 +236,9 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
 
 def _dataset_facts(d: _Dataset) -> dict[str, Any]:
     ds = d.plan.dataset
-    return {"name": ds.name, "json_path": ds.json_path, "annotation": storage.redact(d.plan.annotation),
+    return {"name": ds.name, "json_path": ds.json_path, "annotation": d.plan.annotation,
             "sampling_strategy": str(ds.strategy), "data_root": ds.data_root,
-            "media_root": storage.redact(ds.media_root or ""), "video_read_type": ds.video_read_type,
+            "media_root": ds.media_root or "", "video_read_type": ds.video_read_type,
             "media_type": d.plan.media_type, "records": d.plan.total, "selected": d.selected}
 
 
@@ -259,7 +259,7 @@ def _mixture_summary(cfg: MixtureConfig, datasets: list[_Dataset], summaries: li
     return {
         "job": MIXTURE_JOB,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mixture": storage.redact(cfg.mixture),
+        "mixture": cfg.mixture,
         "datasets": rows,
         "inputs": total["selected"],
         **{k: total[k] for k in ("samples", "failures", "shards", "frames", "bytes")},
@@ -277,10 +277,8 @@ def _mixture_summary(cfg: MixtureConfig, datasets: list[_Dataset], summaries: li
 
 
 def _public_config(cfg: MixtureConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    for k in ("mixture", "out", "roots", "annotations", "ray_address", "s3_endpoint_url"):
-        d[k] = storage.redact(d[k])
-    return d
+    """The settings summary.json records (storage.write_json redacts them)."""
+    return dataclasses.asdict(cfg)
 
 
 __all__ = ["MixtureConfig", "MixtureError", "plan_mixture", "run_mixture"]

@@ -435,7 +435,7 @@ def _build(cfg: NiahBuildConfig, log, stack: contextlib.ExitStack) -> dict[str, 
         "questions_per_input": 1 if kind == "single" else 2,
         "spec": {"file": os.path.abspath(cfg.needles), "sha256": _sha256(Path(cfg.needles))},
         "images": {"folder": os.path.abspath(cfg.images), "count": len(image_paths)},
-        "haystack": {"source": storage.redact(cfg.haystack), "type": src_kind, "unique_frames": unique,
+        "haystack": {"source": cfg.haystack, "type": src_kind, "unique_frames": unique,
                      "longest": longest, "repeated": longest > unique,
                      "rule": "frame i = unique frame i mod U; U = longest, or above 7,500 frames the reference's "
                              "repeat period (operators.niah.haystack_unique_frames: 5,016 for 10,000); at most the "
@@ -457,7 +457,7 @@ def _build(cfg: NiahBuildConfig, log, stack: contextlib.ExitStack) -> dict[str, 
         "versions": versions(),
         "out": str(out.resolve()),
     }
-    _write_json(out / "set.json", summary)  # last: a folder with set.json is a complete set
+    storage.write_json(str(out / "set.json"), summary, indent=2, default=str)  # last: set.json = a complete set
     if not cfg.quiet:
         log(f"[niah build] {kind}-hop set: {len(items)} items x {len(cfg.frames)} lengths"
             + (f" x {len(cfg.depths)} depths" if kind == "single" else "")

@@ -574,7 +574,7 @@ def run_niah_eval(cfg: NiahEvalConfig, log=print) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "versions": versions(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    storage.write_json(str(out / "summary.json"), summary, indent=2, default=str)
     if not cfg.quiet:
         if nset.kind == "single":
             log(f"[niah eval] single hop: accuracy {summary['overall']:.3f} over {len(results)} questions "

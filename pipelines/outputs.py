@@ -227,7 +227,7 @@ def finalize(out: str, job: str, config: dict[str, Any], elapsed: float, cpus: i
     }
     if "inputs_read" in summary:  # the driver's own count: nothing lost, nothing counted twice
         summary["complete"] = summary["inputs_read"] == summary["inputs"]
-    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2, default=str))
+    storage.write_json(storage.join(out, "summary.json"), summary, indent=2, default=str)
     return summary
 
 

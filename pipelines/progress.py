@@ -10,6 +10,8 @@
   by every run, each run starting with a dated header line; for an `s3://` output the run's lines are uploaded as
   `logs/<job>-<UTC time>.log` when the job ends).
 
+Every line (console, bar postfix, log file) is redacted here (storage.redact): a job's lines name its inputs freely.
+
 The rate counts the work done since this run started: units skipped because an earlier run committed them
 (`skip`) move `done` but not the rate, so a resumed job's ETA is that of the work left.
 """
@@ -105,7 +107,11 @@ class Progress:
             self._log_uri = ""
             self.write(f"{self.desc} cannot write the log file: {e}")
 
+    def _say(self, line: str) -> None:
+        self.console(storage.redact(line))
+
     def _log(self, line: str) -> None:
+        line = storage.redact(line)
         if self._log_uri and self._log_file is None and self._buffer is None:
             self._open_log()
         if self._log_file is not None:
@@ -160,9 +166,9 @@ class Progress:
                 return
             if self._bar is not None:
                 if postfix:
-                    self._bar.set_postfix_str(postfix, refresh=True)
+                    self._bar.set_postfix_str(storage.redact(postfix), refresh=True)
             elif echo:
-                self.console(line)
+                self._say(line)
 
     def write(self, line: str, important: bool = False) -> None:
         """Any other line of the job: to the log file and the console (above the bar on a terminal); when quiet,
@@ -173,9 +179,9 @@ class Progress:
                 return
             if self._bar is not None:
                 with self._bar.external_write_mode(file=self._stream):  # the bar is cleared, then drawn again
-                    self.console(line)
+                    self._say(line)
             else:
-                self.console(line)
+                self._say(line)
 
     def close(self) -> None:
         with self._lock:
@@ -193,7 +199,7 @@ class Progress:
                 try:
                     storage.write_text(uri, "\n".join(self._buffer) + "\n")
                 except Exception as e:  # noqa: BLE001 - a log file never fails a job
-                    self.console(f"{self.desc} cannot write the log file {storage.redact(uri)}: {e}")
+                    self._say(f"{self.desc} cannot write the log file {uri}: {e}")
                 self._buffer = None
 
     def __enter__(self) -> "Progress":

@@ -359,7 +359,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
         "stats": stats.as_dict(),
     }
     _write_drop_list(out / "drop_list.txt", leak_keys, dup_drop, cfg)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    storage.write_json(str(out / "summary.json"), summary, indent=1, default=str)
     if write_report:
         from .report import write_report as _wr
         _wr(out / "report.html", summary, leak, dup_table, jobs, where, frames, cfg)

@@ -306,6 +306,5 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
     else:
         parts.append("<p class='ok'>None.</p>")
     parts.append(f"<p class='muted small'>report rendered in {time.perf_counter() - t0:.1f} s · all data is inline: this page needs no network.</p></body></html>")
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_bytes("".join(parts).encode("utf-8", "backslashreplace"))  # never fails on a stray surrogate
-    tmp.replace(path)
+    # redacted: the page shows the user's paths (a --manifests folder, a shard) and texts; never fails on a surrogate
+    storage.write_bytes(str(path), storage.redact("".join(parts)).encode("utf-8", "backslashreplace"))
