@@ -169,11 +169,13 @@ def _plain(tp: Any) -> Any:
     return tp
 
 
-def add_flags(p, *classes: type, skip: tuple[str, ...] = ()) -> None:
+def add_flags(p, *classes: type, skip: tuple[str, ...] = (), groups: dict[str, str] | None = None) -> None:
     """One flag per field of the settings classes, in their order (a field an earlier class has is not repeated;
-    `skip`: fields that get no flag here). Every flag defaults to None, "not given": the YAML file's value or the
+    `skip`: fields that get no flag here); a field declared with `group` is listed in that section of --help
+    (`groups`: the sections' descriptions). Every flag defaults to None, "not given": the YAML file's value or the
     field's default applies (see `flag_values`)."""
     seen = {a.dest for a in p._actions} | set(skip)  # noqa: SLF001
+    sections: dict[str, Any] = {}
     for cls in classes:
         hints = field_types(cls)
         for f in dataclasses.fields(cls):
@@ -201,7 +203,13 @@ def add_flags(p, *classes: type, skip: tuple[str, ...] = ()) -> None:
                     kw["metavar"] = meta["metavar"]
                 elif choices:
                     kw["metavar"] = "{" + ",".join(str(c) for c in choices if c != "") + "}"
-            p.add_argument(*names, **kw)
+            where = p
+            if meta.get("group"):
+                name = meta["group"]
+                if name not in sections:
+                    sections[name] = p.add_argument_group(name, (groups or {}).get(name))
+                where = sections[name]
+            where.add_argument(*names, **kw)
 
 
 def _mapping(flag: str, items: list[str], value_type: Any, metavar: str) -> dict[str, Any]:

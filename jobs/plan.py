@@ -18,36 +18,19 @@ import argparse
 import os
 import sys
 
-from longvid.jobs.config import MODEL_PRESETS, ConfigError, config_from_args
+from longvid.jobs.config import ConfigError, add_config_flag, add_flags, config_from_args
+from longvid.pipelines.plan_config import CLUSTER_VIEW, PlanConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file (fields as the long flags, with underscores); flags override it")
-    p.add_argument("--manifests", help="an ingest or encode job dir (or a folder of them, or s3://...)")
-    p.add_argument("--frames", type=int, help="frames per video for the inference table (10000)")
-    p.add_argument("--resolution", type=int, choices=[224, 448], help="frame side (default: the manifests')")
-    p.add_argument("--gpu", help="GPU for the hours (default H100; A100, H200, B200, L40S, L4 and A10 are known)")
-    p.add_argument("--model", help=f"one model preset: {' | '.join(MODEL_PRESETS)} (default: both released models)")
-    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, in (0, 1] (default 0.4)")
-    p.add_argument("--text-tokens", type=int, help="text tokens added to the prompt (0)")
-    p.add_argument("--json", help="also write every number to this JSON file")
-    g = p.add_argument_group("cluster view", "predicted wall time of ingest and encode of the corpus (--manifests) on "
-                                             "a cluster of --nodes nodes, and the bottleneck")
-    g.add_argument("--nodes", type=int, help="cluster view: number of nodes (0: no cluster view); needs --manifests")
-    g.add_argument("--cpus", type=int, help="cluster view: CPUs per node (default 32)")
-    g.add_argument("--gpus", type=int, help="cluster view: GPUs per node (default 8; 0: encode on the CPUs)")
-    g.add_argument("--network-gbps", type=float, help="cluster view: network of each node, Gbit/s each way "
-                                                      "(default 25)")
-    g.add_argument("--source-mbps", type=float, help="cluster view: bitrate of the source videos in Mbit/s (default "
-                                                     "5, an estimate: the manifests do not record it)")
-    g.add_argument("--gpu-fps", type=float, help="cluster view: HiCo frames/s of one GPU, if measured (default: an "
-                                                 "estimate from the FLOPs at 150 TFLOP/s sustained, ~1,200 at 224 px)")
-
+    add_config_flag(p, help="YAML file (its keys are the long flags, with underscores); flags override it")
+    add_flags(p, PlanConfig, groups={CLUSTER_VIEW: "predicted wall time of ingest and encode of the corpus "
+                                                   "(--manifests) on a cluster of --nodes nodes, and the bottleneck"})
 
 
 def run(args: argparse.Namespace) -> int:
     from longvid.jobs import preflight
-    from longvid.pipelines.plan import PlanConfig, run_plan
+    from longvid.pipelines.plan import run_plan
 
     cfg = config_from_args(PlanConfig, args)
     if cfg.manifests:

@@ -52,7 +52,7 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
             ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
             choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None, aliases: dict[str, str] | None = None,
             required: bool = False, help: str = "", flags: tuple[str, ...] | None = None,  # noqa: A002
-            metavar: str | None = None, comma: bool = False, adds: bool = False) -> Any:
+            metavar: str | None = None, comma: bool = False, adds: bool = False, group: str | None = None) -> Any:
     """A dataclass field with its rules (checked by `check_fields`; bounds are inclusive with ge/le) and its flag:
 
     help      the flag's help text (every field of a job's settings has one);
@@ -60,11 +60,12 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
               `()`: no flag (a structure only a job file can give);
     metavar   the value's name in --help (default: `{a,b}` from static choices);
     comma     a list field whose flag takes one comma-separated value (`--frames 1000,2000`), else the flag repeats;
-    adds      a list or mapping field whose flag values are added to the job file's instead of replacing them.
+    adds      a list or mapping field whose flag values are added to the job file's instead of replacing them;
+    group     the --help section the flag is listed in (default: with the others).
     """
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, aliases=aliases,
                                    required=required or None, help=help or None, flags=flags, metavar=metavar,
-                                   comma=comma or None, adds=adds or None).items() if v is not None}
+                                   comma=comma or None, adds=adds or None, group=group).items() if v is not None}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 

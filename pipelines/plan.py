@@ -57,12 +57,8 @@ from longvid.model.dropout import DropoutConfig
 from longvid.model.tome import merge_schedule
 from longvid.model.umt import UMTConfig
 from longvid.operators.errors import ConfigError
-from longvid.operators.settings import check_fields, setting
+from longvid.pipelines.plan_config import GPUS, PlanConfig
 
-# Peak dense (no sparsity) bf16 tensor-core TFLOPs from the vendors' data sheets (SXM parts where both exist).
-GPUS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "L4": 121.0,
-                          "A10": 125.0}
-DEFAULT_MFU = 0.4
 LLMS: dict[str, tuple[str, dict[str, Any]]] = {  # model preset -> (LLM name, Qwen2 config numbers)
     "videochat-flash-7b": ("Qwen2-7B", QWEN2_7B),
     "videochat-flash-2b": ("Qwen2.5-1.5B", QWEN25_1_5B),
@@ -171,39 +167,6 @@ def scan_manifests(uri: str) -> Corpus:
 
 
 # ------------------------------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class PlanConfig:
-    """The settings of `longvid plan`; each field's constraints are declared here (operators/settings.py)."""
-
-    manifests: str = ""  # "" = inference table only
-    frames: int = setting(10000, ge=1, le=10**8)
-    resolution: int = setting(0, choices=(0, 224, 448))  # 224 | 448; 0 = the manifests' (224 when none or several)
-    gpu: str = setting("H100", choices=GPUS)
-    model: str = setting("", choices=("", *PRESETS))  # a preset; "" = the two released models
-    mfu: float = setting(DEFAULT_MFU, gt=0, le=1)
-    text_tokens: int = setting(0, ge=0, le=10**8)
-    json: str = ""  # also write the numbers here
-    # the cluster view (nodes > 0; needs manifests): predicted wall time of ingest and encode of the corpus
-    nodes: int = setting(0, ge=0, le=10**6, help="cluster view: number of nodes (0: no cluster view); needs "
-                                                 "--manifests")
-    cpus: int = setting(32, ge=1, le=10**5, help="cluster view: CPUs per node (default 32)")
-    gpus: int = setting(8, ge=0, le=1024, help="cluster view: GPUs per node (default 8; 0: encode on the CPUs)")
-    network_gbps: float = setting(25.0, gt=0, le=10**5,
-                                  help="cluster view: network of each node, Gbit/s each way (default 25)")
-    source_mbps: float = setting(5.0, gt=0, le=10**5,
-                                 help="cluster view: bitrate of the source videos in Mbit/s (default 5, an estimate: "
-                                      "the manifests do not record it)")
-    gpu_fps: float = setting(0.0, ge=0, le=10**7,
-                             help="cluster view: HiCo frames/s of one GPU, if measured (default: an estimate from "
-                                  "the FLOPs at 150 TFLOP/s sustained, ~1,200 at 224 px)")
-
-    def validate(self) -> None:
-        check_fields(self)
-        if self.nodes and not self.manifests:
-            raise ConfigError("nodes: the cluster view plans a corpus: give --manifests (an ingest or encode job "
-                              "dir)")
 
 
 def gpu_hours(flops: float, gpu: str, mfu: float) -> float:

@@ -15,7 +15,8 @@ import pytest
 
 from longvid import __version__
 from longvid.jobs.cli import build_parser, main, setup_logging, subparsers
-from longvid.jobs.config import MODEL_PRESETS, ConfigError, job_log, load_config
+from longvid.jobs.config import ConfigError, job_log, load_config
+from longvid.model.constants import MODEL_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_version(capsys):
 def test_help_names_what_the_config_layer_accepts(capsys):
     """Help texts list model presets and GPUs without importing torch: they must stay the real ones."""
     from longvid.model.config import PRESETS
-    from longvid.pipelines.plan import DEFAULT_MFU, GPUS
+    from longvid.pipelines.plan_config import DEFAULT_MFU, GPUS
 
     assert MODEL_PRESETS == tuple(PRESETS)
     with pytest.raises(SystemExit):
