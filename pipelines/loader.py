@@ -22,7 +22,6 @@ Over ~500 lines: the stream cursors, the block reading and the batch state that 
 """
 from __future__ import annotations
 
-import logging
 import math
 import queue
 import threading
@@ -49,7 +48,7 @@ from longvid.operators.train_sample import (
 )
 from longvid.pipelines.train_sources import DataError, Piece, SourcePlan, rank_pieces
 
-log = logging.getLogger("longvid.train.data")
+log = storage.get_logger("longvid.train.data")  # its records are redacted in any process (Ray workers too)
 
 
 @dataclass
@@ -148,7 +147,7 @@ class SourceStream:
             except StopIteration:
                 if c.sample < piece.hi:
                     self.counters["short shard"] += 1
-                    _log(self.pending, "%s: shard ended after %d samples (expected %d)", storage.redact(piece.url),
+                    _log(self.pending, "%s: shard ended after %d samples (expected %d)", piece.url,
                          c.sample, piece.hi)
                 empty_pieces += 1
                 if empty_pieces > 2 * len(self.pieces):
@@ -162,7 +161,7 @@ class SourceStream:
                 piece = self.pieces[self.order(c.epoch)[c.piece]]
                 self.counters["corrupt tar"] += 1
                 _log(self.pending, "%s: unreadable from sample %d on (%s); skipping the rest of this piece",
-                     storage.redact(piece.url), max(c.sample, piece.lo), e)
+                     piece.url, max(c.sample, piece.lo), e)
                 empty_pieces += 1
                 if empty_pieces > 2 * len(self.pieces):
                     raise DataError(f"{self.plan.name}: no readable sample in this worker's shards") from None
@@ -192,7 +191,7 @@ def _warn(counters: Counter, reason: str, key: str, detail: str, url: str,
     counters[reason] += 1
     counters["skipped"] += 1
     if counters[reason] <= 5:
-        _log(pending, "skipping sample %s in %s: %s%s", key, storage.redact(url), reason,
+        _log(pending, "skipping sample %s in %s: %s%s", key, url, reason,
              f" ({detail})" if detail else "")
 
 
@@ -553,9 +552,9 @@ def read_exclude(uris: list[str]) -> frozenset[str]:
     keys: set[str] = set()
     for u in uris:
         try:
-            keys |= parse_drop_list(storage.read_text(u), f"exclude: {storage.redact(u)}")
+            keys |= parse_drop_list(storage.read_text(u), f"exclude: {u}")
         except (FileNotFoundError, storage.StorageError) as e:
-            raise DataError(f"exclude: {storage.redact(u)}: cannot read the drop list ({e})") from None
+            raise DataError(f"exclude: {u}: cannot read the drop list ({e})") from None
         except DropListError as e:
             raise DataError(str(e)) from None
     return frozenset(keys)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -32,7 +31,7 @@ from longvid.operators.mixture import parse_strategy
 from longvid.operators.shards import TarError, iter_groups
 from longvid.operators.train_sample import JSON_EXT, load_sample_json
 
-log = logging.getLogger("longvid.train.data")
+log = storage.get_logger("longvid.train.data")  # its records are redacted in any process (Ray workers too)
 
 
 class DataError(ValueError):
@@ -86,7 +85,7 @@ def expand_shards(patterns: list[str], root: str = "") -> list[str]:
             pat = os.path.join(root, pat)
         if not any(c in pat for c in "*?["):
             if not storage.exists(pat):
-                raise DataError(f"{storage.redact(pat)}: shard not found")
+                raise DataError(f"{pat}: shard not found")
             out.add(pat)
             continue
         if storage.is_s3(pat):
@@ -123,7 +122,7 @@ def _read_index(job: str) -> dict[str, int] | None:
             raise ValueError("a negative nsamples")
         return out
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError, storage.StorageError) as e:
-        log.warning("%s: unreadable wids index (%s); counting another way", storage.redact(uri), e)
+        log.warning("%s: unreadable wids index (%s); counting another way", uri, e)
         return None
 
 
@@ -137,7 +136,7 @@ def _read_manifests(job: str) -> Any:
         try:
             t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
         except Exception as e:  # a broken part only costs its counts
-            log.warning("%s: unreadable manifest part (%s)", storage.redact(uri), e)
+            log.warning("%s: unreadable manifest part (%s)", uri, e)
             continue
         cols = [c for c in ("shard", "duration") if c in t.column_names]
         if "shard" in cols:
@@ -152,7 +151,7 @@ def _job_json(folder: str) -> dict[str, Any] | None:
             return None
         d = json.loads(storage.read_text(uri))
     except (ValueError, RecursionError, storage.StorageError) as e:
-        log.warning("%s: unreadable job.json (%s)", storage.redact(uri), e)
+        log.warning("%s: unreadable job.json (%s)", uri, e)
         return None
     return d if isinstance(d, dict) else None
 
@@ -181,7 +180,7 @@ def ingest_strategy(shards: list[str]) -> str | None:
     kinds = set(found.values())
     if len(kinds) > 1:
         raise DataError("the shards come from job folders ingested with different sampling strategies: " + ", ".join(
-            f"{storage.redact(j or '(loose shards)')}: {v or 'not recorded'}" for j, v in sorted(
+            f"{j or '(loose shards)'}: {v or 'not recorded'}" for j, v in sorted(
                 found.items(), key=lambda kv: kv[0] or "")))
     done = kinds.pop() if kinds else None
     if done is None and shards:  # no job.json to say it (moved, or an encode of a relative --shards): the samples
@@ -201,7 +200,7 @@ def count_tar_samples(uri: str) -> int:
             for _ in iter_groups(f, 0, want=lambda k: False):
                 n += 1
         except TarError as e:
-            log.warning("%s: unreadable after %d samples (%s)", storage.redact(uri), n, e)
+            log.warning("%s: unreadable after %d samples (%s)", uri, n, e)
             n += 1
     return n
 
@@ -218,7 +217,7 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
     frame-bound differences that policy "ignore" let through."""
     shards = expand_shards(patterns, root)
     if not shards:
-        raise DataError(f"{name}: no shard matches {', '.join(storage.redact(p) for p in patterns)}")
+        raise DataError(f"{name}: no shard matches {', '.join(patterns)}")
     if frame_bounds is not None:
         found = check_frame_bounds(name, shards, frame_bounds[0], frame_bounds[1], bounds_policy)
         if bounds_found is not None:
@@ -350,7 +349,7 @@ def check_frame_bounds(name: str, shards: list[str], lo: int, hi: int, policy: s
             got = next((b for b in map(ingest_bounds, list(_shard_infos(uri, 4))) if b is not None), None)
             if got is None or (got[0], got[1]) == (lo, hi):
                 continue
-            msg = (f"{name}: shard {storage.redact(uri)} was ingested with frame bounds {got[0]}-{got[1]} (profile "
+            msg = (f"{name}: shard {uri} was ingested with frame bounds {got[0]}-{got[1]} (profile "
                    f"{got[2]}), this stage's are {lo}-{hi} (min_frames-max_frames)")
             if policy == "error":
                 raise DataError(msg + "; ingest with the stage's profile, or set frame_bounds: ignore to train on "
