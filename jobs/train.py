@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longvid.jobs.config import ConfigError, job_log, load_config, read_yaml
+from longvid.jobs.config import ConfigError, add_config_flag, add_flags, flag_values, job_log, load_config, read_yaml
+from longvid.operators.settings import label, show
+from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -38,9 +40,6 @@ def find_recipe(name_or_path: str) -> Path:
 
 def parse_recipe(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = ""):
     """YAML mapping (+ flag overrides) -> TrainConfig; ConfigError names the file, stage, entry and field."""
-    from longvid.operators.settings import label, show
-    from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
-
     raw = dict(raw)
     where = f"{source}: " if source else ""
     stages_raw = raw.pop("stages", None)
@@ -78,31 +77,12 @@ def load_recipe(path: str | Path, **overrides: Any):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="recipe YAML (or a shipped name: tiny, 7b, 2b)")
-    p.add_argument("--out", help="output folder (stages/, ray/, summary.json)")
-    p.add_argument("--data-root", help="folder that relative shard globs and drop lists are taken from")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint in --out")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (0: in this process, no Ray)")
-    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (NCCL)")
-    p.add_argument("--strategy", choices=["ddp", "fsdp"], help="data parallel strategy (default ddp)")
-    p.add_argument("--exclude", action="append", help="drop list (one key per line, '#' comments); repeatable")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--llm-path", help="local Qwen2 directory to start from")
-    p.add_argument("--tokenizer", help="'test' or a local tokenizer directory")
-    p.add_argument("--seed", type=int, help="seed of the initial weights and the data order (recipe's, else 0)")
-    p.add_argument("--max-failures", type=int, help="worker failures Ray Train recovers from (default 3)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    add_config_flag(p, help="recipe YAML (or a shipped name: tiny, 7b, 2b)", required=True)
+    add_flags(p, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace):
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "exclude", "log_level")}
-    cfg = load_recipe(args.config, **overrides)
-    if args.exclude:
-        cfg.exclude = list(cfg.exclude) + list(args.exclude)
-        cfg.validate()
-    return cfg
+    return load_recipe(args.config, **flag_values(TrainConfig, args))
 
 
 def _preflight(cfg) -> None:

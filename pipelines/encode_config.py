@@ -1,4 +1,4 @@
-"""The settings of `longvid encode` (EncodeConfig), declared once: the job file's keys, the flags, their help and checks.
+"""The settings of `longvid encode` (EncodeConfig), declared once: the job file's keys, the flags, their help, checks.
 
 A module of its own, apart from pipelines/encode.py (which imports pyarrow), so that `longvid encode --help`
 imports nothing heavy.

@@ -99,7 +99,8 @@ class NiahEvalConfig(Settings):
                           help="auto (default: GPU actors when the cluster has GPUs), cpu or cuda")
     ray_address: str = like(Shared, "ray_address")
     num_cpus: int = like(Shared, "num_cpus")
-    threads: int = setting(0, ge=0, le=4096, help="torch threads of a CPU actor (default 0: Ray's for a 1-CPU actor, 1)")
+    threads: int = setting(0, ge=0, le=4096,
+                           help="torch threads of a CPU actor (default 0: Ray's, 1 for a 1-CPU actor)")
     use_ray: bool = setting(True, flags=("--no-ray",),
                             help="score in this process instead of Ray actors (debugging, small sets)")
     quiet: bool = like(Shared, "quiet")

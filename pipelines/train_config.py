@@ -18,7 +18,7 @@ from longvid.model.constants import MODEL_PRESETS
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.operators.mixture import parse_strategy, read_mixture
-from longvid.operators.settings import check_fields, label, setting, show
+from longvid.operators.settings import Settings, Shared, label, like, ordered, rule, setting, show
 from longvid.pipelines.loader import GROUP_BY
 from longvid.pipelines.train_sources import DataError, plan_source, source_media_type
 
@@ -30,7 +30,7 @@ PARTS = ("projector", "llm", "encoder")
 
 
 @dataclass
-class DataEntry:
+class DataEntry(Settings):
     """One source of a stage's mixture: shard globs (local or s3://), its weight, LLaVA sampling strategy.
 
     Or a whole released LLaVA-style mixture: `mixture` names its YAML (read by operators.mixture.read_mixture, as
@@ -47,15 +47,18 @@ class DataEntry:
     mixture: str = ""
     missing: str = setting("error", choices=("error", "skip"))  # error | skip (a dataset of a mixture with no shard)
 
-    def validate(self) -> None:
-        check_fields(self)
+    @rule
+    def mixture_globs_name_the_dataset(self) -> None:
         if self.mixture and not any("{name}" in s for s in self.shards):
             raise ConfigError("shards: with a mixture, the globs need a {name} placeholder")
+
+    @rule
+    def sampling_strategy(self) -> None:
         parse_strategy(self.sampling, "sampling")
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Settings):
     """One stage of the curriculum (see jobs/configs/train-*.yaml)."""
 
     name: str
@@ -100,23 +103,38 @@ class StageConfig:
     checkpoint_every: int = setting(0, ge=0)  # 0: the run's checkpoint_every
     exclude: list[str] = field(default_factory=list)
 
-    def validate(self) -> None:
-        check_fields(self)
+    @rule
+    def plain_folder_name(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"name: a plain folder name is required, got {show(self.name)}")
+
+    @rule
+    def encoder_trained_from_frames(self) -> None:
         if "encoder" in self.train and self.input == "tokens":
             raise ConfigError("train: the encoder cannot be trained from token shards (they hold a frozen "
                               "encoder's output); use input: frames for an encoder stage")
+
+    @rule
+    def encoder_as_stated(self) -> None:
         want = "trained" if "encoder" in self.train else "frozen"
         if self.encoder and self.encoder != want:
             raise ConfigError(f"encoder: says {self.encoder!r} but this stage's input/train make it {want!r}")
-        if self.min_frames > self.max_frames:
-            raise ConfigError(f"min_frames/max_frames: need min <= max, got {self.min_frames}, {self.max_frames}")
+
+    frames_in_order = ordered("min_frames", "max_frames")
+
+    @rule
+    def steps_or_epochs(self) -> None:
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError("steps/epochs: give exactly one of them (positive)")
+
+    @rule
+    def labels_of_the_template(self) -> None:
         if self.template == "plain" and self.label_mode == "assistant":
             raise ConfigError("label_mode: assistant applies to the qwen_2 template; plain has its own labels "
                               "(everything after <image>)")
+
+    @rule
+    def whole_micro_batches(self) -> None:
         if self.global_batch_size and self.global_batch_size % self.batch_size:
             raise ConfigError(f"global_batch_size: {self.global_batch_size} is not a multiple of batch_size "
                               f"{self.batch_size}")
@@ -146,42 +164,52 @@ class StageConfig:
 
 
 @dataclass
-class TrainConfig:
-    """A training recipe plus how to run it."""
+class TrainConfig(Settings):
+    """A training recipe plus how to run it: `longvid train`'s flags override the recipe's top-level fields."""
 
-    # a local or shared folder every worker can write (not s3://; shards may be on S3)
-    out: str = setting(required=True)
-    stages: list[StageConfig] = setting(required=True)
-    name: str = "train"
-    data_root: str = ""  # relative shard globs and drop lists are taken from here (default: the recipe's cwd)
-    model: str = setting("tiny", choices=MODEL_PRESETS)  # model.config preset
-    llm_path: str = ""  # local Qwen2 directory (weights); empty: randomly initialised LLM (tests, demo)
-    tokenizer: str = "test"  # "test" (built-in) or a local tokenizer directory
-    init_checkpoint: str = ""  # LLaVA-style VideoChat-Flash checkpoint to start from (projector + LLM [+ encoder])
-    encoder_checkpoint: str = ""  # stand-alone UMT .pt for frame stages
-    num_workers: int = setting(2, ge=0, le=65536)  # 0: in this process, without Ray (debugging)
-    use_gpu: bool = False
-    cpus_per_worker: float = setting(1.0, gt=0, le=1024)
-    strategy: str = setting("ddp", choices=("ddp", "fsdp"))
-    checkpoint_every: int = setting(100, ge=1)
-    keep_checkpoints: int = setting(2, ge=1)
-    max_failures: int = setting(3, ge=0)
-    seed: int = setting(0, ge=0)
-    exclude: list[str] = field(default_factory=list)  # audit drop lists for every stage
-    torch_threads: int = setting(1, ge=0, le=4096)  # per CPU worker
-    prefetch: int = setting(2, ge=0, le=1024)
-    resume: bool = False
-    ray_address: str = ""
-    num_cpus: int = setting(0, ge=0)  # embedded Ray only
-    record_keys: bool = False  # every rank writes the sample keys of each step to stages/<stage>/keys-rank<r>.jsonl
-    export: bool = True  # the final weights also in the Hugging Face layout, out/export/ (export_final)
-    quiet: bool = False
+    out: str = setting(required=True, help="output folder (stages/, ray/, summary.json): a local or shared path every "
+                                           "worker can write (not s3://; shards may be on S3)")
+    stages: list[StageConfig] = setting(required=True, flags=())  # the curriculum: only a recipe file holds it
+    name: str = setting("train", help="the run's name (its Ray Train folder out/ray/NAME, plot titles; default train)")
+    data_root: str = setting("", help="folder that relative shard globs and drop lists are taken from (default: the "
+                                      "cwd)")
+    model: str = setting("tiny", choices=MODEL_PRESETS, help="model preset (default tiny)")
+    llm_path: str = setting("", help="local Qwen2 directory to start from (default: a randomly initialised LLM, for "
+                                     "tests and the demo)")
+    tokenizer: str = setting("test", help="'test' (built-in, the default) or a local tokenizer directory")
+    init_checkpoint: str = setting("", help="LLaVA-style VideoChat-Flash checkpoint to start from (projector + LLM "
+                                            "[+ encoder])")
+    encoder_checkpoint: str = setting("", help="stand-alone UMT .pt for frame stages")
+    num_workers: int = setting(2, ge=0, le=65536, help="Ray Train workers (default 2; 0: in this process, no Ray)")
+    use_gpu: bool = setting(False, help="one GPU per worker (NCCL)")
+    cpus_per_worker: float = setting(1.0, gt=0, le=1024, help="CPUs per Ray Train worker (1)")
+    strategy: str = setting("ddp", choices=("ddp", "fsdp"), help="data parallel strategy (default ddp)")
+    checkpoint_every: int = setting(100, ge=1, help="steps between checkpoints (100; a stage may set its own)")
+    keep_checkpoints: int = setting(2, ge=1, help="Ray Train checkpoints kept (2)")
+    max_failures: int = setting(3, ge=0, help="worker failures Ray Train recovers from (default 3)")
+    seed: int = setting(0, ge=0, help="seed of the initial weights and the data order (recipe's, else 0)")
+    exclude: list[str] = setting(default_factory=list, adds=True,
+                                 help="audit drop list for every stage (one key per line, '#' comments); repeatable, "
+                                      "added to the recipe's")
+    torch_threads: int = setting(1, ge=0, le=4096, help="torch threads of a CPU worker (1)")
+    prefetch: int = setting(2, ge=0, le=1024, help="batches each worker's loader reads ahead (2)")
+    resume: bool = setting(False, help="continue from the last checkpoint in --out")
+    ray_address: str = like(Shared, "ray_address")
+    num_cpus: int = like(Shared, "num_cpus")
+    record_keys: bool = setting(False, help="every rank writes the sample keys of each step to "
+                                            "stages/<stage>/keys-rank<r>.jsonl")
+    export: bool = setting(True, help="do not also write the final weights in the Hugging Face layout (out/export/: "
+                                      "llm/ for transformers, vision.safetensors under the released names)")
+    quiet: bool = like(Shared, "quiet")
 
-    def validate(self) -> None:
-        check_fields(self)
+    @rule
+    def out_not_on_s3(self) -> None:
         if storage.is_s3(self.out):
             raise ConfigError("out: must be a local or shared path that every worker can write (not s3://); "
                               "shards may be on S3")
+
+    @rule
+    def stage_names_distinct(self) -> None:
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
