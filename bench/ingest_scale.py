@@ -122,9 +122,10 @@ def child(spec: dict) -> None:
     import ray
 
     import longvid.pipelines.ingest as ingest
+    import longvid.pipelines.ingest_config as ingest_config
 
-    for k, v in spec["constants"].items():
-        setattr(ingest, k, v)
+    for k, v in spec["constants"].items():  # the unit schedule's constants live with the settings
+        setattr(ingest_config if hasattr(ingest_config, k) else ingest, k, v)
     cfg = ingest.IngestConfig(**spec["config"])
     if cfg.records_per_unit == -1:  # the old default: one fixed unit of the shard-filling size
         cfg.records_per_unit = 0

@@ -2,7 +2,7 @@
 
 Every job has one dataclass of settings (operators/settings.py) whose fields are declared once: their defaults,
 rules, help texts and flag spellings. `add_flags` makes a job's parser from them (one flag per field: `--field-name`,
-its help, type and metavar; a bool that defaults to false is `--field-name`, one that defaults to true
+its help, type, metavar and declared choices; a bool that defaults to false is `--field-name`, one that defaults to true
 `--no-field-name`; a list's flag repeats or takes one separated value; a mapping's flag repeats as KEY=VALUE), and
 the YAML keys a job file may hold are the same fields. `load_config` takes the YAML mapping (if any), overrides it
 with the flags the user actually gave, converts flag and YAML spellings to the annotated types and runs the class's
@@ -199,6 +199,8 @@ def add_flags(p, *classes: type, skip: tuple[str, ...] = (), groups: dict[str, s
                 kw["type"] = tp
             if "metavar" not in kw and tp is not bool:
                 choices = static_choices(meta)
+                if choices and not meta.get("aliases") and "action" not in kw:
+                    kw["choices"] = choices  # a usage error naming the flag, as argparse gives it
                 if meta.get("metavar"):
                     kw["metavar"] = meta["metavar"]
                 elif choices:

@@ -18,141 +18,20 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from longvid.operators import storage
 from longvid.operators.annotation import AnnotatedSample, media_field, process_annotation, record_video_id
-from longvid.operators.decode import HWACCELS
 from longvid.operators.errors import ConfigError, MetadataError, RecordError, TransientError
-from longvid.operators.frames import RESIZE_METHODS
 from longvid.operators.isolate import IsolatedRunner
 from longvid.operators.mixture import AnnotationRecord
-from longvid.operators.mp4 import DEFAULT_CRF, coding_id
 from longvid.operators.process import ProcessOptions, manifest_row, process_record
 from longvid.operators.records import Failure, SourceRecord
-from longvid.operators.frame_rule import PROFILES, SPAN_RULE
-from longvid.operators.settings import check_fields, setting
-from longvid.operators.sources import available, get_adapter
+from longvid.operators.sources import get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
+from longvid.pipelines.ingest_config import IngestConfig, UnitSchedule
 from longvid.pipelines.outputs import JobOutput
 from longvid.pipelines.progress import Progress
-
-# Typical stored bytes per frame at the default coding (4:4:4 crf 15: 15-18 KB at 224, 48-67 KB at 448 on real
-# footage, BENCHMARKS.md "Stored frame fidelity"), used to choose records per unit so that a unit fills about one
-# shard. A guess only sets the unit size, never correctness.
-BYTES_PER_FRAME = {224: 18_000, 448: 60_000}
-
-# The default unit schedule (bench/ingest_scale.py, BENCHMARKS.md "Ingest concurrency"): RAMP_REPEAT units of
-# RAMP_FIRST rows, then RAMP_REPEAT of twice that, ... up to the shard-filling size. It depends on the row position
-# only (never on the cluster or on the corpus length), so a resumed job cuts the same units on any cluster, and a
-# corpus of a few hundred rows still makes tens of units. Changing these changes the job fingerprint.
-RAMP_FIRST = 8
-RAMP_REPEAT = 8
-# Decoder threads per record (IngestConfig.decoder_threads): 1, because every CPU already runs a unit.
-DECODER_THREADS = 1
-
-
-@dataclass(frozen=True)
-class UnitSchedule:
-    """Rows per unit: unit N has min(cap, first * 2 ** (N // repeat)) rows; repeat=0 means `first` rows always."""
-
-    first: int
-    repeat: int
-    cap: int
-
-    def size(self, n: int) -> int:
-        if not self.repeat:
-            return self.first
-        return min(self.cap, self.first << min(n // self.repeat, 62))
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """Row range [start, end) of unit n (for tests and reports; O(n))."""
-        start = sum(self.size(i) for i in range(n))
-        return start, start + self.size(n)
-
-    def describe(self) -> str:
-        if not self.repeat:
-            return f"fixed {self.first} rows per unit"
-        return f"{self.repeat} units of {self.first} rows, doubling every {self.repeat} units up to {self.cap}"
-
-
-@dataclass
-class IngestConfig:
-    """The settings of one ingest job; each field's constraints are declared here (operators/settings.py)."""
-
-    source: str = setting(choices=available)
-    metadata: list[str] = setting(required=True)
-    videos: str = setting(required=True)  # folder or s3://bucket/prefix of the videos
-    out: str = setting(required=True)  # folder or s3://bucket/prefix
-    profile: str = setting("long", choices=PROFILES)
-    shard_size_mb: float = setting(1024.0, gt=0, le=2**20)
-    records_per_unit: int = setting(0, ge=0)  # 0: the ramp schedule (UnitSchedule); N: every unit has N rows
-    limit: int = setting(0, ge=0)  # 0: all input rows
-    backend: str = setting("pyav", choices=("pyav", "decord"))
-    # keyframe: each frame snapped to its nearest keyframe, exactness traded for speed (README "Decode knobs")
-    decode_mode: str = setting("auto", choices=("auto", "keyframe"))
-    hwaccel: str = setting("none", choices=HWACCELS)  # auto: NVDEC where a node has a CUDA device, never for exact frames
-    crf: int = setting(DEFAULT_CRF, ge=0, le=51)  # of the stored mp4 (BENCHMARKS.md "Stored frame fidelity")
-    # torch: antialiased bicubic, 1-2/255 off the exact PIL resize on ~0.1% of values; pil: exact
-    resize: str = setting("torch", choices=RESIZE_METHODS)
-    long_time_msg: bool = False
-    decode_timeout_s: float = setting(600.0, gt=0, le=7 * 86400)
-    decoder_memory_mb: int = setting(4096, ge=0, le=2**30)  # address-space cap of a decoder process; 0: none
-    max_in_flight: int = setting(0, ge=0)  # 0: twice the cluster's CPUs
-    decoder_threads: int = setting(DECODER_THREADS, ge=0, le=1024)  # FFmpeg threads per decoder; 0: FFmpeg's choice
-    num_cpus: int = setting(0, ge=0)  # embedded Ray only; 0: all cores
-    ray_address: str = ""
-    s3_endpoint_url: str = ""
-    s3_profile: str = ""
-    s3_region: str = ""
-    source_options: dict[str, Any] = field(default_factory=dict)  # checked by the source's adapter
-    quiet: bool = False
-
-    def validate(self) -> None:
-        check_fields(self)
-        for name in ("decode_mode", "hwaccel"):
-            if getattr(self, name) != IngestConfig.__dataclass_fields__[name].default and self.backend != "pyav":
-                raise ConfigError(f"{name}: {getattr(self, name)} needs --backend pyav (got {self.backend})")
-        try:  # the adapter knows its options: ConfigError naming source_options.<name>
-            get_adapter(self.source).check_options(dict(self.source_options))
-        except ValueError as e:
-            msg = str(e)
-            raise ConfigError(msg if msg.startswith("source_options") else f"source_options: {msg}") from None
-
-    def unit_size(self) -> int:
-        """The largest unit: --records-per-unit, else the rows that fill about one shard (8..4096)."""
-        if self.records_per_unit:
-            return self.records_per_unit
-        p = PROFILES[self.profile]
-        per_sample = p.hi * BYTES_PER_FRAME.get(p.resolution, 18_000)
-        return int(min(4096, max(8, self.shard_size_mb * 2**20 // per_sample)))
-
-    def unit_schedule(self) -> UnitSchedule:
-        """--records-per-unit N: N rows per unit. Default: the ramp from RAMP_FIRST rows up to unit_size()."""
-        if self.records_per_unit:
-            return UnitSchedule(self.records_per_unit, 0, self.records_per_unit)
-        cap = self.unit_size()
-        return UnitSchedule(min(RAMP_FIRST, cap), RAMP_REPEAT, cap)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Settings that change what is written: a re-run into the same --out must match them."""
-        keys = ("source", "metadata", "profile", "shard_size_mb", "limit", "backend", "decode_mode", "crf",
-                "long_time_msg", "source_options")
-        d = {k: getattr(self, k) for k in keys}
-        if self.hwaccel != "none":  # jobs from before the setting decoded in software: their fingerprint stays valid
-            d["hwaccel"] = self.hwaccel
-        if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
-            d["resize"] = self.resize
-        d["videos"] = self.videos
-        d["span_rule"] = SPAN_RULE  # spans by the reference's seconds rule: a folder written before (no key) is refused
-        d["mp4_coding"] = coding_id()  # a folder written with another coding (before: yuv420p, no key) is refused
-        sched = self.unit_schedule()
-        d["records_per_unit"] = sched.first if not sched.repeat else 0  # a fixed size reads as it always did
-        if sched.repeat:
-            d["unit_schedule"] = {"first": sched.first, "repeat": sched.repeat, "cap": sched.cap}
-        return d
-
 
 # ---------------------------------------------------------------------------------------------------- units
 

@@ -26,84 +26,12 @@ from typing import Any
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, TransientError
 from longvid.operators.mixture import DatasetPlan, MixtureError, iter_records, plan_dataset, read_mixture, read_roots
-from longvid.operators.process import ProcessOptions
-from longvid.operators.settings import setting
 from longvid.operators.write import manifest_name
 from longvid.pipelines import ingest as raw
+from longvid.pipelines.ingest_config import MixtureConfig
 from longvid.pipelines.outputs import JobOutput, versions
 
 MIXTURE_JOB = "ingest-mixture"  # DIR/job.json of a mixture ingest (each dataset folder's is an "ingest" job.json)
-# What the mixture ingest writes per record kind; part of every dataset folder's fingerprint: change it whenever the
-# sample json or members of a kind change (operators/annotation.py).
-ANNOTATION_SAMPLES = "mixture-v1"
-
-
-def _like(name: str) -> Any:
-    """The field `name` of IngestConfig, declared once there: the same default and constraints here."""
-    f = raw.IngestConfig.__dataclass_fields__[name]
-    return dataclasses.field(default=f.default, metadata=f.metadata)
-
-
-@dataclass
-class MixtureConfig:
-    """The settings of one mixture ingest; the processing settings are the raw ingest's (IngestConfig)."""
-
-    mixture: str = setting(required=True)  # the mixture YAML (local or s3://)
-    out: str = setting(required=True)  # DIR: one folder per dataset below it
-    roots: str = ""  # a YAML file mapping data_root strings to local folders or s3:// prefixes
-    annotations: str = ""  # the folder json_path is relative to (default: the mixture's folder)
-    profile: str = _like("profile")
-    shard_size_mb: float = _like("shard_size_mb")
-    records_per_unit: int = _like("records_per_unit")
-    limit: int = _like("limit")  # 0: every selected record; N: the first N selected records of each dataset
-    backend: str = _like("backend")
-    crf: int = _like("crf")
-    resize: str = _like("resize")
-    long_time_msg: bool = False
-    decode_timeout_s: float = _like("decode_timeout_s")
-    decoder_memory_mb: int = _like("decoder_memory_mb")
-    max_in_flight: int = _like("max_in_flight")
-    decoder_threads: int = _like("decoder_threads")
-    num_cpus: int = _like("num_cpus")
-    ray_address: str = ""
-    s3_endpoint_url: str = ""
-    s3_profile: str = ""
-    s3_region: str = ""
-    quiet: bool = False
-
-    # units are cut as the raw ingest cuts them (same rows per unit for the same profile and shard size)
-    unit_size = raw.IngestConfig.unit_size
-    unit_schedule = raw.IngestConfig.unit_schedule
-
-    def fingerprint(self, plan: DatasetPlan) -> dict[str, Any]:
-        """What a dataset folder's job.json records: the raw ingest's processing settings (profile, coding, span
-        rule, unit schedule, ...) and the dataset (annotation file, strategy, roots, media type, record count)."""
-        like = raw.IngestConfig(source="", metadata=[], videos="", out=self.out, **{
-            k: getattr(self, k) for k in ("profile", "shard_size_mb", "records_per_unit", "limit", "backend", "crf",
-                                          "resize", "long_time_msg")})
-        fp = {k: v for k, v in like.fingerprint().items()
-              if k not in ("source", "metadata", "videos", "source_options", "decode_mode")}
-        ds = plan.dataset
-        fp["samples"] = ANNOTATION_SAMPLES
-        fp["dataset"] = {
-            "name": ds.name,
-            "json_path": ds.json_path,
-            "annotation": plan.annotation,
-            "sampling_strategy": str(ds.strategy),
-            "data_root": ds.data_root,
-            "media_root": ds.media_root or "",
-            "video_read_type": ds.video_read_type,
-            "media_type": plan.media_type,
-            "records": plan.total,
-        }
-        return fp
-
-    def process_options(self) -> ProcessOptions:
-        return ProcessOptions(videos_root="", profile=self.profile, backend=self.backend, crf=self.crf,
-                              long_time_msg=self.long_time_msg, resize=self.resize,
-                              decoder_threads=self.decoder_threads or None)
-
-
 @dataclass
 class _Dataset:
     plan: DatasetPlan

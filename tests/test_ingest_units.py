@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import longvid.pipelines.ingest as ingest
+import longvid.pipelines.ingest_config as ingest_config
 from longvid.operators.errors import ConfigError
 from longvid.operators.records import Failure, SourceRecord, TextSpan
 from longvid.operators.frame_rule import PROFILES
@@ -40,15 +41,15 @@ def record(i: int) -> SourceRecord:
 def test_default_schedule_ramps_up_to_the_shard_filling_size():
     c = cfg(profile="long")
     s = c.unit_schedule()
-    assert s == UnitSchedule(ingest.RAMP_FIRST, ingest.RAMP_REPEAT, c.unit_size())
+    assert s == UnitSchedule(ingest_config.RAMP_FIRST, ingest_config.RAMP_REPEAT, c.unit_size())
     sizes = [s.size(n) for n in range(200)]
-    r, f = ingest.RAMP_REPEAT, ingest.RAMP_FIRST
+    r, f = ingest_config.RAMP_REPEAT, ingest_config.RAMP_FIRST
     assert sizes[:r] == [f] * r and sizes[r:2 * r] == [2 * f] * r and sizes[2 * r:3 * r] == [4 * f] * r
     assert all(a <= b for a, b in zip(sizes, sizes[1:]))  # never shrinks
     assert max(sizes) == sizes[-1] == c.unit_size()  # ends at one shard's worth of rows
     # the bound is the shard size: a smaller shard gives a smaller largest unit, never below 8 rows
     assert cfg(profile="long", shard_size_mb=64).unit_schedule().cap < s.cap
-    assert cfg(profile="long", shard_size_mb=0.01).unit_schedule() == UnitSchedule(8, ingest.RAMP_REPEAT, 8)
+    assert cfg(profile="long", shard_size_mb=0.01).unit_schedule() == UnitSchedule(8, ingest_config.RAMP_REPEAT, 8)
 
 
 def test_records_per_unit_is_a_fixed_size_and_keeps_its_old_fingerprint():
@@ -62,7 +63,7 @@ def test_records_per_unit_is_a_fixed_size_and_keeps_its_old_fingerprint():
 def test_fingerprint_names_the_schedule():
     a = cfg().fingerprint()
     assert a["records_per_unit"] == 0
-    assert a["unit_schedule"] == {"first": ingest.RAMP_FIRST, "repeat": ingest.RAMP_REPEAT, "cap": cfg().unit_size()}
+    assert a["unit_schedule"] == {"first": ingest_config.RAMP_FIRST, "repeat": ingest_config.RAMP_REPEAT, "cap": cfg().unit_size()}
     assert cfg(records_per_unit=8).fingerprint() != a
     assert cfg(shard_size_mb=64).fingerprint()["unit_schedule"] != a["unit_schedule"]
     # settings that do not change the cut or the bytes are not part of it: a resume may use another cluster
@@ -84,10 +85,10 @@ def test_a_small_corpus_makes_enough_units_for_every_cpu(profile, rows):
     RAMP_REPEAT units as soon as there are RAMP_REPEAT * RAMP_FIRST rows."""
     units = list(cut_units(iter(range(rows)), cfg(profile=profile).unit_schedule()))
     cpus = max(2, os.cpu_count() or 1)
-    assert len(units) >= min(2 * cpus, rows // ingest.RAMP_FIRST)
+    assert len(units) >= min(2 * cpus, rows // ingest_config.RAMP_FIRST)
     assert len(units) >= 3  # even 24 rows: 8 + 8 + 8
-    if rows >= ingest.RAMP_FIRST * ingest.RAMP_REPEAT:
-        assert len(units) >= ingest.RAMP_REPEAT
+    if rows >= ingest_config.RAMP_FIRST * ingest_config.RAMP_REPEAT:
+        assert len(units) >= ingest_config.RAMP_REPEAT
     old = list(cut_units(iter(range(rows)), cfg(profile=profile).unit_size()))
     if profile in ("long", "highres"):
         assert len(old) <= 9  # what the ramp fixes (3 units at the long profile, 9 at highres for 300 rows)
