@@ -33,8 +33,7 @@ import numpy as np
 
 from longvid.model.constants import IGNORE_INDEX
 from longvid.operators import storage
-from longvid.operators.errors import ConfigError
-from longvid.operators.settings import check_fields, setting
+from longvid.operators.settings import Settings, ordered, setting
 from longvid.operators.shards import Group, TarError, iter_groups, open_shard, tune_malloc
 from longvid.operators.train_sample import (
     FRAME_EXT,
@@ -244,7 +243,7 @@ GROUP_BY = ("none", "length", "modality_length")
 
 
 @dataclass
-class LoaderConfig:
+class LoaderConfig(Settings):
     """What one worker's loader for one stage needs (JSON-friendly); constraints as in operators/settings.py."""
 
     sources: list[dict[str, Any]]  # SourcePlan.to_dict()
@@ -267,10 +266,7 @@ class LoaderConfig:
     # must check the batch itself, e.g. on the device after the copy. Not used by the trainer: an evaluation knob.
     check_finite: bool = True
 
-    def validate(self) -> None:
-        check_fields(self)
-        if self.min_frames > self.max_frames:
-            raise ConfigError(f"min_frames/max_frames: need min <= max, got {self.min_frames}, {self.max_frames}")
+    frames_in_order = ordered("min_frames", "max_frames")
 
 
 class StageLoader:
