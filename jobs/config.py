@@ -195,9 +195,11 @@ def add_flags(p, *classes: type, skip: tuple[str, ...] = (), groups: dict[str, s
             elif origin in (list, tuple) or tp in (list, tuple):
                 if not meta.get("comma"):
                     kw["action"] = "append"
+                if meta.get("metavar"):
+                    kw["metavar"] = meta["metavar"]
             elif tp in (int, float):
                 kw["type"] = tp
-            if "metavar" not in kw and tp is not bool:
+            if "metavar" not in kw and tp in (int, float, str):
                 choices = static_choices(meta)
                 if choices and not meta.get("aliases") and "action" not in kw:
                     kw["choices"] = choices  # a usage error naming the flag, as argparse gives it
@@ -252,21 +254,3 @@ def config_from_args(cls: type, args: Any, file_values: dict[str, Any] | None = 
     if file_values is None:
         file_values = read_yaml(path) if path else {}
     return load_config(cls, file_values, flag_values(cls, args), source=path or "")
-
-
-# ------------------------------------------------------------- TEMPORARY: the old helpers until every job is converted
-from longvid.model.constants import MODEL_PRESETS  # noqa: E402,F401
-from longvid.operators.settings import DTYPE_NAMES, TORCH_DTYPES  # noqa: E402
-
-
-def dtype_help(what: str, names: tuple[str, ...] = DTYPE_NAMES) -> str:
-    return f"{what}: {' | '.join(names)} (or the torch names {', '.join(TORCH_DTYPES[n] for n in names)})"
-
-
-def add_cluster_arguments(p) -> None:
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--s3-endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--s3-profile", help="AWS profile for S3")
-    p.add_argument("--s3-region", help="AWS region for S3")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")

@@ -19,10 +19,14 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from longvid.jobs.config import add_flags, config_from_args
 from longvid.operators.errors import ConfigError
+from longvid.operators.frame_rule import PROFILES
+from longvid.operators.settings import Settings, Shared, like, setting
 
 # the pipelines (pandas, pyarrow, Ray...) are imported where used: `longvid --help` must not wait for them
 STAGES = ("ingest", "encode", "audit", "train", "niah")
@@ -30,6 +34,20 @@ MARKER = ".longvid-demo.json"  # our demo folder: what the demo wrote there, so 
 OWNER_FILE = ".longvid-owner.json"  # pipelines.ray_session.OWNER_FILE (the lock of a running job)
 STAGE_DIRS = {"corpus": ["corpus"], "ingest": ["ingest"], "encode": ["tokens"], "audit": ["audit", "benchmarks"],
               "train": ["train"], "niah": ["niah"]}
+
+
+@dataclass
+class DemoConfig(Settings):
+    """The settings of `longvid demo` (flags only: the demo takes no job file)."""
+
+    out: str = setting("longvid-demo", help="output folder (default ./longvid-demo): new or empty, or a demo folder of "
+                                            "an earlier run, whose demo files are replaced (nothing else there is "
+                                            "touched); any other folder is refused")
+    per_source: int = setting(3, ge=1, le=1000, help="videos per source (default 3)")
+    num_cpus: int = like(Shared, "num_cpus")
+    profile: str = setting("long", choices=PROFILES, help="sampling profile (default long)")
+    stages: list[str] = setting(default_factory=lambda: list(STAGES), choices=STAGES, comma=True,
+                                help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
 
 
 def _tree(root: Path) -> tuple[set[str], set[str]]:
@@ -415,14 +433,9 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
 
 
 def run(args: argparse.Namespace) -> int:
-    stages = tuple(s for s in args.stages.split(",") if s) if args.stages else STAGES
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        print(f"demo: --stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}",
-              file=sys.stderr)
-        return 2
-    res = run_demo(Path(args.out), per_source=args.per_source, num_cpus=args.num_cpus or 0, profile=args.profile,
-                   stages=stages, native_stderr=True)
+    cfg = config_from_args(DemoConfig, args)
+    res = run_demo(Path(cfg.out), per_source=cfg.per_source, num_cpus=cfg.num_cpus, profile=cfg.profile,
+                   stages=tuple(cfg.stages) or STAGES, native_stderr=True)
     bad = [s for s, v in res.get("ingest", {}).items() if not v["samples"] or not v.get("complete", True)]
     if not res.get("mixture", {}).get("ingest", {}).get("complete", True):
         bad.append("mixture")
@@ -430,13 +443,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="longvid-demo",
-                   help="output folder (default ./longvid-demo): new or empty, or a demo folder of an earlier run, "
-                        "whose demo files are replaced (nothing else there is touched); any other folder is refused")
-    p.add_argument("--per-source", type=int, default=3, help="videos per source (default 3)")
-    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--profile", default="long", help="sampling profile (default long)")
-    p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    add_flags(p, DemoConfig)
 
 
 def register(sub) -> None:
@@ -446,11 +453,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longvid demo")
-    add_arguments(p)
-    return run(p.parse_args(argv))
+if __name__ == "__main__":  # `python -m longvid.jobs.demo ARGS` is `longvid demo ARGS`
+    from longvid.jobs.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["demo", *sys.argv[1:]]))
