@@ -239,7 +239,8 @@ class LocalCluster:
             node = self.nodes[name]
             if node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGTERM)  # ray start --block stops the processes it started
-        deadline = time.monotonic() + 30
+        # a head that ran a Ray Train job can take 30 s and more to stop gracefully: SIGKILL what is left after 8 s
+        deadline = time.monotonic() + 8
         while time.monotonic() < deadline and any(n.proc.poll() is None for n in self.nodes.values()):
             time.sleep(0.3)
         for node in self.nodes.values():
@@ -283,6 +284,12 @@ class LocalCluster:
         """Every attempt of the tasks of this function name: node_id, state, attempt_number, ..."""
         data = self._state(f"/api/v0/tasks?limit=10000&detail=1&filter_keys=name&filter_predicates=%3D"
                            f"&filter_values={name}")
+        return data["data"]["result"]["result"]
+
+    def actors(self, class_name: str) -> list[dict]:
+        """Every actor of this class, alive or dead: node_id, state, job_id, ..."""
+        data = self._state(f"/api/v0/actors?limit=10000&detail=1&filter_keys=class_name&filter_predicates=%3D"
+                           f"&filter_values={class_name}")
         return data["data"]["result"]["result"]
 
     def wait_nodes(self, names: list[str], timeout: float = 180) -> None:

@@ -6,16 +6,21 @@ naming it; token auth on.
   units really ran on more than one node (the State API's task attempts, by node id);
 - a worker node whose processes are killed (SIGKILL, by pid) while it runs a unit: Ray re-runs the unit elsewhere
   and the job completes with the same bytes;
+- `longvid train` with two Ray Train workers on the cluster gives the same losses and weights as on one node, and
+  the workers ran on two nodes;
 - a local --out, or local --videos, that one node does not see is refused before any work (exit 2 naming the
   path, suggesting s3:// or a shared mount). How the node is made not to see it: worker node w2 runs in its own mount namespace
   (`unshare -m --propagation private`, root only) with an empty tmpfs mounted over one folder, so its processes
   see another, empty folder at that path, as a node without the shared mount would. Every other path is the
   same folder for all three nodes. Without root (no unshare -m) that test is skipped, saying so.
 
-Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short.
+Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short; a 4-step tiny-model
+train on 12 synthetic token samples. The tests share one cluster and run in file order: the node-kill test comes
+last (w1 is gone after it).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from longvid.synthetic.faulty_corpus import make_corpus
 from tests.multinode import LocalCluster, can_private_mount
@@ -114,6 +120,55 @@ def test_ingest_on_three_nodes_equals_one_node(multinode_cluster, corpus, refere
     finished = {n for n, states in ran.items() if "FINISHED" in states}
     assert len(finished) >= 2, f"every unit ran on one node: {ran}"
     assert finished <= {"head", "w1", "w2"}
+
+
+TRAIN_RECIPE = {
+    "name": "mn", "model": "tiny", "tokenizer": "test", "num_workers": 2, "checkpoint_every": 2, "seed": 0,
+    "quiet": True, "export": False,
+    "stages": [{"name": "s1", "input": "tokens", "encoder": "frozen", "train": ["projector", "llm"],
+                "max_frames": 16, "max_len": 1024, "lr": 1e-3, "steps": 4, "batch_size": 2, "shuffle_buffer": 4,
+                "mix": "samples", "template": "plain", "group_by": "none",
+                "data": [{"shards": ["tokens/*/shards/*.tar"]}]}],
+}
+STEP_FIELDS = ("step", "loss", "grad_norm", "lr", "samples", "tokens", "visual_tokens_per_sample")
+
+
+def train_cmd(recipe: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longvid", "train", "--config", str(recipe), "--data-root", str(data), "--out",
+            str(out), *extra]
+
+
+def train_result(out: Path) -> tuple[bytes, list[dict]]:
+    rows = [json.loads(x) for x in (out / "stages/s1/metrics.jsonl").read_text().splitlines() if x.strip()]
+    return (out / "stages/s1/model.safetensors").read_bytes(), [{k: r.get(k) for k in STEP_FIELDS} for r in rows]
+
+
+def test_train_on_three_nodes_equals_one_node(multinode_cluster, tmp_path_factory):
+    """Two Ray Train workers (1 CPU each) on the cluster, against the same recipe on an embedded Ray of 2 CPUs:
+    the same losses and byte-identical weights; the workers ran on two nodes."""
+    from longvid.synthetic.shards import write_synthetic_token_shards
+
+    data = tmp_path_factory.mktemp("mn-train")
+    write_synthetic_token_shards(str(data / "tokens/webvid"), 12, source="webvid", frames=(4, 16), duration=(4, 12),
+                                 per_shard=4)
+    recipe = data / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(TRAIN_RECIPE, sort_keys=False))
+    ref = run(train_cmd(recipe, data, data / "ref", "--num-cpus", "2"))
+    assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
+    before = {a.get("job_id") for a in multinode_cluster.actors("RayTrainWorker")}
+    r = run(train_cmd(recipe, data, data / "cluster", "--ray-address", multinode_cluster.gcs),
+            env=multinode_cluster.client_env())
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "out, data seen alike by all 3 nodes" in r.stdout + r.stderr
+    weights, steps = train_result(data / "cluster")
+    ref_weights, ref_steps = train_result(data / "ref")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["samples"] == 4 for s in steps)
+    assert steps == ref_steps
+    assert weights == ref_weights, "the weights differ from the one-node run"
+    by_id = {v: k for k, v in multinode_cluster.node_ids().items()}
+    nodes = [by_id.get(a.get("node_id"), "?") for a in multinode_cluster.actors("RayTrainWorker")
+             if a.get("job_id") not in before]
+    assert len(nodes) == 2 and len(set(nodes)) == 2, nodes  # 1 CPU per node: one worker per node
 
 
 @pytest.mark.skipif(not PRIVATE, reason="needs `unshare -m` (root) to give one node a private view of a folder")
