@@ -169,7 +169,8 @@ class TrainConfig(Settings):
 
     out: str = setting(required=True, help="output folder (stages/, ray/, summary.json): a local or shared path every "
                                            "worker can write (not s3://; shards may be on S3)")
-    stages: list[StageConfig] = setting(required=True, flags=())  # the curriculum: only a recipe file holds it
+    stages: list[StageConfig] = setting(required=True, flags=(),
+                                        help="the curriculum's stages in order (only a recipe file holds them)")
     name: str = setting("train", help="the run's name (its Ray Train folder out/ray/NAME, plot titles; default train)")
     data_root: str = setting("", help="folder that relative shard globs and drop lists are taken from (default: the "
                                       "cwd)")

@@ -1,22 +1,34 @@
 """The `longvid` command as a user meets it: help and version, one line and exit 2 for every user mistake before any
-work (bad paths, storage that cannot be used, bad values), --log-level, one dtype spelling, config files that exist."""
+work (bad paths, storage that cannot be used, bad values), --log-level, one dtype spelling, config files that exist,
+and every setting declared once: its flag, help and job file key come from the same field."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import itertools
 import logging
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from longvid import __version__
 from longvid.jobs.cli import build_parser, main, setup_logging, subparsers
-from longvid.jobs.config import ConfigError, job_log, load_config
+from longvid.jobs.config import ConfigError, add_config_flag, add_flags, flag_values, job_log, load_config
+from longvid.jobs.demo import DemoConfig
 from longvid.model.constants import MODEL_PRESETS
+from longvid.operators.audit.config import AuditConfig
+from longvid.operators.settings import Settings, field_types, ordered, setting
+from longvid.pipelines.encode_config import EncodeConfig
+from longvid.pipelines.ingest_config import IngestConfig, MixtureConfig
+from longvid.pipelines.niah_config import NiahBuildConfig, NiahEvalConfig
+from longvid.pipelines.plan_config import PlanConfig
+from longvid.pipelines.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +131,97 @@ def test_log_level_anywhere_and_it_filters_progress(capsys):
     err = capsys.readouterr().err
     assert "unit 1: shown" in err and "quiet please" not in err
     assert (log.level, list(log.handlers)) == before  # main() leaves the process's logging as it found it
+
+
+# ------------------------------------------------------------------------------ settings: declared once, next to the field
+
+# command -> the settings classes whose fields are its flags and the keys of its job file (--config)
+SETTINGS = {"longvid ingest": (IngestConfig, MixtureConfig), "longvid encode": (EncodeConfig,),
+            "longvid plan": (PlanConfig,), "longvid train": (TrainConfig,), "longvid audit": (AuditConfig,),
+            "longvid niah build": (NiahBuildConfig,), "longvid niah eval": (NiahEvalConfig,),
+            "longvid demo": (DemoConfig,)}
+RUN_FLAGS = {"longvid audit": {"manifests", "benchmarks", "out", "benchmark_videos", "strict_benchmarks",
+                               "fail_on_leak", "s3_endpoint_url", "s3_profile", "s3_region"}}  # what to audit, where
+NO_JOB_FILE = {"longvid demo"}
+
+
+def _known_keys(cls: type) -> set[str]:
+    """The keys a job file of `cls` may hold, as load_config names them when it meets another."""
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, {"no_such_setting": 1})
+    return set(re.search(r"unknown field \(known: (.*)\)$", str(e.value)).group(1).split(", "))
+
+
+def test_every_setting_is_a_flag_with_its_help_and_the_job_file_keys_are_the_flags():
+    parsers = dict(_all_parsers(build_parser()))
+    with_flags = {path for path, p in parsers.items()
+                  if any(a.dest not in ("help", "version", "log_level") for a in p._actions if a.option_strings)}
+    assert with_flags == set(SETTINGS)  # every command with flags has its settings below
+    for path, classes in SETTINGS.items():
+        flags = {a.dest: a for a in parsers[path]._actions if a.option_strings and a.dest not in ("help", "log_level")}
+        fields = {f.name: (cls, f) for cls in reversed(classes) for f in dataclasses.fields(cls)}
+        structures = set()
+        for name, (cls, f) in fields.items():
+            assert f.metadata.get("help"), f"{cls.__name__}.{name}: no help"
+            if f.metadata.get("flags") == ():  # a structure only a job file holds: a list of settings
+                item = typing.get_args(field_types(cls)[name])[0]
+                assert issubclass(item, Settings), f"{cls.__name__}.{name} has no flag"
+                structures.add(name)
+                continue
+            assert name in flags, f"{path}: {cls.__name__}.{name} has no flag"
+        for name, a in flags.items():
+            if name in fields:  # the flag's help is the field's, as declared
+                assert a.help.replace("%%", "%") == fields[name][1].metadata["help"], (path, name)
+        keys = set(fields) if path in NO_JOB_FILE else set().union(*map(_known_keys, classes))
+        assert keys == set(fields)
+        assert keys - structures == set(flags) - RUN_FLAGS.get(path, set()) - {"config"}, path
+        assert ("config" in flags) == (path not in NO_JOB_FILE), path
+
+
+@dataclasses.dataclass
+class _Toy(Settings):
+    name: str = setting("a", choices=("a", "b"), help="a name")
+    late: str = setting("x", choices=lambda: ("x", "y"), help="choices known when a config is checked")
+    count: int = setting(1, ge=0, help="a count")
+    top: int = setting(10, help="the count's bound")
+    ratio: float = setting(0.5, help="a ratio")
+    loud: bool = setting(False, help="be loud")
+    ray: bool = setting(True, flags=("--no-ray",), help="no Ray")
+    export: bool = setting(True, help="no export")
+    paths: list[str] = setting(default_factory=list, adds=True, help="paths, added to the file's")
+    sizes: list[int] = setting(default_factory=lambda: [1, 2], comma=True, help="sizes")
+    opts: dict[str, Any] = setting(default_factory=dict, flags=("--opt",), adds=True, help="options")
+
+    count_le_top = ordered("count", "top")
+
+
+def _toy(argv: list[str], file: dict | None = None) -> _Toy:
+    p = argparse.ArgumentParser(prog="toy")
+    add_config_flag(p)
+    add_flags(p, _Toy)
+    return load_config(_Toy, file or {}, flag_values(_Toy, p.parse_args(argv)), source="toy.yaml")
+
+
+def test_flags_are_made_from_the_fields():
+    assert _toy([]) == _Toy()  # no flag given: the defaults (or the file's values)
+    assert _toy([], {"count": 2, "loud": "yes"}) == _Toy(count=2, loud=True)
+    cfg = _toy(["--name", "b", "--count", "3", "--ratio", "2", "--loud", "--no-ray", "--no-export", "--paths", "x",
+                "--paths", "y", "--sizes", "4,5", "--opt", "k=3", "--opt", "s=text", "--late", "y"],
+               {"paths": ["f"], "opts": {"k": 1, "z": 2}, "count": 9})
+    assert cfg == _Toy(name="b", late="y", count=3, ratio=2.0, loud=True, ray=False, export=False,
+                       paths=["f", "x", "y"], sizes=[4, 5], opts={"k": 3, "z": 2, "s": "text"})
+    for argv in (["--name", "c"], ["--count", "x"], ["--loud=1"]):  # argparse's usage errors, naming the flag
+        with pytest.raises(SystemExit):
+            _toy(argv)
+    for argv, message in ((["--late", "z"], "late: must be one of x, y; got 'z'"),
+                          (["--count", "-1"], "count: must be >= 0, got -1"),
+                          (["--count", "11"], "count/top: need min <= max, got 11, 10"),
+                          (["--opt", "novalue"], "--opt: expected KEY=VALUE, got 'novalue'")):
+        with pytest.raises(ConfigError) as e:
+            _toy(argv)
+        assert str(e.value) == message  # a flag's value: the file is not named
+    with pytest.raises(ConfigError, match=r"^toy.yaml: top: expected an integer"):
+        _toy([], {"top": "ten"})
 
 
 # ------------------------------------------------------------------------------------------------ user mistakes

@@ -17,17 +17,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from longvid.jobs.cli import build_parser, subparsers
 from longvid.jobs.config import MAX_YAML_BYTES, ConfigError, load_config, read_yaml
+from longvid.jobs.demo import DemoConfig
 from longvid.jobs.train import parse_recipe
-from longvid.operators.audit.core import AuditConfig
+from longvid.operators.audit.config import AuditConfig
 from longvid.operators.settings import INT_MAX, MAX_STR, check_fields, field_types, label
-from longvid.pipelines.encode import EncodeConfig
-from longvid.pipelines.ingest import IngestConfig
-from longvid.pipelines.niah_build import NiahBuildConfig
-from longvid.pipelines.niah_eval import NiahEvalConfig
-from longvid.pipelines.plan import PlanConfig
-from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
+from longvid.pipelines.encode_config import EncodeConfig
+from longvid.pipelines.ingest_config import IngestConfig, MixtureConfig
 from longvid.pipelines.loader import LoaderConfig
+from longvid.pipelines.niah_config import NiahBuildConfig, NiahEvalConfig
+from longvid.pipelines.plan_config import PlanConfig
+from longvid.pipelines.train_config import DataEntry, StageConfig, TrainConfig
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -55,6 +56,7 @@ def _bases(niah_set: str) -> dict[type, dict]:
     """A valid mapping per settings class; the fuzz replaces one key of it."""
     return {
         IngestConfig: {"source": "webvid", "metadata": ["m.csv"], "videos": "v", "out": "o"},
+        MixtureConfig: {"mixture": "mix.yaml", "out": "o"},
         EncodeConfig: {"shards": "in", "out": "out", "model": "tiny"},
         PlanConfig: {},
         NiahBuildConfig: {"haystack": "h", "needles": "n", "images": "i", "out": "o", "model": "tiny"},
@@ -63,6 +65,7 @@ def _bases(niah_set: str) -> dict[type, dict]:
         DataEntry: {"shards": ["x/*.tar"]},
         StageConfig: {"name": "s1", "data": [DataEntry(["x/*.tar"])], "steps": 1},
         LoaderConfig: {"sources": [], "batch_size": 1},
+        DemoConfig: {},
     }
 
 
@@ -128,7 +131,7 @@ def test_hostile_source_option_names_the_option(source_option, value):
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0), v
 
 
-@pytest.mark.parametrize("cls", [IngestConfig, EncodeConfig, PlanConfig, NiahBuildConfig, StageConfig],
+@pytest.mark.parametrize("cls", [IngestConfig, MixtureConfig, EncodeConfig, PlanConfig, NiahBuildConfig, StageConfig],
                          ids=lambda c: c.__name__)
 def test_each_classic_mistake_names_its_field(cls, niah_set):
     base = _bases(niah_set)[cls]
@@ -263,29 +266,67 @@ def test_cli_hostile_job_file_exits_2_with_one_line(tmp_path, name, text, extra)
     assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()
 
 
-INGEST_FLAGS = ["--shard-size-mb", "--records-per-unit", "--limit", "--decode-timeout-s", "--max-in-flight",
-                "--decoder-threads", "--decoder-memory-mb", "--num-cpus", "--profile", "--backend", "--decode-mode",
-                "--resize", "--source", "--s3-endpoint-url"]
+def _value_flags(cls: type, *, but: tuple[str, ...] = ()) -> list[str]:
+    """The flags of `longvid ingest` made from the fields of `cls` that take a value (read from the parser)."""
+    ingest = next(p for p in subparsers(build_parser()) if p.prog.split()[-1] == "ingest")
+    names = {f.name for f in dataclasses.fields(cls)} - set(but)
+    return sorted(a.option_strings[0] for a in ingest._actions if a.dest in names and a.nargs != 0)
+
+
+# every value flag of a raw-source ingest but the three the run below relies on to stop before any work
+INGEST_FLAGS = _value_flags(IngestConfig, but=("metadata", "videos", "out"))
+# every value flag of a mixture ingest: --mixture, --roots, --annotations and the processing settings
+MIXTURE_FLAGS = _value_flags(MixtureConfig, but=("out",))
+FLAG_VALUES = st.one_of(st.text(max_size=20),
+                        st.sampled_from([str(x) for x in SPECIAL if not isinstance(x, (list, dict))]))
+
+
+def _one_line_exit_2(argv: list[str], capsys) -> str:
+    from longvid.jobs.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse: a value its type= or choices refuse
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_the_fuzzed_flags_are_every_ingest_flag():
+    assert {"--crf", "--hwaccel", "--source-option", "--resize", "--profile"} <= set(INGEST_FLAGS)
+    assert {"--mixture", "--roots", "--annotations", "--profile", "--limit", "--decode-mode"} <= set(MIXTURE_FLAGS)
 
 
 @FUZZ
-@given(flag=st.sampled_from(INGEST_FLAGS),
-       value=st.one_of(st.text(max_size=20), st.sampled_from([str(x) for x in SPECIAL if not isinstance(x, (list,
-                                                                                                          dict))])))
+@given(flag=st.sampled_from(INGEST_FLAGS), value=FLAG_VALUES)
 def test_any_flag_value_exits_2_with_one_line_before_any_work(tmp_path_factory, capsys, flag, value):
     """The video root is missing, so whatever the flag's value the run ends before any work: a bad value is named
     by its setting, a good one lets the pre-flight name --videos."""
-    from longvid.jobs.cli import main
-
     d = tmp_path_factory.mktemp("flags")
     (d / "meta.csv").write_text("videoid,name,page_dir,duration\n")
     argv = ["ingest", "--source", "webvid", "--metadata", str(d / "meta.csv"), "--videos", str(d / "missing"),
             "--out", str(d / "out"), f"{flag}={value}"]
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse: a value its type= cannot convert
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    err = _one_line_exit_2(argv, capsys)
     assert flag[2:].replace("-", "_") in err or flag in err or "videos:" in err, err
     assert not (d / "out").exists()
+
+
+@FUZZ
+@given(flag=st.sampled_from(MIXTURE_FLAGS), value=FLAG_VALUES)
+def test_any_mixture_flag_value_exits_2_with_one_line_before_any_work(tmp_path_factory, capsys, flag, value):
+    """`ingest --mixture`: the mixture file is missing (or is the fuzzed value), so the run ends before any work: a
+    bad value is named by its setting, a good one lets the pre-flight (or the mixture's reader) name --mixture."""
+    d = tmp_path_factory.mktemp("mixflags")
+    argv = ["ingest", "--mixture", str(d / "missing.yaml"), "--out", str(d / "out"), f"{flag}={value}"]
+    err = _one_line_exit_2(argv, capsys)
+    assert flag[2:].replace("-", "_") in err or flag in err or "mixture" in err, err
+    assert not (d / "out").exists()
+
+
+@pytest.mark.parametrize("flag", _value_flags(IngestConfig, but=tuple(MixtureConfig.__dataclass_fields__)))
+def test_a_raw_ingest_flag_with_mixture_is_named(tmp_path, capsys, flag):
+    value = {"--source-option": "window_sec=30"}.get(flag, "webvid")
+    err = _one_line_exit_2(["ingest", "--mixture", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "out"),
+                            flag, value], capsys)
+    assert f"{flag[2:].replace('-', '_')}" in err and "not used with --mixture" in err, err
