@@ -16,7 +16,8 @@ naming it; token auth on.
 
 Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short; a 4-step tiny-model
 train on 12 synthetic token samples. The tests share one cluster and run in file order: the node-kill test comes
-last (w1 is gone after it).
+last (w1 is gone after it). Not marked slow on purpose: the file runs in the normal suite (about 2 minutes on 2
+idle cores, the cluster's start included; 4 at a load average of 13).
 """
 from __future__ import annotations
 
