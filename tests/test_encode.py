@@ -19,8 +19,10 @@ from longvid.model.config import get_config
 from longvid.model.hico import HiCoEncoder
 from longvid.model.umt import preprocess
 from longvid.operators.mp4 import decode_mp4, encode_mp4
+from longvid.operators import storage
 from longvid.operators.write import UnitWriter, sample_members
-from longvid.pipelines.encode import HiCoActor, decode_sample, fetch_checkpoint, read_shard
+from longvid.pipelines.encode_model import HiCoBatchEncoder, fetch_checkpoint
+from longvid.pipelines.encode_samples import decode_sample, read_shard
 from longvid.synthetic.videos import make_video
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -123,10 +125,16 @@ def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
     assert rows["b"]["mp4"] == b"" and rows["a"]["mp4"]  # which members a sample needs is decode_sample's check
     (f,) = decode_sample(rows["b"], 64)
     assert (f["status"], f["field"]) == ("read", "mp4") and "no mp4" in f["reason"]
-    tar_path.write_bytes(tar_path.read_bytes()[:700])
+    data = tar_path.read_bytes()
+    tar_path.write_bytes(data[:1600])  # inside a.mp4: the damaged sample is not read, the rest is unreadable
     rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
-    assert rows["a"]["status"] == "read" and "unreadable" in rows["a"]["reason"]
-    assert rows["b"]["status"] == "read"
+    assert rows["a"]["status"] == "read" and "unreadable after 0 samples: TarError" in rows["a"]["reason"]
+    assert rows["b"]["status"] == "read" and "unreadable" in rows["b"]["reason"]
+    tar_path.write_bytes(data[:700])  # after a.json's bytes, before its padding: the tar ends there
+    rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
+    (f,) = decode_sample(rows["a"], 64)
+    assert (f["status"], f["field"]) == ("read", "mp4")
+    assert rows["b"]["status"] == "read" and "not in its shard" in rows["b"]["reason"]
 
 
 def test_actor_tokens_equal_the_model_and_dtypes():
@@ -136,7 +144,7 @@ def test_actor_tokens_equal_the_model_and_dtypes():
     batch = clip_batch(rows)
     want = tiny_encoder(size)(preprocess(decode_mp4(sample_row(8, size=size)["mp4"]), size)[None])[0]  # [2, 64, D]
     for dtype, np_dtype, tol in (("bf16", np.float16, 2e-3), ("fp32", np.float32, 1e-5)):
-        actor = HiCoActor("tiny", size, "", dtype, seed=0, cache_dir="", s3=None)
+        actor = HiCoBatchEncoder("tiny", size, "", dtype, seed=0, cache_dir="", s3=None)
         out = actor(batch)
         assert out["tokens"].dtype == np_dtype and out["tokens"].shape == (3, 64, 64)
         assert list(out["status"]) == ["ok", "ok", "decode"]
@@ -146,7 +154,7 @@ def test_actor_tokens_equal_the_model_and_dtypes():
 
 def test_actor_flags_non_finite_tokens():
     rows = list(decode_sample(sample_row(8, size=224), resolution=224))
-    actor = HiCoActor("tiny", 224, "", "bf16", seed=0, cache_dir="", s3=None)
+    actor = HiCoBatchEncoder("tiny", 224, "", "bf16", seed=0, cache_dir="", s3=None)
     with torch.no_grad():
         actor.enc.encoder.vision_layernorm.weight[0] = float("nan")
     out = actor(clip_batch(rows))
@@ -159,12 +167,12 @@ def test_actor_loads_a_checkpoint_strictly(tmp_path):
     sd = {f"encoder.{k}": v for k, v in enc.encoder.state_dict().items()}
     torch.save(sd, tmp_path / "enc.pt")
     rows = list(decode_sample(sample_row(4, size=224), resolution=224))
-    out = HiCoActor("tiny", 224, str(tmp_path / "enc.pt"), "fp32", seed=0, cache_dir="", s3=None)(clip_batch(rows))
+    out = HiCoBatchEncoder("tiny", 224, str(tmp_path / "enc.pt"), "fp32", seed=0, cache_dir="", s3=None)(clip_batch(rows))
     want = enc(preprocess(decode_mp4(sample_row(4, size=224)["mp4"]), 224)[None])[0]
     np.testing.assert_allclose(out["tokens"], want.detach().numpy(), rtol=1e-5, atol=1e-5)
     torch.save({k: v for k, v in sd.items() if "blocks.1." not in k}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="missing"):
-        HiCoActor("tiny", 224, str(tmp_path / "partial.pt"), "fp32", seed=0, cache_dir="", s3=None)
+        HiCoBatchEncoder("tiny", 224, str(tmp_path / "partial.pt"), "fp32", seed=0, cache_dir="", s3=None)
 
 
 def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
@@ -193,27 +201,41 @@ def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
 
 
 def _encode_by_hand(src: str, dst: str, scratch: str) -> dict:
-    """The same functions Ray Data runs, composed by hand (tiny encoder, fp32, 224 px): clips arrive shuffled and
-    two at a time. Returns the summary."""
+    """What an encoder actor does, composed by hand without Ray (tiny encoder, fp32, 224 px): every unit's rows
+    through read_shard and decode_sample, encoded two at a time in a shuffled order (a sample's clips and the
+    samples of a unit arriving out of order), assembled and written by UnitState, committed. Returns the summary."""
     import random
 
+    from longvid.manifests.schema import TOKEN_MANIFEST_SCHEMA
     from longvid.pipelines import outputs
-    from longvid.pipelines.encode import Assembler, EncodeConfig, _read_pending, ingest_units
+    from longvid.pipelines.encode import _read_pending, ingest_units
+    from longvid.pipelines.encode_actor import UnitSettings, UnitState
+    from longvid.pipelines.encode_samples import INGEST_COLUMNS
 
-    cfg = EncodeConfig(shards=src, out=dst, model="tiny", dtype="fp32", quiet=True)
-    actor = HiCoActor("tiny", 224, "", "fp32", seed=0, cache_dir="", s3=None)
-    asm = Assembler(cfg, 224, 64, scratch, print, 0.0)
-    clips = []
+    settings = UnitSettings(out=dst, shards=src, resolution=224, dim=64, encoder="tiny/random-init-seed0",
+                            model="tiny", dtype="fp32", store_dtype="float32", shard_size=1 << 30, batch_clips=2,
+                            scratch_dir=scratch)
+    actor = HiCoBatchEncoder("tiny", 224, "", "fp32", seed=0, cache_dir="", s3=None)
+    states, clips = {}, []
     for unit, uri in ingest_units(src).items():
         p = _read_pending(uri, unit)
-        asm.add_unit(unit, uri, p.rows)
+        rows = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=INGEST_COLUMNS).to_pylist()
+        states[unit] = UnitState(unit, rows, UnitWriter(dst, unit, 1 << 30, TOKEN_MANIFEST_SCHEMA, scratch=scratch),
+                                 settings)
         for rel in p.shards:
             for row in read_shard({"unit": unit, "shard": rel, "manifest": uri}, src, 224):
                 clips.extend(decode_sample(row, 224))
     random.Random(0).shuffle(clips)
     for i in range(0, len(clips), 2):
-        asm.feed(actor(clip_batch(clips[i:i + 2])))
-    asm.close()
+        rows = clips[i:i + 2]
+        out = actor(clip_batch(rows))
+        for j, r in enumerate(rows):
+            r = {**r, "status": out["status"][j], "reason": out["reason"][j], "field": out["field"][j]}
+            states[r["unit"]].take(r, np.array(out["tokens"][j]) if r["status"] == "ok" and r["num_clips"] else None)
+    for st in states.values():
+        st.end()
+        assert st.pos == len(st.rows)
+        st.writer.commit()
     return outputs.finalize(dst, job="encode", config={}, elapsed=1.0, cpus=1)
 
 
@@ -353,6 +375,11 @@ def test_contract_counts_and_failures(encoded):
     for r in tm.itertuples():
         assert r.unit == ing.loc[r.key, "unit"]  # output unit N = input unit N
         assert r.num_clips == -(-ing.loc[r.key, "num_frames"] // 4) and r.text == ing.loc[r.key, "text"]
+    # GPU-side batches: every call of the actor's encoder had batch_clips (3) clips, across samples and units,
+    # but the last one
+    b = s["batches"]
+    assert b["clips"] == s["clips_encoded"] == tm.num_clips.sum() and b["calls"] == -(-b["clips"] // 3)
+    assert b["calls_not_full"] <= 1
     index = json.loads((out / "index.json").read_text())
     assert {x["url"] for x in index["shardlist"]} == set(tm.shard)
     assert sum(x["nsamples"] for x in index["shardlist"]) == 3
@@ -480,3 +507,63 @@ def test_shards_without_manifests_is_an_error(tmp_path, capsys):
     assert cli_main(["encode", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "batch_size" in err and "cfg.yaml" in err
+
+
+SLOW_ENCODE = """
+import sys, time
+from longvid.pipelines.encode import run_encode
+from longvid.pipelines.encode_model import HiCoBatchEncoder
+from longvid.pipelines.encode_config import EncodeConfig
+
+class Slow(HiCoBatchEncoder):
+    def __call__(self, batch):
+        time.sleep(0.25)
+        return super().__call__(batch)
+
+run_encode(EncodeConfig(shards=sys.argv[1], out=sys.argv[2], model="tiny", batch_clips=1, dtype="fp32", num_cpus=2,
+                        quiet=True), encoder_cls=Slow)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_job_then_resume_gives_the_same_bytes(tmp_path):
+    """The driver SIGKILLed after its first committed unit: the re-run skips the committed units, encodes the others
+    (its killed Ray's processes stopped first) and the folder then holds exactly the bytes of an uninterrupted run
+    (batch_clips 1: every clip computed alone, so the tokens do not depend on the batches)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    ingest = tmp_path / "ingest"
+    n_units = 4
+    for u in range(n_units):
+        _write_ingest_unit(ingest, u, {f"u{u}a": 8, f"u{u}b": 12, f"u{u}c": 4}, size=224, bad=("u2b",) if u == 2 else ())
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    p = subprocess.Popen([sys.executable, "-c", SLOW_ENCODE, str(ingest), str(killed)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not list((killed / "manifests").glob("*.parquet")) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(60)
+    committed = len(list((killed / "manifests").glob("*.parquet")))
+    assert 1 <= committed < n_units, p.stderr.read()[-2000:]
+    if ray.is_initialized():
+        ray.shutdown()
+    for out in (killed, clean):
+        assert cli_main(_encode_args(ingest, out, "--batch-clips", "1", "--dtype", "fp32", "--num-cpus", "2")) == 0
+    s = json.loads((killed / "summary.json").read_text())
+    assert (s["units_skipped"], s["units_run"]) == (committed, n_units - committed)
+    assert (s["samples"], s["failures"]) == (11, 1)
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {str(f.relative_to(out)): f.read_bytes() for d in ("shards", "manifests", "failures")
+                for f in sorted((out / d).iterdir())}
+
+    assert files(killed) == files(clean)
+    assert (killed / "index.json").read_bytes() == (clean / "index.json").read_bytes()

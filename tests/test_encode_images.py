@@ -28,7 +28,8 @@ from longvid.operators.errors import RecordError
 from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions
 from longvid.operators.write import UnitWriter, sample_members
-from longvid.pipelines.encode import HiCoActor, decode_sample, image_tiles, read_shard
+from longvid.pipelines.encode_model import HiCoBatchEncoder
+from longvid.pipelines.encode_samples import decode_sample, image_tiles, read_shard
 from longvid.synthetic.videos import make_video
 from test_encode import clip_batch, tiny_encoder
 
@@ -263,7 +264,7 @@ def test_decode_rows_per_kind_and_the_actor_batches_tiles_with_clips(media, tmp_
     assert [(rows1[s.key]["status"], rows1[s.key]["field"]) for s, _ in bad] == [("decode", "0.jpg")] * 3
     # the actor: a batch mixing clips, tiles and a text row; tiles are encoded as single frames
     batch_rows = by_key[video.key][:1] + by_key[single.key] + [t]
-    out = HiCoActor("tiny", S, "", "fp32", seed=0, cache_dir="", s3=None)(clip_batch(batch_rows))
+    out = HiCoBatchEncoder("tiny", S, "", "fp32", seed=0, cache_dir="", s3=None)(clip_batch(batch_rows))
     assert list(out["status"]) == ["ok"] * 5 and out["tokens"].shape == (5, 64, 64)
     enc = tiny_encoder(S)
     tiles, _ = image_tiles(single.info, single.payload, S)

@@ -633,14 +633,14 @@ def _mp4() -> bytes:
 
 
 def test_encode_reads_long_key_shards_and_fails_only_the_corrupt_samples(tmp_path):
-    """encode.read_shard over a webdataset (PAX) shard with 150-character keys reads every sample; a malformed
-    PAX record in the middle (tarfile raises ValueError there, which escaped) fails the samples from there on with
-    a reason, never the job."""
+    """encode's read_shard over a webdataset (PAX) shard with 150-character keys reads every sample; a malformed
+    PAX record in the middle (operators.shards raises TarError there) fails the samples from there on with a reason,
+    never the job."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import webdataset as wds
 
-    from longvid.pipelines.encode import read_shard
+    from longvid.pipelines.encode_samples import read_shard
 
     samples = _long_key_members()
     (tmp_path / "shards").mkdir()
@@ -658,14 +658,14 @@ def test_encode_reads_long_key_shards_and_fails_only_the_corrupt_samples(tmp_pat
     raw = tar.read_bytes()
     with tarfile.open(tar) as t:
         third = [m for m in t][4].offset  # the PAX header of the third sample's json
-    sparse = b"22 GNU.sparse.major=1\n22 GNU.sparse.minor=0\n"
-    tar.write_bytes(raw[:third] + header(b"././@PaxHeader", b"%011o\0" % len(sparse), b"x")
-                    + sparse.ljust(512, b"\0") + raw[third:])
+    bad = b"99 path=x\n"  # a PAX record whose length runs past its header
+    tar.write_bytes(raw[:third] + header(b"././@PaxHeader", b"%011o\0" % len(bad), b"x")
+                    + bad.ljust(512, b"\0") + raw[third:])
     with bounded():
         rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 32)}
     # the second sample is not known to be whole until the next header reads: it fails with the rest
     assert [rows[k].get("status", "ok") for k, _ in samples] == ["ok", "read", "read"]
-    assert all("unreadable after 1 samples: ValueError" in rows[k]["reason"] for k, _ in samples[1:])
+    assert all("unreadable after 1 samples: TarError" in rows[k]["reason"] for k, _ in samples[1:])
 
 
 def test_niah_haystack_reads_long_keys_and_skips_corrupt_members(tmp_path, caplog):

@@ -178,10 +178,9 @@ def test_a_users_own_modules_named_like_our_folders_do_not_shadow_longvid(tmp_pa
     assert r.returncode == 0, r.stderr
 
 
-# the one module of the shard format (read and write); encode.py is being switched to operators.shards by its owner:
-# remove it from here then
+# the one module of the shard format (read and write)
 TAR_MODULES = {"operators/shards.py"}
-NOT_YET_ON_SHARDS = {"pipelines/encode.py"}
+NOT_YET_ON_SHARDS: set[str] = set()
 
 
 def test_one_tar_parser():
