@@ -19,12 +19,18 @@ from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.operators.mixture import parse_strategy, read_mixture
 from longvid.operators.settings import Settings, Shared, label, like, ordered, rule, setting, show
-from longvid.pipelines.loader import GROUP_BY
-from longvid.pipelines.train_sources import DataError, plan_source, source_media_type
 
 log = logging.getLogger("longvid.train")
 
 PARTS = ("projector", "llm", "encoder")
+
+
+def _group_by() -> tuple[str, ...]:
+    """The loader's batch groupings (pipelines/loader.py; read when a recipe is checked, never for --help)."""
+    from longvid.pipelines.loader import GROUP_BY
+
+    return GROUP_BY
+
 
 # ======================================================================================================== config
 
@@ -97,7 +103,7 @@ class StageConfig(Settings):
     label_mode: str = setting("reference", choices=("reference", "assistant"),
                               aliases={"qwen_2": "reference", "llava": "reference"})
     # how a shuffle window becomes batches: none (random, stage 1) | length | modality_length (stages 2-4)
-    group_by: str = setting("length", choices=GROUP_BY)
+    group_by: str = setting("length", choices=_group_by)
     # shards ingested with other frame bounds than [min_frames, max_frames]: error (stop, exit 2) | ignore (warn)
     frame_bounds: str = setting("error", choices=("error", "ignore"))
     checkpoint_every: int = setting(0, ge=0)  # 0: the run's checkpoint_every
@@ -258,6 +264,8 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
     Steps from epochs as HF Trainer counts them (dataloader_drop_last, as the released scripts): micro-batches per
     worker and epoch = samples // (workers x batch_size), optimizer steps per epoch = that // accumulation (at
     least 1), steps = ceil(epochs x steps per epoch)."""
+    from longvid.pipelines.train_sources import DataError, plan_source, source_media_type
+
     out = []
     for i, st in enumerate(cfg.stages):
         try:
