@@ -42,8 +42,8 @@ class EncodeConfig(Settings):
     seed: int = setting(0, help="seed of the random weights when there is no checkpoint, the same in every actor (0)")
     cache_dir: str = setting("", help="where S3 checkpoints are downloaded on each node (default "
                                       "~/.cache/longvid/checkpoints)")
-    scratch_dir: str = setting("", help="local folder for samples of units not yet committed (default: the system "
-                                        "temp folder)")
+    scratch_dir: str = setting("", help="with an s3:// --out: the local folder, on each actor's node, where a unit's "
+                                        "token tars wait for their upload (default: the system temp folder)")
     ray_address: str = like(Shared, "ray_address")
     num_cpus: int = like(Shared, "num_cpus")
     s3_endpoint_url: str = like(Shared, "s3_endpoint_url")
