@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from longvid.operators.errors import ConfigError
 from longvid.operators.safe_yaml import YamlRefused, parse_yaml
-from longvid.operators.settings import INT_MAX, check_fields, field_types, label, show, static_choices
+from longvid.operators.settings import INT_MAX, field_types, label, show, static_choices
 
 __all__ = ["ConfigError", "add_config_flag", "add_flags", "config_from_args", "flag_values", "load_config",
            "read_yaml"]
@@ -59,7 +59,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def _coerce(value: Any, tp: Any) -> Any:
     """A flag's or YAML file's spelling -> the annotated type, where one is meant (the string "12" for an int,
-    "a,b" for a list). Anything else is returned as it is: `check_fields` then names what is wrong with it."""
+    "a,b" for a list). Anything else is returned as it is: `validate()` then names what is wrong with it."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -93,7 +93,7 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
                 source: str = "") -> Any:
-    """Build `cls` (a settings dataclass) from YAML values overridden by flags (None in overrides = not given).
+    """Build `cls` (a Settings dataclass) from YAML values overridden by flags (None in overrides = not given).
 
     Unknown keys and bad values raise ConfigError naming the field (and `source`, the file); then `cfg.validate()`
     checks every field's declared rules and the class's cross-field rules (operators/settings.py). A flag of a field
@@ -128,10 +128,7 @@ def load_config(cls: type, file_values: dict[str, Any] | None = None, overrides:
             raise ConfigError(f"{where}{name}: required field is missing")
     cfg = cls(**values)
     try:
-        if hasattr(cfg, "validate"):
-            cfg.validate()
-        else:
-            check_fields(cfg)
+        cfg.validate()
     except ConfigError as e:
         field = str(e).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].split("/", 1)[0]
         raise ConfigError(f"{'' if field in flags else where}{e}") from None  # a flag's value: not the file's

@@ -18,8 +18,7 @@ that tie fields together, each a small named method raising ConfigError "field: 
 The first violation raises ConfigError "field: what is wrong, got VALUE". Values from YAML files and flags are
 converted to the annotated types by `jobs.config.load_config`, which then calls `validate()`.
 
-Our own code (~150 lines), not pydantic or jsonargparse: those would replace the messages users and tests rely on
-("FILE: field: must be >= 0, got -1") and today's flag spellings with their own.
+Our own ~180 lines, not pydantic or jsonargparse: those would replace the messages and flag spellings users rely on.
 This module sits in operators/ (it imports only operators/errors.py) so that every layer can declare settings.
 """
 from __future__ import annotations
