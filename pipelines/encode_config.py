@@ -62,6 +62,6 @@ class EncodeConfig(Settings):
 
     def fingerprint(self, resolution: int) -> dict[str, Any]:
         """Settings that change what is written: a re-run into the same --out must match them."""
-        return {"shards": storage.redact(self.shards), "checkpoint": storage.redact(self.checkpoint),
+        return {"shards": self.shards, "checkpoint": self.checkpoint,  # job.json holds them redacted (JobOutput)
                 "model": self.model, "resolution": resolution, "dtype": self.dtype,
                 "shard_size_mb": self.shard_size_mb, "seed": self.seed if not self.checkpoint else None}

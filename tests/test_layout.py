@@ -112,6 +112,46 @@ def test_one_storage_stack():
     assert not bad, "\n".join(bad)
 
 
+# Secrets are redacted inside the storage stack and at the exits where text leaves the program, never at the call
+# sites that compose a message or a record (README "The data flow"). module -> the exit it is.
+REDACTING = {
+    "operators/storage.py": "the stack: StorageError messages, write_json (job.json, summary.json, set.json), "
+                            "RedactFilter and get_logger (log records)",
+    "operators/write.py": "a unit's files: the sample's source address (json, manifest row), the failure rows",
+    "pipelines/progress.py": "a job's lines: console, progress bar, DIR/logs/<job>.log",
+    "jobs/cli.py": "the error line (ConfigError, StorageError) and the stderr handler of the longvid loggers",
+    "pipelines/ray_session.py": "the claim record of an output folder",
+    "pipelines/niah_build.py": "the NIAH set's frames.parquet (the haystack's source files)",
+    "operators/audit/report.py": "the audit's report.html",
+}
+REDACTORS = {"redact", "redact_json", "RedactFilter", "get_logger"}
+
+
+def _calls(path: Path, names: set[str]) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in names:
+                out.append((node.lineno, name))
+    return out
+
+
+def test_secrets_are_redacted_in_the_stack_and_at_the_exits_only():
+    """`redact(` (and redact_json) is called in operators/storage.py and the exits of REDACTING only; every exit
+    named there does redact (the list cannot go stale)."""
+    bad = []
+    for layer in ROOMS:
+        for path in _modules(layer):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel not in REDACTING:
+                bad += [f"{rel}:{line}: {name}(...)" for line, name in _calls(path, {"redact", "redact_json"})]
+    assert not bad, "redact at a call site (let the exit redact, see REDACTING):\n" + "\n".join(bad)
+    for rel in REDACTING:
+        assert _calls(ROOT / rel, REDACTORS), f"{rel} is listed as an exit but redacts nothing"
+
+
 def test_the_shared_constants_have_one_home():
     """FRAMES_PER_CLIP, TOKENS_PER_FRAME, IGNORE_INDEX and the checkpoint prefixes are assigned in model/constants.py
     only (everyone else imports them)."""
