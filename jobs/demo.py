@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from longvid.operators import storage
 from longvid.jobs.config import add_flags, config_from_args
 from longvid.operators.errors import ConfigError
 from longvid.operators.frame_rule import PROFILES
@@ -420,7 +421,7 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
         result["stage_seconds"] = timings
         log(f"\n[demo] done in {result['elapsed_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})."
             f" Everything is under {out}; per-job summary.json files hold the details.")
-        (out / "demo-summary.json").write_text(json.dumps(result, indent=2, default=str))
+        storage.write_json(str(out / "demo-summary.json"), result, indent=2, default=str)
         if log_file is not None:
             log_file.close()
             log_file = None

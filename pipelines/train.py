@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.progress import Progress
 from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
@@ -67,7 +68,7 @@ log = logging.getLogger("longvid.train")
 
 def _check_out(cfg: TrainConfig) -> None:
     run_json = os.path.join(cfg.out, "run.json")
-    fp = cfg.fingerprint()
+    fp = storage.json_record(cfg.fingerprint())  # as run.json stores it (redacted)
     if os.path.isfile(run_json):
         old = json.loads(Path(run_json).read_text()).get("fingerprint")
         if not cfg.resume:
@@ -81,7 +82,7 @@ def _check_out(cfg: TrainConfig) -> None:
     if os.path.isdir(os.path.join(cfg.out, "ray")) and not cfg.resume:
         raise ConfigError(f"out: {cfg.out} holds Ray Train checkpoints; pass --resume or use a new out folder")
     os.makedirs(cfg.out, exist_ok=True)
-    Path(run_json).write_text(json.dumps({"job": "train", "fingerprint": fp}, indent=2, sort_keys=True))
+    storage.write_json(run_json, {"job": "train", "fingerprint": fp}, indent=2, sort_keys=True)
 
 
 class StepProgress:
@@ -223,7 +224,7 @@ def _run_claimed(cfg: TrainConfig, plans: list[dict[str, Any]], log_fn,
     summary["tensorboard"] = os.path.join(cfg.out, "tensorboard")
     if last and cfg.export:
         summary["export"] = export_final(cfg, last["model"])
-    Path(os.path.join(cfg.out, "summary.json")).write_text(json.dumps(summary, indent=2))
+    storage.write_json(os.path.join(cfg.out, "summary.json"), summary, indent=2)
     if not cfg.quiet:
         for name, s in summary["stages"].items():
             log_fn(f"[train] {name}: {s.get('steps')} steps, loss {s.get('loss_first')} -> {s.get('loss_last')}, "

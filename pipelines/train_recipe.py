@@ -28,12 +28,12 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
+from longvid.operators import storage
 from longvid.model.constants import IGNORE_INDEX
 from longvid.pipelines.train_checkpoint import (
     RaySession,
@@ -390,7 +390,7 @@ class StageRecipe:
         except Exception as e:  # a plot never fails a stage
             log.warning("stage %s: loss plot failed: %s", st.name, e)
         summary["tensorboard"] = os.path.join(cfg.out, "tensorboard", st.name)
-        Path(os.path.join(self.dir, "done.json")).write_text(json.dumps(summary, indent=2))
+        storage.write_json(os.path.join(self.dir, "done.json"), summary, indent=2)
 
     def cleanup(self) -> None:
         """Close what a stage left open (after an error too): the loader's iterator, the loader, the metric
