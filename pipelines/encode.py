@@ -263,6 +263,7 @@ class _Scheduler:
         self.totals = {"units": 0, "samples": 0, "failures": 0, "frames": 0, "clips": 0, "tiles": 0}
         self.uncommitted: list[int] = []
         self.draining = False
+        self.paused: list[float] = []
         self.t0 = time.time()
 
     def start(self, settings: UnitSettings, model: dict[str, Any], encoder_cls: type | None, n: int, gpus: float,
@@ -286,27 +287,34 @@ class _Scheduler:
         decoding: dict[Any, int] = {}  # decoded() ref -> actor
         running: dict[Any, tuple[_Pending, int, int]] = {}  # encode_unit() ref -> (unit, attempt, actor)
         full: list[storage.NoSpace] = []
+        self.paused = [0.0] * len(self.actors)  # an actor Ray is restarting gets no unit before this time
         while waiting or running:
             while waiting and not full:
                 p, attempt, last = waiting[0]
                 # the least loaded actor; a retried unit on another one than the one it failed on, when there is one
-                order = sorted(range(len(self.actors)), key=lambda i: (i == last and len(self.actors) > 1, load[i]))
-                i = order[0]
-                if load[i] >= self.per_actor:
+                now = time.time()
+                order = sorted((i for i in range(len(self.actors)) if self.paused[i] <= now),
+                               key=lambda i: (i == last and len(self.actors) > 1, load[i]))
+                if not order or load[order[0]] >= self.per_actor:
                     break
+                i = order[0]
                 waiting.popleft()
                 a = self.actors[i]
                 running[a.encode_unit.options(concurrency_group="units").remote(p.unit, attempt, p.manifest,
                                                                                 p.shards)] = (p, attempt, i)
                 decoding[a.decoded.options(concurrency_group="control").remote(p.unit, attempt)] = i
                 load[i] += 1
-            if not running:
+            if not running and not decoding:
+                if waiting and not full:  # every actor is restarting
+                    time.sleep(0.2)
+                    continue
                 break
             if not waiting and not self.draining:  # every unit given out: actors need not wait for more
                 self.draining = True
                 for a in self.actors:
                     a.last_units.options(concurrency_group="control").remote()
-            ready, _ = ray.wait(list(decoding) + list(running), num_returns=1)
+            paused = waiting and any(t > time.time() for t in self.paused)
+            ready, _ = ray.wait(list(decoding) + list(running), num_returns=1, timeout=0.5 if paused else None)
             for ref in ready:
                 if ref in decoding:
                     load[decoding.pop(ref)] -= 1
@@ -328,12 +336,17 @@ class _Scheduler:
 
         cause = getattr(e, "cause", None) or e
         why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if isinstance(e, ray.exceptions.ActorUnavailableError):  # restarting: not an attempt; again in a second
+            self.paused[i] = time.time() + 1.0
+            waiting.append((p, attempt, i))
+            return
         if isinstance(cause, storage.NoSpace):  # no unit can commit: stop giving units, report once
             full.append(storage.NoSpace(cause.uri, cause.reason))
             self.uncommitted.append(p.unit)
             return
         if isinstance(cause, EncoderBroken):  # a fresh process for this actor (Ray restarts it)
             ray.kill(self.actors[i], no_restart=False)
+            self.paused[i] = time.time() + 1.0
         if attempt < RETRIES:
             self.prog.write(f"[encode] unit {p.unit} failed (attempt {attempt + 1}), retried: {why}")
             waiting.append((p, attempt + 1, i))

@@ -567,3 +567,44 @@ def test_sigkill_mid_job_then_resume_gives_the_same_bytes(tmp_path):
 
     assert files(killed) == files(clean)
     assert (killed / "index.json").read_bytes() == (clean / "index.json").read_bytes()
+
+
+FLAKY_ENCODE = """
+import json, pathlib, sys
+from longvid.pipelines.encode import run_encode
+from longvid.pipelines.encode_model import HiCoBatchEncoder
+from longvid.pipelines.encode_config import EncodeConfig
+
+class Flaky(HiCoBatchEncoder):
+    marker = sys.argv[3]
+
+    def __call__(self, batch):
+        if not pathlib.Path(self.marker).exists():  # the first call of the job: the device fails
+            pathlib.Path(self.marker).write_text("failed once")
+            raise RuntimeError("injected: the device failed")
+        return super().__call__(batch)
+
+s = run_encode(EncodeConfig(shards=sys.argv[1], out=sys.argv[2], model="tiny", batch_clips=2, dtype="fp32",
+                            num_cpus=2, quiet=True), encoder_cls=Flaky)
+print(json.dumps({k: s[k] for k in ("units_run", "units_uncommitted", "samples", "failures", "complete")}))
+"""
+
+
+@pytest.mark.slow
+def test_an_actor_whose_encoder_fails_is_restarted_and_its_units_retried(tmp_path):
+    """The encoder raises in an actor (a CUDA error, say): every unit that actor held fails, the driver restarts the
+    actor and gives the units again; the job completes with every unit committed once."""
+    import subprocess
+    import sys
+
+    ingest, out = tmp_path / "ingest", tmp_path / "tokens"
+    for u in range(3):
+        _write_ingest_unit(ingest, u, {f"u{u}a": 8, f"u{u}b": 4}, size=224)
+    r = subprocess.run([sys.executable, "-c", FLAKY_ENCODE, str(ingest), str(out), str(tmp_path / "failed")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"units_run": 3, "units_uncommitted": [], "samples": 6,
+                                                             "failures": 0, "complete": True}
+    log = (out / "logs" / "encode.log").read_text()
+    assert "failed (attempt 1), retried" in log and "injected: the device failed" in log
+    assert len(list((out / "manifests").glob("*.parquet"))) == 3
