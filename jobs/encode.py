@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode", help="ingest shards -> HiCo token shards and Parquet manifests (Ray Data job)",
+    p = sub.add_parser("encode", help="ingest shards -> HiCo token shards and Parquet manifests (encoder actors commit units)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
