@@ -40,8 +40,9 @@ corpus on that cluster, each stage's time at its rate, the largest being the bot
                          core at 224, measured
             CPU prep     frames / (decode + resize of stored frames, per core, measured)
             network/S3   stored mp4 bytes in, token bytes out (measured per frame), over every node's link
-            driver       token bytes through the driver's link (DRIVER_TOKEN_SHARE: 1 today, every token of every
-                         sample goes through the driver, issue 15) both ways (it receives and writes them)
+            driver       units x (5 ms + 150 B over its link): the encoder actors commit their units, the driver
+                         schedules them and receives ~150 bytes of counts per unit, no token (issue 15; BENCHMARKS.md
+                         'Encode at scale': ~1e-5 of the token bytes on its units of 6 samples)
 Every rate says whether it was measured here (BENCHMARKS.md) or is an estimate (CLUSTER_RATES).
 """
 from __future__ import annotations
@@ -186,6 +187,11 @@ class Rate:
     where: str  # BENCHMARKS.md section, or how it is estimated
 
 
+# What the encode driver receives per unit: the actors commit their units (issue 15), the driver gets a unit's counts.
+# The design before (every token of every sample through the driver, which wrote every shard) was a share of 1 of
+# the token bytes; BENCHMARKS.md 'Encode at scale' measures 1.0-1.4 KiB for 8 units now (1.2e-05 per token byte).
+ENCODE_DRIVER_BYTES_PER_UNIT = 150.0
+
 # per resolution where it matters; every figure names its source (BENCHMARKS.md sections)
 CLUSTER_RATES: dict[str, Any] = {
     "ingest_video_h_per_core_h": Rate(
@@ -204,6 +210,10 @@ CLUSTER_RATES: dict[str, Any] = {
                                                      "video-hour at 1 frame/s"),
         448: Rate(58_300, "B per stored frame", True, "BENCHMARKS.md 'Stored frame fidelity': 210 MB per "
                                                      "video-hour at 1 frame/s")},
+    "encode_driver_bytes_per_unit": Rate(
+        ENCODE_DRIVER_BYTES_PER_UNIT, "B per unit the encode driver receives", True,
+        "BENCHMARKS.md 'Encode at scale': 1.0-1.4 KiB for 8 units, 1.2e-05 per token byte (the actors commit "
+        "their units)"),
     "token_bytes_per_frame": Rate(32_840, "B per frame", True, "BENCHMARKS.md 'Encode': shard B/frame (16 x 1024 "
                                                               "fp16 + tar/npy/json)"),
     "gpu_sustained_tflops": Rate(150.0, "TFLOP/s sustained per GPU", False,
@@ -222,9 +232,6 @@ CLUSTER_RATES: dict[str, Any] = {
     "source_bitrate": Rate(5.0, "Mbit/s of the source videos", False, "--source-mbps: the manifests do not record "
                                                                      "the sources' sizes"),
 }
-# Share of the token bytes that travel to the driver in an encode (issue 15: today the driver receives every token
-# of every sample and writes every token shard itself). A worker-side commit of the shards makes it ~0.
-DRIVER_TOKEN_SHARE = 1.0
 
 
 def _stage(name: str, hours: float, needs: str, capacity: str) -> dict[str, Any]:
@@ -274,22 +281,23 @@ def cluster_view(cfg: PlanConfig, corpus: Corpus, res: int, flops_per_frame: flo
                      f"{cores} cores x {cpu_fps:g} frames/s (no GPUs)")
     prep = r["encode_prep_fps_per_core"][key].value
     tok_bytes = frames * token_bpf
-    driver_bytes = tok_bytes * DRIVER_TOKEN_SHARE
+    driver_bytes = units * r["encode_driver_bytes_per_unit"].value  # an encode unit is an ingest unit
     encode = _bound([
         enc,
         _stage("CPU prep", frames / (prep * cores) / 3600, f"{_si(frames)} frames", f"{cores} cores x {prep:g} "
                                                                                     "frames/s"),
         _stage("network/S3", max(out_bytes, tok_bytes) / (link * cfg.nodes) / 3600,
                f"{_bytes(out_bytes)} in, {_bytes(tok_bytes)} out", f"{cfg.nodes} x {cfg.network_gbps:g} Gbit/s"),
-        _stage("driver", driver_bytes / link / 3600, f"{_bytes(driver_bytes)} in and out",
-               f"1 link of {cfg.network_gbps:g} Gbit/s"),
+        _stage("driver", (units * r["ingest_driver_s_per_unit"].value + driver_bytes / link) / 3600,
+               f"{units} units, {_bytes(driver_bytes)} in", f"1 driver, 1 link of {cfg.network_gbps:g} Gbit/s"),
     ])
     rates = {k: (v[key] if isinstance(v, dict) else v) for k, v in r.items()}
     rates["source_bitrate"] = dataclasses.replace(rates["source_bitrate"], value=cfg.source_mbps)
     rates["gpu_frames_per_s"] = gpu_rate
     return {"nodes": cfg.nodes, "cpus_per_node": cfg.cpus, "gpus_per_node": cfg.gpus,
             "network_gbps": cfg.network_gbps, "resolution": key, "video_hours": vh, "frames": frames,
-            "ingest": ingest, "encode": encode, "driver_token_share": DRIVER_TOKEN_SHARE,
+            "ingest": ingest, "encode": encode,
+            "driver_token_share": driver_bytes / tok_bytes if tok_bytes else 0.0,
             "rates": {k: dataclasses.asdict(v) for k, v in rates.items()}}
 
 
@@ -416,10 +424,9 @@ def format_cluster(c: dict[str, Any]) -> str:
         parts.append(_table(["stage", "needs", "capacity", "wall"],
                             [[st["stage"], st["needs"], st["capacity"], _hours(st["hours"])] for st in j["stages"]]))
     if c["driver_token_share"]:
-        cap = c["network_gbps"] * 1e9 / 8 / (c["rates"]["token_bytes_per_frame"]["value"] * c["driver_token_share"])
-        parts.append(f"encode driver: today every token of every sample goes through the driver, which writes every "
-                     f"token shard (issue 15): its one link caps the encode at {_num(cap)} frames/s (the link "
-                     "only: the driver's own CPU per byte is not measured here)")
+        parts.append(f"encode driver: the encoder actors commit their units; the driver schedules them and receives "
+                     f"~{_num(c['rates']['encode_driver_bytes_per_unit']['value'])} bytes per unit "
+                     f"({c['driver_token_share']:.2g} of the token bytes), no token (issue 15)")
     rates = c["rates"]
     for measured in (True, False):
         rows = [f"  {k}: {_num(v['value'])} {v['unit']}; {v['where']}" for k, v in rates.items()
