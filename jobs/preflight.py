@@ -2,7 +2,7 @@
 
 A missing input, an output that is a file, or storage that cannot be used (no credentials, no such bucket, access
 denied, an endpoint that cannot be reached) is a user mistake: ConfigError naming the setting, one line, exit 2.
-The checks themselves are operators/storage.py's (check_readable, check_writable); this names the setting.
+The checks themselves are operators/storage/'s (check_readable, check_writable); this names the setting.
 """
 from __future__ import annotations
 

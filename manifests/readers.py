@@ -2,7 +2,7 @@
 
 A path may be a job directory (holding `manifests/` and `failures/`, see manifests/schema.py), a `manifests/`
 directory, a single manifest part, or a folder holding several job directories. Local paths and `s3://bucket/prefix`
-are read through operators/storage.py (the project's one storage stack: its S3 settings, retries and ranged reads;
+are read through operators/storage/ (the project's one storage stack: its S3 settings, retries and ranged reads;
 pyarrow.parquet scans the seekable handles it opens).
 
 Memory stays bounded: nothing here materialises a table; callers iterate `iter_batches`. A part that cannot be read

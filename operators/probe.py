@@ -1,7 +1,7 @@
 """Cheap facts about a video file, from the container headers (and the first picture, decoded once).
 
 `probe(src)` accepts a local path or a seekable binary file-like object (e.g. the S3 ranged reader of
-operators/storage.py); the file is never read whole. Every bad input raises `RecordError` with stage "locate"
+operators/storage/); the file is never read whole. Every bad input raises `RecordError` with stage "locate"
 (missing file) or "probe" and a reason that says what is wrong: zero-byte file, truncated file, not a video,
 audio-only, no decoder for the codec, no picture decodable.
 """

@@ -348,7 +348,7 @@ def test_redact_presigned_urls_and_credentials():
 
 def test_configure_same_options_keeps_client_and_new_options_replace_it(s3):
     c = st._client()
-    st.configure_s3(st.S3Options.from_dict(st._OPTIONS.to_dict()))
+    st.configure_s3(st.S3Options.from_dict(st.s3._OPTIONS.to_dict()))
     assert st._client() is c
-    st.configure_s3(st._OPTIONS, max_attempts=2)
+    st.configure_s3(st.s3._OPTIONS, max_attempts=2)
     assert st._client() is not c
