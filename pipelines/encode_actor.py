@@ -344,10 +344,12 @@ class UnitEncoder:
                 "bytes": stats["bytes"], "clips": st.clips, "tiles": st.tiles, "elapsed": round(time.time() - t0, 3)}
 
     def _near(self):
-        """Decode tasks on this actor's node when it has a free CPU (decoded frames are large; mp4s are small)."""
+        """Decode tasks on this actor's node when it has a free CPU (decoded frames are large; mp4s are small),
+        on another node otherwise. _spill_on_unavailable: a soft affinity alone waits for a node that could run the
+        task but is busy (its CPUs held by the actors), forever on a node whose every CPU an actor holds."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return NodeAffinitySchedulingStrategy(node_id=self.node, soft=True)
+        return NodeAffinitySchedulingStrategy(node_id=self.node, soft=True, _spill_on_unavailable=True)
 
     def _put(self, st: UnitState, rows: list[dict[str, Any]]) -> None:
         with self.cond:
