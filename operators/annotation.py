@@ -45,6 +45,9 @@ Every sample json carries the annotation's `id`, `dataset`, `annotation` ("file:
 the sample's payload members and its conversations (a released mixture asks many questions about one video: the
 media bytes alone would make those samples exact duplicates of each other); `text` is the annotated conversation
 text without `<image>`, for the audit.
+
+Over ~500 lines (just): one job, the per-record body of a mixture, by media type (text, images, a video read as a
+container, a GIF or a frame folder); the frame rule it applies is frame_rule.py's.
 """
 from __future__ import annotations
 

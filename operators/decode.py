@@ -51,6 +51,9 @@ repacked into the stream's own pixel format (NV12 -> yuv420p, a lossless copy) b
 the software path.
 
 Sources: a local path or a seekable binary file-like object (never read whole).
+
+Over ~500 lines: the PyAV decoder is one state machine (demux, GOP closure, seek, serve targets; ~590 of the lines),
+and the GOP-parallel, keyframe and decord paths are modes of the one `decode` entry point, the first two driving it.
 """
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ dataset one LLaVA-style annotation file. Reading follows the reference, with the
   (1 for a video, one per image, 0 for text); a bad `start`/`end`/`duration`; a wrong media field; a hostile value
   (NaN, huge numbers, lone surrogates, wrong types). So written + failed == selected. The reference instead swaps
   a record it cannot load for another one, silently.
+
+Over ~500 lines: one format read end to end (the mixture YAML, its datasets' roots and strategies, the annotation
+files, one record), each step shaped by the reference's `LazySupervisedDataset`; the per-record body is annotation.py.
 """
 from __future__ import annotations
 

@@ -33,6 +33,9 @@ the record of a driver that did not end cleanly (a SIGKILL) first stops that dri
 by their token, session dir or recorded pid (and start time), never by name and never anyone else's, so units
 still in flight cannot race with the re-run. (For an `s3://` output the lock file lives in the local temp dir,
 keyed by the URI: it guards this host only.)
+
+Over ~500 lines: one lifecycle, a job's Ray and its output folder: the claim records the embedded Ray it starts (GCS,
+raylet, session dir) so that a re-run stops exactly that Ray's leftovers, and the shared-storage check runs on it.
 """
 from __future__ import annotations
 
