@@ -14,9 +14,14 @@ naming it; token auth on.
   see another, empty folder at that path, as a node without the shared mount would. Every other path is the
   same folder for all three nodes. Without root (no unshare -m) that test is skipped, saying so.
 
-Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short; a 4-step tiny-model
-train on 12 synthetic token samples. The tests share one cluster and run in file order: the node-kill test comes
-last (w1 is gone after it). Not marked slow on purpose: the file runs in the normal suite (about 2 minutes on 2
+- `longvid encode --ray-address` of that ingest output on the cluster writes the same token shards, manifests and
+  failures as on one node, and units were committed by actors on more than one node; a worker node killed while it
+  runs the encoder actor or a decode task: the job completes with the same bytes.
+
+Tiny corpus (8 videos x 2 clips + 2 bad rows = 18 inputs, units of 2 rows), profile short; the tiny random-weight
+encoder (fp32, one clip per forward pass: the tokens do not depend on the batches); a 4-step tiny-model train on 12
+synthetic token samples. The tests share one cluster and run in file order: the two node-kill tests come last, the
+encode one (w2 is gone after it), then the ingest one (w1). Not marked slow on purpose: the file runs in the normal suite (about 2 minutes on 2
 idle cores, the cluster's start included; 4 at a load average of 13).
 """
 from __future__ import annotations
@@ -72,12 +77,17 @@ def output_bytes(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
-    """The same job on one node: an embedded Ray of 2 CPUs."""
+def reference_out(corpus, tmp_path_factory) -> Path:
+    """The same job on one node: an embedded Ray of 2 CPUs. Its folder is the encode tests' input."""
     out = tmp_path_factory.mktemp("mn-ref") / "out"
     r = run(ingest_cmd(corpus, out, "--num-cpus", "2"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    files = output_bytes(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_out):
+    files = output_bytes(reference_out)
     assert any(k.startswith("shards/") and k.endswith(".tar") for k in files)
     assert any(k.startswith("manifests/") for k in files) and any(k.startswith("failures/") for k in files)
     return files
@@ -89,19 +99,44 @@ def assert_same(out: Path, reference: dict[str, bytes]) -> None:
     assert [k for k in got if got[k] != reference[k]] == [], "files differ from the one-node run"
 
 
-def unit_nodes(cluster: LocalCluster, names: dict[str, str], before: set[str]) -> dict[str, list[str]]:
-    """Our node name -> states of the run_unit task attempts it ran in the Ray jobs started since `before` (the
-    job ids then), from the State API (node id of every attempt)."""
+def unit_nodes(cluster: LocalCluster, names: dict[str, str], before: set[str],
+               task: str = "run_unit") -> dict[str, list[str]]:
+    """Our node name -> states of the `task` attempts it ran in the Ray jobs started since `before` (the job ids
+    then), from the State API (node id of every attempt). Ingest's units are run_unit tasks; encode's are the
+    actor tasks UnitEncoder.encode_unit (an actor task runs, and commits its unit, on the actor's node)."""
     by_id = {v: k for k, v in names.items()}
     out: dict[str, list[str]] = {}
-    for t in cluster.tasks("run_unit"):
+    for t in cluster.tasks(task):
         if t.get("job_id") not in before:
             out.setdefault(by_id.get(t.get("node_id"), t.get("node_id") or "?"), []).append(t["state"])
     return out
 
 
-def job_ids(cluster: LocalCluster) -> set[str]:
-    return {t.get("job_id") for t in cluster.tasks("run_unit")}
+def job_ids(cluster: LocalCluster, task: str = "run_unit") -> set[str]:
+    return {t.get("job_id") for t in cluster.tasks(task)}
+
+
+ENCODE_UNIT = "UnitEncoder.encode_unit"
+# the tiny random-weight encoder, fp32, every clip computed alone (batch_clips 1): the tokens do not depend on which
+# clips share a forward pass, so any number of actors on any nodes writes the same bytes
+ENCODE_FLAGS = ("--model", "tiny", "--batch-clips", "1", "--dtype", "fp32")
+
+
+def encode_cmd(shards: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longvid", "encode", "--shards", str(shards), "--out", str(out), *ENCODE_FLAGS,
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def encode_reference(reference_out, tmp_path_factory):
+    """`longvid encode` of the one-node ingest output, on one node (an embedded Ray of 2 CPUs: one actor)."""
+    out = tmp_path_factory.mktemp("mn-enc-ref") / "tokens"
+    r = run(encode_cmd(reference_out, out, "--num-cpus", "2"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    files = output_bytes(out)
+    assert any(k.startswith("shards/") and k.endswith(".tar") for k in files) and "index.json" in files
+    assert len([k for k in files if k.startswith("manifests/")]) >= 4
+    return files
 
 
 # ----------------------------------------------------------------------------------------------------- tests
@@ -172,6 +207,25 @@ def test_train_on_three_nodes_equals_one_node(multinode_cluster, tmp_path_factor
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes  # 1 CPU per node: one worker per node
 
 
+def test_encode_on_three_nodes_equals_one_node(multinode_cluster, reference_out, encode_reference, tmp_path):
+    """`longvid encode --ray-address` on the cluster (3 CPUs: two encoder actors of 1 CPU, so on two nodes, and
+    one CPU for the decode tasks) writes the bytes of the one-node run, and units were committed on more than one
+    node (the actor tasks that commit them, by node id, from the State API)."""
+    names = multinode_cluster.node_ids()
+    out = tmp_path / "tokens"
+    before = job_ids(multinode_cluster, ENCODE_UNIT)
+    r = run(encode_cmd(reference_out, out, "--ray-address", multinode_cluster.gcs), env=multinode_cluster.client_env())
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "seen alike by all 3 nodes" in r.stdout + r.stderr  # out and shards: the shared-storage check passed
+    assert_same(out, encode_reference)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["actors"] == 2, summary
+    ran = unit_nodes(multinode_cluster, names, before, ENCODE_UNIT)
+    committed = {n for n, states in ran.items() if "FINISHED" in states}
+    assert len(committed) >= 2, f"every unit was committed on one node: {ran}"
+    assert sum(states.count("FINISHED") for states in ran.values()) == summary["units_run"]
+
+
 @pytest.mark.skipif(not PRIVATE, reason="needs `unshare -m` (root) to give one node a private view of a folder")
 def test_local_out_not_seen_by_every_node_is_refused_before_any_work(multinode_cluster, corpus):
     out = multinode_cluster.hidden / "out"
@@ -211,6 +265,60 @@ def test_local_videos_not_seen_by_every_node_are_refused_before_any_work(multino
     assert "the driver as folder of" in err and "s3://" in err
     assert not (out / "manifests").exists() and not (out / "shards").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
+
+
+def test_worker_node_killed_mid_encode_still_completes_identically(multinode_cluster, reference_out,
+                                                                   encode_reference, tmp_path):
+    """Worker node w2's processes are killed (SIGKILL, by pid) while it runs the encoder actor or a decode task of
+    a unit, before every unit is committed: the units it held fail (a lost actor is restarted by Ray on another
+    node, a lost decode task fails its unit), the driver gives them again and the output equals the one-node run's.
+    One actor (--actors 1): on the two nodes left, one CPU holds it and one decodes (two actors of 1 CPU would
+    leave no CPU to decode). w2, not w1: the ingest kill test after this one needs w1."""
+    out = tmp_path / "tokens"
+    names = multinode_cluster.node_ids()
+    assert {"w1", "w2"} <= set(names)
+    victim = multinode_cluster.nodes["w2"]
+    units = len([k for k in encode_reference if k.startswith("manifests/")])
+    log = tmp_path / "log.txt"
+    before = job_ids(multinode_cluster, ENCODE_UNIT)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(encode_cmd(reference_out, out, "--ray-address", multinode_cluster.gcs, "--actors", "1"),
+                                cwd=REPO, env={**multinode_cluster.client_env(), "RAY_DEDUP_LOGS": "0"}, stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    killed: list[int] = []
+    hit, committed_then = b"", 0
+    try:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 240 and not killed:
+            committed_then = len(list((out / "manifests").glob("*.parquet"))) if (out / "manifests").is_dir() else 0
+            if committed_then < units:
+                for pid in victim.pids():
+                    try:
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    if cmd.startswith((b"ray::UnitEncoder", b"ray::decode_shard")):
+                        hit = cmd.split(b"\0")[0]
+                        killed = multinode_cluster.kill("w2")
+                        break
+            time.sleep(0.05)
+        assert killed, "nothing of the encode caught running on w2:\n" + log.read_text()[-3000:]
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert rc == 0, log.read_text()[-3000:]
+    assert committed_then < units
+    assert victim.pids() == set()
+    assert "w2" not in multinode_cluster.node_ids()
+    assert_same(out, encode_reference)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["units_uncommitted"] == [], summary
+    lost = {**unit_nodes(multinode_cluster, names, before, ENCODE_UNIT),
+            **{f"decode on {k}": v for k, v in unit_nodes(multinode_cluster, names, before, "decode_shard").items()}}
+    assert any("FAILED" in v for k, v in lost.items() if k.endswith("w2")), \
+        f"killed {hit!r} on w2 but no attempt there is recorded as failed: {lost}"
 
 
 def test_worker_node_killed_mid_ingest_still_completes_identically(multinode_cluster, corpus, reference, tmp_path):
