@@ -47,10 +47,11 @@ from typing import Any, Iterator
 
 from longvid.operators.safe_yaml import YamlRefused, parse_yaml
 from longvid.operators import storage
-from longvid.operators.errors import ConfigError, RecordError
+from longvid.operators.errors import ConfigError, RecordError, show
 from longvid.operators.records import Failure, sample_key
-from longvid.operators.sources import base
-from longvid.operators.sources.base import BadValue, check_id, json_type, make_failure, parse_number, show
+from longvid.operators.sources import metadata_files
+from longvid.operators.sources.base import make_failure
+from longvid.operators.sources.values import MAX_SECONDS, BadValue, check_id, json_type, parse_number
 
 MEDIA_TYPES = ("video", "image", "text")
 VIDEO_READ_TYPES = ("decord", "av", "gif", "img", "frame")  # the reference's readers (not its test-only "fake")
@@ -455,7 +456,7 @@ def _jsonl_items(uri: str) -> Iterator[tuple[int, str, Any]]:
                 continue
             origin = f"{uri}:{n}"
             try:
-                obj: Any = base.loads(raw.decode("utf-8"))
+                obj: Any = metadata_files.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
                 obj = _BadLine(f"not UTF-8 text (byte {e.start} of the line)")
             except json.JSONDecodeError as e:
@@ -473,7 +474,7 @@ def _json_list_items(ds: MixtureDataset, uri: str) -> Iterator[tuple[int, str, A
     except UnicodeDecodeError as e:
         raise MixtureError(f"{ds.where}: {uri}: not UTF-8 text (byte {e.start})") from None
     del data
-    ws = base._WS  # the JSON whitespace of operators.sources.base
+    ws = metadata_files._WS  # the JSON whitespace of operators.sources.metadata_files
     try:
         i = ws.match(text, 0).end()
         if not text.startswith("[", i):
@@ -487,7 +488,7 @@ def _json_list_items(ds: MixtureDataset, uri: str) -> Iterator[tuple[int, str, A
             while True:
                 line += text.count("\n", last, i)
                 last = i
-                obj, i = base._decode(text, i, base._DESCEND)  # an item too deep to read becomes an Unreadable
+                obj, i = metadata_files._decode(text, i, metadata_files._DESCEND)  # an item too deep to read becomes an Unreadable
                 yield index, f"{uri}:{line} [item {index}]", obj
                 index += 1
                 i = ws.match(text, i).end()
@@ -611,12 +612,12 @@ def parse_record(plan: DatasetPlan, index: int, origin: str, obj: Any) -> Annota
         if "start" in obj or "end" in obj:
             if "start" not in obj or "end" not in obj:
                 raise BadValue("end" if "start" in obj else "start", "a span needs both start and end (seconds)")
-            start = parse_number(obj["start"], "start", limit=base.MAX_SECONDS)
-            end = parse_number(obj["end"], "end", limit=base.MAX_SECONDS)
+            start = parse_number(obj["start"], "start", limit=MAX_SECONDS)
+            end = parse_number(obj["end"], "end", limit=MAX_SECONDS)
             if end <= start:
                 raise BadValue("end", f"empty or negative span [{start:g}, {end:g}]")
         if obj.get("duration") is not None:
-            duration = parse_number(obj["duration"], "duration", limit=base.MAX_SECONDS)
+            duration = parse_number(obj["duration"], "duration", limit=MAX_SECONDS)
         vrt = ds.video_read_type
         if vrt is None and obj.get("video_read_type") is not None:  # the reference honours a record's own
             vrt = obj["video_read_type"]

@@ -8,7 +8,7 @@ Every input row ends as exactly one Sample or one Failure: that is what makes
 Text safety: every string a TextSpan, SourceRecord or Failure holds is valid Unicode text, so that it encodes as
 UTF-8 in every writer downstream (parquet, json, tar member names). JSON metadata can hold lone surrogates
 ("\\ud800" escapes); these classes replace each one with U+FFFD when they are built (`safe_text`). An *id* that is
-not valid text is refused earlier, by the adapter (sources.base.check_id), because a changed id names another file.
+not valid text is refused earlier, by the adapter (sources.values.check_id), because a changed id names another file.
 """
 from __future__ import annotations
 

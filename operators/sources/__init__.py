@@ -14,7 +14,7 @@ import pkgutil
 import re
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_NOT_ADAPTERS = {"base"}
+_NOT_ADAPTERS = {"base", "metadata_files", "values"}  # what the adapters share
 
 
 def available() -> list[str]:
