@@ -251,7 +251,7 @@ def _result(row, item, length, depth, q, correct):
 
 
 def test_aggregate_single_and_multi():
-    from longvid.pipelines.niah_eval import aggregate
+    from longvid.pipelines.niah_results import aggregate
 
     res = [_result(0, 0, 8, 0.0, "single", True), _result(1, 1, 8, 0.0, "single", False),
            _result(2, 0, 8, 1.0, "single", True), _result(3, 1, 16, 0.0, "single", True)]
@@ -313,7 +313,7 @@ def _ref_multi_length(cap_accuracies: list[int], qa_accuracies: list[int]) -> di
 
 
 def test_multi_hop_scores_are_the_released_ones():
-    from longvid.pipelines.niah_eval import aggregate
+    from longvid.pipelines.niah_results import aggregate
 
     rng = np.random.default_rng(4)
     for n in (1, 3, 20):
@@ -338,7 +338,7 @@ def test_heatmap_png_colours_cells_by_score(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from longvid.pipelines.niah_eval import draw_heatmap, heatmap_figure, score_color
+    from longvid.pipelines.niah_results import draw_heatmap, heatmap_figure, score_color
 
     assert score_color(0.0) == (0xF0, 0x49, 0x6E) and score_color(1.0) == (0x9A, 0xD5, 0xB3)
     assert score_color(0.5) == (0xEB, 0xB8, 0x39)
