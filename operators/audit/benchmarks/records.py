@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable, Iterable, TypeVar
+
+T = TypeVar("T")
 
 MAX_PROBLEMS_PER_FILE = 200  # problems kept with their details per file; all are counted
 
@@ -81,6 +84,17 @@ class BenchmarkFile:
             self.problems.append(BenchmarkProblem(self.path, _shown(where, 120), _shown(fld, 80), _shown(why, 300)))
 
 
+def _first_of_each(items: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
+    """`items` in order, each key's first one only."""
+    seen, out = set(), []
+    for x in items:
+        k = key(x)
+        if k not in seen:
+            seen.add(k)
+            out.append(x)
+    return out
+
+
 @dataclass
 class BenchmarkSet:
     files: list[BenchmarkFile]
@@ -88,25 +102,12 @@ class BenchmarkSet:
 
     @property
     def videos(self) -> list[BenchVideo]:
-        seen, out = set(), []
-        for f in self.files:
-            for v in f.videos:
-                k = (v.benchmark, v.namespace, v.video_id, v.start, v.end)
-                if k not in seen:
-                    seen.add(k)
-                    out.append(v)
-        return out
+        return _first_of_each((v for f in self.files for v in f.videos),
+                              lambda v: (v.benchmark, v.namespace, v.video_id, v.start, v.end))
 
     @property
     def texts(self) -> list[BenchText]:
-        seen, out = set(), []
-        for f in self.files:
-            for t in f.texts:
-                k = (t.benchmark, t.video, t.field, t.text)
-                if k not in seen:
-                    seen.add(k)
-                    out.append(t)
-        return out
+        return _first_of_each((t for f in self.files for t in f.texts), lambda t: (t.benchmark, t.video, t.field, t.text))
 
     @property
     def benchmarks(self) -> list[str]:
