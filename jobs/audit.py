@@ -31,7 +31,7 @@ def register(sub) -> None:
     add_flags(p, AuditConfig)
     p.add_argument("--strict-benchmarks", action="store_true", help="fail when a benchmark file is not recognised")
     p.add_argument("--fail-on-leak", action="store_true", help="exit 1 when any leakage is found")
-    add_flags(p, Shared, skip=("num_cpus", "ray_address", "quiet"))
+    add_flags(p, Shared, skip=("num_cpus", "quiet"))
     p.set_defaults(func=run)
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     preflight.writable("out", args.out)
     try:  # S3 settings: this process's, set by preflight.use_s3 above (storage.configure_s3)
         res = audit(args.manifests, args.benchmarks, args.out, cfg, args.benchmark_videos,
-                    strict_benchmarks=args.strict_benchmarks)
+                    strict_benchmarks=args.strict_benchmarks, ray_address=args.ray_address or "")
     except (ManifestError, BenchmarkFormatError, FileNotFoundError, ValueError) as e:  # the CLI's error line, exit 2
         raise ConfigError(str(e)) from None
     s = res.summary

@@ -54,6 +54,7 @@ from longvid.operators.niah import SpecError
 from longvid.pipelines.niah_config import NiahBuildConfig
 from longvid.pipelines.outputs import JobOutput, versions
 from longvid.pipelines.ray_session import OWNER_FILE
+from longvid.pipelines.remote_reads import RemoteReads, local_stream
 
 # --------------------------------------------------------------------------------------------------------------
 # Haystack sources
@@ -75,45 +76,67 @@ def shard_uris(haystack: str) -> list[str]:
     return []
 
 
-def iter_shard_frames(uris: list[str], limit: int) -> Iterator[FrameChunk]:
+def shard_frames(uri: str, limit: int) -> Iterator[tuple[str, Any]]:
+    """The frames of one ingest shard's samples (<key>.mp4), in tar order, up to `limit`: ("frames", (frames,
+    provenance)) per sample, ("warn", message) for a sample whose mp4 does not decode (skipped) and for a shard
+    that is no tar or turns unreadable part way (corrupt, truncated: the frames before the damage are given).
+    Runs where the shard is on a cluster (a Ray streaming task): what it yields is the frames it selected, never
+    the shard."""
+    from longvid.operators.mp4 import decode_mp4
+
+    got = samples = 0  # frames and samples of this shard
+    with storage.open_read(uri) as f:
+        try:
+            for g in shards.iter_samples(f, exts=("mp4",)):
+                samples += 1
+                if "mp4" not in g.members:
+                    continue
+                try:
+                    frames = decode_mp4(g.members["mp4"])
+                except RecordError as e:
+                    yield "warn", f"haystack: {uri}: member {g.key}.mp4 skipped: {e.reason}"
+                    continue
+                frames = frames[: limit - got]
+                yield "frames", (frames, [{"file": uri, "key": g.key, "frame": i} for i in range(len(frames))])
+                got += len(frames)
+                if got >= limit:
+                    return
+            if not samples and f.seek(0, 2) == 0:
+                raise shards.TarError("empty file")
+        except (shards.TarError, OSError) as e:  # OSError: StorageError too (a read failing part way)
+            if samples:
+                yield "warn", (f"haystack: {uri}: unreadable after {got} frames ({type(e).__name__}: {e}); the rest of "
+                               "this shard is skipped")
+            else:
+                yield "warn", f"haystack: {uri}: not a readable tar shard ({type(e).__name__}: {e}); skipped"
+
+
+def iter_shard_frames(uris: list[str], limit: int, stream=None) -> Iterator[FrameChunk]:
     """Frames of ingest samples (<key>.mp4), shard by shard in name order, samples in tar order, up to `limit`.
     A sample whose mp4 does not decode is skipped, and a shard that is no tar or turns unreadable part way
     (corrupt, truncated) gives the frames before the damage: each with a warning naming the shard, the member
-    and the reason. The build goes on with the next sample or shard (no frames at all is the caller's error)."""
+    and the reason. The build goes on with the next sample or shard (no frames at all is the caller's error).
+    `stream(shard_frames, [(uri, limit), ...])` reads the shards (default: here; on a cluster, Ray tasks,
+    pipelines/remote_reads.py: one shard at a time, each asked only for the frames still wanted)."""
     import logging
-
-    from longvid.operators.mp4 import decode_mp4
 
     warn = logging.getLogger("longvid.niah.build").warning
     taken = 0
-    for uri in uris:
-        with storage.open_read(uri) as f:
-            got = samples = 0  # frames and samples of this shard
-            try:
-                for g in shards.iter_samples(f, exts=("mp4",)):
-                    samples += 1
-                    if "mp4" not in g.members:
-                        continue
-                    try:
-                        frames = decode_mp4(g.members["mp4"])
-                    except RecordError as e:
-                        warn("haystack: %s: member %s.mp4 skipped: %s", uri, g.key, e.reason)
-                        continue
-                    frames = frames[: limit - taken]
-                    prov = [{"file": uri, "key": g.key, "frame": i} for i in range(len(frames))]
-                    yield frames, prov
-                    taken += len(frames)
-                    got += len(frames)
-                    if taken >= limit:
-                        return
-                if not samples and f.seek(0, 2) == 0:
-                    raise shards.TarError("empty file")
-            except (shards.TarError, OSError) as e:  # OSError: StorageError too (a read failing part way)
-                if samples:
-                    warn("haystack: %s: unreadable after %d frames (%s: %s); the rest of this shard is skipped",
-                         uri, got, type(e).__name__, e)
-                else:
-                    warn("haystack: %s: not a readable tar shard (%s: %s); skipped", uri, type(e).__name__, e)
+
+    def calls() -> Iterator[tuple[str, int]]:
+        for uri in uris:
+            if taken >= limit:
+                return
+            yield uri, limit - taken
+
+    for kind, item in (stream or local_stream)(shard_frames, calls()):
+        if kind == "warn":
+            warn("%s", item)
+            continue
+        yield item
+        taken += len(item[0])
+        if taken >= limit:
+            return
 
 
 def iter_video_frames(path: str, limit: int, chunk: int = 64) -> Iterator[FrameChunk]:
@@ -378,14 +401,24 @@ def _build(cfg: NiahBuildConfig, log, stack: contextlib.ExitStack) -> dict[str, 
     if available is not None:
         read = min(read, available)
     prov: list[dict[str, Any]] = []
-    frames_iter = iter_video_frames(src, read) if src_kind == "video" else iter_shard_frames(src, read)
-    next_log = 512
-    for frames, p in frames_iter:
-        ce.add(frames)
-        prov += p
-        if not cfg.quiet and len(prov) >= next_log:
-            log(f"[niah build] haystack: {len(prov)}/{unique} frames encoded ({time.time() - t1:.0f} s)")
-            next_log += 512
+    # on a cluster (--ray-address, or a Ray this process has) the shards are read and decoded in Ray tasks that
+    # return only the frames the haystack takes; a video file is decoded here
+    reads = RemoteReads.start(cfg.ray_address, job="niah-build", log=log, inputs={"haystack": cfg.haystack}) \
+        if src_kind == "shards" else None
+    try:
+        frames_iter = (iter_video_frames(src, read) if src_kind == "video"
+                       else iter_shard_frames(src, read, reads.stream if reads is not None else None))
+        next_log = 512
+        for frames, p in frames_iter:
+            ce.add(frames)
+            prov += p
+            if not cfg.quiet and len(prov) >= next_log:
+                log(f"[niah build] haystack: {len(prov)}/{unique} frames encoded ({time.time() - t1:.0f} s)")
+                next_log += 512
+        remote = reads.summary() if reads is not None else None
+    finally:
+        if reads is not None:
+            reads.close()
     hay = ce.finish()
     if len(prov) == 0:
         raise ConfigError(f"haystack: {cfg.haystack}: no frames")
@@ -445,7 +478,8 @@ def _build(cfg: NiahBuildConfig, log, stack: contextlib.ExitStack) -> dict[str, 
                                 else "the frames stored in the shards, in order"),
                      "pad_to_square": True,
                      "reference_exact": src_kind == "video",
-                     "deviation": None if src_kind == "video" else SHARD_DEVIATION},
+                     "deviation": None if src_kind == "video" else SHARD_DEVIATION,
+                     **({"remote_reads": remote} if remote is not None else {})},
         "encoder": ident,
         "tokens_per_frame": tpf,
         "needle_tokens": needle_tokens,

@@ -48,6 +48,8 @@ class NiahBuildConfig(Settings):
                                                      "float16, float32)")
     limit_items: int = setting(0, ge=0, help="only the first N spec items (default 0: all)")
     threads: int = setting(0, ge=0, le=4096, help="torch CPU threads while encoding (default: torch's)")
+    ray_address: str = setting("", help="a Ray cluster whose tasks read and decode the haystack shards (default: "
+                                        "RAY_ADDRESS, else read here; a video file is always decoded here)")
     quiet: bool = like(Shared, "quiet")
 
     @rule

@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -83,9 +83,32 @@ class BenchFrames:
     failed: list[tuple[str, str]]
 
 
-def hash_benchmark_videos(root: str | Path, bench: BenchmarkSet, cfg: AuditConfig) -> BenchFrames:
-    """dHash of every video under `root` at cfg.benchmark_fps, labelled with the benchmarks that use the file."""
-    from .videos import VIDEO_EXTS, frames_at_rate
+def hash_video_file(path: str, fps: float, max_frames: int) -> tuple[list[int], list[float], str | None]:
+    """dHash and time of the frames of one video at `fps` (at most `max_frames`): (hashes, times, why it failed
+    part way or None; the frames hashed before a failure are kept). A small result: 8 bytes a frame."""
+    from .videos import frames_at_rate
+
+    hashes: list[int] = []
+    times: list[float] = []
+    try:
+        for t, img in frames_at_rate(Path(path), fps, max_frames):
+            hashes.append(int(dhash64(img)))
+            times.append(t)
+    except Exception as e:  # a broken benchmark video is reported, the audit goes on
+        return hashes, times, f"{type(e).__name__}: {e}"
+    return hashes, times, None
+
+
+def _local_map(fn: Callable, items) -> Iterator:
+    return (fn(*args) for args in items)
+
+
+def hash_benchmark_videos(root: str | Path, bench: BenchmarkSet, cfg: AuditConfig,
+                          map_fn: Callable | None = None) -> BenchFrames:
+    """dHash of every video under `root` at cfg.benchmark_fps, labelled with the benchmarks that use the file.
+    `map_fn(fn, [args, ...])` runs hash_video_file per file and gives the results in order (default: here, one
+    after the other; a job on a cluster passes Ray tasks, pipelines/remote_reads.py)."""
+    from .videos import VIDEO_EXTS
 
     root = Path(root)
     if not root.is_dir():
@@ -96,6 +119,7 @@ def hash_benchmark_videos(root: str | Path, bench: BenchmarkSet, cfg: AuditConfi
     namespaces = {ns for ns, _ in by_ns}
     hashes, files, times, failed = [], [], [], []
     labels: dict[str, list[tuple[str, str]]] = {}
+    videos: list[tuple[Path, str]] = []
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in VIDEO_EXTS:
             continue
@@ -107,13 +131,15 @@ def hash_benchmark_videos(root: str | Path, bench: BenchmarkSet, cfg: AuditConfi
                 for v in by_ns.get((ns, vid), []) if vid else []:
                     lab.append((v.benchmark, v.ref))
         labels[rel] = sorted(set(lab))[:20]
-        try:
-            for t, img in frames_at_rate(p, cfg.benchmark_fps, cfg.benchmark_max_frames):
-                hashes.append(dhash64(img))
-                files.append(rel)
-                times.append(t)
-        except Exception as e:  # a broken benchmark video is reported, the audit goes on
-            failed.append((rel, f"{type(e).__name__}: {e}"))
+        videos.append((p, rel))
+    results = (map_fn or _local_map)(hash_video_file, [(str(p), cfg.benchmark_fps, cfg.benchmark_max_frames)
+                                                      for p, _ in videos])
+    for (_, rel), (hs, ts, why) in zip(videos, results):
+        hashes += hs
+        files += [rel] * len(hs)
+        times += ts
+        if why is not None:
+            failed.append((rel, why))
     h = np.array(hashes, np.uint64)
     ix = HashIndex(h, np.arange(len(h)), cfg.phash_threshold, cfg.phash_min_bits)
     return BenchFrames(ix, files, np.array(times, np.float64), labels, root, failed)
@@ -188,9 +214,12 @@ def _r(x: float | None) -> float | None:
 def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg: AuditConfig | None = None,
               benchmark_videos: str | Path | None = None, write_report: bool = True,
               benchmark_frames: BenchFrames | None = None,
-              progress: Callable[[int, int], None] | None = None) -> AuditResult:
+              progress: Callable[[int, int], None] | None = None,
+              map_fn: Callable | None = None) -> AuditResult:
     """The audit (see module docstring). `benchmark_frames` replaces hashing `benchmark_videos` (precomputed).
-    `progress(rows, findings)` is called after each manifest batch (rows of the batch, findings so far)."""
+    `progress(rows, findings)` is called after each manifest batch (rows of the batch, findings so far).
+    `map_fn(fn, [args, ...])` runs the bulk reads of files (a benchmark video's frame hashes, a shard's contact
+    sheets) and gives their small results in order: here by default, Ray tasks on a cluster (pipelines/audit.py)."""
     cfg = cfg or AuditConfig()
     cfg.validate()
     # Parts that cannot be read are reported and left out; with no usable manifest part at all, nothing is audited.
@@ -207,7 +236,8 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
 
     id_index = _id_index(bench.videos)
     texts = NgramIndex(bench.texts, cfg.ngram, cfg.min_question_tokens, cfg.max_template_videos)
-    frames = benchmark_frames or (hash_benchmark_videos(benchmark_videos, bench, cfg) if benchmark_videos else None)
+    frames = benchmark_frames or (hash_benchmark_videos(benchmark_videos, bench, cfg, map_fn) if benchmark_videos
+                                  else None)
     log.info("benchmarks: %d files, %d video refs, %s; benchmark frames: %s", len(bench.files), len(id_index),
              texts.describe(), len(frames.index) if frames else "not given")
 
@@ -362,7 +392,7 @@ def run_audit(jobs: list[JobDir], bench: BenchmarkSet, out_dir: str | Path, cfg:
     storage.write_json(str(out / "summary.json"), summary, indent=1, default=str)
     if write_report:
         from .report import write_report as _wr
-        _wr(out / "report.html", summary, leak, dup_table, jobs, where, frames, cfg)
+        _wr(out / "report.html", summary, leak, dup_table, jobs, where, frames, cfg, map_fn)
     log.info("audit: %d rows in %.1f s, %d leakage findings (%d keys), %d duplicates", n_rows, seconds, leak.num_rows,
              len(leak_keys), dup_table.num_rows)
     return AuditResult(out, n_rows, seconds, leak, dup_table, leak_keys + dup_drop, summary)

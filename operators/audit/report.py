@@ -117,35 +117,46 @@ def contact_sheet(frames: list[np.ndarray], marked: set[int] = frozenset(), cols
     return sheet
 
 
-def _load_sheets(keys: list[str], jobs, where, frames_by_key) -> dict[str, str]:
-    """key -> data URI of its contact sheet, or an explanation string starting with '!'."""
+def shard_sheets(uri: str, shard: str, marks: dict[str, list[int]]) -> dict[str, str]:
+    """key -> data URI of the contact sheet of its stored frames (the matched ones framed), or an explanation
+    starting with '!', for the keys of one shard (`marks`: key -> matched frame positions). Reads only those
+    samples' mp4 members; returns thumbnails (a few tens of KiB a key), never the shard."""
+    out: dict[str, str] = {}
+    try:
+        with storage.open_read(uri) as f:
+            got = read_members(f, {k + ".mp4" for k in marks})
+    except Exception as e:
+        return {k: f"! cannot read shard {shard}: {type(e).__name__}: {e}" for k in marks}
+    for k, marked in marks.items():
+        data = got.get(k + ".mp4")
+        if data is None:
+            out[k] = f"! {k}.mp4 not found in {shard}"
+            continue
+        try:
+            out[k] = _data_uri(contact_sheet(decode_all(data), set(marked)))
+        except Exception as e:
+            out[k] = f"! cannot decode {k}.mp4: {type(e).__name__}: {e}"
+    return out
+
+
+def _load_sheets(keys: list[str], jobs, where, frames_by_key, map_fn=None) -> dict[str, str]:
+    """key -> data URI of its contact sheet, or an explanation string starting with '!'. One shard_sheets call
+    per shard, through `map_fn(fn, [args, ...])` (results in order) when given: Ray tasks on a cluster."""
     by_shard: dict[tuple[int, str], list[str]] = defaultdict(list)
     for k in keys:
         j, shard, _ = where[k]
         by_shard[(j, shard)].append(k)
     out: dict[str, str] = {}
+    calls = []
     for (j, shard), ks in by_shard.items():
-        job = jobs[j]
         if not shard:
             for k in ks:
                 out[k] = "! manifest row has no shard"
             continue
-        try:
-            with storage.open_read(job.path(shard)) as f:
-                got = read_members(f, {k + ".mp4" for k in ks})
-        except Exception as e:
-            for k in ks:
-                out[k] = f"! cannot read shard {shard}: {type(e).__name__}: {e}"
-            continue
-        for k in ks:
-            data = got.get(k + ".mp4")
-            if data is None:
-                out[k] = f"! {k}.mp4 not found in {shard}"
-                continue
-            try:
-                out[k] = _data_uri(contact_sheet(decode_all(data), set(frames_by_key.get(k, []))))
-            except Exception as e:
-                out[k] = f"! cannot decode {k}.mp4: {type(e).__name__}: {e}"
+        calls.append((jobs[j].path(shard), shard, {k: list(frames_by_key.get(k, [])) for k in ks}))
+    results = map_fn(shard_sheets, calls) if map_fn is not None else (shard_sheets(*c) for c in calls)
+    for got in results:
+        out.update(got)
     return out
 
 
@@ -185,7 +196,8 @@ def _evidence_html(row: dict, frames) -> str:
     return f"<li>{head}<br>{body}</li>"
 
 
-def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs, where: dict, frames, cfg) -> None:
+def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs, where: dict, frames, cfg,
+                 map_fn=None) -> None:
     t0 = time.perf_counter()
     s = summary
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>LongVid audit report</title><style>{CSS}</style></head><body>",
@@ -292,7 +304,7 @@ def write_report(path: Path, summary: dict, leak: pa.Table, dups: pa.Table, jobs
     keys = sorted(by_key, key=lambda k: (-max(r["score"] for r in by_key[k]), k))[: cfg.report_max_samples]
     if keys:
         marked = {k: where[k][2] for k in keys if k in where}
-        sheets = _load_sheets([k for k in keys if k in where], jobs, where, marked)
+        sheets = _load_sheets([k for k in keys if k in where], jobs, where, marked, map_fn)
         for k in keys:
             rs = by_key[k]
             sheet = sheets.get(k, "! not located")
