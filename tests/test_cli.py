@@ -141,7 +141,8 @@ SETTINGS = {"longvid ingest": (IngestConfig, MixtureConfig), "longvid encode": (
             "longvid niah build": (NiahBuildConfig,), "longvid niah eval": (NiahEvalConfig,),
             "longvid demo": (DemoConfig,)}
 RUN_FLAGS = {"longvid audit": {"manifests", "benchmarks", "out", "benchmark_videos", "strict_benchmarks",
-                               "fail_on_leak", "s3_endpoint_url", "s3_profile", "s3_region"}}  # what to audit, where
+                               "fail_on_leak", "s3_endpoint_url", "s3_profile", "s3_region",
+                               "ray_address"}}  # what to audit, where, on which cluster
 NO_JOB_FILE = {"longvid demo"}
 
 
