@@ -31,6 +31,9 @@ accepted as a haystack but are not the reference's input (`reference_exact` fals
 `haystack.deviation`): their frames were sampled by the dynamic VideoChat-Flash rule (not every round(fps)-th
 frame), resized to a square by ingest (stretched, not padded: padding a square frame changes nothing) and stored as
 lossy mp4. Each stored frame counts as one haystack frame, shard by shard in name order, samples in tar order.
+
+Over ~500 lines: one job, the set built end to end (haystack sources, the encoder, the set's files); the demo's small
+needle spec at the end is a candidate for synthetic/ (kept here while the NIAH build is being reworked).
 """
 from __future__ import annotations
 
