@@ -1,7 +1,7 @@
 """Audit glue: the S3 settings, then the audit itself (operators/audit/core.py).
 
 The audit is one streaming pass in this process (pyarrow reads row groups; numpy does the matching): it needs no
-Ray cluster. Manifests, failures and shards, local or on S3, are read through operators/storage.py like every other
+Ray cluster. Manifests, failures and shards, local or on S3, are read through operators/storage/ like every other
 job's inputs; its S3 settings are this process's (`storage.configure_s3`, set by `longvid audit` from its flags).
 
 Given a Ray cluster (`ray_address`, RAY_ADDRESS, or a Ray this process already has), the reads of files run as Ray
