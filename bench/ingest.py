@@ -438,7 +438,7 @@ def write_closure_md(cmd, clines, elapsed, load, args) -> None:
         "of the reorder buffer): the cheapest pictures of the stream, so the CPU saved is smaller than the frame "
         "count saved, and smallest with 10 s GOPs, where one GOP holds about ten 1 fps targets and the old "
         "path's tail costs once per GOP. Frames: byte-equal to the old path's on every video (last column) and "
-        "to decord's in tests/test_decode.py.",
+        "to decord's in tests/operators/test_decode.py.",
         "",
     ])
     sect = re.search(r"^## Decode\n.*?(?=^## |\Z)", text, re.S | re.M)

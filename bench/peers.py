@@ -4,8 +4,8 @@
     python bench/peers.py --write-md    # also rewrite the "## Peers" section of BENCHMARKS.md
 
 Corpus: synthetic.faulty_corpus.make_corpus(n_videos=80, clips_per_video=3, bad_per_kind=3, seed=11), the one
-tests/test_fault_injection.py uses: 240 good clips of 80 small H.264 videos (160x120, 3 s, 25 fps) and 27 bad rows
-of nine kinds, in MiraData v1 layout.
+tests/scenarios/test_fault_injection.py uses: 240 good clips of 80 small H.264 videos (160x120, 3 s, 25 fps) and
+27 bad rows of nine kinds, in MiraData v1 layout.
 
 video2dataset is given what it can express of the same input: one row per video file (`url` = its local path,
 `caption`, `clips` = the [start, end] spans of its rows), with the ClippingSubsampler (precision "exact": the

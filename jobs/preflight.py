@@ -14,8 +14,8 @@ from typing import Iterable
 from longvid.operators.errors import ConfigError
 
 # A pre-flight S3 request keeps the job's retries (a flaky network is not a configuration error: with 2 attempts, 4%
-# of checks failed under the 20% injected faults of tests/test_ingest_s3.py) but connects with a short timeout, so an
-# unreachable endpoint is still reported in seconds (refused: ~3 s for 6 attempts; black-holed: ~6 x 3 s).
+# of checks failed under the 20% injected faults of tests/pipelines/test_ingest_s3.py) but connects with a short
+# timeout, so an unreachable endpoint is still reported in seconds (refused: ~3 s for 6 attempts; black-holed: ~6 x 3 s).
 PREFLIGHT_S3_TIMEOUT_S = 3.0
 
 

@@ -4,7 +4,7 @@
 - `TOKENS_PER_FRAME`: merged HiCo tokens per frame, so `TOKENS_PER_CLIP` = 64 per clip (and per image tile).
 - `IGNORE_INDEX`: the label of tokens the loss does not train on (-100: the transformers / torch default).
 - `MODEL_PRESETS`: the names of model/config.py's presets (the jobs' `model` settings accept them without importing
-  torch; tests/test_cli.py keeps the two equal).
+  torch; tests/jobs/test_cli.py keeps the two equal).
 - Checkpoint key prefixes: the released (LLaVA-style) names of the vision tower and the projector, and the prefixes
   LongVid's own training checkpoints use. Only model/checkpoint.py reads checkpoints by these names.
 """

@@ -50,7 +50,8 @@ def resize_one(frame: np.ndarray, size: int, method: str = "pil") -> np.ndarray:
     method "pil" (default): PIL bicubic, byte-identical to the UMT preprocessor.
     method "torch": torch's uint8 antialiased bicubic kernel, 4-10x faster on 720p/1080p frames; it differs
     from PIL by 1-2 (of 255) on about 0.1-0.2% of the values (measured on synthetic 1080p frames and in
-    tests/test_frames.py); the stored mp4 (4:4:4 crf 15) differs from its input by about 1 on average, 4 at p99.
+    tests/operators/test_frames.py); the stored mp4 (4:4:4 crf 15) differs from its input by about 1 on average,
+    4 at p99.
     """
     _check_frame(frame)
     if frame.shape[0] == size and frame.shape[1] == size:

@@ -1,4 +1,4 @@
-"""The WebDataset shard format, read and written: the one tar module of the project (tests/test_layout.py).
+"""The WebDataset shard format, read and written: the one tar module of the project (tests/scenarios/test_layout.py).
 
     write   tar_member_header(name, size) -> the header block(s) of one member (ustar; PAX for long names);
             TarPartWriter: one tar part written a whole sample at a time (operators.write commits the parts)
@@ -12,8 +12,8 @@ Anything that cannot be read as a tar is one error, TarError: the rest of that s
 before it was yielded. I/O errors stay storage.StorageError (an OSError).
 
 Why our own code on both sides. Writer: webdataset's TarWriter can be set to write the same bytes (tarfile's,
-which tests/test_shards.py compares ours with), but importing webdataset takes ~1 s per process, it copies members
-in 16 KiB chunks (1.6 GB/s against 2.8 here) and builds each member's header only as it writes it, where ours
+which tests/operators/test_shards.py compares ours with), but importing webdataset takes ~1 s per process, it copies
+members in 16 KiB chunks (1.6 GB/s against 2.8 here) and builds each member's header only as it writes it, where ours
 builds all of a sample's headers first (whole or nothing) and fsyncs the part at close. Reader: tarfile cannot
 resume at a byte offset, skip members by seeking or hand out zero-copy mapped members, and its seeking mode loops
 on a hostile size (Python 3.11, CVE-2025-8194); ours does all that at the loader's speed (BENCHMARKS.md, Loader).

@@ -22,7 +22,7 @@ goes wrong; `BAD_KINDS` maps it to the stage that must report it:
                   replaced by random bytes (the container still opens)
 
 `extra_row` / `extra_key` add a row (and give its key) for a video a test places itself, e.g. the leased files of
-tests/test_crash_safety.py that make the decoder hang or crash (tests/faults.py).
+tests/scenarios/test_crash_safety.py that make the decoder hang or crash (tests/faults.py).
 """
 from __future__ import annotations
 

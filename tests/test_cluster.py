@@ -34,7 +34,7 @@ import pandas as pd
 import pytest
 
 from tests.s3_server import BUCKET, free_port
-from tests.test_ingest_s3 import BAD_STAGE, GOOD, PLANTED, ROWS, download, find_leaks, make_corpus, upload_corpus
+from tests.pipelines.test_ingest_s3 import BAD_STAGE, GOOD, PLANTED, ROWS, download, find_leaks, make_corpus, upload_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ Plain functions over URIs: a URI is either a local path (optionally `file://...`
   redacts its records in any process).
 - Parquet: `open_parquet`, `read_parquet` (pyarrow.parquet over `open_read`), `write_parquet` (atomic). The one
   storage stack of the project: no other module talks to boto3/botocore, and none uses pyarrow.fs, fsspec or s3fs
-  (tests/test_layout.py).
+  (tests/scenarios/test_layout.py).
 - Writes are atomic: `write_bytes`, `put_file`. Local: temp name in the same folder + fsync + `os.replace`.
   S3: one PUT for small objects; a multipart upload completed only at the end for large ones (aborted on failure),
   so an object never shows under its final key half-written. A process killed mid-upload leaves an incomplete
