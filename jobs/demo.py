@@ -32,7 +32,7 @@ from longvid.operators.settings import Settings, Shared, like, setting
 # the pipelines (pandas, pyarrow, Ray...) are imported where used: `longvid --help` must not wait for them
 STAGES = ("ingest", "encode", "audit", "train", "niah")
 MARKER = ".longvid-demo.json"  # our demo folder: what the demo wrote there, so that a re-run removes only that
-OWNER_FILE = ".longvid-owner.json"  # pipelines.ray_session.OWNER_FILE (the lock of a running job)
+OWNER_FILE = ".longvid-owner.json"  # pipelines.out_claim.OWNER_FILE (the lock of a running job)
 STAGE_DIRS = {"corpus": ["corpus"], "ingest": ["ingest"], "encode": ["tokens"], "audit": ["audit", "benchmarks"],
               "train": ["train"], "niah": ["niah"]}
 
@@ -349,7 +349,8 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
     """The demo into `out` (see DemoFolder for what happens to an existing folder). native_stderr: what native
     code writes to this process's stderr while Ray runs goes to out/logs/ray.log (for the command's console)."""
     from longvid.synthetic.demo_corpus import make_demo_corpus, make_demo_mixture
-    from longvid.pipelines.ray_session import claim_out, ensure_ray, native_stderr_to, release_out
+    from longvid.pipelines.out_claim import claim_out, release_out
+    from longvid.pipelines.ray_session import ensure_ray, native_stderr_to
 
     out = Path(out).resolve()
     folder = DemoFolder(out)

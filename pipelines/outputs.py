@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.progress import Progress
-from longvid.pipelines.ray_session import claim_out, ensure_ray, owner_path, release_out
+from longvid.pipelines.out_claim import claim_out, owner_path, release_out
+from longvid.pipelines.ray_session import ensure_ray
 
 JOB_FILE = "job.json"
 
@@ -90,7 +91,7 @@ class JobOutput:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Own the folder while the block runs (pipelines.ray_session.claim_out), without Ray."""
+        """Own the folder while the block runs (pipelines.out_claim.claim_out), without Ray."""
         claim_out(self.out, self.job, self.log)
         try:
             yield

@@ -1,4 +1,4 @@
-"""How every job gets its Ray, and how a job owns its output folder.
+"""How every job gets its Ray. The job's output folder is claimed first (pipelines/out_claim.py).
 
 Ray: join the given cluster (--ray-address), else RAY_ADDRESS (inside `ray job submit`), else start an embedded
 Ray that is private to this driver. Never silently attach to, or look up, a cluster that happens to run here:
@@ -23,29 +23,12 @@ local inputs a job names) must be the same folder on every node. The driver writ
 back; input paths are compared by a digest of what each node sees (folder listing, or file size and first MiB).
 Any difference stops the job before any work: ConfigError (exit 2) naming the setting, the path and the nodes,
 suggesting s3:// or a shared mount. s3:// paths and single-node clusters (the embedded Ray) are not checked.
-
-Output folders (`claim_out` / `release_out`): a job holds an exclusive lock on `DIR/.longvid-owner.json` while it
-runs, and writes there who it is (pid, host) and which processes are its own: every process of its embedded Ray
-(gcs, raylet, dashboard and agents, task workers, decoder children) inherits LONGVID_RAY_OWNER=<token of this
-driver> and keeps its logs open in the cluster's session dir, which is recorded with the GCS and raylet pids.
-A second job on the same folder while the first runs exits 2 naming its pid. A job that finds the lock free but
-the record of a driver that did not end cleanly (a SIGKILL) first stops that driver's leftover processes, found
-by their token, session dir or recorded pid (and start time), never by name and never anyone else's, so units
-still in flight cannot race with the re-run. (For an `s3://` output the lock file lives in the local temp dir,
-keyed by the URI: it guards this host only.)
-
-Over ~500 lines: one lifecycle, a job's Ray and its output folder: the claim records the embedded Ray it starts (GCS,
-raylet, session dir) so that a re-run stops exactly that Ray's leftovers, and the shared-storage check runs on it.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
-import json
 import logging
 import os
-import signal
 import socket
 import stat
 import sys
@@ -53,16 +36,13 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
+from longvid.pipelines.out_claim import OWNER_FILE, TOKEN_VAR, claim_out, owner_token, record_ray, release_out
 
-OWNER_FILE = ".longvid-owner.json"
-TOKEN_VAR = "LONGVID_RAY_OWNER"
 RAY_LOG = "ray.log"  # under DIR/logs/
-_token: str | None = None
 
 
 def ensure_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False, out: str = "", job: str = "",
@@ -96,7 +76,7 @@ def _ensure_ray(address: str, num_cpus: int, dashboard: bool, out: str) -> bool:
 
     if ray.is_initialized():
         if out:
-            _record_ray(out)
+            record_ray(out)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or ""
     route_ray_logs(ray_log_path(out))
@@ -105,20 +85,11 @@ def _ensure_ray(address: str, num_cpus: int, dashboard: bool, out: str) -> bool:
     else:
         start_embedded(num_cpus, dashboard)
     if out:
-        _record_ray(out)
+        record_ray(out)
     return True
 
 
 # ------------------------------------------------------------------------------------------------ embedded Ray
-
-
-def owner_token() -> str:
-    """This driver's token; every process it starts from now on inherits it (LONGVID_RAY_OWNER)."""
-    global _token
-    if _token is None:  # never the value inherited from a parent: that one names the parent's processes
-        _token = uuid.uuid4().hex
-        os.environ[TOKEN_VAR] = _token
-    return _token
 
 
 def ray_temp_dir() -> str:
@@ -399,223 +370,3 @@ def native_stderr_to(path: str) -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         console.close()
-
-
-# ------------------------------------------------------------------------------------------------ output folders
-
-
-@dataclass
-class _Claim:
-    path: str
-    fd: int
-    info: dict
-    depth: int = 1
-
-
-_claims: dict[str, _Claim] = {}
-
-
-def owner_path(out: str) -> str:
-    """The lock/owner file of an output folder (for s3:// outputs: in the local temp dir, keyed by the URI)."""
-    if storage.is_s3(out):
-        h = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:24]
-        return os.path.join(tempfile.gettempdir(), f"longvid-owners-{os.getuid()}", f"{h}.json")
-    return os.path.join(os.path.abspath(out), OWNER_FILE)
-
-
-def proc_start(pid: int) -> int | None:
-    """The start time of a live process (clock ticks since boot), None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _read_info(fd: int) -> dict:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = b""
-        while chunk := os.read(fd, 1 << 16):
-            data += chunk
-        info = json.loads(data) if data.strip() else {}
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_info(fd: int, info: dict) -> None:
-    """The claim record, redacted (its `out` is the user's path)."""
-    data = json.dumps(storage.redact_json(info), indent=1, sort_keys=True).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
-
-
-def claim_out(out: str, job: str, log: Callable[[str], None] = print) -> None:
-    """Own the output folder for this job (re-entrant within a process); see the module doc."""
-    path = owner_path(out)
-    held = _claims.get(path)
-    if held is not None:
-        held.depth += 1
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        info = _read_info(fd)
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError(f"out: cannot lock {path}: {e}") from None
-        who = f"pid {info.get('pid', '?')}" + (f" on {info['host']}" if info.get("host") else "")
-        raise ConfigError(f"out: {out} is in use by a running longvid {info.get('job', 'job')} "
-                          f"({who}); wait for it to end, or stop it (kill {info.get('pid', 'PID')}), or use another "
-                          "--out") from None
-    try:
-        old = _read_info(fd)
-        if old.get("token") and not old.get("ended"):
-            stop_leftovers(old, f"[{job}]", log)
-        info = {"pid": os.getpid(), "start": proc_start(os.getpid()), "host": socket.gethostname(), "job": job,
-                "out": out, "token": owner_token(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_info(fd, info)
-    except BaseException:
-        os.close(fd)
-        raise
-    _claims[path] = _Claim(path, fd, info)
-
-
-def release_out(out: str) -> None:
-    """The job on `out` has ended (the lock is released when the outermost claim of this process ends)."""
-    path = owner_path(out)
-    held = _claims.get(path)
-    if held is None:
-        return
-    held.depth -= 1
-    if held.depth > 0:
-        return
-    del _claims[path]
-    try:
-        _write_info(held.fd, {**held.info, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except OSError:
-        pass
-    os.close(held.fd)  # releases the lock
-
-
-def _record_ray(out: str) -> None:
-    """Add this driver's Ray processes (the ones it started) to the owner record of `out`."""
-    held = _claims.get(owner_path(out))
-    if held is None:
-        return
-    try:
-        import ray
-
-        node = ray._private.worker._global_node  # the node this driver started (None when it joined a cluster)
-        if node is None or not getattr(node, "all_processes", None):
-            return
-        pids = {}
-        for kind, infos in node.all_processes.items():
-            for pi in infos:
-                pid = getattr(getattr(pi, "process", None), "pid", None)
-                if pid:
-                    pids[f"{kind}:{pid}"] = [pid, proc_start(pid)]
-        held.info["ray"] = {"session_dir": node.get_session_dir_path(), "gcs_address": node.gcs_address,
-                            "pids": pids}
-        _write_info(held.fd, held.info)
-    except Exception:  # noqa: BLE001 - private API; the token still finds the processes
-        pass
-
-
-def _ancestors() -> set[int]:
-    out, pid = set(), os.getpid()
-    while pid > 1:
-        out.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return out
-
-
-def _has_open_file_under(pid: int, folder: str) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def processes_of(token: str, recorded: dict | None = None, session_dir: str = "") -> dict[int, str]:
-    """pid -> command line of the live processes of a driver: those carrying LONGVID_RAY_OWNER=<token>, the
-    recorded [pid, start] pairs that are still the same process (same start time), and those with a file open
-    in its Ray session dir (its logs: gcs, raylet, agents, workers and their children; Ray's agents rename
-    themselves over their environment, so the token alone misses them); never this process or its ancestors."""
-    tag = f"{TOKEN_VAR}={token}".encode()
-    skip = _ancestors()
-    found: dict[int, str] = {}
-    want = {int(p): s for p, s in (recorded or {}).values() if p}
-    session = session_dir.rstrip("/") + "/" if os.path.basename(session_dir.rstrip("/")).startswith("session_") else ""
-    for pid in {int(d) for d in os.listdir("/proc") if d.isdigit()} - skip:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                ok = tag in f.read().split(b"\0")
-        except OSError:
-            ok = False
-        if not ok and pid in want:
-            ok = want[pid] is not None and proc_start(pid) == want[pid]
-        if not ok and session:
-            ok = _has_open_file_under(pid, session)
-        if not ok or proc_start(pid) is None:
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
-        except OSError:
-            continue
-    return found
-
-
-def stop_leftovers(old: dict, prefix: str = "", log: Callable[[str], None] = print,
-                   grace_s: float = 5.0, timeout_s: float = 30.0) -> list[int]:
-    """Stop the processes of an earlier driver of the same output folder that did not end cleanly: SIGTERM, then
-    SIGKILL after `grace_s`; wait until they are gone. Returns their pids."""
-    if old.get("host") and old["host"] != socket.gethostname():
-        log(f"{prefix} note: the output folder was last used by pid {old.get('pid')} on {old['host']}, which did not "
-            "end cleanly; its processes there (if any) are not stopped from this host")
-        return []
-    ray_info = old.get("ray") or {}
-    procs = processes_of(old["token"], ray_info.get("pids") or {}, str(ray_info.get("session_dir") or ""))
-    if not procs:
-        return []
-    log(f"{prefix} the earlier run on this output folder (driver pid {old.get('pid')}) did not end cleanly; "
-        f"stopping its {len(procs)} leftover processes (pids {' '.join(map(str, sorted(procs)))}) before starting")
-    starts = {p: proc_start(p) for p in procs}  # signal a pid only while it is still the same process
-    alive = lambda p: starts[p] is not None and proc_start(p) == starts[p]  # noqa: E731
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, timeout_s)):
-        for pid in procs:
-            if alive(pid):
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        t0 = time.time()
-        while time.time() - t0 < wait:
-            if not any(alive(p) for p in procs):
-                return sorted(procs)
-            time.sleep(0.1)
-    left = [p for p in procs if alive(p)]
-    raise ConfigError(f"out: processes of an earlier run on this folder do not stop (pids {left}); stop them, "
-                      "then re-run")

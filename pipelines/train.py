@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError
 from longvid.pipelines.progress import Progress
-from longvid.pipelines.ray_session import claim_out, ensure_ray, release_out
+from longvid.pipelines.out_claim import claim_out, release_out
+from longvid.pipelines.ray_session import ensure_ray
 from longvid.pipelines.train_checkpoint import LocalSession, list_checkpoints
 from longvid.pipelines.train_config import TrainConfig, plan_stages, stage_dir
 from longvid.pipelines.loader import read_exclude

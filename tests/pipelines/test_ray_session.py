@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from longvid.operators.errors import ConfigError
-from longvid.pipelines import ray_session
-from longvid.pipelines.ray_session import OWNER_FILE, TOKEN_VAR, claim_out, processes_of, release_out
+from longvid.pipelines import out_claim, ray_session
+from longvid.pipelines.out_claim import OWNER_FILE, TOKEN_VAR, claim_out, processes_of, release_out
 from tests.faults import MARK_VAR, kill_marked, marked_procs, wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A driver that owns `out`, starts a "Ray process" (a sleeper that inherits its token), says so, and waits.
 _OWNER = r"""
 import subprocess, sys, time
-from longvid.pipelines.ray_session import claim_out
+from longvid.pipelines.out_claim import claim_out
 claim_out(sys.argv[1], "ingest")
 leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 print(leftover.pid, flush=True)
@@ -62,11 +62,11 @@ def test_a_live_owner_refuses_a_second_job_and_a_killed_ones_leftovers_are_stopp
         assert owner.pid not in processes_of(record["token"])  # the token was made after the driver started
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
-        assert ray_session.proc_start(leftover) is not None  # orphaned, still running: it would race a re-run
+        assert out_claim.proc_start(leftover) is not None  # orphaned, still running: it would race a re-run
         lines: list[str] = []
         claim_out(str(out), "ingest", log=lines.append)
         try:
-            assert ray_session.proc_start(leftover) is None  # stopped by pid before the new job starts
+            assert out_claim.proc_start(leftover) is None  # stopped by pid before the new job starts
             assert len(lines) == 1 and f"driver pid {owner.pid}" in lines[0] and str(leftover) in lines[0]
             mine = json.loads((out / OWNER_FILE).read_text())
             assert mine["pid"] == os.getpid() and mine["token"] != record["token"]
@@ -89,7 +89,7 @@ def test_processes_of_a_token_never_include_the_caller_or_its_ancestors(tmp_path
     env = {**_env(uuid.uuid4().hex), TOKEN_VAR: token}
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
     try:
-        probe = ("import json, os, sys; from longvid.pipelines.ray_session import processes_of; "
+        probe = ("import json, os, sys; from longvid.pipelines.out_claim import processes_of; "
                  f"print(json.dumps([os.getpid(), sorted(processes_of({token!r}))]))")
         r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
         me, found = json.loads(r.stdout)
@@ -107,7 +107,7 @@ def test_recorded_pids_and_the_session_dir_name_a_drivers_processes(tmp_path):
         logging_one = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stdout=log)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        start = ray_session.proc_start(sleeper.pid)
+        start = out_claim.proc_start(sleeper.pid)
         assert set(processes_of(token, {"raylet": [sleeper.pid, start]})) == {sleeper.pid}
         assert processes_of(token, {"raylet": [sleeper.pid, start + 1]}) == {}  # a reused pid is not ours
         assert set(processes_of(token, {}, str(session.parent))) == {logging_one.pid}
@@ -122,7 +122,7 @@ def test_the_environment_of_an_embedded_rays_processes():
     env = ray_session.embedded_env(40001, 40002)
     assert env["RAY_GCS_SERVER_PORT"] == "40001" and env["RAY_ADDRESS"].endswith(":40001")
     assert env["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:40002"  # the State API never scans the machine
-    assert env[TOKEN_VAR] == ray_session.owner_token()
+    assert env[TOKEN_VAR] == out_claim.owner_token()
     assert len(ray_session.ray_temp_dir()) + len("/session_2026-01-01_00-00-00_000000_1234567/sockets/plasma_store") < 107
 
 

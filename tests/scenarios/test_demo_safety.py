@@ -12,7 +12,7 @@ import pytest
 
 from longvid.jobs.demo import MARKER, OWNER_FILE, DemoFolder, run_demo
 from longvid.operators.errors import ConfigError
-from longvid.pipelines import ray_session
+from longvid.pipelines import out_claim
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,13 +113,13 @@ def test_an_interrupted_stage_is_cleaned_without_touching_older_user_files(tmp_p
 
 
 def test_a_running_demo_holds_its_folder(tmp_path):
-    """A second demo on a folder that a live one owns exits 2 naming its pid (the lock of pipelines.ray_session)."""
-    assert OWNER_FILE == ray_session.OWNER_FILE
+    """A second demo on a folder that a live one owns exits 2 naming its pid (the lock of pipelines.out_claim)."""
+    assert OWNER_FILE == out_claim.OWNER_FILE
     out = tmp_path / "demo"
     out.mkdir()
-    ray_session.claim_out(str(out), "demo")
+    out_claim.claim_out(str(out), "demo")
     try:
         r = demo_cli("--out", str(out))
     finally:
-        ray_session.release_out(str(out))
+        out_claim.release_out(str(out))
     assert r.returncode == 2 and f"pid {os.getpid()}" in r.stderr and "in use" in r.stderr, r.stderr

@@ -128,7 +128,7 @@ REDACTING = {
     "operators/write.py": "a unit's files: the sample's source address (json, manifest row), the failure rows",
     "pipelines/progress.py": "a job's lines: console, progress bar, DIR/logs/<job>.log",
     "jobs/cli.py": "the error line (ConfigError, StorageError) and the stderr handler of the longvid loggers",
-    "pipelines/ray_session.py": "the claim record of an output folder",
+    "pipelines/out_claim.py": "the claim record of an output folder",
     "pipelines/niah_build.py": "the NIAH set's frames.parquet (the haystack's source files)",
     "operators/audit/report.py": "the audit's report.html",
 }
