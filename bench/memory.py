@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import kill_tagged, tagged_pids  # noqa: E402
+
 OUT = ROOT / "bench" / "out" / "memory"
 MARK = "LONGVID_BENCH_RUN"
 GiB = 2**30
@@ -171,16 +173,11 @@ def measure_cli(meta: Path, videos: Path, out: Path, profile: str, log: Path) ->
         while True:
             done = proc.poll() is not None
             total = 0
-            for d in os.listdir("/proc"):
-                if not d.isdigit():
-                    continue
+            for pid in tagged_pids(tag):
                 try:
-                    if tag not in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                        continue
-                    c = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    c = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
-                pid = int(d)
                 hwm = _status_kib(pid, "VmHWM")
                 old = per_pid.get(pid)
                 per_pid[pid] = (role(c) if c.strip() else (old[0] if old else "other"), max(hwm, old[1] if old else 0))
@@ -190,14 +187,7 @@ def measure_cli(meta: Path, videos: Path, out: Path, profile: str, log: Path) ->
                 break
             time.sleep(0.2)
     wall = time.time() - t0
-    # the run's leftovers (Ray agents can outlive their driver): end them by pid
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if tag in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                    os.kill(int(d), 9)
-            except OSError:
-                pass
+    kill_tagged(tag)  # the run's leftovers (Ray agents can outlive their driver): end them by pid
     roles: dict[str, float] = {}
     for r, kib in per_pid.values():
         roles[r] = max(roles.get(r, 0.0), round(kib / 1024, 1))

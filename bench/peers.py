@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import kill_tagged, tagged_pids  # noqa: E402
+
 OUT = ROOT / "bench" / "out" / "peers"
 VENV = OUT / "venv"
 V2D_VERSION = "1.3.0"
@@ -178,27 +180,17 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[int, 
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         while True:
             done = proc.poll() is not None
-            for d in os.listdir("/proc"):
-                if not d.isdigit():
-                    continue
+            for pid in tagged_pids(tag):
                 try:
-                    if tag not in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                        continue
-                    fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-                    seen[int(d)] = (int(fields[11]) + int(fields[12])) / tick
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    seen[pid] = (int(fields[11]) + int(fields[12])) / tick
                 except (OSError, IndexError, ValueError):
                     continue
             if done:
                 break
             time.sleep(0.2)
     wall, reaped = time.time() - t, _children_cpu() - c
-    for d in os.listdir("/proc"):  # what the run left behind (Ray agents can outlive their driver)
-        if d.isdigit():
-            try:
-                if tag in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                    os.kill(int(d), 9)
-            except OSError:
-                pass
+    kill_tagged(tag)  # what the run left behind (Ray agents can outlive their driver)
     return proc.returncode, wall, max(reaped, sum(seen.values()))
 
 
