@@ -228,8 +228,6 @@ def markdown(corpus: dict, v2d: dict | None, ours: dict | None, why_not: str, re
 
 
 def main(argv=None) -> int:
-    import statistics
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each tool, alternating (medians reported)")
     ap.add_argument("--skip-v2d", action="store_true")
@@ -250,16 +248,7 @@ def main(argv=None) -> int:
         runs["longvid"].append(run_longvid(corpus, OUT / "longvid"))
         print("longvid", json.dumps(runs["longvid"][-1]), flush=True)
 
-    def median(rs: list[dict]) -> dict | None:
-        if not rs:
-            return None
-        out = dict(rs[-1])
-        out["wall_s"] = round(statistics.median(r["wall_s"] for r in rs), 1)
-        out["cpu_s"] = round(statistics.median(r["cpu_s"] for r in rs), 1)
-        out["walls"] = [r["wall_s"] for r in rs]
-        return out
-
-    md = markdown(corpus, median(runs["v2d"]), median(runs["longvid"]), why_not, args.repeats)
+    md = markdown(corpus, peers._median_run(runs["v2d"]), peers._median_run(runs["longvid"]), why_not, args.repeats)
     print(md)
     if args.write_md:
         from bench.memory import write_section

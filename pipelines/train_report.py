@@ -158,12 +158,7 @@ def plot_stage_loss(metrics_path: str, png: str, title: str = "") -> str:
             ax.legend(loc="upper right")
         else:
             ax.text(0.5, 0.5, "no steps", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss (mean over label tokens)")
-        ax.set_title(title or "loss")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(png)
+        _save_loss_axes(fig, ax, png, "optimizer step", title or "loss")
     finally:
         plt.close(fig)
     return png
@@ -187,12 +182,17 @@ def plot_run_loss(stages: list[tuple[str, str]], png: str, title: str = "") -> s
             ax.legend(title="stage", loc="upper right")
         else:
             ax.text(0.5, 0.5, "no steps", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("optimizer step (over the run)")
-        ax.set_ylabel("loss (mean over label tokens)")
-        ax.set_title(title or "loss per stage")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(png)
+        _save_loss_axes(fig, ax, png, "optimizer step (over the run)", title or "loss per stage")
     finally:
         plt.close(fig)
     return png
+
+
+def _save_loss_axes(fig, ax, png: str, xlabel: str, title: str) -> None:
+    """The loss plots' labels, title and grid, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss (mean over label tokens)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
