@@ -29,8 +29,8 @@ Variants:
 - nocheck: the loader without the NaN/inf scan. It never reads the token bytes, so it is not comparable with raw;
 - nocheck+copy: nocheck, plus a copy of every batch's tokens into one reused staging buffer, as a pageable
   `.to(device)` does on the host. This is the loader's side of moving the NaN/inf check to the device.
-Variants run in turn, round after round (--repeats); "paired" ratios compare each pass with the raw pass of the
-same round. Samples/s and CPU time per sample of each; the target is loader >= 80% of raw. Results:
+Variants run in turn, round after round (--repeats, 15 by default); "paired" ratios compare each pass with the raw
+pass of the same round. Samples/s and CPU time per sample of each; the target is loader >= 80% of raw. Results:
 <out>/../loader.json.
 """
 from __future__ import annotations
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, nargs=2, default=(64, 256))
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--dtype", default="float16")
-    ap.add_argument("--repeats", type=int, default=3)
+    # 15 rounds: one pass reads ~0.5 GiB in 40-70 ms, so a single preemption on a shared box doubles it; the
+    # median of 3 paired passes moved by 0.1-0.5 between fresh runs (BENCHMARKS.md, Loader: five runs)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "loader"))
     ap.add_argument("--keep", action="store_true", help="reuse existing shards in --out")
     ap.add_argument("--page-cache", choices=("read", "written", "cold"), default="read",
