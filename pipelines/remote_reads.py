@@ -51,7 +51,8 @@ def local_stream(fn: Callable[..., Iterator[Any]], items: Iterable[tuple]) -> It
 
 
 class RemoteReads:
-    """Ray tasks for a job's bulk reads (see the module doc). One CPU per task."""
+    """Ray tasks for a job's bulk reads (see the module doc). One CPU per task, named after the function it runs
+    (the State API lists hash_video_file, shard_sheets, shard_frames tasks)."""
 
     def __init__(self, started: bool, window: int):
         from longvid.operators import storage
@@ -98,7 +99,7 @@ class RemoteReads:
         task = self._task()
         pending: deque = deque()
         for args in items:
-            pending.append(task.remote(self.s3, fn, *args))
+            pending.append(task.options(name=fn.__name__).remote(self.s3, fn, *args))
             self.tasks += 1
             if len(pending) >= self.window:
                 yield self._get(pending.popleft())
@@ -112,7 +113,7 @@ class RemoteReads:
 
         task = self._task(streaming=True)
         for args in items:
-            gen = task.remote(self.s3, fn, *args)
+            gen = task.options(name=fn.__name__).remote(self.s3, fn, *args)
             self.tasks += 1
             done = False
             try:
