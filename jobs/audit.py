@@ -9,11 +9,12 @@ Writes leakage.parquet, duplicates.parquet, drop_list.txt (read by training), su
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from longvid.jobs.config import ConfigError, add_config_flag, add_flags, config_from_args
 from longvid.operators.audit.config import AuditConfig
-from longvid.operators.settings import Shared
+from longvid.operators.settings import Settings, Shared, like
 
 
 def register(sub) -> None:
@@ -31,8 +32,16 @@ def register(sub) -> None:
     add_flags(p, AuditConfig)
     p.add_argument("--strict-benchmarks", action="store_true", help="fail when a benchmark file is not recognised")
     p.add_argument("--fail-on-leak", action="store_true", help="exit 1 when any leakage is found")
-    add_flags(p, Shared, skip=("num_cpus", "quiet"))
+    add_flags(p, AuditRun, Shared, skip=("num_cpus", "quiet"))
     p.set_defaults(func=run)
+
+
+@dataclasses.dataclass
+class AuditRun(Settings):
+    """The audit's own word on the shared Ray setting: without a cluster it reads in this process (no embedded Ray)."""
+
+    ray_address: str = like(Shared, "ray_address", help="a Ray cluster whose tasks read the shards and benchmark "
+                                                         "videos (default: RAY_ADDRESS, else this process reads them)")
 
 
 def run(args: argparse.Namespace) -> int:
