@@ -112,6 +112,13 @@ class UMTConfig:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def resize_levels(x: torch.Tensor, size: int) -> torch.Tensor:
+    """float [T, 3, H, W] of 0..255 levels -> [T, 3, size, size]: bicubic, antialiased when it shrinks, rounded back
+    to whole levels (the one resize of the encoder's input: `preprocess`, and encode's frames stored before it)."""
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return x.round().clamp_(0, 255)
+
+
 def preprocess(
     frames: np.ndarray | torch.Tensor,
     size: int,
@@ -140,8 +147,7 @@ def preprocess(
         canvas[:, :, top : top + h, left : left + w] = x
         x, h, w = canvas, side, side
     if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        x = x.round().clamp_(0, 255)
+        x = resize_levels(x, size)
     x = x / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

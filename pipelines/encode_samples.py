@@ -109,11 +109,11 @@ def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3], bicubic antialiased and rounded exactly as
     model.umt.preprocess resizes (so preprocess on the result equals preprocess on the original)."""
     import torch
-    import torch.nn.functional as F
+
+    from longvid.model.umt import resize_levels
 
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    return x.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return resize_levels(x, size).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, Any]]:
