@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from longvid.model.tokenizer import build_test_tokenizer  # noqa: E402
 from longvid.operators import shards, train_sample  # noqa: E402
 from longvid.pipelines import loader as train_loader  # noqa: E402
-from longvid.pipelines.train_sources import plan_source  # noqa: E402
+from longvid.pipelines.train_sources import index_source  # noqa: E402
 from longvid.synthetic.shards import write_synthetic_token_shards  # noqa: E402
 
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic_token_shards(str(shards), args.samples, dim=args.dim, frames=tuple(args.frames),
                                      per_shard=16, dtype=args.dtype, duration=(60, 300))
         print(f"wrote {args.samples} samples in {time.time() - t:.1f} s")
-    plan = plan_source("bench", [str(shards / "shards" / "*.tar")])
+    plan = index_source("bench", [str(shards / "shards" / "*.tar")])
     n = plan.nsamples
     files = sorted({p.url for p in plan.pieces})
     nbytes = sum(os.path.getsize(f) for f in files)

@@ -4,8 +4,8 @@ A mixture is YAML `datasets: [{json_path, sampling_strategy, data_root, video_re
 dataset one LLaVA-style annotation file. Reading follows the reference, with the differences said below:
 
     mix = read_mixture("stage3.yaml", roots={"https://...LLaVA-Video-178K": "/data/llava-video"})
-    plan = plan_dataset(mix.datasets[0])      # reads the file once: record count, media type, the selection
-    for item in iter_records(plan):            # streams the selected records
+    resolved = resolve_dataset(mix.datasets[0])      # reads the file once: record count, media type, the selection
+    for item in iter_records(resolved):            # streams the selected records
         ...                                    # AnnotationRecord, or a Failure naming the file, line and field
 
 - `json_path` is relative to the annotations root (default: the mixture's folder), local or `s3://`; a web address
@@ -13,9 +13,9 @@ dataset one LLaVA-style annotation file. Reading follows the reference, with the
 - `data_root` (the released files name public web pages there) is mapped through `roots` (data_root string -> local
   folder or `s3://` prefix; a key also maps every `key/...` below it), else used when it is itself a readable
   folder (relative: to the mixture's folder) or an `s3://` prefix. A video or image dataset without a usable root
-  stops the job before any work (`plan_dataset` raises MixtureError naming the dataset: the CLI exits 2).
+  stops the job before any work (`resolve_dataset` raises MixtureError naming the dataset: the CLI exits 2).
 - `.json` files are one JSON list, `.jsonl` one record a line (blank lines are no records; the reference would
-  crash on them). A `.json` list is read whole, as the reference does (by `plan_dataset` and again by each
+  crash on them). A `.json` list is read whole, as the reference does (by `resolve_dataset` and again by each
   `iter_records` call); `.jsonl` is streamed (a counting pass, then the selected lines).
 - `media_type` defaults from the FIRST record's keys: `image`, else `video`, else `text`.
 - `sampling_strategy`: `all`, `first:N`, `first:N%` (N% of the file, rounded up), `first2:N` .. `first4:N` (the 2nd
@@ -260,7 +260,7 @@ def read_mixture(
     Raises MixtureError naming the mixture file, the dataset index and the field for a bad entry (unknown or
     missing field, wrong type, bad strategy, video_read_type or media_type, json_path not .json/.jsonl, two
     datasets of one name). What cannot be resolved (a web address without a `roots` mapping, a folder that does
-    not exist) is kept as None with the reason, and refused by `plan_dataset` when the dataset needs it.
+    not exist) is kept as None with the reason, and refused by `resolve_dataset` when the dataset needs it.
     """
     path = str(path)
     data = load_yaml(path, "mixture")
@@ -356,9 +356,9 @@ def _resolve_root(data_root: str, roots: dict[str, str] | None, folder: str) -> 
 
 
 @dataclass(frozen=True)
-class DatasetPlan:
-    """What `plan_dataset` learnt from one annotation file: record count, media type and the selection (the
-    dataset's reading plan: which records `iter_records` reads; the cost planner is `longvid plan`, another thing)."""
+class ResolvedDataset:
+    """What `resolve_dataset` learnt from one annotation file: record count, media type and the selection (which
+    records `iter_records` reads)."""
 
     dataset: MixtureDataset
     total: int  # records in the file
@@ -371,8 +371,8 @@ class DatasetPlan:
         return self.dataset.annotation
 
 
-def plan_dataset(ds: MixtureDataset) -> DatasetPlan:
-    """Read the annotation file once (count its records, look at the first): the plan of what to read.
+def resolve_dataset(ds: MixtureDataset) -> ResolvedDataset:
+    """Read the annotation file once (count its records, look at the first): what to read, resolved.
 
     Raises MixtureError naming the dataset when the annotation file cannot be resolved, does not exist, is not a
     JSON list (`.json`; not valid JSON: the line and column), when the media type cannot be told from the first
@@ -397,25 +397,25 @@ def plan_dataset(ds: MixtureDataset) -> DatasetPlan:
             media_type = "image" if "image" in first else "video" if "video" in first else "text"
     if media_type != "text" and ds.media_root is None:
         raise MixtureError(f"{ds.where}: {ds.problem} (the dataset holds {media_type} records)")
-    return DatasetPlan(ds, total, media_type, ds.strategy.select(total))
+    return ResolvedDataset(ds, total, media_type, ds.strategy.select(total))
 
 
-def iter_records(plan: DatasetPlan, lo: int = 0, hi: int | None = None) -> Iterator["AnnotationRecord | Failure"]:
-    """The selected records `plan.selected[lo:hi]`, in file order, each an AnnotationRecord or a Failure."""
-    want = plan.selected[lo:hi]
+def iter_records(resolved: ResolvedDataset, lo: int = 0, hi: int | None = None) -> Iterator["AnnotationRecord | Failure"]:
+    """The selected records `resolved.selected[lo:hi]`, in file order, each an AnnotationRecord or a Failure."""
+    want = resolved.selected[lo:hi]
     if not want:
         return
-    for index, origin, obj in _items(plan.dataset, plan.annotation):
+    for index, origin, obj in _items(resolved.dataset, resolved.annotation):
         if index < want.start:
             continue
         if index >= want.stop:
             return
-        yield _record_or_failure(plan, index, origin, obj)
+        yield _record_or_failure(resolved, index, origin, obj)
 
 
 def read_dataset(ds: MixtureDataset) -> Iterator["AnnotationRecord | Failure"]:
-    """plan_dataset + iter_records."""
-    return iter_records(plan_dataset(ds))
+    """resolve_dataset + iter_records."""
+    return iter_records(resolve_dataset(ds))
 
 
 class _BadLine:
@@ -556,14 +556,14 @@ class AnnotationRecord:
         return out
 
 
-def _record_or_failure(plan: DatasetPlan, index: int, origin: str, obj: Any) -> "AnnotationRecord | Failure":
-    name = plan.dataset.name
+def _record_or_failure(resolved: ResolvedDataset, index: int, origin: str, obj: Any) -> "AnnotationRecord | Failure":
+    name = resolved.dataset.name
     rid = obj.get("id") if isinstance(obj, dict) else None
     vid = rid if isinstance(rid, str) and not _NOT_TEXT.search(rid) and len(rid) <= 200 else ""
     if isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**63:
         vid = str(rid)
     try:
-        return parse_record(plan, index, origin, obj)
+        return parse_record(resolved, index, origin, obj)
     except BadValue as e:
         return make_failure(name, origin, e.field, e.reason, video_id=vid)
     except Exception as e:  # noqa: BLE001 - one record's unforeseen problem is its failure, never the job's
@@ -571,15 +571,15 @@ def _record_or_failure(plan: DatasetPlan, index: int, origin: str, obj: Any) -> 
                             video_id=vid)
 
 
-def parse_record(plan: DatasetPlan, index: int, origin: str, obj: Any) -> AnnotationRecord:
-    """Check one decoded record of `plan`'s dataset; BadValue(field, reason) for the first problem."""
-    ds = plan.dataset
+def parse_record(resolved: ResolvedDataset, index: int, origin: str, obj: Any) -> AnnotationRecord:
+    """Check one decoded record of `resolved`'s dataset; BadValue(field, reason) for the first problem."""
+    ds = resolved.dataset
     if isinstance(obj, _BadLine):
         raise BadValue("line", obj.reason)
     if not isinstance(obj, dict):
         raise BadValue("record", f"a record must be a JSON object, got {json_type(obj)}")
     rid = _record_id(obj.get("id"))
-    media_type = plan.media_type
+    media_type = resolved.media_type
     for other in ("image", "video"):
         if other != media_type and obj.get(other) is not None:
             raise BadValue(other, f"the record has {other!r} but the dataset's media_type is {media_type}")

@@ -4,7 +4,7 @@ work is an ingest unit, and the actor that encodes a unit's clips commits it.
     driver     ingest manifests/part-N.parquet -> units to do (committed units skipped: resume)
                schedules units on the encoder actors and counts what they commit (a few hundred bytes per unit)
     actor      UnitEncoder (pipelines/encode_actor.py), num_gpus = gpus_per_actor on a GPU cluster, CPU otherwise:
-               per unit, decode tasks on its node (read_shard -> decode_sample: 4-frame clips, image tiles; CPU)
+               per unit, decode tasks on its node (read_shard -> encoder_rows: 4-frame clips, image tiles; CPU)
                feed ONE queue shared by the units it holds -> forward passes of exactly batch_clips clips, across
                samples and units -> samples in the ingest manifest's order -> UnitWriter commits, from the actor:
                shards/shard-N-P.tar (<key>.json + <key>.tokens.npy), failures/part-N, manifests/part-N (last)

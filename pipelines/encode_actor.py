@@ -5,7 +5,7 @@
       encode_unit(unit)        one call per unit (several units in flight per actor, each call in its own thread):
                                reads the unit's ingest manifest part, starts one decode task per input shard (a Ray
                                streaming generator, num_cpus=1, on this actor's node when it has a free CPU:
-                               encode_samples.read_shard -> decode_sample), feeds the rows it yields to the actor's
+                               encode_samples.read_shard -> encoder_rows), feeds the rows it yields to the actor's
                                queue (back-pressured), waits for the writer, commits the unit (UnitWriter:
                                shards/shard-N-P.tar, failures/part-N, manifests/part-N last) and returns its counts
       decoded(unit)            returns when that unit's decode has ended: the driver then gives the actor its next
@@ -45,7 +45,7 @@ from longvid.operators import storage
 from longvid.operators.records import Failure
 from longvid.operators.write import SampleWriteError, UnitWriter, sample_members
 from longvid.pipelines.encode_model import HiCoBatchEncoder
-from longvid.pipelines.encode_samples import INGEST_COLUMNS, decode_sample, read_shard
+from longvid.pipelines.encode_samples import INGEST_COLUMNS, encoder_rows, read_shard
 
 # ------------------------------------------------------------------------------------------------- decode tasks
 
@@ -54,12 +54,12 @@ IDLE_WAIT_S = 2.0  # how long a short batch waits for the next unit when the dri
 
 def decode_shard(unit: int, shard: str, manifest: str, shards_root: str, resolution: int, s3: dict | None,
                  chunk: int) -> Iterator[list[dict[str, Any]]]:
-    """The encoder rows of one input shard of a unit (read_shard -> decode_sample), in lists of `chunk` rows with
+    """The encoder rows of one input shard of a unit (read_shard -> encoder_rows), in lists of `chunk` rows with
     frames to encode (rows without, failures and text, carry no frames). Run as a Ray streaming generator task."""
     rows: list[dict[str, Any]] = []
     n = 0
     for sample in read_shard({"unit": unit, "shard": shard, "manifest": manifest}, shards_root, resolution, s3):
-        for row in decode_sample(sample, resolution):
+        for row in encoder_rows(sample, resolution):
             if _encodable(row):
                 n += 1
             else:

@@ -3,7 +3,7 @@ failure rows. Plain functions, testable without Ray; pipelines/encode.py runs th
 
     read_shard     one input shard of a unit -> one row per sample the ingest manifest lists in it (its json and
                    members), or a `read` failure row (missing member, unreadable tar)
-    decode_sample  one sample row -> its encoder rows, by the json's media_type:
+    encoder_rows  one sample row -> its encoder rows, by the json's media_type:
                    video  the mp4's frames in clips of 4 (uint8 [4, S, S, 3]; a last partial clip padded by
                           repeating its last frame, json `padded_frames`), frames larger than S resized down
                    image  its tiles (image_tiles), one row each (mode "image")
@@ -68,7 +68,7 @@ def read_shard(item: dict[str, Any], shards_root: str, resolution: int, s3: dict
     """One work item (unit, shard relative to `shards_root`, manifest = uri of the ingest manifest part) -> one
     row per sample of that shard in the manifest, or a failure row: `json`, `mp4` (b"" when the sample has none),
     `media_names` / `media` (its other members, e.g. the `0.jpg` of an image sample) and `num_frames` (-1 when the
-    manifest has none: image and text samples). Which members a sample needs is decode_sample's check."""
+    manifest has none: image and text samples). Which members a sample needs is encoder_rows's check."""
     storage.configure_s3(s3 or None)
     unit, rel, size = int(item["unit"]), str(item["shard"]), int(resolution)
     table = pq.read_table(io.BytesIO(storage.read_bytes(item["manifest"])), columns=["key", "shard", "num_frames"])
@@ -116,7 +116,7 @@ def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
     return resize_levels(x, size).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def decode_sample(row: dict[str, Any], resolution: int) -> Iterator[dict[str, Any]]:
+def encoder_rows(row: dict[str, Any], resolution: int) -> Iterator[dict[str, Any]]:
     """One sample row -> its encoder rows, or one failure row. By the json's `media_type`:
 
     - video (or none: raw-source shards): the mp4's frames in 4-frame clips (uint8 [4, S, S, 3]). Checks: the mp4

@@ -17,7 +17,7 @@ from longvid.operators.settings import Settings, Shared, label, like, rule, sett
 from longvid.operators.sources import available, get_adapter
 
 if TYPE_CHECKING:
-    from longvid.operators.mixture import DatasetPlan
+    from longvid.operators.mixture import ResolvedDataset
     from longvid.operators.process import ProcessOptions
 
 # Typical stored bytes per frame at the default coding (4:4:4 crf 15: 15-18 KB at 224, 48-67 KB at 448 on real
@@ -233,7 +233,7 @@ class MixtureConfig(Settings):
     unit_size = IngestConfig.unit_size
     unit_schedule = IngestConfig.unit_schedule
 
-    def fingerprint(self, plan: DatasetPlan) -> dict[str, Any]:
+    def fingerprint(self, resolved: ResolvedDataset) -> dict[str, Any]:
         """What a dataset folder's job.json records: the raw ingest's processing settings (profile, coding, span
         rule, unit schedule, ...) and the dataset (annotation file, strategy, roots, media type, record count)."""
         like_raw = IngestConfig(source="", metadata=[], videos="", out=self.out, **{
@@ -241,18 +241,18 @@ class MixtureConfig(Settings):
                                           "resize", "long_time_msg")})
         fp = {k: v for k, v in like_raw.fingerprint().items()
               if k not in ("source", "metadata", "videos", "source_options", "decode_mode")}
-        ds = plan.dataset
+        ds = resolved.dataset
         fp["samples"] = ANNOTATION_SAMPLES
         fp["dataset"] = {
             "name": ds.name,
             "json_path": ds.json_path,
-            "annotation": plan.annotation,
+            "annotation": resolved.annotation,
             "sampling_strategy": str(ds.strategy),
             "data_root": ds.data_root,
             "media_root": ds.media_root or "",
             "video_read_type": ds.video_read_type,
-            "media_type": plan.media_type,
-            "records": plan.total,
+            "media_type": resolved.media_type,
+            "records": resolved.total,
         }
         return fp
 

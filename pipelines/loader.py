@@ -1,6 +1,6 @@
 """The training loader: per-worker, exactly resumable batches of a stage's sources (read top to bottom).
 
-    per worker (the plans: pipelines/train_sources.py):
+    per worker (the source indexes: pipelines/train_sources.py):
       SourceStream   reads its pieces in a per-epoch shuffled order, tar member groups one at a time
                      (never a whole shard; operators.shards' mapped mode), skips drop-listed keys without reading
                      them, cycles epochs forever
@@ -45,7 +45,7 @@ from longvid.operators.train_sample import (
     non_finite,
     parse_train_sample,
 )
-from longvid.pipelines.train_sources import DataError, Piece, SourcePlan, rank_pieces
+from longvid.pipelines.train_sources import DataError, Piece, SourceIndex, rank_pieces
 
 log = storage.get_logger("longvid.train.data")  # its records are redacted in any process (Ray workers too)
 
@@ -67,9 +67,9 @@ class Cursor:
 class SourceStream:
     """Samples of one source for one rank, endlessly (epochs in shuffled piece order), skipping bad ones."""
 
-    def __init__(self, plan: SourcePlan, pieces: list[Piece], seed_key: list[int], exclude: frozenset[str],
+    def __init__(self, index: SourceIndex, pieces: list[Piece], seed_key: list[int], exclude: frozenset[str],
                  counters: Counter, cursor: Cursor | None = None, want_exts: tuple[str, ...] | None = None):
-        self.plan = plan
+        self.index = index
         self.pieces = pieces
         self.seed_key = seed_key
         self.exclude = exclude
@@ -150,7 +150,7 @@ class SourceStream:
                          c.sample, piece.hi)
                 empty_pieces += 1
                 if empty_pieces > 2 * len(self.pieces):
-                    raise DataError(f"{self.plan.name}: no readable sample in this worker's shards")
+                    raise DataError(f"{self.index.name}: no readable sample in this worker's shards")
                 self._advance_piece()
                 continue
             except (TarError, storage.StorageError, UnicodeDecodeError, ValueError) as e:
@@ -163,7 +163,7 @@ class SourceStream:
                      piece.url, max(c.sample, piece.lo), e)
                 empty_pieces += 1
                 if empty_pieces > 2 * len(self.pieces):
-                    raise DataError(f"{self.plan.name}: no readable sample in this worker's shards") from None
+                    raise DataError(f"{self.index.name}: no readable sample in this worker's shards") from None
                 self._advance_piece()
                 continue
             c.sample += 1
@@ -172,7 +172,7 @@ class SourceStream:
                 self.counters["excluded"] += 1
                 excluded += 1
                 if excluded > 2 * self.total:  # a whole epoch went by: every sample is excluded
-                    raise DataError(f"{self.plan.name}: every sample of this worker's shards is excluded")
+                    raise DataError(f"{self.index.name}: every sample of this worker's shards is excluded")
                 continue
             empty_pieces = 0
             return g
@@ -246,7 +246,7 @@ GROUP_BY = ("none", "length", "modality_length")
 class LoaderConfig(Settings):
     """What one worker's loader for one stage needs (JSON-friendly); constraints as in operators/settings.py."""
 
-    sources: list[dict[str, Any]]  # SourcePlan.to_dict()
+    sources: list[dict[str, Any]]  # SourceIndex.to_dict()
     batch_size: int = setting(ge=1, le=65536)
     buffer: int = setting(256, ge=0, le=2**24)
     mix: str = setting("duration", choices=("duration", "samples", "concat"))
@@ -290,7 +290,7 @@ class StageLoader:
         self.opts = ParseOptions(cfg.kind, cfg.dim, cfg.min_frames, cfg.max_frames, cfg.max_len, cfg.label_mode,
                                   image_token_id if image_token_id is not None else _img(tokenizer),
                                   cfg.check_finite)
-        self.plans = [SourcePlan.from_dict(d) for d in cfg.sources]
+        self.indexes = [SourceIndex.from_dict(d) for d in cfg.sources]
         # a window holds whole optimizer steps (accum x batch_size samples), so a step never spans two windows
         step = cfg.accum * cfg.batch_size
         self.block_size = max(1, math.ceil(cfg.buffer / step)) * step
@@ -298,11 +298,11 @@ class StageLoader:
         self.shared_sources: list[str] = []
         self.streams: list[SourceStream] = []
         exts = (JSON_EXT, TOKEN_EXT if cfg.kind == "tokens" else FRAME_EXT)
-        for si, plan in enumerate(self.plans):
-            pieces, shared = rank_pieces(plan.pieces, rank, world)
+        for si, index in enumerate(self.indexes):
+            pieces, shared = rank_pieces(index.pieces, rank, world)
             if shared:
-                self.shared_sources.append(plan.name)
-            self.streams.append(SourceStream(plan, pieces, [cfg.seed, cfg.stage_index, si, rank], exclude,
+                self.shared_sources.append(index.name)
+            self.streams.append(SourceStream(index, pieces, [cfg.seed, cfg.stage_index, si, rank], exclude,
                                              self.counters, want_exts=exts))
         self.probs = self._probs()
         # token samples: NaN/inf scans after the block's other work (see _read_block); False: scan as read
@@ -313,11 +313,11 @@ class StageLoader:
             self._restore(state)
 
     def _probs(self) -> np.ndarray:
-        w = np.array([max(p.weight, 0.0) for p in self.plans], dtype=np.float64)
+        w = np.array([max(p.weight, 0.0) for p in self.indexes], dtype=np.float64)
         if self.cfg.mix == "duration":  # weights are shares of video seconds: fewer draws of long sources
-            w = w / np.array([max(p.mean_duration, 1e-3) for p in self.plans])
+            w = w / np.array([max(p.mean_duration, 1e-3) for p in self.indexes])
         elif self.cfg.mix == "concat":  # LLaVA: datasets concatenated, every selected sample equally likely
-            w = w * np.array([p.nsamples for p in self.plans], dtype=np.float64)
+            w = w * np.array([p.nsamples for p in self.indexes], dtype=np.float64)
         if not w.sum() > 0:
             raise DataError("mixture weights must not all be zero")
         return w / w.sum()
@@ -354,7 +354,7 @@ class StageLoader:
                 _warn(self.counters, e.reason, g.key, e.detail, url, pending)
                 skipped += 1
                 if skipped > 2 * stream.total:  # a whole epoch without one usable sample: never loop on
-                    raise DataError(f"{stream.plan.name}: no usable sample in this worker's shards (the last "
+                    raise DataError(f"{stream.index.name}: no usable sample in this worker's shards (the last "
                                     f"{skipped} were all skipped; see the skip counters)") from None
 
     def _read_samples(self, choice: np.ndarray, defer: bool, pending: list[tuple[Any, ...]] | None) -> list[TrainSample]:

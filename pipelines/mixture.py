@@ -1,6 +1,6 @@
 """`longvid ingest --mixture MIX.yaml --out DIR`: every dataset of a released annotation mixture -> `DIR/<json stem>/`.
 
-    read_mixture + plan_dataset for EVERY dataset (exit 2 naming the dataset before any work: an unmapped data_root
+    read_mixture + resolve_dataset for EVERY dataset (exit 2 naming the dataset before any work: an unmapped data_root
     that is not a readable folder, a missing annotation file, a `random` strategy, ...)
     every dataset folder checked against its job.json (settings fingerprint), then written
     one Ray session: each dataset's selected records (operators.mixture.iter_records) cut into units exactly as the
@@ -25,7 +25,7 @@ from typing import Any
 
 from longvid.operators import storage
 from longvid.operators.errors import ConfigError, TransientError
-from longvid.operators.mixture import DatasetPlan, MixtureError, iter_records, plan_dataset, read_mixture, read_roots
+from longvid.operators.mixture import ResolvedDataset, MixtureError, iter_records, resolve_dataset, read_mixture, read_roots
 from longvid.operators.write import manifest_name
 from longvid.pipelines import ingest as raw
 from longvid.pipelines.ingest_config import MixtureConfig
@@ -34,25 +34,25 @@ from longvid.pipelines.outputs import JobOutput, versions
 MIXTURE_JOB = "ingest-mixture"  # DIR/job.json of a mixture ingest (each dataset folder's is an "ingest" job.json)
 @dataclass
 class _Dataset:
-    plan: DatasetPlan
+    resolved: ResolvedDataset
     out: str  # DIR/<name>
     selected: int  # records this run reads (the strategy's selection, cut by --limit)
 
     @property
     def name(self) -> str:
-        return self.plan.dataset.name
+        return self.resolved.dataset.name
 
 
-def plan_mixture(cfg: MixtureConfig) -> list[_Dataset]:
-    """Read the mixture and plan every dataset; check DIR and every dataset folder. Writes nothing.
+def resolve_mixture(cfg: MixtureConfig) -> list[_Dataset]:
+    """Read the mixture and resolved every dataset; check DIR and every dataset folder. Writes nothing.
     ConfigError (MixtureError) naming the file, the dataset and the field for anything that stops the job."""
     roots = read_roots(cfg.roots) if cfg.roots else None
     mix = read_mixture(cfg.mixture, roots, cfg.annotations or None)
     datasets = []
     for ds in mix.datasets:
-        plan = plan_dataset(ds)
-        n = len(plan.selected)
-        datasets.append(_Dataset(plan, storage.join(cfg.out, ds.name), min(n, cfg.limit) if cfg.limit else n))
+        resolved = resolve_dataset(ds)
+        n = len(resolved.selected)
+        datasets.append(_Dataset(resolved, storage.join(cfg.out, ds.name), min(n, cfg.limit) if cfg.limit else n))
     top = storage.join(cfg.out, "job.json")
     if storage.exists(top):
         job = json.loads(storage.read_text(top)).get("job")
@@ -60,14 +60,14 @@ def plan_mixture(cfg: MixtureConfig) -> list[_Dataset]:
             raise ConfigError(f"out: {cfg.out} holds another kind of job ({job!r}, not a mixture "
                               "ingest); use a new --out")
     for d in datasets:
-        JobOutput(d.out, "ingest").check(cfg.fingerprint(d.plan), what=f"out ({d.plan.dataset.where})")
+        JobOutput(d.out, "ingest").check(cfg.fingerprint(d.resolved), what=f"out ({d.resolved.dataset.where})")
     return datasets
 
 
 def _write_folders(cfg: MixtureConfig, datasets: list[_Dataset]) -> None:
     storage.makedirs(cfg.out)
     for d in datasets:
-        JobOutput(d.out, "ingest").prepare(cfg.fingerprint(d.plan))
+        JobOutput(d.out, "ingest").prepare(cfg.fingerprint(d.resolved))
     top = {"job": MIXTURE_JOB, "mixture": cfg.mixture, "datasets": [d.name for d in datasets]}
     storage.write_json(storage.join(cfg.out, "job.json"), top, indent=2, sort_keys=True)
 
@@ -80,10 +80,10 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
     s3 = storage.configure_s3(storage.S3Options(endpoint_url=cfg.s3_endpoint_url or None,
                                                 profile=cfg.s3_profile or None,
                                                 region=cfg.s3_region or None)).to_dict()
-    datasets = plan_mixture(cfg)
+    datasets = resolve_mixture(cfg)
     _write_folders(cfg, datasets)
     job = JobOutput(cfg.out, "ingest", log=log, quiet=cfg.quiet)
-    roots = sorted({d.plan.dataset.media_root for d in datasets if d.plan.dataset.media_root})
+    roots = sorted({d.resolved.dataset.media_root for d in datasets if d.resolved.dataset.media_root})
     with job.running(cfg.ray_address, cfg.num_cpus, unit="records", total=sum(d.selected for d in datasets),
                      desc="[ingest mixture]", inputs={"data_root": roots}) as prog:
         cpus = job.cpus
@@ -129,7 +129,7 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                 break
             committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(d.out, "manifests"),
                                                                         ".parquet")}
-            for unit, items in raw.cut_units(iter_records(d.plan, 0, d.selected), schedule):
+            for unit, items in raw.cut_units(iter_records(d.resolved, 0, d.selected), schedule):
                 if full:
                     break
                 if manifest_name(unit).rsplit("/", 1)[-1] in committed:
@@ -163,11 +163,11 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
 
 
 def _dataset_facts(d: _Dataset) -> dict[str, Any]:
-    ds = d.plan.dataset
-    return {"name": ds.name, "json_path": ds.json_path, "annotation": d.plan.annotation,
+    ds = d.resolved.dataset
+    return {"name": ds.name, "json_path": ds.json_path, "annotation": d.resolved.annotation,
             "sampling_strategy": str(ds.strategy), "data_root": ds.data_root,
             "media_root": ds.media_root or "", "video_read_type": ds.video_read_type,
-            "media_type": d.plan.media_type, "records": d.plan.total, "selected": d.selected}
+            "media_type": d.resolved.media_type, "records": d.resolved.total, "selected": d.selected}
 
 
 def _mixture_summary(cfg: MixtureConfig, datasets: list[_Dataset], summaries: list[dict[str, Any]],
@@ -181,7 +181,7 @@ def _mixture_summary(cfg: MixtureConfig, datasets: list[_Dataset], summaries: li
                      **{k: s[k] for k in ("samples", "failures", "failures_by_stage", "shards", "frames", "bytes",
                                           "video_hours", "complete", "units_uncommitted")}})
         stages.update(s["failures_by_stage"])
-        by_media[d.plan.media_type] += s["samples"]
+        by_media[d.resolved.media_type] += s["samples"]
     total = {k: sum(r[k] for r in rows) for k in ("selected", "samples", "failures", "shards", "frames", "bytes")}
     hours = sum(r["video_hours"] for r in rows)
     return {
@@ -209,4 +209,4 @@ def _public_config(cfg: MixtureConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["MixtureConfig", "MixtureError", "plan_mixture", "run_mixture"]
+__all__ = ["MixtureConfig", "MixtureError", "resolve_mixture", "run_mixture"]

@@ -1,9 +1,9 @@
 """Train: the short-to-long curriculum on Ray Train, streaming token shards. This module is the driver.
 
     recipe  pipelines/train_config.py: TrainConfig (model, tokenizer, out, stages in order), StageConfig, DataEntry;
-            plan_stages: every stage's data (globs -> per-shard sample ranges, durations; the shards' ingest frame
+            stage_schedule: every stage's data (globs -> per-shard sample ranges, durations; the shards' ingest frame
             bounds against the stage's), accumulation and optimizer step counts
-    driver  run_train(cfg, hooks=...): plan, check `out`, then one TorchTrainer run (DDP over gloo on CPU / NCCL on
+    driver  run_train(cfg, hooks=...): schedule the stages, check `out`, then one TorchTrainer run (DDP over gloo on CPU / NCCL on
             GPU, or FSDP) with FailureConfig, or the same loop in this process (num_workers: 0); follows the
             steps (StepProgress); summary.json, the run's loss plot and the export of the final weights
     worker  pipelines/train_recipe.py train_worker(): for each stage from the last checkpoint on, a StageRecipe:
@@ -53,7 +53,7 @@ from longvid.pipelines.progress import Progress
 from longvid.pipelines.out_claim import claim_out, release_out
 from longvid.pipelines.ray_session import ensure_ray
 from longvid.pipelines.train_checkpoint import LocalSession, list_checkpoints
-from longvid.pipelines.train_config import TrainConfig, plan_stages, stage_dir
+from longvid.pipelines.train_config import TrainConfig, stage_schedule, stage_dir
 from longvid.pipelines.loader import read_exclude
 from longvid.pipelines.train_sources import DataError
 from longvid.pipelines.train_report import plot_run_loss
@@ -92,9 +92,9 @@ class StepProgress:
     and the count follows). Every step is a line in DIR/logs/train.log; the console gets a tqdm bar on a terminal,
     else the first step of a stage, every tenth of it and its last. Steps done by an earlier run are not timed."""
 
-    def __init__(self, cfg: TrainConfig, plans: list[dict[str, Any]], log_fn, interval_s: float = 0.5):
+    def __init__(self, cfg: TrainConfig, schedule: list[dict[str, Any]], log_fn, interval_s: float = 0.5):
         self.paths = [os.path.join(stage_dir(cfg, st), "metrics.jsonl") for st in cfg.stages]
-        self.totals = [int(p["steps"]) for p in plans]
+        self.totals = [int(p["steps"]) for p in schedule]
         self.seen = [(0, 0)] * len(self.paths)  # (bytes read, last step) per stage
         self.interval_s = interval_s
         self.prog = Progress("train", "steps", total=sum(self.totals), out=cfg.out, console=log_fn, quiet=cfg.quiet)
@@ -174,15 +174,15 @@ def run_train(cfg: TrainConfig, log_fn=print, hooks: Sequence["TrainHook"] = ())
     except DataError as e:
         raise ConfigError(str(e)) from None
     world = max(1, cfg.num_workers)
-    plans = plan_stages(cfg, world)
+    schedule = stage_schedule(cfg, world)
     claim_out(cfg.out, "train", log_fn)  # a run still going on there: exit 2
     try:
-        return _run_claimed(cfg, plans, log_fn, hooks)
+        return _run_claimed(cfg, schedule, log_fn, hooks)
     finally:
         release_out(cfg.out)
 
 
-def _run_claimed(cfg: TrainConfig, plans: list[dict[str, Any]], log_fn,
+def _run_claimed(cfg: TrainConfig, schedule: list[dict[str, Any]], log_fn,
                  hooks: Sequence["TrainHook"]) -> dict[str, Any]:
     from longvid.pipelines.train_model import export_final
 
@@ -190,14 +190,14 @@ def _run_claimed(cfg: TrainConfig, plans: list[dict[str, Any]], log_fn,
     _check_out(cfg)
     run_dir = os.path.join(cfg.out, "ray", cfg.name)
     done = list_checkpoints(run_dir)
-    payload = {"cfg": cfg.to_dict(), "plans": plans, "resume_dir": done[-1] if (cfg.resume and done) else None,
+    payload = {"cfg": cfg.to_dict(), "schedule": schedule, "resume_dir": done[-1] if (cfg.resume and done) else None,
                "hooks": list(hooks)}
     t0 = time.time()
     if not cfg.quiet:
-        for p in plans:
+        for p in schedule:
             log_fn(f"[train] stage {p['stage']}: {p['samples']} samples in {len(p['sources'])} sources, "
                    f"{p['steps']} steps")
-    steps = StepProgress(cfg, plans, log_fn).start()
+    steps = StepProgress(cfg, schedule, log_fn).start()
     try:
         if cfg.num_workers == 0:
             os.makedirs(run_dir, exist_ok=True)
@@ -248,7 +248,7 @@ def _fit_ray(cfg: TrainConfig, payload: dict[str, Any]) -> None:
 
     # the dashboard serves the State API, which Ray Train queries; on several nodes, every node must see the
     # shards' folders and out as the driver does
-    data = sorted({os.path.dirname(url) for plan in payload["plans"] for src in plan["sources"]
+    data = sorted({os.path.dirname(url) for stage in payload["schedule"] for src in stage["sources"]
                    for url, _, _ in src["pieces"] if not storage.is_s3(url)})
     started = ensure_ray(cfg.ray_address, cfg.num_cpus, dashboard=True, out=cfg.out, job="train",
                          inputs={"data": data})

@@ -1,5 +1,5 @@
 """Train: the recipe a run is given (TrainConfig: model, tokenizer, out, stages in order; StageConfig; DataEntry) and
-its plan (plan_stages: every stage's sources planned, accumulation and optimizer step count).
+its schedule (stage_schedule: every stage's sources indexed, accumulation and optimizer step count).
 
 The dataclasses are declared once: jobs/train.py reads a recipe YAML and flag overrides into them
 (jobs.config.load_config), and the Ray Train workers get them back from `TrainConfig.to_dict()`.
@@ -257,14 +257,14 @@ def mixture_datasets(uri: str) -> list[tuple[str, str]]:
     return [(ds.name, str(ds.strategy)) for ds in mix.datasets]
 
 
-def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
-    """Per stage: its sources planned (counts, ranges, durations, frame bounds checked), the accumulation and the
+def stage_schedule(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
+    """Per stage: its sources indexed (counts, ranges, durations, frame bounds checked), the accumulation and the
     optimizer step count. ConfigError names the stage.
 
     Steps from epochs as HF Trainer counts them (dataloader_drop_last, as the released scripts): micro-batches per
     worker and epoch = samples // (workers x batch_size), optimizer steps per epoch = that // accumulation (at
     least 1), steps = ceil(epochs x steps per epoch)."""
-    from longvid.pipelines.train_sources import DataError, plan_source, source_media_type
+    from longvid.pipelines.train_sources import DataError, index_source, source_media_type
 
     out = []
     for i, st in enumerate(cfg.stages):
@@ -284,7 +284,7 @@ def plan_stages(cfg: TrainConfig, world: int) -> list[dict[str, Any]]:
                 items = [(e.name or f"{st.name}.data[{j}]", list(e.shards), e.sampling)]
             for name, globs, samp in items:
                 try:
-                    sp = plan_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root,
+                    sp = index_source(name, globs, kind=st.input, weight=e.weight, sampling=samp, root=cfg.data_root,
                                      frame_bounds=(st.min_frames, st.max_frames), bounds_policy=st.frame_bounds,
                                      applied=applied, bounds_found=differ)
                 except DataError as err:

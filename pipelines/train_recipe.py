@@ -1,6 +1,6 @@
 """Train: one stage of the curriculum on one worker, as a recipe class in the manner of torchtune's recipes.
 
-    recipe = StageRecipe(cfg, stage_index, plan, session, tokenizer, restore, hooks)
+    recipe = StageRecipe(cfg, stage_index, stage_info, session, tokenizer, restore, hooks)
     recipe.setup()          setup_model      the stage-0 model, or the previous stage's final weights; the trained
                                              parts (requires_grad), a restored checkpoint's weights; DDP / FSDP
                             setup_optimizer  AdamW with a learning rate per part; warmup + cosine (or constant) as
@@ -147,19 +147,19 @@ class StageRecipe:
     """One stage on one worker: setup (model, optimizer, data, metrics), train (train_step, metrics, hooks,
     checkpoints), save_final, cleanup. `restore` is the stage's own checkpoint to continue from (None: step 0)."""
 
-    def __init__(self, cfg: TrainConfig, stage_index: int, plan: dict[str, Any], session: Session, tokenizer,
+    def __init__(self, cfg: TrainConfig, stage_index: int, stage_info: dict[str, Any], session: Session, tokenizer,
                  restore: str | None = None, hooks: Sequence[TrainHook] = ()) -> None:
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage: StageConfig = cfg.stages[stage_index]
-        self.plan = plan
+        self.stage_info = stage_info
         self.session = session
         self.rank, self.world, self.device = session.rank, session.world, session.device
         self.tokenizer = tokenizer
         self.hooks = list(hooks)
         self.restore = Restore(restore) if restore else None
-        self.total = int(plan["steps"])
-        self.accum = int(plan.get("accum", 1))
+        self.total = int(stage_info["steps"])
+        self.accum = int(stage_info.get("accum", 1))
         self.every = self.stage.checkpoint_every or cfg.checkpoint_every
         self.dir = stage_dir(cfg, self.stage)
         self.start_step = self.restore.step if self.restore else 0
@@ -221,7 +221,7 @@ class StageRecipe:
         the stream restarts with a seed of its own."""
         from longvid.model.config import get_config
 
-        cfg, st, plan = self.cfg, self.stage, self.plan
+        cfg, st, stage_info = self.cfg, self.stage, self.stage_info
         loader_state = None
         if self.restore:
             loader_state = self.restore.loader(self.rank, self.world)
@@ -233,7 +233,7 @@ class StageRecipe:
         self.side = st.resolution or (enc.cfg.img_size if enc is not None else mcfg.umt.img_size)
         exclude = read_exclude([cfg.resolve(p) for p in list(cfg.exclude) + list(st.exclude)])
         restart = 1000003 * self.start_step if self.restore and loader_state is None else 0
-        lcfg = LoaderConfig(sources=plan["sources"], batch_size=st.batch_size, buffer=st.shuffle_buffer, mix=st.mix,
+        lcfg = LoaderConfig(sources=stage_info["sources"], batch_size=st.batch_size, buffer=st.shuffle_buffer, mix=st.mix,
                             seed=cfg.seed + restart, stage_index=self.stage_index, kind=st.input,
                             dim=mcfg.encoder_dim, min_frames=st.min_frames, max_frames=st.max_frames,
                             max_len=st.max_len, label_mode=st.chat_mode(), group_by=st.group_by, accum=self.accum,
@@ -311,8 +311,8 @@ class StageRecipe:
         if self.rank == 0:
             log.info("stage %s: %d steps (from %d), trains %s (%s params), %d samples in %d sources, %d workers",
                      st.name, self.total, self.start_step, st.train,
-                     {k: v for k, v in self.param_counts.items() if v}, self.plan["samples"],
-                     len(self.plan["sources"]), self.world)
+                     {k: v for k, v in self.param_counts.items() if v}, self.stage_info["samples"],
+                     len(self.stage_info["sources"]), self.world)
         for step in range(self.start_step + 1, self.total + 1):
             stats, gnorm, batch, keys = self.train_step(it)
             now = time.time()
@@ -409,7 +409,7 @@ def train_worker(payload: dict[str, Any], sess: Session | None = None) -> dict[s
     """The per-worker loop over all stages (Ray Train calls it with the payload as train_loop_config): each stage
     from the last checkpoint on is a StageRecipe with the payload's hooks."""
     cfg = TrainConfig.from_dict(payload["cfg"])
-    plans = payload["plans"]
+    schedule = payload["schedule"]
     hooks = payload.get("hooks") or ()
     sess = sess or RaySession()
     if sess.device.type == "cpu" and cfg.torch_threads:
@@ -427,7 +427,7 @@ def train_worker(payload: dict[str, Any], sess: Session | None = None) -> dict[s
                      " (done)" if state["done"] else "")
     results = {}
     for si in range(first, len(cfg.stages)):
-        recipe = StageRecipe(cfg, si, plans[si], sess, tokenizer, restore if si == first else None, hooks)
+        recipe = StageRecipe(cfg, si, schedule[si], sess, tokenizer, restore if si == first else None, hooks)
         try:
             recipe.setup()
             results[recipe.stage.name] = recipe.train()

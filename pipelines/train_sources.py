@@ -1,7 +1,7 @@
-"""A stage's data entries planned: which samples of which shards each source takes, and each rank's share.
+"""A stage's data entries indexed: which samples of which shards each source takes, and each rank's share.
 
     recipe data entry {shards: globs, weight, sampling}            (one "source" of a stage's mixture)
-      plan_source(): expand the globs (local or s3://), count samples per shard (index.json, else manifests/,
+      index_source(): expand the globs (local or s3://), count samples per shard (index.json, else manifests/,
                      else the tar headers), cut the sampling strategy (operators.mixture.parse_strategy: all |
                      first:N[%] | first2:N .. first4:N | end:N[%]; a mixture's dataset written by `ingest --mixture`
                      has it applied already: all of it is taken) into per-shard sample ranges, mean duration
@@ -9,7 +9,7 @@
                      and compare the frame bounds the shards were ingested with to the stage's (check_frame_bounds)
       rank_pieces(): this worker's disjoint part: whole shards when there are at least as many as workers, else
                      shards cut into sample ranges (more workers than shards); balanced by sample count
-The plans (SourcePlan.to_dict) go to the workers, whose loader (pipelines/loader.py) reads them.
+The indexes (SourceIndex.to_dict) go to the workers, whose loader (pipelines/loader.py) reads them.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ log = storage.get_logger("longvid.train.data")  # its records are redacted in an
 
 
 class DataError(ValueError):
-    """A data entry of a recipe that cannot be planned: the message names the stage, the entry and the file."""
+    """A data entry of a recipe that cannot be indexed: the message names the stage, the entry and the file."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class Piece:
 
 
 @dataclass
-class SourcePlan:
-    """One data entry of a stage, planned: the selected samples as per-shard ranges, plus mixture facts."""
+class SourceIndex:
+    """One data entry of a stage, indexed: the selected samples as per-shard ranges, plus mixture facts."""
 
     name: str
     kind: str  # tokens | frames
@@ -71,7 +71,7 @@ class SourcePlan:
                 "count_from": self.count_from, "pieces": [[p.url, p.lo, p.hi] for p in self.pieces]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SourcePlan":
+    def from_dict(cls, d: dict[str, Any]) -> "SourceIndex":
         return cls(d["name"], d["kind"], float(d["weight"]), [Piece(u, int(a), int(b)) for u, a, b in d["pieces"]],
                    float(d["mean_duration"]), d.get("count_from", ""))
 
@@ -205,10 +205,10 @@ def count_tar_samples(uri: str) -> int:
     return n
 
 
-def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
+def index_source(name: str, patterns: list[str], *, kind: str = "tokens", weight: float = 1.0,
                 sampling: str = "all", root: str = "", frame_bounds: tuple[int, int] | None = None,
                 bounds_policy: str = "error", applied: list[str] | None = None,
-                bounds_found: list[str] | None = None) -> SourcePlan:
+                bounds_found: list[str] | None = None) -> SourceIndex:
     """Expand, count and cut one data entry (raises DataError naming what is wrong). `frame_bounds`: the stage's
     (min_frames, max_frames), compared with the shards' ingest bounds (check_frame_bounds, `bounds_policy`).
     `sampling`: operators.mixture.parse_strategy's strings. `applied` (a mixture's datasets): when the shards' job
@@ -283,7 +283,7 @@ def plan_source(name: str, patterns: list[str], *, kind: str = "tokens", weight:
         mean = secs / max(1, sum(v[1] for v in durations.values()))
     else:
         mean = _json_mean_duration(pieces[0].url)
-    return SourcePlan(name, kind, float(weight), pieces, float(mean), "+".join(sorted(how)))
+    return SourceIndex(name, kind, float(weight), pieces, float(mean), "+".join(sorted(how)))
 
 
 def _shard_infos(uri: str, limit: int = 8) -> Iterator[dict[str, Any]]:
@@ -316,9 +316,9 @@ def _json_mean_duration(uri: str, limit: int = 8) -> float:
     return float(np.mean(vals)) if vals else 1.0
 
 
-def source_media_type(plan: SourcePlan) -> str:
+def source_media_type(index: SourceIndex) -> str:
     """video | image | text: the media_type of a source's first selected shard's first sample (video when unsaid)."""
-    first = next(_shard_infos(plan.pieces[0].url, 1), {}) if plan.pieces else {}
+    first = next(_shard_infos(index.pieces[0].url, 1), {}) if index.pieces else {}
     mt = first.get("media_type")
     return mt if mt in ("image", "text") else "video"
 

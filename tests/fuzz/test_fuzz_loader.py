@@ -128,11 +128,11 @@ class EpochEnd(Exception):
     pass
 
 
-def read_epoch(path: str, **cfg) -> tuple[ts.SourcePlan | None, list[tsample.TrainSample], Counter, str]:
+def read_epoch(path: str, **cfg) -> tuple[ts.SourceIndex | None, list[tsample.TrainSample], Counter, str]:
     """Plan the shards of a path or glob without index.json (counts from the tar headers), then read one epoch
     through the loader's own sample path -> (plan, samples, counters, planning error)."""
     try:
-        plan = ts.plan_source("fz", [path])
+        plan = ts.index_source("fz", [path])
     except ts.DataError as e:
         return None, [], Counter(), str(e)
     lc = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=1, mix="samples", dim=DIM, prefetch=0, **cfg)
@@ -169,7 +169,7 @@ def assert_well_formed(s: tsample.TrainSample, max_len: int = 32768) -> None:
     assert isinstance(s.key, str) and s.key.encode("utf-8")
 
 
-def assert_accounted(plan: ts.SourcePlan, out: list, c: Counter) -> None:
+def assert_accounted(plan: ts.SourceIndex, out: list, c: Counter) -> None:
     """Every group read is a sample or a counted skip; fewer than planned only with a counted shard loss."""
     read = len(out) + c["skipped"] + c["excluded"]
     assert read <= plan.nsamples
@@ -233,7 +233,7 @@ def test_webdataset_long_keys_and_resume_after_a_pax_member(tmp_path):
     with wds.TarWriter(str(tmp_path / "shards" / "shard-0.tar")) as w:
         for i, k in enumerate(keys):
             w.write({"__key__": k, "json": sample_info(k, label=i), "tokens.npy": npy(tokens(label=i))})
-    plan = ts.plan_source("w", [str(tmp_path / "shards" / "*.tar")])
+    plan = ts.index_source("w", [str(tmp_path / "shards" / "*.tar")])
     assert plan.nsamples == 6 and plan.count_from == "tar"
     cfg = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
     with bounded():
@@ -586,11 +586,11 @@ def test_a_source_without_one_usable_sample_is_an_error_not_a_hang(tmp_path):
     the shards round and round for ever."""
     raw, want, _ = _hostile_shard([("deep json", "ok"), ("ok", "negative dims"), ("empty", "ok")])
     assert not want
-    plan = ts.plan_source("bad", [shard_file(raw)])
+    plan = ts.index_source("bad", [shard_file(raw)])
     cfg = ld.LoaderConfig(sources=[plan.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
     with bounded(), pytest.raises(ts.DataError, match="no usable sample"):
         next(iter(ld.StageLoader(cfg, 0, 1, tokenizer())))
-    good = ts.plan_source("good", [shard_file(tar_bytes(sample("a") + sample("b", label=1)))])
+    good = ts.index_source("good", [shard_file(tar_bytes(sample("a") + sample("b", label=1)))])
     cfg = ld.LoaderConfig(sources=[good.to_dict()], batch_size=1, buffer=2, mix="samples", dim=DIM, prefetch=0)
     with bounded(), pytest.raises(ts.DataError, match="every sample .* is excluded"):
         next(iter(ld.StageLoader(cfg, 0, 1, tokenizer(), exclude=frozenset({"a", "b"}))))
@@ -615,7 +615,7 @@ def test_index_json_with_hostile_counts_is_ignored(tmp_path, caplog):
                 "[" * 100_000, "\udcff"):
         (tmp_path / "j" / "index.json").write_bytes(bad.encode("utf-8", "surrogateescape"))
         with caplog.at_level(logging.WARNING, logger="longvid.train.data"):
-            plan = ts.plan_source("j", [str(tmp_path / "j" / "shards" / "*.tar")])
+            plan = ts.index_source("j", [str(tmp_path / "j" / "shards" / "*.tar")])
         assert plan.nsamples == 4 and "index.json" not in plan.count_from
 
 

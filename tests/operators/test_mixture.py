@@ -19,7 +19,7 @@ from longvid.operators.mixture import (
     iter_records,
     map_root,
     parse_strategy,
-    plan_dataset,
+    resolve_dataset,
     read_dataset,
     read_mixture,
     read_roots,
@@ -75,17 +75,17 @@ def test_released_stage3_with_annotations_and_roots(tmp_path):
     mix = read_mixture(str(path), annotations=str(tmp_path))
     ds = next(d for d in mix.datasets if d.strategy == Strategy("first", 25, True) and d.json_path.endswith(".json"))
     with pytest.raises(MixtureError, match=re.escape(f"datasets[{ds.index}] ({ds.name}): json_path: annotation file")):
-        plan_dataset(ds)
+        resolve_dataset(ds)
     ann = tmp_path / ds.json_path
     ann.parent.mkdir(parents=True)
     recs = [{"id": k, "image": f"{k}.jpg", "conversations": [{"from": "human", "value": "<image>\nq"},
                                                              {"from": "gpt", "value": "a"}]} for k in range(10)]
     ann.write_text(json.dumps(recs))
     with pytest.raises(MixtureError, match=r"data_root: .* has no --roots mapping .*holds image records"):
-        plan_dataset(read_mixture(str(path), annotations=str(tmp_path)).datasets[ds.index])
+        resolve_dataset(read_mixture(str(path), annotations=str(tmp_path)).datasets[ds.index])
     (tmp_path / "img").mkdir()
     mix = read_mixture(str(path), annotations=str(tmp_path), roots={ds.data_root: str(tmp_path / "img")})
-    plan = plan_dataset(mix.datasets[ds.index])
+    plan = resolve_dataset(mix.datasets[ds.index])
     assert plan.total == 10 and plan.selected == range(3) and plan.media_type == "image"  # ceil(25% of 10) = 3
     items = list(iter_records(plan))
     assert [it.id for it in items] == [0, 1, 2]
@@ -99,7 +99,7 @@ def test_fixture_video_dataset_records_and_failures():
     mix = _fixture_mixture()
     ds = mix.datasets[0]
     assert ds.name == "video_qa" and ds.media_root == str(FIX / "media" / "videos")
-    plan = plan_dataset(ds)
+    plan = resolve_dataset(ds)
     assert (plan.total, plan.media_type, plan.selected) == (23, "video", range(23))  # the blank line is no record
     items = list(iter_records(plan))
     assert len(items) == 23  # written + failed == selected
@@ -162,7 +162,7 @@ def test_fixture_image_text_and_frame_folder_datasets():
     assert [x[0] for x in fails] == ["conversations", "image", "video"]
     assert fails[0][1].startswith("images.json:") and fails[0][1].endswith("[item 2]")
 
-    plan = plan_dataset(text)
+    plan = resolve_dataset(text)
     assert plan.media_type == "text" and text.media_root is None and plan.selected == range(3)
     items = list(iter_records(plan))
     assert isinstance(items[0], AnnotationRecord) and items[0].media == () and items[0].media_paths == ()
@@ -171,7 +171,7 @@ def test_fixture_image_text_and_frame_folder_datasets():
     assert [f.reason for f in items[1:]] == ["1 <image> placeholder(s) for no media (a text record)",
                                              "no gpt turn after the first human turn: nothing to train on"]
 
-    plan = plan_dataset(frames)
+    plan = resolve_dataset(frames)
     assert plan.selected == range(1, 3)  # end:2 of 3
     f1, f2 = iter_records(plan)
     assert f1.video_read_type == f2.video_read_type == "img"
@@ -185,12 +185,12 @@ def test_fixture_media_type_given_and_unresolved_roots(tmp_path):
     shutil.copytree(FIX, root)
     mix = read_mixture(str(root / "mixture.yaml"))  # no --roots: the web-page data_roots are unresolved
     with pytest.raises(MixtureError) as e:
-        plan_dataset(mix.datasets[0])
+        resolve_dataset(mix.datasets[0])
     msg = str(e.value)
     assert msg.startswith(f"{root}/mixture.yaml: datasets[0] (video_qa): data_root: 'https://example.org/datasets/videos'")
     assert "holds video records" in msg
-    assert plan_dataset(mix.datasets[2]).media_type == "text"  # a text dataset needs no root
-    assert plan_dataset(mix.datasets[3]).dataset.media_root == str(root / "frames")  # relative to the mixture
+    assert resolve_dataset(mix.datasets[2]).media_type == "text"  # a text dataset needs no root
+    assert resolve_dataset(mix.datasets[3]).dataset.media_root == str(root / "frames")  # relative to the mixture
     # media_type given: the text file read as images fails record by record
     y = (root / "mixture.yaml").read_text().replace('"first:100%"', '"first:100%"\n    media_type: image\n'
                                                     '    data_root: frames')
@@ -256,7 +256,7 @@ def test_bad_annotation_files_stop_the_plan(tmp_path):
         f.write_bytes(content if isinstance(content, bytes) else content.encode())
         p = tmp_path / "m.yaml"
         p.write_text(f"datasets:\n  - json_path: {ann}\n    data_root: .\n{extra}")
-        return plan_dataset(read_mixture(str(p)).datasets[0])
+        return resolve_dataset(read_mixture(str(p)).datasets[0])
 
     for content, msg in [('{"a": 1}', "must hold one JSON list"), ('[{"a": 1}, {"b" 2}]', "not valid JSON (line 1, column"),
                          ('[{"a": 1}]]', "Extra data"), (b"[\xff]", "not UTF-8"), ("[1,\n2,\n", "not valid JSON (line 3")]:
@@ -280,7 +280,7 @@ def test_web_json_path_and_roots(tmp_path):
     ds = read_mixture(p).datasets[0]
     assert ds.annotation is None and ds.name == "m4_instruct_annotations"
     with pytest.raises(MixtureError, match="is a web address: download it and map it with --roots"):
-        plan_dataset(ds)
+        resolve_dataset(ds)
     (tmp_path / "m4").mkdir()
     (tmp_path / "m4" / "m4_instruct_annotations.json").write_text(
         json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]))
@@ -302,7 +302,7 @@ def test_web_json_path_and_roots(tmp_path):
 def test_mapped_root_that_is_missing_is_named(tmp_path):
     p = _mix(tmp_path, "datasets:\n  - json_path: a.jsonl\n    data_root: https://x.org/v\n    media_type: video\n")
     with pytest.raises(MixtureError, match=r"mapped by --roots to '/nonexistent'\): /nonexistent is not a readable"):
-        plan_dataset(read_mixture(p, roots={"https://x.org/v": "/nonexistent"}).datasets[0])
+        resolve_dataset(read_mixture(p, roots={"https://x.org/v": "/nonexistent"}).datasets[0])
 
 
 def test_parse_strategy_values():
@@ -395,7 +395,7 @@ def test_fuzzed_annotation_records_each_end_as_one_item(tmp_path, records, strat
     mix.write_text(f"datasets:\n  - json_path: {ann.name}\n    sampling_strategy: '{strategy}'\n    data_root: .\n{mt}")
     ds = read_mixture(str(mix)).datasets[0]
     try:
-        plan = plan_dataset(ds)
+        plan = resolve_dataset(ds)
     except MixtureError as e:  # only the media type of an unusable first record stops a plan
         assert media is None and "cannot tell the media type" in str(e)
         return
@@ -418,4 +418,4 @@ def test_annotation_path_that_is_a_folder_or_unreadable(tmp_path):
     (tmp_path / "d.json").mkdir()
     p = _mix(tmp_path, "datasets:\n  - json_path: d.json\n    media_type: text\n")
     with pytest.raises(MixtureError, match=r"datasets\[0\] \(d\): json_path: .* is a folder"):
-        plan_dataset(read_mixture(p).datasets[0])
+        resolve_dataset(read_mixture(p).datasets[0])

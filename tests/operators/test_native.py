@@ -18,7 +18,7 @@ from longvid.model.tokenizer import build_test_tokenizer
 from longvid.operators import shards as sd
 from longvid.operators import train_sample as tsample
 from longvid.pipelines.loader import LoaderConfig, StageLoader
-from longvid.pipelines.train_sources import plan_source
+from longvid.pipelines.train_sources import index_source
 from longvid.synthetic.shards import write_synthetic_token_shards
 
 native = tsample._native
@@ -248,7 +248,7 @@ def test_loader_same_batches_with_and_without_kernels(tmp_path, monkeypatch, cap
     write_synthetic_token_shards(str(tmp_path / "a"), 24, per_shard=5, frames=(4, 32), dim=64, corrupt=corrupt)
     write_synthetic_token_shards(str(tmp_path / "b"), 10, per_shard=4, frames=(4, 16), dim=64, dtype="float32",
                                  key_prefix="b", corrupt={"b_v000006_full": "nan_end"})
-    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
+    plans = [index_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
     shards = [str(f) for f in tmp_path.glob("*/shards/*.tar")]
     runs = []
     for kernels, cold in ((native, False), (native, True), (None, False)):

@@ -22,7 +22,7 @@ from longvid.operators.mp4 import decode_mp4, encode_mp4
 from longvid.operators import storage
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.encode_model import HiCoBatchEncoder, fetch_checkpoint
-from longvid.pipelines.encode_samples import decode_sample, read_shard
+from longvid.pipelines.encode_samples import encoder_rows, read_shard
 from longvid.synthetic.videos import make_video
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -59,12 +59,12 @@ def clip_batch(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def test_decode_sample_clips_and_padding():
-    clips = list(decode_sample(sample_row(8, size=64), resolution=64))
+    clips = list(encoder_rows(sample_row(8, size=64), resolution=64))
     assert [c["clip"] for c in clips] == [0, 1] and {c["num_clips"] for c in clips} == {2}
     assert all(c["status"] == "ok" and c["frames"].shape == (4, 64, 64, 3) for c in clips)
     assert json.loads(clips[0]["info"])["padded_frames"] == 0 and clips[1]["info"] == ""
     # 6 frames: padded to 8 by repeating the last frame, and the json says so
-    clips = list(decode_sample(sample_row(6, size=64), resolution=64))
+    clips = list(encoder_rows(sample_row(6, size=64), resolution=64))
     assert len(clips) == 2 and json.loads(clips[0]["info"])["padded_frames"] == 2
     last = clips[1]["frames"]
     assert np.array_equal(last[1], last[2]) and np.array_equal(last[2], last[3])
@@ -72,22 +72,22 @@ def test_decode_sample_clips_and_padding():
 
 
 def test_decode_sample_failures():
-    (f,) = decode_sample(sample_row(8, mp4=b"\x00\x01 not an mp4" * 50), resolution=64)
+    (f,) = encoder_rows(sample_row(8, mp4=b"\x00\x01 not an mp4" * 50), resolution=64)
     assert (f["status"], f["field"], f["num_clips"]) == ("decode", "mp4", 0)
     assert "shard-000003-000.tar: webvid_1_full.mp4" in f["reason"]
-    (f,) = decode_sample(sample_row(4, manifest_frames=8), resolution=64)
+    (f,) = encoder_rows(sample_row(4, manifest_frames=8), resolution=64)
     assert (f["status"], f["field"]) == ("decode", "num_frames") and "decoded 4 frames" in f["reason"]
-    (f,) = decode_sample(sample_row(4, size=64), resolution=224)  # never upsampled
+    (f,) = encoder_rows(sample_row(4, size=64), resolution=224)  # never upsampled
     assert (f["status"], f["field"]) == ("decode", "resolution")
     row = sample_row(4)
     row["json"] = b"[1, 2"
-    (f,) = decode_sample(row, resolution=64)
+    (f,) = encoder_rows(row, resolution=64)
     assert (f["status"], f["field"]) == ("read", "json")
 
 
 def test_decode_sample_downscales_like_preprocess():
     row = sample_row(4, size=96)
-    (c,) = decode_sample(row, resolution=48)
+    (c,) = encoder_rows(row, resolution=48)
     assert c["frames"].shape == (4, 48, 48, 3) and json.loads(c["info"])["source_resolution"] == 96
     full = decode_mp4(row["mp4"])
     torch.testing.assert_close(preprocess(c["frames"], 48), preprocess(full, 48), rtol=0, atol=1e-6)
@@ -122,8 +122,8 @@ def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
             if ti.name != "b.mp4":
                 t.addfile(ti, io.BytesIO(data))
     rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
-    assert rows["b"]["mp4"] == b"" and rows["a"]["mp4"]  # which members a sample needs is decode_sample's check
-    (f,) = decode_sample(rows["b"], 64)
+    assert rows["b"]["mp4"] == b"" and rows["a"]["mp4"]  # which members a sample needs is encoder_rows's check
+    (f,) = encoder_rows(rows["b"], 64)
     assert (f["status"], f["field"]) == ("read", "mp4") and "no mp4" in f["reason"]
     data = tar_path.read_bytes()
     tar_path.write_bytes(data[:1600])  # inside a.mp4: the damaged sample is not read, the rest is unreadable
@@ -132,15 +132,15 @@ def test_read_shard_rows_missing_members_and_broken_tar(tmp_path):
     assert rows["b"]["status"] == "read" and "unreadable" in rows["b"]["reason"]
     tar_path.write_bytes(data[:700])  # after a.json's bytes, before its padding: the tar ends there
     rows = {r["key"]: r for r in read_shard(item, str(tmp_path), 64)}
-    (f,) = decode_sample(rows["a"], 64)
+    (f,) = encoder_rows(rows["a"], 64)
     assert (f["status"], f["field"]) == ("read", "mp4")
     assert rows["b"]["status"] == "read" and "not in its shard" in rows["b"]["reason"]
 
 
 def test_actor_tokens_equal_the_model_and_dtypes():
     size = 224
-    rows = list(decode_sample(sample_row(8, size=size), resolution=size))
-    rows += list(decode_sample(sample_row(4, manifest_frames=8, size=size), resolution=size))  # a failure row
+    rows = list(encoder_rows(sample_row(8, size=size), resolution=size))
+    rows += list(encoder_rows(sample_row(4, manifest_frames=8, size=size), resolution=size))  # a failure row
     batch = clip_batch(rows)
     want = tiny_encoder(size)(preprocess(decode_mp4(sample_row(8, size=size)["mp4"]), size)[None])[0]  # [2, 64, D]
     for dtype, np_dtype, tol in (("bf16", np.float16, 2e-3), ("fp32", np.float32, 1e-5)):
@@ -153,7 +153,7 @@ def test_actor_tokens_equal_the_model_and_dtypes():
 
 
 def test_actor_flags_non_finite_tokens():
-    rows = list(decode_sample(sample_row(8, size=224), resolution=224))
+    rows = list(encoder_rows(sample_row(8, size=224), resolution=224))
     actor = HiCoBatchEncoder("tiny", 224, "", "bf16", seed=0, cache_dir="", s3=None)
     with torch.no_grad():
         actor.enc.encoder.vision_layernorm.weight[0] = float("nan")
@@ -166,7 +166,7 @@ def test_actor_loads_a_checkpoint_strictly(tmp_path):
     enc = tiny_encoder(224, seed=5)
     sd = {f"encoder.{k}": v for k, v in enc.encoder.state_dict().items()}
     torch.save(sd, tmp_path / "enc.pt")
-    rows = list(decode_sample(sample_row(4, size=224), resolution=224))
+    rows = list(encoder_rows(sample_row(4, size=224), resolution=224))
     out = HiCoBatchEncoder("tiny", 224, str(tmp_path / "enc.pt"), "fp32", seed=0, cache_dir="", s3=None)(clip_batch(rows))
     want = enc(preprocess(decode_mp4(sample_row(4, size=224)["mp4"]), 224)[None])[0]
     np.testing.assert_allclose(out["tokens"], want.detach().numpy(), rtol=1e-5, atol=1e-5)
@@ -202,7 +202,7 @@ def test_fetch_checkpoint_from_s3_takes_only_vision_shards(s3, tmp_path):
 
 def _encode_by_hand(src: str, dst: str, scratch: str) -> dict:
     """What an encoder actor does, composed by hand without Ray (tiny encoder, fp32, 224 px): every unit's rows
-    through read_shard and decode_sample, encoded two at a time in a shuffled order (a sample's clips and the
+    through read_shard and encoder_rows, encoded two at a time in a shuffled order (a sample's clips and the
     samples of a unit arriving out of order), assembled and written by UnitState, committed. Returns the summary."""
     import random
 
@@ -224,7 +224,7 @@ def _encode_by_hand(src: str, dst: str, scratch: str) -> dict:
                                  settings)
         for rel in p.shards:
             for row in read_shard({"unit": unit, "shard": rel, "manifest": uri}, src, 224):
-                clips.extend(decode_sample(row, 224))
+                clips.extend(encoder_rows(row, 224))
     random.Random(0).shuffle(clips)
     for i in range(0, len(clips), 2):
         rows = clips[i:i + 2]

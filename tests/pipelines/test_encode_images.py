@@ -29,7 +29,7 @@ from longvid.operators.mixture import AnnotationRecord
 from longvid.operators.process import ProcessOptions
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.encode_model import HiCoBatchEncoder
-from longvid.pipelines.encode_samples import decode_sample, image_tiles, read_shard
+from longvid.pipelines.encode_samples import encoder_rows, image_tiles, read_shard
 from longvid.synthetic.videos import make_video
 from tests.pipelines.test_encode import clip_batch, tiny_encoder
 
@@ -233,7 +233,7 @@ def _rows_of_unit(tmp_path: Path, unit: int) -> list[dict]:
             "manifest": str(tmp_path / "manifests" / f"part-{unit:06d}.parquet")}
     out = []
     for row in read_shard(item, str(tmp_path), S):
-        out += list(decode_sample(row, S))
+        out += list(encoder_rows(row, S))
     return out
 
 

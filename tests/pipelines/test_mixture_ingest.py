@@ -27,7 +27,7 @@ from longvid.operators.annotation import (
     sort_frame_names,
 )
 from longvid.operators.errors import RecordError
-from longvid.operators.mixture import AnnotationRecord, iter_records, plan_dataset, read_mixture, read_roots
+from longvid.operators.mixture import AnnotationRecord, iter_records, resolve_dataset, read_mixture, read_roots
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.process import ProcessOptions
 from longvid.operators.prompt import insert_time_msg, time_msg
@@ -82,7 +82,7 @@ def build_mixture(root: Path) -> Path:
 def _records(mix: Path, name: str) -> list:
     m = read_mixture(str(mix / "mixture.yaml"), roots=read_roots(str(mix / "roots.yaml")))
     ds = next(d for d in m.datasets if d.name == name)
-    return list(iter_records(plan_dataset(ds)))
+    return list(iter_records(resolve_dataset(ds)))
 
 
 def _samples(folder: Path) -> dict[str, dict[str, bytes]]:
@@ -354,7 +354,7 @@ def test_process_annotation_reads_media_from_s3(mix, s3):
     remote = read_mixture(s3.uri("mix", "mixture.yaml"), roots=roots)
     opts = ProcessOptions(videos_root="", profile="short")
     for ds, want in (("video_qa", ("v1", "missing")), ("images", ("i2",)), ("frames", ("f2",))):
-        plan = plan_dataset(next(d for d in remote.datasets if d.name == ds))
+        plan = resolve_dataset(next(d for d in remote.datasets if d.name == ds))
         got = {r.id: r for r in iter_records(plan) if isinstance(r, AnnotationRecord)}
         local = {r.id: r for r in _records(mix, ds) if isinstance(r, AnnotationRecord)}
         for rid in want:

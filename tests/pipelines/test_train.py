@@ -163,16 +163,16 @@ def test_mixture_entries_plan_datasets_with_shards(tmp_path, data):
     body["stages"][0]["data"] = [{"mixture": str(mix), "shards": ["tokens/{name}/shards/*.tar"], "missing": "skip"}]
     body["stages"][0]["mix"] = "concat"
     cfg = parse_recipe(body, {"out": str(tmp_path / "o"), "data_root": str(data["root"])})
-    from longvid.pipelines.train_config import plan_stages
+    from longvid.pipelines.train_config import stage_schedule
 
     cfg.data_root = str(data["root"])
-    plan = plan_stages(cfg, 1)[0]
+    plan = stage_schedule(cfg, 1)[0]
     assert [(s["name"], sum(b - a for _, a, b in s["pieces"])) for s in plan["sources"]] == [("webvid", 9), ("ego4d", 2)]
     body["stages"][0]["data"][0]["missing"] = "error"
     cfg = parse_recipe(body, {"out": str(tmp_path / "o")})
     cfg.data_root = str(data["root"])
     with pytest.raises(ConfigError, match=r"stages\[0\] \(s1\): data\[0\]: not_encoded: no shard matches"):
-        plan_stages(cfg, 1)
+        stage_schedule(cfg, 1)
 
 
 @pytest.mark.parametrize("change,match", [
@@ -205,7 +205,7 @@ def test_run_errors(tmp_path, data):
 
 
 def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
-    from longvid.pipelines.train_config import plan_stages
+    from longvid.pipelines.train_config import stage_schedule
 
     body = json.loads(json.dumps(MINI))
     body["stages"] = [body["stages"][1]]
@@ -214,15 +214,15 @@ def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
     cfg = load_recipe(recipe, out=str(tmp_path / "o"), data_root=str(data["root"]))
     cfg.data_root = str(data["root"])
     # samples 18 + 6 (first:75% of 8), 1 worker: 24 // 2 = 12 micro-batches, // 6 accumulation = 2 steps
-    plan = plan_stages(cfg, 1)[0]
+    plan = stage_schedule(cfg, 1)[0]
     assert (plan["samples"], plan["accum"], plan["global_batch"], plan["steps"]) == (24, 6, 12, 2)
-    assert plan_stages(cfg, 3)[0]["accum"] == 2 and plan_stages(cfg, 6)[0]["steps"] == 2  # 24 // 12 // 1
+    assert stage_schedule(cfg, 3)[0]["accum"] == 2 and stage_schedule(cfg, 6)[0]["steps"] == 2  # 24 // 12 // 1
     cfg.stages[0].epochs = 0.1
-    assert plan_stages(cfg, 1)[0]["steps"] == 1  # ceil(0.1 x 2)
+    assert stage_schedule(cfg, 1)[0]["steps"] == 1  # ceil(0.1 x 2)
     cfg.stages[0].epochs = 1
     with pytest.raises(ConfigError, match=r"stages\[0\] \(s2\): global_batch_size: 12 is not a multiple of workers x "
                                           r"batch_size = 4 x 2 = 8; worker counts that divide it: \[1, 2, 3, 6\]"):
-        plan_stages(cfg, 4)
+        stage_schedule(cfg, 4)
     # the command: exit 2 with one line naming the setting, before any work
     code = longvid(["train", "--config", str(recipe), "--data-root", str(data["root"]), "--out", str(tmp_path / "o2"),
                    "--num-workers", "4"])
@@ -235,7 +235,7 @@ def test_global_batch_accumulation_and_epoch_steps(tmp_path, data, capsys):
 
 
 def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, caplog):
-    from longvid.pipelines.train_config import plan_stages
+    from longvid.pipelines.train_config import stage_schedule
 
     root = tmp_path / "d"
     write_synthetic_token_shards(str(root / "tokens/short"), 4, dim=64, per_shard=2, profile="short")  # 1-8
@@ -251,7 +251,7 @@ def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, c
     with pytest.raises(ConfigError, match=r"stages\[0\] \(s2\): data\[1\]: short: shard .*tokens/short/shards/"
                                           r"shard-[\d-]+\.tar was ingested with frame bounds 1-8 \(profile short\), "
                                           r"this stage's are 64-512"):
-        plan_stages(cfg, 1)
+        stage_schedule(cfg, 1)
     code = longvid(["train", "--config", str(recipe), "--data-root", str(root), "--out", str(tmp_path / "o2"),
                    "--num-workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -259,7 +259,7 @@ def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, c
     # frame_bounds: ignore trains on them, never silently
     cfg.stages[0].frame_bounds = "ignore"
     with caplog.at_level("DEBUG", logger="longvid.train"):
-        plan = plan_stages(cfg, 1)[0]
+        plan = stage_schedule(cfg, 1)[0]
     assert [s["name"] for s in plan["sources"]] == ["ok", "short"]
     # one warning for the stage; the shard, its bounds and the stage's at debug level
     warned = [r.message for r in caplog.records if r.levelname == "WARNING" and "frame bounds" in r.message]
@@ -269,7 +269,7 @@ def test_shards_with_other_frame_bounds_stop_the_stage(tmp_path, data, capsys, c
     # shards that record no profile (older jobs, the fixtures) are not checked
     cfg = load_recipe(_recipe(tmp_path, MINI), out=str(tmp_path / "o3"), data_root=str(data["root"]))
     cfg.data_root = str(data["root"])
-    assert len(plan_stages(cfg, 1)) == 2
+    assert len(stage_schedule(cfg, 1)) == 2
 
 
 def test_loss_plots_and_tensorboard_scalars(tmp_path):

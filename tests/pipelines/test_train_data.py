@@ -26,7 +26,7 @@ from longvid.pipelines.train_sources import (
     Piece,
     count_tar_samples,
     expand_shards,
-    plan_source,
+    index_source,
     rank_pieces,
 )
 from longvid.synthetic.shards import synthetic_sample_info, write_synthetic_token_shards
@@ -63,13 +63,13 @@ def _take(loader, n):
 
 
 def test_plan_source_cuts_with_the_mixture_strategies(corpus):
-    """plan_source cuts the shared operators.mixture strategy (one parser for ingest and train) over the samples in
+    """index_source cuts the shared operators.mixture strategy (one parser for ingest and train) over the samples in
     shard order; a bad strategy is a DataError naming the entry."""
     root, _ = corpus
     from longvid.operators.mixture import parse_strategy
 
     def ranges(samp):
-        plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=samp)
+        plan = index_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=samp)
         return [(p.url.rsplit("/", 1)[-1], p.lo, p.hi) for p in plan.pieces]
 
     flat = [(u, i) for u, lo, hi in ranges("all") for i in range(lo, hi)]
@@ -82,25 +82,25 @@ def test_plan_source_cuts_with_the_mixture_strategies(corpus):
     assert len([1 for u, lo, hi in ranges("first:25%") for _ in range(lo, hi)]) == 5  # rounded up
     for bad in ("some", "first:", "first:0", "first:1.5", "end:120%", "random:10"):
         with pytest.raises(DataError, match=r"^w: sampling"):
-            plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=bad)
+            index_source("w", ["webvid/shards/*.tar"], root=str(root), sampling=bad)
     with pytest.raises(DataError, match="selects no sample"):
-        plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="first4:10")
+        index_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="first4:10")
 
 
 def test_plan_counts_ranges_and_durations(corpus):
     root, keys = corpus
-    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    plan = index_source("w", ["webvid/shards/*.tar"], root=str(root))
     assert plan.count_from == "index.json"
     assert [p.n for p in plan.pieces] == [6, 6, 6, 2] and plan.nsamples == 20
     assert 4 <= plan.mean_duration <= 12
-    cut = plan_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="end:8")
+    cut = index_source("w", ["webvid/shards/*.tar"], root=str(root), sampling="end:8")
     assert [(p.url.rsplit("/", 1)[-1], p.lo, p.hi) for p in cut.pieces] == [
         ("shard-000002-000.tar", 4, 6), ("shard-000003-000.tar", 0, 2)] or cut.nsamples == 8
     assert cut.nsamples == 8
-    first = plan_source("w", [str(root / "webvid/shards/shard-000000-000.tar")], sampling="first:50%")
+    first = index_source("w", [str(root / "webvid/shards/shard-000000-000.tar")], sampling="first:50%")
     assert first.nsamples == 3
     with pytest.raises(DataError, match="no shard matches"):
-        plan_source("w", ["nothing/*.tar"], root=str(root))
+        index_source("w", ["nothing/*.tar"], root=str(root))
     with pytest.raises(DataError, match="shard not found"):
         expand_shards([str(root / "webvid/shards/absent.tar")])
 
@@ -109,7 +109,7 @@ def test_counts_without_index_or_manifests(tmp_path):
     write_synthetic_token_shards(str(tmp_path / "j"), 7, per_shard=3, write_index=False)
     for p in (tmp_path / "j" / "manifests").iterdir():
         p.unlink()
-    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    plan = index_source("j", [str(tmp_path / "j/shards/*.tar")])
     assert plan.count_from == "tar" and [p.n for p in plan.pieces] == [3, 3, 1]
     assert count_tar_samples(plan.pieces[0].url) == 3
 
@@ -325,7 +325,7 @@ def test_modality_length_batches_group_sort_and_balance():
 
 def test_loader_grouping_modes_and_exact_resume_with_accumulation(tmp_path, tok):
     write_synthetic_token_shards(str(tmp_path / "m"), 30, dim=64, per_shard=5, text_only=3)
-    plan = plan_source("m", [str(tmp_path / "m/shards/*.tar")])
+    plan = index_source("m", [str(tmp_path / "m/shards/*.tar")])
     lo = _loader(plan, tok, batch=2, buffer=10, group_by="modality_length", accum=2)
     assert lo.block_size == 12  # whole optimizer steps: 3 of 2 x 2
     full = _take(lo, 18)
@@ -431,7 +431,7 @@ def test_malformed_shards_are_skipped_and_counted(tmp_path, tok):
     extra = tmp_path / "j" / "shards" / "shard-000009-000.tar"
     data = (tmp_path / "j" / "shards" / "shard-000000-000.tar").read_bytes()
     extra.write_bytes(data[: len(data) // 2])
-    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    plan = index_source("j", [str(tmp_path / "j/shards/*.tar")])
     loader = _loader(plan, tok, batch=2, buffer=8)
     seen = {k for b in _take(loader, 12) for k in b.keys}
     assert not seen & set(corrupt)
@@ -448,7 +448,7 @@ def test_excluded_keys_never_reach_a_batch(corpus, tok, tmp_path):
     drop.write_text("# audit drop list\n" + "\n".join(keys[::3]) + "\n\n# duplicates\n" + keys[1] + "  # a comment\n")
     excl = read_exclude([str(drop)])
     assert excl == frozenset(keys[::3] + [keys[1]])
-    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    plan = index_source("w", ["webvid/shards/*.tar"], root=str(root))
     loader = _loader(plan, tok, batch=3, buffer=6, exclude=excl, prefetch=2)
     seen = [k for b in _take(loader, 20) for k in b.keys]  # 60 samples: more than 4 epochs of the 13 kept
     assert not set(seen) & excl
@@ -460,7 +460,7 @@ def test_excluded_keys_never_reach_a_batch(corpus, tok, tmp_path):
 
 def test_workers_read_disjoint_parts(corpus, tok):
     root, keys = corpus
-    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    plan = index_source("w", ["webvid/shards/*.tar"], root=str(root))
     for world in (2, 3):
         per_rank = []
         for r in range(world):
@@ -480,7 +480,7 @@ def test_workers_read_disjoint_parts(corpus, tok):
 
 def test_more_workers_than_shards(tmp_path, tok):
     keys = write_synthetic_token_shards(str(tmp_path / "j"), 6, per_shard=6)  # one shard
-    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    plan = index_source("j", [str(tmp_path / "j/shards/*.tar")])
     seen = []
     for r in range(3):
         lo = _loader(plan, tok, batch=1, buffer=1, rank=r, world=3)
@@ -492,7 +492,7 @@ def test_more_workers_than_shards(tmp_path, tok):
 
 def test_batches_are_length_bucketed(corpus, tok):
     root, _ = corpus
-    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    plan = index_source("w", ["webvid/shards/*.tar"], root=str(root))
     lo = _loader(plan, tok, batch=2, buffer=8)
     blocks = lo._batches(0, lo._read_block(0))
     spans = [(min(s.length for s in g), max(s.length for s in g)) for g in blocks]
@@ -503,7 +503,7 @@ def test_batches_are_length_bucketed(corpus, tok):
 
 def test_resume_from_state_gives_the_same_batches(corpus, tok):
     root, _ = corpus
-    plan = plan_source("w", ["webvid/shards/*.tar"], root=str(root))
+    plan = index_source("w", ["webvid/shards/*.tar"], root=str(root))
     full = _take(_loader(plan, tok, batch=2, buffer=6, rank=1, world=2), 14)
     for cut in (2, 3, 7):  # inside a block, at a block boundary, a later epoch
         state = json.loads(json.dumps(full[cut - 1].state))  # what a checkpoint stores
@@ -519,7 +519,7 @@ def test_resume_from_state_gives_the_same_batches(corpus, tok):
 def test_duration_mix_draws_by_video_seconds(tmp_path, tok):
     write_synthetic_token_shards(str(tmp_path / "short"), 8, source="webvid", duration=(5, 5))
     write_synthetic_token_shards(str(tmp_path / "long"), 8, source="ego4d", duration=(50, 50), key_prefix="ego4d")
-    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("short", "long")]
+    plans = [index_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("short", "long")]
     assert plans[0].mean_duration == pytest.approx(5) and plans[1].mean_duration == pytest.approx(50)
     cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=4, buffer=200, mix="duration", dim=64,
                        prefetch=0)
@@ -536,7 +536,7 @@ def test_duration_mix_draws_by_video_seconds(tmp_path, tok):
 def test_token_shards_on_s3(s3, tok, tmp_path):
     job = s3.prefix + "tokens/webvid"
     keys = write_synthetic_token_shards(job, 10, per_shard=4)
-    plan = plan_source("s3", [job + "/shards/*.tar"], sampling="end:8")
+    plan = index_source("s3", [job + "/shards/*.tar"], sampling="end:8")
     assert plan.count_from == "index.json" and plan.nsamples == 8
     assert all(p.url.startswith("s3://") for p in plan.pieces)
     drop = tmp_path / "drop.txt"
@@ -562,7 +562,7 @@ def test_deferred_scan_gives_the_batches_of_scan_as_read(tmp_path_factory, tok, 
     write_synthetic_token_shards(str(root / "b"), 12, per_shard=5, frames=(4, 24), dim=64, dtype="float32",
                                  key_prefix="b", corrupt={"b_v000004_full": "inf_end", "b_v000007_full": "nan"},
                                  long_msg=True)
-    plans = [plan_source(n, [str(root / n / "shards/*.tar")]) for n in ("a", "b")]
+    plans = [index_source(n, [str(root / n / "shards/*.tar")]) for n in ("a", "b")]
     runs = []
     for defer in (True, False):
         cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=batch, buffer=5, mix="samples", dim=64,
@@ -592,7 +592,7 @@ def test_deferred_scan_gives_the_batches_of_scan_as_read(tmp_path_factory, tok, 
 def test_resume_inside_a_block_with_a_bad_sample(tmp_path, tok):
     corrupt = {"webvid_v000002_full": "nan_end", "webvid_v000009_full": "inf_end"}
     write_synthetic_token_shards(str(tmp_path / "j"), 16, per_shard=5, frames=(4, 16), dim=64, corrupt=corrupt)
-    plan = plan_source("j", [str(tmp_path / "j/shards/*.tar")])
+    plan = index_source("j", [str(tmp_path / "j/shards/*.tar")])
     full = _take(_loader(plan, tok, batch=2, buffer=6), 12)
     for cut in (1, 2, 4, 7):  # inside the first block (which holds a bad sample), at its end, later blocks
         state = json.loads(json.dumps(full[cut - 1].state))
@@ -614,7 +614,7 @@ def test_deferred_scan_errors_come_out_as_in_one_pass(tmp_path, tok, caplog):
     write_synthetic_token_shards(str(tmp_path / "b"), 4, per_shard=2, dim=64, key_prefix="b")
     for tar in (tmp_path / "b" / "shards").glob("*.tar"):  # every shard of source b unreadable
         tar.write_bytes(b"\x01" * 512)
-    plans = [plan_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
+    plans = [index_source(n, [str(tmp_path / n / "shards/*.tar")]) for n in ("a", "b")]
     seen = []
     for defer in (True, False):
         cfg = LoaderConfig(sources=[p.to_dict() for p in plans], batch_size=1, buffer=6, mix="samples", dim=64,

@@ -20,7 +20,7 @@ from longvid.operators.errors import ConfigError
 from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.outputs import finalize
 from longvid.pipelines.train import run_train
-from longvid.pipelines.train_config import plan_stages
+from longvid.pipelines.train_config import stage_schedule
 from longvid.pipelines.train_report import read_metrics
 from longvid.operators.shards import Group
 from longvid.operators.train_sample import ParseOptions, SampleError, parse_train_sample
@@ -128,7 +128,7 @@ def _seen(out: Path, stage: str = "s") -> list[str]:
 
 
 def test_mixture_is_planned_by_json_stem_with_the_strategy_applied_once(mix, tmp_path):
-    plan = plan_stages(_cfg(mix["root"], tmp_path / "o", {"steps": 1}), 1)[0]
+    plan = stage_schedule(_cfg(mix["root"], tmp_path / "o", {"steps": 1}), 1)[0]
     counts = {s["name"]: sum(b - a for _, a, b in s["pieces"]) for s in plan["sources"]}
     assert counts == {"vid": 2, "img": 2, "txt": 2, "two": 2}  # every ingested sample, not the strategy again
     assert plan["samples"] == 8
@@ -136,16 +136,16 @@ def test_mixture_is_planned_by_json_stem_with_the_strategy_applied_once(mix, tmp
     lost.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/lost.json", "sampling_strategy": "first:50%"}]}))
     cfg = _cfg(mix["root"], tmp_path / "o", {"steps": 1})
     cfg.stages[0].data[0].mixture = "lost.yaml"
-    assert plan_stages(cfg, 1)[0]["samples"] == 2  # not 1 of 2
+    assert stage_schedule(cfg, 1)[0]["samples"] == 2  # not 1 of 2
     # a plain data entry (no mixture) applies its `sampling` as written
     cfg.stages[0].data[0].mixture = ""
     cfg.stages[0].data[0].shards = ["tok/lost/shards/*.tar"]
     cfg.stages[0].data[0].sampling = "first:50%"
-    assert plan_stages(cfg, 1)[0]["samples"] == 1
+    assert stage_schedule(cfg, 1)[0]["samples"] == 1
     # video seconds cannot weigh image or text datasets
     with pytest.raises(ConfigError, match=r"mix: duration weighs sources by video seconds, but mixture dataset img "
                                           r"holds image samples; use mix: concat"):
-        plan_stages(_cfg(mix["root"], tmp_path / "o", {"steps": 1, "mix": "duration"}), 1)
+        stage_schedule(_cfg(mix["root"], tmp_path / "o", {"steps": 1, "mix": "duration"}), 1)
     # a folder ingested with another strategy than the mixture's is refused, naming both
     other = mix["root"] / "other.yaml"
     other.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/two.json", "sampling_strategy": "first:3"}]}))
@@ -153,12 +153,12 @@ def test_mixture_is_planned_by_json_stem_with_the_strategy_applied_once(mix, tmp
     cfg.stages[0].data[0].mixture = "other.yaml"
     with pytest.raises(ConfigError, match=r"data\[0\]: two: the shards were ingested with sampling_strategy first:2, "
                                           r"the mixture says first:3"):
-        plan_stages(cfg, 1)
+        stage_schedule(cfg, 1)
     # a strategy the shared parser refuses is a config error naming the mixture and the field
     other.write_text(yaml.safe_dump({"datasets": [{"json_path": "a/two.json", "sampling_strategy": "random:3"}]}))
     with pytest.raises(ConfigError, match=r"mixture: .*other.yaml: datasets\[0\] \(two\): sampling_strategy: "
                                           r".*random sampling is refused"):
-        plan_stages(cfg, 1)
+        stage_schedule(cfg, 1)
 
 
 def test_video_image_and_text_samples_of_one_mixture_train(mix, tmp_path):

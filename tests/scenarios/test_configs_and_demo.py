@@ -58,12 +58,12 @@ def test_2b_profiles_sample_stages_1_and_2_at_448(tmp_path):
 def test_demo_mixture_plans_every_record_kind(tmp_path):
     """The demo's own mixture reads as the released files do (no Ray): the strategies select what `expect` says,
     every record kind is there, and the missing video is among the selected records."""
-    from longvid.operators.mixture import iter_records, plan_dataset, read_mixture, read_roots
+    from longvid.operators.mixture import iter_records, resolve_dataset, read_mixture, read_roots
     from longvid.synthetic.demo_corpus import make_demo_mixture
 
     mix = make_demo_mixture(tmp_path / "mixture")
     m = read_mixture(mix["mixture"], roots=read_roots(mix["roots"]))
-    plans = {d.name: plan_dataset(d) for d in m.datasets}
+    plans = {d.name: resolve_dataset(d) for d in m.datasets}
     assert set(plans) == set(mix["expect"]) and len(plans) >= 4
     for name, plan in plans.items():
         assert len(plan.selected) == mix["expect"][name]["selected"], name

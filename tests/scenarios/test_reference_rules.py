@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from longvid.model.anyres import anyres_grid, anyres_tiles, grid_pinpoints, num_tiles, select_best_resolution, tile_boxes
 from longvid.model.tokenizer import IGNORE_INDEX, build_test_tokenizer, format_chat, format_plain, image_token_id
 from longvid.operators import niah
-from longvid.operators.mixture import iter_records, parse_strategy, plan_dataset, read_mixture
+from longvid.operators.mixture import iter_records, parse_strategy, resolve_dataset, read_mixture
 from longvid.operators.prompt import insert_time_msg, time_msg
 from longvid.operators.frame_rule import PROFILES, Profile, num_frames_for_span, select_span_frames
 
@@ -171,7 +171,7 @@ def test_strategies_through_the_reader(tmp_path, strategy):
     (tmp_path / "m.yaml").write_text(f"datasets:\n  - json_path: t.json\n    sampling_strategy: '{strategy}'\n"
                                      f"  - json_path: u.jsonl\n    sampling_strategy: '{strategy}'\n")
     for ds in read_mixture(str(tmp_path / "m.yaml")).datasets:
-        got = [r.id for r in iter_records(plan_dataset(ds))]
+        got = [r.id for r in iter_records(resolve_dataset(ds))]
         assert got == [r["id"] for r in ref_sampling(recs, strategy)]
 
 
