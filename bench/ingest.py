@@ -283,13 +283,15 @@ def peak_rss(path: Path, backend: str, threads) -> tuple[float, float, str]:
 def process_rate(paths: list[tuple[str, Path]]) -> str:
     try:
         from longvid.operators.process import ProcessOptions, process_record
-        from longvid.operators.records import SourceRecord
+        from longvid.operators.records import SourceRecord, TextSpan
     except ImportError as e:
         return f"skipped: operators.process.process_record not available ({e})"
     rows = []
     total_video_s = total_cpu = total_wall = 0.0
     for name, p in paths:
-        rec = SourceRecord(source="webvid", video_id=name.split(" ")[0], video_paths=(p.name,))
+        # a caption, as every WebVid row has: a record with no text is refused at the prompt step
+        rec = SourceRecord(source="webvid", video_id=name.split(" ")[0], video_paths=(p.name,),
+                           texts=(TextSpan("a synthetic benchmark video"),))
         opts = ProcessOptions(videos_root=str(p.parent), profile="long", decoder_threads=1)
         c0, w0 = time.process_time(), time.perf_counter()
         sample = process_record(rec, opts)
