@@ -132,6 +132,8 @@ def preprocess(
     square with the ImageNet-mean colour, centred (LLaVA's `expand2square`, used for NIAH needle images).
     The resize is antialiased (like PIL) when it shrinks.
     """
+    if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+        frames = frames.copy()  # read-only (frames from Ray's object store): torch warns on a shared view
     x = torch.as_tensor(frames)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"preprocess: frames must be [T, H, W, 3], got shape {tuple(x.shape)}")
