@@ -74,8 +74,10 @@ class DemoFolder:
     - our demo folder (MARKER, written before anything else): the files the marker lists as written by the
       demo are removed, and the folders it created if they are then empty; any other file (a user's, even one
       put inside the demo's folders) stays byte for byte. The marker is updated after each stage; a stage that
-      was interrupted (a killed demo) is recorded as pending with its start time, and the files under its own
-      folders that are newer than that and not listed as the user's are taken as its output.
+      was interrupted (a killed demo) is recorded as pending with its start time. The files under its own folders
+      that are newer than that and not listed are probably its output, but a user may have put a file there after
+      the kill: they are moved, not removed, to DIR/demo-leftovers-<time>/ (same relative paths), and the demo
+      says so; the user deletes that folder once sure.
     """
 
     def __init__(self, out: Path):
@@ -83,6 +85,7 @@ class DemoFolder:
         self.kept: set[str] = set()
         self.dirs0: set[str] = set()
         self.state: dict[str, Any] = {}
+        self.moved_to: Path | None = None  # clean(): where the unlisted files of an interrupted stage went
 
     def check(self) -> None:
         out = self.out
@@ -110,14 +113,16 @@ class DemoFolder:
         root, parent = os.path.realpath(self.out), os.path.realpath(p.parent)
         return p if parent == root or parent.startswith(root.rstrip("/") + "/") else None
 
-    def clean(self) -> int:
-        """Remove what an earlier demo wrote here (see the class doc); returns the number of files removed."""
+    def clean(self) -> tuple[int, int]:
+        """Remove what an earlier demo wrote here, and move aside the unlisted files of a stage it was killed in
+        (see the class doc; `moved_to` says where); returns (files removed, files moved)."""
         st = self.state
         if not st:
-            return 0
+            return 0, 0
         ours = {r for r in st.get("written") or [] if isinstance(r, str)}
         pending = st.get("pending") if isinstance(st.get("pending"), dict) else {}
         pending_dirs = [d for d in pending.get("dirs") or [] if isinstance(d, str)]
+        guessed: set[str] = set()
         if pending_dirs:
             user = set(st.get("kept") or [])
             since = int(pending.get("since_ns") or 0)
@@ -125,14 +130,27 @@ class DemoFolder:
             tops = tuple(f"{d}/" for d in pending_dirs)
             for rel in files - user - ours:
                 if rel.startswith(tops) and (self.out / rel).lstat().st_mtime_ns >= since:
-                    ours.add(rel)
+                    guessed.add(rel)
             pending_dirs += [d for d in now_dirs - set(st.get("kept_dirs") or []) if d.startswith(tops)]
-        removed = 0
+        removed = moved = 0
         for rel in sorted(ours - {MARKER, OWNER_FILE}):
             p = self._inside(rel)
             if p is not None and (p.is_symlink() or p.is_file()):
                 p.unlink()
                 removed += 1
+        if guessed:
+            self.moved_to = self.out / time.strftime("demo-leftovers-%Y%m%d-%H%M%S")
+            n = 1
+            while self.moved_to.exists():
+                n += 1
+                self.moved_to = self.out / time.strftime(f"demo-leftovers-%Y%m%d-%H%M%S-{n}")
+            for rel in sorted(guessed - {MARKER, OWNER_FILE}):
+                p = self._inside(rel)
+                if p is not None and (p.is_symlink() or p.is_file()):
+                    dest = self.moved_to / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(p, dest)  # same folder tree, same file system: nothing is copied or lost
+                    moved += 1
         dirs = ({d for d in st.get("dirs") or [] if isinstance(d, str)} | set(pending_dirs)) - set(
             st.get("kept_dirs") or [])
         for rel in sorted(dirs, key=lambda r: -len(Path(r).parts)):
@@ -142,7 +160,7 @@ class DemoFolder:
                     p.rmdir()  # only when empty: a user's file keeps its folder
                 except OSError:
                     pass
-        return removed  # the marker itself is replaced by begin()
+        return removed, moved  # the marker itself is replaced by begin()
 
     def begin(self) -> None:
         """Record what is here now (a user's files) before the demo writes anything."""
@@ -367,9 +385,13 @@ def run_demo(out: Path, per_source: int = 3, num_cpus: int = 0, profile: str = "
 
     claim_out(str(out), "demo", log)  # a demo still running here: exit 2; a killed one: its processes stopped
     try:
-        removed = folder.clean()
+        removed, moved = folder.clean()
         if removed:
             log(f"[demo] removed the {removed} files an earlier demo wrote in {out} (anything else there is kept)")
+        if moved:
+            log(f"[demo] an earlier demo was interrupted: {moved} unlisted files in the folders of the stage it was "
+                f"writing were moved to {folder.moved_to} (its partial output, or files put there since; delete "
+                "that folder once sure)")
         folder.begin()
         (out / "logs").mkdir(exist_ok=True)
         log_file = open(out / "logs" / "demo.log", "a", encoding="utf-8")

@@ -88,7 +88,10 @@ def test_rerun_into_our_demo_folder_removes_only_what_the_demo_wrote(tmp_path):
         "corpus/old-demo-output.txt"}  # the demo wrote the same files again
 
 
-def test_an_interrupted_stage_is_cleaned_without_touching_older_user_files(tmp_path):
+def test_an_interrupted_stage_is_moved_aside_without_touching_older_user_files(tmp_path):
+    """A demo killed mid-stage: the unlisted files newer than the stage's start under its folders are probably its
+    output, but one may be a file the user put there after the kill (`late`): they are moved to
+    demo-leftovers-<time>/, byte for byte, never removed; older and listed user files stay where they are."""
     out = tmp_path / "demo"
     folder = DemoFolder(out)
     folder.check()
@@ -105,11 +108,21 @@ def test_an_interrupted_stage_is_cleaned_without_touching_older_user_files(tmp_p
     past = time.time_ns() - 3600 * 10**9
     os.utime(old_user_inside, ns=(past, past))
 
+    late = out / "ingest" / "put-there-after-the-kill.txt"
+    late.write_text("mine, newer than the stage start")
+
     again = DemoFolder(out)
     again.check()
-    assert again.clean() == 1
+    assert again.clean() == (0, 2)
     assert not part.exists() and not (out / "ingest" / "webvid").exists()
     assert user_old.read_text() == "before the demo" and old_user_inside.read_text() == "older"
+    aside = again.moved_to
+    assert aside is not None and aside.parent == out and aside.name.startswith("demo-leftovers-")
+    assert (aside / "ingest" / "webvid" / "manifests" / "part-000000.parquet").read_bytes() == b"PAR1"
+    assert (aside / "ingest" / "put-there-after-the-kill.txt").read_text() == "mine, newer than the stage start"
+    again.begin()  # the re-run: the moved files are now the user's, kept by every later run
+    assert {"ingest/user-before.txt", "ingest/older.txt"} | {
+        str(p.relative_to(out)) for p in aside.rglob("*") if p.is_file()} <= set(again.kept)
 
 
 def test_a_running_demo_holds_its_folder(tmp_path):
