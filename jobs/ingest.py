@@ -51,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
         if why:
             raise ConfigError(f"hwaccel: cuda, but {why} on this machine, where the job decodes; use --hwaccel auto "
                               "(NVDEC only where a device is present) or none")
+    if cfg.deblock != "all" and not cfg.ray_address:
+        from longvid.operators.loop_filter import loop_filter_unavailable
+
+        why = loop_filter_unavailable()
+        if why:
+            raise ConfigError(f"deblock: {cfg.deblock}, but the loop filter cannot be switched per picture here: {why}; "
+                              "use --deblock all")
     preflight.use_s3(cfg.s3_endpoint_url, cfg.s3_profile, cfg.s3_region)
     preflight.readable("metadata", cfg.metadata)
     preflight.readable("videos", cfg.videos, folder=True)

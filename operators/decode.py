@@ -50,6 +50,12 @@ itself (per node); `stats.decoder` says which decoder produced the frames. Frame
 repacked into the stream's own pixel format (NV12 -> yuv420p, a lossless copy) before the same RGB conversion as
 the software path.
 
+Deblocking (`deblock`, PyAV backend, software decoding): "all" (the default) runs the codec's loop filter on every
+picture, as any decoder does. "targets" runs it only on the pictures that serve a target and skips it on the pictures
+decoded only because a target references them (operators/loop_filter.py switches it per packet): less CPU, and the
+targets are no longer exact, since their references lack the filter (BENCHMARKS.md "Decode knobs" measures both).
+`stats.packets_unfiltered` counts the pictures decoded without it. NVDEC ignores the setting.
+
 Sources: a local path or a seekable binary file-like object (never read whole).
 
 Over ~500 lines: the PyAV decoder is one state machine (demux, GOP closure, seek, serve targets; ~590 of the lines),
@@ -73,6 +79,7 @@ from PIL import Image
 
 from longvid.operators.errors import RecordError
 from longvid.operators.frames import RESIZE_METHODS, resize_one
+from longvid.operators.loop_filter import LoopFilterSwitch, LoopFilterUnavailable
 from longvid.operators.probe import (
     Source,
     VideoInfo,
@@ -87,6 +94,7 @@ from longvid.operators.probe import (
 BACKENDS = ("pyav", "decord")
 MODES = ("auto", "sequential", "seek", "keyframe")
 HWACCELS = ("none", "auto", "cuda")  # see the module doc
+DEBLOCKS = ("all", "targets")  # loop filter on every picture (exact), or only on the targets (see the module doc)
 EXACT_MODES = ("auto", "sequential", "seek")  # modes whose frames are the rule's frames, bit for bit
 DEFAULT_BACKEND = "pyav"
 
@@ -105,6 +113,7 @@ class DecodeStats:
 
     packets_sent: int = 0
     packets_nonref: int = 0  # sent with skip_frame=NONREF
+    packets_unfiltered: int = 0  # sent with the loop filter off (deblock="targets": pictures that are not targets)
     frames_out: int = 0  # frames that came out of the decoder
     frames_converted: int = 0  # frames converted to RGB (= unique targets served)
     seeks: int = 0
@@ -137,6 +146,7 @@ def decode_frames(
     threads: int | None = None,
     resize_method: str = "pil",
     hwaccel: str = "none",
+    deblock: str = "all",
 ):
     """Frames `indices` of `src` as uint8 [len(indices), H, W, 3] RGB, in the order of `indices`.
 
@@ -144,11 +154,11 @@ def decode_frames(
     Mode "keyframe" returns `(frames, actual_indices)` instead (each target snapped to its nearest keyframe).
     `threads`: decoder threads (None: libav's automatic choice; 1: single-threaded, for one-CPU workers).
     `resize_method`: "pil" (exactly the UMT preprocessor) or "torch" (faster; 1-2/255 off on ~0.1% of values).
-    `hwaccel`: "none", "auto" or "cuda" (the module doc).
+    `hwaccel`: "none", "auto" or "cuda"; `deblock`: "all" or "targets" (the module doc).
     Raises RecordError(stage="decode", ...) for a bad file or an index past the end.
     """
     res = decode(src, indices, info, size=size, backend=backend, mode=mode, threads=threads, resize_method=resize_method,
-                 hwaccel=hwaccel)
+                 hwaccel=hwaccel, deblock=deblock)
     if mode == "keyframe":
         return res.frames, list(res.indices)
     return res.frames
@@ -165,6 +175,7 @@ def decode(
     track: bool = False,
     resize_method: str = "pil",
     hwaccel: str = "none",
+    deblock: str = "all",
 ) -> DecodeResult:
     """Like `decode_frames` but always returns a DecodeResult (frames, used indices and times, stats).
 
@@ -180,6 +191,10 @@ def decode(
         raise ValueError(f"unknown hwaccel {hwaccel!r}; expected one of {HWACCELS}")
     if hwaccel != "none" and backend != "pyav":
         raise ValueError(f"hwaccel {hwaccel!r} needs the pyav backend (got {backend!r})")
+    if deblock not in DEBLOCKS:
+        raise ValueError(f"unknown deblock {deblock!r}; expected one of {DEBLOCKS}")
+    if deblock != "all" and backend != "pyav":
+        raise ValueError(f"deblock {deblock!r} needs the pyav backend (got {backend!r})")
     if size is not None and (not isinstance(size, (int, np.integer)) or size <= 0):
         raise ValueError(f"size must be a positive int or None, got {size!r}")
     name = source_name(src)
@@ -209,10 +224,10 @@ def decode(
     if backend == "decord":
         return _decode_decord(src, idx, info, size, threads, resize_method)
     if mode in ("auto", "seek") and is_path(src) and threads != 1:
-        res = _decode_gop_parallel(src, idx, info, size, threads, track, resize_method, mode, hw)
+        res = _decode_gop_parallel(src, idx, info, size, threads, track, resize_method, mode, hw, deblock)
         if res is not None:
             return res
-    return _PyAVDecoder(src, info, size, threads, track, resize_method, hw=hw).run(idx, mode)
+    return _PyAVDecoder(src, info, size, threads, track, resize_method, hw=hw, deblock=deblock).run(idx, mode)
 
 
 @functools.lru_cache(maxsize=1)
@@ -270,8 +285,10 @@ class _NotUnderstood(Exception):
 
 class _PyAVDecoder:
     def __init__(self, src: Source, info: VideoInfo, size: int | None, threads: int | None, track: bool,
-                 resize_method: str = "pil", stop_g: float | None = None, hw: str = ""):
+                 resize_method: str = "pil", stop_g: float | None = None, hw: str = "", deblock: str = "all"):
         self.src, self.info, self.size, self.track = src, info, size, track
+        self.deblock = deblock
+        self.loop_filter = None  # deblock="targets": the LoopFilterSwitch of the open decoder
         self.hw = hw  # "auto" or "cuda": decode with NVDEC (decode() checked the device); "": software
         self.stop_g = stop_g  # a keyframe where another decoder takes over (GOP-parallel mode): drain and stop there
         self.resize_method = resize_method
@@ -307,6 +324,13 @@ class _PyAVDecoder:
         else:
             st.thread_count = 1
         self.cc = st.codec_context
+        if self.deblock == "targets" and not self.hw:
+            try:
+                self.loop_filter = LoopFilterSwitch(self.cc)
+            except LoopFilterUnavailable as e:
+                c.close()
+                raise RecordError("decode", f"deblock targets: {e} (decode with deblock all)", "deblock",
+                                  self.name) from None
         self.tb = float(st.time_base)
         self.fps = float(self.info.fps)
         self.start = float(self.info.start_time)
@@ -467,14 +491,18 @@ class _PyAVDecoder:
         times = tuple(round(self.used_g[pos[i]] / self.fps, 6) for i in indices)
         return DecodeResult(self.dest, used, times, self.stats)
 
-    def _send(self, pkt, skip):
-        """Send one packet (None: drain). skip: True = NONREF, False = DEFAULT, or a skip_frame level name."""
+    def _send(self, pkt, skip, target: bool = True):
+        """Send one packet (None: drain). skip: True = NONREF, False = DEFAULT, or a skip_frame level name.
+        target: the packet's picture serves a target (with deblock="targets" only those keep the loop filter)."""
         want = skip if isinstance(skip, str) else ("NONREF" if skip else "DEFAULT")
         if self._skip_state != want:
             self.cc.skip_frame = want
             self._skip_state = want
         if skip is True:
             self.stats.packets_nonref += 1
+        if self.loop_filter is not None and pkt is not None:
+            self.loop_filter.set(not target)
+            self.stats.packets_unfiltered += not target
         self.stats.packets_sent += 1
         if self.track and pkt is not None and pkt.pts is not None:
             self.stats.sent_pts.append(int(pkt.pts))
@@ -563,9 +591,10 @@ class _PyAVDecoder:
                                 stopped = True  # the next range's decoder starts at this keyframe: drain only
                             sent_max_g = max(sent_max_g, gp)
                             skip = not self._near_target(gp, j)
+                            target = not skip and self._is_target(gp, j)
                         else:
-                            skip = False
-                        frames = self._send(None, False) if stopped else self._send(pkt, skip)
+                            skip, target = False, True
+                        frames = self._send(None, False) if stopped else self._send(pkt, skip, target)
                     advanced = False
                     for fr in frames:
                         self.stats.frames_out += 1
@@ -623,6 +652,12 @@ class _PyAVDecoder:
         t = self.targets
         m = bisect.bisect_left(t, gp - 0.5, lo=j)
         return m < len(t) and t[m] <= gp + NONREF_WINDOW
+
+    def _is_target(self, gp: float, j: int) -> bool:
+        """Does a frame at grid position gp serve a target at or after targets[j] (within half a frame)?"""
+        t = self.targets
+        m = bisect.bisect_left(t, gp - 0.5, lo=j)
+        return m < len(t) and t[m] <= gp + 0.5
 
     def _finish_at_eof(self, targets, j, last, read_error) -> None:
         """Targets left when the stream ended: served by the last frame if they fall within its display time."""
@@ -771,8 +806,9 @@ class _PyAVDecoder:
             serving = serve_in_gop([g for _, g, _ in gop], targets[j:m])
             order = gop_closure([r for _, _, r in gop], set(serving))
             frames = []
+            serves = set(serving)
             for i in order:
-                frames.extend(self._send(gop[i][0], False))
+                frames.extend(self._send(gop[i][0], False, i in serves))
             frames.extend(self._send(None, False))  # drain: the pictures held for reordering come out
             self.cc.flush_buffers()
             by_pts: dict[int, list[int]] = {}
@@ -991,7 +1027,8 @@ def split_by_gop(targets: list[int], kf_g: list[float], workers: int) -> list[tu
     return out
 
 
-def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, track, resize_method, mode, hw=""):
+def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, track, resize_method, mode, hw="",
+                         deblock="all"):
     """Sparse targets spread over several GOPs of a local file: one single-threaded decoder per range of GOPs, in
     parallel threads (libavcodec releases the GIL). Frame threading inside one decoder stalls at every seek; ranges
     of GOPs do not, and each range's decoder stops at the keyframe where the next begins (no packet is decoded by
@@ -1013,7 +1050,7 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
 
     def one(rng):
         tg, stop = rng
-        return _PyAVDecoder(src, info, size, 1, track, resize_method, stop_g=stop, hw=hw).run(tg, mode)
+        return _PyAVDecoder(src, info, size, 1, track, resize_method, stop_g=stop, hw=hw, deblock=deblock).run(tg, mode)
 
     try:
         with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
@@ -1037,8 +1074,8 @@ def _decode_gop_parallel(src, idx: list[int], info: VideoInfo, size, threads, tr
         times.append(res.times[k])
     stats = DecodeStats()
     for res in results:
-        for f in ("packets_sent", "packets_nonref", "frames_out", "frames_converted", "seeks", "fallbacks",
-                  "packet_errors"):
+        for f in ("packets_sent", "packets_nonref", "packets_unfiltered", "frames_out", "frames_converted", "seeks",
+                  "fallbacks", "packet_errors"):
             setattr(stats, f, getattr(stats, f) + getattr(res.stats, f))
         stats.sent_pts.extend(res.stats.sent_pts)
         stats.sent_skip.extend(res.stats.sent_skip)

@@ -34,6 +34,7 @@ class ProcessOptions:
     backend: str = "pyav"
     decode_mode: str = "auto"  # auto | keyframe (snap sparse targets to keyframes; true times recorded)
     hwaccel: str = "none"  # none | auto | cuda (operators/decode.py: NVDEC where the node has a CUDA device)
+    deblock: str = "all"  # all | targets (operators/decode.py: loop filter only on the chosen frames; not exact)
     crf: int = DEFAULT_CRF  # of the stored mp4's coding (operators.mp4)
     decoder_threads: int | None = 1  # one CPU per Ray task
     resize: str = "torch"  # torch: antialiased bicubic, 1-2/255 off pil on ~0.1% of values, much faster; pil: exact
@@ -172,7 +173,8 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
             raise RecordError("prompt", reason, field, uri)
         mode = opts.decode_mode if opts.decode_mode in ("auto", "keyframe") else "auto"
         res = decode(src, chosen.indices, info, size=profile.resolution, backend=opts.backend, mode=mode,
-                     threads=opts.decoder_threads, resize_method=opts.resize, hwaccel=opts.hwaccel)
+                     threads=opts.decoder_threads, resize_method=opts.resize, hwaccel=opts.hwaccel,
+                     deblock=opts.deblock)
     finally:
         if hasattr(src, "close"):
             src.close()
@@ -224,7 +226,8 @@ def _process(record: SourceRecord, opts: ProcessOptions) -> Sample:
 def decode_knobs(opts: ProcessOptions, rule: list[int], used: list[int], fps: float, decoder: str) -> dict[str, Any]:
     """What a sample's json records of the opt-in decode knobs; nothing at the defaults (the json is unchanged):
     with --decode-mode keyframe the mode and how far the snapped frames lie from the rule's (seconds, max and mean
-    over the sample's frames); with --hwaccel other than none the decoder that produced the frames."""
+    over the sample's frames); with --hwaccel other than none the decoder that produced the frames; with --deblock
+    targets that setting (the frames' references were decoded without the loop filter)."""
     out: dict[str, Any] = {}
     if opts.decode_mode != "auto":
         mx, mean = snap_error_s(rule, used, fps)
@@ -232,6 +235,8 @@ def decode_knobs(opts: ProcessOptions, rule: list[int], used: list[int], fps: fl
         out["snap_error_s"] = {"max": round(mx, 6), "mean": round(mean, 6)}
     if opts.hwaccel != "none":
         out["decoder"] = decoder
+    if opts.deblock != "all":
+        out["deblock"] = opts.deblock
     return out
 
 

@@ -249,7 +249,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         max_in_flight = cfg.max_in_flight or 2 * cpus
         committed = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(cfg.out, "manifests"), ".parquet")}
         opts = ProcessOptions(videos_root=cfg.videos, profile=cfg.profile, backend=cfg.backend,
-                              decode_mode=cfg.decode_mode, hwaccel=cfg.hwaccel, crf=cfg.crf,
+                              decode_mode=cfg.decode_mode, hwaccel=cfg.hwaccel, deblock=cfg.deblock,
+                              crf=cfg.crf,
                               long_time_msg=cfg.long_time_msg,
                               resize=cfg.resize,
                               decoder_threads=cfg.decoder_threads or None)

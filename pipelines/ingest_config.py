@@ -104,6 +104,11 @@ class IngestConfig(Settings):
                                 "where the node has a CUDA device and frames need not be exact (--decode-mode "
                                 "keyframe), else software; cuda: NVDEC always (a record decoded where there is no "
                                 "device fails)")
+    deblock: str = setting("all", choices=("all", "targets"),
+                           help="targets: run the loop (deblocking) filter only on the chosen frames, not on the "
+                                "frames decoded because they reference them; less decode CPU, but not the rule's "
+                                "exact pixels (recorded in each sample's json; refused with --mixture; README \"Decode "
+                                "knobs\")")
     crf: int = setting(default_factory=_default_crf, ge=0, le=51,
                        help="H.264 crf of the stored mp4, lower is closer to the source and larger (default: the "
                             "coding BENCHMARKS.md \"Stored frame fidelity\" measured)")
@@ -132,7 +137,7 @@ class IngestConfig(Settings):
 
     @rule
     def decode_knobs_need_pyav(self) -> None:
-        for name in ("decode_mode", "hwaccel"):
+        for name in ("decode_mode", "hwaccel", "deblock"):
             if getattr(self, name) != IngestConfig.__dataclass_fields__[name].default and self.backend != "pyav":
                 raise ConfigError(f"{name}: {getattr(self, name)} needs --backend pyav (got {self.backend})")
 
@@ -168,6 +173,8 @@ class IngestConfig(Settings):
         d = {k: getattr(self, k) for k in keys}
         if self.hwaccel != "none":  # jobs from before the setting decoded in software: their fingerprint stays valid
             d["hwaccel"] = self.hwaccel
+        if self.deblock != "all":  # jobs from before the setting filtered every picture: their fingerprint stays valid
+            d["deblock"] = self.deblock
         if self.resize != "pil":  # jobs from before the setting resized with PIL: their fingerprint stays valid
             d["resize"] = self.resize
         d["videos"] = self.videos
@@ -182,7 +189,7 @@ class IngestConfig(Settings):
 
 # The mixture ingest makes the paper's data: exact frames only. These settings are accepted there with the values
 # that keep the frames exact (they change nothing: it always decodes exactly, in software), refused otherwise.
-EXACT_FRAMES = {"decode_mode": ("auto",), "hwaccel": ("none", "auto")}
+EXACT_FRAMES = {"decode_mode": ("auto",), "hwaccel": ("none", "auto"), "deblock": ("all",)}
 
 
 @dataclass
@@ -206,6 +213,7 @@ class MixtureConfig(Settings):
     backend: str = like(IngestConfig, "backend")
     decode_mode: str = like(IngestConfig, "decode_mode")  # accepted as EXACT_FRAMES allows
     hwaccel: str = like(IngestConfig, "hwaccel")
+    deblock: str = like(IngestConfig, "deblock")
     crf: int = like(IngestConfig, "crf")
     resize: str = like(IngestConfig, "resize")
     long_time_msg: bool = like(IngestConfig, "long_time_msg")
@@ -226,8 +234,8 @@ class MixtureConfig(Settings):
             v = getattr(self, k)
             if v not in exact:
                 raise ConfigError(f"{k}: only {' or '.join(exact)} with --mixture, got {label(v)}: the mixture ingest "
-                                  "makes the paper's data, which needs exact frames (keyframe snapping and GPU "
-                                  "decoding are for a raw-source ingest)")
+                                  "makes the paper's data, which needs exact frames (keyframe snapping, skipped "
+                                  "deblocking and GPU decoding are for a raw-source ingest)")
 
     # units are cut as the raw ingest cuts them (same rows per unit for the same profile and shard size)
     unit_size = IngestConfig.unit_size

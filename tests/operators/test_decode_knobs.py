@@ -136,6 +136,104 @@ def test_frames_downloaded_from_the_device_are_repacked_to_the_software_bytes(go
         np.testing.assert_array_equal(hw._convert(nv12), sw._convert(frame))
 
 
+# ------------------------------------------------------------------------------------ deblock="targets"
+
+
+def test_deblock_targets_filters_only_the_targets(gop5):
+    """The rule: the loop filter runs on the pictures that serve a target and on no other picture decoded for them.
+    Shown without trusting the switch itself: where every decoded picture is a target (all frames, or keyframes
+    only) the frames are exact; elsewhere targets differ from the exact frames, every path (GOP closure, serial,
+    GOP-parallel, frame threads on a file object) gives the same bytes, because non-reference pictures never feed a
+    target, and every sent picture but the targets went unfiltered."""
+    info = probe(gop5)
+    exact = decode(gop5, TARGETS, info)
+    assert decode(gop5, TARGETS, info, deblock="all").frames.tobytes() == exact.frames.tobytes()
+    every = list(range(info.num_frames))
+    r = decode(gop5, every, info, deblock="targets", threads=1)
+    assert r.frames.tobytes() == decode(gop5, every, info, threads=1).frames.tobytes()
+    assert r.stats.packets_unfiltered == 0
+    keys = [0, 150, 300]
+    r = decode(gop5, keys, info, deblock="targets", threads=1, track=True)
+    assert r.stats.closure and r.frames.tobytes() == decode(gop5, keys, info, threads=1).frames.tobytes()
+    assert r.stats.packets_unfiltered == 0 and len(r.stats.sent_pts) == 3
+
+    got = decode(gop5, TARGETS, info, deblock="targets", threads=1, track=True)
+    assert got.stats.closure and got.indices == exact.indices
+    assert got.stats.packets_unfiltered == len(got.stats.sent_pts) - len(set(TARGETS)) > 0
+    err = np.abs(got.frames.astype(np.int16) - exact.frames).mean(axis=(1, 2, 3))
+    assert err[0] > 0 and all(e < 16 for e in err)  # not exact, and near it
+    variants = [dict(threads=None), dict(threads=1, mode="sequential"), dict(threads=1, mode="seek")]
+    for kw in variants:
+        other = decode(gop5, TARGETS, info, deblock="targets", **kw)
+        assert other.frames.tobytes() == got.frames.tobytes(), kw
+    seq = decode(gop5, TARGETS, info, deblock="targets", threads=1, mode="sequential")
+    assert not seq.stats.closure and seq.stats.packets_unfiltered > got.stats.packets_unfiltered
+    with open(gop5, "rb") as f:  # frame threads copy the setting with each packet
+        threaded = decode(f, TARGETS, info, deblock="targets", threads=3, mode="sequential")
+    assert threaded.frames.tobytes() == got.frames.tobytes()
+
+
+def test_deblock_switch_is_verified_before_use():
+    """The binding takes a context only after checking it (operators/loop_filter.py): any other object is refused
+    with the reason, never poked."""
+    import av
+
+    from longvid.operators.loop_filter import LoopFilterSwitch, LoopFilterUnavailable, loop_filter_unavailable
+
+    assert loop_filter_unavailable() == ""  # Linux with PyAV's wheel: available
+    sw = LoopFilterSwitch(av.codec.CodecContext.create("h264", "r"))
+    assert sw.skipping is False
+    sw.set(True)
+    sw.set(True)
+    assert sw.skipping is True
+
+    class Loose:
+        skip_frame = "DEFAULT"
+
+    for thing in (Loose(), av.codec.Codec("h264", "r")):
+        with pytest.raises(LoopFilterUnavailable, match="not a PyAV CodecContext"):
+            LoopFilterSwitch(thing)
+
+
+def test_deblock_switch_refuses_a_context_it_cannot_verify(monkeypatch):
+    """Another PyAV layout: no word points at libavcodec's AVClass, or the candidate's skip_frame does not follow
+    PyAV's: refused, and PyAV's own skip_frame is left as it was."""
+    import av
+
+    from longvid.operators import loop_filter as lf
+
+    cc = av.codec.CodecContext.create("h264", "r")
+    with monkeypatch.context() as m:
+        m.setattr(lf, "_read_word", lambda mem, address: None)
+        with pytest.raises(lf.LoopFilterUnavailable, match="could not be located"):
+            lf.LoopFilterSwitch(cc)
+    cc.skip_frame = "NONREF"
+    with monkeypatch.context() as m:
+        m.setattr(lf, "_get_int", lambda util, ctx, name: 0)
+        with pytest.raises(lf.LoopFilterUnavailable, match="verified"):
+            lf.LoopFilterSwitch(cc)
+    assert cc.skip_frame == "NONREF"
+
+
+def test_deblock_unavailable_fails_the_record_naming_deblock(gop5, monkeypatch):
+    from longvid.operators.loop_filter import LoopFilterUnavailable
+
+    def refuse(cc):
+        raise LoopFilterUnavailable("not on this platform (test)")
+
+    monkeypatch.setattr(dec, "LoopFilterSwitch", refuse)
+    info = probe(gop5)
+    for threads in (1, None):
+        with pytest.raises(RecordError) as e:
+            decode(gop5, TARGETS, info, deblock="targets", threads=threads)
+        assert e.value.stage == "decode" and e.value.field == "deblock" and "not on this platform" in e.value.reason
+    assert decode(gop5, TARGETS, info, deblock="all").frames.shape[0] == len(TARGETS)
+    with pytest.raises(ValueError, match="deblock"):
+        decode(gop5, TARGETS, info, deblock="none")
+    with pytest.raises(ValueError, match="pyav"):
+        decode(gop5, TARGETS, info, backend="decord", deblock="targets")
+
+
 # ------------------------------------------------------------------------------------ the sample json
 
 
@@ -168,6 +266,10 @@ def test_sample_json_records_the_knobs_only_when_set(video_root, no_device):
                                                   hwaccel="auto"))
     assert hw.info["decoder"] == "software" and hw.mp4 == kf.mp4
     assert {k: v for k, v in hw.info.items() if k != "decoder"} == kf.info
+    assert "deblock" not in base.info
+    db = process_record(_record(), ProcessOptions(videos_root=str(video_root), profile="long", deblock="targets"))
+    assert db.info["deblock"] == "targets" and db.info["frame_indices"] == base.info["frame_indices"]
+    assert {k: v for k, v in db.info.items() if k != "deblock"} == base.info and db.mp4 != base.mp4
     with pytest.raises(RecordError) as e:
         process_record(_record(), ProcessOptions(videos_root=str(video_root), profile="long", hwaccel="cuda"))
     assert e.value.field == "hwaccel"
@@ -185,6 +287,7 @@ def test_fingerprint_records_the_knobs():
     assert IngestConfig(**base, decode_mode="keyframe").fingerprint()["decode_mode"] == "keyframe"
     for hw in ("auto", "cuda"):
         assert IngestConfig(**base, hwaccel=hw).fingerprint()["hwaccel"] == hw
+    assert "deblock" not in fp and IngestConfig(**base, deblock="targets").fingerprint()["deblock"] == "targets"
 
 
 def _cli(argv, capsys):
@@ -209,14 +312,16 @@ def test_another_decode_mode_into_the_same_out_is_refused(tmp_path, raw_job, cap
                       out=str(tmp_path / "out")).fingerprint()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "job.json").write_text(json.dumps({"job": "ingest", "fingerprint": fp}))
-    for flags, named in ((["--decode-mode", "keyframe"], "decode_mode"), (["--hwaccel", "auto"], "hwaccel")):
+    for flags, named in ((["--decode-mode", "keyframe"], "decode_mode"), (["--hwaccel", "auto"], "hwaccel"),
+                         (["--deblock", "targets"], "deblock")):
         rc, err = _cli(raw_job + flags, capsys)
         assert rc == 2 and "other settings" in err and named in err, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["job.json"]
 
 
 def test_knobs_need_the_pyav_backend(raw_job, capsys, tmp_path):
-    for flags, named in ((["--decode-mode", "keyframe"], "decode_mode"), (["--hwaccel", "auto"], "hwaccel")):
+    for flags, named in ((["--decode-mode", "keyframe"], "decode_mode"), (["--hwaccel", "auto"], "hwaccel"),
+                         (["--deblock", "targets"], "deblock")):
         rc, err = _cli(raw_job + flags + ["--backend", "decord"], capsys)
         assert rc == 2 and err.strip().count("\n") == 0 and named in err and "pyav" in err, err
     assert not (tmp_path / "out").exists()
@@ -230,9 +335,19 @@ def test_cuda_on_a_local_job_without_a_device_exits_2(raw_job, capsys, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_deblock_on_a_local_job_where_the_switch_is_unavailable_exits_2(raw_job, capsys, tmp_path, monkeypatch):
+    from longvid.operators import loop_filter
+
+    monkeypatch.setattr(loop_filter, "loop_filter_unavailable", lambda: "not on this platform (test)")
+    rc, err = _cli(raw_job + ["--deblock", "targets"], capsys)
+    assert rc == 2 and "deblock" in err and "not on this platform" in err and "--deblock all" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--decode-mode", "keyframe"], "decode_mode"),
     (["--hwaccel", "cuda"], "hwaccel"),
+    (["--deblock", "targets"], "deblock"),
 ])
 def test_the_mixture_ingest_refuses_inexact_frames(tmp_path, capsys, flags, named):
     """The mixture ingest makes the paper's data: keyframe snapping and forced GPU decoding exit 2 naming the
@@ -244,6 +359,6 @@ def test_the_mixture_ingest_refuses_inexact_frames(tmp_path, capsys, flags, name
     cfg.write_text(f"mixture: {tmp_path / 'mix.yaml'}\nout: {tmp_path / 'out'}\n{named}: {flags[1]}\n")
     rc, err = _cli(["ingest", "--config", str(cfg)], capsys)
     assert rc == 2 and named in err and "exact frames" in err, err
-    rc, err = _cli(base + ["--decode-mode", "auto", "--hwaccel", "auto"], capsys)
-    assert rc == 2 and "mixture" in err and "decode_mode" not in err and "hwaccel" not in err, err
+    rc, err = _cli(base + ["--decode-mode", "auto", "--hwaccel", "auto", "--deblock", "all"], capsys)
+    assert rc == 2 and "mixture" in err and not any(k in err for k in ("decode_mode", "hwaccel", "deblock")), err
     assert not (tmp_path / "out").exists()
