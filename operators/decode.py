@@ -54,7 +54,9 @@ Deblocking (`deblock`, PyAV backend, software decoding): "all" (the default) run
 picture, as any decoder does. "targets" runs it only on the pictures that serve a target and skips it on the pictures
 decoded only because a target references them (operators/loop_filter.py switches it per packet): less CPU, and the
 targets are no longer exact, since their references lack the filter (BENCHMARKS.md "Decode knobs" measures both).
-`stats.packets_unfiltered` counts the pictures decoded without it. NVDEC ignores the setting.
+`stats.packets_unfiltered` counts the packets sent without it. A picture serves a target when its time is within half
+a frame of the target's; in a variable-frame-rate stream a target served by the picture on screen before it may
+thus be one decoded without the filter. NVDEC ignores the setting.
 
 Sources: a local path or a seekable binary file-like object (never read whole).
 
