@@ -807,21 +807,22 @@ class _PyAVDecoder:
                 continue
             serving = serve_in_gop([g for _, g, _ in gop], targets[j:m])
             order = gop_closure([r for _, _, r in gop], set(serving))
-            frames = []
-            serves = set(serving)
-            for i in order:
-                frames.extend(self._send(gop[i][0], False, i in serves))
-            frames.extend(self._send(None, False))  # drain: the pictures held for reordering come out
-            self.cc.flush_buffers()
             by_pts: dict[int, list[int]] = {}
             for jj, i in enumerate(serving):
                 by_pts.setdefault(int(gop[i][0].pts), []).append(j + jj)
+            serves = set(serving)
             done = 0
-            for fr in frames:
-                self.stats.frames_out += 1
-                for jj in by_pts.get(fr.pts, ()) if fr.pts is not None else ():
-                    self._deliver(jj, fr, self.g_of(fr.pts))
-                    done += 1
+            # each picture is served or dropped as it comes out: a GOP's decoded pictures are never held together
+            # (a 10 s GOP at 4K would be gigabytes)
+            for i in [*order, None]:  # None: drain, the pictures held for reordering come out
+                frames = self._send(gop[i][0], False, i in serves) if i is not None else self._send(None, False)
+                for fr in frames:
+                    self.stats.frames_out += 1
+                    for jj in by_pts.get(fr.pts, ()) if fr.pts is not None else ():
+                        self._deliver(jj, fr, self.g_of(fr.pts))
+                        done += 1
+                del frames
+            self.cc.flush_buffers()
             if done != m - j:
                 raise _NotUnderstood(f"{m - j - done} target pictures did not come out of the decoder")
             j = m

@@ -648,6 +648,38 @@ def test_serve_in_gop_and_gop_closure():
     assert gop_closure(refs, set()) == []
 
 
+def test_closure_holds_few_decoded_pictures_at_once(vids, monkeypatch):
+    """Each decoded picture is served or dropped as it comes out of the decoder: a GOP's closure is never held in
+    memory together (a 10 s GOP at 4K would be gigabytes). Counted with proxies of the decoder's frames."""
+    import weakref
+
+    from longvid.operators import decode as dec
+
+    class Proxy:  # av's frames take no weak reference; a proxy that forwards every attribute does
+        def __init__(self, frame):
+            self._f = frame
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    peak = [0]
+    send = dec._PyAVDecoder._send
+
+    def counting(self, pkt, skip, target=True):
+        out = [Proxy(f) for f in send(self, pkt, skip, target)]
+        alive.update(out)
+        peak[0] = max(peak[0], len(alive))
+        return out
+
+    monkeypatch.setattr(dec._PyAVDecoder, "_send", counting)
+    monkeypatch.setattr(dec._PyAVDecoder, "_convert", lambda self, fr: np.zeros((4, 4, 3), np.uint8))
+    targets = [10, 140, 149]  # one 150-frame GOP: the closure runs to 149, ~40 reference pictures
+    r = decode(vids["gop5"], targets, probe(vids["gop5"]), threads=1)
+    assert r.stats.closure and r.stats.frames_out > 30
+    assert peak[0] <= 4, f"{peak[0]} decoded pictures alive at once"
+
+
 def test_closure_damaged_files_get_the_general_paths_result(vids, tmp_path_factory, monkeypatch):
     """Bytes flipped or the file cut in its media data: frames or error, the same as the general path's."""
     hyp = pytest.importorskip("hypothesis")
