@@ -34,37 +34,41 @@ class LoopFilterUnavailable(RuntimeError):
 
 
 @functools.lru_cache(maxsize=1)
-def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    """libavcodec and libavutil: the copies PyAV itself loaded (found in this process's mappings), else the ones its
-    wheel bundles."""
+def _libs() -> tuple[tuple[ctypes.CDLL, ctypes.CDLL], ...]:
+    """Candidate (libavcodec, libavutil) pairs, one per folder holding both: first the copies PyAV's wheel bundles,
+    then those mapped in this process (PyAV built against a system FFmpeg). Another library may have loaded its own
+    FFmpeg too (decord bundles one): `_find_context` takes the pair whose AVClass the context carries."""
     import av.codec.context  # noqa: F401  (makes sure PyAV's libraries are mapped)
 
-    found: dict[str, str] = {}
+    dirs = [os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs")]
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 path = line.rstrip("\n").split(" ")[-1]
-                base = os.path.basename(path)
-                for name in ("libavcodec", "libavutil"):
-                    if base.startswith(name) and ".so" in base and name not in found:
-                        found[name] = path
+                if os.path.basename(path).startswith("libavcodec") and os.path.dirname(path) not in dirs:
+                    dirs.append(os.path.dirname(path))
     except OSError:
         pass
-    here = os.path.dirname(os.path.dirname(av.__file__))
-    for name in ("libavcodec", "libavutil"):
-        if name not in found:
-            hits = sorted(glob.glob(os.path.join(here, "av.libs", name + "*")))
-            if not hits:
-                raise LoopFilterUnavailable(f"{name} of PyAV was not found in this process")
-            found[name] = hits[0]
-    codec, util = ctypes.CDLL(found["libavcodec"]), ctypes.CDLL(found["libavutil"])
-    codec.avcodec_get_class.restype = ctypes.c_void_p
-    codec.avcodec_get_class.argtypes = []
-    util.av_opt_set_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int]
-    util.av_opt_set_int.restype = ctypes.c_int
-    util.av_opt_get_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
-    util.av_opt_get_int.restype = ctypes.c_int
-    return codec, util
+    pairs = []
+    for d in dirs:
+        codec = sorted(glob.glob(os.path.join(d, "libavcodec*.so*")))
+        util = sorted(glob.glob(os.path.join(d, "libavutil*.so*")))
+        if not codec or not util:
+            continue
+        try:
+            c, u = ctypes.CDLL(codec[0]), ctypes.CDLL(util[0])
+        except OSError:
+            continue
+        c.avcodec_get_class.restype = ctypes.c_void_p
+        c.avcodec_get_class.argtypes = []
+        u.av_opt_set_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int]
+        u.av_opt_set_int.restype = ctypes.c_int
+        u.av_opt_get_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+        u.av_opt_get_int.restype = ctypes.c_int
+        pairs.append((c, u))
+    if not pairs:
+        raise LoopFilterUnavailable("PyAV's libavcodec and libavutil were not found in this process")
+    return tuple(pairs)
 
 
 def _read_word(mem, address: int) -> int | None:
@@ -125,9 +129,16 @@ class LoopFilterSwitch:
     `set(skip)` applies to the packets sent after it; it is a no-op when the state does not change."""
 
     def __init__(self, cc):
-        codec, util = _libs()
+        why = None
+        for codec, util in _libs():
+            try:
+                self._ctx = _find_context(cc, codec, util)
+                break
+            except LoopFilterUnavailable as e:
+                why = why or e
+        else:
+            raise why or LoopFilterUnavailable("no libavcodec to try")
         self._util = util
-        self._ctx = _find_context(cc, codec, util)
         self._cc = cc  # keeps the context alive as long as this switch
         self.skipping = _get_int(util, self._ctx, b"skip_loop_filter") == _LEVELS["ALL"]
 

@@ -195,6 +195,27 @@ def test_deblock_switch_is_verified_before_use():
             LoopFilterSwitch(thing)
 
 
+def test_deblock_switch_finds_pyavs_libavcodec_beside_decords(gop5, monkeypatch):
+    """decord maps its own, older FFmpeg into the process; the switch once took the first libavcodec in the process's
+    mappings, decord's in some runs, and found no context. PyAV's is tried first, and any other order still works."""
+    decord = pytest.importorskip("decord")
+    import av
+
+    from longvid.operators import loop_filter as lf
+
+    decord.VideoReader(str(gop5)).get_batch([0]).asnumpy()
+    lf._libs.cache_clear()
+    pairs = lf._libs()
+    assert len(pairs) >= 2  # PyAV's and decord's
+    assert "av.libs" in pairs[0][0]._name and "decord" in pairs[-1][0]._name
+    monkeypatch.setattr(lf, "_libs", lambda: tuple(reversed(pairs)))  # decord's first
+    sw = lf.LoopFilterSwitch(av.codec.CodecContext.create("h264", "r"))
+    sw.set(True)
+    assert sw.skipping and lf._get_int(sw._util, sw._ctx, b"skip_loop_filter") == 48
+    info = probe(gop5)
+    assert decode(gop5, TARGETS, info, deblock="targets", threads=1).stats.packets_unfiltered > 0
+
+
 def test_deblock_switch_refuses_a_context_it_cannot_verify(monkeypatch):
     """Another PyAV layout: no word points at libavcodec's AVClass, or the candidate's skip_frame does not follow
     PyAV's: refused, and PyAV's own skip_frame is left as it was."""
