@@ -292,7 +292,9 @@ def test_rerun_after_a_killed_driver_stops_its_leftovers_first(tmp_path):
         assert all(str(p) in log.split("\n", 1)[0] for p in doomed), log[:1000]
         assert log.index("did not end cleanly") < log.index("units: ")  # before the re-run started its Ray
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["units_skipped"] == committed and summary["units_run"] >= 1
+        # >=: a worker that started after the freeze above was not frozen, and may commit its unit after the count
+        # (before the re-run stops it); what the re-run finds committed it skips, and it runs at least one unit
+        assert summary["units_skipped"] >= committed and summary["units_run"] >= 1
         rerun.cleanup()
     finally:
         first.cleanup(5)
