@@ -11,6 +11,11 @@ An image is cut into tiles of the encoder's resolution `patch` (224 or 448) at t
 - tiling: the image is resized (stretched, PIL bicubic, the default of `Image.resize`) to the chosen size and cut
   row by row, left to right, into patch x patch tiles; the base tile is the whole image resized to
   patch x patch. Order: base tile first, then the grid tiles.
+- tokens (operators/train_sample.py `stitched_token_order`, the reference's `prepare_inputs_labels_for_multimodal`
+  for `spatial_nopad`, applied where the train loader builds the LLM's input): the
+  base tile's 64 tokens first, then the grid tiles' tokens stitched into one grid: each tile's 64 tokens read as
+  8 x 8, the tiles' rows laid side by side, so the sequence runs along whole rows of the image (row 0 of tiles
+  (0, 0), (0, 1), ..., then row 1 of the same tiles, ...), not tile after tile. No newline token.
 
 The reference sends images of a multi-image record through "pad" instead (one padded square each, no tiles):
 that choice belongs to the caller. Pure functions on sizes, plus a PIL tiler.
@@ -90,3 +95,4 @@ def anyres_tiles(image, patch: int, grid_size: tuple[int, int] | None = None) ->
     resized = img.resize(resized_size, Image.BICUBIC)
     base = img.resize((patch, patch), Image.BICUBIC)
     return [base] + [resized.crop(b) for b in boxes]
+

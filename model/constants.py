@@ -2,6 +2,8 @@
 
 - `FRAMES_PER_CLIP`: frames per HiCo clip (the released `mm_local_num_frames`); the UMT position table's length.
 - `TOKENS_PER_FRAME`: merged HiCo tokens per frame, so `TOKENS_PER_CLIP` = 64 per clip (and per image tile).
+- `TILE_TOKENS_PER_SIDE`: the side of the square an image tile's 64 tokens are read as when the grid tiles of an
+  `anyres_nopad` image are stitched into one token grid (operators/train_sample.py `stitched_token_order`).
 - `IGNORE_INDEX`: the label of tokens the loss does not train on (-100: the transformers / torch default).
 - `MODEL_PRESETS`: the names of model/config.py's presets (the jobs' `model` settings accept them without importing
   torch; tests/jobs/test_cli.py keeps the two equal).
@@ -13,6 +15,7 @@ from __future__ import annotations
 FRAMES_PER_CLIP = 4
 TOKENS_PER_FRAME = 16
 TOKENS_PER_CLIP = FRAMES_PER_CLIP * TOKENS_PER_FRAME
+TILE_TOKENS_PER_SIDE = 8  # an image tile's 64 merged tokens read as 8 x 8 (the released projector's num_image_patches_per_side)
 IGNORE_INDEX = -100
 MODEL_PRESETS = ("tiny", "videochat-flash-7b", "videochat-flash-2b")
 

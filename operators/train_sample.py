@@ -13,6 +13,7 @@ Plain functions, no Ray (pipelines/loader.py calls them per sample).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from longvid.model.constants import FRAMES_PER_CLIP as CLIP_FRAMES
-from longvid.model.constants import IGNORE_INDEX, TOKENS_PER_CLIP
+from longvid.model.constants import IGNORE_INDEX, TILE_TOKENS_PER_SIDE, TOKENS_PER_CLIP
 from longvid.operators import native
 from longvid.operators.shards import Group
 
@@ -376,8 +377,9 @@ def _image(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int
            opts: ParseOptions, defer_scan: bool) -> TrainSample:
     """An image sample's tiles (encode: `<key>.tokens.npy` [num_tiles, 64, D], json `tiles_per_image`, each
     image's tiles in the reference order: `anyres_nopad` the base tile, then the grid tiles row by row; `pad` one
-    tile). Image j's tiles go in place of the j-th <image>, with no newline token (the released scripts:
-    mm_patch_merge_type spatial_nopad, mm_newline_position nothing). Never cut by the stage's frame bounds."""
+    tile). Image j's tokens go in place of the j-th <image>, with no newline token (the released scripts:
+    mm_patch_merge_type spatial_nopad, mm_newline_position nothing): the base tile's, then the grid's stitched as
+    the reference reads them (`_stitch_grids`). Never cut by the stage's frame bounds."""
     arr = _npy(g.members[TOKEN_EXT])
     if arr.ndim != 3 or arr.shape[1] != TOKENS_PER_CLIP or arr.shape[2] != opts.dim or arr.shape[0] < 1:
         raise SampleError("wrong shape", f"tokens {tuple(arr.shape)}, need [tiles, {TOKENS_PER_CLIP}, {opts.dim}]")
@@ -396,8 +398,65 @@ def _image(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int
                                                   "preprocess_plain); multi-image samples train in qwen_2 stages")
     if opts.check_finite and non_finite(arr):
         raise SampleError("non-finite tokens")
+    arr = _stitch_grids(arr, per, info)
     splits = tuple(t * TOKENS_PER_CLIP for t in per)
     return _prepare(g, info, conv, arr, arr.shape[0], _duration(info), chat, opts, splits=splits)
+
+
+TILE_ORDERS = ("base_then_rows", "one_per_image")  # pipelines/encode_samples.TILE_ORDER's values
+
+
+def _stitch_grids(arr: np.ndarray, per: list[int], info: dict[str, Any]) -> np.ndarray:
+    """The image tokens [tiles, 64, D] in the order the reference feeds them to the LLM: for each `anyres_nopad`
+    image with a grid of more than one column, the grid tiles' tokens re-read along whole rows of the image
+    (`stitched_token_order`, from the json's `image_grids` [cols, rows]); the base tile first, as stored.
+    The result keeps the shape [tiles, 64, D] (rows of 64 tokens, no longer one tile each). A grid that does not
+    match the tile count is a SampleError naming image_grids."""
+    order = info.get("tile_order", "base_then_rows")
+    if order not in TILE_ORDERS:
+        raise SampleError("bad json", f"tile_order {order!r} is not one of {', '.join(TILE_ORDERS)}")
+    if order != "base_then_rows" or max(per) <= 2:  # one tile, or base + a 1x1 grid: nothing to re-read
+        return arr
+    grids = info.get("image_grids")
+    if not isinstance(grids, list) or len(grids) != len(per):
+        raise SampleError("bad json", "image_grids must list [cols, rows] for each image (encode writes it)")
+    parts, t0, moved = [], 0, False
+    dim = arr.shape[-1]
+    for n, grid in zip(per, grids):
+        if n > 2:
+            if not (isinstance(grid, list) and len(grid) == 2 and all(type(v) is int and v >= 1 for v in grid)
+                    and 1 + grid[0] * grid[1] == n):
+                raise SampleError("bad json", f"image_grids {grid!r} does not match the image's {n} tiles (1 + cols "
+                                              "x rows)")
+            if grid[0] > 1:
+                parts.append(arr[t0].reshape(-1, dim))
+                parts.append(arr[t0 + 1:t0 + n].reshape(-1, dim)[_stitched(grid[0], grid[1])])
+                moved = True
+                t0 += n
+                continue
+        parts.append(arr[t0:t0 + n].reshape(-1, dim))
+        t0 += n
+    return np.concatenate(parts).reshape(arr.shape) if moved else arr
+
+
+def stitched_token_order(cols: int, rows: int, side: int = TILE_TOKENS_PER_SIDE) -> list[int]:
+    """Where each token of an `anyres_nopad` image's grid comes from, in the order the LLM reads them.
+
+    The grid tiles' tokens are stored tile after tile (tile t = row t // cols, column t % cols of the grid, its
+    side x side tokens row-major): index t * side**2 + r * side + c. The reference (llava_arch, `spatial_nopad`)
+    views them as [rows, cols, side, side] and reads them as [rows, side, cols, side], i.e. the tiles of one grid
+    row side by side, one token row at a time. Returns the stored indices in that reading order (the base tile's
+    tokens, which come first, are not part of it)."""
+    if cols < 1 or rows < 1 or side < 1:
+        raise ValueError(f"stitched_token_order: cols, rows and side must be positive, got {cols}, {rows}, {side}")
+    n = side * side
+    return [(i * cols + j) * n + r * side + c
+            for i in range(rows) for r in range(side) for j in range(cols) for c in range(side)]
+
+
+@functools.lru_cache(maxsize=64)
+def _stitched(cols: int, rows: int) -> np.ndarray:
+    return np.asarray(stitched_token_order(cols, rows), dtype=np.intp)
 
 
 def _prepare(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], arr: np.ndarray, n_clips: int,

@@ -43,12 +43,16 @@ def _video(key: str, label: int) -> tuple[dict, dict]:
     return info, {"tokens.npy": _tokens(2, 0.5)}
 
 
-def _image(key: str, tiles: list[int]) -> tuple[dict, dict]:
+def _image(key: str, tiles: list[int], grids: list | None = None) -> tuple[dict, dict]:
+    """An encoded image sample as encode writes it; `grids` [cols, rows] per image (default: one row of n - 1 tiles,
+    None for a single tile)."""
     human = "".join("<image>\n" for _ in tiles) + "What is shown?"
+    grids = grids if grids is not None else [[n - 1, 1] if n > 1 else None for n in tiles]
     info = {"key": key, "id": key, "source": "img", "media_type": "image", "image_mode": "anyres_nopad",
             "image": [f"pics/{key}_{j}.jpg" for j in range(len(tiles))], "duration": 0.0,
             "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": "A cat on a mat."}],
-            "num_tiles": sum(tiles), "tiles_per_image": tiles, "num_clips": sum(tiles), "tile_order": "base_then_rows"}
+            "num_tiles": sum(tiles), "tiles_per_image": tiles, "num_clips": sum(tiles), "tile_order": "base_then_rows",
+            "image_grids": grids}
     # tile t of the sample holds the value t + 1 everywhere: the splice order can be read back
     arr = np.concatenate([np.full((1, 64, DIM), t + 1, np.float16) for t in range(sum(tiles))])
     buf = io.BytesIO()
@@ -229,6 +233,14 @@ def test_text_only_has_no_visual_tokens_and_images_splice_in_order():
     wrong = _image("i", [2, 1])
     wrong[0]["tiles_per_image"] = [1, 1]
     with pytest.raises(SampleError, match="tile count mismatch"):
+        parse_train_sample(_group(*wrong), chat, opts)
+    for grids in ([[1, 1], None], [[2, 2]], "2x1", [["2", 1]], [[True, 2]]):  # a grid that is not the tiles'
+        wrong = _image("i", [3], grids=grids)
+        with pytest.raises(SampleError, match="image_grids"):
+            parse_train_sample(_group(*wrong), chat, opts)
+    wrong = _image("i", [3])
+    wrong[0]["tile_order"] = "columns_first"
+    with pytest.raises(SampleError, match="tile_order"):
         parse_train_sample(_group(*wrong), chat, opts)
     wrong = _image("i", [2, 1])
     wrong[0]["conversations"][0]["value"] = "<image>\nWhat is shown?"

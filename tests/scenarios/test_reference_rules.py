@@ -7,6 +7,7 @@ where they had to change (a library API that moved, a deliberate deviation) a co
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from fractions import Fraction
@@ -462,6 +463,67 @@ def test_anyres_tiles_match_the_reference_pixels(size, patch):
     assert len(got) == len(ref) == num_tiles(size, patch)
     for g, r in zip(got, ref):
         assert g.size == r.size == (patch, patch) and np.array_equal(np.asarray(g), np.asarray(r))
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    return build_test_tokenizer()
+
+
+def ref_image_tokens(image_feature, num_patch_width, num_patch_height, height=8, width=8):
+    """llava_arch.prepare_inputs_labels_for_multimodal, the image branch for mm_patch_merge_type spatial_nopad and
+    image_aspect_ratio anyres_nopad: `image_feature` [1 + tiles, 64, C] (base tile first) -> the LLM's tokens
+    (height = width = the projector's num_image_patches_per_side, 8)."""
+    import torch
+
+    base_image_feature = image_feature[0]
+    image_feature = image_feature[1:]
+    image_feature = image_feature.view(num_patch_height, num_patch_width, height, width, -1)
+    image_feature = image_feature.permute(0, 2, 1, 3, 4).contiguous()
+    image_feature = image_feature.flatten(0, 3)
+    return torch.cat((base_image_feature, image_feature), dim=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cols=st.integers(1, 6), rows=st.integers(1, 6), first=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_image_tokens_are_stitched_as_the_reference(cols, rows, first, seed):
+    """An encoded anyres_nopad image (tiles stored base first, then the grid row by row) reaches the LLM in the
+    reference's order: the base tile's 64 tokens, then the grid stitched along whole rows. A one-tile (pad) image
+    before it stays as it is."""
+    import io as _io
+
+    import torch
+
+    from longvid.operators.shards import Group
+    from longvid.operators.train_sample import ParseOptions, parse_train_sample
+
+    dim = 8
+    rng = np.random.default_rng(seed)
+    n = 1 + cols * rows
+    pad_image = rng.standard_normal((first, 64, dim)).astype(np.float32) if first == 1 else None
+    grid_image = rng.standard_normal((n, 64, dim)).astype(np.float32)
+    tiles = [grid_image] if pad_image is None else [pad_image, grid_image]
+    per = [t.shape[0] for t in tiles]
+    grids = [None if t is pad_image else [cols, rows] for t in tiles]
+    buf = _io.BytesIO()
+    np.save(buf, np.concatenate(tiles), allow_pickle=False)
+    human = "".join("<image>\n" for _ in tiles) + "What is shown?"
+    info = {"key": "k", "media_type": "image", "image_mode": "anyres_nopad", "tile_order": "base_then_rows",
+            "tiles_per_image": per, "num_tiles": sum(per), "image_grids": grids, "duration": 0.0,
+            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": "A cat."}]}
+    import json as _json
+
+    from longvid.model.tokenizer import chat_encoder
+
+    group = Group("k", {"json": bytearray(_json.dumps(info).encode()), "tokens.npy": bytearray(buf.getvalue())}, 0, 0)
+    tok = _tokenizer()
+    got = parse_train_sample(group, chat_encoder(tok), ParseOptions(kind="tokens", dim=dim,
+                                                                    image_token_id=image_token_id(tok),
+                                                                    label_mode="qwen_2"))
+    want = [torch.from_numpy(pad_image).flatten(0, 1)] if pad_image is not None else []
+    want.append(ref_image_tokens(torch.from_numpy(grid_image), cols, rows))
+    assert got.splits == tuple(p * 64 for p in per)
+    np.testing.assert_array_equal(np.asarray(got.visual, np.float32), torch.cat(want).numpy())
 
 
 # ====================================================================================== 6. NIAH haystack steps
