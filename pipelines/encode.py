@@ -73,6 +73,7 @@ from longvid.operators.errors import ConfigError, TransientError
 from longvid.operators.write import MANIFESTS
 from longvid.pipelines.encode_actor import EncoderBroken, UnitEncoder, UnitSettings
 from longvid.pipelines.encode_config import EncodeConfig
+from longvid.pipelines.out_claim import unit_guard
 from longvid.pipelines.outputs import JobOutput, read_parts
 from longvid.pipelines.progress import Progress
 
@@ -223,7 +224,7 @@ def run_encode(cfg: EncodeConfig, log=print, encoder_cls: type | None = None) ->
         settings = UnitSettings(out=cfg.out, shards=cfg.shards, resolution=resolution, dim=dim, encoder=encoder,
                                 model=cfg.model, dtype=cfg.dtype, store_dtype=cfg.store_dtype,
                                 shard_size=int(cfg.shard_size_mb * 2**20), batch_clips=cfg.batch_clips,
-                                scratch_dir=cfg.scratch_dir, s3=s3)
+                                scratch_dir=cfg.scratch_dir, s3=s3, guard=unit_guard(cfg.out, shards=cfg.shards))
         model = dict(model=cfg.model, resolution=resolution, checkpoint=cfg.checkpoint, dtype=cfg.dtype,
                      seed=cfg.seed, cache_dir=cfg.cache_dir, s3=s3, cpu_threads=max(1, int(actor_cpus)))
         run = _Scheduler(prog, per_actor)

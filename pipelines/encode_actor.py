@@ -45,6 +45,7 @@ from longvid.operators import storage
 from longvid.operators.records import Failure
 from longvid.operators.write import SampleWriteError, UnitWriter, sample_members
 from longvid.pipelines.encode_model import HiCoBatchEncoder
+from longvid.pipelines.out_claim import UnitGuard
 from longvid.pipelines.encode_samples import INGEST_COLUMNS, encoder_rows, read_shard
 
 # ------------------------------------------------------------------------------------------------- decode tasks
@@ -95,6 +96,7 @@ class UnitSettings:
     batch_clips: int
     scratch_dir: str = ""  # S3 output: where the tar parts of a unit wait for their upload
     s3: dict | None = None
+    guard: UnitGuard | None = None  # the driver's out_claim.unit_guard: checked on the actor's node before each unit
 
 
 @dataclass
@@ -292,6 +294,8 @@ class UnitEncoder:
         try:
             if self.broken is not None:
                 raise EncoderBroken(f"the encoder of this actor failed: {self.broken!r}")
+            if self.s.guard is not None:  # a node without the shared folders reads and writes nothing
+                self.s.guard.check()
             rows = pq.read_table(io.BytesIO(storage.read_bytes(manifest)), columns=INGEST_COLUMNS).to_pylist()
             writer = UnitWriter(self.s.out, unit, self.s.shard_size, TOKEN_MANIFEST_SCHEMA,
                                 scratch=self.s.scratch_dir or None)

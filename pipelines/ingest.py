@@ -30,6 +30,7 @@ from longvid.operators.records import Failure, SourceRecord
 from longvid.operators.sources import get_adapter
 from longvid.operators.write import SampleWriteError, UnitWriter, manifest_name, sample_members
 from longvid.pipelines.ingest_config import IngestConfig, UnitSchedule
+from longvid.pipelines.out_claim import UnitGuard, unit_guard
 from longvid.pipelines.outputs import JobOutput
 from longvid.pipelines.progress import Progress
 
@@ -129,9 +130,13 @@ def _child_cpu(runner: IsolatedRunner) -> tuple[int, float]:
 
 
 def run_unit(out: str, unit: int, items: list, opts: ProcessOptions, shard_size: int, timeout_s: float,
-             memory_mb: int, s3: dict, reuse_decoder: bool = True) -> dict[str, Any]:
-    """Process and commit one unit (idempotent: a retry rewrites the same files)."""
+             memory_mb: int, s3: dict, reuse_decoder: bool = True, guard: UnitGuard | None = None) -> dict[str, Any]:
+    """Process and commit one unit (idempotent: a retry rewrites the same files). `guard` (the driver's
+    out_claim.unit_guard): on a node that does not see the claimed output folder or the videos as the driver does,
+    NotShared before anything is read or written."""
     storage.configure_s3(s3 or None)
+    if guard is not None:
+        guard.check()
     writer = UnitWriter(out, unit, shard_size)
     t0 = time.time()
     if reuse_decoder:
@@ -260,6 +265,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         # a killed worker (system failure) or a storage outage (TransientError) re-runs the unit from scratch
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[TransientError])(run_unit)
         shard_bytes = int(cfg.shard_size_mb * 2**20)
+        guard = unit_guard(cfg.out, videos=cfg.videos)  # a node that joins without the shared folders: no unit there
         pending: dict[Any, int] = {}
         done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0, "cpu_s": 0.0}
         uncommitted: list[int] = []
@@ -304,7 +310,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
                 prog.skip(len(unit_items))
                 continue
             ref = task.remote(cfg.out, unit, unit_items, opts, shard_bytes, cfg.decode_timeout_s,
-                              cfg.decoder_memory_mb, s3, REUSE_DECODER)
+                              cfg.decoder_memory_mb, s3, REUSE_DECODER, guard)
             pending[ref] = unit
             drain(max_in_flight - 1)
         drain(0)  # every unit in flight ends (and removes its temporary files) before the job stops

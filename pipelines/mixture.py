@@ -29,6 +29,7 @@ from longvid.operators.mixture import ResolvedDataset, MixtureError, iter_record
 from longvid.operators.write import manifest_name
 from longvid.pipelines import ingest as raw
 from longvid.pipelines.ingest_config import MixtureConfig
+from longvid.pipelines.out_claim import unit_guard
 from longvid.pipelines.outputs import JobOutput, versions
 
 MIXTURE_JOB = "ingest-mixture"  # DIR/job.json of a mixture ingest (each dataset folder's is an "ingest" job.json)
@@ -94,6 +95,7 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                    f"selected; units: {schedule.describe()}; up to {max_in_flight} units in flight on {cpus} CPUs")
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[TransientError])(raw.run_unit)
         shard_bytes = int(cfg.shard_size_mb * 2**20)
+        guard = unit_guard(cfg.out)  # each dataset folder is below the claimed one; data roots vary per dataset
         pending: dict[Any, tuple[_Dataset, int]] = {}
         done = {"units": 0, "skipped": 0, "inputs": 0, "samples": 0, "failures": 0, "seconds": 0.0, "cpu_s": 0.0}
         per = {d.name: {"units_run": 0, "units_skipped": 0, "units_uncommitted": []} for d in datasets}
@@ -138,7 +140,7 @@ def run_mixture(cfg: MixtureConfig, log=print) -> dict[str, Any]:
                     prog.skip(len(items))
                     continue
                 ref = task.remote(d.out, unit, items, opts, shard_bytes, cfg.decode_timeout_s,
-                                  cfg.decoder_memory_mb, s3, raw.REUSE_DECODER)
+                                  cfg.decoder_memory_mb, s3, raw.REUSE_DECODER, guard)
                 pending[ref] = (d, unit)
                 drain(max_in_flight - 1)
         drain(0)  # every unit in flight ends (and removes its temporary files) before the job stops

@@ -9,6 +9,10 @@ the record of a driver that did not end cleanly (a SIGKILL) first stops that dri
 by their token, session dir or recorded pid (and start time), never by name and never anyone else's, so units
 still in flight cannot race with the re-run. (For an `s3://` output the lock file lives in the local temp dir,
 keyed by the URI: it guards this host only.)
+
+The record also tells a unit on another node whether it sees the driver's folder (`unit_guard`, `UnitGuard.check`):
+a node that joined the cluster after the job's start check (ray_session.check_shared) without the shared mount finds
+no record with the driver's token there, and its units write nothing (NotShared, retried elsewhere).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from longvid.operators import storage
-from longvid.operators.errors import ConfigError
+from longvid.operators.errors import ConfigError, TransientError
 
 OWNER_FILE = ".longvid-owner.json"
 TOKEN_VAR = "LONGVID_RAY_OWNER"
@@ -144,6 +148,104 @@ def release_out(out: str) -> None:
     except OSError:
         pass
     os.close(held.fd)  # releases the lock
+
+
+class NotShared(TransientError):
+    """A unit runs on a node that does not see the job's local folders as the driver does (check_owner,
+    check_input)."""
+
+
+_owner_seen: set[tuple[str, str]] = set()  # (folder, token) this process has found claimed by that driver
+
+
+def check_owner(out: str, token: str, attempts: int = 5) -> None:
+    """Before a unit writes, in its task or actor on whatever node it runs: a local output folder must be the one the
+    driver claimed, i.e. hold the owner file with the driver's `token`. The job's start check (ray_session.
+    check_shared) covers the nodes alive then; a node that joins later (an autoscaler's) without the shared mount sees
+    no owner file there, or another job's, and would commit units into a folder the driver never reads. Then nothing
+    is written and NotShared is raised: a TransientError, so the unit is retried (on another node or actor where
+    there is one) and, once the retries are spent, reported not committed, for a re-run to retry. s3:// outputs and an
+    empty token (a caller outside a job) are not checked; a folder found claimed once is not read again."""
+    if not token or storage.is_s3(out):
+        return
+    key = (os.path.abspath(out), token)
+    if key in _owner_seen:
+        return
+    seen = None
+    for k in range(attempts):  # the driver rewrites the file in place (truncate, write), and a shared filesystem
+        try:  # may show it a moment late
+            with open(owner_path(out)) as f:
+                info = json.load(f)
+            seen = info.get("token") if isinstance(info, dict) else None
+        except (OSError, ValueError):
+            seen = None
+        if seen == token:
+            _owner_seen.add(key)
+            return
+        if k + 1 < attempts:
+            time.sleep(0.2)
+    why = "has no owner file of a longvid job" if seen is None else "holds the owner file of another longvid job"
+    raise NotShared(f"out: {out} on node {socket.gethostname()} {why}, so it is not the folder this job's driver "
+                       "claimed: this node does not share the output folder (it joined the cluster after the job's "
+                       "start check?). The unit wrote nothing there. Use s3://bucket/prefix, or storage mounted at "
+                       "the same path on every node")
+
+
+def check_input(setting: str, path: str) -> None:
+    """Before a unit reads a local input root (`--videos`), on whatever node it runs: the folder must exist there and
+    not be empty. A node that joined after the job's start check without the shared mount would otherwise record
+    every record of its units as a `locate` failure ("video not found") though the videos exist. NotShared (retried
+    elsewhere, like check_owner's); s3:// roots are not checked. (The start check compares a digest of the folder on
+    every node; this cheaper test only catches a missing or empty mount.)"""
+    if not path or storage.is_s3(path):
+        return
+    key = (os.path.abspath(path), "input")
+    if key in _owner_seen:
+        return
+    try:
+        with os.scandir(path) as it:
+            empty = next(it, None) is None
+        why = "is an empty folder" if empty else ""
+    except OSError as e:
+        why = f"cannot be read ({e.strerror or e})"
+    if why:
+        raise NotShared(f"{setting}: {path} on node {socket.gethostname()} {why}, unlike on the job's driver: this "
+                        "node does not share the folder (it joined the cluster after the job's start check?). Use "
+                        "s3://bucket/prefix, or storage mounted at the same path on every node")
+    _owner_seen.add(key)
+
+
+@dataclass(frozen=True)
+class UnitGuard:
+    """What each unit of a job checks on its node before it works (the driver's `unit_guard`): the folder the driver
+    claimed holds the driver's token (check_owner), and each local input root the driver saw as a non-empty folder is
+    one there too (check_input). Travels to the tasks and actors with their arguments."""
+
+    token: str
+    claimed: str
+    inputs: tuple[tuple[str, str], ...] = ()  # (setting, local root)
+
+    def check(self) -> None:
+        check_owner(self.claimed, self.token)
+        for setting, path in self.inputs:
+            check_input(setting, path)
+
+
+def unit_guard(claimed: str, **inputs: str) -> UnitGuard:
+    """The driver's guard for its units: this process's token, the folder it claimed, and those of the local input
+    roots `inputs` (setting=path) that it sees as non-empty folders (an input empty here is empty everywhere: its
+    records fail as they would on one node, not as a node without the mount)."""
+    seen = []
+    for setting, path in inputs.items():
+        if not path or storage.is_s3(path):
+            continue
+        try:
+            with os.scandir(path) as it:
+                if next(it, None) is not None:
+                    seen.append((setting, os.path.abspath(path)))
+        except OSError:
+            pass
+    return UnitGuard(owner_token(), claimed, tuple(seen))
 
 
 def record_ray(out: str) -> None:

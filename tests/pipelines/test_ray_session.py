@@ -302,3 +302,80 @@ def test_rerun_after_a_killed_driver_stops_its_leftovers_first(tmp_path):
             p.kill()
             p.wait(10)
     assert_complete(out, corpus)
+
+
+# ----------------------------------------------------------------- a unit on a node without the shared folder
+
+
+def test_a_unit_writes_only_into_the_folder_its_driver_claimed(tmp_path):
+    """out_claim.check_owner, what every ingest and encode unit runs before writing: the folder must hold the
+    owner file with the driver's token. A node that joined after the start check without the shared mount sees
+    none (or another job's): NotShared (a TransientError: retried elsewhere, then reported not committed),
+    naming the node, and nothing is written."""
+    from longvid.operators.errors import TransientError
+    from longvid.operators.process import ProcessOptions
+    from longvid.pipelines.ingest import run_unit
+
+    shared = tmp_path / "shared-out"
+    claim_out(str(shared), "ingest", log=lambda s: None)
+    try:
+        token = out_claim.owner_token()
+        out_claim.check_owner(str(shared), token)  # the claimed folder: passes
+        out_claim.check_owner(str(tmp_path / "anything"), "")  # no token (a call outside a job): not checked
+        out_claim.check_owner("s3://bucket/prefix", token)  # s3:// is the same everywhere: not checked
+
+        local = tmp_path / "node-local-out"  # what a node without the mount sees at that path: nothing
+        with pytest.raises(out_claim.NotShared) as e:
+            out_claim.check_owner(str(local), token, attempts=1)
+        msg = str(e.value)
+        assert isinstance(e.value, TransientError) and msg.startswith(f"out: {local} on node ")
+        assert "no owner file" in msg and "does not share the output folder" in msg and "s3://" in msg
+        other = tmp_path / "other-jobs-out"
+        other.mkdir()
+        (other / OWNER_FILE).write_text(json.dumps({"token": uuid.uuid4().hex, "pid": 1}))
+        with pytest.raises(out_claim.NotShared, match="another longvid job"):
+            out_claim.check_owner(str(other), token, attempts=1)
+        (other / OWNER_FILE).write_text("")  # the driver rewrites it in place: empty for a moment
+        with pytest.raises(out_claim.NotShared):
+            out_claim.check_owner(str(other), token, attempts=1)
+
+        # the guard a driver gives its units: the claimed folder, and the local input roots it sees non-empty
+        videos = tmp_path / "videos"
+        (videos / "000").mkdir(parents=True)
+        empty = tmp_path / "empty-videos"
+        empty.mkdir()
+        guard = out_claim.unit_guard(str(shared), videos=str(videos), other=str(empty), remote="s3://b/v", none="")
+        assert guard.token == token and guard.inputs == (("videos", str(videos)),)  # empty here: empty everywhere
+        opts = ProcessOptions(videos_root=str(videos))
+        # a unit sent to a node without the output folder: refused before its first write, the folder left as it was
+        with pytest.raises(out_claim.NotShared):
+            run_unit(str(local), 0, [], opts, 2**20, 60.0, 4096, {}, guard=out_claim.UnitGuard(token, str(local)))
+        assert not local.exists()
+        # ... or without the videos (the mount point is there, empty)
+        hidden = out_claim.UnitGuard(token, str(shared), (("videos", str(empty)),))
+        with pytest.raises(out_claim.NotShared, match=f"videos: {empty} on node .* is an empty folder"):
+            run_unit(str(shared / "dataset"), 0, [], opts, 2**20, 60.0, 4096, {}, guard=hidden)
+        with pytest.raises(out_claim.NotShared, match="cannot be read"):
+            out_claim.check_input("videos", str(tmp_path / "no-such-mount"))
+        assert not (shared / "dataset").exists()
+        # the mixture's units write into a dataset folder below the claimed one
+        st = run_unit(str(shared / "dataset"), 0, [], opts, 2**20, 60.0, 4096, {}, guard=guard)
+        assert st["inputs"] == 0 and (shared / "dataset" / "manifests").is_dir()
+    finally:
+        release_out(str(shared))
+
+
+def test_a_late_owner_file_is_waited_for(tmp_path):
+    """A shared filesystem may show the driver's owner file a moment late: check_owner reads it again before it
+    gives up."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    token = uuid.uuid4().hex
+    t = threading.Timer(0.3, lambda: (out / OWNER_FILE).write_text(json.dumps({"token": token})))
+    t.start()
+    try:
+        out_claim.check_owner(str(out), token, attempts=5)
+    finally:
+        t.join()
