@@ -16,9 +16,12 @@
   nothing flushed), and Ray Train restarts the worker group from the last checkpoint; in-process (num_workers: 0)
   it raises WorkerKilled, and the test resumes the run with --resume. A marker file in the run's `out` makes it
   happen once (the restarted workers get a fresh copy of the hook).
+- `NoWholeRead` is a file object that fails any read of the whole file: a reader that promises to stream (probe,
+  decode) is shown not to slurp a video.
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -199,3 +202,16 @@ class KillWorkerOnce:
 
     def on_stage_end(self, recipe) -> None:
         pass
+
+
+class NoWholeRead(io.FileIO):
+    """A local file opened for reading that raises AssertionError on a read of the whole file (read(), read(-1),
+    readall()); reads of a given size work."""
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            raise AssertionError("read the whole file")
+        return super().read(n)
+
+    def readall(self):
+        raise AssertionError("read the whole file")

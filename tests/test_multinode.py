@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -316,6 +317,41 @@ def test_local_videos_not_seen_by_every_node_are_refused_before_any_work(multino
     assert not [p for p in out.iterdir() if p.name.startswith(".longvid-tmp-shared-check-")]
 
 
+def run_and_kill_node(cluster: LocalCluster, cmd: list[str], log: Path, victim: str, prefixes: tuple[bytes, ...],
+                      until: Callable[[], bool] = lambda: True,
+                      progress: Callable[[], int] = lambda: 0) -> tuple[int, bytes, int]:
+    """Run a job on the cluster (output to `log`) and SIGKILL every process of node `victim` as soon as one of its
+    processes runs a command starting with one of `prefixes` while `until()` holds. Returns (the job's exit code,
+    the command caught, `progress()` at the kill); fails when nothing was caught."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**cluster.client_env(), "RAY_DEDUP_LOGS": "0"}, stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    killed: list[int] = []
+    hit, at_kill = b"", 0
+    try:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 240 and not killed:
+            at_kill = progress()
+            if until():
+                for pid in cluster.nodes[victim].pids():
+                    try:
+                        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    if cmdline.startswith(prefixes):
+                        hit = cmdline.split(b"\0")[0]
+                        killed = cluster.kill(victim)
+                        break
+            time.sleep(0.05)
+        assert killed, f"nothing caught running on {victim}:\n" + log.read_text()[-3000:]
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    return rc, hit, at_kill
+
+
 def _declared_dead(cluster, name: str, timeout: float = 60.0) -> bool:
     """Ray declares a node dead after its health checks fail for a while (seconds; longer on a loaded box), which a
     short job can outrun: wait for it."""
@@ -341,33 +377,13 @@ def test_worker_node_killed_mid_encode_still_completes_identically(multinode_clu
     units = len([k for k in encode_reference if k.startswith("manifests/")])
     log = tmp_path / "log.txt"
     before = job_ids(multinode_cluster, ENCODE_UNIT)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(encode_cmd(reference_out, out, "--ray-address", multinode_cluster.gcs, "--actors", "1"),
-                                cwd=REPO, env={**multinode_cluster.client_env(), "RAY_DEDUP_LOGS": "0"}, stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    killed: list[int] = []
-    hit, committed_then = b"", 0
-    try:
-        t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < 240 and not killed:
-            committed_then = len(list((out / "manifests").glob("*.parquet"))) if (out / "manifests").is_dir() else 0
-            if committed_then < units:
-                for pid in victim.pids():
-                    try:
-                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if cmd.startswith((b"ray::UnitEncoder", b"ray::decode_shard")):
-                        hit = cmd.split(b"\0")[0]
-                        killed = multinode_cluster.kill("w2")
-                        break
-            time.sleep(0.05)
-        assert killed, "nothing of the encode caught running on w2:\n" + log.read_text()[-3000:]
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+
+    def committed() -> int:
+        return len(list((out / "manifests").glob("*.parquet"))) if (out / "manifests").is_dir() else 0
+
+    rc, hit, committed_then = run_and_kill_node(
+        multinode_cluster, encode_cmd(reference_out, out, "--ray-address", multinode_cluster.gcs, "--actors", "1"),
+        log, "w2", (b"ray::UnitEncoder", b"ray::decode_shard"), until=lambda: committed() < units, progress=committed)
     assert rc == 0, log.read_text()[-3000:]
     assert committed_then < units
     assert victim.pids() == set()
@@ -387,30 +403,9 @@ def test_worker_node_killed_mid_ingest_still_completes_identically(multinode_clu
     victim = multinode_cluster.nodes["w1"]
     log = tmp_path / "log.txt"
     before = job_ids(multinode_cluster)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs), cwd=REPO,
-                                env={**multinode_cluster.client_env(), "RAY_DEDUP_LOGS": "0"}, stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    killed: list[int] = []
-    try:
-        # a task worker of w1 is "ray::run_unit" while it executes a unit: kill the whole node then
-        t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < 240 and not killed:
-            for pid in victim.pids():
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if cmd.startswith(b"ray::run_unit"):
-                    killed = multinode_cluster.kill("w1")
-                    break
-            time.sleep(0.05)
-        assert killed, "no unit caught running on w1:\n" + log.read_text()[-3000:]
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+    # a task worker of w1 is "ray::run_unit" while it executes a unit: kill the whole node then
+    rc, _, _ = run_and_kill_node(multinode_cluster, ingest_cmd(corpus, out, "--ray-address", multinode_cluster.gcs),
+                                 log, "w1", (b"ray::run_unit",))
     assert rc == 0, log.read_text()[-3000:]
     assert victim.pids() == set()
     assert _declared_dead(multinode_cluster, "w1"), "w1 still alive for Ray 60 s after its processes were killed"

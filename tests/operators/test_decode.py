@@ -2,7 +2,6 @@
 properties (no frame decoded twice, stop after the last target, non-reference frames skipped), bad files."""
 from __future__ import annotations
 
-import io
 from fractions import Fraction
 
 import av
@@ -14,6 +13,7 @@ from longvid.operators.errors import RecordError
 from longvid.operators.frames import resize_square
 from longvid.operators.probe import probe
 from longvid.synthetic.videos import _frame, make_audio_only, make_video, read_frame_number
+from tests.faults import NoWholeRead
 
 W, H = 192, 144
 
@@ -202,16 +202,6 @@ def test_keyframe_mode_snaps_and_reports(vids):
 
 def test_file_object_source(vids):
     info = probe(vids["gop1"])
-
-    class NoWholeRead(io.FileIO):
-        def read(self, n=-1):
-            if n is None or n < 0:
-                raise AssertionError("read the whole file")
-            return super().read(n)
-
-        def readall(self):
-            raise AssertionError("read the whole file")
-
     with NoWholeRead(str(vids["gop1"]), "r") as f:
         info2 = probe(f)
         got = decode_frames(f, [250, 7], info2, size=64)

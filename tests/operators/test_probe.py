@@ -11,6 +11,7 @@ import pytest
 from longvid.operators.errors import RecordError
 from longvid.operators.probe import VideoInfo, probe
 from longvid.synthetic.videos import make_audio_only, make_video
+from tests.faults import NoWholeRead
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +83,6 @@ def test_matroska_estimates_frame_count_and_reads_cues(vids):
 
 
 def test_file_like_source_is_not_read_whole(vids):
-    class NoWholeRead(io.FileIO):
-        def read(self, n=-1):
-            if n is None or n < 0:
-                raise AssertionError("read the whole file")
-            return super().read(n)
-
-        def readall(self):
-            raise AssertionError("read the whole file")
-
     with NoWholeRead(str(vids["plain"]), "r") as f:
         info = probe(f)
     assert info == probe(str(vids["plain"]))

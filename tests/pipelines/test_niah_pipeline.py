@@ -43,27 +43,34 @@ def make_images(spec: Path, folder: Path, seed: int = 0) -> int:
     return len(names)
 
 
-def make_shards(folder: Path, counts=(6, 8)) -> Path:
-    """An ingest-style shard: <key>.json + <key>.mp4 per sample, frames stamped with a global number."""
+def write_frame_shards(folder: Path, shards, key: str) -> Path:
+    """Ingest-style shards (<key>.json + <key>.mp4 per sample): shard s holds one sample of n frames for each n in
+    shards[s], 64x64 frames stamped with a number running over all shards (seed: the sample's place in its shard);
+    `key` is formatted with s and i (the sample's place)."""
+    import io
+
     from longvid.operators.mp4 import encode_mp4
     from longvid.synthetic.videos import _frame
 
     folder.mkdir(parents=True, exist_ok=True)
-    tar_path = folder / "shard-000000-000.tar"
     g = 0
-    with tarfile.open(tar_path, "w") as tar:
-        for s, n in enumerate(counts):
-            frames = np.stack([_frame(g + i, 64, 64, seed=s) for i in range(n)])
-            g += n
-            key = f"webvid_v{s}_full"
-            for name, data in ((f"{key}.json", json.dumps({"key": key, "num_frames": n}).encode()),
-                               (f"{key}.mp4", encode_mp4(frames, fps=1.0, crf=18))):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                import io
-
-                tar.addfile(info, io.BytesIO(data))
+    for s, counts in enumerate(shards):
+        with tarfile.open(folder / f"shard-{s:06d}-000.tar", "w") as tar:
+            for i, n in enumerate(counts):
+                frames = np.stack([_frame(g + j, 64, 64, seed=i) for j in range(n)])
+                g += n
+                k = key.format(s=s, i=i)
+                for name, data in ((f"{k}.json", json.dumps({"key": k, "num_frames": n}).encode()),
+                                   (f"{k}.mp4", encode_mp4(frames, fps=1.0, crf=18))):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
     return folder
+
+
+def make_shards(folder: Path, counts=(6, 8)) -> Path:
+    """One ingest-style shard, frames stamped with a global number."""
+    return write_frame_shards(folder, [counts], "webvid_v{i}_full")
 
 
 @pytest.fixture(scope="module")

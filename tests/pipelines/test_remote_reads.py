@@ -8,10 +8,8 @@ multi-node runs are in tests/test_multinode.py.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 
 from tests.operators.test_audit import clean_rows, planted_rows
 from tests.operators.test_audit_util import FIXTURES, make_job
+from tests.pipelines.test_niah_pipeline import write_frame_shards
 
 NIAH_FIX = Path(__file__).resolve().parents[1] / "fixtures" / "niah"
 FRAME = 64 * 64 * 3  # bytes of one decoded haystack frame
@@ -27,23 +26,7 @@ SHARD_SAMPLES = ((8, 8, 8), (8, 8))  # frames per sample, per shard
 
 def make_haystack(folder: Path) -> Path:
     """Two ingest-style shards (<key>.json + <key>.mp4), 40 frames of 64x64 in all."""
-    from longvid.operators.mp4 import encode_mp4
-    from longvid.synthetic.videos import _frame
-
-    folder.mkdir(parents=True)
-    g = 0
-    for s, counts in enumerate(SHARD_SAMPLES):
-        with tarfile.open(folder / f"shard-{s:06d}-000.tar", "w") as tar:
-            for i, n in enumerate(counts):
-                frames = np.stack([_frame(g + j, 64, 64, seed=i) for j in range(n)])
-                g += n
-                key = f"webvid_s{s}v{i}_full"
-                for name, data in ((f"{key}.json", json.dumps({"key": key, "num_frames": n}).encode()),
-                                   (f"{key}.mp4", encode_mp4(frames, fps=1.0, crf=18))):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return folder
+    return write_frame_shards(folder, SHARD_SAMPLES, "webvid_s{s}v{i}_full")
 
 
 def audit_files(out: Path) -> dict:
