@@ -113,3 +113,16 @@ def make_audio_only(path: str | Path, seconds: float = 3.0) -> Path:
     with av.open(str(path), "w") as out:
         _write_tone(out, out.add_stream("aac", rate=16000), seconds)
     return path
+
+
+def remux_video(src: str | Path, dst: str | Path, options: dict | None = None) -> Path:
+    """The video stream of `src` copied packet for packet into another container (the format of `dst`'s suffix:
+    .mkv, .ts, .mp4 with muxer `options` such as faststart); packets without a dts are left out."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options=options or {}) as o:
+        ist = i.streams.video[0]
+        ost = o.add_stream_from_template(ist)
+        for p in i.demux(ist):
+            if p.dts is not None:
+                p.stream = ost
+                o.mux(p)
+    return Path(dst)

@@ -587,6 +587,55 @@ def test_hostile_samples_in_any_mix(picks, fmt):
     assert {k: v for k, v in c.items() if k not in NOT_SKIPS} == dict(reasons)
 
 
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.integers(), st.floats(), st.text(max_size=4))
+_JSON = st.recursive(_JSON_LEAF, lambda kids: st.lists(kids, max_size=4), max_leaves=12)
+_GRID = st.one_of(st.lists(st.integers(-2, 7), min_size=2, max_size=2), _JSON)
+
+
+def _as_encoded(grids: list) -> tuple[list[int], list]:
+    """(tiles_per_image, image_grids) as encode writes them: 1 + cols x rows tiles per grid, one tile for None."""
+    return [1 + g[0] * g[1] if g else 1 for g in grids], [list(g) if g else None for g in grids]
+
+
+_GRIDS_AS_ENCODED = st.lists(st.one_of(st.tuples(st.integers(1, 4), st.integers(1, 3)), st.none()), min_size=1,
+                             max_size=3).map(_as_encoded)
+_GRIDS_HOSTILE = st.tuples(st.one_of(st.lists(st.integers(1, 9), min_size=1, max_size=3), _JSON),
+                           st.one_of(st.lists(_GRID, max_size=4), _JSON))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layout=st.one_of(_GRIDS_AS_ENCODED, _GRIDS_HOSTILE),
+       order=st.sampled_from(["base_then_rows"] * 3 + ["one_per_image", "rows", 7, None]),
+       extra=st.sampled_from([0, 0, 0, -1, 1]))
+def test_hostile_image_tile_fields_are_a_sample_error_or_the_stitched_tokens(layout, order, extra):
+    """An image sample's json as untrusted input: tiles_per_image, image_grids and tile_order of any JSON shape or
+    value (and layouts as encode writes them, next to token arrays of one tile more or less). Parsing gives the
+    tokens (each image's base tile first, every token exactly once) or a SampleError; never another exception."""
+    per, grids = layout
+    tiles = max(1, (sum(per) if isinstance(per, list) and all(type(t) is int for t in per) else 3) + extra)
+    arr = np.arange(tiles * 64 * DIM, dtype=np.float32).reshape(tiles, 64, DIM)
+    n_img = len(per) if isinstance(per, list) and per else 1
+    info = {"key": "k", "media_type": "image", "image_mode": "anyres_nopad", "tiles_per_image": per,
+            "image_grids": grids, "tile_order": order, "duration": 0.0,
+            "conversations": [{"from": "human", "value": "<image>\n" * n_img + "What?"},
+                              {"from": "gpt", "value": "A cat."}]}
+    g = sd.Group("k", {"json": bytearray(json.dumps(info).encode()), "tokens.npy": bytearray(npy(arr))}, 0, 0)
+    from longvid.model.tokenizer import chat_encoder
+
+    opts = tsample.ParseOptions(kind="tokens", dim=DIM, image_token_id=3, label_mode="qwen_2")
+    try:
+        got = tsample.parse_train_sample(g, chat_encoder(tokenizer()), opts)
+    except tsample.SampleError:
+        return
+    visual = np.asarray(got.visual, np.float32)
+    assert visual.shape == (tiles * 64, DIM) and got.splits == tuple(t * 64 for t in per)
+    assert sorted(visual[:, 0].tolist()) == arr.reshape(-1, DIM)[:, 0].tolist()  # a permutation of the tokens
+    t0 = 0
+    for t in per:  # each image starts with its base tile, as stored
+        assert np.array_equal(visual[t0 * 64:(t0 + 1) * 64], arr[t0])
+        t0 += t
+
+
 def test_a_source_without_one_usable_sample_is_an_error_not_a_hang(tmp_path):
     """Every sample bad, or every key excluded: the loader raises DataError after an epoch instead of reading
     the shards round and round for ever."""

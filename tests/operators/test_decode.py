@@ -12,7 +12,7 @@ from longvid.operators.decode import decode, decode_frames
 from longvid.operators.errors import RecordError
 from longvid.operators.frames import resize_square
 from longvid.operators.probe import probe
-from longvid.synthetic.videos import _frame, make_audio_only, make_video, read_frame_number
+from longvid.synthetic.videos import _frame, make_audio_only, make_video, read_frame_number, remux_video
 from tests.faults import NoWholeRead
 
 W, H = 192, 144
@@ -20,17 +20,6 @@ W, H = 192, 144
 
 def stamps(frames: np.ndarray) -> list[int]:
     return [read_frame_number(f) for f in frames]
-
-
-def _remux(src, dst, options=None):
-    with av.open(str(src)) as i, av.open(str(dst), "w", options=options or {}) as o:
-        ist = i.streams.video[0]
-        ost = o.add_stream_from_template(ist)
-        for p in i.demux(ist):
-            if p.dts is not None:
-                p.stream = ost
-                o.mux(p)
-    return dst
 
 
 def _write_timed(path, times_ms: list[int], stamp: list[int], container_opts=None, bframes=2, gop=12, rate=30):
@@ -62,9 +51,9 @@ def vids(tmp_path_factory):
         "ntsc": make_video(d / "ntsc.mp4", seconds=6, fps=30000 / 1001, width=W, height=H, gop=60, bframes=2, audio=True),
     }
     v["gop10"] = make_video(d / "gop10.mp4", seconds=21, fps=30, width=W, height=H, gop=300, bframes=3)
-    v["mkv"] = _remux(v["gop1"], d / "gop1.mkv")
-    v["ts"] = _remux(v["gop1"], d / "gop1.ts")  # Annex-B H.264, no keyframe index, a start offset
-    v["faststart"] = _remux(v["gop1"], d / "faststart.mp4", {"movflags": "faststart"})
+    v["mkv"] = remux_video(v["gop1"], d / "gop1.mkv")
+    v["ts"] = remux_video(v["gop1"], d / "gop1.ts")  # Annex-B H.264, no keyframe index, a start offset
+    v["faststart"] = remux_video(v["gop1"], d / "faststart.mp4", {"movflags": "faststart"})
     data = v["faststart"].read_bytes()
     (d / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])  # header intact, media data cut
     v["cut"] = d / "cut.mp4"

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import io
 import os
-from fractions import Fraction
 
-import av
 import pytest
 
 from longvid.operators.errors import RecordError
 from longvid.operators.probe import VideoInfo, probe
-from longvid.synthetic.videos import make_audio_only, make_video
+from longvid.synthetic.videos import make_audio_only, make_video, remux_video
 from tests.faults import NoWholeRead
 
 
@@ -33,15 +31,7 @@ def vids(tmp_path_factory):
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     out["truncated"] = d / "truncated.mp4"
     # Matroska: frame count not in the header, keyframes only in the cues
-    mkv = d / "plain.mkv"
-    with av.open(str(out["plain"])) as i, av.open(str(mkv), "w") as o:
-        ist = i.streams.video[0]
-        ost = o.add_stream_from_template(ist)
-        for p in i.demux(ist):
-            if p.dts is not None:
-                p.stream = ost
-                o.mux(p)
-    out["mkv"] = mkv
+    out["mkv"] = remux_video(out["plain"], d / "plain.mkv")
     return out
 
 

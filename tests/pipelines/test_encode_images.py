@@ -4,10 +4,8 @@ reference's encode_video_image does) and text-only samples (json passed through)
 embedded-Ray encode of a small ingest-like folder (video, odd-aspect image, multi-image, text, bad images)."""
 from __future__ import annotations
 
-import io
 import json
 import struct
-import tarfile
 import zlib
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from longvid.operators.write import UnitWriter, sample_members
 from longvid.pipelines.encode_model import HiCoBatchEncoder
 from longvid.pipelines.encode_samples import encoder_rows, image_tiles, read_shard
 from longvid.synthetic.videos import make_video
-from tests.pipelines.test_encode import clip_batch, tiny_encoder
+from tests.pipelines.test_encode import _tar_samples, clip_batch, tiny_encoder
 
 S = 224
 OPTS = ProcessOptions(videos_root="", profile="short")
@@ -297,16 +295,6 @@ def encoded(media, tmp_path_factory):
     return {"ingest": ingest, "out": out, "rc": rc, "unit0": unit0, "unit1": unit1}
 
 
-def _tar(path: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    with tarfile.open(path) as t:
-        for ti in t:
-            key, _, ext = ti.name.partition(".")
-            data = t.extractfile(ti).read()
-            out.setdefault(key, {})[ext] = json.loads(data) if ext == "json" else np.load(io.BytesIO(data))
-    return out
-
-
 @pytest.mark.slow
 def test_encode_images_text_and_failures_on_ray(encoded, media):
     out = encoded["out"]
@@ -334,7 +322,7 @@ def test_encode_images_text_and_failures_on_ray(encoded, media):
     assert man.loc[text.key, "bytes"] == 0 and pd.isna(man.loc[text.key, "encoder"])
     assert man.loc[video.key, "media_type"] == "video" and man.loc[video.key, "tokens_per_frame"] == 16
 
-    got = {**_tar(out / man.loc[video.key, "shard"]), **_tar(out / man.loc[tall.key, "shard"])}
+    got = {**_tar_samples(out / man.loc[video.key, "shard"]), **_tar_samples(out / man.loc[tall.key, "shard"])}
     assert list(got[text.key]) == ["json"] and got[text.key]["json"] == json.loads(json.dumps(text.info))
     assert got[video.key]["tokens.npy"].shape == (video.info["num_frames"] // 4, 64, 64)
     enc = tiny_encoder(S)
