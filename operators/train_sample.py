@@ -403,7 +403,11 @@ def _image(g: Group, info: dict[str, Any], conv: list[dict[str, Any]], n_ph: int
     return _prepare(g, info, conv, arr, arr.shape[0], _duration(info), chat, opts, splits=splits)
 
 
-TILE_ORDERS = ("base_then_rows", "one_per_image")  # pipelines/encode_samples.TILE_ORDER's values
+# the json's `tile_order` per image_mode (encode writes it, the loader reads it): where each tile of
+# `<key>.tokens.npy` comes from
+TILE_ORDER = {"anyres_nopad": "base_then_rows",  # per image: the base tile, then the grid tiles row by row, left to right
+              "pad": "one_per_image"}  # per image: one tile, the image padded to a square with the mean colour
+TILE_ORDERS = tuple(TILE_ORDER.values())
 
 
 def _stitch_grids(arr: np.ndarray, per: list[int], info: dict[str, Any]) -> np.ndarray:

@@ -27,12 +27,10 @@ from longvid.operators import storage
 from longvid.operators.errors import RecordError
 from longvid.operators.mp4 import decode_mp4
 from longvid.operators.shards import TarError, iter_samples
+from longvid.operators.train_sample import TILE_ORDER
 
 MEDIA_TYPES = ("video", "image", "text")
 IMAGE_MODES = ("anyres_nopad", "pad")
-# the json's `tile_order` per image_mode: where each tile of `<key>.tokens.npy` comes from
-TILE_ORDER = {"anyres_nopad": "base_then_rows",  # per image: the base tile, then the grid tiles row by row, left to right
-              "pad": "one_per_image"}  # per image: one tile, the image padded to a square with the mean colour
 IMAGE_ENCODING = "single_frame"  # each tile encoded alone (T = 1, the image position table), as encode_video_image
 INGEST_COLUMNS = ["key", "shard", "source", "video_id", "uri", "start", "end", "duration", "num_frames",
                   "resolution", "text"]

@@ -155,7 +155,7 @@ class NotShared(TransientError):
     check_input)."""
 
 
-_owner_seen: set[tuple[str, str]] = set()  # (folder, token) this process has found claimed by that driver
+_passed: set[tuple[str, str]] = set()  # checks this process has passed: (folder, token) and (input root, "input")
 
 
 def check_owner(out: str, token: str, attempts: int = 5) -> None:
@@ -169,7 +169,7 @@ def check_owner(out: str, token: str, attempts: int = 5) -> None:
     if not token or storage.is_s3(out):
         return
     key = (os.path.abspath(out), token)
-    if key in _owner_seen:
+    if key in _passed:
         return
     seen = None
     for k in range(attempts):  # the driver rewrites the file in place (truncate, write), and a shared filesystem
@@ -180,15 +180,24 @@ def check_owner(out: str, token: str, attempts: int = 5) -> None:
         except (OSError, ValueError):
             seen = None
         if seen == token:
-            _owner_seen.add(key)
+            _passed.add(key)
             return
         if k + 1 < attempts:
             time.sleep(0.2)
     why = "has no owner file of a longvid job" if seen is None else "holds the owner file of another longvid job"
     raise NotShared(f"out: {out} on node {socket.gethostname()} {why}, so it is not the folder this job's driver "
-                       "claimed: this node does not share the output folder (it joined the cluster after the job's "
-                       "start check?). The unit wrote nothing there. Use s3://bucket/prefix, or storage mounted at "
-                       "the same path on every node")
+                    "claimed: this node does not share the output folder (it joined the cluster after the job's "
+                    "start check?). The unit wrote nothing there. Use s3://bucket/prefix, or storage mounted at the "
+                    "same path on every node")
+
+
+def _not_a_filled_folder(path: str) -> str:
+    """"" when `path` is a readable folder with at least one entry, else what it is."""
+    try:
+        with os.scandir(path) as it:
+            return "is an empty folder" if next(it, None) is None else ""
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
 
 
 def check_input(setting: str, path: str) -> None:
@@ -200,19 +209,14 @@ def check_input(setting: str, path: str) -> None:
     if not path or storage.is_s3(path):
         return
     key = (os.path.abspath(path), "input")
-    if key in _owner_seen:
+    if key in _passed:
         return
-    try:
-        with os.scandir(path) as it:
-            empty = next(it, None) is None
-        why = "is an empty folder" if empty else ""
-    except OSError as e:
-        why = f"cannot be read ({e.strerror or e})"
+    why = _not_a_filled_folder(path)
     if why:
         raise NotShared(f"{setting}: {path} on node {socket.gethostname()} {why}, unlike on the job's driver: this "
                         "node does not share the folder (it joined the cluster after the job's start check?). Use "
                         "s3://bucket/prefix, or storage mounted at the same path on every node")
-    _owner_seen.add(key)
+    _passed.add(key)
 
 
 @dataclass(frozen=True)
@@ -235,17 +239,9 @@ def unit_guard(claimed: str, **inputs: str) -> UnitGuard:
     """The driver's guard for its units: this process's token, the folder it claimed, and those of the local input
     roots `inputs` (setting=path) that it sees as non-empty folders (an input empty here is empty everywhere: its
     records fail as they would on one node, not as a node without the mount)."""
-    seen = []
-    for setting, path in inputs.items():
-        if not path or storage.is_s3(path):
-            continue
-        try:
-            with os.scandir(path) as it:
-                if next(it, None) is not None:
-                    seen.append((setting, os.path.abspath(path)))
-        except OSError:
-            pass
-    return UnitGuard(owner_token(), claimed, tuple(seen))
+    seen = tuple((setting, os.path.abspath(path)) for setting, path in inputs.items()
+                 if path and not storage.is_s3(path) and not _not_a_filled_folder(path))
+    return UnitGuard(owner_token(), claimed, seen)
 
 
 def record_ray(out: str) -> None:
