@@ -111,7 +111,10 @@ class Job:
         self.tmpdir = tmpdir or Path(tempfile.mkdtemp(prefix="lvcs3"))  # short: Ray's socket paths live under it
         args = ["--source", "miradata", "--metadata", str(corpus.metadata), "--videos", str(corpus.videos),
                 "--out", f"s3://{BUCKET}/{prefix}", "--s3-endpoint-url", endpoint, "--profile", "short",
-                "--records-per-unit", str(RECORDS_PER_UNIT), "--num-cpus", "2", "--shard-size-mb", "0.01"]
+                "--records-per-unit", str(RECORDS_PER_UNIT), "--num-cpus", "2", "--shard-size-mb", "0.01",
+                # two units in flight: when the driver is killed after the first commit, at most two more are running
+                # (the default 2 x CPUs put every unit of this corpus in flight at once, and all could commit)
+                "--max-in-flight", "2"]
         with pytest.MonkeyPatch.context() as mp:  # Run copies os.environ
             mp.setenv("TMPDIR", str(self.tmpdir))
             for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
