@@ -393,8 +393,12 @@ def test_worker_node_killed_mid_encode_still_completes_identically(multinode_clu
     assert summary["complete"] and summary["units_uncommitted"] == [], summary
     lost = {**unit_nodes(multinode_cluster, names, before, ENCODE_UNIT),
             **{f"decode on {k}": v for k, v in unit_nodes(multinode_cluster, names, before, "decode_shard").items()}}
-    assert any("FAILED" in v for k, v in lost.items() if k.endswith("w2")), \
-        f"killed {hit!r} on w2 but no attempt there is recorded as failed: {lost}"
+    if hit.startswith(b"ray::UnitEncoder"):  # the actor died with w2: its unit attempts there failed
+        assert any("FAILED" in v for k, v in lost.items() if k.endswith("w2")), \
+            f"killed {hit!r} on w2 but no attempt there is recorded as failed: {lost}"
+    else:  # a decode task died with w2: the unit it fed failed on its actor's node (w2's own task events may be
+        # lost with the node) and was given again
+        assert any("FAILED" in v for v in lost.values()), f"killed {hit!r} on w2 but no attempt failed: {lost}"
 
 
 def test_worker_node_killed_mid_ingest_still_completes_identically(multinode_cluster, corpus, reference, tmp_path):
